@@ -1,0 +1,153 @@
+"""Fine-tuning a text classifier (LoRA adapters + head) with AdamW and early stopping on validation.
+
+Readable top to bottom: tokenise a shuffled batch, forward, cross-entropy, backward, clip, step;
+evaluate on the validation split after every epoch; keep the best weights; stop after ``patience``
+epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from nnforge.config import Config, config_type
+from nnforge.errors import DataError, StepFailedError
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune_classifier", "predict_labels"]
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[str, int, int], None]
+
+
+@config_type("finetune")
+class FinetuneConfig(Config):
+    """Options of :func:`finetune_classifier`."""
+
+    epochs: int = Field(4, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    lr: float = Field(5e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    clip_norm: float = Field(1.0, gt=0)
+    patience: int = Field(2, ge=1)
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    """What happened: per-epoch train loss and validation accuracy, the best epoch, timing."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = float("nan")
+    seconds: float = 0.0
+    steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
+                "seconds": round(self.seconds, 2), "steps": self.steps}
+
+
+@torch.inference_mode()
+def predict_labels(model: Any, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Argmax predictions of a :class:`~nnforge.models.text.TextClassifier`, in the order given.
+
+    Texts are batched by length (less padding) and the predictions put back in order.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), dtype=torch.long)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        b = model.tokenize([texts[j] for j in idx])
+        out[idx] = model(b["input_ids"], b["attention_mask"]).argmax(-1)
+    model.train(was_training)
+    return out
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def _val_accuracy(model: Any, texts: list[str], labels: list[int]) -> float:
+    return float((predict_labels(model, texts) == torch.tensor(labels)).float().mean())
+
+
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return f
+
+
+def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[int], val_texts: list[str],
+                        val_labels: list[int], config: FinetuneConfig,
+                        progress: ProgressFn | None = None) -> FinetuneResult:
+    """Train the trainable parameters of ``model`` (adapters, head) and keep the best epoch's weights."""
+    if len(train_texts) != len(train_labels) or not train_texts:
+        raise DataError("fine-tuning needs a non-empty training split with one label per text")
+    if max(train_labels) >= model.num_classes or min(train_labels) < 0:
+        raise DataError(f"labels must be in [0, {model.num_classes}); got {min(train_labels)}..{max(train_labels)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise StepFailedError("the model has no trainable parameters (apply LoRA or unfreeze a head first)")
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
+    labels = torch.tensor(train_labels)
+    result, bad_epochs, t0 = FinetuneResult(), 0, time.perf_counter()
+    best_state = _trainable_state(model)  # epoch 0: the starting point is a candidate too
+    if val_texts:
+        result.best_val_acc = _val_accuracy(model, val_texts, val_labels)
+        result.history.append({"epoch": 0, "train_loss": float("nan"), "val_acc": result.best_val_acc})
+    for epoch in range(config.epochs):
+        model.train()
+        perm, running = torch.randperm(len(train_texts), generator=gen), 0.0
+        for i in range(0, len(perm), config.batch_size):
+            idx = perm[i : i + config.batch_size]
+            batch = model.tokenize([train_texts[j] for j in idx.tolist()])
+            loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), labels[idx])
+            if not torch.isfinite(loss):
+                raise StepFailedError(f"fine-tuning diverged at epoch {epoch + 1}, step {result.steps + 1}: "
+                                      f"loss is {loss.item()}. Lower the learning rate (lr={config.lr}).")
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, config.clip_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            running += loss.item()
+            result.steps += 1
+            if progress:
+                progress("fine-tune", result.steps, total)
+        val_acc = _val_accuracy(model, val_texts, val_labels) if val_texts else float("nan")
+        result.history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch, "val_acc": val_acc})
+        log.info("epoch %d: train loss %.4f, val acc %.4f", epoch + 1, running / steps_per_epoch, val_acc)
+        if not val_texts or math.isnan(result.best_val_acc) or val_acc > result.best_val_acc:
+            result.best_val_acc, result.best_epoch, bad_epochs = val_acc, epoch + 1, 0
+            best_state = _trainable_state(model)
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.patience:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, result.best_epoch)
+                if progress:
+                    progress("fine-tune", total, total)
+                break
+    model.load_state_dict(best_state, strict=False)
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    return result

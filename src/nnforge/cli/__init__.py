@@ -1,0 +1,83 @@
+"""The ``nnforge`` command. Errors print without a traceback (``--debug`` shows it); exit codes:
+0 success, 1 failure while working, 2 bad input."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from nnforge.cli import info, ledger, model, run
+from nnforge.cli._common import STATE, console, setup_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(name="nnforge", help="Make neural networks small, fast, private and accountable.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from nnforge import __version__
+
+        typer.echo(f"nnforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    STATE["debug"] = debug
+    setup_logging(verbose)
+
+
+app.command("run")(run.run)
+app.command("recipes")(info.recipes)
+app.command("env")(info.env)
+app.command("predict")(model.predict)
+app.command("embed")(model.embed)
+app.command("report")(model.report)
+app.add_typer(info.data_app, name="data")
+app.add_typer(ledger.app, name="ledger")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns nnforge errors into a message and an exit code."""
+    from nnforge.errors import NnforgeError
+
+    # the command line is an application: it may set process-wide defaults the library must not
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except NnforgeError as exc:
+        if STATE["debug"]:
+            console.print_exception()
+        console.print(f"[red bold]error:[/] {exc}", markup=True, highlight=False)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("[red]aborted[/]")
+        return 130
+    except Exception as exc:  # usage errors (click's, as typer ships them) and unexpected failures
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # type: ignore[attr-defined]
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        if STATE["debug"]:
+            console.print_exception()
+        console.print(f"[red bold]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

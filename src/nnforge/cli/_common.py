@@ -1,0 +1,51 @@
+"""Shared pieces of the CLI: consoles, error handling, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+STATE: dict[str, Any] = {"debug": False}
+
+
+def ledger_location(given: str | None) -> str:
+    return given or os.environ.get("NNFORGE_LEDGER") or os.path.join(".nnforge", "ledger.db")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if STATE["debug"] else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+
+
+@contextmanager
+def progress_bars() -> Iterator[Any]:
+    """A rich progress display and a ``progress(task, done, total)`` callback that drives it."""
+    columns = (TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal and
+                  os.environ.get("NNFORGE_PROGRESS") != "1") as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = bars.add_task(task, total=total)
+            bars.update(tasks[task], completed=done, total=total)
+
+        yield progress

@@ -1,0 +1,55 @@
+"""``nnforge run``: run a recipe (a built-in name or a YAML file)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nnforge.cli._common import console, ledger_location, out, print_json, progress_bars
+
+
+def run(
+    recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `nnforge recipes`) or a YAML file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: key=value (YAML value), "
+                                                   "e.g. --set steps[1].train.epochs=2")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Folder that receives runs/<run-id>/.")] = "runs",
+    ledger: Annotated[str | None, typer.Option(help="Ledger database (default .nnforge/ledger.db).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run a recipe end to end; every step is recorded in the ledger."""
+    from nnforge.ledger import Ledger
+    from nnforge.recipes import load_recipe, run_recipe
+
+    rec = load_recipe(recipe, set_ or [])
+    led = Ledger.open(ledger_location(ledger), actor=actor)
+    console.print(f"[bold]nnforge run[/] {rec.name}: {len(rec.steps)} steps "
+                  f"({', '.join(s.name for s in rec.steps)}), seed {rec.seed}")
+    with progress_bars() as progress:
+        result = run_recipe(rec, runs_dir=runs_dir, ledger=led, progress=progress)
+    if json_:
+        print_json({"run_id": result.run_id, "run_dir": str(result.run_dir), "metrics": result.metrics,
+                    "report": str(result.report) if result.report else None, "ledger_head": result.head})
+        return
+    _summary(result.metrics)
+    out.print(f"run: {result.run_dir}")
+    if result.report:
+        out.print(f"report: {result.report}")
+    out.print(f"ledger head: {result.head}")
+
+
+def _summary(metrics: dict[str, object]) -> None:
+    from rich.table import Table
+
+    keys = [k for k in ("baseline_majority_acc", "baseline_logreg_acc", "fp32_acc", "int8_acc", "fp32_size_mb",
+                        "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms", "int8_latency_b1_ms") if k in metrics]
+    if not keys:
+        return
+    table = Table(title="results", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in keys:
+        v = metrics[k]
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)

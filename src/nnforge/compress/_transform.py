@@ -1,0 +1,88 @@
+"""The transform contract: ``apply_(model, config, filter=None) -> TransformReport``.
+
+A transform changes a model in place, dispatched on the type of its config to a registered handler,
+and reports per module what changed (bytes before/after, error introduced) and which modules it did
+not handle and why. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from nnforge.config import Config
+from nnforge.errors import ConfigError
+
+__all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes"]
+
+ModuleFilter = Callable[[str, nn.Module], bool]
+Handler = Callable[[nn.Module, Any, "ModuleFilter | None"], "TransformReport"]
+
+_HANDLERS: dict[type[Config], Handler] = {}
+
+
+@dataclass
+class ModuleChange:
+    """What a transform did to one module."""
+
+    name: str
+    kind: str
+    bytes_before: int
+    bytes_after: int
+    error: float  # relative Frobenius error of the weight, ||W - W'|| / ||W||
+    detail: str = ""
+
+
+@dataclass
+class TransformReport:
+    """Per-module changes and the modules left alone, with the reason for each."""
+
+    method: str
+    config: dict[str, Any]
+    changed: list[ModuleChange] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(c.bytes_before for c in self.changed)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(c.bytes_after for c in self.changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "config": self.config, "bytes_before": self.bytes_before,
+                "bytes_after": self.bytes_after, "changed": [asdict(c) for c in self.changed],
+                "skipped": [{"module": n, "reason": r} for n, r in self.skipped]}
+
+
+def tensor_bytes(*tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def register_transform(config_cls: type[Config]) -> Callable[[Handler], Handler]:
+    """Register the handler that applies configs of ``config_cls``."""
+
+    def decorator(fn: Handler) -> Handler:
+        _HANDLERS[config_cls] = fn
+        return fn
+
+    return decorator
+
+
+def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None) -> TransformReport:
+    """Apply the transform that ``config`` describes to ``model`` in place.
+
+    Args:
+        model: any module; its submodules are replaced where the transform applies.
+        config: a registered transform config (e.g. :class:`~nnforge.compress.Int8WeightOnlyConfig`).
+        filter: ``filter(name, module) -> bool``; modules for which it returns False are left alone.
+    """
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        known = ", ".join(sorted(c.__name__ for c in _HANDLERS)) or "none"
+        raise ConfigError(f"no transform is registered for {type(config).__name__}; known configs: {known}")
+    return handler(model, config, filter)

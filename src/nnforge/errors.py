@@ -1,0 +1,60 @@
+"""The few exception types nnforge raises.
+
+Every error a user can cause is an :class:`NnforgeError` whose message says what went wrong, where, and
+what to do. The CLI prints the message without a traceback and exits with :attr:`NnforgeError.exit_code`
+(2 for bad input, 1 for failures while doing the work).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NnforgeError",
+    "ConfigError",
+    "DataError",
+    "IntegrityError",
+    "ModelError",
+    "MissingDependencyError",
+    "StepFailedError",
+]
+
+
+class NnforgeError(Exception):
+    """Base of every error nnforge raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(NnforgeError, ValueError):
+    """A config, recipe or parameter is invalid (bad input: exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(NnforgeError, ValueError):
+    """A data file or dataset is missing, malformed or fails its checksum (bad input: exit code 2)."""
+
+    exit_code = 2
+
+
+class IntegrityError(NnforgeError):
+    """Stored state (ledger, safetensors, archive) does not match what it claims (exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelError(NnforgeError, ValueError):
+    """A model cannot be built or loaded as asked (bad input: exit code 2)."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(NnforgeError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    exit_code = 2
+
+
+class StepFailedError(NnforgeError):
+    """A recipe step failed while doing its work (exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,28 @@
+"""The audit ledger: append-only, hash-chained events, and documents rendered from it.
+
+>>> from nnforge.ledger import Ledger
+>>> led = Ledger.open("/tmp/demo-ledger.db")  # doctest: +SKIP
+>>> led.append("note", {"text": "hello"}).hash  # doctest: +SKIP
+>>> led.verify().ok  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+from nnforge.ledger._events import GENESIS, Event, Verification, canonical_json, verify_chain
+from nnforge.ledger._ledger import DEFAULT_LEDGER, Ledger, atomic_write_text, file_sha256
+from nnforge.ledger._store import SQLiteStore, Store
+
+__all__ = [
+    "Ledger",
+    "Event",
+    "Verification",
+    "Store",
+    "SQLiteStore",
+    "GENESIS",
+    "DEFAULT_LEDGER",
+    "canonical_json",
+    "verify_chain",
+    "file_sha256",
+    "atomic_write_text",
+]

@@ -1,0 +1,122 @@
+"""Ledger events: canonical JSON, each carrying the SHA-256 of the one before it.
+
+An event's *body* is the canonical JSON (sorted keys, no spaces, UTF-8) of
+``{"seq", "run", "kind", "time", "actor", "data", "prev"}``; its *hash* is the SHA-256 of the body.
+Changing, deleting or reordering any stored event breaks either its own hash, the next event's
+``prev`` or the sequence numbers, and :func:`verify_chain` names the first event where that happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["GENESIS", "Event", "canonical_json", "event_hash", "Verification", "verify_chain"]
+
+GENESIS = "0" * 64
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become strings so the canonical form stays valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(_clean(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def event_hash(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stored event."""
+
+    seq: int
+    run: str | None
+    kind: str
+    time: str
+    actor: str
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+    @classmethod
+    def from_row(cls, seq: int, hash_: str, body: str) -> Event:
+        doc = json.loads(body)
+        return cls(seq=seq, run=doc.get("run"), kind=doc.get("kind", ""), time=doc.get("time", ""),
+                   actor=doc.get("actor", ""), data=doc.get("data", {}), prev=doc.get("prev", ""), hash=hash_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "run": self.run, "kind": self.kind, "time": self.time, "actor": self.actor,
+                "data": self.data, "prev": self.prev, "hash": self.hash}
+
+
+def make_body(seq: int, run: str | None, kind: str, time: str, actor: str, data: dict[str, Any], prev: str) -> str:
+    return canonical_json({"seq": seq, "run": run, "kind": kind, "time": time, "actor": actor, "data": data,
+                           "prev": prev})
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The result of checking a chain: ``ok``, how many events, the head, and the first problem."""
+
+    ok: bool
+    events: int
+    head: str
+    broken_seq: int | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "events": self.events, "head": self.head, "broken_seq": self.broken_seq,
+                "reason": self.reason}
+
+
+def verify_chain(rows: Iterable[tuple[int, str, str]], expect_head: str | None = None) -> Verification:
+    """Check ``(seq, hash, body)`` rows in storage order.
+
+    Args:
+        rows: the stored rows, ordered by ``seq``.
+        expect_head: a head hash issued earlier (printed in a report, signed); it must still be in the
+            chain, which catches deleting the newest events and rewriting the whole chain.
+    """
+    prev = GENESIS
+    count = 0
+    seen_head = expect_head is None
+    for expected_seq, (seq, stored_hash, body) in enumerate(rows, start=1):
+        count += 1
+
+        def broken(reason: str, at: int = expected_seq) -> Verification:
+            return Verification(False, count, prev, at, reason)
+
+        if seq != expected_seq:
+            return broken(f"event #{expected_seq} is missing or out of order (found #{seq} in its place)")
+        if event_hash(body) != stored_hash:
+            return broken(f"event #{seq} was modified: its content does not match its hash")
+        try:
+            doc = json.loads(body)
+        except json.JSONDecodeError:
+            return broken(f"event #{seq} is not valid JSON")
+        if not isinstance(doc, dict) or doc.get("seq") != seq:
+            return broken(f"event #{seq} carries sequence number {doc.get('seq') if isinstance(doc, dict) else '?'}")
+        if doc.get("prev") != prev:
+            return broken(f"event #{seq} does not follow event #{seq - 1}: the chain was cut, reordered or rewritten")
+        prev = stored_hash
+        if stored_hash == expect_head:
+            seen_head = True
+    if not seen_head:
+        return Verification(False, count, prev, None,
+                            f"the expected head {expect_head} is not in the chain: newest events were deleted "
+                            "or the chain was rewritten")
+    return Verification(True, count, prev)

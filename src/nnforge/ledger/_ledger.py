@@ -1,0 +1,129 @@
+"""The audit ledger: append-only, hash-chained events about runs, steps, artifacts and decisions."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nnforge.errors import ConfigError, IntegrityError
+from nnforge.ledger._events import Event, Verification, event_hash, make_body, verify_chain
+from nnforge.ledger._store import SQLiteStore, Store
+
+__all__ = ["Ledger", "DEFAULT_LEDGER", "file_sha256", "atomic_write_text"]
+
+DEFAULT_LEDGER = Path(".nnforge") / "ledger.db"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+class Ledger:
+    """Append-only, hash-chained events.
+
+    Args:
+        store: where events live; use :meth:`open` for a path or URL.
+        actor: who acts (default: the OS user); recorded in every event.
+    """
+
+    def __init__(self, store: Store, actor: str | None = None) -> None:
+        self.store = store
+        self.actor = actor or _default_actor()
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | None = None, actor: str | None = None) -> Ledger:
+        """Open (creating if needed) the ledger at a SQLite path (default ``.nnforge/ledger.db``)."""
+        loc = str(location) if location is not None else str(DEFAULT_LEDGER)
+        if loc.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("PostgreSQL ledgers are not available in this version; use a SQLite path")
+        if "://" in loc:
+            raise ConfigError(f"ledger location {loc!r}: expected a file path")
+        return cls(SQLiteStore(loc), actor)
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+    def append(self, kind: str, data: dict[str, Any] | None = None, *, run: str | None = None,
+               actor: str | None = None) -> Event:
+        """Record one event and return it (with its sequence number and hash)."""
+        if not kind or not isinstance(kind, str):
+            raise ValueError("event kind must be a non-empty string")
+        payload = dict(data or {})
+        who = actor or self.actor
+        when = _now()
+        body_holder: dict[str, str] = {}
+
+        def build(seq: int, prev: str) -> tuple[str, str]:
+            body = make_body(seq, run, kind, when, who, payload, prev)
+            body_holder["body"] = body
+            return event_hash(body), body
+
+        seq, hash_ = self.store.append(build)
+        return Event.from_row(seq, hash_, body_holder["body"])
+
+    def events(self, run: str | None = None, kind: str | None = None) -> list[Event]:
+        """Stored events in order, optionally only those of one run and/or kind."""
+        out = []
+        for seq, hash_, body in self.store.rows():
+            try:
+                ev = Event.from_row(seq, hash_, body)
+            except json.JSONDecodeError:
+                raise IntegrityError(f"ledger event #{seq} is not valid JSON; run 'nnforge ledger verify'") from None
+            if (run is None or ev.run == run) and (kind is None or ev.kind == kind):
+                out.append(ev)
+        return out
+
+    def head(self) -> str:
+        """Hash of the newest event (the value to print in reports and to sign)."""
+        return self.store.head()[1]
+
+    def verify(self, head: str | None = None) -> Verification:
+        """Check the whole chain; with ``head``, also that this earlier head is still in it."""
+        return verify_chain(self.store.rows(), expect_head=head)
+
+    def export_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Write every event (with its hash) as one JSON object per line; returns the count."""
+        events = self.events()
+        atomic_write_text(path, "".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in events))
+        return len(events)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,121 @@
+"""The run report: one self-contained HTML file rendered from the run's files and its ledger events.
+
+Nothing in the report comes from memory: metrics from ``metrics.json``, configs and artifacts from the
+ledger events of the run, plots drawn from those. The report prints the ledger head it was generated
+from, so a later rewrite of the chain is detectable against it (``nnforge ledger verify --head``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from nnforge.errors import MissingDependencyError
+from nnforge.ledger._ledger import Ledger, atomic_write_text
+
+__all__ = ["render_report", "write_report"]
+
+_FIGURE_ROWS = [
+    ("accuracy", "acc", "{:.3f}"), ("macro-F1", "macro_f1", "{:.3f}"), ("batch-1 latency p50 (ms)", "latency_b1_ms", "{:.2f}"),
+    ("batch-1 latency p95 (ms)", "latency_b1_p95_ms", "{:.2f}"), ("batch-32 throughput (texts/s)", "throughput_b32", "{:.1f}"),
+    ("size on disk (MB)", "size_mb", "{:.1f}"), ("peak extra memory (MB)", "peak_memory_mb", "{:.1f}"),
+    ("embedding cosine to fp32, mean", "cos_mean", "{:.5f}"), ("embedding cosine to fp32, min", "cos_min", "{:.5f}"),
+    ("prediction agreement with fp32", "agreement", "{:.3f}"),
+]
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plots(metrics: dict[str, Any], sections: dict[str, Any], variants: list[str]) -> list[tuple[str, str]]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+    hist = sections.get("finetune", {}).get("history", [])
+    if hist:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ep = [h["epoch"] for h in hist]
+        ax.plot(ep, [h["train_loss"] for h in hist], "o-", label="train loss")
+        ax2 = ax.twinx()
+        ax2.plot(ep, [h["val_acc"] for h in hist], "s--", color="tab:orange", label="val accuracy")
+        ax.set_xlabel("epoch"), ax.set_ylabel("train loss"), ax2.set_ylabel("validation accuracy")
+        ax.set_title("fine-tuning")
+        out.append(("Fine-tuning curve", _png(fig)))
+        plt.close(fig)
+    bars = [(v, metrics.get(f"{v}_acc")) for v in variants]
+    base = [("majority", metrics.get("baseline_majority_acc")), ("logreg", metrics.get("baseline_logreg_acc"))]
+    rows = [(k, x) for k, x in base + bars if isinstance(x, (int, float))]
+    if rows:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.bar([k for k, _ in rows], [x for _, x in rows], color="tab:blue")
+        ax.set_ylabel("test accuracy"), ax.set_ylim(0, 1), ax.set_title("accuracy")
+        out.append(("Accuracy", _png(fig)))
+        plt.close(fig)
+    cost = [(v, metrics.get(f"{v}_size_mb"), metrics.get(f"{v}_latency_b1_ms")) for v in variants]
+    cost = [c for c in cost if isinstance(c[1], (int, float)) and isinstance(c[2], (int, float))]
+    if cost:
+        fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+        axes[0].bar([c[0] for c in cost], [c[1] for c in cost], color="tab:green")
+        axes[0].set_title("size on disk (MB)")
+        axes[1].bar([c[0] for c in cost], [c[2] for c in cost], color="tab:red")
+        axes[1].set_title("batch-1 latency (ms)")
+        out.append(("Size and latency", _png(fig)))
+        plt.close(fig)
+    return out
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    if isinstance(value, (int, float)):
+        return pattern.format(value)
+    return "—"
+
+
+def render_report(run_dir: str | Path, ledger: Ledger) -> str:
+    """The HTML report of the run in ``run_dir``, from its files and its ledger events."""
+    try:
+        import jinja2
+    except ImportError as exc:
+        raise MissingDependencyError("reports need jinja2 and matplotlib: pip install 'nnforge[report]'") from exc
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    sections_path = run_dir / "sections.json"
+    sections = json.loads(sections_path.read_text(encoding="utf-8")) if sections_path.exists() else {}
+    run_id = config.get("run_id", run_dir.name)
+    events = ledger.events(run=run_id)
+    verification = ledger.verify()
+    variants = list(config.get("variants", {}))
+    table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
+             if any(f"{v}_{key}" in metrics for v in variants)]
+    steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(
+        run_id=run_id, config=config, metrics=metrics, sections=sections, variants=variants, table=table,
+        plots=_plots(metrics, sections, variants), steps=steps, events=events,
+        artifacts=[e for e in events if e.kind == "artifact.written"], verification=verification,
+        head=ledger.head(), ledger_location=ledger.location,
+        generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
+        fmt=_fmt,
+    )
+
+
+def write_report(run_dir: str | Path, ledger: Ledger) -> Path:
+    """Render and atomically write ``report.html`` into the run folder."""
+    path = Path(run_dir) / "report.html"
+    atomic_write_text(path, render_report(run_dir, ledger))
+    return path

@@ -1,0 +1,21 @@
+"""Reference architectures and loaders for packaged pretrained models.
+
+``build(name, **options)`` builds a registered architecture; ``load("minilm")`` loads the packaged
+all-MiniLM-L6-v2 encoder with a classification head (needs the ``hf`` extra).
+"""
+
+from __future__ import annotations
+
+from nnforge.models._registry import ARCHITECTURES, build
+
+__all__ = ["ARCHITECTURES", "build"]
+
+
+def load(name: str, num_classes: int = 2, **options: object) -> object:
+    """Load a packaged pretrained model by name (``"minilm"``) with a fresh classification head."""
+    from nnforge.models._pretrained import PRETRAINED
+
+    return PRETRAINED.get(name, where="model.name")(num_classes=num_classes, **options)
+
+
+__all__ += ["load"]

