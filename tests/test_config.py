@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from nnforge.adapt import LoraConfig
 from nnforge.config import load_config
@@ -36,7 +37,7 @@ def test_load_config_refuses_unknown_type_and_version():
 
 def test_configs_are_frozen():
     cfg = LoraConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.r = 3  # type: ignore[misc]
 
 

@@ -75,6 +75,22 @@ def predict_labels(model: Any, texts: list[str], batch_size: int = 64) -> torch.
     return out
 
 
+def _length_bucketed_batches(texts: list[str], batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of similar-length texts: less padding, same randomness across epochs and seeds.
+
+    Indices are shuffled, cut into pools of 32 batches, sorted by length inside each pool, batched,
+    and the batches shuffled again.
+    """
+    perm = torch.randperm(len(texts), generator=gen).tolist()
+    pool = batch_size * 32
+    batches = []
+    for start in range(0, len(perm), pool):
+        chunk = sorted(perm[start : start + pool], key=lambda i: len(texts[i]))
+        batches += [torch.tensor(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[k] for k in order]
+
+
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
@@ -117,9 +133,8 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
         result.history.append({"epoch": 0, "train_loss": float("nan"), "val_acc": result.best_val_acc})
     for epoch in range(config.epochs):
         model.train()
-        perm, running = torch.randperm(len(train_texts), generator=gen), 0.0
-        for i in range(0, len(perm), config.batch_size):
-            idx = perm[i : i + config.batch_size]
+        running = 0.0
+        for idx in _length_bucketed_batches(train_texts, config.batch_size, gen):
             batch = model.tokenize([train_texts[j] for j in idx.tolist()])
             loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), labels[idx])
             if not torch.isfinite(loss):

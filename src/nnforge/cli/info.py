@@ -46,7 +46,7 @@ def recipes(
     for col in ("recipe", "steps", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], " → ".join(r["steps"]), r["description"])
+        table.add_row(str(r["name"]), " → ".join(r["steps"]), str(r["description"]))
     out.print(table)
 
 
@@ -66,7 +66,7 @@ def data_list(json_: JsonOpt = False) -> None:
     for col in ("dataset", "kind", "source", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["source"], r["description"])
+        table.add_row(*(str(r[k]) for k in ("name", "kind", "source", "description")))
     out.print(table)
 
 

@@ -83,6 +83,23 @@ class Verification:
                 "reason": self.reason}
 
 
+def _row_problem(expected_seq: int, seq: int, stored_hash: str, body: str, prev: str) -> str:
+    """What is wrong with one stored row, or "" when it links correctly to ``prev``."""
+    if seq != expected_seq:
+        return f"event #{expected_seq} is missing or out of order (found #{seq} in its place)"
+    if event_hash(body) != stored_hash:
+        return f"event #{seq} was modified: its content does not match its hash"
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError:
+        return f"event #{seq} is not valid JSON"
+    if not isinstance(doc, dict) or doc.get("seq") != seq:
+        return f"event #{seq} carries another sequence number"
+    if doc.get("prev") != prev:
+        return f"event #{seq} does not follow event #{seq - 1}: the chain was cut, reordered or rewritten"
+    return ""
+
+
 def verify_chain(rows: Iterable[tuple[int, str, str]], expect_head: str | None = None) -> Verification:
     """Check ``(seq, hash, body)`` rows in storage order.
 
@@ -96,22 +113,9 @@ def verify_chain(rows: Iterable[tuple[int, str, str]], expect_head: str | None =
     seen_head = expect_head is None
     for expected_seq, (seq, stored_hash, body) in enumerate(rows, start=1):
         count += 1
-
-        def broken(reason: str, at: int = expected_seq) -> Verification:
-            return Verification(False, count, prev, at, reason)
-
-        if seq != expected_seq:
-            return broken(f"event #{expected_seq} is missing or out of order (found #{seq} in its place)")
-        if event_hash(body) != stored_hash:
-            return broken(f"event #{seq} was modified: its content does not match its hash")
-        try:
-            doc = json.loads(body)
-        except json.JSONDecodeError:
-            return broken(f"event #{seq} is not valid JSON")
-        if not isinstance(doc, dict) or doc.get("seq") != seq:
-            return broken(f"event #{seq} carries sequence number {doc.get('seq') if isinstance(doc, dict) else '?'}")
-        if doc.get("prev") != prev:
-            return broken(f"event #{seq} does not follow event #{seq - 1}: the chain was cut, reordered or rewritten")
+        problem = _row_problem(expected_seq, seq, stored_hash, body, prev)
+        if problem:
+            return Verification(False, count, prev, expected_seq, problem)
         prev = stored_hash
         if stored_hash == expect_head:
             seen_head = True

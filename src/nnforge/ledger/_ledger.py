@@ -45,7 +45,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 def _default_actor() -> str:

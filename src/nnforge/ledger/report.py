@@ -108,7 +108,7 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
         plots=_plots(metrics, sections, variants), steps=steps, events=events,
         artifacts=[e for e in events if e.kind == "artifact.written"], verification=verification,
         head=ledger.head(), ledger_location=ledger.location,
-        generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
         fmt=_fmt,
     )

@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class RunResult:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def _git_facts(path: str | None) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def _start(recipe: Recipe, runs_dir: Path, ledger: Ledger, run_id: str) -> tuple
     run_dir.mkdir(parents=True, exist_ok=False)
     env = {**machine_facts(), "nnforge": _version()}
     config = {"run_id": run_id, "recipe": recipe.to_dict(), "recipe_source": recipe.source, "environment": env,
-              "ledger": ledger.location, "variants": {}, "created": datetime.now(timezone.utc).isoformat()}
+              "ledger": ledger.location, "variants": {}, "created": datetime.now(UTC).isoformat()}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     ledger.append("run.started", {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256, "seed": recipe.seed,
                                   "run_dir": str(run_dir), "environment": env, **_git_facts(recipe.path)}, run=run_id)

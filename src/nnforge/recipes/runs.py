@@ -33,7 +33,13 @@ def build_base(source: dict[str, Any], num_classes: int | None, seed: int = 0) -
 
         return load_hf_dir(source["hf_dir"], num_classes or 2, seed=seed, **opts)
     if source.get("architecture"):
-        return models.build(source["architecture"], **opts)
+        model = models.build(source["architecture"], **opts)
+        if source.get("safetensors"):
+            from nnforge.models.checkpoint import load_weights
+
+            tensors, _ = load_weights(source["safetensors"])
+            _load_strict(model, tensors, where=str(source["safetensors"]))
+        return model
     raise ModelError(f"model source {source} names no pretrained model, folder or architecture")
 
 
@@ -47,14 +53,23 @@ def rebuild(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module
     model = build_base(spec["base"], spec.get("num_classes"), seed=0)
     for i, doc in enumerate(spec.get("transforms", [])):
         apply_(model, load_config(doc, where=f"transforms[{i}]"))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if unexpected:
-        raise IntegrityError(f"the weights file has tensors the model does not: {unexpected[:5]}")
-    params = {id(p) for k, p in model.state_dict(keep_vars=True).items() if k in tensors}
-    untied = [k for k, p in model.state_dict(keep_vars=True).items() if k in missing and id(p) not in params]
-    if untied:
-        raise IntegrityError(f"the weights file lacks tensors the model needs: {untied[:5]}")
+    _load_strict(model, tensors, where="the weights file")
     return model.eval()
+
+
+def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``tensors`` into ``model``: no unexpected keys, no missing ones except tied weights."""
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise IntegrityError(f"{where} does not fit the model: {str(exc)[:400]}") from None
+    if unexpected:
+        raise IntegrityError(f"{where} has tensors the model does not: {unexpected[:5]}")
+    state = model.state_dict(keep_vars=True)
+    loaded = {id(p) for k, p in state.items() if k in tensors}
+    untied = [k for k, p in state.items() if k in missing and id(p) not in loaded]
+    if untied:
+        raise IntegrityError(f"{where} lacks tensors the model needs: {untied[:5]}")
 
 
 def load_variant(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:

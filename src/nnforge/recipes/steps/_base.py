@@ -68,6 +68,7 @@ class RunContext:
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)  # report sections contributed by steps
+    shared: dict[str, Any] = field(default_factory=dict)  # in-memory results later steps may reuse
     progress: ProgressFn | None = None
 
     def flush(self) -> None:

@@ -32,6 +32,7 @@ class Baselines:
         probe = fit_linear_probe(ctx.model.embed(train.texts), train.labels,
                                  ctx.model.embed(val.texts) if val else None, val.labels if val else None,
                                  Cs=config.C, num_classes=ctx.model.num_classes)
+        ctx.shared["linear_probe"] = probe  # the finetune step starts its head from it (LP-FT)
         if ctx.progress:
             ctx.progress("baselines", 1, 2)
         logreg = accuracy(test.labels, probe.predict(ctx.model.embed(test.texts)))

@@ -34,14 +34,14 @@ class Finetune:
         train, val = ctx.data["train"], ctx.data.get("val")
         probe_C = None
         if config.init_head == "probe":
-            probe = fit_linear_probe(ctx.model.embed(train.texts), train.labels,
-                                     ctx.model.embed(val.texts) if val else None, val.labels if val else None,
-                                     num_classes=ctx.model.num_classes)
+            probe = ctx.shared.get("linear_probe") or fit_linear_probe(
+                ctx.model.embed(train.texts), train.labels, ctx.model.embed(val.texts) if val else None,
+                val.labels if val else None, num_classes=ctx.model.num_classes)
             with torch.no_grad():
                 ctx.model.head.weight.copy_(probe.weight)
                 ctx.model.head.bias.copy_(probe.bias)
             probe_C = probe.C
-        lora_report = apply_lora_(ctx.model, config.lora)
+        lora_report = apply_lora_(ctx.model, config.lora, None)
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
         result = finetune_classifier(ctx.model, train.texts, train.labels, val.texts if val else [],
                                      val.labels if val else [], train_cfg, progress=ctx.progress)

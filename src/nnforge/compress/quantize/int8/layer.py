@@ -20,6 +20,10 @@ def quantize_per_row(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """``y = (x @ q.T) * scale + bias`` with ``q`` int8 (N, K) and ``scale`` fp32 (N,)."""
 
+    qweight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -33,7 +37,7 @@ class Int8Linear(nn.Module):
         q, s = quantize_per_row(lin.weight)
         m.qweight.copy_(q)
         m.scale.copy_(s)
-        if lin.bias is not None:
+        if lin.bias is not None and m.bias is not None:
             m.bias.copy_(lin.bias.detach().float())
         return m
 
@@ -51,6 +55,9 @@ class Int8Linear(nn.Module):
 
 class Int8Embedding(nn.Module):
     """An embedding table stored as int8 rows with one fp32 scale per row."""
+
+    qweight: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
         super().__init__()

@@ -1,0 +1,60 @@
+"""Benchmark: the quickstart end to end (what `make demo` runs), with its figures.
+
+    python benchmarks/quickstart.py           # full: the built-in quickstart recipe as shipped
+    python benchmarks/quickstart.py --quick   # a small slice (under a minute or two), for smoke tests
+
+Writes benchmarks/results/foundation_quickstart.json (full) or .quick.json. The run itself (report,
+ledger, weights) lands in a temporary folder unless --keep DIR is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import write_results  # noqa: E402
+
+SUMMARY_KEYS = ("baseline_majority_acc", "baseline_logreg_acc", "fp32_acc", "int8_acc", "fp32_size_mb", "int8_size_mb",
+                "int8_cos_mean", "int8_cos_min", "fp32_latency_b1_ms", "int8_latency_b1_ms", "fp32_throughput_b32",
+                "int8_throughput_b32", "fp32_macro_f1", "int8_macro_f1")
+QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1", "steps[3].repeats=5"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small slice instead of the full quickstart")
+    ap.add_argument("--keep", metavar="DIR", help="run in DIR and keep runs/ and .nnforge/ there")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from nnforge.ledger import Ledger
+    from nnforge.recipes import load_recipe, run_recipe
+
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="nnforge-qs-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe("quickstart", QUICK if args.quick else [])
+    t0 = time.perf_counter()
+    result = run_recipe(recipe, runs_dir=workdir / "runs", ledger=Ledger.open(workdir / ".nnforge" / "ledger.db"))
+    seconds = time.perf_counter() - t0
+    m = result.metrics
+    summary = {k: m[k] for k in SUMMARY_KEYS if k in m}
+    summary["run_seconds"] = seconds
+    summary["fine_tuned_beats_logreg"] = m["fp32_acc"] > m["baseline_logreg_acc"]
+    summary["int8_size_ratio"] = m["int8_size_mb"] / m["fp32_size_mb"]
+    path = write_results("foundation", "quickstart", quick=args.quick, results=m, summary=summary,
+                         packages=("transformers", "peft", "scikit-learn"),
+                         extra={"recipe": recipe.to_dict(), "run_dir": str(result.run_dir)})
+    print(f"wrote {path}")
+    for k, v in summary.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Training checkpoints: one safetensors file per checkpoint, written atomically, never pickled.
+
+``<checkpoint_dir>/step-000020.safetensors`` holds every tensor (model under ``model/``, optimizer state
+under ``optim/``, RNG states under ``rng/``) and, in its header metadata under ``nnforge.train``, one JSON
+document with the rest: step, epoch position, scheduler state, the optimizer's non-tensor state and param
+groups, numpy and Python RNG states, early-stopping state and the config. A file is written to a temporary
+name and moved into place with ``os.replace``, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnforge.errors import IntegrityError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path"]
+
+META_KEY = "nnforge.train"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
+    """Where the checkpoint of ``step`` lives in ``directory``."""
+    return Path(directory) / f"step-{step:06d}.safetensors"
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint with the highest step in ``directory`` (None when there is none)."""
+    d = Path(directory)
+    found = [(int(m.group(1)), p) for p in d.glob("step-*.safetensors") if (m := _NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+# --- flattening nested state into tensors + JSON ---------------------------------------------------------
+
+def _encode(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON-able form of ``obj``; tensors go to ``tensors`` under ``key`` and leave a reference behind."""
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, f"{key}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[k, _encode(v, f"{key}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__tuple__" if isinstance(obj, tuple) else "__list__":
+                [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise IntegrityError(f"cannot store a {type(obj).__name__} at {key!r} in a checkpoint (tensors, numbers, "
+                         "strings, lists and dicts only)")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        if "__list__" in obj:
+            return [_decode(v, tensors) for v in obj["__list__"]]
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def _model_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Put the model's state in ``tensors``; tied tensors are stored once and listed as aliases."""
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, torch.dtype, tuple[int, ...]], str] = {}
+    for name, value in model.state_dict().items():
+        ident = (value.data_ptr(), value.numel(), value.dtype, tuple(value.shape))
+        if value.numel() and ident in seen:
+            aliases[name] = seen[ident]
+            continue
+        seen[ident] = name
+        tensors[f"model/{name}"] = value.detach().cpu().contiguous()
+    return aliases
+
+
+# --- RNG states -------------------------------------------------------------------------------------------
+
+def _rng_state(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    tensors["rng/torch"] = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    for i, s in enumerate(cuda):
+        tensors[f"rng/cuda/{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {"cuda_devices": len(cuda), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "python": _encode(random.getstate(), "python", {})}
+
+
+def _restore_rng(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    n = int(meta["cuda_devices"])
+    if n and torch.cuda.is_available() and torch.cuda.device_count() == n:
+        torch.cuda.set_rng_state_all([tensors[f"rng/cuda/{i}"] for i in range(n)])
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(_decode(meta["python"], {}))
+
+
+# --- save / load ------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, extra: dict[str, Any]) -> Path:
+    """Write model, optimizer, scheduler, RNG states and ``extra`` (JSON-able) to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {
+        "format": "nnforge.train.checkpoint", "version": FORMAT_VERSION,
+        "model_aliases": _model_tensors(model, tensors),
+        "optimizer": _encode(optimizer.state_dict(), "optim", tensors),
+        "scheduler": _encode(scheduler.state_dict(), "sched", tensors),
+        "rng": _rng_state(tensors),
+        **extra,
+    }
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise IntegrityError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise IntegrityError(f"{path}: not a readable checkpoint ({exc}); use an older one") from None
+    if raw is None:
+        raise IntegrityError(f"{path}: has no {META_KEY} metadata; it is not an nnforge training checkpoint")
+    meta = json.loads(raw)
+    if meta.get("version") != FORMAT_VERSION:
+        raise IntegrityError(f"{path}: checkpoint format version {meta.get('version')!r}; "
+                             f"this nnforge reads version {FORMAT_VERSION}")
+    return tensors, meta
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` (and ``optimizer``, ``scheduler``, the global RNGs).
+
+    Returns the JSON document (step, epoch position, early-stopping state, config, …).
+
+    Raises:
+        IntegrityError: the file is missing, damaged, or does not fit the model.
+    """
+    p = Path(path)
+    tensors, meta = _read(p)
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    for name, target in meta["model_aliases"].items():
+        state[name] = state[target]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise IntegrityError(f"{p}: the checkpoint does not fit this model: {exc}") from None
+    if optimizer is not None:
+        optimizer.load_state_dict(_decode(meta["optimizer"], tensors))
+    if scheduler is not None:
+        scheduler.load_state_dict(_decode(meta["scheduler"], tensors))
+    if restore_rng:
+        _restore_rng(meta["rng"], tensors)
+    return meta
