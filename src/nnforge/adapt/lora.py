@@ -30,6 +30,8 @@ class LoraConfig(Config):
         dropout: dropout on the adapter input.
         target_modules: names (suffixes) of the Linear modules that get adapters.
         trainable: names of other submodules left trainable (e.g. a new classification head).
+        layers: only these transformer layer indices get adapters (None: all). Adapting only the top
+            layers also shortens the backward pass, which stops below the lowest adapter.
     """
 
     r: int = Field(8, ge=1, le=1024)
@@ -37,6 +39,7 @@ class LoraConfig(Config):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
     trainable: tuple[str, ...] = ("head",)
+    layers: tuple[int, ...] | None = None
 
 
 def _peft() -> Any:
@@ -45,6 +48,14 @@ def _peft() -> Any:
     except ImportError as exc:
         raise MissingDependencyError("LoRA needs peft: pip install 'nnforge[hf]'") from exc
     return peft
+
+
+def _layer_index(name: str) -> int | None:
+    """The transformer layer a module belongs to: the first integer path component (``layer.3.…``)."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -56,7 +67,8 @@ def apply_lora_(model: nn.Module, config: LoraConfig, filter: ModuleFilter | Non
     """Insert LoRA adapters into ``model`` in place and freeze everything but adapters and ``trainable``."""
     peft = _peft()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-             and n.rsplit(".", 1)[-1] in config.target_modules and (filter is None or filter(n, m))]
+             and n.rsplit(".", 1)[-1] in config.target_modules and (filter is None or filter(n, m))
+             and (config.layers is None or _layer_index(n) in config.layers)]
     if not names:
         have = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(f"LoraConfig.target_modules {list(config.target_modules)} match no Linear module; "

@@ -55,7 +55,7 @@ class TextClassifier(nn.Module):
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.max_length = max_length
-        hidden = int(getattr(encoder, "config").hidden_size)
+        hidden = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
         self.head = nn.Linear(hidden, num_classes)
 
     @property

@@ -89,7 +89,7 @@ class BatchStream:
     def _start_epoch(self, skip: int) -> None:
         if hasattr(self.data, "set_epoch"):
             self.data.set_epoch(self.epoch)
-        self._iterator = iter(self.data)  # type: ignore[call-overload]
+        self._iterator = iter(self.data)  # type: ignore[arg-type]
         for _ in range(skip):
             next(self._iterator)
 
@@ -101,9 +101,8 @@ class BatchStream:
             return batch
         if self._iterator is None:
             self._start_epoch(skip=self.batch_in_epoch)
-        assert self._iterator is not None
         try:
-            batch = next(self._iterator)
+            batch = next(self._iterator)  # type: ignore[arg-type]
         except StopIteration:
             if self.batch_in_epoch == 0:
                 raise DataError("the training data yielded no batches; check that it is not empty") from None
@@ -143,17 +142,22 @@ def batch_rows(batch: Any) -> int:
     return 1
 
 
-def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
-    """This rank's slice of a global batch: an equal share of the rows of every tensor."""
+def shard_batch(batch: Any, rank: int, world_size: int, *, even: bool = True) -> Any:
+    """This rank's slice of a global batch: its share of the rows of every tensor.
+
+    With ``even`` (training) the rows must divide by ``world_size``, so that averaging the ranks' gradients
+    equals the gradient of the global batch; otherwise (evaluation, where metrics are weighted by rows)
+    the first ranks get one row more.
+    """
     if world_size == 1:
         return batch
 
     def take(t: torch.Tensor) -> torch.Tensor:
         rows = t.shape[0] if t.dim() else 0
-        if rows % world_size:
+        if even and rows % world_size:
             raise DataError(f"a global batch of {rows} rows cannot be split evenly across {world_size} ranks; "
-                            f"use a batch size divisible by {world_size}")
-        share = rows // world_size
-        return t[rank * share : (rank + 1) * share]
+                            f"use a batch size divisible by {world_size} (and drop_last=True, so that the last "
+                            "batch of an epoch is full too)")
+        return torch.tensor_split(t, world_size)[rank]
 
     return _map_tensors(batch, take)

@@ -23,7 +23,7 @@ from torch import nn
 
 from nnforge.errors import IntegrityError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "checkpoint_step"]
 
 META_KEY = "nnforge.train"
 FORMAT_VERSION = 1
@@ -35,11 +35,16 @@ def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
     return Path(directory) / f"step-{step:06d}.safetensors"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (-1 for other names)."""
+    m = _NAME.match(path.name)
+    return int(m.group(1)) if m else -1
+
+
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     """The checkpoint with the highest step in ``directory`` (None when there is none)."""
-    d = Path(directory)
-    found = [(int(m.group(1)), p) for p in d.glob("step-*.safetensors") if (m := _NAME.match(p.name))]
-    return max(found)[1] if found else None
+    found = [p for p in Path(directory).glob("step-*.safetensors") if checkpoint_step(p) >= 0]
+    return max(found, key=checkpoint_step) if found else None
 
 
 # --- flattening nested state into tensors + JSON ---------------------------------------------------------
@@ -97,8 +102,8 @@ def _rng_state(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     for i, s in enumerate(cuda):
         tensors[f"rng/cuda/{i}"] = s
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    return {"cuda_devices": len(cuda), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return {"cuda_devices": len(cuda), "numpy": [kind, np.asarray(keys).tolist(), pos, has_gauss, cached],
             "python": _encode(random.getstate(), "python", {})}
 
 

@@ -44,7 +44,7 @@ class Distributed:
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of ``values`` over ranks (the tensor itself on one process)."""
         if self.world_size > 1:
-            values = values.to(self.device)
+            values = values.to(self.device)  # NCCL reduces GPU tensors only
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values.cpu()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ __all__ = ["Event", "TrainState", "Callback", "CallbackFn", "on"]
 log = logging.getLogger("nnforge.train")
 
 
-class Event(str, Enum):
+class Event(StrEnum):
     """The points of :func:`~nnforge.train.fit` where callbacks run. The loop, as pseudocode::
 
         # FIT_START
