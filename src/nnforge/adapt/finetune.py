@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,12 @@ class FinetuneConfig(Config):
     clip_norm: float = Field(1.0, gt=0)
     patience: int = Field(2, ge=1)
     seed: int = 0
+    # WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"): interpolate between the
+    # starting and the fine-tuned weights, alpha chosen on validation; () turns it off
+    wise_alphas: tuple[float, ...] = (0.5, 0.75, 1.0)
+    # "balanced" weighs each class by the inverse of its training frequency, so that the model is not
+    # pulled towards the classes that happen to be common in training (the val/test plays are balanced)
+    class_weights: Literal["balanced"] | None = "balanced"
 
 
 @dataclass
@@ -51,10 +57,11 @@ class FinetuneResult:
     best_val_acc: float = float("nan")
     seconds: float = 0.0
     steps: int = 0
+    wise_alpha: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
-                "seconds": round(self.seconds, 2), "steps": self.steps}
+                "seconds": round(self.seconds, 2), "steps": self.steps, "wise_alpha": self.wise_alpha}
 
 
 @torch.inference_mode()
@@ -91,13 +98,41 @@ def _length_bucketed_batches(texts: list[str], batch_size: int, gen: torch.Gener
     return [batches[k] for k in order]
 
 
+def _interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """Weights on the line from ``start`` to ``end``. LoRA's A matrices keep their end value: with B
+    starting at zero, the merged update is then exactly ``alpha`` times the fine-tuned one."""
+    return {k: v if "lora_A" in k else torch.lerp(start[k], v, alpha) for k, v in end.items()}
+
+
+def _choose_interpolation(model: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                          alphas: tuple[float, ...], score: Callable[[], float]) -> float:
+    """Load the interpolation with the best validation score (ties: the larger alpha) and return alpha."""
+    best_alpha, best_score = 1.0, -1.0
+    for alpha in sorted(alphas, reverse=True):
+        model.load_state_dict(_interpolate(start, end, alpha), strict=False)
+        value = score()
+        log.info("WiSE-FT alpha %.2f: validation accuracy %.4f", alpha, value)
+        if value > best_score:
+            best_alpha, best_score = alpha, value
+    model.load_state_dict(_interpolate(start, end, best_alpha), strict=False)
+    return best_alpha
+
+
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
 
 
-def _val_accuracy(model: Any, texts: list[str], labels: list[int]) -> float:
-    return float((predict_labels(model, texts) == torch.tensor(labels)).float().mean())
+def _val_accuracy(model: Any, texts: list[str], labels: list[int], cache: _Cached | None = None) -> float:
+    if cache is None:
+        return float((predict_labels(model, texts) == torch.tensor(labels)).float().mean())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([_logits(model, texts, list(range(i, min(i + 64, len(texts)))), cache).argmax(-1)
+                          for i in range(0, len(texts), 64)])
+    model.train(was_training)
+    return float((pred == torch.tensor(labels)).float().mean())
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -109,10 +144,54 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
+class _Cached:
+    """Hidden states entering layer ``k`` for each text, computed once with the frozen bottom layers."""
+
+    def __init__(self, model: Any, k: int, texts: list[str], batch_size: int = 64) -> None:
+        self.k = k
+        self.rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                b = model.tokenize([texts[j] for j in idx])
+                h = model.hidden_at(k, b["input_ids"], b["attention_mask"])  # (B, T, H)
+                for row, j in enumerate(idx):
+                    self.rows[j] = h[row, : int(b["attention_mask"][row].sum())].clone()
+        model.train(was_training)
+
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.rows[i] for i in idx]
+        t = max(r.shape[0] for r in rows)
+        hidden = torch.zeros(len(rows), t, rows[0].shape[1])
+        mask = torch.zeros(len(rows), t, dtype=torch.long)
+        for n, r in enumerate(rows):
+            hidden[n, : r.shape[0]] = r
+            mask[n, : r.shape[0]] = 1
+        return hidden, mask
+
+
+def _logits(model: Any, texts: list[str], idx: list[int], cache: _Cached | None) -> torch.Tensor:
+    if cache is not None:
+        hidden, mask = cache.batch(idx)
+        return model.forward_from(cache.k, hidden, mask)
+    batch = model.tokenize([texts[j] for j in idx])
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
 def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[int], val_texts: list[str],
-                        val_labels: list[int], config: FinetuneConfig,
-                        progress: ProgressFn | None = None) -> FinetuneResult:
-    """Train the trainable parameters of ``model`` (adapters, head) and keep the best epoch's weights."""
+                        val_labels: list[int], config: FinetuneConfig, progress: ProgressFn | None = None,
+                        frozen_layers: int = 0) -> FinetuneResult:
+    """Train the trainable parameters of ``model`` (adapters, head) and keep the best epoch's weights.
+
+    Args:
+        frozen_layers: when the bottom ``frozen_layers`` encoder layers hold nothing trainable, their
+            outputs are computed once and cached (``model.hidden_at``/``forward_from``): each step then
+            runs only the top layers. The result equals training the whole model with those layers frozen,
+            except that dropout is not applied inside the frozen layers.
+    """
     if len(train_texts) != len(train_labels) or not train_texts:
         raise DataError("fine-tuning needs a non-empty training split with one label per text")
     if max(train_labels) >= model.num_classes or min(train_labels) < 0:
@@ -126,17 +205,22 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
     labels = torch.tensor(train_labels)
+    weight = None
+    if config.class_weights == "balanced":
+        counts = torch.bincount(labels, minlength=model.num_classes).float()
+        weight = torch.where(counts > 0, len(labels) / (model.num_classes * counts.clamp_min(1)), torch.zeros(()))
     result, bad_epochs, t0 = FinetuneResult(), 0, time.perf_counter()
-    best_state = _trainable_state(model)  # epoch 0: the starting point is a candidate too
+    cache = _Cached(model, frozen_layers, train_texts) if frozen_layers > 0 else None
+    val_cache = _Cached(model, frozen_layers, val_texts) if frozen_layers > 0 and val_texts else None
+    start_state = best_state = _trainable_state(model)  # epoch 0: the starting point is a candidate too
     if val_texts:
-        result.best_val_acc = _val_accuracy(model, val_texts, val_labels)
+        result.best_val_acc = _val_accuracy(model, val_texts, val_labels, val_cache)
         result.history.append({"epoch": 0, "train_loss": float("nan"), "val_acc": result.best_val_acc})
     for epoch in range(config.epochs):
         model.train()
         running = 0.0
         for idx in _length_bucketed_batches(train_texts, config.batch_size, gen):
-            batch = model.tokenize([train_texts[j] for j in idx.tolist()])
-            loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), labels[idx])
+            loss = F.cross_entropy(_logits(model, train_texts, idx.tolist(), cache), labels[idx], weight=weight)
             if not torch.isfinite(loss):
                 raise StepFailedError(f"fine-tuning diverged at epoch {epoch + 1}, step {result.steps + 1}: "
                                       f"loss is {loss.item()}. Lower the learning rate (lr={config.lr}).")
@@ -149,7 +233,7 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
             result.steps += 1
             if progress:
                 progress("fine-tune", result.steps, total)
-        val_acc = _val_accuracy(model, val_texts, val_labels) if val_texts else float("nan")
+        val_acc = _val_accuracy(model, val_texts, val_labels, val_cache) if val_texts else float("nan")
         result.history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch, "val_acc": val_acc})
         log.info("epoch %d: train loss %.4f, val acc %.4f", epoch + 1, running / steps_per_epoch, val_acc)
         if not val_texts or math.isnan(result.best_val_acc) or val_acc > result.best_val_acc:
@@ -163,6 +247,9 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
                     progress("fine-tune", total, total)
                 break
     model.load_state_dict(best_state, strict=False)
+    if config.wise_alphas and val_texts:
+        result.wise_alpha = _choose_interpolation(model, start_state, best_state, config.wise_alphas,
+                                                  lambda: _val_accuracy(model, val_texts, val_labels, val_cache))
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result

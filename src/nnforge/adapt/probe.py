@@ -32,7 +32,7 @@ class LinearProbe:
 
 def fit_linear_probe(train_x: torch.Tensor, train_y: list[int], val_x: torch.Tensor | None = None,
                      val_y: list[int] | None = None, Cs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0),
-                     num_classes: int | None = None) -> LinearProbe:
+                     num_classes: int | None = None, class_weight: str | None = None) -> LinearProbe:
     """Logistic regression on features; ``C`` chosen on the validation split (never on test)."""
     try:
         from sklearn.linear_model import LogisticRegression
@@ -41,7 +41,7 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: list[int], val_x: torch.Ten
     xtr, ytr = train_x.numpy(), np.asarray(train_y)
     best: tuple[float, float | None, LogisticRegression] | None = None
     for c in Cs:
-        clf = LogisticRegression(C=c, max_iter=3000).fit(xtr, ytr)
+        clf = LogisticRegression(C=c, max_iter=3000, class_weight=class_weight).fit(xtr, ytr)
         score = float((clf.predict(val_x.numpy()) == np.asarray(val_y)).mean()) if val_x is not None else None
         if best is None or (score is not None and best[1] is not None and score > best[1]):
             best = (c, score, clf)

@@ -64,13 +64,13 @@ def _git_facts(path: str | None) -> dict[str, Any]:
 
 
 def _load_data(recipe: Recipe) -> tuple[dict[str, Any], Any]:
+    """The dataset and what steps read from ``ctx.data``: text splits, or ``{"dataset": …}`` otherwise."""
     from nnforge import data as data_mod
 
     spec = recipe.data
     dataset = data_mod.load(spec.dataset, **spec.options)
-    if not hasattr(dataset, "splits") or not isinstance(dataset, data_mod.TextClassification):
-        raise ConfigError(f"data.dataset: {spec.dataset!r} is not a text-classification dataset; "
-                          "the built-in steps of this version need one (e.g. shakespeare-genre or files)")
+    if not isinstance(dataset, data_mod.TextClassification):
+        return {"dataset": dataset}, dataset
     splits: dict[str, Any] = {"train": dataset.split(spec.train_split).take(spec.max_train, recipe.seed),
                               "test": dataset.split(spec.test_split)}
     if spec.val_split:
@@ -130,27 +130,35 @@ def run_recipe(recipe: Recipe, *, runs_dir: str | Path = "runs", ledger: Ledger 
 
 
 def _prepare(recipe: Recipe, run_dir: Path, ledger: Ledger, run_id: str, progress: ProgressFn | None) -> RunContext:
+    from nnforge.data import TextClassification
+
     splits, dataset = _load_data(recipe)
-    summary = dataset.summary()
-    summary["splits"] = {k: {"n": len(v), "sha256": v.sha256(),
-                             "class_counts": [v.labels.count(c) for c in range(dataset.num_classes)]}
-                         for k, v in splits.items()}
+    summary = dataset.summary() if hasattr(dataset, "summary") else {"name": recipe.data.dataset}
+    text = isinstance(dataset, TextClassification)
+    if text:
+        summary["splits"] = {k: {"n": len(v), "sha256": v.sha256(),
+                                 "class_counts": [v.labels.count(c) for c in range(dataset.num_classes)]}
+                             for k, v in splits.items()}
+    elif hasattr(dataset, "source"):
+        summary = {"name": dataset.name, "source": dataset.source}
     ledger.append("data.loaded", summary, run=run_id)
     source = recipe.model.model_dump(exclude_none=True)
-    model = build_base(source, dataset.num_classes, seed=recipe.seed)
-    num_classes = getattr(model, "num_classes", dataset.num_classes)
-    if num_classes != dataset.num_classes:
-        raise DataError(f"the model has {num_classes} outputs but the dataset has {dataset.num_classes} classes")
-    _check_labels(splits, dataset.num_classes)
-    spec = {"base": source, "num_classes": dataset.num_classes, "label_names": dataset.label_names,
-            "kind": "text-classifier"}
+    num_classes = getattr(dataset, "num_classes", None)
+    model = build_base(source, num_classes if text else None, seed=recipe.seed)
+    if text:
+        if getattr(model, "num_classes", num_classes) != num_classes:
+            raise DataError(f"the model has {getattr(model, 'num_classes', '?')} outputs but the dataset has "
+                            f"{num_classes} classes")
+        _check_labels(splits, dataset.num_classes)
+    spec = {"base": source, "num_classes": num_classes, "label_names": getattr(dataset, "label_names", []),
+            "kind": "text-classifier" if text else "module"}
     ledger.append("model.loaded", {"source": source, "parameters": sum(p.numel() for p in model.parameters()),
-                                   "num_classes": dataset.num_classes}, run=run_id)
+                                   "num_classes": num_classes}, run=run_id)
     ctx = RunContext(run_id=run_id, run_dir=run_dir, recipe=recipe, ledger=ledger, seed=recipe.seed, data=splits,
                      model=model, model_spec=spec, progress=progress)
     ctx.sections["data"] = summary
     cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    cfg["label_names"] = dataset.label_names
+    cfg["label_names"] = getattr(dataset, "label_names", [])
     atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
     return ctx
 

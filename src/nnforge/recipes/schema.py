@@ -40,7 +40,8 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """Where the model comes from: exactly one of ``name``, ``hf_dir`` or ``safetensors`` (+ ``architecture``)."""
+    """Where the model comes from: a packaged ``name``, an ``hf_dir``, or a registered ``architecture``
+    (initialised from ``seed``, or from a ``safetensors`` file of weights)."""
 
     name: str | None = None
     hf_dir: str | None = None
@@ -50,11 +51,12 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in ("name", "hf_dir", "safetensors") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of name, hf_dir, safetensors (got {given or 'none'})")
+        given = [k for k in ("name", "hf_dir", "architecture") if getattr(self, k)]
         if self.safetensors and not self.architecture:
             raise ValueError("a safetensors file needs 'architecture' (a registered architecture name)")
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, hf_dir, safetensors (with architecture) or architecture "
+                             f"(got {given or 'none'})")
         return self
 
 

@@ -29,14 +29,19 @@ class Baselines:
         if not hasattr(ctx.model, "embed"):
             raise StepFailedError("the baselines step needs a text model with embeddings")
         train, test, val = ctx.data["train"], ctx.data["test"], ctx.data.get("val")
-        probe = fit_linear_probe(ctx.model.embed(train.texts), train.labels,
-                                 ctx.model.embed(val.texts) if val else None, val.labels if val else None,
-                                 Cs=config.C, num_classes=ctx.model.num_classes)
-        ctx.shared["linear_probe"] = probe  # the finetune step starts its head from it (LP-FT)
+        feats = {"train": ctx.model.embed(train.texts), "test": ctx.model.embed(test.texts),
+                 "val": ctx.model.embed(val.texts) if val else None}
         if ctx.progress:
-            ctx.progress("baselines", 1, 2)
-        logreg = accuracy(test.labels, probe.predict(ctx.model.embed(test.texts)))
-        if ctx.progress:
-            ctx.progress("baselines", 2, 2)
-        return StepResult(metrics={"baseline_majority_acc": majority_accuracy(train.labels, test.labels),
-                                   "baseline_logreg_acc": logreg, "baseline_logreg_C": probe.C})
+            ctx.progress("baselines", 1, 3)
+        metrics: dict[str, Any] = {"baseline_majority_acc": majority_accuracy(train.labels, test.labels)}
+        # plain logistic regression (the reference baseline), and the class-balanced variant the
+        # fine-tuning starts from: both reported, so the comparison with the fine-tuned model is fair
+        for suffix, weighting in (("", None), ("_balanced", "balanced")):
+            probe = fit_linear_probe(feats["train"], train.labels, feats["val"], val.labels if val else None,
+                                     Cs=config.C, num_classes=ctx.model.num_classes, class_weight=weighting)
+            ctx.shared[f"linear_probe{suffix}"] = probe  # the finetune step may start its head from it (LP-FT)
+            metrics[f"baseline_logreg{suffix}_acc"] = accuracy(test.labels, probe.predict(feats["test"]))
+            metrics[f"baseline_logreg{suffix}_C"] = probe.C
+            if ctx.progress:
+                ctx.progress("baselines", 2 if not suffix else 3, 3)
+        return StepResult(metrics=metrics)

@@ -34,9 +34,11 @@ class Finetune:
         train, val = ctx.data["train"], ctx.data.get("val")
         probe_C = None
         if config.init_head == "probe":
-            probe = ctx.shared.get("linear_probe") or fit_linear_probe(
+            balanced = config.train.class_weights == "balanced"
+            probe = ctx.shared.get("linear_probe_balanced" if balanced else "linear_probe") or fit_linear_probe(
                 ctx.model.embed(train.texts), train.labels, ctx.model.embed(val.texts) if val else None,
-                val.labels if val else None, num_classes=ctx.model.num_classes)
+                val.labels if val else None, num_classes=ctx.model.num_classes,
+                class_weight="balanced" if balanced else None)
             with torch.no_grad():
                 ctx.model.head.weight.copy_(probe.weight)
                 ctx.model.head.bias.copy_(probe.bias)
@@ -44,13 +46,15 @@ class Finetune:
         lora_report = apply_lora_(ctx.model, config.lora, None)
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
         result = finetune_classifier(ctx.model, train.texts, train.labels, val.texts if val else [],
-                                     val.labels if val else [], train_cfg, progress=ctx.progress)
+                                     val.labels if val else [], train_cfg, progress=ctx.progress,
+                                     frozen_layers=min(config.lora.layers) if config.lora.layers else 0)
         merged = merge_lora_(ctx.model)
         ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
         ctx.sections["finetune"] = result.to_dict()
         return StepResult(
             metrics={"finetune_best_val_acc": result.best_val_acc, "finetune_best_epoch": result.best_epoch,
-                     "finetune_seconds": result.seconds, "finetune_steps": result.steps},
+                     "finetune_seconds": result.seconds, "finetune_steps": result.steps,
+                     "finetune_wise_alpha": result.wise_alpha},
             details={"history": result.history, "lora_modules": len(lora_report.changed), "merged": merged,
                      "init_head": config.init_head, "probe_C": probe_C},
         )
