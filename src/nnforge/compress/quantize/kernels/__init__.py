@@ -1,0 +1,38 @@
+"""Low-bit CPU kernels for small-batch ``x @ W.T``: int8, int4, int2, ternary and binary packed weights.
+
+>>> import torch
+>>> from nnforge.compress.quantize.kernels import quantize_weight, qgemv
+>>> w = quantize_weight(torch.randn(256, 512), "int4", group_size=64)
+>>> qgemv(torch.randn(1, 512), w).shape
+torch.Size([1, 256])
+
+The C++ kernels (``qgemv.cpp``) are compiled with the machine's compiler at first use and cached; with no
+compiler, or ``$NNFORGE_KERNELS=torch``, the same API runs in pure torch. See docs/kernels.md.
+"""
+
+from __future__ import annotations
+
+from nnforge.compress.quantize.kernels._dispatch import MAX_KERNEL_BATCH, backend, qgemv
+from nnforge.compress.quantize.kernels._format import FORMATS, LAYOUT_VERSION, PackedWeight, pack, padded_k, unpack
+from nnforge.compress.quantize.kernels._reference import (
+    from_int,
+    quantize_activations,
+    quantize_weight,
+    reference_matmul,
+)
+
+__all__ = [
+    "FORMATS",
+    "LAYOUT_VERSION",
+    "MAX_KERNEL_BATCH",
+    "PackedWeight",
+    "backend",
+    "from_int",
+    "pack",
+    "padded_k",
+    "qgemv",
+    "quantize_activations",
+    "quantize_weight",
+    "reference_matmul",
+    "unpack",
+]

@@ -1,0 +1,54 @@
+"""``qgemv``: the compiled kernel for small batches, pure torch otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from nnforge.compress.quantize.kernels._build import load_library
+from nnforge.compress.quantize.kernels._format import PackedWeight
+from nnforge.compress.quantize.kernels._reference import reference_matmul
+from nnforge.errors import ConfigError, NnforgeError
+
+__all__ = ["qgemv", "backend", "MAX_KERNEL_BATCH"]
+
+MAX_KERNEL_BATCH = 8  # above this many rows, dequantise-and-matmul is compute-bound and wins
+
+
+def backend(isa: str | None = None) -> str:
+    """The active path: ``avx512vnni``, ``avx2``, ``scalar`` (compiled) or ``torch`` (fallback).
+
+    ``isa`` (else ``$NNFORGE_KERNELS``) asks for ``auto``, ``avx512``, ``avx2``, ``scalar`` or ``torch``;
+    the first call compiles the kernels (a few seconds) unless they are cached.
+    """
+    return load_library(isa)[1]
+
+
+def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threads: int | None = None) -> torch.Tensor:
+    """``x (..., K) @ W.T -> (..., N)`` float32 for a packed weight, activations quantised to int8 per row.
+
+    Uses the compiled kernel when at most :data:`MAX_KERNEL_BATCH` rows come in and it is available;
+    otherwise :func:`reference_matmul` (same activation rounding, plain torch) for small batches, or the
+    fp32 dequantise-and-matmul for larger ones.
+
+    Raises:
+        ConfigError: ``x``'s last dimension is not ``w.K``.
+    """
+    if x.shape[-1] != w.K:
+        raise ConfigError(f"qgemv: x has {x.shape[-1]} features but the packed weight expects K={w.K}.")
+    x2 = x.reshape(-1, w.K)
+    M = x2.shape[0]
+    if M > MAX_KERNEL_BATCH:
+        return reference_matmul(x, w, act_quant=False)
+    lib, _ = load_library(isa)
+    if lib is None or M == 0:
+        return reference_matmul(x, w, act_quant=True)
+    x2 = x2.detach().to(torch.float32).contiguous()
+    y = torch.empty(M, w.N, dtype=torch.float32)
+    spec = w.spec
+    zeros = w.zeros.data_ptr() if w.zeros is not None else None
+    rc = lib.nnf_qgemm(x2.data_ptr(), M, w.K, w.data.data_ptr(), w.scales.data_ptr(), zeros,
+                       spec.z_symmetric, spec.amul, spec.bits, w.N, w.Kp, w.group,
+                       y.data_ptr(), num_threads or torch.get_num_threads())
+    if rc != 0:
+        raise NnforgeError(f"qgemv kernel rejected its arguments (code {rc}) for {w.fmt} N={w.N} K={w.K} G={w.group}.")
+    return y.reshape(*x.shape[:-1], w.N)
