@@ -41,7 +41,7 @@ def write_results(area: str, name: str, *, quick: bool, results: Any, summary: d
     from nnforge.hardware import machine_facts
 
     doc = {"mode": "quick" if quick else "full", "benchmark": f"{area}/{name}",
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine_facts(),
+           "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "machine": machine_facts(),
            "versions": versions(*packages), **(extra or {}), "results": results, "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{area}_{name}{'.quick' if quick else ''}.json"

@@ -38,6 +38,7 @@ def _root(
 
 
 app.command("run")(run.run)
+app.command("train")(run.train)
 app.command("recipes")(info.recipes)
 app.command("env")(info.env)
 app.command("predict")(model.predict)

@@ -39,11 +39,32 @@ def run(
     out.print(f"ledger head: {result.head}")
 
 
+def train(
+    recipe: Annotated[str, typer.Argument(help="A recipe with a train step: a built-in name (digits, charlm) or a YAML file.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: key=value (YAML value), "
+                                                   "e.g. --set steps[0].optimizer=soap")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Folder that receives runs/<run-id>/.")] = "runs",
+    ledger: Annotated[str | None, typer.Option(help="Ledger database (default .nnforge/ledger.db).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a model as a recipe says (optimizer and schedule by name); like `run`, for recipes that train."""
+    from nnforge.errors import ConfigError
+    from nnforge.recipes import load_recipe
+
+    rec = load_recipe(recipe, set_ or [])
+    if not any(s.name == "train" for s in rec.steps):
+        raise ConfigError(f"recipe {rec.name!r} has no train step; use `nnforge run` for it")
+    run(recipe, set_, runs_dir, ledger, actor, json_)
+
+
 def _summary(metrics: dict[str, object]) -> None:
     from rich.table import Table
 
-    keys = [k for k in ("baseline_majority_acc", "baseline_logreg_acc", "fp32_acc", "int8_acc", "fp32_size_mb",
-                        "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms", "int8_latency_b1_ms") if k in metrics]
+    keys = [k for k in ("baseline_majority_acc", "baseline_logreg_acc", "baseline_logreg_balanced_acc", "fp32_acc",
+                        "int8_acc", "fp32_size_mb", "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms",
+                        "int8_latency_b1_ms", "train_steps", "train_seconds", "val_loss", "val_accuracy")
+            if k in metrics]
     if not keys:
         return
     table = Table(title="results", show_header=True)

@@ -6,6 +6,7 @@ all-MiniLM-L6-v2 encoder with a classification head (needs the ``hf`` extra).
 
 from __future__ import annotations
 
+from nnforge.models import char_gpt as _char_gpt  # noqa: F401  (registers "char-gpt")
 from nnforge.models import digits as _digits  # noqa: F401  (registers "digits-mlp", "digits-cnn")
 from nnforge.models._registry import ARCHITECTURES, build
 

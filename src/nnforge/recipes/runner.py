@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nnforge.errors import ConfigError, DataError, NnforgeError, StepFailedError
+from nnforge.errors import DataError, NnforgeError, StepFailedError
 from nnforge.hardware import machine_facts
 from nnforge.ledger import Ledger, atomic_write_text
 from nnforge.recipes.runs import build_base

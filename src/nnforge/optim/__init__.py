@@ -1,0 +1,50 @@
+"""Optimizers beyond Adam, one file each, registered by name, plus parameter grouping for hybrids.
+
+    from nnforge.optim import build_optimizer, optimizer_names, param_groups_for
+    opt = build_optimizer("batched-muon", model, lr=0.02, adamw_lr=6e-3)
+    opt = build_optimizer("soap", model.parameters(), lr=3e-3, precondition_frequency=10)
+
+torch's own AdamW, Adafactor and Muon (as a Muon + AdamW hybrid) are registered beside nnforge's SOAP,
+Schedule-Free AdamW, Prodigy, Lion, Sophia, AdamW with hypergradient descent and Batched Muon. Every
+option is validated by the optimizer's config class; mistakes raise :class:`~nnforge.errors.ConfigError`
+naming the option. See ``docs/optim.md``.
+"""
+
+from __future__ import annotations
+
+from nnforge.optim import adafactor as _adafactor  # noqa: F401  (registers "adafactor")
+from nnforge.optim import adamw as _adamw  # noqa: F401  (registers "adamw")
+from nnforge.optim import muon as _muon  # noqa: F401  (registers "muon")
+from nnforge.optim._groups import param_groups_for
+from nnforge.optim._hybrid import HybridOptimizer
+from nnforge.optim._registry import OPTIMIZERS, OptimizerSpec, build_optimizer, optimizer_names
+from nnforge.optim.batched_muon import BatchedMuon, BatchedMuonConfig
+from nnforge.optim.hypergradient import AdamWHD, AdamWHDConfig
+from nnforge.optim.lion import Lion, LionConfig
+from nnforge.optim.prodigy import Prodigy, ProdigyConfig
+from nnforge.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeConfig
+from nnforge.optim.soap import SOAP, SOAPConfig
+from nnforge.optim.sophia import Sophia, SophiaConfig
+
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "build_optimizer",
+    "optimizer_names",
+    "param_groups_for",
+    "HybridOptimizer",
+    "AdamWHD",
+    "AdamWHDConfig",
+    "BatchedMuon",
+    "BatchedMuonConfig",
+    "Lion",
+    "LionConfig",
+    "Prodigy",
+    "ProdigyConfig",
+    "SOAP",
+    "SOAPConfig",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeConfig",
+    "Sophia",
+    "SophiaConfig",
+]

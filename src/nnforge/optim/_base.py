@@ -1,0 +1,52 @@
+"""Shared pieces of nnforge's optimizers: option types and collecting the tensors a step works on."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+
+from nnforge.errors import ConfigError
+
+__all__ = ["Beta", "LR", "WeightDecay", "Eps", "with_grads", "check_dense", "split_flag"]
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+LR = Annotated[float, Field(gt=0.0)]
+WeightDecay = Annotated[float, Field(ge=0.0)]
+Eps = Annotated[float, Field(gt=0.0)]
+
+
+def check_dense(grad: torch.Tensor, name: str) -> None:
+    """Raise when a gradient is sparse: nnforge's optimizers handle dense gradients only."""
+    if grad.is_sparse:
+        raise ConfigError(f"{name} does not support sparse gradients; use nn.Embedding(sparse=False)")
+
+
+def with_grads(group: dict[str, Any], name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The parameters of ``group`` that have a gradient, and their gradients (params without one are skipped)."""
+    params, grads = [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        check_dense(p.grad, name)
+        params.append(p)
+        grads.append(p.grad)
+    return params, grads
+
+
+def split_flag(params: list[Any], flag: str) -> list[dict[str, Any]]:
+    """Groups that all carry ``flag``: a group (or a plain list of tensors) without it is split in two,
+    its ``ndim >= 2`` tensors flagged True and the others False, each part keeping the group's options."""
+    if any(isinstance(p, dict) for p in params) and not all(isinstance(p, dict) for p in params):
+        raise ConfigError("parameters must be all tensors or all param-group dicts, not a mix")
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    out = []
+    for g in groups:
+        if flag in g:
+            out.append(dict(g))
+            continue
+        tensors = list(g["params"])
+        out.append({**g, "params": [p for p in tensors if p.ndim >= 2], flag: True})
+        out.append({**g, "params": [p for p in tensors if p.ndim < 2], flag: False})
+    return [g for g in out if g["params"]]

@@ -1,0 +1,105 @@
+"""The registry of optimizers and :func:`build_optimizer`, the one way to make one by name.
+
+Each optimizer module registers an :class:`OptimizerSpec`: its config class (validated options), a factory
+``factory(params, config) -> torch.optim.Optimizer``, the paper it implements, and whether it wants the
+parameters split into hidden matrices and the rest (:func:`~nnforge.optim.param_groups_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnforge.config import Config
+from nnforge.errors import ConfigError
+from nnforge.optim._groups import param_groups_for
+from nnforge.registry import Registry
+
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "ParamsT", "build_optimizer", "optimizer_names", "register_optimizer"]
+
+ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+Factory = Callable[[list[Any], Any], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What the registry knows about one optimizer.
+
+    Args:
+        name: the public name (``"soap"``).
+        config: its options, a :class:`~nnforge.config.Config` subclass.
+        factory: ``factory(params, config)`` builds the optimizer over a list of tensors or param groups.
+        paper: the paper it implements, as "Authors (year), Title".
+        matrix_aware: True when a model's parameters should be split by :func:`param_groups_for`.
+    """
+
+    name: str
+    config: type[Config]
+    factory: Factory
+    paper: str
+    matrix_aware: bool = False
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+def register_optimizer(name: str, config: type[Config], paper: str,
+                       matrix_aware: bool = False) -> Callable[[Factory], Factory]:
+    """Decorator registering ``factory`` under ``name`` with its config class and paper."""
+
+    def decorator(factory: Factory) -> Factory:
+        OPTIMIZERS.add(name, OptimizerSpec(name, config, factory, paper, matrix_aware))
+        return factory
+
+    return decorator
+
+
+def optimizer_names() -> list[str]:
+    """The registered optimizer names, sorted."""
+    return OPTIMIZERS.names()
+
+
+def _validate(spec: OptimizerSpec, options: dict[str, Any]) -> Config:
+    allowed = sorted(spec.config.model_fields)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for optimizer {spec.name!r}. "
+                          f"Allowed options: {', '.join(allowed)}.")
+    try:
+        return spec.config(**options)
+    except ConfigError as exc:
+        raise ConfigError(f"optimizer {spec.name!r}: {exc} Allowed options: {', '.join(allowed)}.") from None
+
+
+def build_optimizer(name: str, model_or_params: nn.Module | ParamsT, **options: Any) -> torch.optim.Optimizer:
+    """Build the optimizer registered as ``name`` over a model or its parameters.
+
+    Args:
+        name: a registered name (see :func:`optimizer_names`).
+        model_or_params: a model (matrix-aware optimizers then split it with :func:`param_groups_for`), or
+            an iterable of tensors or param-group dicts as for any ``torch.optim.Optimizer``.
+        **options: the optimizer's options (its config fields), validated.
+
+    Returns:
+        The optimizer, a ``torch.optim.Optimizer`` that LR schedulers and ``state_dict`` work with.
+
+    Raises:
+        ConfigError: ``name`` is unknown, or an option is unknown or out of range (the message names it and
+            lists the allowed options).
+    """
+    spec = OPTIMIZERS.get(name, where="optimizer")
+    config = _validate(spec, options)
+    if isinstance(model_or_params, nn.Module):
+        if spec.matrix_aware:
+            params: list[Any] = param_groups_for(model_or_params, "muon")
+        else:
+            params = [p for p in model_or_params.parameters() if p.requires_grad]
+    else:
+        params = list(model_or_params)
+    if not params:
+        raise ConfigError(f"optimizer {name!r}: no parameters to optimize")
+    return spec.factory(params, config)

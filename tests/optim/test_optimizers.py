@@ -1,0 +1,188 @@
+"""Behaviours specific to single optimizers: grouping, Schedule-Free modes, Prodigy's d, errors, hybrids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nnforge.errors import ConfigError
+from nnforge.models import build
+from nnforge.optim import OPTIMIZERS, Prodigy, ScheduleFreeAdamW, Sophia, build_optimizer, param_groups_for
+from nnforge.optim.batched_muon import orthogonalize
+
+
+def _quadratic_steps(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: int) -> None:
+    for _ in range(steps):
+        loss = sum(((p - 1.0) ** 2).sum() for p in params)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_every_optimizer_cites_its_paper() -> None:
+    for name, spec in OPTIMIZERS.items():
+        assert "(20" in spec.paper, name
+        assert spec.config.model_fields["lr"].default > 0, name
+
+
+def test_param_groups_for_char_gpt_splits_matrices_from_the_rest() -> None:
+    model = build("char-gpt")
+    groups = param_groups_for(model, "muon")
+    hidden, rest = groups[0]["params"], groups[1]["params"]
+    assert groups[0]["use_muon"] and not groups[1]["use_muon"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 and ".h." in names[id(p)] for p in hidden)
+    assert len(hidden) == 4 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per layer
+    assert any(p is model.lm_head.weight for p in rest)  # tied with wte: one parameter, in the rest
+    assert any(p is model.transformer["wpe"].weight for p in rest)
+    assert len(hidden) + len(rest) == len(list(model.parameters()))
+
+
+def test_param_groups_for_untied_head_and_bad_kind() -> None:
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 10))
+    hidden, rest = (g["params"] for g in param_groups_for(model))
+    assert [p is model[1].weight for p in hidden] == [True]
+    assert any(p is model[3].weight for p in rest)
+    with pytest.raises(ConfigError, match="unknown kind"):
+        param_groups_for(model, "shampoo")
+
+
+def test_schedule_free_train_eval_swap_is_reversible() -> None:
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(3))]
+    opt = build_optimizer("schedule-free-adamw", params, lr=0.05)
+    assert isinstance(opt, ScheduleFreeAdamW) and opt.requires_train_eval_modes
+    _quadratic_steps(opt, params, 10)
+    y = [p.detach().clone() for p in params]
+    opt.eval()
+    x = [p.detach().clone() for p in params]
+    assert not torch.allclose(x[0], y[0])
+    opt.eval()  # idempotent
+    assert torch.equal(params[0], x[0])
+    opt.train()
+    for p, before in zip(params, y, strict=True):
+        torch.testing.assert_close(p.detach(), before, rtol=1e-5, atol=1e-6)
+    opt.eval()
+    with pytest.raises(Exception, match="eval mode"):
+        opt.step()
+
+
+def test_prodigy_d_grows_from_d0() -> None:
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(8, 8)), nn.Parameter(torch.randn(8))]
+    opt = build_optimizer("prodigy", params, d0=1e-6)
+    assert isinstance(opt, Prodigy)
+    _quadratic_steps(opt, params, 30)
+    d = opt.param_groups[0]["d"]
+    assert d > 1e-3, d
+    assert all(g["d"] == d for g in opt.param_groups)
+
+
+def test_hypergradient_learns_its_lr_scale() -> None:
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(16))]
+    opt = build_optimizer("adamw-hd", params, lr=1e-3, weight_decay=0.0, hypergrad_lr=0.05)
+    _quadratic_steps(opt, params, 40)
+    assert opt.param_groups[0]["lr_scale"] > 1.5  # far from the minimum: the lr should grow
+
+
+def test_sophia_uses_its_hessian_estimate() -> None:
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(6, 6))]
+    start = float(((params[0].detach() - 1.0) ** 2).sum())
+    opt = build_optimizer("sophia", params, lr=0.05, weight_decay=0.0, hessian_update_interval=2)
+    assert isinstance(opt, Sophia) and opt.hessian_update_interval == 2
+    for step in range(20):
+        loss = ((params[0] - 1.0) ** 2).sum()
+        loss.backward()
+        if step % opt.hessian_update_interval == 0:
+            opt.update_hessian()
+        opt.step()
+        opt.zero_grad()
+    assert float(opt.state[params[0]]["hessian"].min()) > 0
+    assert float(((params[0].detach() - 1.0) ** 2).sum()) < 0.5 * start
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"lrr": 0.1}, "'lrr'"),
+    ({"lr": -1.0}, "lr"),
+    ({"betas": (0.9, 1.0)}, "betas"),
+    ({"precondition_frequency": 0}, "precondition_frequency"),
+])
+def test_bad_option_raises_config_error_naming_it(options: dict[str, object], named: str) -> None:
+    params = [nn.Parameter(torch.zeros(3, 3))]
+    with pytest.raises(ConfigError, match=named) as info:
+        build_optimizer("soap", params, **options)
+    assert "Allowed options" in str(info.value) and "max_precond_dim" in str(info.value)
+
+
+def test_unknown_optimizer_suggests_the_closest_name() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'soap'"):
+        build_optimizer("soapp", [nn.Parameter(torch.zeros(2))])
+
+
+@pytest.mark.parametrize("name", ["muon", "batched-muon"])
+def test_hybrid_follows_an_lr_scheduler(name: str) -> None:
+    model = build("char-gpt", n_layer=1, n_embd=32, n_head=2, block_size=8, vocab_size=11)
+    opt = build_optimizer(name, model, lr=0.02, adamw_lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert sorted(g["lr"] for g in opt.param_groups) == [5e-4, 0.01]
+    idx = torch.randint(0, 11, (2, 8))
+    model(idx, idx)[1].backward()
+    opt.step()
+    sched.step()
+    if hasattr(opt, "optimizers"):
+        assert sorted(g["lr"] for o in opt.optimizers for g in o.param_groups) == [5e-4, 0.01]
+
+
+def test_batched_muon_matches_torch_muon() -> None:
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 24), (8, 24), (16, 16)]
+    ours = [nn.Parameter(torch.randn(*s)) for s in shapes]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt = build_optimizer("batched-muon", ours, lr=0.02, weight_decay=0.1, split_fused=1)
+    ref = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.sin(a.detach() * 3)
+            b.grad = torch.sin(b.detach() * 3)
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=2e-3)
+
+
+def test_orthogonalize_flattens_the_spectrum() -> None:
+    torch.manual_seed(0)
+    stack = torch.randn(3, 16, 48) * torch.logspace(-2, 1, 48)
+    s = torch.linalg.svdvals(orthogonalize(stack).float())
+    assert float(s.min()) > 0.3 and float(s.max()) < 1.6
+
+
+@pytest.mark.parametrize("options", [{"rest": "soap"}, {"row_norm": True}, {"cautious": True},
+                                     {"split_fused": 1, "nesterov": False}])
+def test_batched_muon_variants_learn_and_round_trip(options: dict[str, object]) -> None:
+    import copy
+
+    def run(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> float:
+        idx = torch.arange(16).remainder(7)[None, :]
+        for _ in range(steps):
+            loss = model(idx[:, :-1], idx[:, 1:])[1]
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return loss.item()
+
+    torch.manual_seed(0)
+    model = build("char-gpt", n_layer=1, n_embd=16, n_head=2, block_size=16, vocab_size=7)
+    opt = build_optimizer("batched-muon", model, lr=0.02, adamw_lr=1e-2, **options)
+    first = run(model, opt, 1)
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    last = run(model, opt, 25)
+    assert last < 0.7 * first
+    twin = build("char-gpt", n_layer=1, n_embd=16, n_head=2, block_size=16, vocab_size=7)
+    twin.load_state_dict(saved[0])
+    twin_opt = build_optimizer("batched-muon", twin, lr=0.02, adamw_lr=1e-2, **options)
+    twin_opt.load_state_dict(saved[1])
+    assert run(twin, twin_opt, 25) == last
