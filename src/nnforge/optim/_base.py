@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import torch
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from nnforge.errors import ConfigError
 
-__all__ = ["Beta", "LR", "WeightDecay", "Eps", "with_grads", "check_dense", "split_flag"]
+__all__ = ["Beta", "LR", "WeightDecay", "Eps", "with_grads", "check_dense", "split_flag", "run_closure"]
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 LR = Annotated[float, Field(gt=0.0)]
@@ -50,3 +51,11 @@ def split_flag(params: list[Any], flag: str) -> list[dict[str, Any]]:
         out.append({**g, "params": [p for p in tensors if p.ndim >= 2], flag: True})
         out.append({**g, "params": [p for p in tensors if p.ndim < 2], flag: False})
     return [g for g in out if g["params"]]
+
+
+def run_closure(closure: Callable[[], float] | None) -> float | None:
+    """Evaluate an optimizer's closure with gradients enabled (``step`` itself runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

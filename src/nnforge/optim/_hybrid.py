@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from nnforge.errors import ConfigError
+from nnforge.optim._base import run_closure
 
 __all__ = ["HybridOptimizer"]
 
@@ -42,10 +43,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """Step every part; the closure, if any, is evaluated once."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for o in self.optimizers:
             o.step()
         self._sync()

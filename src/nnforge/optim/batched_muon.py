@@ -31,7 +31,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, split_flag, with_grads
+from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, split_flag, with_grads
 from nnforge.optim._groups import MATRIX_KEY
 from nnforge.optim._registry import register_optimizer
 from nnforge.optim.soap import soap_update
@@ -126,10 +126,7 @@ class BatchedMuon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = with_grads(group, "BatchedMuon")
             if params:

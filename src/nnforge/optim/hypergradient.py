@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, with_grads
+from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["AdamWHD", "AdamWHDConfig"]
@@ -55,10 +55,7 @@ class AdamWHD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One hypergradient update of each group's ``lr_scale``, then one AdamW update."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = with_grads(group, "AdamWHD")
             if params:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, WeightDecay, with_grads
+from nnforge.optim._base import LR, Beta, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["Lion", "LionConfig"]
@@ -39,10 +39,7 @@ class Lion(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = with_grads(group, "Lion")
             if not params:

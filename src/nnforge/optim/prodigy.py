@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, with_grads
+from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["Prodigy", "ProdigyConfig"]
@@ -60,10 +60,7 @@ class Prodigy(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter with a gradient, and of the shared estimate ``d``."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         first = self.param_groups[0]
         d, d0, d_max = first["d"], first["d0"], first["d_max"]
         beta3 = math.sqrt(first["betas"][1])

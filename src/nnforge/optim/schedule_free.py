@@ -22,7 +22,7 @@ from pydantic import Field
 
 from nnforge.config import Config, config_type
 from nnforge.errors import NnforgeError
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, with_grads
+from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["ScheduleFreeAdamW", "ScheduleFreeConfig"]
@@ -78,10 +78,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One update; the parameters must be in train mode."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             if not group["train_mode"]:
                 raise NnforgeError("ScheduleFreeAdamW.step() called in eval mode; call optimizer.train() first")

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, with_grads
+from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["SOAP", "SOAPConfig", "soap_update"]
@@ -115,10 +115,7 @@ class SOAP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = with_grads(group, "SOAP")
             for p, grad in zip(params, grads, strict=True):
