@@ -14,6 +14,7 @@ learning rates around its own recommended default; its best is reported. Runs ar
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,17 +28,17 @@ from _common import spread, write_results  # noqa: E402
 
 # optimizer → (learning rates around its recommended default, fixed options); "ours" marks nnforge's own
 GRID: dict[str, tuple[list[float], dict[str, Any], bool]] = {
-    "adamw": ([1e-3, 2e-3, 4e-3, 8e-3], {"betas": (0.9, 0.99), "weight_decay": 0.1}, False),
+    "adamw": ([2e-3, 4e-3, 8e-3], {"betas": (0.9, 0.99), "weight_decay": 0.1}, False),
     # both Muon hybrids get the same settings for their AdamW part (embeddings, head, norms)
-    "muon": ([5e-3, 1e-2, 2e-2, 4e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, False),
-    "adafactor": ([3e-3, 1e-2, 3e-2, 1e-1], {"weight_decay": 0.1}, False),
-    "batched-muon": ([5e-3, 1e-2, 2e-2, 4e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, True),
-    "soap": ([1e-3, 3e-3, 6e-3, 1e-2], {"weight_decay": 0.1}, True),
-    "schedule-free-adamw": ([1e-3, 2.5e-3, 5e-3, 1e-2], {"weight_decay": 0.1}, True),
-    "prodigy": ([0.5, 1.0, 2.0, 4.0], {"weight_decay": 0.1}, True),
-    "lion": ([1e-4, 3e-4, 6e-4, 1e-3], {"weight_decay": 0.1}, True),
-    "sophia": ([1e-4, 3e-4, 6e-4, 1e-3], {"weight_decay": 0.1, "batch_tokens": 12 * 64}, True),
-    "adamw-hd": ([1e-3, 2e-3, 4e-3, 8e-3], {"weight_decay": 0.1}, True),
+    "muon": ([5e-3, 1e-2, 2e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, False),
+    "adafactor": ([5e-3, 1e-2, 2e-2], {"weight_decay": 0.1}, False),
+    "batched-muon": ([5e-3, 1e-2, 2e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, True),
+    "soap": ([1.5e-3, 3e-3, 6e-3], {"weight_decay": 0.1}, True),
+    "schedule-free-adamw": ([1.25e-3, 2.5e-3, 5e-3], {"weight_decay": 0.1}, True),
+    "prodigy": ([0.5, 1.0, 2.0], {"weight_decay": 0.1}, True),
+    "lion": ([1.5e-4, 3e-4, 6e-4], {"weight_decay": 0.1}, True),
+    "sophia": ([1.5e-4, 3e-4, 6e-4], {"weight_decay": 0.1, "batch_tokens": 12 * 64}, True),
+    "adamw-hd": ([2e-3, 4e-3, 8e-3], {"weight_decay": 0.1}, True),
 }
 TORCH_OWN = {"adamw", "muon", "adafactor"}
 
@@ -138,6 +139,16 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
+def _load_progress(path: Path, steps: int, n_val: int) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            doc = json.loads(line)
+            if doc["steps"] == steps and doc["val_batches"] == n_val:
+                done[f"{doc['run']['optimizer']}@{doc['run']['lr']:g}"] = doc["run"]
+    return done
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -150,12 +161,21 @@ def main() -> int:
     steps, eval_every, n_val = (100, 50, 20) if args.quick else (2000, 100, 200)
     val = _batches(corpus, n_val, 12345, "val")
     n_lrs = 1 if args.quick else min(len(GRID[n][0]) for n in names)
+    # finished runs are kept in a progress file, so an interrupted sweep resumes where it stopped
+    progress = Path(__file__).resolve().parents[1] / "results" / f".optim_charlm{'.quick' if args.quick else ''}.progress.jsonl"
+    done = _load_progress(progress, steps, n_val)
     runs = []
     for i in range(n_lrs):  # interleaved: lr i of every optimizer, then lr i+1
         for name in names:
             lrs, options, _ = GRID[name]
             lr = lrs[1] if args.quick else lrs[i]
+            key = f"{name}@{lr:g}"
+            if key in done:
+                runs.append(done[key])
+                continue
             runs.append(run_one(corpus, name, lr, options, steps, eval_every, val))
+            with open(progress, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"steps": steps, "val_batches": n_val, "run": runs[-1]}) + "\n")
             r = runs[-1]
             print(f"{name:22s} lr {lr:<8g} final val {r['val_loss'][max(r['val_loss'], key=int)]:.4f} "
                   f"{r['s_per_step'] * 1e3:.1f} ms/step", flush=True)
@@ -165,6 +185,7 @@ def main() -> int:
                                                         "batch": 12, "block": 64, "model": "char-gpt 4x4x128"}})
     if not args.quick:
         plot(table, Path(__file__).resolve().parents[2] / "docs" / "optim_charlm.png")
+    progress.unlink(missing_ok=True)
     print(f"wrote {path}\n{summary}")
     return 0
 

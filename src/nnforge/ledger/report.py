@@ -22,7 +22,7 @@ __all__ = ["render_report", "write_report"]
 _FIGURE_ROWS = [
     ("accuracy", "acc", "{:.3f}"), ("macro-F1", "macro_f1", "{:.3f}"), ("batch-1 latency p50 (ms)", "latency_b1_ms", "{:.2f}"),
     ("batch-1 latency p95 (ms)", "latency_b1_p95_ms", "{:.2f}"), ("batch-32 throughput (texts/s)", "throughput_b32", "{:.1f}"),
-    ("size on disk (MB)", "size_mb", "{:.1f}"), ("peak extra memory (MB)", "peak_memory_mb", "{:.1f}"),
+    ("size on disk (MB)", "size_mb", "{:.1f}"), ("memory to serve, weights + activations (MB)", "peak_memory_mb", "{:.1f}"),
     ("embedding cosine to fp32, mean", "cos_mean", "{:.5f}"), ("embedding cosine to fp32, min", "cos_min", "{:.5f}"),
     ("prediction agreement with fp32", "agreement", "{:.3f}"),
 ]

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -14,12 +19,28 @@ from nnforge.evaluate import cost_side_by_side, quality
 from nnforge.hardware import file_size_mb, machine_facts
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 
+log = logging.getLogger(__name__)
+
 
 class EvaluateStepConfig(Config):
     """Options of the ``evaluate`` step."""
 
     repeats: int = Field(30, ge=3, le=10_000)
     reference: str = "fp32"
+
+
+def _served_memory_mb(weights: Path) -> float | None:
+    """Peak resident memory a fresh process needs to load ``weights`` and run one batch-32 forward,
+    above the same process's footprint before loading (weights + activations)."""
+    proc = subprocess.run([sys.executable, "-m", "nnforge.recipes.memory_probe", str(weights)], capture_output=True,
+                          text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        log.warning("memory probe failed for %s: %s", weights, proc.stderr.strip()[-300:])
+        return None
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out.get("peak_rss_mb") is None or out.get("baseline_rss_mb") is None:
+        return None
+    return float(out["peak_rss_mb"] - out["baseline_rss_mb"])
 
 
 @STEPS.register("evaluate")
@@ -60,7 +81,9 @@ class Evaluate:
                     ctx.progress("evaluate", done, total)
         costs = cost_side_by_side(variants, test.texts, repeats=config.repeats)
         for name, c in costs.items():
-            metrics.update({f"{name}_{k}": v for k, v in c.items()})
+            metrics.update({f"{name}_{k}": v for k, v in c.items() if k != "peak_memory_mb"})
+            if name in ctx.variant_files:
+                metrics[f"{name}_peak_memory_mb"] = _served_memory_mb(ctx.run_dir / ctx.variant_files[name])
         if ctx.progress:
             ctx.progress("evaluate", total, total)
         ctx.write_json("predictions", "predictions.json", {"labels": test.labels, "predictions": preds})
