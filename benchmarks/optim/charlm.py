@@ -53,20 +53,12 @@ def run_one(corpus: Any, name: str, lr: float, options: dict[str, Any], steps: i
     """Train one char-GPT from seed 0; returns the val curve, step times and training seconds."""
     from nnforge.models import build
     from nnforge.optim import build_optimizer
-    from nnforge.train import Event, TrainConfig, fit, on
+    from nnforge.train import TrainConfig, fit
 
     torch.manual_seed(0)
     model = build("char-gpt")
     optimizer = build_optimizer(name, model, lr=lr, **options)
-    step_times: list[float] = []
-    marks: dict[str, float] = {}
-    callbacks: list[Any] = []
-    if hasattr(optimizer, "update_hessian"):
-        from nnforge.recipes.steps.train import _hessian_callback
-
-        callbacks.append(_hessian_callback(optimizer, int(getattr(optimizer, "hessian_update_interval", 10))))
-    callbacks += [on(Event.STEP_START, lambda s: marks.__setitem__("t", time.perf_counter())),
-                  on(Event.STEP_END, lambda s: step_times.append(time.perf_counter() - marks["t"]))]
+    callbacks, step_times = timed_callbacks(optimizer)
     config = TrainConfig(max_steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 10),
                          min_lr_ratio=0.1, clip_norm=1.0, eval_every=eval_every, log_every=10_000, seed=0)
 
@@ -76,14 +68,31 @@ def run_one(corpus: Any, name: str, lr: float, options: dict[str, Any], steps: i
     result = fit(model, train_batch, config=config, optimizer=optimizer, eval_data=val,
                  loss_fn=lambda m, b: m(b[0], b[1])[1], callbacks=callbacks)
     curve = {str(int(e["step"])): float(e["loss"]) for e in result.evals}
-    cumulative, total = {}, 0.0
+    return {"optimizer": name, "lr": lr, "options": options, "val_loss": curve, **timing(step_times, curve)}
+
+
+def timed_callbacks(optimizer: Any) -> tuple[list[Any], list[float]]:
+    """Callbacks that time each training step (evaluation excluded) and refresh Sophia's Hessian."""
+    from nnforge.train import Event, hessian_refresh, on
+
+    step_times: list[float] = []
+    marks: dict[str, float] = {}
+    callbacks: list[Any] = [hessian_refresh(optimizer)] if hasattr(optimizer, "update_hessian") else []
+    callbacks += [on(Event.STEP_START, lambda s: marks.__setitem__("t", time.perf_counter())),
+                  on(Event.STEP_END, lambda s: step_times.append(time.perf_counter() - marks["t"]))]
+    return callbacks, step_times
+
+
+def timing(step_times: list[float], curve: dict[str, float]) -> dict[str, Any]:
+    """Training seconds in total and at each evaluated step, median s/step, and whether the curve is finite."""
+    seconds_at, total = {}, 0.0
     for i, t in enumerate(step_times, start=1):
         total += t
         if str(i) in curve:
-            cumulative[str(i)] = total
+            seconds_at[str(i)] = total
     finite = all(v == v and abs(v) != float("inf") for v in curve.values())
-    return {"optimizer": name, "lr": lr, "options": options, "val_loss": curve, "train_seconds": total,
-            "seconds_at": cumulative, "s_per_step": spread(step_times)["median"], "finite": finite}
+    return {"train_seconds": total, "seconds_at": seconds_at, "s_per_step": spread(step_times)["median"],
+            "finite": finite}
 
 
 def first_reach(run: dict[str, Any], target: float) -> tuple[int | None, float | None]:

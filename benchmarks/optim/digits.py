@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from charlm import GRID, summarise  # noqa: E402
+from charlm import GRID, summarise, timed_callbacks, timing  # noqa: E402
 
-from _common import spread, write_results  # noqa: E402
+from _common import write_results  # noqa: E402
 
 BATCH = 64
 
@@ -31,22 +30,14 @@ BATCH = 64
 def run_one(data: Any, name: str, lr: float, options: dict[str, Any], steps: int, eval_every: int) -> dict[str, Any]:
     from nnforge.models import build
     from nnforge.optim import build_optimizer
-    from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, fit, on
+    from nnforge.train import TensorBatches, TrainConfig, accuracy, fit
 
     x, y = (torch.from_numpy(a) for a in data.splits["train"])
     xt, yt = (torch.from_numpy(a) for a in data.splits["test"])
     torch.manual_seed(0)
     model = build("digits-cnn")
     optimizer = build_optimizer(name, model, lr=lr, **options)
-    times: list[float] = []
-    mark: dict[str, float] = {}
-    callbacks: list[Any] = []
-    if hasattr(optimizer, "update_hessian"):
-        from nnforge.recipes.steps.train import _hessian_callback
-
-        callbacks.append(_hessian_callback(optimizer, int(getattr(optimizer, "hessian_update_interval", 10))))
-    callbacks += [on(Event.STEP_START, lambda s: mark.__setitem__("t", time.perf_counter())),
-                  on(Event.STEP_END, lambda s: times.append(time.perf_counter() - mark["t"]))]
+    callbacks, times = timed_callbacks(optimizer)
     config = TrainConfig(max_steps=steps, lr=lr, schedule="cosine", warmup_steps=steps // 20, clip_norm=1.0,
                          eval_every=eval_every, log_every=10_000, seed=0)
     result = fit(model, TensorBatches(x, y, batch_size=BATCH, seed=0), config=config, optimizer=optimizer,
@@ -54,14 +45,8 @@ def run_one(data: Any, name: str, lr: float, options: dict[str, Any], steps: int
                  callbacks=callbacks)
     curve = {str(int(e["step"])): float(e["loss"]) for e in result.evals}
     acc = {str(int(e["step"])): float(e["accuracy"]) for e in result.evals}
-    seconds_at, total = {}, 0.0
-    for i, t in enumerate(times, start=1):
-        total += t
-        if str(i) in curve:
-            seconds_at[str(i)] = total
-    finite = all(v == v and abs(v) != float("inf") for v in curve.values())
     return {"optimizer": name, "lr": lr, "options": options, "val_loss": curve, "test_accuracy": acc,
-            "train_seconds": total, "seconds_at": seconds_at, "s_per_step": spread(times)["median"], "finite": finite}
+            **timing(times, curve)}
 
 
 def main() -> int:

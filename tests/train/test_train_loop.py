@@ -233,3 +233,22 @@ def test_ddp_demo_runs_on_one_process(tmp_path):
     assert doc["steps"] == 30 and (tmp_path / "result.json").is_file()
     assert (tmp_path / "ckpt" / "step-000030.safetensors").is_file()
     assert doc["evals"][-1]["accuracy"] > 0.5
+
+
+def test_hessian_refresh_feeds_sophia_and_refuses_others():
+    import pytest
+    import torch
+    from torch import nn
+
+    from nnforge.optim import build_optimizer
+    from nnforge.train import TensorBatches, TrainConfig, fit, hessian_refresh
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    opt = build_optimizer("sophia", model, lr=1e-3, hessian_update_interval=2)
+    fit(model, TensorBatches(x, y, batch_size=16), config=TrainConfig(max_steps=4), optimizer=opt,
+        callbacks=[hessian_refresh(opt)])
+    assert any(float(st["hessian"].abs().sum()) > 0 for st in opt.state.values())
+    with pytest.raises(TypeError, match="update_hessian"):
+        hessian_refresh(torch.optim.SGD(model.parameters(), lr=0.1))

@@ -8,15 +8,18 @@ import typer
 
 from nnforge.cli._common import console, ledger_location, out, print_json, progress_bars
 
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: key=value (YAML value), "
+                                                "e.g. --set steps[1].train.epochs=2")]
+RunsDirOpt = Annotated[str, typer.Option(help="Folder that receives runs/<run-id>/.")]
+LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database (default .nnforge/ledger.db).")]
+ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
 
 def run(
     recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `nnforge recipes`) or a YAML file.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: key=value (YAML value), "
-                                                   "e.g. --set steps[1].train.epochs=2")] = None,
-    runs_dir: Annotated[str, typer.Option(help="Folder that receives runs/<run-id>/.")] = "runs",
-    ledger: Annotated[str | None, typer.Option(help="Ledger database (default .nnforge/ledger.db).")] = None,
-    actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    set_: SetOpt = None, runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None, actor: ActorOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Run a recipe end to end; every step is recorded in the ledger."""
     from nnforge.ledger import Ledger
@@ -41,12 +44,8 @@ def run(
 
 def train(
     recipe: Annotated[str, typer.Argument(help="A recipe with a train step: a built-in name (digits, charlm) or a YAML file.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: key=value (YAML value), "
-                                                   "e.g. --set steps[0].optimizer=soap")] = None,
-    runs_dir: Annotated[str, typer.Option(help="Folder that receives runs/<run-id>/.")] = "runs",
-    ledger: Annotated[str | None, typer.Option(help="Ledger database (default .nnforge/ledger.db).")] = None,
-    actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    set_: SetOpt = None, runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None, actor: ActorOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Train a model as a recipe says (optimizer and schedule by name); like `run`, for recipes that train."""
     from nnforge.errors import ConfigError

@@ -16,6 +16,7 @@ from nnforge.train._batches import TensorBatches, shard_batch
 from nnforge.train._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nnforge.train._config import EarlyStopping, TrainConfig
 from nnforge.train._events import Callback, CallbackFn, Event, TrainState, on
+from nnforge.train._hessian import hessian_refresh
 from nnforge.train._loop import TrainingDivergedError, TrainResult, accuracy, default_loss, fit
 from nnforge.train._progress import ProgressBar
 from nnforge.train._schedule import lr_factor
@@ -31,6 +32,7 @@ __all__ = [
     "Callback",
     "CallbackFn",
     "on",
+    "hessian_refresh",
     "ProgressBar",
     "TensorBatches",
     "shard_batch",

@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, ValidationError, model_validator
 
 from nnforge.config import Config, describe_validation_error
 from nnforge.data import ArrayClassification, CharCorpus
 from nnforge.errors import StepFailedError
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
-from nnforge.train import Event, TensorBatches, TrainConfig, TrainState, accuracy, fit, on
+from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, fit, hessian_refresh, on
 
 
 class TrainStepConfig(Config):
@@ -53,23 +52,6 @@ def _lm_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return model(x, y)[1]
 
 
-def _hessian_callback(optimizer: Any, interval: int) -> Any:
-    """Sophia's Gauss-Newton-Bartlett estimate every ``interval`` steps (labels sampled from the model)."""
-
-    def refresh(state: TrainState) -> None:
-        if state.step % interval or state.batch is None:
-            return
-        x = state.batch[0]
-        out = state.model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        sampled = torch.distributions.Categorical(logits=logits.detach()).sample()
-        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sampled.reshape(-1)).backward()
-        optimizer.update_hessian()
-        optimizer.zero_grad(set_to_none=True)
-
-    return on(Event.STEP_END, refresh)
-
-
 @STEPS.register("train")
 class Train:
     name: ClassVar[str] = "train"
@@ -99,7 +81,7 @@ class Train:
         optimizer = build_optimizer(config.optimizer, ctx.model, **config.optimizer_options)
         callbacks = []
         if hasattr(optimizer, "update_hessian"):
-            callbacks.append(_hessian_callback(optimizer, int(getattr(optimizer, "hessian_update_interval", 10))))
+            callbacks.append(hessian_refresh(optimizer))
         if ctx.progress:
             progress = ctx.progress
             total = config.train.max_steps
