@@ -38,17 +38,17 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: list[int], val_x: torch.Ten
         from sklearn.linear_model import LogisticRegression
     except ImportError as exc:
         raise MissingDependencyError("linear probes need scikit-learn: pip install 'nnforge[data]'") from exc
+    if not Cs:
+        raise ValueError("Cs must name at least one regularisation strength")
     xtr, ytr = train_x.numpy(), np.asarray(train_y)
-    best: tuple[float, float | None, LogisticRegression] | None = None
-    for c in Cs:
+    # without a validation split there is nothing to choose on: the first C is used
+    candidates = Cs if val_x is not None else Cs[:1]
+    fitted = []
+    for c in candidates:
         clf = LogisticRegression(C=c, max_iter=3000, class_weight=class_weight).fit(xtr, ytr)
         score = float((clf.predict(val_x.numpy()) == np.asarray(val_y)).mean()) if val_x is not None else None
-        if best is None or (score is not None and best[1] is not None and score > best[1]):
-            best = (c, score, clf)
-        if val_x is None:
-            break
-    assert best is not None
-    c, score, clf = best
+        fitted.append((c, score, clf))
+    c, score, clf = max(fitted, key=lambda t: -1.0 if t[1] is None else t[1])  # first best on ties
     k = num_classes or int(ytr.max()) + 1
     weight = torch.zeros(k, xtr.shape[1])
     bias = torch.zeros(k)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnforge.errors import DataError
+
 __all__ = ["TextSplit", "TextClassification", "CharCorpus", "ArrayClassification", "fingerprint"]
 
 
@@ -56,8 +58,6 @@ class TextClassification:
         return len(self.label_names)
 
     def split(self, name: str) -> TextSplit:
-        from nnforge.errors import DataError
-
         if name not in self.splits:
             raise DataError(f"dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
@@ -87,8 +87,6 @@ class CharCorpus:
         return len(self.vocab)
 
     def encode(self, text: str) -> torch.Tensor:
-        from nnforge.errors import DataError
-
         index = {c: i for i, c in enumerate(self.vocab)}
         missing = sorted({c for c in text if c not in index})
         if missing:
