@@ -22,7 +22,7 @@ def test_builtin_quickstart_validates():
 
 def test_all_problems_are_reported_together_with_paths():
     doc = {**GOOD, "seed": "zero", "steps": ["baselines", {"finetune": {"train": {"epochs": 0}}},
-                                             {"quantise": {}}, {"quantize": {"scheme": "int3", "bits": 4}}]}
+                                             {"quantise": {}}, {"quantize": {"scheme": "int5", "bits": 4}}]}
     with pytest.raises(ConfigError) as exc:
         parse_recipe(doc)
     msg = str(exc.value)

@@ -1,17 +1,33 @@
 """Compression: quantization (and, later, pruning) as in-place transforms driven by config objects.
 
->>> from nnforge.compress import quantize_, Int8WeightOnlyConfig
->>> report = quantize_(model, Int8WeightOnlyConfig())  # doctest: +SKIP
+>>> from nnforge.compress import quantize_, Int4WeightOnlyConfig
+>>> report = quantize_(model, Int4WeightOnlyConfig(group_size=64))  # doctest: +SKIP
 >>> report.bytes_after / report.bytes_before  # doctest: +SKIP
 0.25...
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from torch import nn
 
 from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, apply_
-from nnforge.compress.quantize import Int8Embedding, Int8Linear, Int8WeightOnlyConfig
+from nnforge.compress.quantize import (
+    BinaryConfig,
+    Int2WeightOnlyConfig,
+    Int3WeightOnlyConfig,
+    Int4WeightOnlyConfig,
+    Int8WeightOnlyConfig,
+    QuantizedConv2d,
+    QuantizedEmbedding,
+    QuantizedLinear,
+    TernaryConfig,
+    W8A8Config,
+    WeightOnlyConfig,
+    measure_verdicts,
+)
 from nnforge.config import Config
 
 __all__ = [
@@ -19,12 +35,34 @@ __all__ = [
     "apply_",
     "TransformReport",
     "ModuleChange",
+    "WeightOnlyConfig",
     "Int8WeightOnlyConfig",
-    "Int8Linear",
-    "Int8Embedding",
+    "Int4WeightOnlyConfig",
+    "Int3WeightOnlyConfig",
+    "Int2WeightOnlyConfig",
+    "TernaryConfig",
+    "BinaryConfig",
+    "W8A8Config",
+    "QuantizedLinear",
+    "QuantizedEmbedding",
+    "QuantizedConv2d",
+    "measure_verdicts",
 ]
 
 
-def quantize_(model: nn.Module, config: Config, filter: ModuleFilter | None = None) -> TransformReport:
-    """Quantize ``model`` in place as ``config`` says; see :func:`apply_` for the contract."""
-    return apply_(model, config, filter)
+def quantize_(model: nn.Module, config: Config, filter: ModuleFilter | None = None, *,
+              calibration: Iterable[Any] | None = None, forward: Callable[[nn.Module, Any], Any] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> TransformReport:
+    """Quantize ``model`` in place as ``config`` says; see :func:`apply_` for the contract.
+
+    Args:
+        calibration: batches for data-driven calibrators (GPTQ, AWQ, static W8A8, SmoothQuant); each is
+            run as ``forward(model, batch)`` (default ``model(batch)``, or ``model(*batch)`` for a tuple).
+        progress: ``progress(done, total)`` after each layer.
+    """
+    inputs: dict[str, Any] = {}
+    if calibration is not None:
+        inputs.update(calibration=calibration, forward=forward)
+    if progress is not None:
+        inputs["progress"] = progress
+    return apply_(model, config, filter, **inputs)

@@ -16,10 +16,11 @@ from torch import nn
 from nnforge.config import Config
 from nnforge.errors import ConfigError
 
-__all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes"]
+__all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes",
+           "relative_error", "set_child"]
 
 ModuleFilter = Callable[[str, nn.Module], bool]
-Handler = Callable[[nn.Module, Any, "ModuleFilter | None"], "TransformReport"]
+Handler = Callable[..., "TransformReport"]
 
 _HANDLERS: dict[type[Config], Handler] = {}
 
@@ -63,6 +64,19 @@ def tensor_bytes(*tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+def relative_error(w: Any, approx: Any) -> float:
+    """``||w - approx|| / ||w||`` in fp32 (Frobenius)."""
+    w = w.detach().float()
+    return float((w - approx.float()).norm() / w.norm().clamp_min(1e-12))
+
+
+def set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted path) by ``new``."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
 def register_transform(config_cls: type[Config]) -> Callable[[Handler], Handler]:
     """Register the handler that applies configs of ``config_cls``."""
 
@@ -73,16 +87,19 @@ def register_transform(config_cls: type[Config]) -> Callable[[Handler], Handler]
     return decorator
 
 
-def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None) -> TransformReport:
+def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None, **inputs: Any) -> TransformReport:
     """Apply the transform that ``config`` describes to ``model`` in place.
 
     Args:
         model: any module; its submodules are replaced where the transform applies.
-        config: a registered transform config (e.g. :class:`~nnforge.compress.Int8WeightOnlyConfig`).
+        config: a registered transform config (e.g. :class:`~nnforge.compress.Int8WeightOnlyConfig`);
+            a subclass of a registered config (a preset) uses its parent's handler.
         filter: ``filter(name, module) -> bool``; modules for which it returns False are left alone.
+        inputs: what the handler may need besides the model (``calibration=batches``, ``skeleton=True``
+            to build the layers of a saved model without quantizing, ``progress``).
     """
-    handler = _HANDLERS.get(type(config))
+    handler = next((_HANDLERS[c] for c in type(config).__mro__ if c in _HANDLERS), None)
     if handler is None:
         known = ", ".join(sorted(c.__name__ for c in _HANDLERS)) or "none"
         raise ConfigError(f"no transform is registered for {type(config).__name__}; known configs: {known}")
-    return handler(model, config, filter)
+    return handler(model, config, filter, **inputs)

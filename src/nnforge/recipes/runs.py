@@ -52,7 +52,7 @@ def rebuild(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module
         raise IntegrityError("the weights file carries no nnforge spec; it was not written by nnforge")
     model = build_base(spec["base"], spec.get("num_classes"), seed=0)
     for i, doc in enumerate(spec.get("transforms", [])):
-        apply_(model, load_config(doc, where=f"transforms[{i}]"))
+        apply_(model, load_config(doc, where=f"transforms[{i}]"), skeleton=True)  # shapes only; state loads next
     _load_strict(model, tensors, where="the weights file")
     return model.eval()
 

@@ -1,47 +1,135 @@
-"""Step ``quantize``: a copy of the current model, quantized, saved as its own variant."""
+"""Steps ``calibrate`` and ``quantize``: measure layer sensitivity and plan mixed precision; quantize a copy
+of the current model and save it as its own variant."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any, ClassVar, Literal
 
-from nnforge.compress import Int8WeightOnlyConfig, quantize_
+from pydantic import Field, model_validator
+
+from nnforge.compress import W8A8Config, WeightOnlyConfig, quantize_
+from nnforge.compress.quantize.weight_only.config import Calibrator, Format, GroupSize
 from nnforge.config import Config
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
+from nnforge.recipes.steps._calibration import calibration_batches
+
+Scheme = Literal["int8", "int4", "int3", "int2", "ternary", "binary", "w8a8", "mixed"]
 
 
 class QuantizeStepConfig(Config):
-    """Options of the ``quantize`` step."""
+    """Options of the ``quantize`` step.
 
-    scheme: Literal["int8"] = "int8"
+    ``scheme`` picks the format (``w8a8`` also quantizes activations; ``mixed`` uses the plan of an earlier
+    ``calibrate`` step). ``group_size``, ``symmetric`` and ``calibrator`` default per scheme: int8 per
+    channel; int4/int3/int2 group 64, asymmetric, HQQ; ternary/binary per channel.
+    """
+
+    scheme: Scheme = "int8"
+    group_size: GroupSize | Literal["default"] = "default"
+    symmetric: bool | None = None
+    calibrator: Calibrator | None = None
     embeddings: bool = True
-    variant: str = "int8"
+    embedding_fmt: Format = "int8"
+    calibration_batches: int = Field(16, ge=1, le=1000)
+    activations: Literal["dynamic", "static"] = "dynamic"
+    smoothing: Literal["none", "smoothquant"] = "smoothquant"
+    variant: str | None = Field(None, description="name of the saved variant; default: the scheme")
+
+    @model_validator(mode="after")
+    def _check(self) -> QuantizeStepConfig:
+        self.qconfig()  # every combination is validated when the recipe is read
+        return self
+
+    def qconfig(self, plan: dict[str, str] | None = None) -> Config:
+        """The transform config this step applies."""
+        if self.scheme == "w8a8":
+            return W8A8Config(activations=self.activations, smoothing=self.smoothing)
+        fmt = "int4" if self.scheme == "mixed" else self.scheme
+        low = fmt in ("int4", "int3", "int2")
+        group = (64 if low else None) if self.group_size == "default" else self.group_size
+        symmetric = (not low) if self.symmetric is None else self.symmetric
+        calibrator = self.calibrator or ("hqq" if low else "rtn")
+        modules = ("linear", "embedding") if self.embeddings else ("linear",)
+        return WeightOnlyConfig(fmt=fmt, group_size=group, symmetric=symmetric, calibrator=calibrator,
+                                modules=modules, embedding_fmt=self.embedding_fmt, plan=plan or {})
 
 
 @STEPS.register("quantize")
 class Quantize:
     name: ClassVar[str] = "quantize"
     Config: ClassVar[type[Config]] = QuantizeStepConfig
-    description: ClassVar[str] = "int8 weight-only quantization (Linear and Embedding, per-channel scales)"
+    description: ClassVar[str] = "quantize a copy of the model: int8 … binary weights, W8A8, or a mixed plan"
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         base = ctx.variants.get("fp32", ctx.model)
-        if "fp32" not in ctx.variants:  # no fine-tuning before: the base model is the fp32 reference
+        if "fp32" not in ctx.variants:  # no training before: the base model is the fp32 reference
             ctx.save_model("fp32", base, {**ctx.model_spec, "transforms": []})
+        plan = None
+        if config.scheme == "mixed":
+            plan = ctx.shared.get("mixed_plan")
+            if plan is None:
+                from nnforge.errors import StepFailedError
+
+                raise StepFailedError("scheme 'mixed' needs a 'calibrate' step with a budget before it")
+        qcfg = config.qconfig(plan)
         model = copy.deepcopy(base)
-        qcfg = Int8WeightOnlyConfig(modules=("linear", "embedding") if config.embeddings else ("linear",))
-        report = quantize_(model, qcfg)
-        if ctx.progress:
-            ctx.progress("quantize", 1, 1)
-        spec = {**ctx.variant_specs["fp32"], "transforms": [*ctx.variant_specs["fp32"].get("transforms", []),
-                                                            qcfg.to_dict()]}
-        ctx.save_model(config.variant, model, spec)
+        inputs: dict[str, Any] = {}
+        needs_data = (getattr(qcfg, "calibrator", "rtn") in ("gptq", "awq", "awq+hqq")
+                      or isinstance(qcfg, W8A8Config) and (qcfg.activations == "static" or qcfg.smoothing != "none"))
+        if needs_data:
+            batches, forward = calibration_batches(ctx, config.calibration_batches)
+            inputs = {"calibration": batches, "forward": forward}
+        progress = ctx.progress
+        report = quantize_(model, qcfg, **inputs,
+                           progress=(lambda d, t: progress("quantize", d, t)) if progress else None)
+        variant = config.variant or config.scheme
+        spec = {**ctx.variant_specs["fp32"],
+                "transforms": [*ctx.variant_specs["fp32"].get("transforms", []), qcfg.to_dict()]}
+        ctx.save_model(variant, model, spec)
         ctx.model = model
-        ctx.sections.setdefault("quantize", {})[config.variant] = report.to_dict()
+        ctx.sections.setdefault("quantize", {})[variant] = report.to_dict()
         errors = [c.error for c in report.changed]
         return StepResult(
-            metrics={f"{config.variant}_modules_quantized": len(report.changed),
-                     f"{config.variant}_modules_skipped": len(report.skipped),
-                     f"{config.variant}_max_weight_rel_error": max(errors) if errors else 0.0},
+            metrics={f"{variant}_modules_quantized": len(report.changed),
+                     f"{variant}_modules_skipped": len(report.skipped),
+                     f"{variant}_max_weight_rel_error": max(errors) if errors else 0.0},
             details={"skipped": report.skipped[:50]},
         )
+
+
+class CalibrateStepConfig(Config):
+    """Options of the ``calibrate`` step: which formats to measure per layer, and an optional budget."""
+
+    candidates: tuple[Literal["fp32", "int8", "int4", "int3", "int2", "ternary", "binary"], ...] = ("int8", "int4", "int2")
+    group_size: GroupSize = 64
+    calibrator: Literal["rtn", "hqq"] = "rtn"
+    batches: int = Field(16, ge=1, le=1000)
+    budget: float | None = Field(None, gt=0, description="average bits per weight (or bytes / ms, see budget_kind)")
+    budget_kind: Literal["avg_bits", "bytes", "latency_ms"] = "avg_bits"
+
+
+@STEPS.register("calibrate")
+class Calibrate:
+    name: ClassVar[str] = "calibrate"
+    Config: ClassVar[type[Config]] = CalibrateStepConfig
+    description: ClassVar[str] = "per-layer sensitivity per format on calibration data; a mixed-precision plan"
+
+    def run(self, ctx: RunContext, config: Any) -> StepResult:
+        from nnforge.compress.quantize.mixed import allocate_bits, layer_sensitivity
+
+        batches, forward = calibration_batches(ctx, config.batches)
+        sens = layer_sensitivity(ctx.model, config.candidates, batches, forward=forward, group_size=config.group_size,
+                                 symmetric=False, calibrator=config.calibrator,
+                                 measure_latency=config.budget_kind == "latency_ms")
+        doc: dict[str, Any] = {"layers": {n: [{"fmt": o.fmt, "error": o.error, "bits": o.bits, "latency_ms": o.latency_ms}
+                                             for o in opts] for n, opts in sens.items()}}
+        metrics: dict[str, Any] = {"calibrate_layers": len(sens)}
+        if config.budget is not None:
+            plan = allocate_bits(sens, config.budget, config.budget_kind)
+            ctx.shared["mixed_plan"] = plan.formats
+            doc["plan"] = plan.to_dict()
+            metrics.update(mixed_avg_bits=plan.avg_bits, mixed_total_error=plan.total_error)
+        ctx.write_json("sensitivity", "sensitivity.json", doc)
+        ctx.sections["calibrate"] = doc
+        return StepResult(metrics=metrics)

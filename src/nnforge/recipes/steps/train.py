@@ -7,11 +7,13 @@ models returning ``(logits, loss)``) and for array classification (``digits``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import copy
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, ValidationError, model_validator
 
+from nnforge.compress.quantize.qat import QATConfig, qat_callback
 from nnforge.config import Config, describe_validation_error
 from nnforge.data import ArrayClassification, CharCorpus
 from nnforge.errors import StepFailedError
@@ -79,20 +81,61 @@ class Train:
         else:
             raise StepFailedError("the train step trains on shakespeare-char or digits-like array datasets")
         optimizer = build_optimizer(config.optimizer, ctx.model, **config.optimizer_options)
-        callbacks = []
+        callbacks = self.callbacks(config)
         if hasattr(optimizer, "update_hessian"):
             callbacks.append(hessian_refresh(optimizer))
         if ctx.progress:
             progress = ctx.progress
             total = config.train.max_steps
-            callbacks.append(on(Event.STEP_END, lambda s: progress("train", s.step, total)))
+            callbacks.append(on(Event.STEP_END, lambda s: progress(self.name, s.step, total)))
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
         result = fit(ctx.model, train_data, config=train_cfg, optimizer=optimizer, eval_data=eval_data,
                      loss_fn=loss_fn, metric_fn=metric_fn, callbacks=callbacks)
-        ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
-        ctx.sections["train"] = {"evals": result.evals, "optimizer": config.optimizer}
+        self.save(ctx, config)
+        ctx.sections[self.name] = {"evals": result.evals, "optimizer": config.optimizer}
         final = result.evals[-1] if result.evals else {}
         metrics = {"train_steps": result.steps, "train_seconds": result.seconds,
                    "train_final_loss": result.losses[-1] if result.losses else float("nan")}
         metrics.update({f"val_{k}": v for k, v in final.items() if isinstance(v, (int, float)) and k != "step"})
         return StepResult(metrics=metrics, details={"evals": result.evals})
+
+    def callbacks(self, config: Any) -> list[Any]:
+        return []
+
+    def save(self, ctx: RunContext, config: Any) -> None:
+        ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
+
+
+class QATStepConfig(TrainStepConfig):
+    """Options of the ``qat`` step: the ``train`` step's, plus the quantization trained for."""
+
+    qat: QATConfig = Field(default_factory=QATConfig)
+    start: Literal["fp32", "scratch"] = Field("fp32", description="fine-tune the fp32 variant, or train anew")
+    variant: str | None = Field(None, description="saved variant name; default: qat-<fmt>")
+
+
+@STEPS.register("qat")
+class QAT(Train):
+    """Quantization-aware training (fake quant + STE), then the model is packed and saved as a variant."""
+
+    name: ClassVar[str] = "qat"
+    Config: ClassVar[type[Config]] = QATStepConfig
+    description: ClassVar[str] = "quantization-aware training (ternary, binary, int4, …), saved packed"
+
+    def run(self, ctx: RunContext, config: Any) -> StepResult:
+        if config.start == "scratch":
+            from nnforge.recipes.runs import build_base
+
+            ctx.model = build_base(ctx.model_spec["base"], ctx.model_spec.get("num_classes"), seed=ctx.seed)
+        else:  # a copy of the fp32 model, not a quantized variant an earlier step left as current
+            ctx.model = copy.deepcopy(ctx.variants.get("fp32", ctx.model))
+        return super().run(ctx, config)
+
+    def callbacks(self, config: Any) -> list[Any]:
+        self._callback = qat_callback(config.qat, convert=True)
+        return [self._callback]
+
+    def save(self, ctx: RunContext, config: Any) -> None:
+        report = getattr(self._callback, "converted", None)
+        transforms = [report.config] if report is not None else []
+        ctx.save_model(config.variant or f"qat-{config.qat.fmt}", ctx.model, {**ctx.model_spec, "transforms": transforms})

@@ -15,8 +15,10 @@ from __future__ import annotations
 from nnforge.compress.quantize.kernels._dispatch import MAX_KERNEL_BATCH, backend, qgemv
 from nnforge.compress.quantize.kernels._format import FORMATS, LAYOUT_VERSION, PackedWeight, pack, padded_k, unpack
 from nnforge.compress.quantize.kernels._reference import (
+    dequantize_codes,
     from_int,
     quantize_activations,
+    quantize_codes,
     quantize_weight,
     reference_matmul,
 )
@@ -27,7 +29,9 @@ __all__ = [
     "MAX_KERNEL_BATCH",
     "PackedWeight",
     "backend",
+    "dequantize_codes",
     "from_int",
+    "quantize_codes",
     "pack",
     "padded_k",
     "qgemv",

@@ -30,6 +30,12 @@ class FormatSpec:
     z_symmetric: float  # zero point (in code units) of the symmetric variant
     amul: float = 1.0  # binary stores u in {0, 1} for w in {-1, +1}: w = 2u - 1
     asymmetric_ok: bool = False
+    code_bits: int = 0  # bits a code really needs when fewer than the storage ``bits`` (int3: 3 in a 4-bit slot)
+
+    @property
+    def levels(self) -> int:
+        """Number of distinct codes: ``2**code_bits`` (``2**bits`` unless the format says otherwise)."""
+        return 1 << (self.code_bits or self.bits)
 
     @property
     def block(self) -> int:
@@ -40,6 +46,8 @@ class FormatSpec:
 FORMATS: dict[str, FormatSpec] = {
     "int8": FormatSpec("int8", 8, 128.0),
     "int4": FormatSpec("int4", 4, 8.0, asymmetric_ok=True),
+    # int3 codes 0..7 live in the int4 layout: the int4 kernels run them unchanged; 4 bits on disk
+    "int3": FormatSpec("int3", 4, 4.0, asymmetric_ok=True, code_bits=3),
     "int2": FormatSpec("int2", 2, 2.0, asymmetric_ok=True),
     "ternary": FormatSpec("ternary", 2, 1.0),
     "binary": FormatSpec("binary", 1, 1.0, amul=2.0),

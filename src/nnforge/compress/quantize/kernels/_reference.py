@@ -7,7 +7,8 @@ import torch
 from nnforge.compress.quantize.kernels._format import PackedWeight, format_spec, pack, padded_k
 from nnforge.errors import ConfigError
 
-__all__ = ["quantize_weight", "from_int", "quantize_activations", "reference_matmul"]
+__all__ = ["quantize_weight", "quantize_codes", "dequantize_codes", "from_int", "quantize_activations",
+           "reference_matmul"]
 
 
 def _grouped(w: torch.Tensor, Kp: int, G: int) -> torch.Tensor:
@@ -17,11 +18,14 @@ def _grouped(w: torch.Tensor, Kp: int, G: int) -> torch.Tensor:
     return full.view(N, Kp // G, G)
 
 
-def quantize_weight(w: torch.Tensor, fmt: str, group_size: int | None = 128, *, symmetric: bool = True) -> PackedWeight:
-    """Round-to-nearest quantisation of a float ``(N, K)`` weight into a :class:`PackedWeight`.
+def quantize_codes(w: torch.Tensor, fmt: str, group_size: int | None, *, symmetric: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Round-to-nearest codes of a float ``(N, K)`` weight, grouped: ``(u (N, ng, G), s (N, ng, 1), z)``.
 
-    int8/int4/int2: absmax scales (symmetric) or min/max scale and zero point (asymmetric, int4/int2);
-    ternary: absmean scale and codes {-1, 0, 1} (BitNet b1.58); binary: absmean scale and sign.
+    ``u`` are float-valued unsigned codes, ``s`` the scales already rounded to fp16 (what gets stored, so
+    that the codes are optimal for the stored scale), ``z`` the zero-point codes ``(N, ng, 1)`` of the
+    asymmetric variant or ``None``. Padding columns up to ``Kp`` are zeros. Differentiable nowhere: QAT
+    wraps it in a straight-through estimator.
     """
     spec = format_spec(fmt)
     if not symmetric and not spec.asymmetric_ok:
@@ -30,26 +34,51 @@ def quantize_weight(w: torch.Tensor, fmt: str, group_size: int | None = 128, *, 
     Kp = padded_k(K, spec.bits, group_size)
     G = group_size or Kp
     wg = _grouped(w.detach().float(), Kp, G)  # (N, ng, G)
-    qmax = (1 << spec.bits) - 1
-    zeros = None
+    qmax = spec.levels - 1
+    zq = None
     if fmt in ("ternary", "binary"):
         # absmean over the real weights of the group (padding excluded when per-row)
         n_real = torch.full((N, Kp // G, 1), float(G)) if group_size else torch.full((N, 1, 1), float(K))
-        s = (wg.abs().sum(-1, keepdim=True) / n_real).clamp_min(1e-8)
-        u = (wg >= 0).to(torch.uint8) if fmt == "binary" else (torch.round(wg / s).clamp_(-1, 1) + 1).to(torch.uint8)
+        s = _fp16(wg.abs().sum(-1, keepdim=True) / n_real)
+        u = (wg >= 0).float() if fmt == "binary" else torch.round(wg / s).clamp_(-1, 1) + 1
     elif symmetric:
         z = int(spec.z_symmetric)
-        s = (wg.abs().amax(-1, keepdim=True) / (z - 1 if spec.bits > 2 else z)).clamp_min(1e-8)
-        u = (torch.round(wg / s).clamp_(-z, qmax - z) + z).to(torch.uint8)
+        s = _fp16(wg.abs().amax(-1, keepdim=True) / (z - 1 if spec.levels > 4 else z))
+        u = torch.round(wg / s).clamp_(-z, qmax - z) + z
     else:
         lo, hi = wg.amin(-1, keepdim=True).clamp(max=0), wg.amax(-1, keepdim=True).clamp(min=0)
-        s = ((hi - lo) / qmax).clamp_min(1e-8)
+        s = _fp16((hi - lo) / qmax)
         zq = torch.round(-lo / s).clamp(0, qmax)
-        u = (torch.round(wg / s) + zq).clamp_(0, qmax).to(torch.uint8)
-        zeros = zq.squeeze(-1).to(torch.uint8)
-    codes = u.view(N, Kp)[:, :K]
-    scales = s.squeeze(-1).to(torch.float16)
-    return PackedWeight(fmt, pack(codes, spec.bits, group_size), scales, zeros, N, K, group_size)
+        u = (torch.round(wg / s) + zq).clamp_(0, qmax)
+    return u, s, zq
+
+
+def _fp16(s: torch.Tensor) -> torch.Tensor:
+    """Scales as they will be stored: fp16, never zero."""
+    return s.clamp(1e-7, 65504.0).half().float()
+
+
+def dequantize_codes(u: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, fmt: str, K: int) -> torch.Tensor:
+    """The float ``(N, K)`` weight of grouped codes from :func:`quantize_codes`."""
+    spec = format_spec(fmt)
+    zero = z if z is not None else spec.z_symmetric
+    w = (spec.amul * u - zero) * s
+    return w.reshape(w.shape[0], -1)[:, :K]
+
+
+def quantize_weight(w: torch.Tensor, fmt: str, group_size: int | None = 128, *, symmetric: bool = True) -> PackedWeight:
+    """Round-to-nearest quantisation of a float ``(N, K)`` weight into a :class:`PackedWeight`.
+
+    int8/int4/int3/int2: absmax scales (symmetric) or min/max scale and zero point (asymmetric,
+    int4/int3/int2); ternary: absmean scale and codes {-1, 0, 1} (BitNet b1.58); binary: absmean scale and sign.
+    """
+    spec = format_spec(fmt)
+    N, K = w.shape
+    u, s, zq = quantize_codes(w, fmt, group_size, symmetric=symmetric)
+    codes = u.to(torch.uint8).view(N, -1)[:, :K]
+    zeros = zq.squeeze(-1).to(torch.uint8) if zq is not None else None
+    return PackedWeight(fmt, pack(codes, spec.bits, group_size), s.squeeze(-1).to(torch.float16), zeros, N, K,
+                        group_size)
 
 
 def from_int(q: torch.Tensor, scales: torch.Tensor, fmt: str, group_size: int | None,

@@ -1,0 +1,158 @@
+"""Benchmark: post-training quantization and QAT of the char-GPT reference model (shakespeare-char).
+
+    PYTHONPATH=src python benchmarks/quantize/charlm.py           # full: 2,000 steps per training (~30 min)
+    PYTHONPATH=src python benchmarks/quantize/charlm.py --quick   # 150 steps, fewer variants (~2 min)
+
+1. fp32: the char-GPT trained as in the optimizer benchmark (batch 12, context 64, AdamW betas 0.9/0.99,
+   weight decay 0.1, warm-up 100 + cosine to 10%, clip 1.0) at 3 learning rates; the best is the reference.
+2. PTQ of that model: every Linear in the blocks at int8 / int4 / int3 / int2 with RTN, HQQ, GPTQ, AWQ and
+   AWQ+HQQ, group 64 (and 32), asymmetric for 4 bits and fewer; the token and position embeddings and
+   the LM head (tied to the token embedding) at int8 per row. GPTQ/AWQ see 32 training batches.
+3. QAT from scratch: ternary (BitNet b1.58: absmean ternary weights, 8-bit activations per token) and
+   binary, the same 2,000 steps, AdamW at 3 learning rates; the LM head/embedding (tied) stays fp32.
+   The QAT model is converted to packed layers before evaluation, so the loss is that of the packed model.
+Val loss: mean over 200 fixed validation batches (the same as benchmarks/optim/charlm.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import write_results  # noqa: E402
+
+FP32_LRS = [2e-3, 4e-3, 8e-3]
+QAT_LRS = [4e-3, 8e-3, 1.6e-2]
+METHODS = ["rtn", "hqq", "gptq", "awq", "awq+hqq"]
+FORMATS = ["int8", "int4", "int3", "int2"]
+
+
+def batches(corpus: Any, n: int, seed: int, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [corpus.batch(split, 12, 64, gen) for _ in range(n)]
+
+
+@torch.no_grad()
+def val_loss(model: torch.nn.Module, val: list[Any]) -> float:
+    model.eval()
+    return sum(float(model(x, y)[1]) for x, y in val) / len(val)
+
+
+def train(corpus: Any, lr: float, steps: int, val: list[Any], callbacks: list[Any] | None = None) -> tuple[Any, float, float]:
+    """Train a char-GPT from seed 0; returns (model, final val loss, training seconds)."""
+    from nnforge.models import build
+    from nnforge.optim import build_optimizer
+    from nnforge.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = build("char-gpt")
+    opt = build_optimizer("adamw", model, lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    config = TrainConfig(max_steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 10),
+                         min_lr_ratio=0.1, clip_norm=1.0, log_every=10_000, seed=0)
+    t0 = time.perf_counter()
+    fit(model, lambda step: corpus.batch("train", 12, 64, torch.Generator().manual_seed(1_000_003 + step)),
+        config=config, optimizer=opt, loss_fn=lambda m, b: m(b[0], b[1])[1], callbacks=callbacks or [])
+    seconds = time.perf_counter() - t0
+    return model, val_loss(model, val), seconds
+
+
+def ptq(model: torch.nn.Module, fmt: str, method: str, group: int, calib: list[Any], val: list[Any]) -> dict[str, Any]:
+    from nnforge.compress import WeightOnlyConfig, quantize_
+
+    q = copy.deepcopy(model)
+    blocks = [n for n, m in q.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("transformer.h.")]
+    plan = {n: fmt for n in blocks} | {"lm_head": "int8"}
+    cfg = WeightOnlyConfig(fmt=fmt, group_size=group, symmetric=fmt == "int8", calibrator=method,
+                           embedding_fmt="int8", plan=plan, kernel=False)
+    t0 = time.perf_counter()
+    report = quantize_(q, cfg, calibration=calib, forward=lambda m, b: m(b[0]))
+    seconds = time.perf_counter() - t0
+    block_bytes = sum(c.bytes_after for c in report.changed if c.name in blocks)
+    block_params = sum(q.get_submodule(n).in_features * q.get_submodule(n).out_features for n in blocks)
+    return {"fmt": fmt, "method": method, "group_size": group, "val_loss": val_loss(q, val),
+            "block_bits_per_weight": 8 * block_bytes / block_params, "quantize_seconds": seconds,
+            "max_weight_rel_error": max(c.error for c in report.changed)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    from nnforge.compress.quantize.qat import QATConfig, qat_callback
+    from nnforge.data import load
+
+    corpus = load("shakespeare-char")
+    steps, n_val = (150, 20) if args.quick else (2000, 200)
+    fp32_lrs, qat_lrs = ([4e-3], [8e-3]) if args.quick else (FP32_LRS, QAT_LRS)
+    val = batches(corpus, n_val, 12345, "val")
+    calib = batches(corpus, 8 if args.quick else 32, 777, "train")
+    runs: list[dict[str, Any]] = []
+    best = None
+    qat_runs: list[dict[str, Any]] = []
+    # interleave fp32 and QAT trainings lr by lr so that machine noise spreads evenly
+    for i in range(max(len(fp32_lrs), len(qat_lrs))):
+        if i < len(fp32_lrs):
+            model, loss, secs = train(corpus, fp32_lrs[i], steps, val)
+            runs.append({"kind": "fp32", "lr": fp32_lrs[i], "val_loss": loss, "train_seconds": secs})
+            print(f"fp32 lr {fp32_lrs[i]:g}: {loss:.4f} ({secs:.0f} s)", flush=True)
+            if best is None or loss < best[1]:
+                best = (model, loss, fp32_lrs[i])
+        if i < len(qat_lrs):
+            for fmt in ("ternary", "binary"):
+                cb = qat_callback(QATConfig(fmt=fmt, activations=8), convert=True)
+                model, loss, secs = train(corpus, qat_lrs[i], steps, val, [cb])
+                packed = sum(1 for m in model.modules() if type(m).__name__ == "QuantizedLinear")
+                qat_runs.append({"kind": f"qat-{fmt}", "lr": qat_lrs[i], "val_loss": loss, "train_seconds": secs,
+                                 "packed_linear_layers": packed})
+                print(f"QAT {fmt} lr {qat_lrs[i]:g}: {loss:.4f} ({secs:.0f} s, {packed} packed layers)", flush=True)
+    assert best is not None
+    model, fp32_loss, fp32_lr = best
+    ptq_rows = []
+    groups = [64] if args.quick else [64, 32]
+    methods = ["rtn", "hqq", "gptq"] if args.quick else METHODS
+    for group in groups:
+        for fmt in FORMATS:
+            for method in methods:
+                if fmt == "int8" and method != "rtn" and group == 32:
+                    continue
+                row = ptq(model, fmt, method, group, calib, val)
+                row["delta_vs_fp32"] = row["val_loss"] / fp32_loss - 1
+                ptq_rows.append(row)
+                print(f"{fmt} g{group} {method:8s} val {row['val_loss']:.4f} ({100 * row['delta_vs_fp32']:+.2f}%)", flush=True)
+
+    def best_of(fmt: str, calibrated: bool) -> dict[str, Any] | None:
+        rows = [r for r in ptq_rows if r["fmt"] == fmt and (r["method"] != "rtn") == calibrated and r["group_size"] == 64]
+        return min(rows, key=lambda r: r["val_loss"]) if rows else None
+
+    def qat_best(fmt: str) -> dict[str, Any] | None:
+        rows = [r for r in qat_runs if r["kind"] == f"qat-{fmt}"]
+        return min(rows, key=lambda r: r["val_loss"]) if rows else None
+
+    b4, r4, b3, r3 = best_of("int4", True), best_of("int4", False), best_of("int3", True), best_of("int3", False)
+    tern, binr = qat_best("ternary"), qat_best("binary")
+    summary = {
+        "fp32_val_loss": fp32_loss, "fp32_lr": fp32_lr, "fp32_equal_steps_val_loss": fp32_loss,
+        "best_4bit_val_loss": b4 and b4["val_loss"], "best_4bit_method": b4 and b4["method"],
+        "rtn_4bit_val_loss": r4 and r4["val_loss"],
+        "best_3bit_val_loss": b3 and b3["val_loss"], "best_3bit_method": b3 and b3["method"],
+        "rtn_3bit_val_loss": r3 and r3["val_loss"],
+        "ternary_qat_val_loss": tern and tern["val_loss"], "ternary_qat_lr": tern and tern["lr"],
+        "binary_qat_val_loss": binr and binr["val_loss"], "binary_qat_lr": binr and binr["lr"],
+    }
+    path = write_results("quantize", "charlm", quick=args.quick, results=ptq_rows, summary=summary,
+                         extra={"trainings": runs + qat_runs,
+                                "setup": {"steps": steps, "val_batches": n_val, "calibration_batches": len(calib),
+                                          "model": "char-gpt 4x4x128", "batch": 12, "block": 64}})
+    print(f"wrote {path}\n{summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""Apply W8A8: int8 per-channel weights, int8 activations, optional SmoothQuant migration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnforge.compress._transform import (
+    ModuleChange,
+    ModuleFilter,
+    TransformReport,
+    register_transform,
+    relative_error,
+    set_child,
+    tensor_bytes,
+)
+from nnforge.compress.quantize.kernels import quantize_weight
+from nnforge.compress.quantize.w8a8.config import W8A8Config
+from nnforge.compress.quantize.weight_only.layer import QuantizedLinear
+from nnforge.errors import ConfigError
+
+__all__ = ["apply_w8a8"]
+
+
+@register_transform(W8A8Config)
+def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None = None, *,
+               calibration: Iterable[Any] | None = None, forward: Any = None, skeleton: bool = False,
+               progress: Any = None) -> TransformReport:
+    """Replace every Linear by a :class:`QuantizedLinear` with int8 weights and int8 activations.
+
+    Static activation scales and SmoothQuant need ``calibration`` batches (``forward(model, batch)``).
+    """
+    report = TransformReport(f"w8a8:{config.activations}:{config.smoothing}", config.to_dict())
+    targets = []
+    for name, mod in model.named_modules():
+        if not name or (filter is not None and not filter(name, mod)):
+            continue
+        if isinstance(mod, nn.Linear):
+            targets.append((name, mod))
+        elif any(True for _ in mod.parameters(recurse=False)):
+            report.skipped.append((name, f"{type(mod).__name__} is not handled by W8A8 (Linear layers are)"))
+    needs_data = config.activations == "static" or config.smoothing != "none"
+    stats: dict[str, Any] = {}
+    if needs_data and not skeleton:
+        if calibration is None:
+            raise ConfigError("W8A8 with static activations or SmoothQuant needs calibration data: "
+                              "quantize_(model, config, calibration=batches)")
+        from nnforge.compress.quantize.calibrate import collect_stats
+
+        stats = collect_stats(model, calibration, modules=[n for n, _ in targets], forward=forward)
+    smooth = config.smoothing == "smoothquant"
+    replacements = []
+    for i, (name, mod) in enumerate(targets):
+        w = mod.weight.detach().float()
+        scale = None
+        if smooth:
+            scale = torch.ones(w.shape[1])
+            if not skeleton:
+                from nnforge.compress.quantize.calibrate import smooth_scales
+
+                scale = smooth_scales(stats[name].abs_max, w, config.alpha)
+        packed = quantize_weight(w * scale if scale is not None else w, "int8", None)
+        new = QuantizedLinear.from_packed(packed, mod.bias, input_scale=scale, kernel=config.kernel,
+                                          act_quant=config.activations)
+        if config.activations == "static" and not skeleton and new.act_scale is not None:
+            amax = stats[name].abs_max / (scale if scale is not None else 1.0)
+            new.act_scale.fill_(float(amax.max()) / 127.0)
+        err = 0.0 if skeleton else relative_error(w, new.dequantize())
+        report.changed.append(ModuleChange(name, "Linear", tensor_bytes(mod.weight, mod.bias), new.nbytes, err,
+                                           f"int8 row, int8 {config.activations} activations"
+                                           + (f", smoothquant alpha {config.alpha}" if smooth else "")))
+        replacements.append((name, new))
+        if progress:
+            progress(i + 1, len(targets))
+    for name, new in replacements:
+        set_child(model, name, new)
+    return report

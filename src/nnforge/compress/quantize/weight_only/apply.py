@@ -1,0 +1,190 @@
+"""Apply weight-only quantization (any format, any calibrator) to a model's Linear, Embedding and Conv2d layers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnforge.compress._transform import (
+    ModuleChange,
+    ModuleFilter,
+    TransformReport,
+    register_transform,
+    relative_error,
+    set_child,
+    tensor_bytes,
+)
+from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
+from nnforge.compress.quantize.weight_only.config import WeightOnlyConfig
+from nnforge.compress.quantize.weight_only.layer import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+from nnforge.errors import ConfigError
+
+__all__ = ["apply_weight_only", "quantize_matrix", "measure_verdicts", "KEPT_FLOAT"]
+
+KEPT_FLOAT = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMSNorm)
+_QUANTIZED = (QuantizedLinear, QuantizedEmbedding, QuantizedConv2d)
+
+
+def quantize_matrix(w: torch.Tensor, fmt: str, group_size: int | None, symmetric: bool, calibrator: str,
+                    stats: Any = None, damp: float = 0.01) -> tuple[PackedWeight, torch.Tensor | None]:
+    """Quantize one ``(N, K)`` matrix with ``calibrator``; returns the packed weight and AWQ's input scale."""
+    from nnforge.compress.quantize import calibrate as cal
+
+    w = w.detach().float()
+    if calibrator == "rtn":
+        return quantize_weight(w, fmt, group_size, symmetric=symmetric), None
+    if calibrator == "hqq":
+        return cal.hqq(w, fmt, group_size, symmetric=symmetric), None
+    if stats is None:
+        raise ConfigError(f"calibrator {calibrator!r} needs calibration data: "
+                          "quantize_(model, config, calibration=batches)")
+    if calibrator == "gptq":
+        return cal.gptq(w, stats.hessian, fmt, group_size, symmetric=symmetric, damp=damp), None
+    if calibrator in ("awq", "awq+hqq"):
+        quantizer = None
+        if calibrator == "awq+hqq":
+            def quantizer(ws: torch.Tensor) -> PackedWeight:
+                return cal.hqq(ws, fmt, group_size, symmetric=symmetric)
+        packed, scale = cal.awq(w, stats, fmt, group_size, symmetric=symmetric, quantizer=quantizer)
+        return packed, scale
+    raise ConfigError(f"unknown calibrator {calibrator!r}; choose one of rtn, hqq, gptq, awq, awq+hqq")
+
+
+def _group_for(k: int, group_size: int | None) -> int | None:
+    """The configured group size, or per-row scales when it does not divide ``k``."""
+    return group_size if group_size is None or k % group_size == 0 else None
+
+
+def _targets(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | None,
+             report: TransformReport) -> list[tuple[str, Any, str]]:
+    out: list[tuple[str, Any, str]] = []
+    for name, mod in model.named_modules():
+        if not name or (filter is not None and not filter(name, mod)):
+            continue
+        fmt = config.plan.get(name)
+        if isinstance(mod, _QUANTIZED):
+            report.skipped.append((name, "already quantized"))
+        elif isinstance(mod, nn.Linear) and "linear" in config.modules:
+            out.append((name, mod, fmt or config.fmt))
+        elif isinstance(mod, nn.Conv2d) and "conv" in config.modules:
+            out.append((name, mod, fmt or config.fmt))
+        elif isinstance(mod, nn.Embedding) and "embedding" in config.modules:
+            if mod.max_norm is not None:
+                report.skipped.append((name, "Embedding with max_norm renormalises its weights; left in fp32"))
+            else:
+                out.append((name, mod, fmt or config.embedding_fmt))
+        elif any(True for _ in mod.parameters(recurse=False)):
+            why = ("normalisation layers stay in floating point" if isinstance(mod, KEPT_FLOAT)
+                   else f"{type(mod).__name__} is not handled by weight-only quantization "
+                        f"(Linear, Embedding and Conv2d are; modules={list(config.modules)})")
+            report.skipped.append((name, why))
+    kept = [(n, m, f) for n, m, f in out if f == "fp32"]
+    report.skipped.extend((n, "kept in fp32 by the mixed-precision plan") for n, _, _ in kept)
+    return [(n, m, f) for n, m, f in out if f != "fp32"]
+
+
+@register_transform(WeightOnlyConfig)
+def apply_weight_only(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | None = None, *,
+                      calibration: Iterable[Any] | None = None, forward: Any = None, skeleton: bool = False,
+                      progress: Any = None) -> TransformReport:
+    """Replace Linear / Embedding / Conv2d layers by packed quantized ones (see :class:`WeightOnlyConfig`).
+
+    Args:
+        calibration: batches for GPTQ / AWQ statistics (each passed to ``forward(model, batch)``, default
+            ``model(batch)``).
+        skeleton: build layers of the right shapes without quantizing (loading a saved model fills them).
+        progress: ``progress(done, total)`` called after each layer.
+    """
+    report = TransformReport(f"weight-only:{config.fmt}:{config.calibrator}", config.to_dict())
+    targets = _targets(model, config, filter, report)
+    stats: dict[str, Any] = {}
+    needs_data = config.calibrator in ("gptq", "awq", "awq+hqq")
+    if needs_data and not skeleton:
+        if calibration is None:
+            raise ConfigError(f"calibrator {config.calibrator!r} needs calibration data: "
+                              "quantize_(model, config, calibration=batches)")
+        from nnforge.compress.quantize.calibrate import collect_stats
+
+        stats = collect_stats(model, calibration, modules=[n for n, m, _ in targets if isinstance(m, nn.Linear)],
+                              forward=forward)
+    replacements = []
+    for i, (name, mod, fmt) in enumerate(targets):
+        new, detail, err = _quantize_module(name, mod, fmt, config, stats.get(name), skeleton)
+        before = tensor_bytes(mod.weight, getattr(mod, "bias", None))
+        report.changed.append(ModuleChange(name, type(mod).__name__, before, new.nbytes, err, detail))
+        replacements.append((name, new))
+        if progress:
+            progress(i + 1, len(targets))
+    for name, new in replacements:
+        set_child(model, name, new)
+    return report
+
+
+def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, stats: Any,
+                     skeleton: bool) -> tuple[Any, str, float]:
+    weight = mod.weight.detach()
+    is_emb = isinstance(mod, nn.Embedding)
+    matrix = weight.reshape(weight.shape[0], -1)
+    gs = config.embedding_group_size if is_emb else config.group_size
+    group = _group_for(matrix.shape[1], gs)
+    symmetric = config.symmetric or fmt in ("int8", "ternary", "binary") or is_emb
+    calibrator = "rtn" if is_emb or not isinstance(mod, nn.Linear) and config.calibrator != "hqq" else config.calibrator
+    detail = f"{fmt} group {group or 'row'} {'sym' if symmetric else 'asym'} {calibrator}"
+    if group != gs:
+        detail += f" (group {gs} does not divide K={matrix.shape[1]}: per-row scales)"
+    if skeleton:
+        packed, scale = _empty(fmt, matrix.shape, group, symmetric), None
+        if calibrator.startswith("awq"):
+            scale = torch.ones(matrix.shape[1])
+    else:
+        packed, scale = quantize_matrix(matrix, fmt, group, symmetric, calibrator, stats, config.damp)
+    if is_emb:
+        new: Any = QuantizedEmbedding.from_packed(packed, mod.padding_idx)
+    elif isinstance(mod, nn.Conv2d):
+        new = QuantizedConv2d(mod, fmt, group, symmetric)
+        new.weight_packed.set_packed(packed)
+    else:
+        new = QuantizedLinear.from_packed(packed, mod.bias, input_scale=scale, kernel=config.kernel,
+                                          act_quant=config.act_quant)
+    err = 0.0 if skeleton else relative_error(matrix, new.dequantize())
+    return new, detail, err
+
+
+def _empty(fmt: str, shape: torch.Size, group: int | None, symmetric: bool) -> PackedWeight:
+    return quantize_weight(torch.zeros(shape[0], shape[1]), fmt, group, symmetric=symmetric)
+
+
+def measure_verdicts(model: nn.Module, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 20) -> dict[str, Any]:
+    """Time every :class:`QuantizedLinear` against fp32 ``F.linear`` on its dequantized weight, interleaved.
+
+    Stores ``layer.verdict[batch] = {"quantized_ms", "fp32_ms", "faster"}`` and returns them by layer name.
+    A layer that is not faster at batch 1 is a candidate to keep in higher precision.
+    """
+    import torch.nn.functional as F
+
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name, mod in model.named_modules():
+            if not isinstance(mod, QuantizedLinear):
+                continue
+            w = mod.dequantize()
+            bias = mod.bias
+            for b in batch_sizes:
+                x = torch.randn(b, mod.in_features)
+                tq, tf = [], []
+                for _ in range(repeats):  # interleaved, medians
+                    t0 = time.perf_counter()
+                    mod(x)
+                    t1 = time.perf_counter()
+                    F.linear(x, w, bias)
+                    t2 = time.perf_counter()
+                    tq.append(t1 - t0)
+                    tf.append(t2 - t1)
+                q_ms, f_ms = sorted(tq)[repeats // 2] * 1e3, sorted(tf)[repeats // 2] * 1e3
+                mod.verdict[b] = {"quantized_ms": q_ms, "fp32_ms": f_ms, "faster": q_ms < f_ms}
+            out[name] = dict(mod.verdict)
+    return out

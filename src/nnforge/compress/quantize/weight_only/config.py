@@ -1,0 +1,111 @@
+"""Configs of weight-only quantization: one scheme for int8 down to 1-bit, and named presets."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from nnforge.config import Config, config_type
+
+__all__ = ["WeightOnlyConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Int3WeightOnlyConfig",
+           "Int2WeightOnlyConfig", "TernaryConfig", "BinaryConfig", "Format", "Calibrator", "GroupSize"]
+
+Format = Literal["int8", "int4", "int3", "int2", "ternary", "binary"]
+Calibrator = Literal["rtn", "hqq", "gptq", "awq", "awq+hqq"]
+GroupSize = Literal[32, 64, 128, 256] | None
+
+
+@config_type("weight-only")
+class WeightOnlyConfig(Config):
+    """Packed low-bit weights with fp16 group scales; activations stay in floating point.
+
+    Args:
+        fmt: weight format of Linear (and Conv) layers.
+        group_size: weights sharing one scale (32–256), or ``None`` for one scale per output channel.
+        symmetric: fixed zero point; ``False`` stores a zero point per group (int4, int3, int2).
+        calibrator: ``rtn`` (round to nearest), ``hqq`` (data-free), ``gptq`` / ``awq`` (need
+            calibration batches: ``quantize_(model, config, calibration=batches)``).
+        modules: which module types to quantize.
+        embedding_fmt / embedding_group_size: format of Embedding tables (default: int8 per row; embeddings
+            are looked up, not multiplied, so they keep more bits cheaply).
+        plan: per-module formats that override ``fmt`` (mixed precision; ``"fp32"`` keeps a module as it is),
+            as written by :func:`~nnforge.compress.quantize.mixed.allocate_bits`.
+        kernel: run batches of at most 8 rows through the packed integer kernels (activations rounded to
+            int8 per row, as llama.cpp does); ``False`` always dequantizes and multiplies in fp32.
+        damp: GPTQ's Hessian damping, as a fraction of the mean diagonal.
+        act_quant: ``dynamic`` also rounds each Linear's input to int8 per token (what a QAT model trained with).
+    """
+
+    fmt: Format = "int4"
+    group_size: GroupSize = 64
+    symmetric: bool = True
+    calibrator: Calibrator = "rtn"
+    modules: tuple[Literal["linear", "embedding", "conv"], ...] = ("linear", "embedding")
+    embedding_fmt: Format = "int8"
+    embedding_group_size: GroupSize = None
+    plan: dict[str, Format | Literal["fp32"]] = Field(default_factory=dict)
+    kernel: bool = True
+    damp: float = Field(0.01, gt=0.0, lt=1.0)
+    act_quant: Literal["none", "dynamic"] = Field("none", description="'dynamic': int8 activations per token "
+                                                  "in every Linear (BitNet-style W·A8, set by QAT)")
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightOnlyConfig:
+        if not self.symmetric and self.fmt in ("int8", "ternary", "binary"):
+            raise ValueError(f"fmt {self.fmt!r} is symmetric only; set symmetric: true or use int4, int3 or int2")
+        return self
+
+
+@config_type("int8-weight-only")
+class Int8WeightOnlyConfig(WeightOnlyConfig):
+    """int8 weights with one scale per output channel (the safest scheme: mean cos ≈ 0.999+)."""
+
+    fmt: Format = "int8"
+    group_size: GroupSize = None
+
+
+@config_type("int4-weight-only")
+class Int4WeightOnlyConfig(WeightOnlyConfig):
+    """int4 weights, group 64, HQQ-calibrated by default (no data needed)."""
+
+    fmt: Format = "int4"
+    group_size: GroupSize = 64
+    symmetric: bool = False
+    calibrator: Calibrator = "hqq"
+
+
+@config_type("int3-weight-only")
+class Int3WeightOnlyConfig(WeightOnlyConfig):
+    """int3 weights (stored in the int4 layout), group 64, asymmetric, HQQ."""
+
+    fmt: Format = "int3"
+    group_size: GroupSize = 64
+    symmetric: bool = False
+    calibrator: Calibrator = "hqq"
+
+
+@config_type("int2-weight-only")
+class Int2WeightOnlyConfig(WeightOnlyConfig):
+    """int2 weights, group 64, asymmetric, HQQ."""
+
+    fmt: Format = "int2"
+    group_size: GroupSize = 64
+    symmetric: bool = False
+    calibrator: Calibrator = "hqq"
+
+
+@config_type("ternary")
+class TernaryConfig(WeightOnlyConfig):
+    """BitNet b1.58 ternary weights {-s, 0, s}, absmean scale per output channel."""
+
+    fmt: Format = "ternary"
+    group_size: GroupSize = None
+
+
+@config_type("binary")
+class BinaryConfig(WeightOnlyConfig):
+    """Sign weights {-s, s}, absmean scale per output channel."""
+
+    fmt: Format = "binary"
+    group_size: GroupSize = None

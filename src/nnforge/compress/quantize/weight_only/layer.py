@@ -1,0 +1,220 @@
+"""Packed quantized layers: :class:`QuantizedLinear` and :class:`QuantizedEmbedding`.
+
+The weight lives as a :class:`~nnforge.compress.quantize.kernels.PackedWeight` (uint8 codes, fp16 scales,
+optional uint8 zero points) registered as buffers, so ``state_dict`` / safetensors hold exactly the packed
+bytes. A layer may carry a per-input-channel ``input_scale`` (AWQ, SmoothQuant): it computes
+``(x / input_scale) @ Ŵᵀ``, where ``Ŵ`` was quantized from ``W · input_scale``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnforge.compress.quantize.kernels import MAX_KERNEL_BATCH, PackedWeight, padded_k, qgemv, unpack
+from nnforge.compress.quantize.kernels._format import format_spec
+
+__all__ = ["QuantizedLinear", "QuantizedEmbedding", "QuantizedConv2d", "ActQuant"]
+
+ActQuant = str  # "none" | "dynamic" (int8 per token) | "static" (int8 per tensor, calibrated scale)
+
+
+def _packed_shapes(fmt: str, n: int, k: int, group_size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    spec = format_spec(fmt)
+    kp = padded_k(k, spec.bits, group_size)
+    return (n, kp * spec.bits // 8), (n, kp // (group_size or kp))
+
+
+class _Packed(nn.Module):
+    """Buffers of one packed weight, and the :class:`PackedWeight` view of them (rebuilt after loading)."""
+
+    data: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+
+    def __init__(self, fmt: str, n: int, k: int, group_size: int | None, symmetric: bool) -> None:
+        super().__init__()
+        self.fmt, self.n, self.k, self.group_size, self.symmetric = fmt, n, k, group_size, symmetric
+        dshape, sshape = _packed_shapes(fmt, n, k, group_size)
+        self.register_buffer("data", torch.zeros(dshape, dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(sshape, dtype=torch.float16))
+        self.register_buffer("zeros", None if symmetric else torch.zeros(sshape, dtype=torch.uint8))
+        self._view: PackedWeight | None = None
+        self._register_load_state_dict_pre_hook(self._forget_view)
+
+    def _forget_view(self, *args: Any, **kwargs: Any) -> None:
+        self._view = None
+
+    def set_packed(self, w: PackedWeight) -> None:
+        if (w.fmt, w.N, w.K, w.group_size, w.zeros is None) != (self.fmt, self.n, self.k, self.group_size, self.symmetric):
+            raise ValueError(f"packed weight {w.fmt} {w.N}x{w.K} g{w.group_size} does not fit this layer "
+                             f"({self.fmt} {self.n}x{self.k} g{self.group_size})")
+        self.data, self.scales, self.zeros = w.data, w.scales, w.zeros
+        self._view = w
+
+    @property
+    def packed(self) -> PackedWeight:
+        if self._view is None or self._view.data is not self.data:
+            self._view = PackedWeight(self.fmt, self.data, self.scales, self.zeros, self.n, self.k, self.group_size)
+        return self._view
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight, scales and zero points included."""
+        return 8.0 * self.packed.nbytes / (self.n * self.k)
+
+
+class QuantizedLinear(nn.Module):
+    """``y = x @ Ŵᵀ + b`` with ``Ŵ`` packed (int8 … binary); see the module docstring.
+
+    Batches of at most 8 rows use the packed integer kernels when ``kernel`` is set (activations rounded to
+    int8 per row); larger batches dequantize the weight and multiply in fp32. ``act_quant`` adds int8
+    activation quantization for every batch size (W8A8): ``"dynamic"`` per token, ``"static"`` with the
+    calibrated per-tensor ``act_scale``. ``verdict`` holds the measured "faster or not" per batch size once
+    :func:`~nnforge.compress.quantize.weight_only.measure_verdicts` has run.
+    """
+
+    bias: torch.Tensor | None
+    input_scale: torch.Tensor | None
+    act_scale: torch.Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: str, group_size: int | None,
+                 symmetric: bool = True, *, kernel: bool = True, input_scale: bool = False,
+                 act_quant: ActQuant = "none") -> None:
+        super().__init__()
+        if act_quant not in ("none", "dynamic", "static"):
+            raise ValueError(f"act_quant must be 'none', 'dynamic' or 'static'. Got {act_quant!r} instead.")
+        self.in_features, self.out_features = in_features, out_features
+        self.fmt, self.group_size, self.kernel, self.act_quant = fmt, group_size, kernel, act_quant
+        self.weight_packed = _Packed(fmt, out_features, in_features, group_size, symmetric)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
+        self.register_buffer("act_scale", torch.ones(()) if act_quant == "static" else None)
+        self.verdict: dict[int, dict[str, Any]] = {}
+
+    @classmethod
+    def from_packed(cls, w: PackedWeight, bias: torch.Tensor | None = None, *, input_scale: torch.Tensor | None = None,
+                    kernel: bool = True, act_quant: ActQuant = "none") -> QuantizedLinear:
+        m = cls(w.K, w.N, bias is not None, w.fmt, w.group_size, w.zeros is None, kernel=kernel,
+                input_scale=input_scale is not None, act_quant=act_quant)
+        m.weight_packed.set_packed(w)
+        if bias is not None and m.bias is not None:
+            m.bias.copy_(bias.detach().float())
+        if input_scale is not None and m.input_scale is not None:
+            m.input_scale.copy_(input_scale.detach().float())
+        return m
+
+    @property
+    def packed(self) -> PackedWeight:
+        return self.weight_packed.packed
+
+    def dequantize(self) -> torch.Tensor:
+        """The effective fp32 weight ``(N, K)``, input scale folded back in (``Ŵ / input_scale``)."""
+        w = self.packed.dequantize()
+        return w / self.input_scale if self.input_scale is not None else w
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_quant == "dynamic":
+            s = (x.abs().amax(dim=-1, keepdim=True) / 127.0).clamp_min(1e-12)
+        elif self.act_quant == "static" and self.act_scale is not None:
+            s = self.act_scale
+        else:
+            return x
+        return torch.round(x / s).clamp_(-127, 127) * s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if self.input_scale is not None:
+            x = x / self.input_scale.to(x.dtype)
+        rows = x.numel() // max(self.in_features, 1)
+        if self.kernel and rows <= MAX_KERNEL_BATCH and self.act_quant != "static" and not torch.is_grad_enabled():
+            y = qgemv(x, self.packed).to(dtype)  # int8 activations per row inside the kernel
+        else:
+            y = F.linear(self._quantize_input(x), self.packed.dequantize().to(dtype))
+        return y + self.bias.to(dtype) if self.bias is not None else y
+
+    @property
+    def nbytes(self) -> int:
+        extra = sum(t.numel() * t.element_size() for t in (self.bias, self.input_scale, self.act_scale) if t is not None)
+        return self.packed.nbytes + extra
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}, "
+                f"group_size={self.group_size}, act_quant={self.act_quant}")
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding table stored packed; a lookup unpacks only the rows it reads."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, group_size: int | None,
+                 symmetric: bool = True, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.fmt, self.group_size = fmt, group_size
+        self.weight_packed = _Packed(fmt, num_embeddings, embedding_dim, group_size, symmetric)
+
+    @classmethod
+    def from_packed(cls, w: PackedWeight, padding_idx: int | None = None) -> QuantizedEmbedding:
+        m = cls(w.N, w.K, w.fmt, w.group_size, w.zeros is None, padding_idx)
+        m.weight_packed.set_packed(w)
+        return m
+
+    @property
+    def packed(self) -> PackedWeight:
+        return self.weight_packed.packed
+
+    def dequantize(self) -> torch.Tensor:
+        return self.packed.dequantize()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.packed
+        spec, flat = w.spec, ids.reshape(-1)
+        ng = w.scales.shape[1]
+        u = unpack(w.data[flat], spec.bits, w.Kp).float().view(-1, ng, w.group)  # (n, ng, G)
+        z = w.zeros[flat].float() if w.zeros is not None else torch.full((flat.numel(), ng), spec.z_symmetric)
+        rows = (spec.amul * u - z[..., None]) * w.scales[flat].float()[..., None]
+        return rows.reshape(flat.numel(), w.Kp)[:, : w.K].reshape(*ids.shape, w.K)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, fmt={self.fmt}, group_size={self.group_size}"
+
+
+class QuantizedConv2d(nn.Module):
+    """A Conv2d whose ``(out, in·kh·kw)`` weight matrix is packed; dequantized per call (convs are compute-bound)."""
+
+    bias: torch.Tensor | None
+
+    def __init__(self, conv: nn.Conv2d, fmt: str, group_size: int | None, symmetric: bool = True) -> None:
+        super().__init__()
+        self.weight_shape = tuple(conv.weight.shape)
+        self.stride: Any = conv.stride
+        self.padding: Any = conv.padding
+        self.dilation: Any = conv.dilation
+        self.groups = conv.groups
+        self.fmt, self.group_size = fmt, group_size
+        n, k = self.weight_shape[0], int(torch.tensor(self.weight_shape[1:]).prod())
+        self.weight_packed = _Packed(fmt, n, k, group_size, symmetric)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())
+
+    @property
+    def packed(self) -> PackedWeight:
+        return self.weight_packed.packed
+
+    def dequantize(self) -> torch.Tensor:
+        return self.packed.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.packed.dequantize().view(self.weight_shape).to(x.dtype)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + (self.bias.numel() * 4 if self.bias is not None else 0)

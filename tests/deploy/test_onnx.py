@@ -1,0 +1,75 @@
+"""ONNX export of quantized models: MatMulNBits / QDQ graphs that ONNX Runtime runs with PyTorch's fidelity."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nnforge.compress import W8A8Config, WeightOnlyConfig, quantize_
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from nnforge.deploy.onnx import export_onnx  # noqa: E402
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 256)
+        self.fc1 = nn.Linear(256, 512)
+        self.fc2 = nn.Linear(512, 64)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.emb(ids))))
+
+
+CONFIGS = [WeightOnlyConfig(fmt="int8", group_size=None), WeightOnlyConfig(fmt="int4", group_size=32),
+           WeightOnlyConfig(fmt="int4", group_size=64, symmetric=False, calibrator="hqq"),
+           WeightOnlyConfig(fmt="int3", group_size=64), WeightOnlyConfig(fmt="int2", group_size=64, symmetric=False),
+           WeightOnlyConfig(fmt="ternary", group_size=None),
+           WeightOnlyConfig(fmt="binary", group_size=None, embedding_fmt="int4", embedding_group_size=32),
+           W8A8Config(smoothing="smoothquant", activations="static")]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: getattr(c, "fmt", "w8a8"))
+def test_exported_graph_matches_pytorch_exactly(cfg, tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    ids = torch.randint(0, 100, (2, 5))
+    quantize_(model, cfg, calibration=[ids])
+    with torch.no_grad():
+        ref = model(ids).numpy()
+    path = export_onnx(model, tmp_path / "m.onnx", (ids,), input_names=["ids"],
+                       dynamic_axes={"ids": {0: "b", 1: "t"}}, accuracy_level=0)
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "MatMulNBits" in ops and "MatMul" not in ops and "Gemm" not in ops  # no fp32 matmul left
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"ids": ids.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4
+    longer = torch.randint(0, 100, (3, 9))  # dynamic axes work
+    assert sess.run(None, {"ids": longer.numpy()})[0].shape == (3, 9, 64)
+
+
+def test_int8_activation_compute_keeps_fidelity(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    ids = torch.randint(0, 100, (2, 5))
+    quantize_(model, WeightOnlyConfig(fmt="int4", group_size=32))
+    with torch.no_grad():
+        ref = model(ids).numpy().ravel()
+    path = export_onnx(copy.deepcopy(model), tmp_path / "m.onnx", (ids,), input_names=["ids"], accuracy_level=4)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids.numpy()})[0].ravel()
+    assert float(out @ ref / np.linalg.norm(out) / np.linalg.norm(ref)) > 0.999
+
+
+def test_failed_export_leaves_no_file(tmp_path):
+    model = Net()
+    with pytest.raises(Exception):  # noqa: B017  (wrong input type: torch raises its own error)
+        export_onnx(model, tmp_path / "m.onnx", ("not a tensor",))
+    assert list(tmp_path.iterdir()) == []
