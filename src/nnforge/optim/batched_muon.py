@@ -6,7 +6,10 @@ then the update of each hidden matrix is replaced by its orthogonalisation, comp
 Newton–Schulz iteration. What differs from ``torch.optim.Muon``:
 
 - speed: matrices of the same shape (transposed to wide form) are stacked and orthogonalised together
-  with batched matmuls (``baddbmm``) in bfloat16, a few large kernels instead of many small ones;
+  with batched matmuls (``baddbmm``), a few large kernels instead of many small ones; in bfloat16 where
+  the hardware has it, else in float32 (``ns_dtype="auto"`` measures both once per process on a CPU:
+  on a CPU without native bf16 — no AMX / AVX512-BF16 — bf16 matmuls are emulated and about 3× slower
+  than fp32, while ``torch.optim.Muon`` always uses bf16);
   momentum and weight decay use ``torch._foreach_*``; the other parameters (embeddings, output layer,
   norms, biases; see :func:`~nnforge.optim.param_groups_for`) get torch's fused AdamW kernel
   (``torch._fused_adamw_``) inside the same object, so there is one ``param_groups`` list and one
@@ -49,6 +52,8 @@ class BatchedMuonConfig(Config):
     momentum: Beta = 0.95
     nesterov: bool = True
     ns_steps: PositiveInt = 5
+    ns_dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="Newton–Schulz precision; auto: "
+                                                             "bf16 on GPU, the faster of bf16/fp32 on this CPU")
     weight_decay: WeightDecay = 0.1
     split_fused: PositiveInt = Field(3, description="orthogonalise (k·n, n) matrices as k (n, n) blocks (fused q, k, v)")
     row_norm: bool = Field(False, description="NorMuon: normalise rows of the orthogonal update by their RMS EMA")
@@ -62,10 +67,34 @@ class BatchedMuonConfig(Config):
 
 # --- Newton–Schulz ---------------------------------------------------------------------------------------
 
-def orthogonalize(x: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate U Vᵀ of each matrix in a (k, r, c) stack with r <= c, in bfloat16 (quintic Newton–Schulz)."""
+_CPU_NS_DTYPE: list[torch.dtype] = []  # measured once per process
+
+
+def ns_dtype_for(device: torch.device, choice: str = "auto") -> torch.dtype:
+    """The Newton–Schulz dtype: as asked, bf16 on GPUs, and on a CPU the faster of bf16 and fp32 (measured once)."""
+    if choice != "auto":
+        return torch.bfloat16 if choice == "bfloat16" else torch.float32
+    if device.type != "cpu":
+        return torch.bfloat16
+    if not _CPU_NS_DTYPE:
+        import time
+
+        x = torch.randn(4, 128, 512)
+        best = (float("inf"), torch.float32)
+        for dtype in (torch.bfloat16, torch.float32):
+            orthogonalize(x, 1, dtype=dtype)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(3):
+                orthogonalize(x, 5, dtype=dtype)
+            best = min(best, (time.perf_counter() - t0, dtype), key=lambda t: t[0])
+        _CPU_NS_DTYPE.append(best[1])
+    return _CPU_NS_DTYPE[0]
+
+
+def orthogonalize(x: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximate U Vᵀ of each matrix in a (k, r, c) stack with r <= c (quintic Newton–Schulz in ``dtype``)."""
     a, b, c = NS_COEFFICIENTS
-    x = x.bfloat16()
+    x = x.to(dtype)
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
         gram = x @ x.mT  # (k, r, r)
@@ -82,7 +111,8 @@ def _blocks(p: torch.Tensor, split: int) -> list[torch.Tensor]:
     return [m]
 
 
-def _orthogonal_updates(updates: list[torch.Tensor], split: int, steps: int) -> list[tuple[torch.Tensor, float]]:
+def _orthogonal_updates(updates: list[torch.Tensor], split: int, steps: int,
+                        dtype: torch.dtype = torch.bfloat16) -> list[tuple[torch.Tensor, float]]:
     """Orthogonalise every matrix in ``updates`` (bucketed by shape); return (update, rms-match scale)."""
     pieces = [_blocks(u, split) for u in updates]
     buckets: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -92,7 +122,7 @@ def _orthogonal_updates(updates: list[torch.Tensor], split: int, steps: int) -> 
     out: list[list[torch.Tensor]] = [list(blocks) for blocks in pieces]
     for members in buckets.values():
         stack = torch.stack([_wide(pieces[i][j]) for i, j in members])  # (k, r, c)
-        ortho = orthogonalize(stack, steps)
+        ortho = orthogonalize(stack, steps, dtype=dtype)
         for (i, j), o in zip(members, ortho.unbind(0), strict=True):
             out[i][j] = o if pieces[i][j].shape == o.shape else o.mT
     results = []
@@ -113,10 +143,10 @@ class BatchedMuon(torch.optim.Optimizer):
     """Muon on ``use_muon`` groups, AdamW on the others, in one optimizer (module docstring)."""
 
     def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.1, split_fused: int = 3, row_norm: bool = False,
+                 ns_steps: int = 5, ns_dtype: str = "auto", weight_decay: float = 0.1, split_fused: int = 3, row_norm: bool = False,
                  row_norm_beta: float = 0.95, cautious: bool = False, rest: str = "adamw", betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8) -> None:
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps, "ns_dtype": ns_dtype,
                     "weight_decay": weight_decay, "split_fused": split_fused, "row_norm": row_norm,
                     "row_norm_beta": row_norm_beta, "cautious": cautious, "rest": rest, "betas": betas, "eps": eps, MATRIX_KEY: True,
                     # SOAP's options, read when rest == "soap"
@@ -138,7 +168,8 @@ class BatchedMuon(torch.optim.Optimizer):
         mu, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
         torch._foreach_lerp_(bufs, grads, 1 - mu)
         updates = list(torch._foreach_lerp(grads, bufs, mu)) if group["nesterov"] else bufs
-        ortho = _orthogonal_updates(updates, group["split_fused"], group["ns_steps"])
+        dtype = ns_dtype_for(params[0].device, group.get("ns_dtype", "auto"))
+        ortho = _orthogonal_updates(updates, group["split_fused"], group["ns_steps"], dtype)
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)
         for p, g, (u, scale) in zip(params, grads, ortho, strict=True):
@@ -185,7 +216,7 @@ def build_batched_muon(params: list[Any], config: BatchedMuonConfig) -> torch.op
     for g in split_flag(params, MATRIX_KEY):
         groups.append(g if g[MATRIX_KEY] else {"lr": config.adamw_lr, **g})
     return BatchedMuon(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                       ns_steps=config.ns_steps, weight_decay=config.weight_decay, split_fused=config.split_fused,
+                       ns_steps=config.ns_steps, ns_dtype=config.ns_dtype, weight_decay=config.weight_decay, split_fused=config.split_fused,
                        row_norm=config.row_norm, row_norm_beta=config.row_norm_beta, cautious=config.cautious,
                        rest=config.rest,
                        betas=config.adamw_betas,
