@@ -4,12 +4,15 @@
     PYTHONPATH=src python benchmarks/quantize/charlm.py --quick   # 150 steps, fewer variants (~2 min)
 
 1. fp32: the char-GPT trained as in the optimizer benchmark (batch 12, context 64, AdamW betas 0.9/0.99,
-   weight decay 0.1, warm-up 100 + cosine to 10%, clip 1.0) at 3 learning rates; the best is the reference.
+   weight decay 0.1, warm-up 100 + cosine to 10%, clip 1.0, the same seeds and batches) at AdamW's best
+   learning rate of the 3 swept by benchmarks/optim/charlm.py (read from optim_charlm.json when it is a
+   full run; otherwise all 3 are trained here and the best kept).
 2. PTQ of that model: every Linear in the blocks at int8 / int4 / int3 / int2 with RTN, HQQ, GPTQ, AWQ and
    AWQ+HQQ, group 64 (and 32), asymmetric for 4 bits and fewer; the token and position embeddings and
    the LM head (tied to the token embedding) at int8 per row. GPTQ/AWQ see 32 training batches.
-3. QAT from scratch: ternary (BitNet b1.58: absmean ternary weights, 8-bit activations per token) and
-   binary, the same 2,000 steps, AdamW at 3 learning rates; the LM head/embedding (tied) stays fp32.
+3. QAT from scratch: ternary (BitNet b1.58: absmean ternary weights, 8-bit activations per token) for the
+   same 2,000 steps, AdamW at 3 learning rates, and binary at the best ternary learning rate; the LM
+   head/embedding (tied) stays fp32.
    The QAT model is converted to packed layers before evaluation, so the loss is that of the packed model.
 Val loss: mean over 200 fixed validation batches (the same as benchmarks/optim/charlm.py).
 """
@@ -81,6 +84,17 @@ def ptq(model: torch.nn.Module, fmt: str, method: str, group: int, calib: list[A
             "max_weight_rel_error": max(c.error for c in report.changed)}
 
 
+def swept_adamw_lr() -> float | None:
+    """AdamW's best lr from a full run of benchmarks/optim/charlm.py (same model, data, seeds), if any."""
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "results" / "optim_charlm.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return doc["summary"].get("adamw_best_lr") if doc.get("mode") == "full" else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -90,28 +104,35 @@ def main() -> int:
 
     corpus = load("shakespeare-char")
     steps, n_val = (150, 20) if args.quick else (2000, 200)
-    fp32_lrs, qat_lrs = ([4e-3], [8e-3]) if args.quick else (FP32_LRS, QAT_LRS)
+    swept = None if args.quick else swept_adamw_lr()
+    fp32_lrs = [4e-3] if args.quick else ([swept] if swept else FP32_LRS)
+    qat_lrs = [8e-3] if args.quick else QAT_LRS
     val = batches(corpus, n_val, 12345, "val")
     calib = batches(corpus, 8 if args.quick else 32, 777, "train")
     runs: list[dict[str, Any]] = []
     best = None
     qat_runs: list[dict[str, Any]] = []
-    # interleave fp32 and QAT trainings lr by lr so that machine noise spreads evenly
+
+    def run_qat(fmt: str, lr: float) -> None:
+        cb = qat_callback(QATConfig(fmt=fmt, activations=8), convert=True)
+        model, loss, secs = train(corpus, lr, steps, val, [cb])
+        packed = sum(1 for m in model.modules() if type(m).__name__ == "QuantizedLinear")
+        qat_runs.append({"kind": f"qat-{fmt}", "lr": lr, "val_loss": loss, "train_seconds": secs,
+                         "packed_linear_layers": packed})
+        print(f"QAT {fmt} lr {lr:g}: {loss:.4f} ({secs:.0f} s, {packed} packed layers)", flush=True)
+
+    # interleave fp32 and ternary QAT trainings lr by lr so that machine noise spreads evenly
     for i in range(max(len(fp32_lrs), len(qat_lrs))):
         if i < len(fp32_lrs):
             model, loss, secs = train(corpus, fp32_lrs[i], steps, val)
-            runs.append({"kind": "fp32", "lr": fp32_lrs[i], "val_loss": loss, "train_seconds": secs})
+            runs.append({"kind": "fp32", "lr": fp32_lrs[i], "val_loss": loss, "train_seconds": secs,
+                         "lr_source": "optim_charlm.json (AdamW's best of 3)" if swept else "swept here"})
             print(f"fp32 lr {fp32_lrs[i]:g}: {loss:.4f} ({secs:.0f} s)", flush=True)
             if best is None or loss < best[1]:
                 best = (model, loss, fp32_lrs[i])
         if i < len(qat_lrs):
-            for fmt in ("ternary", "binary"):
-                cb = qat_callback(QATConfig(fmt=fmt, activations=8), convert=True)
-                model, loss, secs = train(corpus, qat_lrs[i], steps, val, [cb])
-                packed = sum(1 for m in model.modules() if type(m).__name__ == "QuantizedLinear")
-                qat_runs.append({"kind": f"qat-{fmt}", "lr": qat_lrs[i], "val_loss": loss, "train_seconds": secs,
-                                 "packed_linear_layers": packed})
-                print(f"QAT {fmt} lr {qat_lrs[i]:g}: {loss:.4f} ({secs:.0f} s, {packed} packed layers)", flush=True)
+            run_qat("ternary", qat_lrs[i])
+    run_qat("binary", min((r for r in qat_runs if r["kind"] == "qat-ternary"), key=lambda r: r["val_loss"])["lr"])
     assert best is not None
     model, fp32_loss, fp32_lr = best
     ptq_rows = []

@@ -12,8 +12,8 @@ How each packed layer is written (nothing is dequantized to fp32 on the way, exc
   {0, 2}). ``accuracy_level=4`` lets ONNX Runtime quantize activations to int8 inside the kernel, as our
   own kernels do. An AWQ / SmoothQuant input scale becomes a ``Mul`` before it; static W8A8 activations a
   ``QuantizeLinear`` → ``DequantizeLinear`` pair with the calibrated scale.
-- :class:`~nnforge.compress.QuantizedEmbedding` → ``Gather`` of uint8 codes (one byte per weight) and of
-  the row scales, dequantized with standard ops.
+- :class:`~nnforge.compress.QuantizedEmbedding` → ``Gather`` of the packed rows (the same bytes as in
+  PyTorch), unpacked with ``BitShift`` and dequantized with standard ops.
 - :class:`~nnforge.compress.QuantizedConv2d` → a plain ``Conv`` with the dequantized fp32 kernel.
 
 It uses torch's TorchScript-based exporter, which lets a layer name the contrib operator it becomes; the
@@ -141,9 +141,10 @@ class _QDQFn(torch.autograd.Function):
 
 
 class _ExportEmbedding(nn.Module):
-    """A QuantizedEmbedding as uint8 codes + row/group scales and zero points, standard ONNX ops."""
+    """A QuantizedEmbedding for export: the packed bytes themselves, unpacked per looked-up row with
+    ``BitShift`` and standard arithmetic, so the file keeps the packed size (0.5 byte per int4 weight)."""
 
-    codes: torch.Tensor
+    data: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
 
@@ -152,17 +153,22 @@ class _ExportEmbedding(nn.Module):
         w = q.packed
         spec = w.spec
         ng = w.scales.shape[1]
-        codes = torch.zeros(w.N, ng * w.group, dtype=torch.uint8)
-        codes[:, : w.K] = w.codes()
-        self.register_buffer("codes", codes)
+        self.register_buffer("data", w.data.clone())  # (N, Kp * bits / 8), layout v1 (docs/kernels.md)
         self.register_buffer("scales", w.scales.float())
         zeros = w.zeros.float() if w.zeros is not None else torch.full((w.N, ng), spec.z_symmetric)
         self.register_buffer("zeros", zeros)
-        self.amul, self.ng, self.G, self.K = spec.amul, ng, w.group, w.K
+        self.amul, self.ng, self.G, self.K, self.bits = spec.amul, ng, w.group, w.K, spec.bits
+        self.planes = 8 // spec.bits
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        c = self.codes[ids].float().reshape(*ids.shape, self.ng, self.G)
-        w = (c * self.amul - self.zeros[ids].unsqueeze(-1)) * self.scales[ids].unsqueeze(-1)
+        rows = self.data[ids]  # (..., nbytes) uint8
+        blocks = rows.reshape(*ids.shape, -1, 1, 64)  # (..., nblocks, 1, 64)
+        planes = []
+        for p in range(self.planes):  # code of plane p = (x >> p·bits) - ((x >> (p+1)·bits) << bits)
+            hi = blocks >> ((p + 1) * self.bits) if (p + 1) * self.bits < 8 else torch.zeros_like(blocks)
+            planes.append((blocks >> (p * self.bits)) - (hi << self.bits) if p else blocks - (hi << self.bits))
+        codes = torch.cat(planes, dim=-2).float().reshape(*ids.shape, self.ng, self.G)
+        w = (codes * self.amul - self.zeros[ids].unsqueeze(-1)) * self.scales[ids].unsqueeze(-1)
         return w.reshape(*ids.shape, self.ng * self.G)[..., : self.K]
 
 

@@ -31,7 +31,7 @@ class WeightOnlyConfig(Config):
             are looked up, not multiplied, so they keep more bits cheaply).
         plan: per-module formats that override ``fmt`` (mixed precision; ``"fp32"`` keeps a module as it is),
             as written by :func:`~nnforge.compress.quantize.mixed.allocate_bits`.
-        kernel: run batches of at most 8 rows through the packed integer kernels (activations rounded to
+        kernel: run batches of at most 64 rows through the packed integer kernels (activations rounded to
             int8 per row, as llama.cpp does); ``False`` always dequantizes and multiplies in fp32.
         damp: GPTQ's Hessian damping, as a fraction of the mean diagonal.
         act_quant: ``dynamic`` also rounds each Linear's input to int8 per token (what a QAT model trained with).

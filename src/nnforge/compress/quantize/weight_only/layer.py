@@ -70,7 +70,7 @@ class _Packed(nn.Module):
 class QuantizedLinear(nn.Module):
     """``y = x @ Ŵᵀ + b`` with ``Ŵ`` packed (int8 … binary); see the module docstring.
 
-    Batches of at most 8 rows use the packed integer kernels when ``kernel`` is set (activations rounded to
+    Batches of at most 64 rows use the packed integer kernels when ``kernel`` is set (activations rounded to
     int8 per row); larger batches dequantize the weight and multiply in fp32. ``act_quant`` adds int8
     activation quantization for every batch size (W8A8): ``"dynamic"`` per token, ``"static"`` with the
     calibrated per-tensor ``act_scale``. ``verdict`` holds the measured "faster or not" per batch size once
