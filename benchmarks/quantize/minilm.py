@@ -100,7 +100,11 @@ def torch_runner(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], 
 def ort_runner(path: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    # without this, each session's idle threads spin after a run and steal the CPU from the next variant
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
     def run(enc: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.from_numpy(sess.run(None, {k: enc[k].numpy() for k in KEYS})[0])
