@@ -111,6 +111,17 @@ def ort_runner(path: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     return run
 
 
+def interleaved(variants: list[Variant], enc: dict[str, torch.Tensor], rounds: int, field: str) -> None:
+    """Time one call of every variant per round, in a new random order each round."""
+    for _ in range(rounds):
+        order = list(variants)
+        random.shuffle(order)
+        for v in order:
+            t0 = time.perf_counter()
+            v.run(enc)
+            getattr(v, field).append(time.perf_counter() - t0)
+
+
 def file_mb(*paths: str | Path) -> float:
     return sum(os.path.getsize(p) for p in paths) / 1e6
 
@@ -211,20 +222,8 @@ def main() -> int:
         for _ in range(3):
             v.run(one)
         v.run(b32)
-    for _ in range(reps):
-        order = list(variants)
-        random.shuffle(order)
-        for v in order:
-            t0 = time.perf_counter()
-            v.run(one)
-            v.t1.append(time.perf_counter() - t0)
-    for _ in range(max(3, reps // 3)):
-        order = list(variants)
-        random.shuffle(order)
-        for v in order:
-            t0 = time.perf_counter()
-            v.run(b32)
-            v.t32.append(time.perf_counter() - t0)
+    interleaved(variants, one, reps, "t1")
+    interleaved(variants, b32, max(3, reps // 3), "t32")
     base = statistics.median(variants[0].t1)
     for v in variants:
         r = rows[v.name]
