@@ -132,7 +132,9 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
     gs = config.embedding_group_size if is_emb else config.group_size
     group = _group_for(matrix.shape[1], gs)
     symmetric = config.symmetric or fmt in ("int8", "ternary", "binary") or is_emb
-    calibrator = "rtn" if is_emb or not isinstance(mod, nn.Linear) and config.calibrator != "hqq" else config.calibrator
+    # GPTQ / AWQ need a Linear's input statistics; embeddings and convs get RTN, or HQQ when asked (data-free)
+    data_free = config.calibrator in ("rtn", "hqq")
+    calibrator = config.calibrator if isinstance(mod, nn.Linear) or (data_free and not is_emb) else "rtn"
     detail = f"{fmt} group {group or 'row'} {'sym' if symmetric else 'asym'} {calibrator}"
     if group != gs:
         detail += f" (group {gs} does not divide K={matrix.shape[1]}: per-row scales)"
@@ -155,7 +157,13 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
 
 
 def _empty(fmt: str, shape: torch.Size, group: int | None, symmetric: bool) -> PackedWeight:
-    return quantize_weight(torch.zeros(shape[0], shape[1]), fmt, group, symmetric=symmetric)
+    """Zero buffers of the right shapes (a skeleton: the saved state fills them), with no quantization work."""
+    from nnforge.compress.quantize.weight_only.layer import _packed_shapes
+
+    dshape, sshape = _packed_shapes(fmt, shape[0], shape[1], group)
+    zeros = None if symmetric else torch.zeros(sshape, dtype=torch.uint8)
+    return PackedWeight(fmt, torch.zeros(dshape, dtype=torch.uint8), torch.zeros(sshape, dtype=torch.float16), zeros,
+                        shape[0], shape[1], group)
 
 
 def measure_verdicts(model: nn.Module, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 20) -> dict[str, Any]:

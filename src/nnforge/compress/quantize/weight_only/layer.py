@@ -42,11 +42,7 @@ class _Packed(nn.Module):
         self.register_buffer("data", torch.zeros(dshape, dtype=torch.uint8))
         self.register_buffer("scales", torch.zeros(sshape, dtype=torch.float16))
         self.register_buffer("zeros", None if symmetric else torch.zeros(sshape, dtype=torch.uint8))
-        self._view: PackedWeight | None = None
-        self._register_load_state_dict_pre_hook(self._forget_view)
-
-    def _forget_view(self, *args: Any, **kwargs: Any) -> None:
-        self._view = None
+        self._view: PackedWeight | None = None  # rebuilt when the buffers are replaced (loading copies in place)
 
     def set_packed(self, w: PackedWeight) -> None:
         if (w.fmt, w.N, w.K, w.group_size, w.zeros is None) != (self.fmt, self.n, self.k, self.group_size, self.symmetric):
