@@ -11,27 +11,6 @@ from nnforge.cli import main
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["data.options.passages_per_play=6", "data.max_train=48", "steps[1].train.epochs=1",
-            "steps[3].repeats=3"]
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory, shakespeare_texts):
-    import os
-
-    folder = tmp_path_factory.mktemp("qs")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
-        rc = main(["run", "quickstart", "--json", *sum((["--set", s] for s in SETTINGS), []),
-                   "--set", f"data.options.path={shakespeare_texts}"])
-    finally:
-        os.chdir(old)
-    assert rc == 0
-    run_dir = next((folder / "runs").iterdir())
-    return folder, run_dir
-
-
 def test_run_writes_every_artifact_and_metric(small_run):
     _, run_dir = small_run
     names = {p.name for p in run_dir.iterdir()}
@@ -63,7 +42,7 @@ def test_ledger_records_steps_files_and_verifies(small_run, capsys):
     events = json.loads(capsys.readouterr().out)
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
-    assert kinds.count("step.started") == kinds.count("step.finished") == 5
+    assert kinds.count("step.started") == kinds.count("step.finished") == 6
     started = [e for e in events if e["kind"] == "step.started"]
     assert started[1]["data"]["config"]["lora"]["r"] == 8  # the full config is recorded
     written = {e["data"]["name"]: e["data"]["sha256"] for e in events if e["kind"] == "artifact.written"}

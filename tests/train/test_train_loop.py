@@ -90,7 +90,7 @@ def test_events_fire_in_loop_order(tmp_path):
     config = TrainConfig(max_steps=2, grad_accum=2, eval_every=2, checkpoint_every=2, checkpoint_dir=str(tmp_path))
     fit(tiny(), TensorBatches(x, y, batch_size=16), config=config, eval_data=[(x, y)],
         callbacks=[lambda event, state: seen.append(event.value)])
-    micro = ["before_backward", "after_backward"] * 2
+    micro = ["batch_ready", "before_backward", "after_backward"] * 2
     # 2 batches per epoch, 2 micro-batches per step: the second step starts a new epoch
     assert seen == ["fit_start", "epoch_start",
                     "step_start", *micro, "before_optimizer_step", "step_end",

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import info, ledger, model, run
+from nnforge.cli import evaluate, info, ledger, model, run
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -44,6 +44,7 @@ app.command("env")(info.env)
 app.command("predict")(model.predict)
 app.command("embed")(model.embed)
 app.command("report")(model.report)
+app.command("evaluate")(evaluate.evaluate)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 

@@ -63,7 +63,7 @@ def _git_facts(path: str | None) -> dict[str, Any]:
         return {}
 
 
-def _load_data(recipe: Recipe) -> tuple[dict[str, Any], Any]:
+def load_data(recipe: Recipe) -> tuple[dict[str, Any], Any]:
     """The dataset and what steps read from ``ctx.data``: text splits, or ``{"dataset": …}`` otherwise."""
     from nnforge import data as data_mod
 
@@ -132,7 +132,7 @@ def run_recipe(recipe: Recipe, *, runs_dir: str | Path = "runs", ledger: Ledger 
 def _prepare(recipe: Recipe, run_dir: Path, ledger: Ledger, run_id: str, progress: ProgressFn | None) -> RunContext:
     from nnforge.data import TextClassification
 
-    splits, dataset = _load_data(recipe)
+    splits, dataset = load_data(recipe)
     summary = dataset.summary() if hasattr(dataset, "summary") else {"name": recipe.data.dataset}
     text = isinstance(dataset, TextClassification)
     if text:

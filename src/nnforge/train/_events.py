@@ -27,6 +27,7 @@ class Event(StrEnum):
             # STEP_START
             for micro_batch in range(grad_accum):
                 batch = next(train_data)             # EPOCH_END, EPOCH_START when an iterable wraps around
+                # BATCH_READY                        # callbacks may replace state.batch here
                 loss = loss_fn(model, batch) / grad_accum      # under bf16 autocast if asked
                 # BEFORE_BACKWARD
                 loss.backward()                      # DDP all-reduces gradients on the last micro-batch
@@ -51,6 +52,7 @@ class Event(StrEnum):
     FIT_START = "fit_start"
     EPOCH_START = "epoch_start"
     STEP_START = "step_start"
+    BATCH_READY = "batch_ready"
     BEFORE_BACKWARD = "before_backward"
     AFTER_BACKWARD = "after_backward"
     BEFORE_OPTIMIZER_STEP = "before_optimizer_step"

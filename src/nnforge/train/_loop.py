@@ -221,6 +221,7 @@ def _train_step(run: _Run) -> None:
     for k in range(config.grad_accum):
         state.micro_step = k
         state.batch = to_device(shard_batch(run.stream.next(), dist.rank, dist.world_size), dist.device)
+        run.emit(Event.BATCH_READY)  # callbacks may replace state.batch (e.g. adversarial examples)
         if dist.world_size > 1:  # DDP all-reduces gradients only on the last micro-batch (as in nanoGPT)
             run.ddp_model.require_backward_grad_sync = k == config.grad_accum - 1  # type: ignore[assignment]
         with run.autocast():

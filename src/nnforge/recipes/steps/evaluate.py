@@ -9,13 +9,22 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from nnforge.adapt.finetune import predict_labels
 from nnforge.config import Config
 from nnforge.errors import StepFailedError
-from nnforge.evaluate import cost_side_by_side, quality
+from nnforge.evaluate import (
+    METRICS,
+    Outputs,
+    bootstrap_interval,
+    build_slices,
+    cost_side_by_side,
+    flip_analysis,
+    text_outputs,
+)
+from nnforge.evaluate.slices import Slice, parse_slice_spec
 from nnforge.hardware import file_size_mb, machine_facts
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 
@@ -27,6 +36,18 @@ class EvaluateStepConfig(Config):
 
     repeats: int = Field(30, ge=3, le=10_000)
     reference: str = "fp32"
+    slices: list[Any] = Field(default_factory=lambda: ["class", {"meta": "play"}],
+                              description="slices of the test split (see nnforge.evaluate.slices)")
+    rare_below: int = Field(30, ge=1, description="slices with fewer examples are flagged rare")
+    calibration: bool = Field(True, description="ECE and temperature scaling (fitted on the validation split)")
+    flip_examples: int = Field(10, ge=0, le=1000, description="changed examples listed per compressed variant")
+
+    @field_validator("slices")
+    @classmethod
+    def _slices(cls, v: list[Any]) -> list[Any]:
+        for k, raw in enumerate(v):
+            parse_slice_spec(raw, f"slices[{k}]")
+        return v
 
 
 def _served_memory_mb(weights: Path) -> float | None:
@@ -55,18 +76,20 @@ class Evaluate:
         if not all(hasattr(m, "tokenize") for m in variants.values()):
             raise StepFailedError("the evaluate step handles text classifiers in this version")
         metrics: dict[str, Any] = {}
-        preds: dict[str, list[int]] = {}
+        label_names = list(ctx.model_spec.get("label_names") or [])
         total = len(variants) * 2 + 1
         done = 0
+        outs: dict[str, Outputs] = {}
         for name, model in variants.items():
-            q = quality(model, test.texts, test.labels, predict_labels)
-            preds[name] = q.pop("predictions")
-            metrics[f"{name}_acc"], metrics[f"{name}_macro_f1"] = q["accuracy"], q["macro_f1"]
+            outs[name] = text_outputs(model, test.texts, test.labels, test.meta, label_names)
+            metrics[f"{name}_acc"] = METRICS.get("accuracy")(outs[name])
+            metrics[f"{name}_macro_f1"] = METRICS.get("macro_f1")(outs[name])
             if name in ctx.variant_files:
                 metrics[f"{name}_size_mb"] = file_size_mb(ctx.run_dir / ctx.variant_files[name])
             done += 1
             if ctx.progress:
                 ctx.progress("evaluate", done, total)
+        preds = {name: o.preds.tolist() for name, o in outs.items()}
         ref = variants.get(config.reference)
         if ref is not None:
             ref_emb = ref.embed(test.texts)
@@ -74,11 +97,11 @@ class Evaluate:
                 if name != config.reference:
                     cos = torch.nn.functional.cosine_similarity(ref_emb, model.embed(test.texts), dim=-1)
                     metrics[f"{name}_cos_mean"], metrics[f"{name}_cos_min"] = float(cos.mean()), float(cos.min())
-                    metrics[f"{name}_agreement"] = float((torch.tensor(preds[name]) ==
-                                                          torch.tensor(preds[config.reference])).float().mean())
+                    metrics[f"{name}_agreement"] = METRICS.get("agreement")(outs[name], outs[config.reference])
                 done += 1
                 if ctx.progress:
                     ctx.progress("evaluate", done, total)
+        self._quality_sections(ctx, config, outs, label_names)
         costs = cost_side_by_side(variants, test.texts, repeats=config.repeats)
         for name, c in costs.items():
             metrics.update({f"{name}_{k}": v for k, v in c.items() if k != "peak_memory_mb"})
@@ -88,4 +111,60 @@ class Evaluate:
             ctx.progress("evaluate", total, total)
         ctx.write_json("predictions", "predictions.json", {"labels": test.labels, "predictions": preds})
         ctx.sections["machine"] = machine_facts()
+        metrics.update({f"{v}_ece": c["ece_before"] for v, c in ctx.sections.get("calibration", {}).items()})
+        metrics.update({f"{v}_ece_temperature_scaled": c["ece_after"]
+                        for v, c in ctx.sections.get("calibration", {}).items()})
         return StepResult(metrics=metrics)
+
+    def _quality_sections(self, ctx: RunContext, config: Any, outs: dict[str, Outputs], label_names: list[str]) -> None:
+        """Slice table, compression flips and calibration, as report sections."""
+        reference = outs.get(config.reference)
+        slices = build_slices(next(iter(outs.values())), config.slices, config.rare_below)
+        ctx.sections["slices"] = _slice_section(outs, slices, config.reference, config.rare_below)
+        if reference is not None:
+            ctx.sections["flips"] = {name: flip_analysis(o, reference, slices, examples=config.flip_examples,
+                                                         reference_name=config.reference)
+                                     for name, o in outs.items() if name != config.reference}
+        val = ctx.data.get("val")
+        if config.calibration and val is not None and len(val):
+            from nnforge.evaluate.calibration import (
+                TemperatureScaling,
+                expected_calibration_error,
+                negative_log_likelihood,
+            )
+
+            section = {}
+            for name, model in (ctx.variants or {"model": ctx.model}).items():
+                val_probs = text_outputs(model, val.texts, val.labels, val.meta, label_names).probs
+                test_probs = torch.from_numpy(outs[name].probs)
+                labels = torch.as_tensor(outs[name].labels)
+                ts = TemperatureScaling().fit(torch.from_numpy(val_probs).clamp_min(1e-12).log(),
+                                              torch.as_tensor(val.labels))
+                after = ts.probs(test_probs.clamp_min(1e-12).log())
+                section[name] = {"ece_before": expected_calibration_error(test_probs, labels),
+                                 "ece_after": expected_calibration_error(after, labels),
+                                 "temperature": ts.temperature, "nll_before": negative_log_likelihood(test_probs, labels),
+                                 "nll_after": negative_log_likelihood(after, labels)}
+            ctx.sections["calibration"] = section
+
+
+def _slice_section(outs: dict[str, Outputs], slices: dict[str, Slice], reference: str, rare_below: int,
+                   confidence: float = 0.95) -> dict[str, Any]:
+    rows = []
+    ref = outs.get(reference)
+    for k, s in enumerate(slices.values()):
+        row: dict[str, Any] = {"slice": s.name, "n": int(len(s.index)), "rare": s.rare}
+        for name, o in outs.items():
+            correct = o.correct[s.index]
+
+            def acc(i: np.ndarray, c: np.ndarray = correct) -> float:
+                return float(c[i].mean()) if len(i) else float("nan")
+
+            iv = bootstrap_interval(acc, len(correct), confidence=confidence, seed=k)
+            cell: dict[str, float | None] = {"accuracy": iv.estimate, "low": iv.low, "high": iv.high}
+            if ref is not None and name != reference:
+                cell["flip_rate"] = float(np.mean(o.preds[s.index] != ref.preds[s.index])) if len(s.index) else None
+            row[name] = cell
+        rows.append(row)
+    return {"variants": list(outs), "reference": reference, "rare_below": rare_below, "confidence": confidence,
+            "rows": rows}

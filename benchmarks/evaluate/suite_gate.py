@@ -1,0 +1,95 @@
+"""Benchmark: the shipped quickstart suite passes for the fp32 quickstart model and fails, naming the
+check, for a deliberately damaged variant (2-bit RTN, per channel, no calibration).
+
+    python benchmarks/evaluate/suite_gate.py           # full: the built-in quickstart recipe as shipped (+ int2)
+    python benchmarks/evaluate/suite_gate.py --quick   # a small slice of it
+    python benchmarks/evaluate/suite_gate.py --run DIR # judge an existing run that already has an int2 variant
+
+The run is the quickstart recipe with one more step, `quantize: {scheme: int2, calibrator: rtn,
+group_size: null}` (the int8 variant stays). Each variant is then judged by `nnforge evaluate RUN --suite
+quickstart --variant V`, exactly as a user or a CI job would; the exit code, the failed checks and the
+JUnit XML's failures are recorded in benchmarks/results/evaluate_suite_gate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import write_results  # noqa: E402
+
+QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1", "steps[3].repeats=5"]
+# the recipe's own gate judges the latest variant (int2 here) and would stop the run before the report:
+# it records its verdict only; the three verdicts below come from `nnforge evaluate`
+NO_STOP = ["steps[4].enforce=false"]
+DAMAGE = {"quantize": {"scheme": "int2", "calibrator": "rtn", "group_size": None, "variant": "int2"}}
+
+
+def make_run(workdir: Path, quick: bool) -> Path:
+    import yaml
+
+    from nnforge.ledger import Ledger
+    from nnforge.recipes import builtin_dir, parse_recipe, run_recipe
+    from nnforge.recipes.schema import apply_overrides
+
+    doc = yaml.safe_load((builtin_dir() / "quickstart.yaml").read_text(encoding="utf-8"))
+    doc = apply_overrides(doc, (QUICK if quick else []) + NO_STOP)
+    steps = doc["steps"]
+    at = next(i for i, s in enumerate(steps) if isinstance(s, dict) and "quantize" in s) + 1
+    doc["steps"] = [*steps[:at], DAMAGE, *steps[at:]]
+    text = yaml.safe_dump(doc, sort_keys=False)
+    result = run_recipe(parse_recipe(doc, source=text), runs_dir=workdir / "runs",
+                        ledger=Ledger.open(workdir / ".nnforge" / "ledger.db"))
+    return result.run_dir
+
+
+def judge(run_dir: Path, variant: str, ledger: Path) -> dict[str, object]:
+    from nnforge.cli import main
+
+    junit = run_dir / f"suite-quickstart-{variant}.junit.xml"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["evaluate", str(run_dir), "--suite", "quickstart", "--variant", variant, "--ledger", str(ledger),
+                   "--junit", str(junit), "--json"])
+    result = json.loads(buf.getvalue())
+    failures = [f.get("message") for f in ET.parse(junit).getroot().iter("failure")]
+    return {"variant": variant, "exit_code": rc, "passed": result["passed"], "failed": result["failed"],
+            "junit_failures": failures, "suite_sha256": result["sha256"],
+            "checks": [{k: c[k] for k in ("name", "verdict", "value", "threshold", "message")} for c in result["checks"]]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--run", help="an existing run folder with fp32, int8 and int2 variants")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="nnforge-gate-"))
+    run_dir = Path(args.run) if args.run else make_run(workdir, args.quick)
+    results = [judge(run_dir, v, workdir / "judge-ledger.db") for v in ("fp32", "int8", "int2")]
+    by = {r["variant"]: r for r in results}
+    summary = {"fp32_passed": by["fp32"]["passed"], "int8_passed": by["int8"]["passed"],
+               "int2_passed": by["int2"]["passed"], "int2_exit_code": by["int2"]["exit_code"],
+               "int2_failed_checks": by["int2"]["failed"], "int2_junit_failures": len(by["int2"]["junit_failures"]),
+               "seconds": time.perf_counter() - t0}
+    path = write_results("evaluate", "suite_gate", quick=args.quick, results=results, summary=summary,
+                         extra={"run_dir": str(run_dir)})
+    print(f"wrote {path}")
+    for r in results:
+        print(f"  {r['variant']}: exit {r['exit_code']}, failed: {r['failed'] or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Regression suites on real runs: `nnforge evaluate` (exit codes, JUnit, ledger, report) and the `gate` step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from nnforge.cli import main
+
+pytestmark = pytest.mark.slow
+
+SUITE = """
+name: small
+reference: fp32
+slices: [class, {meta: play}]
+checks:
+  - accuracy >= 0.05
+  - name: agrees with fp32
+    check: flip_rate <= 0.10
+  - slice:class:history accuracy >= 0.0
+  - size_mb <= 100
+"""
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path):
+    _, run_dir = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (tmp_path / "small.yaml").write_text(SUITE)
+    return copy
+
+
+def test_evaluate_passes_records_and_reports(run_copy, tmp_path, capsys):
+    led = tmp_path / "ledger.db"
+    rc = main(["evaluate", str(run_copy), "--suite", str(tmp_path / "small.yaml"), "--variant", "int8",
+               "--ledger", str(led), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["passed"] and len(out["checks"]) == 4
+    flip = next(c for c in out["checks"] if c["name"] == "agrees with fp32")
+    assert 0 <= flip["value"] <= 0.10 and flip["interval"]["low"] <= flip["value"] <= flip["interval"]["high"]
+    root = ET.parse(run_copy / "suite-small.junit.xml").getroot()
+    assert root.get("failures") == "0" and len(root.findall(".//testcase")) == 4
+    assert "suite small" in (run_copy / "report.html").read_text()
+    assert main(["ledger", "show", "--ledger", str(led), "--json", "--limit", "0"]) == 0
+    events = json.loads(capsys.readouterr().out)
+    ev = next(e for e in events if e["kind"] == "suite.evaluated")
+    import hashlib
+
+    assert ev["data"]["suite_sha256"] == hashlib.sha256((tmp_path / "small.yaml").read_bytes()).hexdigest()
+
+
+def test_failing_suite_exits_1_and_junit_names_the_check(run_copy, tmp_path, capsys):
+    (tmp_path / "strict.yaml").write_text(SUITE.replace("name: small", "name: strict")
+                                          .replace("accuracy >= 0.05", "accuracy >= 0.999"))
+    rc = main(["evaluate", str(run_copy), "--suite", str(tmp_path / "strict.yaml"), "--ledger", str(tmp_path / "l.db")])
+    assert rc == 1
+    assert "accuracy >= 0.999" in capsys.readouterr().err
+    failures = ET.parse(run_copy / "suite-strict.junit.xml").getroot().findall(".//failure")
+    assert len(failures) == 1 and failures[0].get("message").startswith("accuracy >= 0.999")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "no-such-suite"], "not a built-in suite"),
+    (["--suite", "SUITE", "--baseline", "runs/nope"], "not a run folder"),
+    (["--suite", "SUITE", "--variant", "int3"], "no variant 'int3'"),
+])
+def test_bad_input_is_refused_before_any_model_runs(run_copy, tmp_path, capsys, args, message):
+    args = [str(tmp_path / "small.yaml") if a == "SUITE" else a for a in args]
+    assert main(["evaluate", str(run_copy), *args, "--ledger", str(tmp_path / "l.db")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (run_copy / "suite-small.json").exists()
+
+
+def test_unknown_slice_and_wrong_class_count_are_named(run_copy, tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text(SUITE.replace("slice:class:history", "slice:class:romance"))
+    assert main(["evaluate", str(run_copy), "--suite", str(tmp_path / "bad.yaml"), "--ledger", str(tmp_path / "l.db")]) == 2
+    assert "unknown slice 'class:romance'" in capsys.readouterr().err
+    cfg = json.loads((run_copy / "config.json").read_text())
+    cfg["label_names"] = ["comedy", "tragedy"]
+    (run_copy / "config.json").write_text(json.dumps(cfg))
+    assert main(["evaluate", str(run_copy), "--suite", str(tmp_path / "small.yaml"), "--ledger", str(tmp_path / "l.db")]) == 2
+    assert "classes" in capsys.readouterr().err
+
+
+def test_damaged_variant_fails_the_suite_the_fp32_model_passes(small_run):
+    """2-bit RTN (per channel, no calibration) damages the model: the flip-rate check must name it."""
+    import pathlib
+    import tempfile
+
+    from nnforge.compress import quantize_
+    from nnforge.compress.quantize import Int2WeightOnlyConfig
+    from nnforge.evaluate import load_suite, run_suite
+    from nnforge.recipes import load_run
+    from nnforge.recipes.suites import SuiteTarget, gather_inputs, run_data
+
+    _, run_dir = small_run
+    run = load_run(run_dir)
+    fp32 = run.model("fp32")
+    import copy
+
+    damaged = copy.deepcopy(fp32)
+    quantize_(damaged, Int2WeightOnlyConfig(group_size=None, calibrator="rtn"))
+    with tempfile.TemporaryDirectory() as d:
+        path = pathlib.Path(d) / "small.yaml"
+        path.write_text(SUITE)
+        suite = load_suite(path)
+    target = SuiteTarget({"fp32": fp32, "int2": damaged}, {"fp32": run_dir / "model.safetensors",
+                                                           "int2": run_dir / "model.safetensors"},
+                         run_data(run.config, "test"), run.label_names)
+    good = run_suite(suite, gather_inputs(suite, target, "fp32"))
+    bad = run_suite(suite, gather_inputs(suite, target, "int2"))
+    assert good.passed
+    assert not bad.passed and "agrees with fp32" in [c.spec.name for c in bad.failed]
