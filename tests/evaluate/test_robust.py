@@ -15,6 +15,7 @@ from nnforge.evaluate.robust import (
     TEXT_PERTURBATIONS,
     AdversarialTraining,
     AttackConfig,
+    TradesLoss,
     adversarial_batch,
     fgsm,
     perturb_texts,
@@ -315,3 +316,62 @@ def test_adversarial_batch_and_callback_reject_bad_input():
     with pytest.raises(ConfigError, match="'attack'"):
         AdversarialTraining({"eps": 0.1})  # type: ignore[arg-type]
     assert AdversarialTraining(AttackConfig(eps=0.1), eps_warmup_steps=4).eps_at(1) == pytest.approx(0.05)
+
+
+# --- TRADES ----------------------------------------------------------------------------------------------
+
+def test_trades_loss_is_cross_entropy_when_beta_is_zero_or_the_ball_is_tiny():
+    model, (x, y) = small_cnn(), images(16)
+    model.eval()  # no dropout: the clean forward passes agree
+    ce = default_loss(model, (x, y)).detach()
+    plain = TradesLoss(AttackConfig(eps=0.1, steps=3), beta=0.0)(model, (x, y)).detach()
+    assert float(plain) == pytest.approx(float(ce), rel=1e-6)
+    tiny = TradesLoss(AttackConfig(eps=1e-6, steps=2), beta=6.0)(model, (x, y)).detach()  # x_adv == x up to 1e-6: KL ~ 0
+    assert float(tiny) == pytest.approx(float(ce), rel=1e-4)
+    big = TradesLoss(AttackConfig(eps=0.5, steps=5), beta=6.0)(model, (x, y)).detach()
+    assert torch.isfinite(big) and float(big) > float(ce) + 1e-4  # the KL term is positive once x_adv moves
+
+
+def test_trades_attack_maximises_the_kl_inside_the_ball():
+    model, (x, _) = small_cnn(), images(16)
+    trades = TradesLoss(AttackConfig(eps=0.1, steps=5), beta=6.0)
+    x_adv = trades.adversarial_inputs(model, x, torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    model.eval()
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)
+        corner = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).sign()).clamp(0, 1)
+        kl = [(p * (p.log() - torch.log_softmax(model(z), -1))).sum() for z in (x_adv, corner)]
+    assert kl[0] > kl[1]  # stronger than a random corner of the ball
+
+
+def test_trades_trains_and_is_reproducible():
+    x, y = images(64, seed=1)
+    y = (x.mean(dim=(1, 2, 3)) > 0.5).long()
+
+    def run() -> tuple[list[float], float]:
+        model = small_cnn(1)
+        losses: list[float] = []
+        trades = TradesLoss(AttackConfig(eps=0.02, steps=2), beta=1.0)
+        config = TrainConfig(max_steps=30, lr=1e-2, grad_accum=2, device="cpu")
+        result = fit(model, TensorBatches(x, y, batch_size=32), config=config, metric_fn=accuracy, loss_fn=trades,
+                     eval_data=TensorBatches(x, y, batch_size=64, shuffle=False),
+                     callbacks=[trades.callback, on(Event.STEP_END, lambda s: losses.append(s.loss))])
+        assert trades.calls >= 60  # every micro-batch (plus evaluation)
+        return losses, result.evals[-1]["accuracy"]
+
+    losses, acc = run()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert acc >= 0.8
+    assert run()[0] == losses
+
+
+def test_trades_rejects_bad_input():
+    with pytest.raises(ConfigError, match="'beta'"):
+        TradesLoss(AttackConfig(eps=0.1), beta=-1.0)
+    with pytest.raises(ConfigError, match="'attack'"):
+        TradesLoss({"eps": 0.1})  # type: ignore[arg-type]
+    x, y = images(4)
+    with pytest.raises(DataError, match="tuple or list"):
+        TradesLoss(AttackConfig(eps=0.1))(small_cnn(), {"x": x, "y": y})

@@ -24,7 +24,7 @@ from torch import nn
 
 from nnforge.errors import ConfigError, DataError
 from nnforge.evaluate.robust._attacks import AttackConfig, _logits, attack
-from nnforge.train import Callback, TrainState
+from nnforge.train import Callback, Event, TrainState
 
 __all__ = ["AdversarialTraining", "TradesLoss", "adversarial_batch"]
 
@@ -94,7 +94,7 @@ def _kl_rows(log_p_adv: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
     return (p_clean * (p_clean.clamp_min(1e-12).log() - log_p_adv)).sum(-1)
 
 
-class TradesLoss(Callback):
+class TradesLoss:
     """The TRADES loss (Zhang et al. 2019) as a ``loss_fn`` for :func:`nnforge.train.fit`:
 
         loss = CE(f(x), y) + beta * mean_i KL(softmax f(x_i) || softmax f(x_adv_i))
@@ -105,13 +105,14 @@ class TradesLoss(Callback):
     larger beta, more robust and less accurate on clean inputs (the paper uses 6).
 
         trades = TradesLoss(AttackConfig(eps=0.15, steps=7), beta=6.0)
-        fit(model, TensorBatches(x, y, batch_size=64), config=..., loss_fn=trades, callbacks=[trades])
+        fit(model, TensorBatches(x, y, batch_size=64), config=..., loss_fn=trades, callbacks=[trades.callback])
 
-    Passed in ``callbacks`` too, it seeds each random start from ``(attack.seed, rank, step, micro-batch)`` at
-    ``BATCH_READY`` (reproducible, exact on resume) and attacks ``state.model`` (never a DDP wrapper); as a
-    ``loss_fn`` alone it seeds from ``(attack.seed, number of calls)`` and attacks ``getattr(model, "module",
-    model)``. Batches are ``(inputs, targets, ...)``. Under ``torch.no_grad()`` (the loop's evaluation) it
-    still searches ``x_adv``, so evaluation losses are TRADES losses too.
+    With ``trades.callback`` in ``callbacks`` too, it seeds each random start from ``(attack.seed, rank, step,
+    micro-batch)`` at ``BATCH_READY`` (reproducible, exact on resume) and attacks ``state.model`` (never a DDP
+    wrapper); as a ``loss_fn`` alone it seeds from ``(attack.seed, number of calls)`` and attacks
+    ``getattr(model, "module", model)``. Batches are ``(inputs, targets, ...)``. The loop's evaluation calls the
+    loss too, so evaluation losses are TRADES losses (with their own attack). Costs ``attack.steps + 3`` forward
+    passes per batch, about as much as Madry's training with the same attack.
     """
 
     def __init__(self, attack: AttackConfig, beta: float = 6.0) -> None:
@@ -125,7 +126,10 @@ class TradesLoss(Callback):
         self._seed: tuple[int, ...] | None = None
         self._model: nn.Module | None = None
 
-    def batch_ready(self, state: TrainState) -> None:
+    def callback(self, event: Event, state: TrainState) -> None:
+        """The training-loop callback: at ``BATCH_READY`` notes the seed and the model for the next loss call."""
+        if event is not Event.BATCH_READY:
+            return
         self._seed = (self.attack.seed, state.rank, state.step, state.micro_step)
         self._model = state.model
 
