@@ -26,6 +26,26 @@ def test_run_writes_every_artifact_and_metric(small_run):
     assert 0.0 <= m["fp32_acc"] <= 1.0
 
 
+def test_report_gains_slices_flips_calibration_ood_and_the_gate(small_run):
+    from nnforge.explain import OODGuard
+
+    _, run_dir = small_run
+    sections = json.loads((run_dir / "sections.json").read_text())
+    rows = {r["slice"]: r for r in sections["slices"]["rows"]}
+    assert {"all", "class:comedy", "class:tragedy", "class:history", "play:hamlet"} <= set(rows)
+    assert rows["play:hamlet"]["rare"] and rows["all"]["fp32"]["low"] <= rows["all"]["fp32"]["accuracy"]
+    assert sections["flips"]["int8"]["n"] == rows["all"]["n"]
+    assert set(sections["calibration"]) == {"fp32", "int8"} and sections["calibration"]["fp32"]["temperature"] > 0
+    far = {d["name"]: d["stdlib-docstrings"]["auroc"] for d in sections["ood"]["detectors"]}
+    assert set(far) == {"msp", "energy", "mahalanobis", "knn"} and max(far.values()) > 0.9
+    guard = OODGuard.load(run_dir / "ood-guard")
+    assert guard.detector.name == "knn" and guard.recall == 0.95
+    assert sections["suites"]["small-gate"]["passed"]
+    html = (run_dir / "report.html").read_text()
+    for title in ("Slices", "Compression flips", "Calibration", "Out-of-distribution detection", "Regression suites"):
+        assert f"<h2>{title}</h2>" in html, title
+
+
 def test_report_is_self_contained_and_prints_the_head(small_run):
     folder, run_dir = small_run
     html = (run_dir / "report.html").read_text()

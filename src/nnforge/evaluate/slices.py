@@ -27,7 +27,7 @@ import numpy as np
 from nnforge.errors import ConfigError, DataError
 from nnforge.evaluate.outputs import Outputs
 
-__all__ = ["SliceSpec", "Slice", "parse_slice_spec", "build_slices", "slice_table", "RARE_BELOW"]
+__all__ = ["SliceSpec", "Slice", "parse_slice_spec", "check_slice_specs", "build_slices", "slice_table", "RARE_BELOW"]
 
 RARE_BELOW = 30
 _OPS: dict[str, Callable[[Any, Any], bool]] = {"==": operator.eq, "!=": operator.ne, "<=": operator.le,
@@ -100,6 +100,13 @@ def parse_slice_spec(raw: Any, where: str = "slices") -> SliceSpec:
         _parse_where(raw["where"], where)
         return SliceSpec("where", name=raw["name"], where=raw["where"])
     raise ConfigError(f"{where}: a slice is 'class', {{meta: FIELD}} or {{name: NAME, where: CONDITION}}; got {raw!r}")
+
+
+def check_slice_specs(specs: list[Any]) -> list[Any]:
+    """Validate slice specs (a pydantic field validator for configs that hold them); returns them unchanged."""
+    for k, raw in enumerate(specs):
+        parse_slice_spec(raw, f"slices[{k}]")
+    return specs
 
 
 def _field_value(out: Outputs, i: int, field: str) -> Any:

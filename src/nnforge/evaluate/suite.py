@@ -49,7 +49,7 @@ from nnforge.config import Config
 from nnforge.errors import ConfigError, DataError
 from nnforge.evaluate.metrics import METRICS, Metric
 from nnforge.evaluate.outputs import Outputs, check_paired
-from nnforge.evaluate.slices import RARE_BELOW, Slice, build_slices, parse_slice_spec
+from nnforge.evaluate.slices import RARE_BELOW, Slice, build_slices, check_slice_specs
 from nnforge.evaluate.stats import Interval, bootstrap_interval, mcnemar
 
 __all__ = ["Suite", "CheckSpec", "SuiteInputs", "CheckResult", "SuiteResult", "load_suite", "parse_check",
@@ -131,12 +131,7 @@ class Suite(Config):
     checks: list[Any] = Field(min_length=1)
     sha256: str = Field("", description="SHA-256 of the file the suite was read from (set by load_suite)")
 
-    @field_validator("slices")
-    @classmethod
-    def _slices(cls, v: list[Any]) -> list[Any]:
-        for k, raw in enumerate(v):
-            parse_slice_spec(raw, f"slices[{k}]")
-        return v
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slice_specs(v)))
 
     @field_validator("checks")
     @classmethod

@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,11 +24,14 @@ from nnforge.evaluate import (
     flip_analysis,
     text_outputs,
 )
-from nnforge.evaluate.slices import Slice, parse_slice_spec
+from nnforge.evaluate.slices import Slice, check_slice_specs
 from nnforge.hardware import file_size_mb, machine_facts
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 
 log = logging.getLogger(__name__)
+
+
+OODSet = Literal["stdlib-code", "stdlib-docstrings", "poems"]
 
 
 class EvaluateStepConfig(Config):
@@ -41,13 +44,15 @@ class EvaluateStepConfig(Config):
     rare_below: int = Field(30, ge=1, description="slices with fewer examples are flagged rare")
     calibration: bool = Field(True, description="ECE and temperature scaling (fitted on the validation split)")
     flip_examples: int = Field(10, ge=0, le=1000, description="changed examples listed per compressed variant")
+    ood: bool = Field(True, description="OOD detectors on the reference model's features (report section + guard)")
+    ood_detectors: list[str] = Field(default_factory=lambda: ["msp", "energy", "mahalanobis", "knn"])
+    ood_sets: list[OODSet] = Field(
+        default_factory=lambda: list[OODSet](["stdlib-docstrings", "poems"]),
+        description="out-of-distribution texts to score (poems: the Shakespeare poems, for play-trained models)")
+    ood_samples: int = Field(300, ge=10, le=100_000, description="texts drawn (seeded) from each OOD set")
+    ood_guard: str = Field("knn", description="the detector saved as the run's OOD guard (ood-guard.*)")
 
-    @field_validator("slices")
-    @classmethod
-    def _slices(cls, v: list[Any]) -> list[Any]:
-        for k, raw in enumerate(v):
-            parse_slice_spec(raw, f"slices[{k}]")
-        return v
+    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slice_specs(v)))
 
 
 def _served_memory_mb(weights: Path) -> float | None:
@@ -102,6 +107,8 @@ class Evaluate:
                 if ctx.progress:
                     ctx.progress("evaluate", done, total)
         self._quality_sections(ctx, config, outs, label_names)
+        if config.ood and ref is not None:
+            self._ood_section(ctx, config, ref)
         costs = cost_side_by_side(variants, test.texts, repeats=config.repeats)
         for name, c in costs.items():
             metrics.update({f"{name}_{k}": v for k, v in c.items() if k != "peak_memory_mb"})
@@ -146,6 +153,56 @@ class Evaluate:
                                  "temperature": ts.temperature, "nll_before": negative_log_likelihood(test_probs, labels),
                                  "nll_after": negative_log_likelihood(after, labels)}
             ctx.sections["calibration"] = section
+
+
+    def _ood_section(self, ctx: RunContext, config: Any, model: Any) -> None:
+        """Fit OOD detectors on the training split's features, threshold at 95 % recall on the validation split,
+        score the test split against each OOD set; save the chosen detector as the run's OOD guard."""
+        from nnforge.explain import OODGuard, TextFeatures, auroc, build_detector, fpr_at_tpr, threshold_at_recall
+
+        train, val, test = ctx.data["train"], ctx.data.get("val"), ctx.data["test"]
+        if val is None or not len(val):
+            return
+        sets = _ood_texts(config.ood_sets, config.ood_samples, ctx.seed)
+        featurize = TextFeatures(model)
+        feats = {"train": featurize(train.texts), "val": featurize(val.texts), "test": featurize(test.texts)}
+        feats.update({name: featurize(texts) for name, texts in sets.items()})
+        rows = []
+        for name in config.ood_detectors:
+            det = build_detector(name).fit(labels=torch.as_tensor(train.labels), **feats["train"])
+            guard = OODGuard(det, threshold_at_recall(det.score(**feats["val"]), 0.95), recall=0.95,
+                             metadata={"model": config.reference, "detector": name, "calibration": "val split"})
+            test_scores = det.score(**feats["test"])
+            row: dict[str, Any] = {"name": name, "threshold": guard.threshold,
+                                   "id_accept": float((test_scores <= guard.threshold).float().mean())}
+            for set_name in sets:
+                ood_scores = det.score(**feats[set_name])
+                row[set_name] = {"auroc": auroc(test_scores, ood_scores), "fpr95": fpr_at_tpr(test_scores, ood_scores),
+                                 "flagged": float((ood_scores > guard.threshold).float().mean())}
+            rows.append(row)
+            if name == config.ood_guard:
+                folder = guard.save(ctx.run_dir / "ood-guard")
+                for f in sorted(folder.iterdir()):
+                    ctx.record_file(f"ood-guard:{f.name}", f)
+                log.info("OOD guard (%s) saved to %s", name, folder)
+        ctx.sections["ood"] = {"recall": 0.95, "sets": list(sets), "detectors": rows, "reference": config.reference,
+                               "samples": {k: len(v) for k, v in sets.items()}}
+
+
+def _ood_texts(names: list[str], n: int, seed: int) -> dict[str, list[str]]:
+    from nnforge.data.stdlib import stdlib_texts
+
+    out: dict[str, list[str]] = {}
+    if any(k.startswith("stdlib") for k in names):
+        std, _ = stdlib_texts(n, seed)
+        out.update({k: v for k, v in std.items() if k in names})
+    if "poems" in names:
+        from nnforge.data.shakespeare import poem_passages
+
+        poems = [p for ps in poem_passages().values() for p in ps]
+        idx = np.random.default_rng(seed).permutation(len(poems))[:n]
+        out["poems"] = [poems[i] for i in sorted(idx)]
+    return {k: out[k] for k in names}
 
 
 def _slice_section(outs: dict[str, Outputs], slices: dict[str, Slice], reference: str, rare_below: int,

@@ -1,0 +1,25 @@
+"""Explaining models: out-of-distribution detectors, their metrics, and the guard that applies them at inference."""
+
+from __future__ import annotations
+
+from nnforge.explain.ood import (
+    KNN,
+    MSP,
+    OOD_DETECTORS,
+    Energy,
+    Mahalanobis,
+    MaxLogit,
+    OODDetector,
+    RelativeMahalanobis,
+    Residual,
+    ViM,
+    build_detector,
+)
+from nnforge.explain.ood_ensemble import Ensemble, EnsembleMember
+from nnforge.explain.ood_guard import OODGuard, OODResult, TextFeatures
+from nnforge.explain.ood_lm import TokenNgram
+from nnforge.explain.ood_metrics import auroc, fpr_at_tpr, threshold_at_recall
+
+__all__ = ["OOD_DETECTORS", "OODDetector", "build_detector", "MSP", "MaxLogit", "Energy", "Mahalanobis",
+           "RelativeMahalanobis", "KNN", "Residual", "ViM", "TokenNgram", "Ensemble", "EnsembleMember", "OODGuard",
+           "OODResult", "TextFeatures", "auroc", "fpr_at_tpr", "threshold_at_recall"]

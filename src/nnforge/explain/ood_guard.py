@@ -1,0 +1,212 @@
+"""``OODGuard``: a fitted OOD detector and its threshold, used at inference time.
+
+    guard = OODGuard.calibrate(detector, features=val_features, recall=0.95)  # held-out in-distribution data
+    result = guard.check(features=new_features)      # result.scores (N,), result.is_ood (N,) bool
+    guard.save("runs/x/ood")                          # guard.json + detector.safetensors, never pickle
+    guard = OODGuard.load("runs/x/ood", featurizer=TextFeatures(model))
+    guard(["a new passage", "def f(x): return x"])   # featurizer, then check
+
+The threshold is chosen on in-distribution data only: the smallest score that accepts ``recall`` (95%) of
+the held-out in-distribution inputs. An input is flagged out-of-distribution when its score is above it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnforge.errors import DataError, IntegrityError, MissingDependencyError, ModelError
+from nnforge.explain.ood import OOD_DETECTORS, OODDetector
+from nnforge.explain.ood_metrics import threshold_at_recall
+from nnforge.ledger import atomic_write_text, file_sha256
+
+__all__ = ["OODGuard", "OODResult", "TextFeatures"]
+
+FORMAT = "nnforge.explain.ood_guard"
+VERSION = 1
+Featurizer = Callable[[Any], Mapping[str, torch.Tensor]]  # raw inputs -> {"features": ..., "logits": ...}
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """Per input: the OOD score (higher = more unusual) and the decision (``True`` = out-of-distribution)."""
+
+    scores: torch.Tensor  # (N,) float32
+    is_ood: torch.Tensor  # (N,) bool
+    threshold: float
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """One ``{"score", "ood"}`` object per input (JSON-ready, e.g. for a server's response)."""
+        return [{"score": float(s), "ood": bool(o)} for s, o in zip(self.scores.tolist(), self.is_ood.tolist(),
+                                                                     strict=True)]
+
+
+class OODGuard:
+    """A fitted detector, a threshold, and optionally the function that turns raw inputs into its inputs.
+
+    Args:
+        detector: a fitted :class:`~nnforge.explain.OODDetector`.
+        threshold: inputs scoring above it are out-of-distribution.
+        recall: the in-distribution recall the threshold was chosen for (recorded, not used).
+        featurizer: ``inputs -> {"features": (N, D), "logits": (N, C)}`` for :meth:`__call__` (e.g.
+            :class:`TextFeatures`); not saved, pass it again to :meth:`load`.
+        metadata: JSON-able facts saved beside the guard (model, layer, data it was calibrated on).
+    """
+
+    def __init__(self, detector: OODDetector, threshold: float, *, recall: float = 0.95,
+                 featurizer: Featurizer | None = None, metadata: dict[str, Any] | None = None) -> None:
+        if not detector.fitted:
+            raise ModelError(f"OODGuard needs a fitted detector; the {detector.name!r} detector is not fitted")
+        if not isinstance(threshold, (int, float)) or threshold != threshold:
+            raise DataError(f"OODGuard threshold must be a finite number; got {threshold!r}")
+        self.detector = detector
+        self.threshold = float(threshold)
+        self.recall = float(recall)
+        self.featurizer = featurizer
+        self.metadata = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return f"OODGuard({self.detector!r}, threshold={self.threshold:.6g}, recall={self.recall})"
+
+    @classmethod
+    def calibrate(cls, detector: OODDetector, *, recall: float = 0.95, featurizer: Featurizer | None = None,
+                  metadata: dict[str, Any] | None = None, **inputs: Any) -> OODGuard:
+        """A guard whose threshold accepts ``recall`` of these held-out in-distribution ``inputs``."""
+        scores = detector.score(**inputs)
+        return cls(detector, threshold_at_recall(scores, recall), recall=recall, featurizer=featurizer,
+                   metadata={**(metadata or {}), "calibration_size": int(scores.shape[0])})
+
+    def check(self, **inputs: Any) -> OODResult:
+        """Score inputs already featurized (``features=``, ``logits=``, ``tokens=``), and decide per input."""
+        scores = self.detector.score(**inputs)
+        return OODResult(scores, scores > self.threshold, self.threshold)
+
+    def __call__(self, inputs: Any) -> OODResult:
+        """Featurize raw ``inputs`` with :attr:`featurizer`, then :meth:`check` them."""
+        if self.featurizer is None:
+            raise ModelError("this OODGuard has no featurizer: pass featurizer=... when building or loading it, "
+                             "or call guard.check(features=..., logits=...) with precomputed inputs")
+        return self.check(**dict(self.featurizer(inputs)))
+
+    # --- saving ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path/detector.safetensors`` and ``path/guard.json`` (written last, with the weights' sha256)."""
+        try:
+            from safetensors.torch import save_file
+        except ImportError as exc:
+            raise MissingDependencyError("saving an OODGuard needs safetensors: pip install safetensors") from exc
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = folder / "detector.safetensors"
+        fd, tmp = tempfile.mkstemp(prefix=".detector.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            save_file(self.detector.state(), tmp)
+            os.replace(tmp, weights)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        doc = {"format": FORMAT, "version": VERSION, "detector": self.detector.name,
+               "params": self.detector.params.model_dump(mode="json"), "dims": self.detector.dims,
+               "threshold": self.threshold, "recall": self.recall, "metadata": self.metadata,
+               "weights_sha256": file_sha256(weights)}
+        atomic_write_text(folder / "guard.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, featurizer: Featurizer | None = None) -> OODGuard:
+        """Read a guard written by :meth:`save`; the weights must match the sha256 recorded beside them."""
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise MissingDependencyError("loading an OODGuard needs safetensors: pip install safetensors") from exc
+        folder = Path(path)
+        meta_path, weights = folder / "guard.json", folder / "detector.safetensors"
+        if not meta_path.is_file() or not weights.is_file():
+            raise DataError(f"{folder}: not a saved OODGuard (expected guard.json and detector.safetensors)")
+        try:
+            doc = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{meta_path}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise DataError(f"{meta_path}: not an OODGuard file of version {VERSION} "
+                            f"(format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        digest = file_sha256(weights)
+        if digest != doc.get("weights_sha256"):
+            raise IntegrityError(f"{weights}: sha256 {digest} does not match {doc.get('weights_sha256')} "
+                                 f"recorded in {meta_path.name}; the guard was modified or partly written")
+        detector_cls = OOD_DETECTORS.get(doc["detector"], where=f"{meta_path}: detector")
+        detector = detector_cls.from_state(doc["params"], doc["dims"], load_file(str(weights)))
+        return cls(detector, doc["threshold"], recall=doc["recall"], featurizer=featurizer,
+                   metadata=doc.get("metadata"))
+
+
+class TextFeatures:
+    """Featurizer for a :class:`~nnforge.models.text.TextClassifier`: texts → features, logits, tokens.
+
+    Returns ``{"features": (N, H), "logits": (N, C), "tokens": (N, T)}``: the L2-normalised mean-pooled last
+    hidden states (the vector the head reads), the head's logits, and the tokenizer's ids without special
+    tokens, padded with -1 (what ``token-ngram`` reads). For each ``k`` in ``layers`` also ``"layer{k}"``
+    (N, H): the mean-pooled hidden states entering encoder layer ``k`` (0 = the embedding output).
+
+    Args:
+        model: the classifier (its ``tokenize``, ``encoder`` and ``head`` are used).
+        layers: which intermediate layers to return as well.
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, model: Any, layers: tuple[int, ...] = (), batch_size: int = 64) -> None:
+        self.model = model
+        self.layers = tuple(layers)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if not texts:
+            raise DataError("TextFeatures: no texts given")
+        m = self.model
+        special = torch.tensor(sorted(set(m.tokenizer.all_special_ids)), dtype=torch.long)
+        parts: dict[str, list[torch.Tensor]] = {"features": [], "logits": [], "tokens": []}
+        parts.update({f"layer{k}": [] for k in self.layers})
+        was_training = m.training
+        m.eval()
+        try:
+            for i in range(0, len(texts), self.batch_size):
+                b = m.tokenize(texts[i : i + self.batch_size])
+                out = m.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                output_hidden_states=bool(self.layers))
+                mask = b["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
+                pooled = torch.nn.functional.normalize((out.last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1)
+                parts["features"].append(pooled.float())
+                parts["logits"].append(m.head(pooled).float())
+                ids = b["input_ids"].masked_fill(torch.isin(b["input_ids"], special) | (b["attention_mask"] == 0), -1)
+                parts["tokens"].append(_left_pack(ids))
+                for k in self.layers:
+                    h = out.hidden_states[k]  # (B, T, H)
+                    parts[f"layer{k}"].append(((h * mask).sum(1) / mask.sum(1)).float())
+        finally:
+            m.train(was_training)
+        width = max(t.shape[1] for t in parts["tokens"])
+        parts["tokens"] = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in parts["tokens"]]
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _left_pack(ids: torch.Tensor) -> torch.Tensor:
+    """Move the non-negative ids of each row to its start, in order, padding the rest with -1: (B, T) → (B, T')."""
+    rows = [r[r >= 0] for r in ids]
+    width = max(1, max(int(r.numel()) for r in rows))
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out
