@@ -24,6 +24,14 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested summaries ({"far": {"stdlib-code": {"best_auroc": …}}}) as dotted keys."""
+    out: list[tuple[str, object]] = []
+    for k, v in d.items():
+        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return out
+
+
 def table() -> str:
     rows = ["| benchmark | figures (summary) | machine | date |", "|---|---|---|---|"]
     for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
@@ -33,7 +41,7 @@ def table() -> str:
         if doc.get("mode") != "full":
             continue
         summary = doc.get("summary", {})
-        figures = "; ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if not isinstance(v, (dict, list)))
+        figures = "; ".join(f"{k} {_fmt(v)}" for k, v in _flat(summary) if not isinstance(v, list))
         m = doc.get("machine", {})
         rows.append(f"| `{path.stem}` | {figures} | {m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads | "
                     f"{str(doc.get('date', ''))[:10]} |")

@@ -36,12 +36,14 @@ def test_report_gains_slices_flips_calibration_ood_and_the_gate(small_run):
     assert rows["play:hamlet"]["rare"] and rows["all"]["fp32"]["low"] <= rows["all"]["fp32"]["accuracy"]
     assert sections["flips"]["int8"]["n"] == rows["all"]["n"]
     assert set(sections["calibration"]) == {"fp32", "int8"} and sections["calibration"]["fp32"]["temperature"] > 0
+    assert sum(sections["calibration"]["fp32"]["reliability"]["after"]["counts"]) == rows["all"]["n"]
     far = {d["name"]: d["stdlib-docstrings"]["auroc"] for d in sections["ood"]["detectors"]}
     assert set(far) == {"msp", "energy", "mahalanobis", "knn"} and max(far.values()) > 0.9
     guard = OODGuard.load(run_dir / "ood-guard")
     assert guard.detector.name == "knn" and guard.recall == 0.95
     assert sections["suites"]["small-gate"]["passed"]
     html = (run_dir / "report.html").read_text()
+    assert "Reliability diagram, fp32" in html
     for title in ("Slices", "Compression flips", "Calibration", "Out-of-distribution detection", "Regression suites"):
         assert f"<h2>{title}</h2>" in html, title
 

@@ -73,6 +73,23 @@ def _plots(metrics: dict[str, Any], sections: dict[str, Any], variants: list[str
         axes[1].set_title("batch-1 latency (ms)")
         out.append(("Size and latency", _png(fig)))
         plt.close(fig)
+    for variant, cal in sections.get("calibration", {}).items():
+        diagrams = cal.get("reliability") if isinstance(cal, dict) else None
+        if not diagrams:
+            continue
+        fig, axes = plt.subplots(1, len(diagrams), figsize=(3.2 * len(diagrams), 3), squeeze=False)
+        for ax, (name, d) in zip(axes[0], diagrams.items(), strict=True):
+            edges = d["bin_edges"]
+            mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+            width = edges[1] - edges[0]
+            acc = [a if a is not None else 0.0 for a in d["accuracy"]]
+            ax.bar(mids, acc, width=width * 0.9, color="tab:blue", label="accuracy")
+            ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+            ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_xlabel("confidence")
+            ax.set_title(f"{name} temperature scaling (ECE {d['ece']:.3f})", fontsize=9)
+        axes[0][0].set_ylabel("accuracy"), axes[0][0].legend(fontsize=7, loc="upper left")
+        out.append((f"Reliability diagram, {variant} (test split)", _png(fig)))
+        plt.close(fig)
     return out
 
 

@@ -138,6 +138,7 @@ class Evaluate:
                 TemperatureScaling,
                 expected_calibration_error,
                 negative_log_likelihood,
+                reliability_diagram,
             )
 
             section = {}
@@ -151,7 +152,9 @@ class Evaluate:
                 section[name] = {"ece_before": expected_calibration_error(test_probs, labels),
                                  "ece_after": expected_calibration_error(after, labels),
                                  "temperature": ts.temperature, "nll_before": negative_log_likelihood(test_probs, labels),
-                                 "nll_after": negative_log_likelihood(after, labels)}
+                                 "nll_after": negative_log_likelihood(after, labels),
+                                 "reliability": {"before": reliability_diagram(test_probs, labels).to_dict(),
+                                                 "after": reliability_diagram(after, labels).to_dict()}}
             ctx.sections["calibration"] = section
 
 
