@@ -115,3 +115,16 @@ def test_damaged_variant_fails_the_suite_the_fp32_model_passes(small_run):
     bad = run_suite(suite, gather_inputs(suite, target, "int2"))
     assert good.passed
     assert not bad.passed and "agrees with fp32" in [c.spec.name for c in bad.failed]
+
+
+def test_relative_check_against_a_baseline_run(run_copy, small_run, tmp_path, capsys):
+    """The run judged against its own original folder: zero difference, an interval around it, a pass."""
+    _, original = small_run
+    (tmp_path / "rel.yaml").write_text("name: rel\nslices: [class]\nchecks:\n"
+                                       "  - accuracy >= baseline - 0.01\n  - slice:class:comedy macro_f1 >= baseline\n")
+    rc = main(["evaluate", str(run_copy), "--suite", str(tmp_path / "rel.yaml"), "--baseline", str(original),
+               "--baseline-variant", "int8", "--variant", "int8", "--ledger", str(tmp_path / "l.db"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["passed"]
+    acc = out["checks"][0]
+    assert acc["difference"]["estimate"] == 0 and acc["mcnemar"]["p_value"] == 1.0 and acc["other_value"] == acc["value"]

@@ -49,7 +49,7 @@ class Outputs:
                             f"classes; got {int(labels.min())}..{int(labels.max())}")
         if not np.isfinite(probs).all():
             raise DataError("the model produced NaN or infinite probabilities")
-        for name, seq in (("meta", self.meta), ("texts", self.texts or []), ("label_names", [])):
+        for name, seq in (("meta", self.meta), ("texts", self.texts or [])):
             if seq and len(seq) != len(labels):
                 raise DataError(f"outputs: {name} has {len(seq)} entries for {len(labels)} examples")
         if self.label_names and len(self.label_names) != probs.shape[1]:

@@ -179,7 +179,7 @@ class OODDetector:
         return det
 
     def _fit(self, x: dict[str, torch.Tensor], labels: torch.Tensor | None) -> None:
-        raise NotImplementedError
+        """Learn from in-distribution data; detectors that read only logits (MSP, energy) learn nothing."""
 
     def _score(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -207,9 +207,6 @@ class MSP(OODDetector):
     Params = _Temperature
     params: _Temperature
 
-    def _fit(self, x: dict[str, torch.Tensor], labels: torch.Tensor | None) -> None:
-        pass
-
     def _score(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return -torch.softmax(x["logits"] / self.params.temperature, dim=-1).amax(-1)
 
@@ -220,9 +217,6 @@ class MaxLogit(OODDetector):
 
     name = "max-logit"
     inputs = ("logits",)
-
-    def _fit(self, x: dict[str, torch.Tensor], labels: torch.Tensor | None) -> None:
-        pass
 
     def _score(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return -x["logits"].amax(-1)
@@ -236,9 +230,6 @@ class Energy(OODDetector):
     inputs = ("logits",)
     Params = _Temperature
     params: _Temperature
-
-    def _fit(self, x: dict[str, torch.Tensor], labels: torch.Tensor | None) -> None:
-        pass
 
     def _score(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         t = self.params.temperature

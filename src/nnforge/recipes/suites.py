@@ -219,10 +219,16 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
         if base_run is not None else None
     if base_run is not None and base_run.label_names != r.label_names:
         raise DataError(f"the baseline run's classes {base_run.label_names} differ from this run's {r.label_names}")
-    _preflight(suite, placeholder, name, base_placeholder)  # every name checked before any model loads
-    target = SuiteTarget({v: r.model(v) for v in r.variants}, placeholder.files, split, r.label_names)
-    base_target = SuiteTarget({v: base_run.model(v) for v in base_run.variants}, {}, split, base_run.label_names) \
-        if base_run is not None else None
+    needs = _preflight(suite, placeholder, name, base_placeholder)  # every name checked before any model loads
+    wanted = {name} | ({suite.reference} if needs["reference"] and suite.reference else set())
+    target = SuiteTarget({v: r.model(v) for v in r.variants if v in wanted}, placeholder.files, split, r.label_names)
+    base_target = None
+    if base_run is not None:
+        bv = baseline_variant or base_run.config.get("final_variant") or next(reversed(base_run.variants))
+        if bv not in base_run.variants:
+            raise ConfigError(f"the baseline run has no variant {bv!r}; it has {sorted(base_run.variants)}")
+        base_target = SuiteTarget({bv: base_run.model(bv)}, {}, split, base_run.label_names)
+        baseline_variant = bv
     inputs = gather_inputs(suite, target, name, baseline=base_target, baseline_variant=baseline_variant,
                            progress=progress)
     result = run_suite(suite, inputs)

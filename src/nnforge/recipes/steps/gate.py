@@ -55,7 +55,10 @@ class Gate:
         baseline = None
         if config.baseline:
             run = load_run(config.baseline)
-            baseline = SuiteTarget({v: run.model(v) for v in run.variants}, {}, target.split, run.label_names)
+            bv = config.baseline_variant or run.config.get("final_variant") or next(reversed(run.variants))
+            if bv not in run.variants:
+                raise ConfigError(f"gate: the baseline run has no variant {bv!r}; it has {sorted(run.variants)}")
+            baseline = SuiteTarget({bv: run.model(bv)}, {}, target.split, run.label_names)
         inputs = gather_inputs(suite, target, variant, baseline=baseline, baseline_variant=config.baseline_variant,
                                progress=ctx.progress)
         result = run_suite(suite, inputs)
