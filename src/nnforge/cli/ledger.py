@@ -1,4 +1,4 @@
-"""``nnforge ledger show|verify|export``."""
+"""``nnforge ledger show|verify|export|keygen|sign``."""
 
 from __future__ import annotations
 
@@ -56,9 +56,35 @@ def verify(
     ledger: LedgerOpt = None,
     head: Annotated[str | None, typer.Option(help="A head hash issued earlier (report, signature): it must "
                                                   "still be in the chain.")] = None,
+    signed: Annotated[str | None, typer.Option(help="A signed-head JSON file ('nnforge ledger sign --out'): "
+                                                    "check its signature and that it is still in the chain.")] = None,
+    public_key: Annotated[str | None, typer.Option("--public-key", help="The signer's public key (PEM), "
+                                                                         "required with --signed.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Check the hash chain; exit 1 and name the first broken event if anything was changed."""
+    from nnforge.errors import ConfigError
+
+    if (signed is None) != (public_key is None):
+        raise ConfigError("--signed and --public-key go together: pass the signed-head JSON and the signer's "
+                          "public key PEM")
+    if signed is not None and public_key is not None:
+        from nnforge.ledger import load_signed_head, verify_signed_head
+
+        signed_head = load_signed_head(signed)
+        led = _open(ledger)
+        check = verify_signed_head(led, signed_head, public_key)  # type: ignore[arg-type]
+        if json_:
+            print_json(check.to_dict())
+        elif check.ok:
+            out.print(f"[green]ok[/]: signature valid, event #{signed_head.seq} is the signed head "
+                      f"{signed_head.head} ({check.chain.events if check.chain else '?'} events now)")
+        else:
+            out.print(f"[red]BROKEN[/]: {check.reason}")
+        if not check.ok:
+            raise typer.Exit(1)
+        if head is None:
+            return
     led = _open(ledger)
     result = led.verify(head=head)  # type: ignore[attr-defined]
     if json_:
@@ -70,6 +96,41 @@ def verify(
         out.print(f"[red]BROKEN{at}[/]: {result.reason}")
     if not result.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def keygen(
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for ledger_ed25519.pem (private, 0600) and "
+                                                       "ledger_ed25519.pub.pem (public).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing key files.")] = False,
+) -> None:
+    """Create an Ed25519 key pair for signing ledger heads."""
+    from nnforge.ledger import generate_keypair
+
+    priv, pub = generate_keypair(out_dir, overwrite=force)
+    out.print(f"private key {priv} (mode 0600: keep it away from the ledger's machine)\npublic key  {pub}")
+
+
+@app.command()
+def sign(
+    key: Annotated[str, typer.Option("--key", help="Private key PEM from 'nnforge ledger keygen'.")],
+    ledger: LedgerOpt = None,
+    out_path: Annotated[str | None, typer.Option("--out", help="Also write the signed head to this JSON "
+                                                               "file.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the signed head as JSON.")] = False,
+) -> None:
+    """Sign the current head and record the signature in the ledger (event ledger.signed)."""
+    from nnforge.ledger import sign_head, write_signed_head
+
+    led = _open(ledger)
+    signed = sign_head(led, key)  # type: ignore[arg-type]
+    if out_path:
+        write_signed_head(signed, out_path)
+    if json_:
+        print_json(signed.to_dict())
+    else:
+        where = f", written to {out_path}" if out_path else ""
+        out.print(f"signed event #{signed.seq}, head {signed.head}, key {signed.signer}{where}")
 
 
 @app.command()

@@ -12,6 +12,16 @@ from __future__ import annotations
 from nnforge.ledger._events import GENESIS, Event, Verification, canonical_json, verify_chain
 from nnforge.ledger._ledger import DEFAULT_LEDGER, Ledger, atomic_write_text, file_sha256
 from nnforge.ledger._store import SQLiteStore, Store
+from nnforge.ledger.signing import (
+    SIGNED_EVENT_KIND,
+    SignedHead,
+    SignedHeadCheck,
+    generate_keypair,
+    load_signed_head,
+    sign_head,
+    verify_signed_head,
+    write_signed_head,
+)
 
 __all__ = [
     "Ledger",
@@ -25,4 +35,12 @@ __all__ = [
     "verify_chain",
     "file_sha256",
     "atomic_write_text",
+    "SIGNED_EVENT_KIND",
+    "SignedHead",
+    "SignedHeadCheck",
+    "generate_keypair",
+    "sign_head",
+    "verify_signed_head",
+    "load_signed_head",
+    "write_signed_head",
 ]
