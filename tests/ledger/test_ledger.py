@@ -87,6 +87,26 @@ def test_damaged_database_file_is_an_integrity_error(tmp_path):
         Ledger.open(bad)
 
 
+def test_a_row_rewritten_with_another_sql_type_is_named_not_a_crash(ledger):
+    _sql(ledger, "UPDATE events SET body = CAST(body AS BLOB) WHERE seq = 4")
+    result = ledger.verify()
+    assert not result.ok and result.broken_seq == 4 and "wrong types" in result.reason
+
+
+def test_a_truncated_database_file_is_detected(tmp_path):
+    path = tmp_path / "ledger.db"
+    led = Ledger.open(path)
+    for i in range(400):
+        led.append("note", {"i": i, "text": "x" * 200})
+    led.close()
+    for suffix in ("-wal", "-shm"):  # checkpointed by close; a copy of the file alone is what is cut
+        (tmp_path / f"ledger.db{suffix}").unlink(missing_ok=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IntegrityError):
+        Ledger.open(path).verify()
+
+
 def _append_many(path: str, n: int, tag: int) -> None:
     led = Ledger.open(path)
     for i in range(n):

@@ -85,6 +85,10 @@ class Verification:
 
 def _row_problem(expected_seq: int, seq: int, stored_hash: str, body: str, prev: str) -> str:
     """What is wrong with one stored row, or "" when it links correctly to ``prev``."""
+    if not (isinstance(seq, int) and isinstance(stored_hash, str) and isinstance(body, str)):
+        # a row rewritten with another SQL type (a BLOB body, a NULL hash) is tampering, not a crash
+        kinds = f"seq {type(seq).__name__}, hash {type(stored_hash).__name__}, body {type(body).__name__}"
+        return f"event #{expected_seq} is stored with the wrong types ({kinds})"
     if seq != expected_seq:
         return f"event #{expected_seq} is missing or out of order (found #{seq} in its place)"
     if event_hash(body) != stored_hash:
