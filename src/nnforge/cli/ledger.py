@@ -1,4 +1,4 @@
-"""``nnforge ledger show|verify|export|keygen|sign``."""
+"""``nnforge ledger show|verify|export|keygen|sign|lineage``."""
 
 from __future__ import annotations
 
@@ -142,3 +142,36 @@ def export(
     led = _open(ledger)
     n = led.export_jsonl(path)  # type: ignore[attr-defined]
     out.print(f"wrote {n} events to {path}")
+
+
+_KIND_STYLE = {"run": "bold", "data": "cyan", "model": "cyan", "step": "blue", "artifact": "magenta",
+               "evaluation": "green", "suite": "green", "same-artifact": "yellow", "used-by": "yellow",
+               "approval": "red"}
+
+
+@app.command()
+def lineage(
+    artifact: Annotated[str, typer.Argument(help="A file path (hashed), a sha256 or unique prefix (8+ hex digits), "
+                                                 "or RUN_ID:NAME such as 20261128-053421-148a00:model:int8.")],
+    ledger: LedgerOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the chain as JSON.")] = False,
+) -> None:
+    """Show the chain that produced an artifact: data, base model, steps, evaluations, approval (exit 2 when the
+    artifact is unknown or a prefix is ambiguous)."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    from nnforge.ledger._lineage import lineage as build_lineage
+
+    led = _open(ledger)
+    lin = build_lineage(led, artifact)  # type: ignore[arg-type]
+    if json_:
+        print_json(lin.to_dict())
+        return
+    a = lin.artifact
+    tree = Tree(f"[bold]{escape(str(a['name']))}[/] of run {a['run']}  sha256 {a['sha256']}  (event #{a['seq']})")
+    for node in lin.nodes:
+        style = _KIND_STYLE.get(node.kind, "")
+        seq = f"#{node.seq}" if node.seq is not None else "—"
+        tree.add(f"{seq:>5} [{style}]{node.kind}[/]  {escape(node.label)}")
+    out.print(tree, soft_wrap=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from nnforge.ledger._events import GENESIS, Event, Verification, canonical_json, verify_chain
 from nnforge.ledger._ledger import DEFAULT_LEDGER, Ledger, atomic_write_text, file_sha256
+from nnforge.ledger._lineage import Lineage, LineageNode, lineage
 from nnforge.ledger._store import SQLiteStore, Store
 from nnforge.ledger.signing import (
     SIGNED_EVENT_KIND,
@@ -43,4 +44,7 @@ __all__ = [
     "verify_signed_head",
     "load_signed_head",
     "write_signed_head",
+    "Lineage",
+    "LineageNode",
+    "lineage",
 ]
