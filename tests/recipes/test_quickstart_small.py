@@ -74,7 +74,7 @@ def test_ledger_records_steps_files_and_verifies(small_run, capsys):
     assert events[0]["data"]["seed"] == 0
 
 
-def test_load_run_predict_and_embed(small_run, capsys):
+def test_load_run_predict_and_embed(small_run, capsys, tmp_path):
     import nnforge
 
     _, run_dir = small_run
@@ -82,10 +82,19 @@ def test_load_run_predict_and_embed(small_run, capsys):
     assert set(run.variants) == {"fp32", "int8"}
     rows = run.predict(["Now is the winter of our discontent"])
     assert rows[0]["label"] in ("comedy", "tragedy", "history") and abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-5
-    assert main(["predict", str(run_dir), "--text", "Once more unto the breach", "--json"]) == 0
+    led = str(tmp_path / "calls.db")
+    assert main(["predict", str(run_dir), "--text", "Once more unto the breach", "--json", "--ledger", led,
+                 "--actor", "alice"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["label"] in ("comedy", "tragedy", "history")
-    assert main(["embed", str(run_dir), "--text", "a", "--variant", "fp32", "--json"]) == 0
+    assert main(["embed", str(run_dir), "--text", "a", "--variant", "fp32", "--json", "--ledger", led]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["embedding"]) == 384
+    from nnforge.ledger import Ledger, file_sha256
+
+    calls = Ledger.open(led).events()
+    assert [e.kind for e in calls] == ["cli.predict", "cli.embed"] and calls[0].actor == "alice"
+    assert calls[0].data["variant"] == "int8" and calls[1].data["variant"] == "fp32"
+    assert calls[0].data["weights_sha256"] == file_sha256(run_dir / "model-int8.safetensors")
+    assert calls[0].data["inputs"]["texts"] == 1
 
 
 def test_corrupt_weights_are_refused_with_exit_2(small_run, tmp_path, capsys):

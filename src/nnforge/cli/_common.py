@@ -23,6 +23,27 @@ def ledger_location(given: str | None) -> str:
     return given or os.environ.get("NNFORGE_LEDGER") or os.path.join(".nnforge", "ledger.db")
 
 
+def record_cli(command: str, data: dict[str, Any], *, ledger: str | None, actor: str | None,
+               run: str | None = None) -> None:
+    """Append a ``cli.<command>`` event (who, what, inputs and outputs by sha256) to the ledger."""
+    from nnforge.ledger import Ledger
+
+    led = Ledger.open(ledger_location(ledger), actor=actor)
+    try:
+        led.append(f"cli.{command}", data, run=run)
+    finally:
+        led.close()
+
+
+def texts_sha256(texts: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nnforge.cli._common import ledger_location, out, print_json
+from nnforge.cli._common import ledger_location, out, print_json, record_cli, texts_sha256
+
+if TYPE_CHECKING:
+    from nnforge.recipes.runs import Run
 
 TextOpt = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).")]
 FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="A file with one text per line.")]
 VariantOpt = Annotated[str | None, typer.Option(help="Model variant (fp32, int8, …); default: the final one.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
+LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default .nnforge/ledger.db).")]
+ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
+
+
+def _used(run: Run, variant: str | None) -> dict[str, object]:
+    """The run, variant and weights file (by sha256) a command used."""
+    from nnforge.ledger import file_sha256
+
+    name = variant or run.config.get("final_variant") or next(reversed(run.variants))
+    path = run.path / run.variants[name]
+    return {"run": run.run_id, "variant": name, "weights": str(path), "weights_sha256": file_sha256(path)}
 
 
 def _texts(text: list[str] | None, file: Path | None) -> list[str]:
@@ -29,11 +43,18 @@ def _texts(text: list[str] | None, file: Path | None) -> list[str]:
 
 
 def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
-            file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False) -> None:
-    """Classify texts with a finished run's model."""
+            file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
+            actor: ActorOpt = None) -> None:
+    """Classify texts with a finished run's model (the call is recorded in the ledger)."""
+    from collections import Counter
+
     from nnforge.recipes import load_run
 
-    rows = load_run(run).predict(_texts(text, file), variant)
+    loaded, texts = load_run(run), _texts(text, file)
+    rows = loaded.predict(texts, variant)
+    record_cli("predict", {**_used(loaded, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
+                           "results": dict(Counter(row["label"] for row in rows))},
+               ledger=ledger, actor=actor, run=loaded.run_id)
     if json_:
         print_json(rows)
         return
@@ -42,12 +63,16 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
 
 
 def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
-          file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False) -> None:
-    """L2-normalised sentence embeddings from a finished run's encoder."""
+          file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
+          actor: ActorOpt = None) -> None:
+    """L2-normalised sentence embeddings from a finished run's encoder (the call is recorded in the ledger)."""
     from nnforge.recipes import load_run
 
-    texts = _texts(text, file)
-    vectors = load_run(run).embed(texts, variant)
+    r, texts = load_run(run), _texts(text, file)
+    vectors = r.embed(texts, variant)
+    record_cli("embed", {**_used(r, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
+                         "results": {"vectors": len(texts), "dims": int(vectors.shape[1])}},
+               ledger=ledger, actor=actor, run=r.run_id)
     if json_:
         print_json([{"text": t, "embedding": [round(x, 6) for x in v.tolist()]} for t, v in zip(texts, vectors, strict=True)])
         return
@@ -57,11 +82,14 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
 
 
 def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")],
-           ledger: Annotated[str | None, typer.Option(help="Ledger database.")] = None) -> None:
-    """Render (again) the HTML report of a run from its files and the ledger."""
-    from nnforge.ledger import Ledger
+           ledger: Annotated[str | None, typer.Option(help="Ledger database.")] = None, actor: ActorOpt = None) -> None:
+    """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger)."""
+    from nnforge.ledger import Ledger, file_sha256
     from nnforge.ledger.report import write_report
     from nnforge.recipes.runs import find_run
 
-    path = write_report(find_run(run_dir), Ledger.open(ledger_location(ledger)))
+    folder = find_run(run_dir)
+    path = write_report(folder, Ledger.open(ledger_location(ledger)))
+    record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},
+               ledger=ledger, actor=actor, run=folder.name)
     out.print(f"report: {path}")
