@@ -119,3 +119,17 @@ def test_tampering_with_the_demo_ledger_is_named(small_run, tmp_path, capsys):
         conn.execute("UPDATE events SET body = replace(body, '\"seed\":0', '\"seed\":1') WHERE seq = 1")
     assert main(["ledger", "verify", "--ledger", str(db)]) == 1
     assert "event #1" in capsys.readouterr().out
+
+
+def test_generated_documents_cite_every_slice_and_ood_figure_exactly(small_run, tmp_path):
+    """The evaluate step records its slice and OOD tables in its ledger event: no figure needs a dagger."""
+    folder, run_dir = small_run
+    out = tmp_path / "docs"
+    assert main(["docs", str(run_dir), "--format", "md", "--out", str(out),
+                 "--ledger", str(folder / ".nnforge" / "ledger.db")]) == 0
+    annex = (out / "annex-iv.md").read_text()
+    for n in range(1, 10):
+        assert f"\n## {n}. " in annex, n
+    card = (out / "model-card.md").read_text()
+    assert "class:history" in card and "play:hamlet" in card
+    assert "†]" not in card and "†]" not in annex

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import evaluate, info, ledger, model, run
+from nnforge.cli import docs, evaluate, info, ledger, model, run
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -45,6 +45,7 @@ app.command("predict")(model.predict)
 app.command("embed")(model.embed)
 app.command("report")(model.report)
 app.command("evaluate")(evaluate.evaluate)
+app.command("docs")(docs.docs)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 

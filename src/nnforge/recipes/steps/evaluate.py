@@ -121,7 +121,10 @@ class Evaluate:
         metrics.update({f"{v}_ece": c["ece_before"] for v, c in ctx.sections.get("calibration", {}).items()})
         metrics.update({f"{v}_ece_temperature_scaled": c["ece_after"]
                         for v, c in ctx.sections.get("calibration", {}).items()})
-        return StepResult(metrics=metrics)
+        # the figures behind the report's slice and OOD tables go into the step's ledger event, so generated
+        # documents cite them exactly
+        details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood") if k in ctx.sections}
+        return StepResult(metrics=metrics, details=details)
 
     def _quality_sections(self, ctx: RunContext, config: Any, outs: dict[str, Outputs], label_names: list[str]) -> None:
         """Slice table, compression flips and calibration, as report sections."""

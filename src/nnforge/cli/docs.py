@@ -1,0 +1,43 @@
+"""``nnforge docs RUN``: model card, instructions for use (Art. 13(3)) and Annex IV draft from the ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nnforge.cli._common import console, ledger_location, out
+
+
+def docs(
+    run: Annotated[str, typer.Argument(help="Run folder or run id.")],
+    format_: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
+    out_dir: Annotated[str | None, typer.Option("--out", help="Folder to write to (default RUN/docs/).")] = None,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")] = None,
+) -> None:
+    """Generate a model card, instructions for use and an Annex IV technical documentation draft for a run.
+
+    Every figure cites the ledger event it came from; what the facts do not cover is marked TO BE COMPLETED BY
+    THE PROVIDER. Exit 2 for an unknown run or ledger; exit 1 when the ledger chain does not verify (the
+    documents are still written, with a warning at their top, so the broken state is on record).
+    """
+    from pathlib import Path
+
+    from nnforge.errors import ConfigError
+    from nnforge.ledger import Ledger
+    from nnforge.ledger.documents import FORMATS, write_documents
+    from nnforge.recipes.runs import find_run
+
+    if format_ not in FORMATS:
+        raise ConfigError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
+    run_dir = find_run(run)
+    loc = ledger_location(ledger)
+    if not Path(loc).is_file():
+        raise ConfigError(f"{loc}: no ledger there. Pass the ledger the run wrote to with --ledger PATH.")
+    paths, verification = write_documents(run_dir, Ledger.open(loc), format_, out_dir)
+    for p in paths:
+        out.print(f"{p}", markup=False, highlight=False)
+    if not verification.ok:
+        console.print(f"[red bold]ledger chain BROKEN[/] at event #{verification.broken_seq}: {verification.reason}; "
+                      "the documents carry this warning")
+        raise typer.Exit(1)
