@@ -186,3 +186,15 @@ def test_base_model_from_another_runs_artifact(led, tmp_path):
     assert lin.nodes[1].details["sha256"] == INT8
     used = [n for n in lineage(led, INT8).nodes if n.kind == "used-by"]
     assert [(n.run, n.seq) for n in used] == [(third, loaded)]
+
+
+def test_promotion_and_revocation_of_the_same_bytes_are_the_approval(led):
+    _run(led, RUN, suite_passed=True)
+    led.append("model.promoted", {"stage": "production", "variant": "int8", "weights_sha256": INT8, "approver": "ann"},
+               run=RUN)
+    lin = lineage(led, INT8)
+    assert lin.approved and lin.nodes[-1].kind == "approval" and "ann" in lin.nodes[-1].label
+    led.append("model.revoked", {"weights_sha256": INT8, "approver": "bob", "reason": "drift"}, run=RUN)
+    lin = lineage(led, INT8)
+    assert not lin.approved and [n.kind for n in lin.nodes[-2:]] == ["approval", "approval"]
+    assert "revoked by bob: drift" in lin.nodes[-1].label

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import docs, evaluate, info, ledger, model, run
+from nnforge.cli import docs, evaluate, info, ledger, model, review, run
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -46,8 +46,10 @@ app.command("embed")(model.embed)
 app.command("report")(model.report)
 app.command("evaluate")(evaluate.evaluate)
 app.command("docs")(docs.docs)
+app.command("promote")(review.promote)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(review.app, name="review")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except NnforgeError as exc:
         if STATE["debug"]:
             console.print_exception()
-        console.print(f"[red bold]error:[/] {exc}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        # messages can quote user input (labels, file names): escaped so that it cannot inject markup
+        console.print(f"[red bold]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         return exc.exit_code
     except typer.Exit as exc:
         return int(exc.exit_code or 0)

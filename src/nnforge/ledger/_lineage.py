@@ -7,7 +7,8 @@ the facts the recipe runner records, never guessed: the run (``run.started``), i
 written with a summary of its config and the model artifacts it wrote (``step.started``,
 ``artifact.written``, ``step.finished``), then the evaluations of that model variant (``step.finished``
 metrics prefixed with the variant, ``suite.evaluated``), runs that wrote or loaded the same bytes, and
-the approval — which is reported as "not approved" until approval events exist.
+the approval: ``model.promoted`` / ``model.revoked`` events of the same bytes (``nnforge promote``), or "not
+approved" when there are none.
 
 >>> from nnforge.ledger import Ledger, lineage
 >>> lin = lineage(Ledger.open(".nnforge/ledger.db"), "20261128-053421-148a00:model:int8")  # doctest: +SKIP
@@ -276,8 +277,17 @@ def lineage(ledger: Ledger, artifact: str) -> Lineage:
                                          {"source": e.data.get("source")}))
     later.sort(key=lambda n: (n.run != run, n.seq or 0))  # this run first, then others, each oldest first
     nodes.extend(later)
-    nodes.append(LineageNode("approval", "not approved: the ledger holds no approval for this artifact", None, run,
-                             {}))
+    approved = False
+    for e in events:  # promotions and revocations of these exact bytes (nnforge promote), oldest first
+        if e.kind in ("model.promoted", "model.revoked") and e.data.get("weights_sha256") == sha:
+            promoted = e.kind == "model.promoted"
+            approved = promoted
+            what = (f"promoted to {e.data.get('stage')} by {e.data.get('approver')}" if promoted
+                    else f"promotion revoked by {e.data.get('approver')}: {e.data.get('reason')}")
+            nodes.append(LineageNode("approval", what, e.seq, e.run, dict(e.data)))
+    if not any(n.kind == "approval" for n in nodes):
+        nodes.append(LineageNode("approval", "not approved: the ledger holds no approval for this artifact", None, run,
+                                 {}))
     info = {"name": name, "run": run, "sha256": sha, "path": target.data.get("path"), "bytes": target.data.get("bytes"),
             "seq": at, "run_dir": run_dir, "named_by": named_by}
-    return Lineage(artifact=info, nodes=nodes, approved=False)
+    return Lineage(artifact=info, nodes=nodes, approved=approved)

@@ -1,0 +1,158 @@
+"""The promotion gate: a run's model goes to a stage (``production``) only with a named approver and passing
+regression suites, and the ledger keeps both; a promotion can be revoked, never deleted.
+
+A run's suites are the ``suite-<name>.json`` files that ``nnforge evaluate`` (or a recipe's ``gate`` step)
+wrote into its folder. When there are any — or when the caller names one — every one considered must have
+``"passed": true``; a run with no suite at all may be promoted, and the record says that no suite was run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nnforge.errors import ConfigError, IntegrityError, NnforgeError
+from nnforge.ledger._events import Event
+from nnforge.ledger._ledger import Ledger, file_sha256
+
+__all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "run_suites", "promote", "revoke", "promotions"]
+
+STAGES = ("staging", "production")
+
+
+class PromotionRefused(NnforgeError):
+    """A promotion the gate refuses (a regression suite failed): exit code 1, not a usage error."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SuiteRecord:
+    """One suite result file of a run: its name, whether it passed, the variant judged, and its sha256."""
+
+    name: str
+    path: str
+    passed: bool
+    variant: str | None
+    sha256: str
+    suite_sha256: str | None
+    failed: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "passed": self.passed, "variant": self.variant,
+                "sha256": self.sha256, "suite_sha256": self.suite_sha256, "failed": self.failed}
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{cfg_file}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise IntegrityError(f"{cfg_file}: expected a JSON object")
+    return cfg
+
+
+def _read_suite(path: Path) -> SuiteRecord:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{path}: suite result is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("passed"), bool):
+        raise IntegrityError(f"{path}: suite result has no boolean 'passed'; rerun 'nnforge evaluate'")
+    name = path.name[len("suite-"):-len(".json")]
+    failed = [str(c.get("name", c)) if isinstance(c, dict) else str(c) for c in doc.get("failed") or []]
+    return SuiteRecord(name=str(doc.get("suite") or name), path=str(path), passed=doc["passed"],
+                       variant=doc.get("variant"), sha256=file_sha256(path), suite_sha256=doc.get("sha256"),
+                       failed=failed)
+
+
+def run_suites(run_dir: str | os.PathLike[str], suite: str | None = None) -> list[SuiteRecord]:
+    """The suite results of a run: the one named ``suite`` (it must exist), else every ``suite-*.json``."""
+    folder = Path(run_dir)
+    if suite is not None:
+        if not suite or "/" in suite or "\\" in suite or suite.startswith("."):
+            raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
+        path = folder / f"suite-{suite}.json"
+        if not path.is_file():
+            have = sorted(p.name for p in folder.glob("suite-*.json"))
+            raise ConfigError(f"{folder}: no result for suite {suite!r} ({path.name} missing; found {have or 'none'})."
+                              f" Run 'nnforge evaluate {folder} --suite {suite}' first")
+        return [_read_suite(path)]
+    return [_read_suite(p) for p in sorted(folder.glob("suite-*.json"))]
+
+
+def _approver(approver: str | None) -> str:
+    name = (approver or "").strip()
+    if not name:
+        raise ConfigError("promotion: a named approver is required (--approver NAME)")
+    return name
+
+
+def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | None, to: str = "production",
+            variant: str | None = None, suite: str | None = None) -> Event:
+    """Record ``model.promoted`` for a run's model after checking the gate; returns the event.
+
+    Raises:
+        ConfigError: no approver, unknown stage or variant, a named suite without a result file.
+        PromotionRefused: a suite considered did not pass (the message names it and its failed checks).
+    """
+    who = _approver(approver)
+    if to not in STAGES:
+        raise ConfigError(f"promotion: stage {to!r} is not one of {list(STAGES)}")
+    folder = Path(run_dir)
+    cfg = _config(folder)
+    variants: dict[str, str] = dict(cfg.get("variants") or {})
+    name = variant or cfg.get("final_variant") or next(iter(variants), None)
+    if name is None or name not in variants:
+        raise ConfigError(f"{folder}: no model variant {name!r} to promote; the run has {sorted(variants)}")
+    weights = folder / variants[name]
+    if not weights.is_file():
+        raise IntegrityError(f"{weights}: the weights of variant {name!r} are missing")
+    suites = run_suites(folder, suite)
+    failed = [s for s in suites if not s.passed]
+    if failed:
+        detail = "; ".join(f"{s.name} ({', '.join(s.failed) or 'failed'})" for s in failed)
+        raise PromotionRefused(f"{folder}: not promoted: regression suite failed: {detail}. Fix the model or the "
+                               "suite, rerun 'nnforge evaluate', then promote again")
+    run_id = str(cfg.get("run_id") or folder.name)
+    return ledger.append("model.promoted", {
+        "stage": to, "variant": name, "weights": variants[name], "weights_sha256": file_sha256(weights),
+        "approver": who, "suites": [s.to_dict() for s in suites], "suite_required": suite is not None,
+        "no_suite": not suites}, run=run_id, actor=who)
+
+
+def promotions(ledger: Ledger, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Every promotion (optionally of one run), each with ``revoked`` (the revoking event's seq, or None)."""
+    out: list[dict[str, Any]] = []
+    revoked: dict[int, int] = {}
+    for e in ledger.events(run=run_id):
+        if e.kind == "model.promoted":
+            out.append({"seq": e.seq, "run": e.run, "time": e.time, **e.data})
+        elif e.kind == "model.revoked":
+            revoked[int(e.data.get("promotion_seq", 0))] = e.seq
+    for p in out:
+        p["revoked"] = revoked.get(p["seq"])
+    return out
+
+
+def revoke(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | None, reason: str) -> Event:
+    """Record ``model.revoked`` for the run's latest promotion that is still standing (nothing is deleted)."""
+    who = _approver(approver)
+    if not (reason or "").strip():
+        raise ConfigError("revoking a promotion needs a reason (--reason TEXT)")
+    folder = Path(run_dir)
+    run_id = str(_config(folder).get("run_id") or folder.name)
+    standing = [p for p in promotions(ledger, run_id) if p["revoked"] is None]
+    if not standing:
+        raise ConfigError(f"run {run_id}: no standing promotion to revoke in {ledger.location}")
+    p = standing[-1]
+    return ledger.append("model.revoked", {
+        "promotion_seq": p["seq"], "stage": p.get("stage"), "variant": p.get("variant"),
+        "weights_sha256": p.get("weights_sha256"), "approver": who, "reason": reason}, run=run_id, actor=who)

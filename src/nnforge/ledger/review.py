@@ -1,0 +1,289 @@
+"""Human oversight: a review queue of model outputs that a person approves or overrides.
+
+Items live in the ledger's own SQLite file, in a table ``review_items`` next to ``events``, so one file holds
+both the queue and its audit trail. Every enqueue appends a ``review.enqueued`` event and every decision a
+``review.decided`` event (reviewer, item, decision, seconds from enqueue to decision), so the hash chain
+proves who decided what and when even if the queue table itself were edited later.
+
+Which outputs go to review is decided by :func:`review_rules`: low confidence, flagged by an OOD guard
+(``nnforge.explain.OODGuard``), or drawn into a seeded random audit sample of the rest — the audit sample is
+what estimates the error rate of the outputs nobody would otherwise look at.
+
+>>> q = ReviewQueue.open("/tmp/demo-ledger.db")  # doctest: +SKIP
+>>> item = q.enqueue(run="r1", variant="fp32", text="…", label="comedy", confidence=0.41,
+...                  reason="low_confidence")  # doctest: +SKIP
+>>> q.decide(item.id, reviewer="ana", approve=False, override_label="tragedy", note="act V").status  # doctest: +SKIP
+'overridden'
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as _dt
+import hashlib
+import os
+import random
+import sqlite3
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nnforge.errors import ConfigError, DataError, IntegrityError
+from nnforge.ledger._ledger import Ledger
+
+__all__ = ["REASONS", "STATUSES", "ReviewItem", "ReviewPick", "ReviewQueue", "review_rules"]
+
+REASONS = ("low_confidence", "ood", "audit")
+STATUSES = ("open", "approved", "overridden")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_items (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    created        TEXT NOT NULL,
+    run            TEXT NOT NULL,
+    variant        TEXT,
+    input_sha256   TEXT NOT NULL,
+    input_text     TEXT NOT NULL,
+    label          TEXT NOT NULL,
+    confidence     REAL NOT NULL,
+    reason         TEXT NOT NULL,
+    status         TEXT NOT NULL DEFAULT 'open',
+    reviewer       TEXT,
+    decided        TEXT,
+    override_label TEXT,
+    note           TEXT NOT NULL DEFAULT ''
+);
+"""
+
+_COLUMNS = ("id", "created", "run", "variant", "input_sha256", "input_text", "label", "confidence", "reason",
+            "status", "reviewer", "decided", "override_label", "note")
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """One queued output. ``input_text`` is stored verbatim; displays must escape it (it is untrusted)."""
+
+    id: int
+    created: str
+    run: str
+    variant: str | None
+    input_sha256: str
+    input_text: str
+    label: str
+    confidence: float
+    reason: str
+    status: str
+    reviewer: str | None
+    decided: str | None
+    override_label: str | None
+    note: str
+
+    @property
+    def final_label(self) -> str:
+        """The label that stands after review (the override, else the model's)."""
+        return self.override_label or self.label
+
+    @property
+    def decision_seconds(self) -> float | None:
+        if self.decided is None:
+            return None
+        return (_dt.datetime.fromisoformat(self.decided) - _dt.datetime.fromisoformat(self.created)).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "decision_seconds": self.decision_seconds}
+
+
+@dataclass(frozen=True)
+class ReviewPick:
+    """An input chosen for review: its position in the predictions and why."""
+
+    index: int
+    reason: str
+
+
+def review_rules(predictions: Sequence[dict[str, Any]], *, min_confidence: float = 0.5,
+                 ood_flags: Sequence[bool] | None = None, audit_rate: float = 0.02, seed: int = 0) -> list[ReviewPick]:
+    """Which predictions need a human, and why; one reason per input, in input order.
+
+    An input flagged by the OOD guard gets ``ood`` (the model is outside what it was built for, whatever its
+    confidence); else one with ``confidence < min_confidence`` gets ``low_confidence``; else it joins the
+    ``audit`` sample with probability ``audit_rate``. The audit draw is one seeded Bernoulli per input, made for
+    every input in order, so which inputs are audited depends only on ``seed`` and the count, not on the flags.
+
+    Args:
+        predictions: objects with a ``confidence`` in [0, 1] (what ``Run.predict`` returns).
+        min_confidence: outputs below it are reviewed.
+        ood_flags: per prediction, ``True`` when an OOD guard flagged the input (``OODResult.is_ood``).
+        audit_rate: fraction of the remaining outputs sampled for review, in [0, 1].
+        seed: seed of the audit sample.
+    """
+    if not 0.0 <= audit_rate <= 1.0:
+        raise ConfigError(f"review rules: audit_rate must be in [0, 1]; got {audit_rate}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ConfigError(f"review rules: min_confidence must be in [0, 1]; got {min_confidence}")
+    flags = list(ood_flags) if ood_flags is not None else [False] * len(predictions)
+    if len(flags) != len(predictions):
+        raise DataError(f"review rules: {len(flags)} OOD flags for {len(predictions)} predictions; "
+                        "pass one flag per prediction")
+    rng = random.Random(seed)
+    picks = []
+    for i, (pred, flagged) in enumerate(zip(predictions, flags, strict=True)):
+        audit = rng.random() < audit_rate
+        try:
+            conf = float(pred["confidence"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"review rules: prediction #{i} has no numeric 'confidence' "
+                            f"(got keys {sorted(pred) if isinstance(pred, dict) else type(pred).__name__})") from None
+        if bool(flagged):
+            picks.append(ReviewPick(i, "ood"))
+        elif conf < min_confidence:
+            picks.append(ReviewPick(i, "low_confidence"))
+        elif audit:
+            picks.append(ReviewPick(i, "audit"))
+    return picks
+
+
+def _summary(items: list[ReviewItem]) -> dict[str, Any]:
+    decided = [i for i in items if i.status != "open"]
+    approved = sum(i.status == "approved" for i in decided)
+    seconds = [s for i in decided if (s := i.decision_seconds) is not None]
+    return {"items": len(items), "open": len(items) - len(decided), "decided": len(decided), "approved": approved,
+            "overridden": len(decided) - approved,
+            "approval_rate": approved / len(decided) if decided else None,
+            "median_decision_seconds": statistics.median(seconds) if seconds else None}
+
+
+class ReviewQueue:
+    """The review queue of one ledger database. Use :meth:`open`.
+
+    Args:
+        ledger: the ledger whose SQLite file also holds the queue; events go to it.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        loc = ledger.location
+        if "://" in loc:
+            raise ConfigError(f"review queue: ledger {loc!r} is not a SQLite file; the queue needs one")
+        self.ledger = ledger
+        self.path = Path(loc)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=60000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise IntegrityError(f"{self.path}: not a readable ledger database ({exc})") from None
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | None = None, actor: str | None = None) -> ReviewQueue:
+        """Open the queue in the ledger at ``location`` (default ``.nnforge/ledger.db``), creating it if needed."""
+        return cls(Ledger.open(location, actor=actor))
+
+    def close(self) -> None:
+        self._db.close()
+        self.ledger.close()
+
+    def __enter__(self) -> ReviewQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------------------------
+
+    def enqueue(self, *, run: str, text: str, label: str, confidence: float, reason: str,
+                variant: str | None = None) -> ReviewItem:
+        """Queue one model output for review and record ``review.enqueued`` (input by sha256, not its text)."""
+        if reason not in REASONS:
+            raise ConfigError(f"review item: reason {reason!r} is not one of {list(REASONS)}")
+        if not run:
+            raise ConfigError("review item: a run id is required")
+        created = _now().isoformat(timespec="microseconds")
+        sha = text_sha256(text)
+        cur = self._db.execute(
+            "INSERT INTO review_items (created, run, variant, input_sha256, input_text, label, confidence, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (created, run, variant, sha, text, label, float(confidence), reason))
+        item_id = int(cur.lastrowid or 0)
+        self.ledger.append("review.enqueued", {"item": item_id, "variant": variant, "input_sha256": sha,
+                                               "label": label, "confidence": float(confidence), "reason": reason},
+                           run=run)
+        return self.get(item_id)
+
+    def decide(self, item_id: int, *, reviewer: str, approve: bool, override_label: str | None = None,
+               note: str = "", allowed_labels: Sequence[str] | None = None) -> ReviewItem:
+        """Approve the model's output or override it with another label; only once per item.
+
+        Records ``review.decided`` with the reviewer (also the event's actor), the decision, the labels and the
+        seconds from enqueue to decision. ``allowed_labels`` (the run's label names), when given, must contain
+        the override label.
+        """
+        reviewer = (reviewer or "").strip()
+        if not reviewer:
+            raise ConfigError("review decision: a named reviewer is required")
+        if approve == (override_label is not None):
+            raise ConfigError("review decision: give exactly one of approve or an override label")
+        if override_label is not None:
+            if not override_label:
+                raise ConfigError("review decision: the override label is empty")
+            if allowed_labels is not None and override_label not in allowed_labels:
+                raise ConfigError(f"review decision: override label {override_label!r} is not one of the run's "
+                                  f"labels {list(allowed_labels)}")
+        item = self.get(item_id)
+        if item.status != "open":
+            raise ConfigError(f"review item {item_id} was already decided ({item.status} by {item.reviewer} at "
+                              f"{item.decided}); a decision cannot be changed")
+        status = "approved" if approve else "overridden"
+        decided = _now().isoformat(timespec="microseconds")
+        cur = self._db.execute(
+            "UPDATE review_items SET status = ?, reviewer = ?, decided = ?, override_label = ?, note = ? "
+            "WHERE id = ? AND status = 'open'", (status, reviewer, decided, override_label, note, item_id))
+        if cur.rowcount != 1:  # another process decided it between our read and our write
+            raise ConfigError(f"review item {item_id} was already decided; a decision cannot be changed")
+        done = self.get(item_id)
+        self.ledger.append("review.decided", {
+            "item": item_id, "reviewer": reviewer, "decision": status, "reason": item.reason, "label": item.label,
+            "override_label": override_label, "note": note, "input_sha256": item.input_sha256,
+            "seconds": done.decision_seconds}, run=item.run, actor=reviewer)
+        return done
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def get(self, item_id: int) -> ReviewItem:
+        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM review_items WHERE id = ?",
+                               (int(item_id),)).fetchone()
+        if row is None:
+            n = self._db.execute("SELECT COUNT(*) FROM review_items").fetchone()[0]
+            raise ConfigError(f"review item {item_id}: no such item in {self.path} ({n} items; "
+                              "'nnforge review list' shows them)")
+        return ReviewItem(*row)
+
+    def list(self, status: str | None = None) -> builtins.list[ReviewItem]:
+        """Items oldest first, optionally only those with ``status`` (open, approved, overridden)."""
+        if status is not None and status not in STATUSES:
+            raise ConfigError(f"review list: status {status!r} is not one of {list(STATUSES)}")
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM review_items"
+        rows = (self._db.execute(sql + " WHERE status = ? ORDER BY id", (status,)) if status
+                else self._db.execute(sql + " ORDER BY id"))
+        return [ReviewItem(*r) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, approval rate and median decision time overall, per reviewer and per reason."""
+        items = self.list()
+        by_reviewer: dict[str, list[ReviewItem]] = {}
+        by_reason: dict[str, list[ReviewItem]] = {}
+        for i in items:
+            by_reason.setdefault(i.reason, []).append(i)
+            if i.reviewer:
+                by_reviewer.setdefault(i.reviewer, []).append(i)
+        return {"total": _summary(items),
+                "by_reviewer": {k: _summary(v) for k, v in sorted(by_reviewer.items())},
+                "by_reason": {k: _summary(v) for k, v in sorted(by_reason.items())}}

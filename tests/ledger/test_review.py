@@ -1,0 +1,222 @@
+"""Human oversight: review rules, the review queue (ledger events, one decision, escaping, stats), and the
+promotion gate (passing suite and approver required, revocation recorded). No model is run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from nnforge.cli import main
+from nnforge.errors import ConfigError, DataError
+from nnforge.ledger import Ledger, PromotionRefused, ReviewQueue, promote, promotions, review_rules, revoke
+
+NASTY = "<script>alert('x')</script> [red]boom[/red] \x1b[2Jcleared"
+
+
+def _preds(confs):
+    return [{"text": f"t{i}", "label": "a", "confidence": c} for i, c in enumerate(confs)]
+
+
+# --- rules -----------------------------------------------------------------------------------------------------
+
+
+def test_rules_pick_low_confidence_and_ood_with_ood_taking_precedence():
+    preds = _preds([0.9, 0.3, 0.95, 0.49, 0.2])
+    picks = review_rules(preds, min_confidence=0.5, ood_flags=[False, False, True, False, True], audit_rate=0.0)
+    assert [(p.index, p.reason) for p in picks] == [(1, "low_confidence"), (2, "ood"), (3, "low_confidence"),
+                                                    (4, "ood")]
+    assert review_rules(_preds([0.9, 0.8]), audit_rate=0.0) == []
+
+
+def test_audit_sample_is_seeded_and_about_the_requested_rate():
+    preds = _preds([0.99] * 2000)
+    a = review_rules(preds, audit_rate=0.1, seed=3)
+    assert a == review_rules(preds, audit_rate=0.1, seed=3)
+    assert [p.index for p in a] != [p.index for p in review_rules(preds, audit_rate=0.1, seed=4)]
+    assert all(p.reason == "audit" for p in a) and 150 <= len(a) <= 250
+    assert len(review_rules(preds, audit_rate=1.0)) == 2000
+    # the audit draw does not depend on the flags: flagged inputs keep their reason, the rest keep their draw
+    flagged = review_rules(preds, audit_rate=0.1, seed=3, ood_flags=[i % 2 == 0 for i in range(2000)])
+    assert {p.index for p in flagged if p.reason == "audit"} == {p.index for p in a if p.index % 2 == 1}
+
+
+def test_rules_reject_bad_input():
+    with pytest.raises(DataError, match="2 OOD flags for 3"):
+        review_rules(_preds([0.1, 0.2, 0.3]), ood_flags=[True, False])
+    with pytest.raises(ConfigError, match="audit_rate"):
+        review_rules(_preds([0.1]), audit_rate=1.5)
+    with pytest.raises(DataError, match="confidence"):
+        review_rules([{"label": "a"}])
+
+
+# --- queue -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queue(tmp_path):
+    q = ReviewQueue.open(tmp_path / "ledger.db")
+    yield q
+    q.close()
+
+
+def test_enqueue_and_decide_write_ledger_events(queue):
+    item = queue.enqueue(run="r1", variant="fp32", text="hello", label="comedy", confidence=0.4,
+                         reason="low_confidence")
+    assert item.status == "open" and item.input_sha256 == hashlib.sha256(b"hello").hexdigest()
+    done = queue.decide(item.id, reviewer="ana", approve=False, override_label="tragedy", note="act V",
+                        allowed_labels=["comedy", "tragedy"])
+    assert done.status == "overridden" and done.final_label == "tragedy" and done.decision_seconds >= 0
+    events = queue.ledger.events()
+    assert [e.kind for e in events] == ["review.enqueued", "review.decided"]
+    enq, dec = events
+    assert enq.run == "r1" and enq.data["item"] == item.id and enq.data["reason"] == "low_confidence"
+    assert "hello" not in json.dumps(enq.data)  # the ledger keeps the input's hash, not its text
+    assert dec.actor == "ana" and dec.data["reviewer"] == "ana" and dec.data["decision"] == "overridden"
+    assert dec.data["item"] == item.id and dec.data["seconds"] == pytest.approx(done.decision_seconds)
+    assert queue.ledger.verify().ok
+
+
+def test_second_decision_refused_and_bad_decisions(queue):
+    item = queue.enqueue(run="r1", text="x", label="a", confidence=0.9, reason="audit")
+    with pytest.raises(ConfigError, match="exactly one"):
+        queue.decide(item.id, reviewer="ana", approve=True, override_label="b")
+    with pytest.raises(ConfigError, match="not one of the run's labels"):
+        queue.decide(item.id, reviewer="ana", approve=False, override_label="zzz", allowed_labels=["a", "b"])
+    with pytest.raises(ConfigError, match="reviewer"):
+        queue.decide(item.id, reviewer=" ", approve=True)
+    queue.decide(item.id, reviewer="ana", approve=True)
+    with pytest.raises(ConfigError, match="already decided"):
+        queue.decide(item.id, reviewer="bob", approve=False, override_label="b")
+    with pytest.raises(ConfigError, match="no such item"):
+        queue.get(999)
+    assert queue.get(item.id).reviewer == "ana"
+    assert [e.kind for e in queue.ledger.events()].count("review.decided") == 1
+    with pytest.raises(ConfigError, match="reason"):
+        queue.enqueue(run="r1", text="x", label="a", confidence=0.9, reason="whim")
+
+
+def test_stats_per_reviewer_and_reason(queue):
+    ids = [queue.enqueue(run="r", text=str(i), label="a", confidence=0.3, reason=r).id
+           for i, r in enumerate(["low_confidence", "low_confidence", "ood", "audit", "audit"])]
+    queue.decide(ids[0], reviewer="ana", approve=True)
+    queue.decide(ids[1], reviewer="ana", approve=False, override_label="b")
+    queue.decide(ids[2], reviewer="bob", approve=True)
+    s = queue.stats()
+    assert s["total"]["items"] == 5 and s["total"]["open"] == 2 and s["total"]["decided"] == 3
+    assert s["by_reviewer"]["ana"]["approval_rate"] == 0.5 and s["by_reviewer"]["bob"]["approval_rate"] == 1.0
+    assert s["by_reason"]["low_confidence"]["decided"] == 2 and s["by_reason"]["audit"]["open"] == 2
+    assert s["by_reason"]["audit"]["approval_rate"] is None
+    assert s["by_reviewer"]["ana"]["median_decision_seconds"] >= 0
+    assert [i.id for i in queue.list("open")] == ids[3:]
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    run = tmp_path / "runs" / "run1"
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"weights-fp32")
+    (run / "model-int8.safetensors").write_bytes(b"weights-int8")
+    (run / "config.json").write_text(json.dumps({
+        "run_id": "run1", "final_variant": "int8", "label_names": ["comedy", "tragedy"],
+        "variants": {"fp32": "model.safetensors", "int8": "model-int8.safetensors"}}))
+    return run
+
+
+def _suite(run, name, passed):
+    (run / f"suite-{name}.json").write_text(json.dumps({
+        "suite": name, "sha256": "ab" * 32, "passed": passed, "failed": [] if passed else ["accuracy >= 0.9"],
+        "variant": "int8"}))
+
+
+def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
+    led = str(tmp_path / "ledger.db")
+    with ReviewQueue.open(led) as q:
+        a = q.enqueue(run="run1", variant="int8", text=NASTY, label="comedy", confidence=0.3, reason="ood").id
+        b = q.enqueue(run="run1", variant="int8", text="fine", label="comedy", confidence=0.9, reason="audit").id
+    runs = str(tmp_path / "runs")
+    common = ["--ledger", led, "--runs-dir", runs]
+    assert main(["review", "decide", str(a), "--approve", "--override", "tragedy", *common]) == 2
+    assert main(["review", "decide", str(a), *common]) == 2
+    assert main(["review", "decide", str(a), "--override", "history", *common]) == 2
+    assert main(["review", "decide", "99", "--approve", *common]) == 2
+    capsys.readouterr()
+    assert main(["review", "decide", str(a), "--override", "tragedy", "--note", NASTY, "--reviewer", "ana",
+                 *common]) == 0
+    assert main(["review", "decide", str(a), "--approve", "--reviewer", "bob", *common]) == 2
+    assert main(["review", "decide", str(b), "--approve", "--reviewer", "bob", *common]) == 0
+    capsys.readouterr()
+
+    with ReviewQueue.open(led) as q:
+        assert q.get(a).note == NASTY and q.get(a).input_text == NASTY  # stored verbatim
+    assert main(["review", "show", str(a), "--ledger", led]) == 0
+    shown = capsys.readouterr().out
+    assert "<script>alert('x')</script>" in shown and "[red]boom[/red]" in shown  # markup not interpreted
+    assert "\x1b" not in shown and "\\x1b[2Jcleared" in shown  # terminal escapes neutralised
+    assert "tragedy" in shown and "ana" in shown
+    assert main(["review", "show", "99", "--ledger", led]) == 2
+
+    assert main(["review", "list", "--ledger", led, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(i["id"], i["status"]) for i in listed] == [(a, "overridden"), (b, "approved")]
+    assert main(["review", "list", "--status", "open", "--ledger", led, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["review", "list", "--ledger", led]) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and "\\x1b[2" in table and "<scrip" in table and "[red]b" in table
+
+    assert main(["review", "stats", "--ledger", led, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["by_reviewer"]["ana"]["overridden"] == 1 and s["by_reviewer"]["bob"]["approved"] == 1
+    assert set(s["by_reason"]) == {"ood", "audit"}
+    decided = [e for e in Ledger.open(led).events() if e.kind == "review.decided"]
+    assert [(e.data["item"], e.data["reviewer"], e.data["decision"]) for e in decided] == [
+        (a, "ana", "overridden"), (b, "bob", "approved")]
+
+
+def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys):
+    led = str(tmp_path / "ledger.db")
+    args = ["promote", str(fake_run), "--to", "production", "--ledger", led]
+    assert main(args) == 2  # no approver
+    _suite(fake_run, "quick", True)
+    _suite(fake_run, "strict", False)
+    capsys.readouterr()
+    assert main([*args, "--approver", "carla"]) == 1
+    assert "strict" in capsys.readouterr().err
+    assert main([*args, "--approver", "carla", "--suite", "missing"]) == 2
+    assert not Ledger.open(led).events(kind="model.promoted")
+    assert main([*args, "--approver", "carla", "--suite", "quick", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["kind"] == "model.promoted" and ev["actor"] == "carla" and ev["run"] == "run1"
+    d = ev["data"]
+    assert d["approver"] == "carla" and d["variant"] == "int8" and d["stage"] == "production"
+    assert d["weights_sha256"] == hashlib.sha256(b"weights-int8").hexdigest()
+    assert [(s["name"], s["passed"]) for s in d["suites"]] == [("quick", True)]
+    assert d["suites"][0]["sha256"] == hashlib.sha256((fake_run / "suite-quick.json").read_bytes()).hexdigest()
+
+
+def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path):
+    led = Ledger.open(tmp_path / "ledger.db")
+    with pytest.raises(ConfigError, match="no standing promotion"):
+        revoke(led, fake_run, approver="carla", reason="oops")
+    ev = promote(led, fake_run, approver="carla", variant="fp32")
+    assert ev.data["no_suite"] and ev.data["suites"] == []
+    _suite(fake_run, "strict", False)
+    with pytest.raises(PromotionRefused, match="strict"):
+        promote(led, fake_run, approver="carla")
+    led.close()
+    common = ["--ledger", str(tmp_path / "ledger.db")]
+    assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", *common]) == 2  # no reason
+    assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", "--reason", "drift", *common]) == 0
+    led = Ledger.open(tmp_path / "ledger.db")
+    kinds = [e.kind for e in led.events()]
+    assert kinds == ["model.promoted", "model.revoked"]  # the promotion is still there
+    rev = led.events(kind="model.revoked")[0]
+    assert rev.data["promotion_seq"] == ev.seq and rev.data["approver"] == "dan" and rev.data["reason"] == "drift"
+    assert promotions(led, "run1")[0]["revoked"] == rev.seq
+    assert led.verify().ok
+    assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", "--reason", "again", *common]) == 2
