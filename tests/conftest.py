@@ -33,3 +33,14 @@ def workdir(tmp_path, monkeypatch):
     """Run in an empty folder so that runs/ and .nnforge/ land in tmp_path."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run 10-100x faster without intra-op threads competing for a busy machine's cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

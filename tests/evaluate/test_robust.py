@@ -26,14 +26,7 @@ from nnforge.evaluate.robust import (
 from nnforge.models import build
 from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, default_loss, fit, on
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run 10-100x faster without intra-op threads competing for a busy machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one intra-op thread is fastest
 
 
 def images(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,10 +28,10 @@ from nnforge.evaluate.suite import (
     run_suite,
     write_junit,
 )
-from nnforge.evaluate.text import cost, cost_side_by_side, quality
+from nnforge.evaluate.text import cost, cost_side_by_side, latency_b1_ms
 
 __all__ = ["METRICS", "Metric", "accuracy", "macro_f1", "majority_accuracy", "cosine_fidelity", "auroc", "brier_score",
            "negative_log_likelihood", "expected_calibration_error", "reliability_diagram", "ReliabilityDiagram",
            "plot_reliability", "fit_temperature", "TemperatureScaling", "flip_analysis", "Outputs", "text_outputs", "tensor_outputs", "Slice", "build_slices", "slice_table", "Interval",
            "bootstrap_interval", "mcnemar", "Suite", "SuiteInputs", "SuiteResult", "CheckResult", "load_suite",
-           "run_suite", "builtin_suites", "write_junit", "quality", "cost", "cost_side_by_side"]
+           "run_suite", "builtin_suites", "write_junit", "cost", "cost_side_by_side", "latency_b1_ms"]

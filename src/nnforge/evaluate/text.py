@@ -1,4 +1,4 @@
-"""Evaluating a text classifier: quality (accuracy, macro-F1) and cost (latency, throughput, memory)."""
+"""The cost of a text classifier: latency, throughput, memory (its quality: ``text_outputs`` + ``METRICS``)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ from typing import Any
 
 import torch
 
-from nnforge.evaluate.metrics import accuracy, macro_f1
 from nnforge.hardware import compare, peak_memory_mb, profile
 
-__all__ = ["quality", "cost", "cost_side_by_side"]
-
-
-def quality(model: Any, texts: list[str], labels: list[int], predict: Callable[..., torch.Tensor]) -> dict[str, Any]:
-    """Accuracy and macro-F1 of ``predict(model, texts)`` against ``labels``; predictions included."""
-    pred = predict(model, texts)
-    return {"accuracy": accuracy(labels, pred), "macro_f1": macro_f1(labels, pred, model.num_classes),
-            "predictions": pred.tolist()}
+__all__ = ["cost", "cost_side_by_side", "latency_b1_ms"]
 
 
 def _forward_fns(model: Any, texts: list[str]) -> tuple[Callable[[], Any], Callable[[], Any], int]:
@@ -25,6 +17,12 @@ def _forward_fns(model: Any, texts: list[str]) -> tuple[Callable[[], Any], Calla
     batch = model.tokenize(texts[:32])
     return (lambda: model(one["input_ids"], one["attention_mask"]),
             lambda: model(batch["input_ids"], batch["attention_mask"]), int(batch["input_ids"].shape[0]))
+
+
+def latency_b1_ms(model: Any, texts: list[str], repeats: int = 20) -> float:
+    """Median batch-1 latency (ms) of the forward pass on the first text, tokenised beforehand."""
+    with torch.inference_mode():
+        return profile(_forward_fns(model, texts)[0], warmup=3, repeats=repeats).median_ms
 
 
 def cost(model: Any, texts: list[str], repeats: int = 30) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from nnforge.evaluate import (
     Suite,
     SuiteInputs,
     SuiteResult,
+    latency_b1_ms,
     run_suite,
     tensor_outputs,
     text_outputs,
@@ -90,11 +91,10 @@ def _outputs(model: Any, split: Any, label_names: list[str], features: bool, tex
 
 
 def _latency_ms(model: Any, split: Any) -> float:
+    if _is_text(split):
+        return latency_b1_ms(model, split.texts)
+    x = split[0][:1]
     with torch.inference_mode():
-        if _is_text(split):
-            one = model.tokenize(split.texts[:1])
-            return profile(lambda: model(one["input_ids"], one["attention_mask"]), warmup=3, repeats=20).median_ms
-        x = split[0][:1]
         return profile(lambda: model(x), warmup=3, repeats=20).median_ms
 
 
