@@ -52,9 +52,17 @@ class Distributed:
         if self.world_size > 1:
             dist.barrier()
 
-    def close(self) -> None:
-        """Destroy the process group if :func:`setup` created it."""
+    def close(self, clean: bool = True) -> None:
+        """Destroy the process group if :func:`setup` created it.
+
+        After a clean run every rank first meets at a barrier: a rank that tears gloo down while its peer
+        is still inside the last collective makes the peer's transport threads abort the process
+        (``terminate called without an active exception``, seen once in CI). After an error there is
+        no barrier, since the other ranks may never arrive.
+        """
         if self.owns_group and dist.is_initialized():
+            if clean and self.world_size > 1:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 

@@ -162,13 +162,16 @@ def fit(model: nn.Module, train_data: Data, *, config: TrainConfig | None = None
 
         callbacks = [*callbacks, ProgressBar()]
     dist = setup(config.device)
+    clean = False
     try:
         run = _prepare(model, train_data, config, optimizer, loss_fn or default_loss, list(callbacks), dist)
         if resume_from is not None:
             _resume(run, Path(resume_from))
-        return _train(run, eval_data, metric_fn)
+        result = _train(run, eval_data, metric_fn)
+        clean = True
+        return result
     finally:
-        dist.close()
+        dist.close(clean=clean)
 
 
 def _train(run: _Run, eval_data: Data | None, metric_fn: MetricFn | None) -> TrainResult:
