@@ -44,3 +44,88 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def need(what: str, why: str) -> None:
+    """Skip a test whose external program is missing, with the reason; under CI=true that is a failure,
+    because .ci/run installs it and a silent skip there would hide a broken set-up."""
+    message = f"{what} is not available: {why}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: .ci/run is expected to install it)")
+    pytest.skip(message)
+
+
+def _postgres_bin() -> str | None:
+    import glob
+    import shutil
+
+    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
+        if os.path.exists(os.path.join(bindir, "initdb")):
+            return bindir
+    found = shutil.which("initdb")
+    return os.path.dirname(found) if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server on a loopback port: ``initdb`` + ``pg_ctl`` in a temporary folder.
+
+    Debian keeps the server programs outside PATH (``/usr/lib/postgresql/<v>/bin``) and they refuse to run
+    as root, so as root they run as the ``postgres`` user through ``runuser``. Yields the admin URL.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        need("PostgreSQL", "initdb was not found (Debian: apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        need("PostgreSQL", "psycopg is not installed (pip install 'nnforge[postgres]')")
+    prefix: list[str] = []
+    base = tempfile.mkdtemp(prefix="nnforge-pg-")
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            need("PostgreSQL", "running as root and there is no 'postgres' user to run the server as")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(base, "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> None:
+        proc = subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+    run(f"{bindir}/initdb", "-D", data, "-U", "nnforge", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+    run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(base, "server.log"), "-w", "-t", "60", "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off", "start")
+    try:
+        yield f"postgresql://nnforge@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """The URL of a new, empty database on the test server (one per test)."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.rsplit("/", 1)[0] + "/" + name

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import sqlite3
 
 import pytest
 
@@ -9,17 +8,34 @@ from nnforge.errors import ConfigError, IntegrityError
 from nnforge.ledger import Ledger
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """Where a ledger lives: the same tests run on a SQLite file and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def ledger(tmp_path):
-    led = Ledger.open(tmp_path / "ledger.db", actor="tester")
+def ledger(location):
+    led = Ledger.open(location, actor="tester")
     for i in range(6):
         led.append("note", {"i": i, "text": f"event {i}"}, run="r1" if i % 2 else "r2")
-    return led
+    yield led
+    led.close()
 
 
-def _sql(led: Ledger, statement: str, *args: object) -> None:
-    with sqlite3.connect(led.location) as conn:
-        conn.execute(statement, args)
+def _query(led: Ledger, statement: str, *args: object) -> list[tuple]:
+    """Run SQL straight against the ledger's database, as an attacker with write access would."""
+    conn = led.store.connect()
+    try:
+        cur = conn.execute(statement.replace("?", "%s") if led.store.dialect == "postgresql" else statement, args)
+        return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
+
 
 
 def test_chain_verifies_and_events_filter(ledger):
@@ -30,7 +46,7 @@ def test_chain_verifies_and_events_filter(ledger):
 
 
 def test_modified_body_is_named(ledger):
-    _sql(ledger, "UPDATE events SET body = replace(body, 'event 3', 'event X') WHERE seq = 4")
+    _query(ledger, "UPDATE events SET body = replace(body, 'event 3', 'event X') WHERE seq = 4")
     result = ledger.verify()
     assert not result.ok and result.broken_seq == 4 and "modified" in result.reason
 
@@ -38,30 +54,30 @@ def test_modified_body_is_named(ledger):
 def test_rehashed_row_breaks_the_next_link(ledger):
     import hashlib
 
-    row = sqlite3.connect(ledger.location).execute("SELECT body FROM events WHERE seq = 2").fetchone()
-    body = row[0].replace("event 1", "event Y")
-    _sql(ledger, "UPDATE events SET body = ?, hash = ? WHERE seq = 2", body, hashlib.sha256(body.encode()).hexdigest())
+    body = _query(ledger, "SELECT body FROM events WHERE seq = 2")[0][0]
+    body = body.replace("event 1", "event Y")
+    _query(ledger, "UPDATE events SET body = ?, hash = ? WHERE seq = 2", body, hashlib.sha256(body.encode()).hexdigest())
     result = ledger.verify()
     assert not result.ok and result.broken_seq == 3
 
 
 def test_deleted_middle_row_is_named(ledger):
-    _sql(ledger, "DELETE FROM events WHERE seq = 3")
+    _query(ledger, "DELETE FROM events WHERE seq = 3")
     result = ledger.verify()
     assert not result.ok and result.broken_seq == 3 and "missing" in result.reason
 
 
 def test_swapped_rows_are_detected(ledger):
-    rows = dict(((s, (h, b)) for s, h, b in sqlite3.connect(ledger.location).execute("SELECT * FROM events")))
-    _sql(ledger, "UPDATE events SET hash = ?, body = ? WHERE seq = 2", *rows[5])
-    _sql(ledger, "UPDATE events SET hash = ?, body = ? WHERE seq = 5", *rows[2])
+    rows = {s: (h, b) for s, h, b in _query(ledger, "SELECT seq, hash, body FROM events")}
+    _query(ledger, "UPDATE events SET hash = ?, body = ? WHERE seq = 2", *rows[5])
+    _query(ledger, "UPDATE events SET hash = ?, body = ? WHERE seq = 5", *rows[2])
     result = ledger.verify()
     assert not result.ok and result.broken_seq == 2
 
 
 def test_truncating_newest_events_is_caught_with_an_earlier_head(ledger):
     head = ledger.head()
-    _sql(ledger, "DELETE FROM events WHERE seq >= 5")
+    _query(ledger, "DELETE FROM events WHERE seq >= 5")
     assert ledger.verify().ok  # a shorter chain is still a valid chain ...
     result = ledger.verify(head=head)  # ... but not against the head a report printed
     assert not result.ok and "not in the chain" in result.reason
@@ -75,9 +91,23 @@ def test_export_jsonl(ledger, tmp_path):
     assert n == 6 == len(lines) and json.loads(lines[-1])["hash"] == ledger.head()
 
 
-def test_postgres_url_is_not_yet_supported(tmp_path):
-    with pytest.raises(ConfigError, match="PostgreSQL"):
-        Ledger.open("postgresql://localhost/x")
+def test_unreachable_postgres_and_unknown_schemes_are_clear_errors():
+    with pytest.raises(ConfigError, match=r"cannot connect"):
+        Ledger.open("postgresql://nobody:secret@127.0.0.1:1/x")
+    try:
+        Ledger.open("postgresql://nobody:secret@127.0.0.1:1/x")
+    except ConfigError as exc:
+        assert "secret" not in str(exc)  # a password in the URL is never echoed
+    with pytest.raises(ConfigError, match="postgresql:// URL"):
+        Ledger.open("mysql://localhost/x")
+
+
+def test_postgres_location_hides_the_password(postgres_url):
+    url = postgres_url.replace("nnforge@", "nnforge:hunter2@")  # trust auth: any password is accepted
+    led = Ledger.open(url)
+    led.append("note", {"i": 1})
+    assert "hunter2" not in led.location and "***" in led.location and led.verify().ok
+    led.close()
 
 
 def test_damaged_database_file_is_an_integrity_error(tmp_path):
@@ -87,8 +117,9 @@ def test_damaged_database_file_is_an_integrity_error(tmp_path):
         Ledger.open(bad)
 
 
+@pytest.mark.parametrize("location", ["sqlite"], indirect=True)  # only SQLite lets a TEXT column hold a BLOB
 def test_a_row_rewritten_with_another_sql_type_is_named_not_a_crash(ledger):
-    _sql(ledger, "UPDATE events SET body = CAST(body AS BLOB) WHERE seq = 4")
+    _query(ledger, "UPDATE events SET body = CAST(body AS BLOB) WHERE seq = 4")
     result = ledger.verify()
     assert not result.ok and result.broken_seq == 4 and "wrong types" in result.reason
 
@@ -113,9 +144,9 @@ def _append_many(path: str, n: int, tag: int) -> None:
         led.append("concurrent", {"writer": tag, "i": i})
 
 
-def test_concurrent_processes_lose_nothing(tmp_path):
-    path = str(tmp_path / "c.db")
-    Ledger.open(path)
+def test_concurrent_processes_lose_nothing(location):
+    path = location
+    Ledger.open(path).close()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_append_many, args=(path, 150, k)) for k in range(3)]
     for p in procs:
@@ -128,3 +159,22 @@ def test_concurrent_processes_lose_nothing(tmp_path):
     assert result.ok and result.events == 450
     per_writer = [sum(1 for e in led.events() if e.data["writer"] == k) for k in range(3)]
     assert per_writer == [150, 150, 150]
+
+
+def test_a_recipe_run_and_the_cli_use_a_postgres_ledger(postgres_url, workdir, capsys):
+    import json
+
+    from nnforge.cli import main
+
+    assert main(["train", "digits", "--set", "steps[0].train.max_steps=20", "--ledger", postgres_url,
+                 "--actor", "ana", "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    led = Ledger.open(postgres_url)
+    kinds = [e.kind for e in led.events(run=run_id)]
+    assert kinds[0] == "run.started" and "step.finished" in kinds and kinds[-1] == "run.finished"
+    assert {e.actor for e in led.events(run=run_id)} == {"ana"}
+    assert main(["ledger", "verify", "--ledger", postgres_url]) == 0
+    _query(led, "UPDATE events SET body = replace(body, 'ana', 'eve') WHERE seq = 2")
+    assert main(["ledger", "verify", "--ledger", postgres_url]) == 1
+    assert "#2" in capsys.readouterr().out
+    led.close()

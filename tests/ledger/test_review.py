@@ -54,9 +54,11 @@ def test_rules_reject_bad_input():
 # --- queue -----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def queue(tmp_path):
-    q = ReviewQueue.open(tmp_path / "ledger.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue(request, tmp_path):
+    """The queue in a SQLite ledger and in a PostgreSQL one: the same tests run on both."""
+    where = tmp_path / "ledger.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    q = ReviewQueue.open(where)
     yield q
     q.close()
 

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nnforge.errors import ConfigError, IntegrityError
+from nnforge.errors import IntegrityError
 from nnforge.ledger._events import Event, Verification, event_hash, make_body, verify_chain
-from nnforge.ledger._store import SQLiteStore, Store
+from nnforge.ledger._store import Store, open_store
 
 __all__ = ["Ledger", "DEFAULT_LEDGER", "file_sha256", "atomic_write_text"]
 
@@ -69,13 +69,10 @@ class Ledger:
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None = None, actor: str | None = None) -> Ledger:
-        """Open (creating if needed) the ledger at a SQLite path (default ``.nnforge/ledger.db``)."""
+        """Open (creating if needed) the ledger at a SQLite path (default ``.nnforge/ledger.db``) or at a
+        ``postgresql://user@host:port/dbname`` URL (needs the ``postgres`` extra)."""
         loc = str(location) if location is not None else str(DEFAULT_LEDGER)
-        if loc.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("PostgreSQL ledgers are not available in this version; use a SQLite path")
-        if "://" in loc:
-            raise ConfigError(f"ledger location {loc!r}: expected a file path")
-        return cls(SQLiteStore(loc), actor)
+        return cls(open_store(loc), actor)
 
     @property
     def location(self) -> str:

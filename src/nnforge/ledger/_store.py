@@ -3,7 +3,10 @@
 A :class:`Store` keeps rows ``(seq, hash, body)``. ``append`` must be atomic with respect to other
 processes appending to the same store: it reads the newest row, builds the next body from it, and
 inserts, all in one write transaction, so concurrent appenders never fork the chain or lose events.
-Other backends (PostgreSQL) implement the same four methods.
+
+Two implementations: :class:`SQLiteStore` (one file, the default) and :class:`PostgresStore` (a
+``postgresql://`` URL, for teams that share one ledger). Both also hand out a plain DB-API connection
+(:meth:`connect`) so that the review queue keeps its table in the same database as the events.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
-from nnforge.errors import IntegrityError
+from nnforge.errors import ConfigError, IntegrityError
 
-__all__ = ["Store", "SQLiteStore"]
+__all__ = ["Store", "SQLiteStore", "PostgresStore", "open_store", "redact_url"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -31,6 +35,7 @@ class Store(Protocol):
     """Storage of hash-chained rows. Implementations are safe across threads and processes."""
 
     location: str
+    dialect: str  # "sqlite" or "postgresql": which SQL the connection from connect() speaks
 
     def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
         """Call ``build(next_seq, prev_hash) -> (hash, body)`` inside a write transaction and store it."""
@@ -46,6 +51,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def connect(self) -> Any:
+        """A new DB-API connection to the same database, in autocommit mode (the caller closes it)."""
+        ...
+
 
 class SQLiteStore:
     """Events in one SQLite file in WAL mode (readers never block the writer)."""
@@ -53,6 +62,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path, timeout_s: float = 60.0) -> None:
         self.path = Path(path)
         self.location = str(self.path)
+        self.dialect = "sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout_s
         self._local = threading.local()
@@ -107,3 +117,115 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        return conn
+
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq  BIGINT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    body TEXT NOT NULL
+)
+"""
+# one arbitrary 64-bit key for pg_advisory_xact_lock: serialises schema creation across processes
+_PG_LOCK_KEY = 0x6E6E666F726765  # "nnforge"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (locations are printed in reports and documents)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+class PostgresStore:
+    """Events in a PostgreSQL table ``events`` (psycopg 3), for a ledger several machines share.
+
+    ``append`` runs in one transaction that first takes ``LOCK TABLE events IN EXCLUSIVE MODE``: readers go
+    on, but appenders queue, so each reads the true head before it inserts (the primary key on ``seq``
+    would refuse a fork anyway). Give the password through ``PGPASSWORD`` or ``~/.pgpass`` rather than
+    in the URL: the URL is recorded in run folders and documents, with any password redacted.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("a postgresql:// ledger needs psycopg 3: pip install 'nnforge[postgres]'") from None
+        self._psycopg = psycopg
+        self.url = url
+        self.location = redact_url(url)
+        self.dialect = "postgresql"
+        self._timeout = timeout_s
+        self._local = threading.local()
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+            conn.execute(_PG_SCHEMA)
+
+    def connect(self) -> Any:
+        try:
+            conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._timeout))
+        except self._psycopg.OperationalError as exc:
+            raise ConfigError(f"ledger {self.location}: cannot connect ({str(exc).strip()})") from None
+        conn.execute(f"SET lock_timeout = '{int(self._timeout * 1000)}ms'")
+        return conn
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
+        from nnforge.ledger._events import GENESIS
+
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (int(row[0]) + 1, row[1]) if row else (1, GENESIS)
+            hash_, body = build(seq, prev)
+            conn.execute("INSERT INTO events (seq, hash, body) VALUES (%s, %s, %s)", (seq, hash_, body))
+        return seq, hash_
+
+    def rows(self, run: str | None = None) -> Iterator[tuple[int, str, str]]:
+        # a server-side cursor streams a long chain instead of loading it whole; it gets a connection of its
+        # own, so that a caller who stops reading halfway never leaves the shared one inside a transaction
+        conn = self.connect()
+        try:
+            with conn.transaction(), conn.cursor(name="nnforge_rows") as cur:
+                cur.execute("SELECT seq, hash, body FROM events ORDER BY seq")
+                for seq, hash_, body in cur:
+                    yield int(seq), hash_, body
+        finally:
+            conn.close()
+
+    def head(self) -> tuple[int, str]:
+        from nnforge.ledger._events import GENESIS
+
+        row = self._conn().execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row[0]), row[1]) if row else (0, GENESIS)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def open_store(location: str) -> Store:
+    """The store for a SQLite path or a ``postgresql://`` URL."""
+    if location.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(location)
+    if "://" in location:
+        raise ConfigError(f"ledger location {redact_url(location)!r}: expected a file path or a postgresql:// URL")
+    return SQLiteStore(location)

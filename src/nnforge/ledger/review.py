@@ -1,7 +1,7 @@
 """Human oversight: a review queue of model outputs that a person approves or overrides.
 
-Items live in the ledger's own SQLite file, in a table ``review_items`` next to ``events``, so one file holds
-both the queue and its audit trail. Every enqueue appends a ``review.enqueued`` event and every decision a
+Items live in the ledger's own database (its SQLite file or its PostgreSQL database), in a table
+``review_items`` next to ``events``, so one database holds both the queue and its audit trail. Every enqueue appends a ``review.enqueued`` event and every decision a
 ``review.decided`` event (reviewer, item, decision, seconds from enqueue to decision), so the hash chain
 proves who decided what and when even if the queue table itself were edited later.
 
@@ -27,7 +27,6 @@ import sqlite3
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from nnforge.errors import ConfigError, DataError, IntegrityError
@@ -56,6 +55,9 @@ CREATE TABLE IF NOT EXISTS review_items (
     note           TEXT NOT NULL DEFAULT ''
 );
 """
+_PG_SCHEMA = _SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY").replace(
+    "REAL", "DOUBLE PRECISION")
+_PG_LOCK_KEY = 0x6E6E7276  # serialises creating the table across processes
 
 _COLUMNS = ("id", "created", "run", "variant", "input_sha256", "input_text", "label", "confidence", "reason",
             "status", "reviewer", "decided", "override_label", "note")
@@ -167,21 +169,27 @@ class ReviewQueue:
     """The review queue of one ledger database. Use :meth:`open`.
 
     Args:
-        ledger: the ledger whose SQLite file also holds the queue; events go to it.
+        ledger: the ledger whose database also holds the queue; events go to it.
     """
 
     def __init__(self, ledger: Ledger) -> None:
-        loc = ledger.location
-        if "://" in loc:
-            raise ConfigError(f"review queue: ledger {loc!r} is not a SQLite file; the queue needs one")
         self.ledger = ledger
-        self.path = Path(loc)
+        self.location = ledger.location
+        self._pg = ledger.store.dialect == "postgresql"
         try:
-            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=60000")
-            self._db.executescript(_SCHEMA)
+            self._db = ledger.store.connect()
+            if self._pg:
+                with self._db.transaction():
+                    self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK_KEY,))
+                    self._db.execute(_PG_SCHEMA)
+            else:
+                self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise IntegrityError(f"{self.path}: not a readable ledger database ({exc})") from None
+            raise IntegrityError(f"{self.location}: not a readable ledger database ({exc})") from None
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; the queries are written with ``?`` placeholders, psycopg wants ``%s``."""
+        return self._db.execute(sql.replace("?", "%s") if self._pg else sql, tuple(params))
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None = None, actor: str | None = None) -> ReviewQueue:
@@ -209,10 +217,11 @@ class ReviewQueue:
             raise ConfigError("review item: a run id is required")
         created = _now().isoformat(timespec="microseconds")
         sha = text_sha256(text)
-        cur = self._db.execute(
+        cur = self._sql(
             "INSERT INTO review_items (created, run, variant, input_sha256, input_text, label, confidence, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (created, run, variant, sha, text, label, float(confidence), reason))
-        item_id = int(cur.lastrowid or 0)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (created, run, variant, sha, text, label, float(confidence), reason))
+        item_id = int(cur.fetchone()[0])
         self.ledger.append("review.enqueued", {"item": item_id, "variant": variant, "input_sha256": sha,
                                                "label": label, "confidence": float(confidence), "reason": reason},
                            run=run)
@@ -243,7 +252,7 @@ class ReviewQueue:
                               f"{item.decided}); a decision cannot be changed")
         status = "approved" if approve else "overridden"
         decided = _now().isoformat(timespec="microseconds")
-        cur = self._db.execute(
+        cur = self._sql(
             "UPDATE review_items SET status = ?, reviewer = ?, decided = ?, override_label = ?, note = ? "
             "WHERE id = ? AND status = 'open'", (status, reviewer, decided, override_label, note, item_id))
         if cur.rowcount != 1:  # another process decided it between our read and our write
@@ -258,11 +267,10 @@ class ReviewQueue:
     # --- reading ----------------------------------------------------------------------------------------
 
     def get(self, item_id: int) -> ReviewItem:
-        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM review_items WHERE id = ?",
-                               (int(item_id),)).fetchone()
+        row = self._sql(f"SELECT {', '.join(_COLUMNS)} FROM review_items WHERE id = ?", (int(item_id),)).fetchone()
         if row is None:
-            n = self._db.execute("SELECT COUNT(*) FROM review_items").fetchone()[0]
-            raise ConfigError(f"review item {item_id}: no such item in {self.path} ({n} items; "
+            n = self._sql("SELECT COUNT(*) FROM review_items").fetchone()[0]
+            raise ConfigError(f"review item {item_id}: no such item in {self.location} ({n} items; "
                               "'nnforge review list' shows them)")
         return ReviewItem(*row)
 
@@ -271,8 +279,7 @@ class ReviewQueue:
         if status is not None and status not in STATUSES:
             raise ConfigError(f"review list: status {status!r} is not one of {list(STATUSES)}")
         sql = f"SELECT {', '.join(_COLUMNS)} FROM review_items"
-        rows = (self._db.execute(sql + " WHERE status = ? ORDER BY id", (status,)) if status
-                else self._db.execute(sql + " ORDER BY id"))
+        rows = self._sql(sql + " WHERE status = ? ORDER BY id", (status,)) if status else self._sql(sql + " ORDER BY id")
         return [ReviewItem(*r) for r in rows]
 
     def stats(self) -> dict[str, Any]:
