@@ -178,3 +178,38 @@ def test_a_recipe_run_and_the_cli_use_a_postgres_ledger(postgres_url, workdir, c
     assert main(["ledger", "verify", "--ledger", postgres_url]) == 1
     assert "#2" in capsys.readouterr().out
     led.close()
+
+
+@pytest.mark.parametrize("location", ["sqlite"], indirect=True)
+def test_an_export_verifies_offline_and_tampering_with_it_is_named(ledger, tmp_path, capsys):
+    import json
+
+    from nnforge.cli import main
+
+    export = tmp_path / "archive.jsonl"
+    ledger.export_jsonl(export)
+    head = ledger.head()
+    offline = Ledger.open(export)
+    assert offline.verify(head=head).ok and offline.head() == head and len(offline.events(run="r1")) == 3
+    with pytest.raises(ConfigError, match="read-only"):
+        offline.append("note", {})
+    assert main(["ledger", "verify", "--ledger", str(export), "--head", head]) == 0
+
+    lines = export.read_text().splitlines()
+    doc = json.loads(lines[3])
+    doc["data"]["text"] = "event X"  # one field of event #4, hash left alone
+    cases = {
+        "modified": [*lines[:3], json.dumps(doc), *lines[4:]],
+        "deleted": [*lines[:2], *lines[3:]],
+        "swapped": [lines[0], lines[2], lines[1], *lines[3:]],
+        "garbled": [*lines[:4], lines[4][:40], lines[5]],
+    }
+    for name, broken in cases.items():
+        export.write_text("\n".join(broken) + "\n")
+        result = Ledger.open(export).verify()
+        assert not result.ok and result.broken_seq == {"modified": 4, "deleted": 3, "swapped": 2, "garbled": 5}[name]
+    export.write_text("\n".join(lines[:4]) + "\n")  # newest events cut: valid alone, not against the head
+    assert Ledger.open(export).verify().ok and not Ledger.open(export).verify(head=head).ok
+    capsys.readouterr()
+    assert main(["ledger", "verify", "--ledger", str(export), "--head", head]) == 1
+    assert "not in the chain" in capsys.readouterr().out

@@ -70,7 +70,8 @@ class Ledger:
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None = None, actor: str | None = None) -> Ledger:
         """Open (creating if needed) the ledger at a SQLite path (default ``.nnforge/ledger.db``) or at a
-        ``postgresql://user@host:port/dbname`` URL (needs the ``postgres`` extra)."""
+        ``postgresql://user@host:port/dbname`` URL (needs the ``postgres`` extra); a ``.jsonl`` export opens
+        read-only, for verifying an archive offline."""
         loc = str(location) if location is not None else str(DEFAULT_LEDGER)
         return cls(open_store(loc), actor)
 

@@ -11,6 +11,7 @@ Two implementations: :class:`SQLiteStore` (one file, the default) and :class:`Po
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nnforge.errors import ConfigError, IntegrityError
 
-__all__ = ["Store", "SQLiteStore", "PostgresStore", "open_store", "redact_url"]
+__all__ = ["Store", "SQLiteStore", "PostgresStore", "JSONLStore", "open_store", "redact_url"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -222,10 +223,63 @@ class PostgresStore:
             self._local.conn = None
 
 
+class JSONLStore:
+    """A ledger export (``nnforge ledger export``, one event per line) read back, read-only.
+
+    This is how an archived export is verified offline, with nothing but the file: each line's stored
+    fields are put back into the canonical body that was hashed, so a changed field, a deleted, duplicated
+    or reordered line, or a line that is not JSON breaks the chain at that event, exactly as in the
+    database. ``verify --head`` and signed heads work on it too.
+    """
+
+    dialect = "jsonl"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        if not self.path.is_file():
+            raise ConfigError(f"{self.path}: no such ledger export (write one with 'nnforge ledger export')")
+
+    def rows(self, run: str | None = None) -> Iterator[tuple[int, str, str]]:
+        from nnforge.ledger._events import make_body
+
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                    body = make_body(doc["seq"], doc["run"], doc["kind"], doc["time"], doc["actor"], doc["data"],
+                                     doc["prev"])
+                    yield doc["seq"], doc["hash"], body
+                except (ValueError, KeyError, TypeError):
+                    # unreadable line: yields a row whose hash cannot match, so verification names it
+                    yield lineno, "", line
+
+    def head(self) -> tuple[int, str]:
+        from nnforge.ledger._events import GENESIS
+
+        last = (0, GENESIS)
+        for seq, hash_, _ in self.rows():
+            last = (seq, hash_)
+        return last
+
+    def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
+        raise ConfigError(f"{self.path} is a ledger export, read-only: append to the ledger database instead")
+
+    def connect(self) -> Any:
+        raise ConfigError(f"{self.path} is a ledger export: the review queue needs the ledger database")
+
+    def close(self) -> None:
+        pass
+
+
 def open_store(location: str) -> Store:
-    """The store for a SQLite path or a ``postgresql://`` URL."""
+    """The store for a SQLite path, a ``postgresql://`` URL, or a ``.jsonl`` export (read-only)."""
     if location.startswith(("postgresql://", "postgres://")):
         return PostgresStore(location)
+    if location.endswith(".jsonl"):
+        return JSONLStore(location)
     if "://" in location:
         raise ConfigError(f"ledger location {redact_url(location)!r}: expected a file path or a postgresql:// URL")
     return SQLiteStore(location)
