@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from nnforge.errors import DataError
@@ -32,29 +33,13 @@ def _scores(x: Any, name: str) -> torch.Tensor:
     return t
 
 
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks with ties sharing their average rank (as in the Mann-Whitney U statistic)."""
-    order = torch.argsort(values, stable=True)
-    sorted_v = values[order]
-    ranks = torch.empty_like(values)
-    n = len(values)
-    # boundaries of runs of equal values
-    new_run = torch.ones(n, dtype=torch.bool)
-    new_run[1:] = sorted_v[1:] != sorted_v[:-1]
-    run_id = torch.cumsum(new_run.long(), 0) - 1
-    starts = torch.nonzero(new_run).reshape(-1).to(torch.float64)
-    ends = torch.cat([starts[1:], torch.tensor([float(n)], dtype=torch.float64)])
-    avg = (starts + 1 + ends) / 2  # mean of ranks start+1 .. end
-    ranks[order] = avg[run_id]
-    return ranks
-
-
 def auroc(id_scores: Any, ood_scores: Any) -> float:
     """Area under the ROC curve with OOD as the positive class (higher score = more OOD)."""
+    from nnforge.evaluate.metrics import auroc as labelled_auroc  # one rank-based AUROC in the package
+
     a, b = _scores(id_scores, "id_scores"), _scores(ood_scores, "ood_scores")
-    ranks = _average_ranks(torch.cat([a, b]))
-    u = float(ranks[len(a):].sum()) - len(b) * (len(b) + 1) / 2
-    return u / (len(a) * len(b))
+    labels = np.concatenate([np.zeros(len(a), dtype=np.int64), np.ones(len(b), dtype=np.int64)])
+    return labelled_auroc(labels, torch.cat([a, b]).numpy())
 
 
 def threshold_at_recall(id_scores: Any, recall: float = 0.95) -> float:
