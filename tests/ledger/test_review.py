@@ -9,7 +9,7 @@ import json
 import pytest
 
 from nnforge.cli import main
-from nnforge.errors import ConfigError, DataError
+from nnforge.errors import ConfigError, DataError, IntegrityError
 from nnforge.ledger import Ledger, PromotionRefused, ReviewQueue, promote, promotions, review_rules, revoke
 
 NASTY = "<script>alert('x')</script> [red]boom[/red] \x1b[2Jcleared"
@@ -129,10 +129,16 @@ def fake_run(tmp_path):
     return run
 
 
-def _suite(run, name, passed):
-    (run / f"suite-{name}.json").write_text(json.dumps({
+def _suite(run, name, passed, ledger, variant="int8"):
+    """A suite result file, recorded in the ledger the way 'nnforge evaluate' records it."""
+    path = run / f"suite-{name}.json"
+    path.write_text(json.dumps({
         "suite": name, "sha256": "ab" * 32, "passed": passed, "failed": [] if passed else ["accuracy >= 0.9"],
-        "variant": "int8"}))
+        "variant": variant}))
+    led = Ledger.open(ledger)
+    led.append("suite.evaluated", {"suite": name, "variant": variant, "passed": passed,
+                                   "outputs": {"json": hashlib.sha256(path.read_bytes()).hexdigest()}}, run="run1")
+    led.close()
 
 
 def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
@@ -184,8 +190,8 @@ def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys)
     led = str(tmp_path / "ledger.db")
     args = ["promote", str(fake_run), "--to", "production", "--ledger", led]
     assert main(args) == 2  # no approver
-    _suite(fake_run, "quick", True)
-    _suite(fake_run, "strict", False)
+    _suite(fake_run, "quick", True, led)
+    _suite(fake_run, "strict", False, led)
     capsys.readouterr()
     assert main([*args, "--approver", "carla"]) == 1
     assert "strict" in capsys.readouterr().err
@@ -207,7 +213,7 @@ def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path)
         revoke(led, fake_run, approver="carla", reason="oops")
     ev = promote(led, fake_run, approver="carla", variant="fp32")
     assert ev.data["no_suite"] and ev.data["suites"] == []
-    _suite(fake_run, "strict", False)
+    _suite(fake_run, "strict", False, led.location)
     with pytest.raises(PromotionRefused, match="strict"):
         promote(led, fake_run, approver="carla")
     led.close()
@@ -215,10 +221,24 @@ def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path)
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", *common]) == 2  # no reason
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", "--reason", "drift", *common]) == 0
     led = Ledger.open(tmp_path / "ledger.db")
-    kinds = [e.kind for e in led.events()]
+    kinds = [e.kind for e in led.events() if e.kind != "suite.evaluated"]
     assert kinds == ["model.promoted", "model.revoked"]  # the promotion is still there
     rev = led.events(kind="model.revoked")[0]
     assert rev.data["promotion_seq"] == ev.seq and rev.data["approver"] == "dan" and rev.data["reason"] == "drift"
     assert promotions(led, "run1")[0]["revoked"] == rev.seq
     assert led.verify().ok
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", "--reason", "again", *common]) == 2
+
+
+def test_promotion_needs_a_recorded_suite_about_the_promoted_variant(fake_run, tmp_path):
+    led = Ledger.open(tmp_path / "ledger.db")
+    _suite(fake_run, "quick", True, led.location, variant="int8")
+    with pytest.raises(PromotionRefused, match="no regression suite evaluated variant 'fp32'"):
+        promote(led, fake_run, approver="carla", variant="fp32")  # int8 passing says nothing about fp32
+    assert promote(led, fake_run, approver="carla", variant="int8").data["suites"][0]["name"] == "quick"
+    _suite(fake_run, "strict", False, led.location)
+    doc = json.loads((fake_run / "suite-strict.json").read_text())
+    (fake_run / "suite-strict.json").write_text(json.dumps({**doc, "passed": True, "failed": []}))  # forged
+    with pytest.raises(IntegrityError, match="not one the ledger recorded"):
+        promote(led, fake_run, approver="carla")
+    led.close()

@@ -88,6 +88,17 @@ def run_suites(run_dir: str | os.PathLike[str], suite: str | None = None) -> lis
     return [_read_suite(p) for p in sorted(folder.glob("suite-*.json"))]
 
 
+def _check_recorded(ledger: Ledger, run_id: str, suites: list[SuiteRecord]) -> None:
+    """Each suite result must be a file the ledger saw written (``suite.evaluated`` with its sha256): a
+    result edited by hand, or copied from another run, cannot open the gate."""
+    recorded = {str((e.data.get("outputs") or {}).get("json")) for e in ledger.events(run=run_id, kind="suite.evaluated")}
+    for s in suites:
+        if s.sha256 not in recorded:
+            raise IntegrityError(f"{s.path}: this suite result is not one the ledger recorded for run {run_id} "
+                                 "(edited after it was written, or from another run or ledger). Rerun "
+                                 "'nnforge evaluate' to produce a recorded result")
+
+
 def _approver(approver: str | None) -> str:
     name = (approver or "").strip()
     if not name:
@@ -101,7 +112,9 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
 
     Raises:
         ConfigError: no approver, unknown stage or variant, a named suite without a result file.
-        PromotionRefused: a suite considered did not pass (the message names it and its failed checks).
+        PromotionRefused: a suite considered did not pass (the message names it and its failed checks), or
+            every suite result is about another variant than the one promoted.
+        IntegrityError: a suite result that the ledger never recorded (edited, or copied from elsewhere).
     """
     who = _approver(approver)
     if to not in STAGES:
@@ -116,12 +129,20 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     if not weights.is_file():
         raise IntegrityError(f"{weights}: the weights of variant {name!r} are missing")
     suites = run_suites(folder, suite)
+    run_id = str(cfg.get("run_id") or folder.name)
+    _check_recorded(ledger, run_id, suites)
+    other = [s for s in suites if s.variant not in (None, name)]
+    if other and (suite is not None or len(other) == len(suites)):
+        # a suite passed by the int8 model says nothing about the fp32 one
+        have = ", ".join(f"{s.name} on {s.variant}" for s in other)
+        raise PromotionRefused(f"{folder}: not promoted: no regression suite evaluated variant {name!r} ({have}). "
+                               f"Run 'nnforge evaluate {folder} --variant {name} --suite SUITE' first")
+    suites = [s for s in suites if s.variant in (None, name)]
     failed = [s for s in suites if not s.passed]
     if failed:
         detail = "; ".join(f"{s.name} ({', '.join(s.failed) or 'failed'})" for s in failed)
         raise PromotionRefused(f"{folder}: not promoted: regression suite failed: {detail}. Fix the model or the "
                                "suite, rerun 'nnforge evaluate', then promote again")
-    run_id = str(cfg.get("run_id") or folder.name)
     return ledger.append("model.promoted", {
         "stage": to, "variant": name, "weights": variants[name], "weights_sha256": file_sha256(weights),
         "approver": who, "suites": [s.to_dict() for s in suites], "suite_required": suite is not None,
