@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import docs, evaluate, info, ledger, model, review, run
+from nnforge.cli import dashboard, docs, evaluate, info, ledger, model, review, run
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -50,6 +50,7 @@ app.command("promote")(review.promote)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(review.app, name="review")
+app.add_typer(dashboard.app, name="dashboard")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,76 @@
+"""``nnforge dashboard serve|token``: the web dashboard over the ledger, the runs and the review queue."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from nnforge.cli._common import console, ledger_location, out
+
+app = typer.Typer(help="Web dashboard: runs, reports, lineage, ledger verification and the review queue.",
+                  no_args_is_help=True)
+
+TokenOpt = Annotated[str | None, typer.Option("--token-file", help="Where the token's hash is kept "
+                                                                    "(default .nnforge/dashboard.token).")]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def token(token_file: TokenOpt = None) -> None:
+    """Create a new access token, print it once and store only its SHA-256 (mode 0600). The previous token and
+    every session opened with it stop working."""
+    from nnforge.ledger.dashboard._security import DEFAULT_TOKEN_FILE, new_token
+
+    path = token_file or str(DEFAULT_TOKEN_FILE)
+    value = new_token(path)
+    console.print(f"new dashboard token (shown once; its hash is in {path}):", markup=False)
+    out.print(value, markup=False, highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback only unless --allow-remote).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Folder of the run folders.")] = "runs",
+    token_file: TokenOpt = None,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Listen on a non-loopback address. The "
+                                                                      "dashboard speaks plain HTTP: put it behind "
+                                                                      "a TLS proxy first.")] = False,
+) -> None:
+    """Serve the dashboard (log in with the token from 'nnforge dashboard token')."""
+    from nnforge.errors import ConfigError, MissingDependencyError
+    from nnforge.ledger.dashboard._security import DEFAULT_TOKEN_FILE, token_fingerprint
+
+    if not _is_loopback(host) and not allow_remote:
+        raise ConfigError(f"--host {host!r} is not a loopback address: the dashboard speaks plain HTTP, so the "
+                          "token and session cookie would cross the network unencrypted, and anyone who can reach "
+                          "the port can try tokens. Keep 127.0.0.1 (use an SSH tunnel), or put a TLS proxy in "
+                          "front and pass --allow-remote")
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: must be in 1..65535")
+    tokens = token_file or str(DEFAULT_TOKEN_FILE)
+    token_fingerprint(tokens)  # fails now, with the fix, when no token was created
+    try:
+        import uvicorn
+
+        from nnforge.ledger.dashboard.app import create_app
+    except ImportError as exc:
+        raise MissingDependencyError(f"the dashboard needs FastAPI and uvicorn ({exc.name} is missing): "
+                                     "pip install 'nnforge[dashboard]'") from None
+    allowed = None if allow_remote else ["127.0.0.1", "localhost", "[::1]", "::1"]
+    web = create_app(ledger_location(ledger), runs_dir, tokens, allowed_hosts=allowed)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"nnforge dashboard on http://{shown}:{port}/ (ledger {ledger_location(ledger)}, runs "
+                  f"{runs_dir}); Ctrl-C stops it", markup=False)
+    uvicorn.run(web, host=host, port=port, log_level="warning", server_header=False)

@@ -1,0 +1,321 @@
+"""The web dashboard through FastAPI's TestClient: login with the token, sessions, CSRF and same-origin checks on
+every POST, approving and overriding review items (recorded in the ledger), escaping of untrusted text, path
+traversal in run/artifact URLs, report CSP, and the ledger page showing a tampered chain. No model is run: each
+test builds a tiny ledger and run folder in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the dashboard extra (fastapi) is not installed")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from nnforge.cli import main  # noqa: E402
+from nnforge.ledger import Ledger, ReviewQueue  # noqa: E402
+from nnforge.ledger.dashboard import check_token, create_app, new_token  # noqa: E402
+
+RUN = "20261128-053421-148a00"
+BASE = "http://127.0.0.1"
+SAME = {"Origin": BASE}
+NASTY = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A ledger with one run's events and three review items, a run folder, a token, and a secret outside."""
+    ledger_path = tmp_path / ".nnforge" / "ledger.db"
+    run_dir = tmp_path / "runs" / RUN
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({
+        "run_id": RUN, "created": "2026-11-28T05:34:22+00:00", "final_variant": "int8",
+        "label_names": ["comedy", "tragedy", "history"], "recipe": {"name": "quickstart", "description": "demo"}}))
+    (run_dir / "metrics.json").write_text(json.dumps({"int8_acc": 0.465, "fp32_acc": 0.47}))
+    (run_dir / "report.html").write_text(
+        "<!doctype html><html><head><style>h1{color:#123}</style></head><body><h1>Report of the run</h1>"
+        f'<img alt="plot" src="data:image/png;base64,{PNG_1PX}"></body></html>')
+    (run_dir / "model-int8.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / "secret.txt").write_text("top secret")
+    led = Ledger.open(ledger_path, actor="runner")
+    led.append("run.started", {"recipe": {"name": "quickstart", "sha256": "ab" * 32, "seed": 0},
+                               "run_dir": str(run_dir)}, run=RUN)
+    led.append("artifact.written", {"name": "model:int8", "path": str(run_dir / "model-int8.safetensors"),
+                                    "sha256": "cd" * 32}, run=RUN)
+    led.close()
+    with ReviewQueue.open(ledger_path, actor="runner") as q:
+        q.enqueue(run=RUN, variant="int8", text="To be, or not to be", label="tragedy", confidence=0.41,
+                  reason="low_confidence")
+        q.enqueue(run=RUN, variant="int8", text=NASTY, label="comedy", confidence=0.30, reason="ood")
+        q.enqueue(run="gone-run", variant="int8", text="A run whose folder is gone", label="comedy",
+                  confidence=0.2, reason="audit")
+    token_file = tmp_path / ".nnforge" / "dashboard.token"
+    token = new_token(token_file)
+    app = create_app(ledger_path, tmp_path / "runs", token_file)
+    return {"app": app, "token": token, "token_file": token_file, "ledger": ledger_path, "tmp": tmp_path,
+            "run_dir": run_dir}
+
+
+def _client(site) -> TestClient:
+    return TestClient(site["app"], base_url=BASE, follow_redirects=False)
+
+
+def _login(site) -> TestClient:
+    c = _client(site)
+    r = c.post("/login", data={"token": site["token"]}, headers=SAME)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    return c
+
+
+def _csrf(client: TestClient, path: str = "/review") -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert m, f"no CSRF field on {path}"
+    return m.group(1)
+
+
+def _decided(site) -> list:
+    led = Ledger.open(site["ledger"])
+    try:
+        return led.events(kind="review.decided")
+    finally:
+        led.close()
+
+
+# --- token and login -------------------------------------------------------------------------------------------
+
+
+def test_token_file_holds_only_a_hash_with_mode_0600(site):
+    text = site["token_file"].read_text()
+    assert site["token"] not in text and len(json.loads(text)["sha256"]) == 64
+    assert (site["token_file"].stat().st_mode & 0o777) == 0o600
+    assert check_token(site["token_file"], site["token"])
+    assert not check_token(site["token_file"], site["token"][:-1] + ("A" if site["token"][-1] != "A" else "B"))
+    assert not check_token(site["token_file"], "")
+
+
+@pytest.mark.parametrize("path", ["/", "/review", "/review/1", "/ledger", "/lineage", f"/runs/{RUN}",
+                                  f"/runs/{RUN}/report", f"/runs/{RUN}/files/config.json"])
+def test_every_page_needs_a_session(site, path):
+    r = _client(site).get(path)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+
+
+def test_wrong_missing_and_forged_tokens_are_refused(site):
+    c = _client(site)
+    for bad in ["", "not-the-token", site["token"] + "x", site["token"].upper()]:
+        r = c.post("/login", data={"token": bad}, headers=SAME)
+        assert r.status_code == 401 and "set-cookie" not in r.headers and "not valid" in r.text
+    # a forged session cookie is not a session
+    c.cookies.set("nnforge_session", "forged-" + "A" * 40)
+    assert c.get("/").status_code == 303
+    # nor may a POST go through with it
+    r = c.post("/review/1/decide", data={"csrf": "x", "reviewer": "eve", "action": "approve"}, headers=SAME)
+    assert r.status_code == 403 and _decided(site) == []
+    # a login from another origin is refused even with the right token
+    r = c.post("/login", data={"token": site["token"]}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
+def test_a_new_token_logs_out_sessions_of_the_old_one(site):
+    c = _login(site)
+    assert c.get("/").status_code == 200
+    new = new_token(site["token_file"])
+    assert c.get("/").status_code == 303  # old session gone
+    assert _client(site).post("/login", data={"token": site["token"]}, headers=SAME).status_code == 401
+    assert _client(site).post("/login", data={"token": new}, headers=SAME).status_code == 303
+
+
+def test_repeated_failed_logins_are_throttled(site):
+    c = _client(site)
+    codes = [c.post("/login", data={"token": f"guess{i}"}, headers=SAME).status_code for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+
+
+def test_logout_needs_csrf_and_ends_the_session(site):
+    c = _login(site)
+    assert c.post("/logout", data={"csrf": "wrong"}, headers=SAME).status_code == 403
+    assert c.get("/").status_code == 200
+    assert c.post("/logout", data={"csrf": _csrf(c, "/")}, headers=SAME).status_code == 303
+    assert c.get("/").status_code == 303
+
+
+def test_foreign_host_header_is_refused(site):
+    """A DNS-rebinding page (evil.example resolving to 127.0.0.1) cannot read the dashboard."""
+    c = _login(site)
+    assert c.get("/", headers={"Host": "evil.example"}).status_code == 400
+
+
+# --- review decisions ------------------------------------------------------------------------------------------
+
+
+def test_post_without_or_with_wrong_csrf_or_origin_is_refused(site):
+    c = _login(site)
+    csrf = _csrf(c)
+    form = {"reviewer": "ana", "action": "approve"}
+    assert c.post("/review/1/decide", data=form, headers=SAME).status_code == 403
+    assert c.post("/review/1/decide", data={**form, "csrf": csrf[:-2] + "zz"}, headers=SAME).status_code == 403
+    r = c.post("/review/1/decide", data={**form, "csrf": csrf}, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-origin" in r.text
+    assert c.post("/review/1/decide", data={**form, "csrf": csrf}).status_code == 403  # neither Origin nor Referer
+    # another session's CSRF token does not work in this one
+    other = _csrf(_login(site))
+    assert c.post("/review/1/decide", data={**form, "csrf": other}, headers=SAME).status_code == 403
+    assert _decided(site) == []
+    with ReviewQueue.open(site["ledger"]) as q:
+        assert q.get(1).status == "open"
+
+
+def test_approve_with_csrf_is_recorded_in_the_ledger_with_the_reviewer(site):
+    c = _login(site)
+    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "reviewer": "ana", "action": "approve", "note": "fine"},
+               headers={"Referer": f"{BASE}/review"})  # Referer is accepted when a browser sends no Origin
+    assert r.status_code == 303 and r.headers["location"] == "/review/1"
+    page = c.get("/review/1").text
+    assert 'id="status">approved<' in page and "approved by ana" in page
+    events = _decided(site)
+    assert len(events) == 1
+    assert events[0].actor == "ana" and events[0].data["reviewer"] == "ana" and events[0].data["item"] == 1
+    assert events[0].data["decision"] == "approved" and events[0].run == RUN
+    # a decision is final: a second one is refused with the reason
+    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "reviewer": "bob", "action": "approve"}, headers=SAME)
+    assert r.status_code == 400 and "already decided" in r.text and len(_decided(site)) == 1
+
+
+def test_override_checks_the_label_against_the_run(site):
+    c = _login(site)
+    csrf = _csrf(c)
+    form = {"csrf": csrf, "reviewer": "ana", "action": "override"}
+    r = c.post("/review/1/decide", data={**form, "override_label": "robot"}, headers=SAME)
+    assert r.status_code == 400 and "not one of the run&#39;s labels" in r.text
+    assert c.post("/review/1/decide", data={**form, "reviewer": " ", "override_label": "comedy"},
+                  headers=SAME).status_code == 400
+    assert c.post("/review/1/decide", data={**form, "action": "delete"}, headers=SAME).status_code == 400
+    # the run of item 3 has no folder: its labels cannot be checked, so no override
+    r = c.post("/review/3/decide", data={**form, "override_label": "comedy"}, headers=SAME)
+    assert r.status_code == 400 and "cannot check" in r.text
+    assert _decided(site) == []
+    r = c.post("/review/1/decide", data={**form, "override_label": "history"}, headers=SAME)
+    assert r.status_code == 303
+    (ev,) = _decided(site)
+    assert ev.data["decision"] == "overridden" and ev.data["override_label"] == "history"
+    assert "history (override)" in c.get("/review/1").text
+
+
+def test_html_in_inputs_and_notes_is_escaped(site):
+    c = _login(site)
+    note = "</td><script>alert(document.cookie)</script>"
+    r = c.post("/review/2/decide", data={"csrf": _csrf(c), "reviewer": "<b>ana</b>", "action": "approve",
+                                         "note": note}, headers=SAME)
+    assert r.status_code == 303
+    for page in (c.get("/review/2").text, c.get("/review?status=all").text):
+        assert "<script>" not in page and "<img src=x" not in page and "<b>ana</b>" not in page
+        assert "&lt;script&gt;alert(document.cookie)&lt;/script&gt;" in page
+        assert "&lt;b&gt;ana&lt;/b&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in c.get("/review/2").text
+    assert _decided(site)[0].data["note"] == note  # stored verbatim, escaped only when shown
+
+
+def test_review_pages_list_and_filter(site):
+    c = _login(site)
+    page = c.get("/review").text
+    assert all(f'id="item-{i}"' in page for i in (1, 2, 3)) and "3 open" in page
+    assert 'id="override-1"' in page and 'id="override-3"' not in page  # no labels for the missing run
+    assert c.get("/review?status=bogus").status_code == 400
+    assert c.get("/review/99").status_code == 404
+
+
+# --- runs, files, reports --------------------------------------------------------------------------------------
+
+
+def test_runs_run_page_and_report(site):
+    c = _login(site)
+    home = c.get("/")
+    assert home.status_code == 200 and RUN in home.text and "0.465" in home.text and "verified" in home.text
+    for header, value in [("x-frame-options", "DENY"), ("x-content-type-options", "nosniff")]:
+        assert home.headers[header] == value
+    assert home.headers["content-security-policy"].startswith("default-src 'self'")
+    run = c.get(f"/runs/{RUN}")
+    assert run.status_code == 200 and "model:int8" in run.text and "comedy, tragedy, history" in run.text
+    report = c.get(f"/runs/{RUN}/report")
+    assert report.status_code == 200 and "Report of the run" in report.text
+    csp = report.headers["content-security-policy"]
+    assert "sandbox" in csp and "img-src data:" in csp and "script-src" not in csp and "default-src 'none'" in csp
+    cfg = c.get(f"/runs/{RUN}/files/config.json")
+    assert cfg.status_code == 200 and cfg.headers["content-type"].startswith("application/json")
+    weights = c.get(f"/runs/{RUN}/files/model-int8.safetensors")
+    assert weights.status_code == 200 and "attachment" in weights.headers["content-disposition"]
+    assert weights.headers["content-type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize("path", [
+    f"/runs/{RUN}/files/..%2F..%2Fsecret.txt",
+    f"/runs/{RUN}/files/%2E%2E/%2E%2E/secret.txt",
+    f"/runs/{RUN}/files/%2Fetc%2Fpasswd",
+    f"/runs/{RUN}/files//etc/passwd",
+    "/runs/..%2Fsecret.txt/report",
+    "/runs/%2E%2E/files/secret.txt",
+    f"/runs/{RUN}%2F..%2F..%2F/files/secret.txt",
+    f"/runs/{RUN}/files/config.json%00.txt",
+    f"/runs/{RUN}/files/link-out",
+])
+def test_path_traversal_is_refused(site, path):
+    (site["run_dir"] / "link-out").symlink_to(site["tmp"] / "secret.txt")
+    c = _login(site)
+    r = c.get(path)
+    assert r.status_code == 404, (path, r.status_code)
+    assert "top secret" not in r.text and "root:" not in r.text
+
+
+def test_lineage_page(site):
+    c = _login(site)
+    r = c.get("/lineage", params={"artifact": f"{RUN}:model:int8"})
+    assert r.status_code == 200 and "not approved" in r.text and "this artifact" in r.text
+    r = c.get("/lineage", params={"artifact": f"{RUN}:model:<b>x</b>"})
+    assert r.status_code == 404 and "no artifact named" in r.text and "<b>x</b>" not in r.text
+    # the web form never hashes server-side files
+    assert c.get("/lineage", params={"artifact": str(site["tmp"] / "secret.txt")}).status_code == 400
+
+
+def test_ledger_page_shows_a_tampered_chain(site):
+    c = _login(site)
+    page = c.get("/ledger").text
+    assert "Chain verified" in page and "BROKEN" not in page
+    db = sqlite3.connect(site["ledger"])
+    body = db.execute("SELECT body FROM events WHERE seq = 2").fetchone()[0]
+    db.execute("UPDATE events SET body = ? WHERE seq = 2", (body.replace("cdcd", "eeee", 1),))
+    db.commit()
+    db.close()
+    page = c.get("/ledger").text
+    assert "BROKEN at event #2" in page and "was modified" in page and "Chain verified" not in page
+    assert "BROKEN at event #2" in c.get("/").text
+
+
+# --- command line and imports ----------------------------------------------------------------------------------
+
+
+def test_cli_token_and_serve_refusals(tmp_path, capsys):
+    token_file = tmp_path / "t.token"
+    assert main(["dashboard", "token", "--token-file", str(token_file)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert check_token(token_file, printed)
+    assert main(["dashboard", "serve", "--host", "0.0.0.0", "--token-file", str(token_file)]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert main(["dashboard", "serve", "--token-file", str(tmp_path / "none.token")]) == 2
+    assert "nnforge dashboard token" in capsys.readouterr().err
+
+
+def test_dashboard_package_import_is_lean():
+    code = ("import sys, nnforge.ledger, nnforge.ledger.dashboard; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn', 'jinja2'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ}).stdout.strip()
+    assert out == "[]"
