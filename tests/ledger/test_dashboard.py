@@ -303,10 +303,12 @@ def test_ledger_page_shows_a_tampered_chain(site):
 
 
 def test_cli_token_and_serve_refusals(tmp_path, capsys):
-    token_file = tmp_path / "t.token"
-    assert main(["dashboard", "token", "--token-file", str(token_file)]) == 0
+    token_file, led = tmp_path / "t.token", str(tmp_path / "audit.db")
+    assert main(["dashboard", "token", "--token-file", str(token_file), "--ledger", led, "--actor", "ops"]) == 0
     printed = capsys.readouterr().out.strip()
     assert check_token(token_file, printed)
+    (event,) = Ledger.open(led).events(kind="cli.dashboard.token")  # who made a token is on the record ...
+    assert event.actor == "ops" and printed not in json.dumps(event.data)  # ... the token itself is not
     assert main(["dashboard", "serve", "--host", "0.0.0.0", "--token-file", str(token_file)]) == 2
     assert "--allow-remote" in capsys.readouterr().err
     assert main(["dashboard", "serve", "--token-file", str(tmp_path / "none.token")]) == 2

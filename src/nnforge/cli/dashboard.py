@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import console, ledger_location, out
+from nnforge.cli._common import console, ledger_location, out, record_cli
 
 app = typer.Typer(help="Web dashboard: runs, reports, lineage, ledger verification and the review queue.",
                   no_args_is_help=True)
 
 TokenOpt = Annotated[str | None, typer.Option("--token-file", help="Where the token's hash is kept "
                                                                     "(default .nnforge/dashboard.token).")]
+LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")]
+ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
 
 
 def _is_loopback(host: str) -> bool:
@@ -26,13 +28,15 @@ def _is_loopback(host: str) -> bool:
 
 
 @app.command()
-def token(token_file: TokenOpt = None) -> None:
+def token(token_file: TokenOpt = None, ledger: LedgerOpt = None, actor: ActorOpt = None) -> None:
     """Create a new access token, print it once and store only its SHA-256 (mode 0600). The previous token and
-    every session opened with it stop working."""
-    from nnforge.ledger.dashboard._security import DEFAULT_TOKEN_FILE, new_token
+    every session opened with it stop working. Recorded in the ledger (who, when, the token's fingerprint)."""
+    from nnforge.ledger.dashboard._security import DEFAULT_TOKEN_FILE, new_token, token_fingerprint
 
     path = token_file or str(DEFAULT_TOKEN_FILE)
     value = new_token(path)
+    record_cli("dashboard.token", {"token_file": path, "fingerprint": token_fingerprint(path)[:16]}, ledger=ledger,
+               actor=actor)
     console.print(f"new dashboard token (shown once; its hash is in {path}):", markup=False)
     out.print(value, markup=False, highlight=False)
 
@@ -41,7 +45,8 @@ def token(token_file: TokenOpt = None) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback only unless --allow-remote).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    ledger: Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")] = None,
+    ledger: LedgerOpt = None,
+    actor: ActorOpt = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of the run folders.")] = "runs",
     token_file: TokenOpt = None,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Listen on a non-loopback address. The "
@@ -70,7 +75,12 @@ def serve(
                                      "pip install 'nnforge[dashboard]'") from None
     allowed = None if allow_remote else ["127.0.0.1", "localhost", "[::1]", "::1"]
     web = create_app(ledger_location(ledger), runs_dir, tokens, allowed_hosts=allowed)
+    # who opened the ledger's data to a web server, where and for whom, is itself on the record
+    record_cli("dashboard.serve", {"host": host, "port": port, "allow_remote": allow_remote, "runs_dir": runs_dir,
+                                   "token_file": tokens}, ledger=ledger, actor=actor)
+    from nnforge.ledger._store import redact_url
+
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"nnforge dashboard on http://{shown}:{port}/ (ledger {ledger_location(ledger)}, runs "
-                  f"{runs_dir}); Ctrl-C stops it", markup=False)
+    console.print(f"nnforge dashboard on http://{shown}:{port}/ (ledger {redact_url(ledger_location(ledger))}, "
+                  f"runs {runs_dir}); Ctrl-C stops it", markup=False)
     uvicorn.run(web, host=host, port=port, log_level="warning", server_header=False)
