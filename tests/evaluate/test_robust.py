@@ -368,3 +368,6 @@ def test_trades_rejects_bad_input():
     x, y = images(4)
     with pytest.raises(DataError, match="tuple or list"):
         TradesLoss(AttackConfig(eps=0.1))(small_cnn(), {"x": x, "y": y})
+
+
+# --- weight averaging ------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ See :class:`Event` for the loop as pseudocode and ``docs/train.md`` for the guid
 
 from __future__ import annotations
 
+from nnforge.train._averaging import WeightAverage
 from nnforge.train._batches import TensorBatches, shard_batch
 from nnforge.train._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nnforge.train._config import EarlyStopping, TrainConfig
@@ -22,6 +23,7 @@ from nnforge.train._progress import ProgressBar
 from nnforge.train._schedule import lr_factor
 
 __all__ = [
+    "WeightAverage",
     "fit",
     "TrainConfig",
     "EarlyStopping",

@@ -8,7 +8,8 @@ training callback, and seeded text perturbations with a text classifier's robust
     from nnforge.evaluate.robust import perturb_texts, text_robustness
     report = text_robustness(predict, texts, labels, rate=0.05)        # accuracy and flip rate per perturbation
 
-Adversarial training: ``fit(..., callbacks=[AdversarialTraining(AttackConfig(eps=0.1, steps=7))])``.
+Adversarial training: ``fit(..., callbacks=[AdversarialTraining(AttackConfig(eps=0.1, steps=7))])``; add
+``nnforge.train.WeightAverage(decay=0.995)`` to the callbacks to end on an average of the weights (less robust overfitting).
 """
 
 from __future__ import annotations
