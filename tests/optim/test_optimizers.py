@@ -160,8 +160,19 @@ def test_orthogonalize_flattens_the_spectrum() -> None:
     assert float(s.min()) > 0.3 and float(s.max()) < 1.6
 
 
+def test_polar_express_flattens_the_spectrum_more_than_muons_quintic() -> None:
+    torch.manual_seed(0)
+    stack = torch.randn(3, 16, 48) * torch.logspace(-2, 1, 48)
+    spread = {}
+    for name in ("jordan", "polar-express"):
+        s = torch.linalg.svdvals(orthogonalize(stack, dtype=torch.float32, coefficients=name))
+        spread[name] = float((s - 1).abs().max())
+    assert spread["polar-express"] < 0.5 * spread["jordan"]
+    assert spread["polar-express"] < 0.2
+
+
 @pytest.mark.parametrize("options", [{"rest": "soap"}, {"row_norm": True}, {"cautious": True},
-                                     {"split_fused": 1, "nesterov": False}])
+                                     {"split_fused": 1, "nesterov": False}, {"ns_coefficients": "polar-express"}])
 def test_batched_muon_variants_learn_and_round_trip(options: dict[str, object]) -> None:
     import copy
 
@@ -186,3 +197,20 @@ def test_batched_muon_variants_learn_and_round_trip(options: dict[str, object]) 
     twin_opt = build_optimizer("batched-muon", twin, lr=0.02, adamw_lr=1e-2, **options)
     twin_opt.load_state_dict(saved[1])
     assert run(twin, twin_opt, 25) == last
+
+
+def test_normuon_steps_every_hidden_matrix_by_adamws_rms() -> None:
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 24), (16, 16)]
+    params = [nn.Parameter(torch.randn(*s)) for s in shapes]
+    before = [p.detach().clone() for p in params]
+    opt = build_optimizer("normuon", params, lr=0.01, weight_decay=0.0)
+    assert all(g["row_norm"] for g in opt.param_groups)
+    for p in params:
+        p.grad = torch.randn_like(p) * torch.logspace(-2, 1, p.shape[0])[:, None]  # very uneven rows
+    opt.step()
+    for p, b in zip(params, before, strict=True):
+        delta = (p.detach() - b).reshape(p.shape[0], -1)
+        torch.testing.assert_close(delta.square().mean().sqrt(), torch.tensor(0.2 * 0.01), rtol=1e-3, atol=0)
+        row_rms = delta.square().mean(dim=1).sqrt()
+        assert float(row_rms.max() / row_rms.min()) < 1.01  # NorMuon: every neuron moves by the same RMS

@@ -5,9 +5,9 @@
     opt = build_optimizer("soap", model.parameters(), lr=3e-3, precondition_frequency=10)
 
 torch's own AdamW, Adafactor and Muon (as a Muon + AdamW hybrid) are registered beside nnforge's SOAP,
-Schedule-Free AdamW, Prodigy, Lion, Sophia, AdamW with hypergradient descent and Batched Muon. Every
-option is validated by the optimizer's config class; mistakes raise :class:`~nnforge.errors.ConfigError`
-naming the option. See ``docs/optim.md``.
+Schedule-Free AdamW, Prodigy, Lion, Sophia, AdamW with hypergradient descent, Batched Muon and NorMuon
+(Batched Muon with per-neuron normalisation). Every option is validated by the optimizer's config class;
+mistakes raise :class:`~nnforge.errors.ConfigError` naming the option. See ``docs/optim.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from nnforge.optim import muon as _muon  # noqa: F401  (registers "muon")
 from nnforge.optim._groups import param_groups_for
 from nnforge.optim._hybrid import HybridOptimizer
 from nnforge.optim._registry import OPTIMIZERS, OptimizerSpec, build_optimizer, optimizer_names
-from nnforge.optim.batched_muon import BatchedMuon, BatchedMuonConfig
+from nnforge.optim.batched_muon import BatchedMuon, BatchedMuonConfig, NorMuonConfig
 from nnforge.optim.hypergradient import AdamWHD, AdamWHDConfig
 from nnforge.optim.lion import Lion, LionConfig
 from nnforge.optim.prodigy import Prodigy, ProdigyConfig
@@ -39,6 +39,7 @@ __all__ = [
     "BatchedMuonConfig",
     "Lion",
     "LionConfig",
+    "NorMuonConfig",
     "Prodigy",
     "ProdigyConfig",
     "SOAP",

@@ -19,7 +19,9 @@ Newton–Schulz iteration. What differs from ``torch.optim.Muon``:
   matrices: on the char-GPT this reaches a given loss in fewer steps than orthogonalising the whole
   ``(3n, n)`` matrix (``split_fused=1`` reproduces torch's Muon);
 - options: ``row_norm=True`` adds NorMuon's per-row normalisation (Li et al. 2025, "NorMuon: Making
-  Muon more efficient and scalable"); ``rest="soap"`` trains the non-matrix part with SOAP.
+  Muon more efficient and scalable"; registered with it on as ``normuon``, :class:`NorMuonConfig`);
+  ``ns_coefficients="polar-express"`` swaps Muon's fixed quintic for Polar Express's per-iteration ones
+  (Amsel et al. 2025); ``rest="soap"`` trains the non-matrix part with SOAP.
 
 Groups carry ``use_muon``: True for the Muon rule (``lr`` on AdamW's scale), False for the rest.
 """
@@ -39,9 +41,21 @@ from nnforge.optim._groups import MATRIX_KEY
 from nnforge.optim._registry import register_optimizer
 from nnforge.optim.soap import soap_update
 
-__all__ = ["BatchedMuon", "BatchedMuonConfig", "orthogonalize"]
+__all__ = ["BatchedMuon", "BatchedMuonConfig", "NorMuonConfig", "orthogonalize"]
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# Polar Express (Amsel, Persson, Musco & Gower 2025, "The Polar Express: Optimal Matrix Sign Methods and Their
+# Application to the Muon Algorithm"): one minimax-optimal quintic per iteration, for 5 iterations, with the
+# safety factor 1.02 applied to the normalisation (the coefficients of modded-nanoGPT). Later iterations reuse
+# the last quintic, which is a contraction towards 1.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 1.02
 
 
 @config_type("optim.batched-muon")
@@ -54,6 +68,8 @@ class BatchedMuonConfig(Config):
     ns_steps: PositiveInt = 5
     ns_dtype: Literal["auto", "bfloat16", "float32"] = Field("auto", description="Newton–Schulz precision; auto: "
                                                              "bf16 on GPU, the faster of bf16/fp32 on this CPU")
+    ns_coefficients: Literal["jordan", "polar-express"] = Field(
+        "jordan", description="Newton–Schulz quintics: Muon's fixed one, or Polar Express's per-iteration ones")
     weight_decay: WeightDecay = 0.1
     split_fused: PositiveInt = Field(3, description="orthogonalise (k·n, n) matrices as k (n, n) blocks (fused q, k, v)")
     row_norm: bool = Field(False, description="NorMuon: normalise rows of the orthogonal update by their RMS EMA")
@@ -91,12 +107,23 @@ def ns_dtype_for(device: torch.device, choice: str = "auto") -> torch.dtype:
     return _CPU_NS_DTYPE[0]
 
 
-def orthogonalize(x: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Approximate U Vᵀ of each matrix in a (k, r, c) stack with r <= c (quintic Newton–Schulz in ``dtype``)."""
-    a, b, c = NS_COEFFICIENTS
+def orthogonalize(x: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16,
+                  coefficients: str = "jordan") -> torch.Tensor:
+    """Approximate U Vᵀ of each matrix in a (k, r, c) stack with r <= c (quintic Newton–Schulz in ``dtype``).
+
+    ``coefficients="jordan"`` repeats Muon's fixed quintic (singular values end spread over about 0.7–1.2);
+    ``"polar-express"`` uses a different optimal quintic at each iteration, which drives the singular
+    values much closer to 1 in the same number of matmuls (see ``POLAR_EXPRESS_COEFFICIENTS``).
+    """
     x = x.to(dtype)
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
+    norm = x.norm(dim=(-2, -1), keepdim=True)
+    if coefficients == "polar-express":
+        x = x / (norm * POLAR_EXPRESS_SAFETY).clamp(min=eps)
+        schedule = [POLAR_EXPRESS_COEFFICIENTS[min(i, len(POLAR_EXPRESS_COEFFICIENTS) - 1)] for i in range(steps)]
+    else:
+        x = x / norm.clamp(min=eps)
+        schedule = [NS_COEFFICIENTS] * steps
+    for a, b, c in schedule:
         gram = x @ x.mT  # (k, r, r)
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·A + c·A²
         x = torch.baddbmm(x, poly, x, beta=a)  # a·X + (b·A + c·A²)·X
@@ -111,8 +138,8 @@ def _blocks(p: torch.Tensor, split: int) -> list[torch.Tensor]:
     return [m]
 
 
-def _orthogonal_updates(updates: list[torch.Tensor], split: int, steps: int,
-                        dtype: torch.dtype = torch.bfloat16) -> list[tuple[torch.Tensor, float]]:
+def _orthogonal_updates(updates: list[torch.Tensor], split: int, steps: int, dtype: torch.dtype = torch.bfloat16,
+                        coefficients: str = "jordan") -> list[tuple[torch.Tensor, float]]:
     """Orthogonalise every matrix in ``updates`` (bucketed by shape); return (update, rms-match scale)."""
     pieces = [_blocks(u, split) for u in updates]
     buckets: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -122,7 +149,7 @@ def _orthogonal_updates(updates: list[torch.Tensor], split: int, steps: int,
     out: list[list[torch.Tensor]] = [list(blocks) for blocks in pieces]
     for members in buckets.values():
         stack = torch.stack([_wide(pieces[i][j]) for i, j in members])  # (k, r, c)
-        ortho = orthogonalize(stack, steps, dtype=dtype)
+        ortho = orthogonalize(stack, steps, dtype=dtype, coefficients=coefficients)
         for (i, j), o in zip(members, ortho.unbind(0), strict=True):
             out[i][j] = o if pieces[i][j].shape == o.shape else o.mT
     results = []
@@ -143,10 +170,11 @@ class BatchedMuon(torch.optim.Optimizer):
     """Muon on ``use_muon`` groups, AdamW on the others, in one optimizer (module docstring)."""
 
     def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, ns_dtype: str = "auto", weight_decay: float = 0.1, split_fused: int = 3, row_norm: bool = False,
+                 ns_steps: int = 5, ns_dtype: str = "auto", ns_coefficients: str = "jordan", weight_decay: float = 0.1, split_fused: int = 3, row_norm: bool = False,
                  row_norm_beta: float = 0.95, cautious: bool = False, rest: str = "adamw", betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8) -> None:
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps, "ns_dtype": ns_dtype,
+                    "ns_coefficients": ns_coefficients,
                     "weight_decay": weight_decay, "split_fused": split_fused, "row_norm": row_norm,
                     "row_norm_beta": row_norm_beta, "cautious": cautious, "rest": rest, "betas": betas, "eps": eps, MATRIX_KEY: True,
                     # SOAP's options, read when rest == "soap"
@@ -169,7 +197,8 @@ class BatchedMuon(torch.optim.Optimizer):
         torch._foreach_lerp_(bufs, grads, 1 - mu)
         updates = list(torch._foreach_lerp(grads, bufs, mu)) if group["nesterov"] else bufs
         dtype = ns_dtype_for(params[0].device, group.get("ns_dtype", "auto"))
-        ortho = _orthogonal_updates(updates, group["split_fused"], group["ns_steps"], dtype)
+        ortho = _orthogonal_updates(updates, group["split_fused"], group["ns_steps"], dtype,
+                                    group.get("ns_coefficients", "jordan"))
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)
         for p, g, (u, scale) in zip(params, grads, ortho, strict=True):
@@ -216,8 +245,34 @@ def build_batched_muon(params: list[Any], config: BatchedMuonConfig) -> torch.op
     for g in split_flag(params, MATRIX_KEY):
         groups.append(g if g[MATRIX_KEY] else {"lr": config.adamw_lr, **g})
     return BatchedMuon(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                       ns_steps=config.ns_steps, ns_dtype=config.ns_dtype, weight_decay=config.weight_decay, split_fused=config.split_fused,
+                       ns_steps=config.ns_steps, ns_dtype=config.ns_dtype,
+                       ns_coefficients=config.ns_coefficients, weight_decay=config.weight_decay, split_fused=config.split_fused,
                        row_norm=config.row_norm, row_norm_beta=config.row_norm_beta, cautious=config.cautious,
                        rest=config.rest,
                        betas=config.adamw_betas,
                        eps=config.adamw_eps)
+
+
+@config_type("optim.normuon")
+class NorMuonConfig(BatchedMuonConfig):
+    """Options of ``normuon``: :class:`BatchedMuon` with NorMuon's per-neuron normalisation switched on.
+
+    NorMuon (Li et al. 2025, "NorMuon: Making Muon more efficient and scalable") keeps an EMA of the mean
+    square of each output row (neuron) of the orthogonalised update, divides the row by its root, and rescales
+    the whole update to AdamW's RMS (0.2, Moonlight's rule). Orthogonalisation balances the directions of an
+    update but leaves the neurons' step sizes uneven; the second moment evens them out, as Adam does per entry.
+    Because the update RMS is then exactly 0.2·lr (Muon's quintic leaves it near 0.18·lr), the same lr is a
+    slightly larger step than ``batched-muon``'s. The default lr (5e-3) is the one that did best on the
+    char-GPT benchmark (``benchmarks/optim/charlm.py``, one seed; see ``docs/optim.md``).
+    """
+
+    lr: LR = Field(0.005, description="lr of the matrices (AdamW scale: update RMS = 0.2·lr exactly)")
+    row_norm: bool = Field(True, description="NorMuon: normalise rows of the orthogonal update by their RMS EMA")
+
+
+@register_optimizer("normuon", NorMuonConfig,
+                    "Li, Liu, Liang, Chen & Zhao (2025), NorMuon: Making Muon more efficient and scalable",
+                    matrix_aware=True)
+def build_normuon(params: list[Any], config: NorMuonConfig) -> torch.optim.Optimizer:
+    """:class:`BatchedMuon` with NorMuon's row normalisation (``config.row_norm``, True by default)."""
+    return build_batched_muon(params, config)
