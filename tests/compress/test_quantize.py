@@ -191,3 +191,47 @@ def test_verdicts_are_measured_per_batch_size():
     v = model[0].verdict
     assert set(v) == {1, 4} and out["0"] == v
     assert all(v[b]["quantized_ms"] > 0 and v[b]["fp32_ms"] > 0 and isinstance(v[b]["faster"], bool) for b in v)
+
+
+def test_asymmetric_int4_embeddings_store_zero_points_and_err_less():
+    torch.manual_seed(0)
+    model = Tiny()
+    with torch.no_grad():
+        model.emb.weight.add_(0.5)  # a table that is not centred on 0: a fixed zero point wastes half the grid
+    errors = {}
+    for sym in (True, False):
+        m = copy.deepcopy(model)
+        cfg = WeightOnlyConfig(fmt="int4", group_size=32, embedding_fmt="int4", embedding_group_size=32,
+                               embedding_symmetric=sym)
+        report = quantize_(m, cfg)
+        emb = m.emb
+        assert isinstance(emb, QuantizedEmbedding)
+        assert (emb.packed.zeros is None) == sym
+        errors[sym] = next(c.error for c in report.changed if c.name == "emb")
+        fresh = copy.deepcopy(model)  # the skeleton built from the config has the same buffers
+        apply_(fresh, cfg, skeleton=True)
+        fresh.load_state_dict(m.state_dict())
+        ids = torch.randint(0, 50, (2, 5))
+        with torch.no_grad():
+            assert torch.equal(fresh(ids), m(ids))
+    assert errors[False] < 0.8 * errors[True]
+    with pytest.raises(ConfigError, match="embedding_fmt 'int8' is symmetric only"):
+        WeightOnlyConfig(embedding_fmt="int8", embedding_symmetric=False)
+
+
+def test_gptq_act_order_reaches_the_calibrator():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 32))
+    x = torch.randn(256, 128) * torch.linspace(0.1, 3.0, 128)  # unequal input scales: the column order matters
+    from nnforge.compress.quantize.calibrate import collect_stats, gptq
+
+    hessian = collect_stats(model, [x])["0"].hessian
+    weights = []
+    for act_order in (False, True):
+        q = copy.deepcopy(model)
+        quantize_(q, WeightOnlyConfig(fmt="int4", group_size=32, symmetric=False, calibrator="gptq",
+                                      act_order=act_order), calibration=[x])
+        direct = gptq(model[0].weight, hessian, "int4", 32, symmetric=False, act_order=act_order)
+        assert torch.equal(q[0].packed.dequantize(), direct.dequantize())
+        weights.append(direct.dequantize())
+    assert not torch.equal(*weights)  # the two orders give different weights, so the check above can fail

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nnforge.compress import W8A8Config, WeightOnlyConfig, quantize_
+from nnforge.errors import ConfigError
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -33,6 +34,8 @@ CONFIGS = [WeightOnlyConfig(fmt="int8", group_size=None), WeightOnlyConfig(fmt="
            WeightOnlyConfig(fmt="int3", group_size=64), WeightOnlyConfig(fmt="int2", group_size=64, symmetric=False),
            WeightOnlyConfig(fmt="ternary", group_size=None),
            WeightOnlyConfig(fmt="binary", group_size=None, embedding_fmt="int4", embedding_group_size=32),
+           WeightOnlyConfig(fmt="int4", group_size=32, symmetric=False, embedding_fmt="int4", embedding_group_size=32,
+                            embedding_symmetric=False),
            W8A8Config(smoothing="smoothquant", activations="static")]
 
 
@@ -76,3 +79,34 @@ def test_failed_export_leaves_no_file(tmp_path):
     with pytest.raises(Exception):  # noqa: B017  (wrong input type: torch raises its own error)
         export_onnx(model, tmp_path / "m.onnx", ("not a tensor",))
     assert list(tmp_path.iterdir()) == []
+
+
+def _per_tensor_uint8(x: np.ndarray) -> np.ndarray:
+    """ONNX DynamicQuantizeLinear, then back to float: one asymmetric uint8 scale for the whole tensor."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    s = (hi - lo) / 255
+    z = np.clip(np.round(-lo / s), 0, 255)
+    return (np.clip(np.round(x / s) + z, 0, 255) - z) * s
+
+
+def test_dynamic_w8a8_as_matmulinteger_computes_what_it_says(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    ids = torch.randint(0, 100, (2, 5))
+    quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant"), calibration=[ids])
+    path = export_onnx(model, tmp_path / "m.onnx", (ids,), input_names=["ids"], dynamic_axes={"ids": {0: "b", 1: "t"}},
+                       int8_matmul="integer")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulInteger") == 2 and ops.count("DynamicQuantizeLinear") == 2 and "MatMulNBits" not in ops
+    # the same computation in numpy: smoothing scale, per-tensor uint8 activations, int8 weights, fp32 bias
+    with torch.no_grad():
+        x = model.emb(ids).numpy()
+        for fc in (model.fc1, model.fc2):
+            xs = _per_tensor_uint8(x / fc.input_scale.numpy())
+            x = xs @ fc.packed.dequantize().numpy().T + fc.bias.numpy()
+            if fc is model.fc1:
+                x = np.maximum(x, 0)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids.numpy()})[0]
+    assert np.abs(out - x).max() < 1e-3 * np.abs(x).max()
+    with pytest.raises(ConfigError, match="int8_matmul"):
+        export_onnx(model, tmp_path / "n.onnx", (ids,), int8_matmul="int8")

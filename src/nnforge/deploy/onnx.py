@@ -12,6 +12,15 @@ How each packed layer is written (nothing is dequantized to fp32 on the way, exc
   {0, 2}). ``accuracy_level=4`` lets ONNX Runtime quantize activations to int8 inside the kernel, as our
   own kernels do. An AWQ / SmoothQuant input scale becomes a ``Mul`` before it; static W8A8 activations a
   ``QuantizeLinear`` → ``DequantizeLinear`` pair with the calibrated scale.
+- with ``int8_matmul="integer"``, a dynamic W8A8 ``QuantizedLinear`` (int8, per-row scales,
+  ``act_quant="dynamic"``) → the standard integer pattern that ONNX Runtime's own ``quantize_dynamic``
+  writes: ``DynamicQuantizeLinear`` (uint8 activations, one scale per tensor) → ``MatMulInteger`` with
+  the int8 weight ``(K, N)`` → ``Cast`` → ``Mul`` by activation scale × per-column weight scales → ``Add``
+  bias. ONNX Runtime fuses it into
+  ``DynamicQuantizeMatMul`` (its fastest int8 CPU path); the SmoothQuant scale stays a ``Mul`` before it.
+  One activation scale per tensor is coarser than PyTorch's per-token rounding (and than MatMulNBits'
+  per-block rounding at ``accuracy_level=4``): faster, less faithful — on MiniLM, the FFN down-projections
+  (whose [CLS] token carries a 5-7x outlier channel) lose the most.
 - :class:`~nnforge.compress.QuantizedEmbedding` → ``Gather`` of the packed rows (the same bytes as in
   PyTorch), unpacked with ``BitShift`` and dequantized with standard ops.
 - :class:`~nnforge.compress.QuantizedConv2d` → a plain ``Conv`` with the dequantized fp32 kernel.
@@ -27,7 +36,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -128,6 +137,46 @@ class _ExportNBits(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+class _DynamicInt8MatMulFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w_kn: torch.Tensor, w_scale: torch.Tensor,  # type: ignore[override]
+                w_ref: torch.Tensor) -> torch.Tensor:
+        return x @ w_ref.T
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, w_kn: Any, w_scale: Any, w_ref: Any) -> Any:
+        xq, xs, xz = g.op("DynamicQuantizeLinear", x, outputs=3)
+        wz = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
+        acc = g.op("MatMulInteger", xq, w_kn, xz, wz)  # int32
+        scale = g.op("Mul", xs, w_scale)  # (N,): activation scale × per-column weight scale
+        return g.op("Mul", g.op("Cast", acc, to_i=1), scale)  # to float32
+
+
+class _ExportDynamicInt8(nn.Module):
+    """A dynamic W8A8 QuantizedLinear for export: ``MatMulInteger`` on uint8 activations and int8 weights."""
+
+    def __init__(self, q: QuantizedLinear) -> None:
+        super().__init__()
+        w = q.packed
+        scales = w.scales.float()[:, 0]  # (N,) one scale per output channel
+        codes = torch.round(w.dequantize() / scales[:, None]).clamp(-128, 127)
+        self.register_buffer("w_kn", codes.to(torch.int8).T.contiguous())  # (K, N), as MatMulInteger wants
+        self.register_buffer("w_scale", scales.contiguous())
+        self.w_ref = q.packed.dequantize()  # not a buffer: used by the eager forward during tracing only
+        self.inv_scale = None if q.input_scale is None else nn.Buffer(1.0 / q.input_scale.detach().clone())
+        self.bias = None if q.bias is None else nn.Buffer(q.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inv_scale is not None:
+            x = x * self.inv_scale
+        y = _DynamicInt8MatMulFn.apply(x, self.w_kn, self.w_scale, self.w_ref)
+        return y + self.bias if self.bias is not None else y
+
+
+def _is_dynamic_w8a8(q: QuantizedLinear) -> bool:
+    return q.act_quant == "dynamic" and q.fmt == "int8" and q.group_size is None
+
+
 class _QDQFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
@@ -142,11 +191,12 @@ class _QDQFn(torch.autograd.Function):
 
 class _ExportEmbedding(nn.Module):
     """A QuantizedEmbedding for export: the packed bytes themselves, unpacked per looked-up row with
-    ``BitShift`` and standard arithmetic, so the file keeps the packed size (0.5 byte per int4 weight)."""
+    ``BitShift`` and standard arithmetic, so the file keeps the packed size (0.5 byte per int4 weight). Scales
+    stay fp16 and zero points uint8, as in PyTorch, and are cast to fp32 only for the rows looked up."""
 
     data: torch.Tensor
     scales: torch.Tensor
-    zeros: torch.Tensor
+    zeros: torch.Tensor | None
 
     def __init__(self, q: QuantizedEmbedding) -> None:
         super().__init__()
@@ -154,29 +204,35 @@ class _ExportEmbedding(nn.Module):
         spec = w.spec
         ng = w.scales.shape[1]
         self.register_buffer("data", w.data.clone())  # (N, Kp * bits / 8), layout v1 (docs/kernels.md)
-        self.register_buffer("scales", w.scales.float())
-        zeros = w.zeros.float() if w.zeros is not None else torch.full((w.N, ng), spec.z_symmetric)
-        self.register_buffer("zeros", zeros)
+        self.register_buffer("scales", w.scales.clone())  # fp16
+        self.register_buffer("zeros", None if w.zeros is None else w.zeros.clone())  # uint8
+        self.z_symmetric = float(spec.z_symmetric)
         self.amul, self.ng, self.G, self.K, self.bits = spec.amul, ng, w.group, w.K, spec.bits
         self.planes = 8 // spec.bits
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.data[ids]  # (..., nbytes) uint8
-        blocks = rows.reshape(*ids.shape, -1, 1, 64)  # (..., nblocks, 1, 64)
-        planes = []
-        for p in range(self.planes):  # code of plane p = (x >> p·bits) - ((x >> (p+1)·bits) << bits)
-            hi = blocks >> ((p + 1) * self.bits) if (p + 1) * self.bits < 8 else torch.zeros_like(blocks)
-            planes.append((blocks >> (p * self.bits)) - (hi << self.bits) if p else blocks - (hi << self.bits))
-        codes = torch.cat(planes, dim=-2).float().reshape(*ids.shape, self.ng, self.G)
-        w = (codes * self.amul - self.zeros[ids].unsqueeze(-1)) * self.scales[ids].unsqueeze(-1)
+        if self.planes == 1:  # int8: one code per byte, nothing to unpack
+            codes = rows.float().reshape(*ids.shape, self.ng, self.G)
+        else:
+            blocks = rows.reshape(*ids.shape, -1, 1, 64)  # (..., nblocks, 1, 64)
+            planes = []
+            for p in range(self.planes):  # code of plane p = (x >> p·bits) - ((x >> (p+1)·bits) << bits)
+                hi = blocks >> ((p + 1) * self.bits) if (p + 1) * self.bits < 8 else torch.zeros_like(blocks)
+                planes.append((blocks >> (p * self.bits)) - (hi << self.bits) if p else blocks - (hi << self.bits))
+            codes = torch.cat(planes, dim=-2).float().reshape(*ids.shape, self.ng, self.G)
+        z = self.zeros[ids].float().unsqueeze(-1) if self.zeros is not None else self.z_symmetric
+        w = (codes * self.amul - z) * self.scales[ids].float().unsqueeze(-1)
         return w.reshape(*ids.shape, self.ng * self.G)[..., : self.K]
 
 
-def _for_export(model: nn.Module, accuracy_level: int) -> nn.Module:
+def _for_export(model: nn.Module, accuracy_level: int, int8_matmul: str = "nbits") -> nn.Module:
     model = copy.deepcopy(model).eval()
     mod: Any
     for name, mod in list(model.named_modules()):
-        if isinstance(mod, QuantizedLinear):
+        if isinstance(mod, QuantizedLinear) and int8_matmul == "integer" and _is_dynamic_w8a8(mod):
+            set_child(model, name, _ExportDynamicInt8(mod))
+        elif isinstance(mod, QuantizedLinear):
             set_child(model, name, _ExportNBits(mod, accuracy_level))
         elif isinstance(mod, QuantizedEmbedding):
             set_child(model, name, _ExportEmbedding(mod))
@@ -195,12 +251,15 @@ def _for_export(model: nn.Module, accuracy_level: int) -> nn.Module:
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: tuple[Any, ...], *,
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 17,
-                accuracy_level: int = 4) -> Path:
+                accuracy_level: int = 4, int8_matmul: Literal["nbits", "integer"] = "nbits") -> Path:
     """Export ``model`` (fp32 or quantized by nnforge) to an ONNX file that ONNX Runtime runs.
 
     Args:
         example_inputs: positional inputs for one forward pass (used for tracing).
         accuracy_level: MatMulNBits compute type (4: int8 activations; 0/1: fp32).
+        int8_matmul: how dynamic W8A8 layers are written: ``nbits`` (MatMulNBits, 8-bit codes, activations
+            rounded per block of 128 inside the kernel) or ``integer`` (``DynamicQuantizeLinear`` +
+            ``MatMulInteger``, one activation scale per tensor; what ``quantize_dynamic`` emits, as fast).
 
     Returns:
         The path written. Raises :class:`~nnforge.errors.NnforgeError` if the exported graph fails the checker.
@@ -209,6 +268,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         import onnx
     except ImportError as exc:  # pragma: no cover - the extra is missing
         raise ConfigError("ONNX export needs the onnx extra: pip install 'nnforge[onnx]'") from exc
+    if int8_matmul not in ("nbits", "integer"):
+        raise ConfigError(f"The 'int8_matmul' parameter of export_onnx must be 'nbits' or 'integer'. "
+                          f"Got {int8_matmul!r} instead.")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -216,7 +278,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_for_export(model, accuracy_level), example_inputs, tmp, dynamo=False,
+            torch.onnx.export(_for_export(model, accuracy_level, int8_matmul), example_inputs, tmp, dynamo=False,
                               opset_version=opset, input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
         try:

@@ -30,7 +30,8 @@ _QUANTIZED = (QuantizedLinear, QuantizedEmbedding, QuantizedConv2d)
 
 
 def quantize_matrix(w: torch.Tensor, fmt: str, group_size: int | None, symmetric: bool, calibrator: str,
-                    stats: Any = None, damp: float = 0.01) -> tuple[PackedWeight, torch.Tensor | None]:
+                    stats: Any = None, damp: float = 0.01,
+                    act_order: bool = False) -> tuple[PackedWeight, torch.Tensor | None]:
     """Quantize one ``(N, K)`` matrix with ``calibrator``; returns the packed weight and AWQ's input scale."""
     from nnforge.compress.quantize import calibrate as cal
 
@@ -43,7 +44,7 @@ def quantize_matrix(w: torch.Tensor, fmt: str, group_size: int | None, symmetric
         raise ConfigError(f"calibrator {calibrator!r} needs calibration data: "
                           "quantize_(model, config, calibration=batches)")
     if calibrator == "gptq":
-        return cal.gptq(w, stats.hessian, fmt, group_size, symmetric=symmetric, damp=damp), None
+        return cal.gptq(w, stats.hessian, fmt, group_size, symmetric=symmetric, damp=damp, act_order=act_order), None
     if calibrator in ("awq", "awq+hqq"):
         quantizer = None
         if calibrator == "awq+hqq":
@@ -131,7 +132,7 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
     matrix = weight.reshape(weight.shape[0], -1)
     gs = config.embedding_group_size if is_emb else config.group_size
     group = _group_for(matrix.shape[1], gs)
-    symmetric = config.symmetric or fmt in ("int8", "ternary", "binary") or is_emb
+    symmetric = (config.embedding_symmetric if is_emb else config.symmetric) or fmt in ("int8", "ternary", "binary")
     # GPTQ / AWQ need a Linear's input statistics; embeddings and convs get RTN, or HQQ when asked (data-free)
     data_free = config.calibrator in ("rtn", "hqq")
     calibrator = config.calibrator if isinstance(mod, nn.Linear) or (data_free and not is_emb) else "rtn"
@@ -143,7 +144,8 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
         if calibrator.startswith("awq"):
             scale = torch.ones(matrix.shape[1])
     else:
-        packed, scale = quantize_matrix(matrix, fmt, group, symmetric, calibrator, stats, config.damp)
+        packed, scale = quantize_matrix(matrix, fmt, group, symmetric, calibrator, stats, config.damp,
+                                        config.act_order)
     if is_emb:
         new: Any = QuantizedEmbedding.from_packed(packed, mod.padding_idx)
     elif isinstance(mod, nn.Conv2d):
