@@ -30,15 +30,6 @@ def test_configs_reject_bad_values():
         build("digits-cnn", kernel=5)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """A tiny CNN trains 10-100x faster without intra-op threads competing for a busy machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_cnn_reaches_95_percent_on_digits(one_torch_thread):
     pytest.importorskip("sklearn")
