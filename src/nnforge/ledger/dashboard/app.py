@@ -198,6 +198,13 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
                          session)
         return None
 
+    def open_queue(request: Request, session: Any) -> ReviewQueue | HTMLResponse:
+        """The review queue, or a 503 page when the ledger cannot hold one (e.g. a read-only export)."""
+        try:
+            return ReviewQueue.open(location)
+        except NnforgeError as exc:
+            return error(request, 503, str(exc), session)
+
     @app.get("/favicon.ico")
     def favicon() -> Response:
         return Response(status_code=204)  # no icon; answered so browsers do not log a 404 on every page
@@ -369,10 +376,9 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
             return to_login()
         if status not in (*STATUSES, "all"):
             return error(request, 400, f"status {status!r} is not one of {[*STATUSES, 'all']}", s)
-        try:
-            q = ReviewQueue.open(location)
-        except NnforgeError as exc:  # e.g. a ledger whose backend has no review queue
-            return error(request, 503, str(exc), s)
+        q = open_queue(request, s)
+        if isinstance(q, HTMLResponse):
+            return q
         try:
             items = q.list(None if status == "all" else status)
             stats = q.stats()
@@ -387,10 +393,9 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
         s = session_of(request)
         if s is None:
             return to_login()
-        try:
-            q = ReviewQueue.open(location)
-        except NnforgeError as exc:
-            return error(request, 503, str(exc), s)
+        q = open_queue(request, s)
+        if isinstance(q, HTMLResponse):
+            return q
         try:
             item = q.get(item_id)
         except ConfigError as exc:
@@ -408,10 +413,9 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
             return refused
         if action not in ("approve", "override"):
             return error(request, 400, f"action {action!r} is not one of ['approve', 'override']", s)
-        try:
-            q = ReviewQueue.open(location)
-        except NnforgeError as exc:
-            return error(request, 503, str(exc), s)
+        q = open_queue(request, s)
+        if isinstance(q, HTMLResponse):
+            return q
         try:
             item = q.get(item_id)
             labels = None
