@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from _tiny import images, small_cnn
 from nnforge.config import load_config
 from nnforge.errors import ConfigError, DataError
 from nnforge.evaluate.robust import (
@@ -23,20 +24,9 @@ from nnforge.evaluate.robust import (
     robust_accuracy,
     text_robustness,
 )
-from nnforge.models import build
 from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, default_loss, fit, on
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one intra-op thread is fastest
-
-
-def images(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-
-def small_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return build("digits-cnn", channels=(4, 8), hidden=16)
 
 
 @pytest.fixture(scope="module")

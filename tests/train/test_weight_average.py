@@ -6,20 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from _tiny import images, small_cnn
 from nnforge.errors import ConfigError
-from nnforge.models import build
 from nnforge.train import Event, TensorBatches, TrainConfig, WeightAverage, fit, on
-
-
-def images(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-
-def small_cnn(seed: int = 0) -> nn.Module:
-    """A CNN with batch norm, so that buffers are averaged too."""
-    torch.manual_seed(seed)
-    return build("digits-cnn", channels=(4, 8), hidden=16)
 
 
 def _snapshots(n_steps: int, callbacks: list, seed: int = 0) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
