@@ -235,3 +235,52 @@ def test_gptq_act_order_reaches_the_calibrator():
         assert torch.equal(q[0].packed.dequantize(), direct.dequantize())
         weights.append(direct.dequantize())
     assert not torch.equal(*weights)  # the two orders give different weights, so the check above can fail
+
+
+class SharedInput(nn.Module):
+    """Three projections of one input (like query/key/value) and one of another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(64, 32), nn.Linear(64, 32), nn.Linear(64, 32)
+        self.out = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.q(x) * self.k(x) + self.v(x))
+
+
+def test_w8a8_smoothquant_gives_layers_that_share_an_input_one_scale():
+    torch.manual_seed(0)
+    model = SharedInput()
+    outlier = torch.ones(64)
+    outlier[:3] = 25.0
+    calib = [torch.randn(16, 64) * outlier for _ in range(3)]
+    from nnforge.compress.quantize.calibrate import collect_stats
+
+    stats = collect_stats(model, calib)
+    assert stats["k"].shared_with == "q" and stats["v"].shared_with == "q"
+    assert stats["q"].shared_with is None and stats["out"].shared_with is None
+    quantize_(model, W8A8Config(smoothing="smoothquant"), calibration=calib)
+    assert torch.equal(model.q.input_scale, model.k.input_scale) and torch.equal(model.q.input_scale, model.v.input_scale)
+    assert not torch.equal(model.q.input_scale, torch.ones(64))  # the outlier channels did move
+
+
+def test_w8a8_gptq_weights_beat_rtn_on_layer_output():
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    mix = torch.randn(16, 128)  # correlated input channels: where GPTQ's error feedback pays
+
+    def inputs(n: int) -> torch.Tensor:
+        return torch.randn(n, 16) @ mix + 0.05 * torch.randn(n, 128)
+
+    calib = [inputs(64) for _ in range(4)]
+    x = inputs(256)
+    errs = {}
+    for cal in ("rtn", "gptq"):
+        m = nn.Sequential(copy.deepcopy(lin))
+        quantize_(m, W8A8Config(smoothing="none", calibrator=cal), calibration=calib)
+        w = m[0].packed.dequantize()
+        errs[cal] = float((x @ w.T - x @ lin.weight.detach().T).norm())
+    assert errs["gptq"] < 0.8 * errs["rtn"]
+    with pytest.raises(ConfigError, match="calibration"):
+        quantize_(nn.Sequential(nn.Linear(8, 8)), W8A8Config(smoothing="none", calibrator="gptq"))

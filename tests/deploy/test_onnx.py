@@ -110,3 +110,84 @@ def test_dynamic_w8a8_as_matmulinteger_computes_what_it_says(tmp_path):
     assert np.abs(out - x).max() < 1e-3 * np.abs(x).max()
     with pytest.raises(ConfigError, match="int8_matmul"):
         export_onnx(model, tmp_path / "n.onnx", (ids,), int8_matmul="int8")
+
+
+class TinyBert(nn.Module):
+    """A 2-layer BERT (random weights, built offline) as (input_ids, attention_mask) -> last hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=32)
+        self.m = BertModel(cfg, add_pooling_layer=False).eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _bert_batch(b: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 120, (b, t))
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[0, t // 2:] = 0  # the first sequence is padded: the mask must reach the fused attention
+    return ids, mask
+
+
+def _export_bert(model: nn.Module, path, **kwargs):
+    ids, mask = _bert_batch(2, 7)
+    return export_onnx(model, path, (ids, mask), input_names=["ids", "mask"],
+                       dynamic_axes={"ids": {0: "b", 1: "t"}, "mask": {0: "b", 1: "t"}}, **kwargs)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "int8"])
+def test_bert_attention_is_fused_and_computes_the_same(quantized, tmp_path):
+    pytest.importorskip("transformers")
+    model = TinyBert()
+    if quantized:
+        quantize_(model, WeightOnlyConfig(fmt="int8", group_size=None, modules=("linear",)))
+        for mod in model.modules():  # fp32 activations, as ORT at accuracy_level 0
+            if hasattr(mod, "kernel"):
+                mod.kernel = False
+    path = _export_bert(model, tmp_path / "fused.onnx", accuracy_level=0)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops
+    if quantized:  # query, key and value merged: 4 matmuls per layer instead of 6
+        assert ops.count("MatMulNBits") == 2 * 4
+    plain = [n.op_type for n in onnx.load(str(_export_bert(model, tmp_path / "plain.onnx", accuracy_level=0,
+                                                          fuse_attention=False))).graph.node]
+    assert "MultiHeadAttention" not in plain and len(ops) < len(plain) - 40
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    torch.manual_seed(1)
+    for b, t in ((2, 7), (3, 11), (1, 4)):  # other batch sizes and lengths than the traced ones
+        ids, mask = _bert_batch(b, t)
+        with torch.no_grad():
+            ref = model(ids, mask).numpy()
+        out = sess.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})[0]
+        assert np.abs(out - ref).max() < 1e-4
+
+
+def test_w8a8_bert_export_merges_smoothed_qkv_and_routes_per_module(tmp_path):
+    pytest.importorskip("transformers")
+    model = TinyBert()
+    calib = [_bert_batch(4, 9) for _ in range(2)]
+    quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant", calibrator="gptq"), calibration=calib)
+    att = model.m.encoder.layer[0].attention.self
+    assert torch.equal(att.query.input_scale, att.value.input_scale)  # one SmoothQuant scale for q, k, v
+    path = _export_bert(model, tmp_path / "m.onnx", block_size=32,
+                        int8_matmul={"*[0-9].output.dense": "nbits", "*": "integer"})
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # per layer: merged q/k/v, attention output and FFN up as MatMulInteger; FFN down as MatMulNBits
+    assert ops.count("MatMulInteger") == 2 * 3 and ops.count("MatMulNBits") == 2
+    ids, mask = _bert_batch(3, 8)
+    with torch.no_grad():
+        ref = model(ids, mask).numpy().ravel()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"ids": ids.numpy(), "mask": mask.numpy()})[0].ravel()
+    assert float(out @ ref / np.linalg.norm(out) / np.linalg.norm(ref)) > 0.999
+    with pytest.raises(ConfigError, match="block_size"):
+        _export_bert(model, tmp_path / "n.onnx", block_size=48)
+    with pytest.raises(ConfigError, match="int8_matmul"):
+        _export_bert(model, tmp_path / "n.onnx", int8_matmul={"*": "int4"})
+    assert not (tmp_path / "n.onnx").exists()

@@ -26,7 +26,10 @@ class LayerStats:
     ``hessian``: float64 ``(K, K)``, ``sum_t x_t x_tᵀ / n`` (GPTQ's proxy Hessian up to the factor 2, which
     the relative damping makes irrelevant); ``n``: number of tokens; ``abs_mean`` / ``abs_max``: float32
     ``(K,)`` per-input-channel ``mean |x|`` (AWQ) and ``max |x|`` (SmoothQuant); ``sample``: float32
-    ``(<= sample_rows, K)``, a uniform random subset of the input rows (without replacement).
+    ``(<= sample_rows, K)``, a uniform random subset of the input rows (without replacement);
+    ``shared_with``: the name of an earlier module that received the very same input tensor in the first
+    calibration batch (the key and value projections of an attention block share the query's input), else
+    ``None`` — what SmoothQuant needs to give such layers one scale.
     """
 
     hessian: torch.Tensor
@@ -34,6 +37,7 @@ class LayerStats:
     abs_mean: torch.Tensor
     abs_max: torch.Tensor
     sample: torch.Tensor
+    shared_with: str | None = None
 
 
 class _Accumulator:
@@ -123,17 +127,29 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence
     generator = torch.Generator().manual_seed(seed)
     accs = {name: _Accumulator(m.in_features, sample_rows, generator) for name, m in chosen.items()}
 
-    def hook_for(acc: _Accumulator) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
+    first_batch = [True]
+    seen: dict[int, tuple[str, torch.Tensor]] = {}  # id(input) -> first module that got it (tensor kept alive)
+    shared: dict[str, str] = {}
+
+    def hook_for(name: str, acc: _Accumulator) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            acc.add(args[0] if args else kwargs["input"])
+            x = args[0] if args else kwargs["input"]
+            if first_batch[0] and name not in shared:
+                owner = seen.setdefault(id(x), (name, x))[0]
+                if owner != name:
+                    shared[name] = owner
+            acc.add(x)
 
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(accs[name]), with_kwargs=True) for name, m in chosen.items()]
+    handles = [m.register_forward_pre_hook(hook_for(name, accs[name]), with_kwargs=True)
+               for name, m in chosen.items()]
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 run(model, batch)
+                first_batch[0] = False
+                seen.clear()
                 if progress:
                     log.info("calibration batch %d done", i + 1)
     finally:
@@ -142,4 +158,7 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence
     silent = [name for name, acc in accs.items() if acc.n == 0]
     if silent:
         raise ConfigError(f"No calibration tokens reached {silent}: pass at least one batch that runs through them.")
-    return {name: acc.result() for name, acc in accs.items()}
+    out = {name: acc.result() for name, acc in accs.items()}
+    for name, owner in shared.items():
+        out[name].shared_with = owner
+    return out

@@ -31,7 +31,10 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                progress: Any = None) -> TransformReport:
     """Replace every Linear by a :class:`QuantizedLinear` with int8 weights and int8 activations.
 
-    Static activation scales and SmoothQuant need ``calibration`` batches (``forward(model, batch)``).
+    Static activation scales and SmoothQuant need ``calibration`` batches (``forward(model, batch)``). Layers
+    that read the very same input tensor (an attention block's query, key and value projections) get one
+    SmoothQuant scale, computed from all their weights as in the SmoothQuant reference: their inputs are then
+    scaled alike, and an exporter can run them as one matmul.
     """
     report = TransformReport(f"w8a8:{config.activations}:{config.smoothing}", config.to_dict())
     targets = []
@@ -42,27 +45,47 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
             targets.append((name, mod))
         elif any(True for _ in mod.parameters(recurse=False)):
             report.skipped.append((name, f"{type(mod).__name__} is not handled by W8A8 (Linear layers are)"))
-    needs_data = config.activations == "static" or config.smoothing != "none"
+    needs_data = config.activations == "static" or config.smoothing != "none" or config.calibrator == "gptq"
     stats: dict[str, Any] = {}
     if needs_data and not skeleton:
         if calibration is None:
-            raise ConfigError("W8A8 with static activations or SmoothQuant needs calibration data: "
+            raise ConfigError("W8A8 with static activations, SmoothQuant or GPTQ needs calibration data: "
                               "quantize_(model, config, calibration=batches)")
         from nnforge.compress.quantize.calibrate import collect_stats
 
         stats = collect_stats(model, calibration, modules=[n for n, _ in targets], forward=forward)
     smooth = config.smoothing == "smoothquant"
+    joint: dict[str, torch.Tensor] = {}  # module name -> the SmoothQuant scale of its shared-input group
+    if smooth and not skeleton:
+        from nnforge.compress.quantize.calibrate import smooth_scales
+
+        groups: dict[str, list[str]] = {}
+        names = {n for n, _ in targets}
+        for name, _ in targets:
+            owner = stats[name].shared_with
+            groups.setdefault(owner if owner in names else name, []).append(name)
+        mods = dict(targets)
+        for owner, members in groups.items():
+            w_all = torch.cat([mods[n].weight.detach().float() for n in members])
+            s_group = smooth_scales(stats[owner].abs_max, w_all, config.alpha)
+            joint.update({n: s_group for n in members})
     replacements = []
     for i, (name, mod) in enumerate(targets):
         w = mod.weight.detach().float()
         scale = None
         if smooth:
-            scale = torch.ones(w.shape[1])
-            if not skeleton:
-                from nnforge.compress.quantize.calibrate import smooth_scales
+            scale = joint[name] if not skeleton else torch.ones(w.shape[1])
+        w_in = w * scale if scale is not None else w
+        if config.calibrator == "gptq" and not skeleton:
+            from nnforge.compress.quantize.calibrate import gptq
 
-                scale = smooth_scales(stats[name].abs_max, w, config.alpha)
-        packed = quantize_weight(w * scale if scale is not None else w, "int8", None)
+            h = stats[name].hessian
+            if scale is not None:  # the layer sees x / s: H of the smoothed inputs is diag(1/s) H diag(1/s)
+                inv = 1.0 / scale.double()
+                h = h * inv[:, None] * inv[None, :]
+            packed = gptq(w_in, h, "int8", None, damp=config.damp)
+        else:
+            packed = quantize_weight(w_in, "int8", None)
         new = QuantizedLinear.from_packed(packed, mod.bias, input_scale=scale, kernel=config.kernel,
                                           act_quant=config.activations)
         if config.activations == "static" and not skeleton and new.act_scale is not None:
@@ -70,7 +93,7 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
             new.act_scale.fill_(float(amax.max()) / 127.0)
         err = 0.0 if skeleton else relative_error(w, new.dequantize())
         report.changed.append(ModuleChange(name, "Linear", tensor_bytes(mod.weight, mod.bias), new.nbytes, err,
-                                           f"int8 row, int8 {config.activations} activations"
+                                           f"int8 row ({config.calibrator}), int8 {config.activations} activations"
                                            + (f", smoothquant alpha {config.alpha}" if smooth else "")))
         replacements.append((name, new))
         if progress:
