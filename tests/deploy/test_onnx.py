@@ -155,6 +155,9 @@ def test_bert_attention_is_fused_and_computes_the_same(quantized, tmp_path):
     assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops
     if quantized:  # query, key and value merged: 4 matmuls per layer instead of 6
         assert ops.count("MatMulNBits") == 2 * 4
+        graph = onnx.load(str(path)).graph  # scales stored as fp16 (exact), cast back when ORT loads the file
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        assert all(made_by.get(n.input[2]) == "Cast" for n in graph.node if n.op_type == "MatMulNBits")
     plain = [n.op_type for n in onnx.load(str(_export_bert(model, tmp_path / "plain.onnx", accuracy_level=0,
                                                           fuse_attention=False))).graph.node]
     assert "MultiHeadAttention" not in plain and len(ops) < len(plain) - 40

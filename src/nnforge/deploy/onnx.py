@@ -395,6 +395,35 @@ def _for_export(model: nn.Module, accuracy_level: int, int8_matmul: str | Mappin
     return model
 
 
+def _fp16_scales(path: str) -> None:
+    """Store MatMulNBits scales as fp16 initializers + a ``Cast`` when fp16 holds them exactly (they come
+    from our fp16 scales): ONNX Runtime folds the Cast when it loads the file, so the numbers and the speed
+    are unchanged and the file loses 2 bytes per block (0.66 MB on int4 g32 MiniLM)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    casts = []
+    for node in graph.node:
+        name = node.input[2] if node.op_type == "MatMulNBits" and len(node.input) > 2 else ""
+        if name not in inits:
+            continue
+        a = numpy_helper.to_array(inits[name])
+        a16 = a.astype(np.float16)
+        if a.dtype != np.float32 or not np.array_equal(a16.astype(np.float32), a):
+            continue
+        graph.initializer.remove(inits.pop(name))
+        graph.initializer.append(numpy_helper.from_array(a16, f"{name}_fp16"))
+        casts.append(onnx.helper.make_node("Cast", [f"{name}_fp16"], [name], to=onnx.TensorProto.FLOAT))
+    if casts:
+        for cast in reversed(casts):
+            graph.node.insert(0, cast)
+        onnx.save(model, path)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: tuple[Any, ...], *,
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 17,
@@ -443,8 +472,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             export_model = _for_export(model, accuracy_level, int8_matmul, block_size, fuse_attention)
-            torch.onnx.export(export_model, example_inputs, tmp, dynamo=False, opset_version=opset, input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+            torch.onnx.export(export_model, example_inputs, tmp, dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+        _fp16_scales(tmp)
         try:
             onnx.checker.check_model(tmp)
         except Exception as exc:
