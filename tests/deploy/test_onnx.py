@@ -115,13 +115,13 @@ def test_dynamic_w8a8_as_matmulinteger_computes_what_it_says(tmp_path):
 class TinyBert(nn.Module):
     """A 2-layer BERT (random weights, built offline) as (input_ids, attention_mask) -> last hidden state."""
 
-    def __init__(self) -> None:
+    def __init__(self, attn: str = "sdpa") -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
 
         torch.manual_seed(0)
         cfg = BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=32)
+                         intermediate_size=128, max_position_embeddings=32, attn_implementation=attn)
         self.m = BertModel(cfg, add_pooling_layer=False).eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -141,10 +141,11 @@ def _export_bert(model: nn.Module, path, **kwargs):
                        dynamic_axes={"ids": {0: "b", 1: "t"}, "mask": {0: "b", 1: "t"}}, **kwargs)
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "int8"])
-def test_bert_attention_is_fused_and_computes_the_same(quantized, tmp_path):
+@pytest.mark.parametrize(("quantized", "attn"), [(False, "sdpa"), (True, "sdpa"), (False, "eager")],
+                         ids=["fp32", "int8", "fp32-eager-mask"])
+def test_bert_attention_is_fused_and_computes_the_same(quantized, attn, tmp_path):
     pytest.importorskip("transformers")
-    model = TinyBert()
+    model = TinyBert(attn)  # sdpa masks are boolean, eager ones additive floats
     if quantized:
         quantize_(model, WeightOnlyConfig(fmt="int8", group_size=None, modules=("linear",)))
         for mod in model.modules():  # fp32 activations, as ORT at accuracy_level 0
