@@ -284,3 +284,9 @@ def test_w8a8_gptq_weights_beat_rtn_on_layer_output():
     assert errs["gptq"] < 0.8 * errs["rtn"]
     with pytest.raises(ConfigError, match="calibration"):
         quantize_(nn.Sequential(nn.Linear(8, 8)), W8A8Config(smoothing="none", calibrator="gptq"))
+
+
+def test_w8a8_with_nothing_to_quantize_changes_nothing():
+    model = nn.Sequential(nn.Linear(8, 8))
+    report = quantize_(model, W8A8Config(calibrator="gptq"), filter=lambda name, mod: False)
+    assert not report.changed and isinstance(model[0], nn.Linear)  # no calibration asked for, none needed

@@ -47,7 +47,7 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
             report.skipped.append((name, f"{type(mod).__name__} is not handled by W8A8 (Linear layers are)"))
     needs_data = config.activations == "static" or config.smoothing != "none" or config.calibrator == "gptq"
     stats: dict[str, Any] = {}
-    if needs_data and not skeleton:
+    if needs_data and not skeleton and targets:
         if calibration is None:
             raise ConfigError("W8A8 with static activations, SmoothQuant or GPTQ needs calibration data: "
                               "quantize_(model, config, calibration=batches)")
