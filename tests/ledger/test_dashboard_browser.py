@@ -92,6 +92,7 @@ def browser(tmp_path):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
+    driver.implicitly_wait(10)  # a click that submits a form returns before the next page is there
     yield driver
     driver.quit()
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
@@ -99,18 +100,26 @@ def browser(tmp_path):
 
 def test_reviewer_logs_in_and_approves_an_item_in_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from nnforge.ledger import Ledger
 
+    def wait_for_url(expected: str) -> None:  # fails with a TimeoutException naming nothing: say what we waited for
+        try:
+            WebDriverWait(browser, 10).until(EC.url_to_be(expected))
+        except Exception:
+            pytest.fail(f"the browser did not reach {expected} within 10 s (at {browser.current_url})")
+
     url = server["url"]
     browser.get(url + "/review")
-    assert browser.current_url == url + "/login"  # no session: sent to the login form
+    wait_for_url(url + "/login")  # no session: sent to the login form
     browser.find_element(By.ID, "token").send_keys("not-the-token")
     browser.find_element(By.ID, "login").click()
     assert "not valid" in browser.find_element(By.ID, "error").text
     browser.find_element(By.ID, "token").send_keys(server["token"])
     browser.find_element(By.ID, "login").click()
-    assert browser.current_url == url + "/"
+    wait_for_url(url + "/")
     assert RUN in browser.find_element(By.ID, "runs").text
     # the session cookie is not readable by scripts (HttpOnly)
     assert browser.execute_script("return document.cookie") == ""
@@ -123,7 +132,7 @@ def test_reviewer_logs_in_and_approves_an_item_in_chromium(server, browser, tmp_
     form.find_element(By.NAME, "note").send_keys("reads like Richard III")
     form.find_element(By.NAME, "approve").click()
 
-    assert browser.current_url == url + "/review/1"
+    wait_for_url(url + "/review/1")
     assert browser.find_element(By.ID, "status").text == "approved"
     assert "approved by ana" in browser.find_element(By.ID, "decision").text
     shot = tmp_path / "dashboard-approved.png"
