@@ -236,6 +236,9 @@ class _ExportEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.data[ids]  # (..., nbytes) uint8
+        if self.planes == 1 and self.ng == 1 and self.G == self.K and self.amul == 1:  # int8, one scale per row:
+            z = self.zeros[ids].float() if self.zeros is not None else self.z_symmetric  # no reshapes to trace
+            return (rows.float() - z) * self.scales[ids].float()
         if self.planes == 1:  # int8: one code per byte, nothing to unpack
             codes = rows.float().reshape(*ids.shape, self.ng, self.G)
         else:
