@@ -9,9 +9,10 @@ How each packed layer is written (nothing is dequantized to fp32 on the way, exc
 - :class:`~nnforge.compress.QuantizedLinear` (int8, int4, int3, int2, ternary, binary; any group size) →
   ``com.microsoft.MatMulNBits`` with 8-, 4- or 2-bit codes, per-block fp32 scales and uint8 zero points
   (int3 codes use the 4-bit layout; ternary and binary use 2-bit codes with zero point 1, binary as codes
-  {0, 2}; per-row weights in blocks of ``block_size``). ``accuracy_level=4`` lets ONNX Runtime quantize activations to int8 inside the kernel, as our
-  own kernels do. An AWQ / SmoothQuant input scale becomes a ``Mul`` before it; static W8A8 activations a
-  ``QuantizeLinear`` → ``DequantizeLinear`` pair with the calibrated scale.
+  {0, 2}; per-row weights in blocks of ``block_size``). ``accuracy_level=4`` lets ONNX Runtime quantize
+  activations to int8 inside the kernel, as our own kernels do. An AWQ / SmoothQuant input scale becomes a
+  ``Mul`` before it; static W8A8 activations a ``QuantizeLinear`` → ``DequantizeLinear`` pair with the
+  calibrated scale.
 - with ``int8_matmul="integer"``, a dynamic W8A8 ``QuantizedLinear`` (int8, per-row scales,
   ``act_quant="dynamic"``) → the standard integer pattern that ONNX Runtime's own ``quantize_dynamic``
   writes: ``DynamicQuantizeLinear`` (uint8 activations, one scale per tensor) → ``MatMulInteger`` with

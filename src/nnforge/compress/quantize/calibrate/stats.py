@@ -4,6 +4,7 @@ AWQ and SmoothQuant need, and a sample of input rows to measure a layer's output
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,15 +129,19 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence
     accs = {name: _Accumulator(m.in_features, sample_rows, generator) for name, m in chosen.items()}
 
     first_batch = [True]
-    seen: dict[int, tuple[str, torch.Tensor]] = {}  # id(input) -> first module that got it (tensor kept alive)
+    # id(input) -> the first module that got it; a weak reference tells a live tensor from a new one that
+    # reuses a freed tensor's id, without keeping the first batch's activations in memory
+    seen: dict[int, tuple[str, weakref.ref[torch.Tensor]]] = {}
     shared: dict[str, str] = {}
 
     def hook_for(name: str, acc: _Accumulator) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x = args[0] if args else kwargs["input"]
             if first_batch[0] and name not in shared:
-                owner = seen.setdefault(id(x), (name, x))[0]
-                if owner != name:
+                owner, ref = seen.get(id(x), (name, None))
+                if ref is None or ref() is not x:
+                    seen[id(x)] = (name, weakref.ref(x))
+                elif owner != name:
                     shared[name] = owner
             acc.add(x)
 
