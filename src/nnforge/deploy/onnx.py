@@ -345,8 +345,9 @@ def _route(name: str, q: QuantizedLinear, int8_matmul: str | Mapping[str, str]) 
     return "integer" if how == "integer" and _is_dynamic_w8a8(q) else "nbits"
 
 
-def _linear_export(q: QuantizedLinear, route: str, accuracy_level: int, block_size: int | None) -> nn.Module:
-    return _ExportDynamicInt8([q]) if route == "integer" else _ExportNBits([q], accuracy_level, block_size)
+def _linear_export(qs: list[QuantizedLinear], route: str, accuracy_level: int, block_size: int | None) -> nn.Module:
+    """The export module of one QuantizedLinear, or of several that read the same input (outputs concatenated)."""
+    return _ExportDynamicInt8(qs) if route == "integer" else _ExportNBits(qs, accuracy_level, block_size)
 
 
 def _merged_projection(mods: list[nn.Module], routes: list[str], accuracy_level: int,
@@ -370,7 +371,7 @@ def _merged_projection(mods: list[nn.Module], routes: list[str], accuracy_level:
            or not _same(q.input_scale, first.input_scale) or not _same(q.act_scale, first.act_scale)
            for q, r in zip(qs, routes, strict=True)):
         return None
-    return _ExportDynamicInt8(qs) if routes[0] == "integer" else _ExportNBits(qs, accuracy_level, block_size)
+    return _linear_export(qs, routes[0], accuracy_level, block_size)
 
 
 def _for_export(model: nn.Module, accuracy_level: int, int8_matmul: str | Mapping[str, str] = "nbits",
@@ -387,12 +388,12 @@ def _for_export(model: nn.Module, accuracy_level: int, int8_matmul: str | Mappin
                       for n, p in zip(("query", "key", "value"), projs, strict=True)]
             qkv = _merged_projection(projs, routes, accuracy_level, block_size)
             parts = [] if qkv is not None else [
-                _linear_export(p, r, accuracy_level, block_size) if isinstance(p, QuantizedLinear) else p
+                _linear_export([p], r, accuracy_level, block_size) if isinstance(p, QuantizedLinear) else p
                 for p, r in zip(projs, routes, strict=True)]
             set_child(model, name, _ExportSelfAttention(mod, qkv, parts, masks))
     for name, mod in list(model.named_modules()):
         if isinstance(mod, QuantizedLinear):
-            set_child(model, name, _linear_export(mod, _route(name, mod, int8_matmul), accuracy_level, block_size))
+            set_child(model, name, _linear_export([mod], _route(name, mod, int8_matmul), accuracy_level, block_size))
         elif isinstance(mod, QuantizedEmbedding):
             set_child(model, name, _ExportEmbedding(mod))
         elif isinstance(mod, QuantizedConv2d):
@@ -455,7 +456,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         block_size: MatMulNBits block length for weights with one scale per row (int8 weight-only and W8A8):
             a power of two >= 16, default 128. At ``accuracy_level=4`` ONNX Runtime rounds activations per
             block, so a smaller block is more faithful (on MiniLM, 64 instead of 128: NN agreement 0.91 →
-            0.955) and the file a little larger (one fp32 scale per block). Grouped weights use their group.
+            0.955) and the file a little larger (one fp16 scale per block). Grouped weights use their group.
         fuse_attention: write BERT-family self-attention blocks (``query``/``key``/``value`` projections and
             ``num_attention_heads``: BERT, RoBERTa, MiniLM, ...) as one merged query/key/value projection and
             a ``com.microsoft.MultiHeadAttention`` node. Other modules are exported as traced.
@@ -467,8 +468,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         import onnx
     except ImportError as exc:  # pragma: no cover - the extra is missing
         raise ConfigError("ONNX export needs the onnx extra: pip install 'nnforge[onnx]'") from exc
-    routes = [int8_matmul] if isinstance(int8_matmul, str) else list(int8_matmul.values()) \
-        if isinstance(int8_matmul, Mapping) else [int8_matmul]
+    routes = list(int8_matmul.values()) if isinstance(int8_matmul, Mapping) else [int8_matmul]
     if any(r not in ("nbits", "integer") for r in routes):
         raise ConfigError(f"The 'int8_matmul' parameter of export_onnx must be 'nbits', 'integer' or a mapping of "
                           f"module-name patterns to them. Got {int8_matmul!r} instead.")
