@@ -1,4 +1,5 @@
-"""Compile ``qgemv.cpp`` with the machine's C++ compiler at first use, cache it, and load it with ctypes.
+"""Compile ``qgemv.cpp`` (or another nnforge C++ source) with the machine's C++ compiler at first use, cache it,
+and load it with ctypes.
 
 The shared library is built once per (source, compiler, flags, CPU) into
 ``$NNFORGE_CACHE/kernels/<hash>/`` (default ``~/.cache/nnforge/kernels/<hash>/``), written to a temporary
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from nnforge.errors import ConfigError
 
-__all__ = ["load_library", "requested_isa", "ISA_NAMES", "cache_root"]
+__all__ = ["load_library", "compile_library", "requested_isa", "ISA_NAMES", "cache_root"]
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,25 @@ def _compiler_id(cxx: str) -> str:
         return cxx
 
 
-def _build(cxx: str, flags: list[str]) -> Path:
-    """Compile (or find in the cache) the shared library for these flags; returns its path."""
-    src = b"".join(f.read_bytes() for f in [SOURCE, *sorted(SOURCE.parent.glob("*.h"))])
+def _build(cxx: str, flags: list[str], source: Path = SOURCE) -> Path:
+    """Compile (or find in the cache) the shared library of ``source`` for these flags; returns its path.
+
+    ``source`` may include the headers beside ``qgemv.cpp`` (``thread_pool.h``): that folder is on the
+    include path and its headers are part of the cache key.
+    """
+    headers = sorted({*SOURCE.parent.glob("*.h"), *source.parent.glob("*.h")})
+    src = b"".join(f.read_bytes() for f in [source, *headers])
     cpu = "".join(sorted(_native_macros(cxx)))
     key = hashlib.sha256(b"\0".join([src, _compiler_id(cxx).encode(), " ".join(flags).encode(), cpu.encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     out_dir = cache_root() / "kernels" / key
-    lib = out_dir / "libnnf_qgemv.so"
+    lib = out_dir / f"libnnf_{source.stem}.so"
     if lib.exists():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".build-", suffix=".so")
     os.close(fd)
-    cmd = [cxx, *_BASE_FLAGS, *flags, str(SOURCE), "-o", tmp]
+    cmd = [cxx, *_BASE_FLAGS, *flags, f"-I{SOURCE.parent}", str(source), "-o", tmp]
     log.info("compiling nnforge kernels: %s", " ".join(cmd))
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -115,8 +121,6 @@ def _build(cxx: str, flags: list[str]) -> Path:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    lib.nnf_isa.restype = i
-    lib.nnf_isa.argtypes = []
     lib.nnf_qgemm.restype = i
     lib.nnf_qgemm.argtypes = [vp, i, i, vp, vp, vp, f, f, i, i, i, i, vp, i]
     return lib
@@ -129,6 +133,18 @@ def load_library(isa: str | None = None) -> tuple[ctypes.CDLL | None, str]:
 
 @functools.lru_cache(maxsize=8)
 def _load(choice: str) -> tuple[ctypes.CDLL | None, str]:
+    lib, name = compile_library(SOURCE, choice)
+    return (None, "torch") if lib is None else (_bind(lib), name)
+
+
+@functools.lru_cache(maxsize=16)
+def compile_library(source: Path, isa: str | None = None) -> tuple[ctypes.CDLL | None, str]:
+    """Build (or load from the cache) ``source`` for the requested ISA; ``(None, "torch")`` on any failure.
+
+    The library must export ``int nnf_isa(void)`` (2: AVX-512 VNNI, 1: AVX2, 0: scalar); the caller binds
+    the rest of its entry points.
+    """
+    choice = requested_isa(isa)
     if choice == "torch":
         return None, "torch"
     cxx = _compiler()
@@ -140,8 +156,10 @@ def _load(choice: str) -> tuple[ctypes.CDLL | None, str]:
         log.warning("this CPU/compiler cannot build the %s kernels: falling back to pure torch", choice)
         return None, "torch"
     try:
-        lib = _bind(ctypes.CDLL(str(_build(cxx, flags))))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        log.warning("nnforge kernels unavailable, falling back to pure torch: %s", e)
+        lib = ctypes.CDLL(str(_build(cxx, flags, source)))
+        lib.nnf_isa.restype = ctypes.c_int
+        lib.nnf_isa.argtypes = []
+    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+        log.warning("nnforge kernels (%s) unavailable, falling back to pure torch: %s", source.name, e)
         return None, "torch"
     return lib, ISA_NAMES.get(lib.nnf_isa(), "scalar")
