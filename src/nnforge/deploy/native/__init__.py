@@ -1,0 +1,10 @@
+"""Native runtimes: whole quantized models in one compiled call (see docs/compress.md, "Native runtime").
+
+>>> from nnforge.deploy.native import NativeEncoder   # an int8 BERT-family encoder, AVX-512 VNNI
+"""
+
+from __future__ import annotations
+
+from nnforge.deploy.native.encoder import NativeEncoder
+
+__all__ = ["NativeEncoder"]

@@ -1,0 +1,394 @@
+// nnforge native runtime for int8 BERT-family encoders: the whole forward pass (embeddings, every layer's
+// q/k/v, attention, output projection, LayerNorms, GELU feed-forward) in one C call, no framework
+// dispatch between the ~25 operations of a layer.
+//
+// Compiled at first use by nnforge.compress.quantize.kernels._build (g++ -O3, -march chosen at run time),
+// loaded with ctypes. nnforge.deploy.native.encoder builds the structs below from a quantized model.
+//
+// Linear layers: y = ((x * inv_smooth) @ W.T) * wscale + bias with W int8 per output row, stored as unsigned
+// codes u = w + 128 in VNNI tiles: tile t (16 output rows) holds, for every 4 consecutive k, 64 bytes
+// [row 0: k..k+3][row 1: k..k+3]...[row 15]. Activations are rounded to int8 per token and per block of 64
+// inputs (codes round(v * 127 / absmax), half to even, sx = absmax / 127); each block's integer dot product
+// is accumulated in int32 and scaled into fp32 at the block's end:
+//   y = ws * sum_b sx_b * (sum_k u_k xq_k - 128 * sum_k xq_k).
+//
+// ISA: AVX-512 VNNI (vpdpbusd, 6 tokens x 32 outputs per register tile) or portable C++.
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <sched.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define NNF_ISA 2
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define NNF_ISA 1
+#else
+#define NNF_ISA 0
+#endif
+
+extern "C" {
+struct NnfLinear {
+  const uint8_t* w;       // (N / 16, K / 4, 16, 4) codes
+  const float* wscale;    // (N,)
+  const float* bias;      // (N,) or null
+  const float* inv_smooth;  // (K,) or null: 1 / SmoothQuant scale, multiplies the input first
+  int N, K;               // N % 16 == 0, K % 64 == 0
+};
+
+struct NnfLayer {
+  NnfLinear qkv, out, up, down;  // qkv: query, key, value rows stacked (N = 3H)
+  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+};
+
+struct NnfEncoder {
+  const float* word;            // (V, H) fp32, or null when word_codes is set
+  const uint8_t* word_codes;    // (V, H) codes u = w + 128, one scale per row
+  const float* word_scale;      // (V,)
+  const float* pos;             // (P, H)
+  const float* type;            // (n_types, H)
+  const float *ln_w, *ln_b;
+  const NnfLayer* layers;
+  int V, P, n_types, H, heads, n_layers, I;
+  float eps;
+};
+}
+
+namespace {
+
+#include "thread_pool.h"
+
+constexpr int KB = 64;  // activation block
+
+// ------------------------------------------------------------------------------------------- activations
+struct QAct {
+  std::vector<int8_t> q;   // (M, K)
+  std::vector<float> s;    // (M, K / KB)
+  std::vector<int32_t> sum;
+  void resize(int M, int K) {
+    q.resize((size_t)M * K);
+    s.resize((size_t)M * (K / KB));
+    sum.resize((size_t)M * (K / KB));
+  }
+};
+
+// int8 codes round_half_even(x * inv_smooth * (127 / absmax)) per (row, block of 64); s = absmax / 127
+void quantize_blocks(const float* x, int M, int K, const float* inv_smooth, QAct& a) {
+  const int nb = K / KB;
+  a.resize(M, K);
+  for (int m = 0; m < M; m++) {
+    for (int b = 0; b < nb; b++) {
+      const float* xr = x + (size_t)m * K + b * KB;
+      int8_t* q = a.q.data() + (size_t)m * K + b * KB;
+      const size_t i = (size_t)m * nb + b;
+#if NNF_ISA == 2
+      __m512 v[4];
+      __m512 mx = _mm512_setzero_ps();
+      for (int j = 0; j < 4; j++) {
+        v[j] = _mm512_loadu_ps(xr + 16 * j);
+        if (inv_smooth) v[j] = _mm512_mul_ps(v[j], _mm512_loadu_ps(inv_smooth + b * KB + 16 * j));
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(v[j]));
+      }
+      const float amax = _mm512_reduce_max_ps(mx);
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      const __m512 vi = _mm512_set1_ps(inv);
+      __m512i tot = _mm512_setzero_si512();
+      for (int j = 0; j < 4; j++) {
+        // |v * inv| <= 127 up to rounding: the clamp only guards the last ulp
+        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v[j], vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
+        const __m512i qi = _mm512_cvtps_epi32(r);
+        tot = _mm512_add_epi32(tot, qi);
+        _mm_storeu_si128((__m128i*)(q + 16 * j), _mm512_cvtepi32_epi8(qi));
+      }
+      a.s[i] = amax > 0.f ? amax / 127.f : 1.f;
+      a.sum[i] = _mm512_reduce_add_epi32(tot);
+#else
+      float v[KB];
+      float amax = 0.f;
+      for (int k = 0; k < KB; k++) {
+        v[k] = inv_smooth ? xr[k] * inv_smooth[b * KB + k] : xr[k];
+        const float av = v[k] < 0.f ? -v[k] : v[k];
+        amax = av > amax ? av : amax;
+      }
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int32_t sum = 0;
+      for (int k = 0; k < KB; k++) {
+        float r = std::nearbyint(v[k] * inv);  // default rounding mode: half to even, as torch.round
+        r = r > 127.f ? 127.f : (r < -127.f ? -127.f : r);
+        q[k] = (int8_t)r;
+        sum += (int32_t)r;
+      }
+      a.s[i] = amax > 0.f ? amax / 127.f : 1.f;
+      a.sum[i] = sum;
+#endif
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------- GEMM
+struct Gemm {
+  const QAct* a;
+  const NnfLinear* L;
+  int M;
+  float* y;  // (M, N)
+  int tiles_per_chunk, n_tiles;  // tiles of 32 outputs (16 for a last odd one)
+};
+
+#if NNF_ISA == 2
+template <int MT, int NT>
+void tile_vnni(const Gemm& g, int m0, int n0) {
+  const int K = g.L->K, nb = K / KB, k4s = K / 4;
+  __m512 accf[MT][NT];
+  __m512i acc[MT][NT];
+  for (int m = 0; m < MT; m++)
+    for (int j = 0; j < NT; j++) accf[m][j] = _mm512_setzero_ps();
+  const uint8_t* wt[NT];
+  for (int j = 0; j < NT; j++) wt[j] = g.L->w + ((size_t)(n0 / 16 + j) * k4s) * 64;
+  const int8_t* xq = g.a->q.data() + (size_t)m0 * K;
+  for (int b = 0; b < nb; b++) {
+    for (int m = 0; m < MT; m++)
+      for (int j = 0; j < NT; j++) acc[m][j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int kk = 0; kk < KB / 4; kk++) {
+      const int k4 = b * (KB / 4) + kk;
+      __m512i wv[NT];
+      for (int j = 0; j < NT; j++) wv[j] = _mm512_loadu_si512(wt[j] + (size_t)k4 * 64);
+      for (int m = 0; m < MT; m++) {
+        int32_t x4;
+        std::memcpy(&x4, xq + (size_t)m * K + k4 * 4, 4);
+        const __m512i xb = _mm512_set1_epi32(x4);
+        for (int j = 0; j < NT; j++) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], wv[j], xb);
+      }
+    }
+    for (int m = 0; m < MT; m++) {
+      const size_t i = (size_t)(m0 + m) * nb + b;
+      const __m512 s = _mm512_set1_ps(g.a->s[i]);
+      const __m512i c = _mm512_set1_epi32(128 * g.a->sum[i]);
+      for (int j = 0; j < NT; j++)
+        accf[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[m][j], c)), s, accf[m][j]);
+    }
+  }
+  const int N = g.L->N;
+  for (int j = 0; j < NT; j++) {
+    const __m512 ws = _mm512_loadu_ps(g.L->wscale + n0 + 16 * j);
+    const __m512 bias = g.L->bias ? _mm512_loadu_ps(g.L->bias + n0 + 16 * j) : _mm512_setzero_ps();
+    for (int m = 0; m < MT; m++)
+      _mm512_storeu_ps(g.y + (size_t)(m0 + m) * N + n0 + 16 * j, _mm512_fmadd_ps(accf[m][j], ws, bias));
+  }
+}
+
+template <int NT>
+void tiles_m(const Gemm& g, int n0) {
+  // split M into near-equal tiles of at most 6 tokens (6 x 2 x 2 accumulators fit the 32 registers)
+  const int nt = (g.M + 5) / 6;
+  int m0 = 0;
+  for (int t = 0; t < nt; t++) {
+    const int mt = (g.M - m0) / (nt - t);
+    switch (mt) {
+      case 1: tile_vnni<1, NT>(g, m0, n0); break;
+      case 2: tile_vnni<2, NT>(g, m0, n0); break;
+      case 3: tile_vnni<3, NT>(g, m0, n0); break;
+      case 4: tile_vnni<4, NT>(g, m0, n0); break;
+      case 5: tile_vnni<5, NT>(g, m0, n0); break;
+      default: tile_vnni<6, NT>(g, m0, n0); break;
+    }
+    m0 += mt;
+  }
+}
+#endif
+
+// portable: the same arithmetic, one output at a time
+void cols_scalar(const Gemm& g, int n0, int n1) {
+  const int K = g.L->K, nb = K / KB, k4s = K / 4, N = g.L->N;
+  for (int n = n0; n < n1; n++) {
+    const uint8_t* wt = g.L->w + (size_t)(n / 16) * k4s * 64 + (n % 16) * 4;
+    for (int m = 0; m < g.M; m++) {
+      const int8_t* xq = g.a->q.data() + (size_t)m * K;
+      float acc = 0.f;
+      for (int b = 0; b < nb; b++) {
+        int32_t d = 0;
+        for (int k = b * KB; k < (b + 1) * KB; k++) d += (int32_t)wt[(size_t)(k / 4) * 64 + k % 4] * xq[k];
+        const size_t i = (size_t)m * nb + b;
+        acc += (float)(d - 128 * g.a->sum[i]) * g.a->s[i];
+      }
+      g.y[(size_t)m * N + n] = acc * g.L->wscale[n] + (g.L->bias ? g.L->bias[n] : 0.f);
+    }
+  }
+}
+
+void gemm_chunk(const void* ctx, int c) {
+  const Gemm& g = *static_cast<const Gemm*>(ctx);
+  const int t0 = c * g.tiles_per_chunk;
+  const int t1 = t0 + g.tiles_per_chunk < g.n_tiles ? t0 + g.tiles_per_chunk : g.n_tiles;
+  for (int t = t0; t < t1; t++) {
+    const int n0 = 32 * t, width = g.L->N - n0 >= 32 ? 32 : 16;
+#if NNF_ISA == 2
+    if (width == 32) tiles_m<2>(g, n0); else tiles_m<1>(g, n0);
+#else
+    cols_scalar(g, n0, n0 + width);
+#endif
+  }
+}
+
+void linear(const NnfLinear& L, const float* x, int M, float* y, QAct& qa, int nthreads) {
+  quantize_blocks(x, M, L.K, L.inv_smooth, qa);
+  Gemm g{&qa, &L, M, y, 1, (L.N + 31) / 32};
+  int chunks = g.n_tiles < 4 * nthreads ? g.n_tiles : 4 * nthreads;
+  g.tiles_per_chunk = (g.n_tiles + chunks - 1) / chunks;
+  chunks = (g.n_tiles + g.tiles_per_chunk - 1) / g.tiles_per_chunk;
+  if (nthreads > 1 && chunks > 1) parallel_chunks(gemm_chunk, &g, chunks, nthreads);
+  else for (int c = 0; c < chunks; c++) gemm_chunk(&g, c);
+}
+
+// ------------------------------------------------------------------------------------- other operations
+// x = LayerNorm(x + r) row by row (r may be null)
+void add_layernorm(float* x, const float* r, int M, int H, const float* w, const float* b, float eps) {
+  for (int m = 0; m < M; m++) {
+    float* xr = x + (size_t)m * H;
+    if (r) {
+      const float* rr = r + (size_t)m * H;
+#pragma omp simd
+      for (int k = 0; k < H; k++) xr[k] += rr[k];
+    }
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (int k = 0; k < H; k++) mean += xr[k];
+    mean /= (float)H;
+    float var = 0.f;
+#pragma omp simd reduction(+ : var)
+    for (int k = 0; k < H; k++) var += (xr[k] - mean) * (xr[k] - mean);
+    const float inv = 1.f / std::sqrt(var / (float)H + eps);
+#pragma omp simd
+    for (int k = 0; k < H; k++) xr[k] = (xr[k] - mean) * inv * w[k] + b[k];
+  }
+}
+
+// exact-erf GELU; erf from a rational approximation (|error| < 5e-7 in fp32, vectorises)
+void gelu(float* x, size_t n) {
+  constexpr float a13 = -2.72614225801306e-10f, a11 = 2.77068142495902e-08f, a9 = -2.10102402082508e-06f,
+                  a7 = -5.69250639462346e-05f, a5 = -7.34990630326855e-04f, a3 = -2.95459980854025e-03f,
+                  a1 = -1.60960333262415e-02f, b8 = -1.45660718464996e-05f, b6 = -2.13374055278905e-04f,
+                  b4 = -1.68282697438203e-03f, b2 = -7.37332916720468e-03f, b0 = -1.42647390514189e-02f;
+#pragma omp simd
+  for (size_t i = 0; i < n; i++) {
+    float z = x[i] * 0.70710678118654752f;
+    z = z > 4.f ? 4.f : (z < -4.f ? -4.f : z);
+    const float z2 = z * z;
+    float p = a13;
+    p = p * z2 + a11; p = p * z2 + a9; p = p * z2 + a7; p = p * z2 + a5; p = p * z2 + a3; p = p * z2 + a1;
+    float q = b8;
+    q = q * z2 + b6; q = q * z2 + b4; q = q * z2 + b2; q = q * z2 + b0;
+    x[i] = 0.5f * x[i] * (1.f + z * p / q);
+  }
+}
+
+struct Attn {
+  const float* qkv;        // (B * T, 3H)
+  const int64_t* mask;     // (B, T) or null
+  float* ctx;              // (B * T, H)
+  int B, T, H, heads;
+};
+
+void attn_task(const void* p, int t) {
+  const Attn& a = *static_cast<const Attn*>(p);
+  const int b = t / a.heads, h = t % a.heads, dh = a.H / a.heads, ld = 3 * a.H;
+  const float scale = 1.f / std::sqrt((float)dh);
+  float sc_stack[512];
+  std::vector<float> sc_heap(a.T > 512 ? a.T : 0);
+  float* sc = a.T > 512 ? sc_heap.data() : sc_stack;
+  const float* base = a.qkv + (size_t)b * a.T * ld;
+  for (int i = 0; i < a.T; i++) {
+    const float* q = base + (size_t)i * ld + h * dh;
+    float mx = -FLT_MAX;
+    for (int j = 0; j < a.T; j++) {
+      const float* k = base + (size_t)j * ld + a.H + h * dh;
+      float d = 0.f;
+#pragma omp simd reduction(+ : d)
+      for (int e = 0; e < dh; e++) d += q[e] * k[e];
+      // as HF: masked keys get the most negative float added (a fully masked row stays uniform)
+      sc[j] = d * scale + (a.mask && a.mask[(size_t)b * a.T + j] == 0 ? -FLT_MAX : 0.f);
+      mx = sc[j] > mx ? sc[j] : mx;
+    }
+    float tot = 0.f;
+    for (int j = 0; j < a.T; j++) { sc[j] = std::exp(sc[j] - mx); tot += sc[j]; }
+    float* o = a.ctx + ((size_t)b * a.T + i) * a.H + h * dh;
+    for (int e = 0; e < dh; e++) o[e] = 0.f;
+    for (int j = 0; j < a.T; j++) {
+      const float pj = sc[j] / tot;
+      const float* v = base + (size_t)j * ld + 2 * a.H + h * dh;
+#pragma omp simd
+      for (int e = 0; e < dh; e++) o[e] += pj * v[e];
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int nnf_isa(void) { return NNF_ISA; }
+
+// One linear layer (for tests): y (M, N) = quantised x (M, K) through L.
+int nnf_linear(const NnfLinear* L, const float* x, int M, float* y, int nthreads) {
+  if (M < 1 || L->N % 16 || L->K % KB || L->N < 16) return -1;
+  QAct qa;
+  linear(*L, x, M, y, qa, nthreads < 1 ? 1 : nthreads);
+  return 0;
+}
+
+// Last hidden state out (B, T, H) for input ids, attention mask (or null) and token types (or null).
+// Returns 0, or a negative code: -1 bad shapes, -2 an id out of range.
+int nnf_encoder_forward(const NnfEncoder* e, const int64_t* ids, const int64_t* mask, const int64_t* types,
+                        int B, int T, float* out, int nthreads) {
+  if (B < 1 || T < 1 || T > e->P || e->H % e->heads || e->H % KB) return -1;
+  if (nthreads < 1) nthreads = 1;
+  const int M = B * T, H = e->H;
+  for (int i = 0; i < M; i++) {
+    if (ids[i] < 0 || ids[i] >= e->V) return -2;
+    if (types && (types[i] < 0 || types[i] >= e->n_types)) return -2;
+  }
+  float* x = out;  // the hidden state lives in the output buffer
+  for (int i = 0; i < M; i++) {
+    float* xr = x + (size_t)i * H;
+    const float* p = e->pos + (size_t)(i % T) * H;
+    const float* ty = e->type + (size_t)(types ? types[i] : 0) * H;
+    if (e->word_codes) {
+      const uint8_t* u = e->word_codes + (size_t)ids[i] * H;
+      const float s = e->word_scale[ids[i]];
+      for (int k = 0; k < H; k++) xr[k] = s * ((float)u[k] - 128.f) + ty[k] + p[k];
+    } else {
+      const float* w = e->word + (size_t)ids[i] * H;
+      for (int k = 0; k < H; k++) xr[k] = w[k] + ty[k] + p[k];
+    }
+  }
+  add_layernorm(x, nullptr, M, H, e->ln_w, e->ln_b, e->eps);
+  std::vector<float> qkv((size_t)M * 3 * H), ctx((size_t)M * H), tmp((size_t)M * H), mid((size_t)M * e->I);
+  QAct qa;
+  for (int l = 0; l < e->n_layers; l++) {
+    const NnfLayer& L = e->layers[l];
+    linear(L.qkv, x, M, qkv.data(), qa, nthreads);
+    Attn at{qkv.data(), mask, ctx.data(), B, T, H, e->heads};
+    if (nthreads > 1 && B * e->heads > 1) parallel_chunks(attn_task, &at, B * e->heads, nthreads);
+    else for (int t = 0; t < B * e->heads; t++) attn_task(&at, t);
+    linear(L.out, ctx.data(), M, tmp.data(), qa, nthreads);
+    add_layernorm(x, tmp.data(), M, H, L.ln1_w, L.ln1_b, e->eps);
+    linear(L.up, x, M, mid.data(), qa, nthreads);
+    gelu(mid.data(), mid.size());
+    linear(L.down, mid.data(), M, tmp.data(), qa, nthreads);
+    add_layernorm(x, tmp.data(), M, H, L.ln2_w, L.ln2_b, e->eps);
+  }
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,159 @@
+"""The native int8 encoder runtime: the compiled linear kernel against a torch model of its arithmetic, the whole
+encoder against the quantized PyTorch module, the portable build against the AVX-512 one, and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, quantize_
+from nnforge.compress.quantize.kernels import backend
+from nnforge.deploy.native import NativeEncoder
+from nnforge.deploy.native.encoder import linear_forward
+from nnforge.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(backend() == "torch", reason="no C++ compiler: the native runtime is not built")
+ISAS = ["scalar"] + (["avx512"] if backend() == "avx512vnni" else [])
+
+
+def _reference(layer, x: torch.Tensor) -> torch.Tensor:
+    """What the kernel is documented to compute: int8 activations per (row, block of 64), int8 weights per row."""
+    if layer.input_scale is not None:
+        x = x * (1.0 / layer.input_scale)
+    M, K = x.shape
+    v = x.view(M, K // 64, 64)
+    amax = v.abs().amax(-1, keepdim=True)
+    q = torch.round(v * torch.where(amax > 0, 127.0 / amax, torch.zeros(()))).clamp(-127, 127)
+    s = torch.where(amax > 0, amax / 127.0, torch.ones(()))
+    w = layer.packed.data[:, :K].float() - 128.0  # (N, K)
+    blocks = torch.einsum("mbk,nbk->mnb", q.double(), w.view(-1, K // 64, 64).double())  # exact integers
+    y = (blocks * s.view(M, 1, -1).double()).sum(-1) * layer.packed.scales[:, 0].double()
+    return (y + layer.bias.double() if layer.bias is not None else y).float()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(("M", "N", "K"), [(1, 48, 64), (13, 96, 384), (7, 16, 128), (40, 64, 192)])
+def test_linear_kernel_computes_the_documented_arithmetic(isa, M, N, K):
+    torch.manual_seed(M + N)
+    lin = nn.Linear(K, N)
+    x = torch.randn(M, K) * torch.linspace(0.1, 4.0, K)  # uneven channels, as real activations
+    x[0, :64] = 0.0  # an all-zero block takes the scale-1 path
+    model = nn.Sequential(lin)
+    quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant"), calibration=[x], forward=lambda m, b: m(b))
+    layer = model[0]
+    assert layer.input_scale is not None  # the smoothing path is exercised
+    got = linear_forward(layer, x, isa=isa, num_threads=2)
+    want = _reference(layer, x)
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+
+
+class TinyBert(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                         max_position_embeddings=32, type_vocab_size=2)
+        self.m = BertModel(cfg, add_pooling_layer=False).eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+
+def _batch(b: int = 3, t: int = 11) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[0, t // 2:] = 0  # padding must reach the attention
+    return {"input_ids": torch.randint(0, 120, (b, t), generator=g), "attention_mask": mask,
+            "token_type_ids": torch.randint(0, 2, (b, t), generator=g)}
+
+
+def _quantized(int8_embedding: bool = True) -> TinyBert:
+    pytest.importorskip("transformers")
+    model = TinyBert()
+    cal = [_batch(4, 16) for _ in range(2)]
+    fwd = lambda m, b: m(**b)  # noqa: E731
+    quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant"), calibration=cal, forward=fwd)
+    if int8_embedding:
+        from nnforge.compress import WeightOnlyConfig
+
+        quantize_(model, WeightOnlyConfig(modules=("embedding",), embedding_fmt="int8"))
+    return model
+
+
+def _token_cos(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)[mask.bool()]
+
+
+@pytest.mark.parametrize("int8_embedding", [True, False], ids=["int8-emb", "fp32-emb"])
+def test_encoder_matches_the_quantized_pytorch_module(int8_embedding):
+    model = _quantized(int8_embedding)
+    fp32 = TinyBert()
+    b = _batch()
+    with torch.inference_mode():
+        want, ref = model(**b), fp32(**b)
+    got = NativeEncoder(model.m)(**b)
+    assert got.shape == want.shape
+    # activation rounding differs (per token in PyTorch, per block of 64 here): close, and as close to fp32
+    assert _token_cos(got, want, b["attention_mask"]).min() > 0.999
+    assert _token_cos(got, ref, b["attention_mask"]).mean() >= _token_cos(want, ref, b["attention_mask"]).mean() - 1e-3
+    # each sequence is computed on its own: padding the batch does not change a sequence's valid tokens
+    alone = NativeEncoder(model.m)(**{k: v[:1, :5] for k, v in b.items()})
+    torch.testing.assert_close(alone, got[:1, :5], rtol=1e-4, atol=1e-4)
+
+
+def test_portable_build_computes_what_the_avx512_one_does():
+    if "avx512" not in ISAS:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    model = _quantized()
+    b = _batch()
+    fast, slow = NativeEncoder(model.m, isa="avx512"), NativeEncoder(model.m, isa="scalar")
+    assert (fast.backend, slow.backend) == ("native-avx512vnni", "native-scalar")
+    torch.testing.assert_close(fast(**b), slow(**b), rtol=1e-4, atol=1e-4)
+
+
+def test_without_compiled_code_the_module_runs():
+    model = _quantized()
+    enc = NativeEncoder(model.m, isa="torch")
+    assert enc.backend == "torch"
+    b = _batch()
+    with torch.inference_mode():
+        torch.testing.assert_close(enc(**b), model(**b))
+
+
+def test_weight_only_int8_layers_run_too():
+    pytest.importorskip("transformers")
+    model = TinyBert()
+    quantize_(model, Int8WeightOnlyConfig())
+    b = _batch()
+    with torch.inference_mode():
+        want = model(**b)
+    assert _token_cos(NativeEncoder(model.m)(**b), want, b["attention_mask"]).min() > 0.999
+
+
+def test_bad_models_and_inputs_are_named():
+    pytest.importorskip("transformers")
+    with pytest.raises(ConfigError, match="BERT-family"):
+        NativeEncoder(nn.Sequential(nn.Linear(4, 4)))
+    fp32 = TinyBert()
+    with pytest.raises(ConfigError, match=r"encoder.layer.0.attention.self.\(query, key, value\)\[0\] is Linear"):
+        NativeEncoder(fp32.m)
+    model = _quantized()
+    other = copy.deepcopy(model)
+    other.m.encoder.layer[1].attention.self.key.input_scale.mul_(2)
+    with pytest.raises(ConfigError, match="different SmoothQuant scales"):
+        NativeEncoder(other.m)
+    enc = NativeEncoder(model.m)
+    b = _batch()
+    with pytest.raises(ConfigError, match="out of range"):
+        enc(b["input_ids"] + 200, b["attention_mask"])
+    with pytest.raises(ConfigError, match="32 positions"):
+        enc(torch.zeros(1, 40, dtype=torch.long))
+    with pytest.raises(ConfigError, match="attention_mask has shape"):
+        enc(b["input_ids"], b["attention_mask"][:, :3])
+    with pytest.raises(ConfigError, match="2-D integer"):
+        enc(b["input_ids"].float())
