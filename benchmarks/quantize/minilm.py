@@ -13,8 +13,10 @@ Size: bytes of every file the variant needs (safetensors for nnforge in PyTorch,
 
 Peers: torch fp32, ONNX Runtime fp32, torch ``quantize_dynamic`` int8, ORT ``quantize_dynamic`` int8, ORT
 MatMulNBits int4 (RTN and HQQ, block 32). torchao is not installed here (its wheels pin other torch
-versions), so it is not measured. nnforge variants run natively in PyTorch and through nnforge's ONNX
-export in ONNX Runtime: attention fused (merged query/key/value matmul + ``MultiHeadAttention``) unless the
+versions), so it is not measured. nnforge variants run in PyTorch, int8 ones also in nnforge's native
+encoder runtime (``nnforge.deploy.native.NativeEncoder``: the whole encoder in one compiled call, activations
+rounded to int8 per token and block of 64, AVX-512 VNNI; its size is the same safetensors file), and
+through nnforge's ONNX export in ONNX Runtime: attention fused (merged query/key/value matmul + ``MultiHeadAttention``) unless the
 name says otherwise, weights with one scale per row written as MatMulNBits blocks of 64 (``accuracy_level``
 4: activations rounded to int8 per block), dynamic W8A8 layers as ``quantize_dynamic``'s integer ops
 (MatMulInteger, one activation scale per tensor) where the name says so. Every ONNX Runtime session, peers
@@ -122,6 +124,12 @@ def torch_runner(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], 
     return run
 
 
+def native_runner(enc: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    def run(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return enc(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    return run
+
+
 def ort_runner(path: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     import onnxruntime as ort
 
@@ -156,6 +164,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, WeightOnlyConfig, quantize_
+    from nnforge.deploy.native import NativeEncoder
     from nnforge.deploy.onnx import export_onnx
     from nnforge.models import load
     from nnforge.models.checkpoint import save_weights
@@ -286,6 +295,10 @@ def main() -> int:
         if first:
             save_weights(m, path, {})
             variants.append(Variant(f"nnforge {name}", "ours", torch_runner(m), file_mb(path), extra))
+            if name.startswith("int8"):  # int8 layers also run in nnforge's native encoder runtime
+                native = NativeEncoder(m.m)
+                variants.append(Variant(f"nnforge {name} (native runtime)", "ours", native_runner(native),
+                                        file_mb(path), {**extra, "runtime": native.backend}))
         onnx_path = str(tmp / f"{name.replace(' ', '_').replace(',', '')}.onnx")
         export_onnx(m, onnx_path, tuple(b32[k] for k in KEYS), input_names=KEYS, output_names=["h"],
                     dynamic_axes={k: {0: "b", 1: "t"} for k in [*KEYS, "h"]}, int8_matmul=int8_matmul, **export_opts)
@@ -328,7 +341,7 @@ def main() -> int:
 
 
 def _summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The recommended int8 / int4 variant: the fastest at batch 1 (PyTorch or its ONNX export) among those that
+    """The recommended int8 / int4 variant: the fastest at batch 1 (PyTorch, native runtime or ONNX export) among those that
     keep the fidelity the issue asks for; otherwise the most faithful one."""
 
     def pick(prefix: str, cos: float, nn: float) -> dict[str, Any] | None:
