@@ -295,7 +295,8 @@ def main() -> int:
         if first:
             save_weights(m, path, {})
             variants.append(Variant(f"nnforge {name}", "ours", torch_runner(m), file_mb(path), extra))
-            if name.startswith("int8"):  # int8 layers also run in nnforge's native encoder runtime
+            if name.startswith("int8") and int8_matmul == "nbits":  # also in nnforge's native encoder runtime
+                # (not the model named after its per-layer ONNX routing: the native runtime has no such option)
                 native = NativeEncoder(m.m)
                 variants.append(Variant(f"nnforge {name} (native runtime)", "ours", native_runner(native),
                                         file_mb(path), {**extra, "runtime": native.backend}))

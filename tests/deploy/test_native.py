@@ -135,6 +135,20 @@ def test_weight_only_int8_layers_run_too():
     assert _token_cos(NativeEncoder(model.m)(**b), want, b["attention_mask"]).min() > 0.999
 
 
+def test_layers_with_different_ffn_widths_run():
+    """A structurally pruned FFN may be narrower in one layer: the compiled code must size its buffers for each."""
+    pytest.importorskip("transformers")
+    model = TinyBert()
+    blk = model.m.encoder.layer[0]  # the first layer narrower than the next: buffers sized for the widest
+    blk.intermediate.dense, blk.output.dense = nn.Linear(64, 64), nn.Linear(64, 64)
+    quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant"), calibration=[_batch(4, 16)],
+              forward=lambda m, b: m(**b))
+    b = _batch()
+    with torch.inference_mode():
+        want = model(**b)
+    assert _token_cos(NativeEncoder(model.m)(**b), want, b["attention_mask"]).min() > 0.999
+
+
 def test_bad_models_and_inputs_are_named():
     pytest.importorskip("transformers")
     with pytest.raises(ConfigError, match="BERT-family"):
@@ -147,6 +161,10 @@ def test_bad_models_and_inputs_are_named():
     other.m.encoder.layer[1].attention.self.key.input_scale.mul_(2)
     with pytest.raises(ConfigError, match="different SmoothQuant scales"):
         NativeEncoder(other.m)
+    odd = _quantized()
+    odd.m.encoder.layer[0].output.dense = odd.m.encoder.layer[1].attention.output.dense  # (64, 64), FFN is 128 wide
+    with pytest.raises(ConfigError, match="encoder.layer.0 has layer shapes"):
+        NativeEncoder(odd.m)
     enc = NativeEncoder(model.m)
     b = _batch()
     with pytest.raises(ConfigError, match="out of range"):

@@ -59,7 +59,7 @@ struct NnfEncoder {
   const float* type;            // (n_types, H)
   const float *ln_w, *ln_b;
   const NnfLayer* layers;
-  int V, P, n_types, H, heads, n_layers, I;
+  int V, P, n_types, H, heads, n_layers, I;  // I: the widest FFN of all layers
   float eps;
 };
 }
@@ -419,7 +419,7 @@ int nnf_encoder_forward(const NnfEncoder* e, const int64_t* ids, const int64_t* 
     linear(L.out, ctx.data(), M, tmp.data(), qa, nthreads);
     add_layernorm(x, tmp.data(), M, H, L.ln1_w, L.ln1_b, e->eps);
     linear(L.up, x, M, mid.data(), qa, nthreads);
-    gelu(mid.data(), (size_t)M * e->I);
+    gelu(mid.data(), (size_t)M * L.up.N);  // layers may differ in FFN width (pruning); I is the widest
     linear(L.down, mid.data(), M, tmp.data(), qa, nthreads);
     add_layernorm(x, tmp.data(), M, H, L.ln2_w, L.ln2_b, e->eps);
   }

@@ -140,12 +140,16 @@ class NativeEncoder:
         self.backend = f"native-{isa_name}" if self._lib is not None else "torch"
 
     # ---------------------------------------------------------------------------------------------- build
-    def _table(self, emb: nn.Module, where: str) -> torch.Tensor:
+    def _table(self, emb: nn.Module, where: str, width: int) -> torch.Tensor:
         if isinstance(emb, QuantizedEmbedding):
-            return emb.dequantize()
-        if isinstance(emb, nn.Embedding):
-            return emb.weight
-        raise ConfigError(f"NativeEncoder: {where} is {type(emb).__name__}, not an embedding.")
+            table = emb.dequantize()
+        elif isinstance(emb, nn.Embedding):
+            table = emb.weight
+        else:
+            raise ConfigError(f"NativeEncoder: {where} is {type(emb).__name__}, not an embedding.")
+        if table.dim() != 2 or table.shape[1] != width:
+            raise ConfigError(f"NativeEncoder: {where} is {tuple(table.shape)}; the hidden size is {width}.")
+        return table
 
     def _build(self, model: nn.Module) -> _Encoder:
         emb, enc = getattr(model, "embeddings", None), getattr(model, "encoder", None)
@@ -157,36 +161,44 @@ class NativeEncoder:
             raise ConfigError("NativeEncoder runs encoder-only models with absolute position embeddings.")
         if getattr(cfg, "hidden_act", None) != "gelu":
             raise ConfigError(f"NativeEncoder implements the exact GELU; this model uses {cfg.hidden_act!r}.")
+        H, heads = int(cfg.hidden_size), int(cfg.num_attention_heads)
+        if H % heads or H % 64:
+            raise ConfigError(f"NativeEncoder: hidden size {H} must be a multiple of 64 and of the {heads} heads.")
         word = emb.word_embeddings
         if isinstance(word, QuantizedEmbedding) and word.fmt == "int8" and word.group_size is None \
-                and word.packed.zeros is None:
+                and word.packed.zeros is None and word.embedding_dim == H:
             codes = word.packed.data[:, :word.embedding_dim].contiguous()
             self._keep.append(codes)
             word_f, word_codes, word_scale = None, codes.data_ptr(), _keep_f32(self._keep, word.packed.scales[:, 0].float())
         else:
-            word_f, word_codes, word_scale = _keep_f32(self._keep, self._table(word, "embeddings.word_embeddings")), None, None
-        pos = self._table(emb.position_embeddings, "embeddings.position_embeddings")
-        types = self._table(emb.token_type_embeddings, "embeddings.token_type_embeddings")
+            word_f, word_codes, word_scale = _keep_f32(self._keep, self._table(word, "embeddings.word_embeddings", H)), None, None
+        pos = self._table(emb.position_embeddings, "embeddings.position_embeddings", H)
+        types = self._table(emb.token_type_embeddings, "embeddings.token_type_embeddings", H)
         layers = []
-        H = int(cfg.hidden_size)
         for i, blk in enumerate(enc.layer):
             att = blk.attention
             where = f"encoder.layer.{i}"
-            if getattr(att.self, "num_attention_heads", cfg.num_attention_heads) != cfg.num_attention_heads:
+            if getattr(att.self, "num_attention_heads", heads) != heads:
                 raise ConfigError(f"NativeEncoder: {where} has pruned attention heads.")
-            layers.append(_Layer(
+            layer = _Layer(
                 _pack_linear(self._keep, [att.self.query, att.self.key, att.self.value], f"{where}.attention.self.(query, key, value)"),
                 _pack_linear(self._keep, [att.output.dense], f"{where}.attention.output.dense"),
                 _pack_linear(self._keep, [blk.intermediate.dense], f"{where}.intermediate.dense"),
                 _pack_linear(self._keep, [blk.output.dense], f"{where}.output.dense"),
                 _keep_f32(self._keep, att.output.LayerNorm.weight), _keep_f32(self._keep, att.output.LayerNorm.bias),
-                _keep_f32(self._keep, blk.output.LayerNorm.weight), _keep_f32(self._keep, blk.output.LayerNorm.bias)))
+                _keep_f32(self._keep, blk.output.LayerNorm.weight), _keep_f32(self._keep, blk.output.LayerNorm.bias))
+            # the compiled code trusts these shapes (a pruned FFN may differ per layer, so sizes are checked)
+            shapes = [(layer.qkv.N, layer.qkv.K), (layer.out.N, layer.out.K), (layer.up.K,), (layer.down.N, layer.down.K)]
+            if shapes != [(3 * H, H), (H, H), (H,), (H, layer.up.N)]:
+                raise ConfigError(f"NativeEncoder: {where} has layer shapes (N, K) {shapes}, not those of a BERT "
+                                  f"block of hidden size {H}.")
+            layers.append(layer)
         self._layers = (_Layer * len(layers))(*layers)
-        inter = layers[0].up.N if layers else H
+        inter = max((layer.up.N for layer in layers), default=H)
         return _Encoder(word_f, word_codes, word_scale, _keep_f32(self._keep, pos), _keep_f32(self._keep, types),
                         _keep_f32(self._keep, emb.LayerNorm.weight), _keep_f32(self._keep, emb.LayerNorm.bias),
                         ctypes.addressof(self._layers), int(word.num_embeddings), int(pos.shape[0]), int(types.shape[0]),
-                        H, int(cfg.num_attention_heads), len(layers), int(inter), float(emb.LayerNorm.eps))
+                        H, heads, len(layers), int(inter), float(emb.LayerNorm.eps))
 
     # -------------------------------------------------------------------------------------------- forward
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
