@@ -17,25 +17,9 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-#include <sched.h>
 
-#include <atomic>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define NNF_ISA 2
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define NNF_ISA 1
-#else
-#define NNF_ISA 0
-#endif
+#include "isa.h"
 
 extern "C" {
 struct NnfLinear {
