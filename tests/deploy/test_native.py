@@ -104,13 +104,20 @@ def test_encoder_matches_the_quantized_pytorch_module(int8_embedding):
     # each sequence is computed on its own: padding the batch does not change a sequence's valid tokens
     alone = NativeEncoder(model.m)(**{k: v[:1, :5] for k, v in b.items()})
     torch.testing.assert_close(alone, got[:1, :5], rtol=1e-4, atol=1e-4)
+    # 64 tokens and more: embeddings, quantisation, LayerNorm and GELU are split across threads too
+    big = _batch(9, 11)
+    with torch.inference_mode():
+        want = model(**big)
+    got = NativeEncoder(model.m, num_threads=2)(**big)
+    assert _token_cos(got, want, big["attention_mask"]).min() > 0.999
+    torch.testing.assert_close(got, NativeEncoder(model.m, num_threads=1)(**big), rtol=1e-5, atol=1e-5)
 
 
 def test_portable_build_computes_what_the_avx512_one_does():
     if "avx512" not in ISAS:
         pytest.skip("this CPU has no AVX-512 VNNI")
     model = _quantized()
-    b = _batch()
+    b = _batch(9, 11)  # 99 tokens: the row-parallel paths too
     fast, slow = NativeEncoder(model.m, isa="avx512"), NativeEncoder(model.m, isa="scalar")
     assert (fast.backend, slow.backend) == ("native-avx512vnni", "native-scalar")
     torch.testing.assert_close(fast(**b), slow(**b), rtol=1e-4, atol=1e-4)

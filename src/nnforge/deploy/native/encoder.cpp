@@ -66,11 +66,30 @@ struct QAct {
   }
 };
 
+// f(m0, m1) over row ranges, split across the pool for large batches (small ones: the sync costs more)
+template <class F>
+void for_rows(int M, int nthreads, F&& f) {
+  if (nthreads < 2 || M < 64) {
+    f(0, M);
+    return;
+  }
+  struct Ctx {
+    F* f;
+    int M, chunk;
+  };
+  const int nch = 4 * nthreads;
+  const Ctx c{&f, M, (M + nch - 1) / nch};
+  parallel_chunks([](const void* p, int t) {
+    const Ctx& c = *static_cast<const Ctx*>(p);
+    const int m0 = t * c.chunk, m1 = m0 + c.chunk < c.M ? m0 + c.chunk : c.M;
+    if (m0 < m1) (*c.f)(m0, m1);
+  }, &c, nch, nthreads);
+}
+
 // int8 codes round_half_even(x * inv_smooth * (127 / absmax)) per (row, block of 64); s = absmax / 127
-void quantize_blocks(const float* x, int M, int K, const float* inv_smooth, QAct& a) {
+void quantize_blocks(const float* x, int m0, int m1, int K, const float* inv_smooth, QAct& a) {
   const int nb = K / KB;
-  a.resize(M, K);
-  for (int m = 0; m < M; m++) {
+  for (int m = m0; m < m1; m++) {
     for (int b = 0; b < nb; b++) {
       const float* xr = x + (size_t)m * K + b * KB;
       int8_t* q = a.q.data() + (size_t)m * K + b * KB;
@@ -227,7 +246,8 @@ void gemm_chunk(const void* ctx, int c) {
 }
 
 void linear(const NnfLinear& L, const float* x, int M, float* y, QAct& qa, int nthreads) {
-  quantize_blocks(x, M, L.K, L.inv_smooth, qa);
+  qa.resize(M, L.K);
+  for_rows(M, nthreads, [&](int m0, int m1) { quantize_blocks(x, m0, m1, L.K, L.inv_smooth, qa); });
   Gemm g{&qa, &L, M, y, 1, (L.N + 47) / 48};
   int chunks = g.n_tiles < 4 * nthreads ? g.n_tiles : 4 * nthreads;
   g.tiles_per_chunk = (g.n_tiles + chunks - 1) / chunks;
@@ -276,6 +296,13 @@ void gelu(float* x, size_t n) {
     q = q * z2 + b6; q = q * z2 + b4; q = q * z2 + b2; q = q * z2 + b0;
     x[i] = 0.5f * x[i] * (1.f + z * p / q);
   }
+}
+
+void residual_layernorm(float* x, const float* r, int M, int H, const float* w, const float* b, float eps,
+                        int nthreads) {
+  for_rows(M, nthreads, [&](int m0, int m1) {
+    add_layernorm(x + (size_t)m0 * H, r + (size_t)m0 * H, m1 - m0, H, w, b, eps);
+  });
 }
 
 struct Attn {
@@ -373,20 +400,22 @@ int nnf_encoder_forward(const NnfEncoder* e, const int64_t* ids, const int64_t* 
     if (types && (types[i] < 0 || types[i] >= e->n_types)) return -2;
   }
   float* x = out;  // the hidden state lives in the output buffer
-  for (int i = 0; i < M; i++) {
-    float* xr = x + (size_t)i * H;
-    const float* p = e->pos + (size_t)(i % T) * H;
-    const float* ty = e->type + (size_t)(types ? types[i] : 0) * H;
-    if (e->word_codes) {
-      const uint8_t* u = e->word_codes + (size_t)ids[i] * H;
-      const float s = e->word_scale[ids[i]];
-      for (int k = 0; k < H; k++) xr[k] = s * ((float)u[k] - 128.f) + ty[k] + p[k];
-    } else {
-      const float* w = e->word + (size_t)ids[i] * H;
-      for (int k = 0; k < H; k++) xr[k] = w[k] + ty[k] + p[k];
+  for_rows(M, nthreads, [&](int m0, int m1) {
+    for (int i = m0; i < m1; i++) {
+      float* xr = x + (size_t)i * H;
+      const float* p = e->pos + (size_t)(i % T) * H;
+      const float* ty = e->type + (size_t)(types ? types[i] : 0) * H;
+      if (e->word_codes) {
+        const uint8_t* u = e->word_codes + (size_t)ids[i] * H;
+        const float s = e->word_scale[ids[i]];
+        for (int k = 0; k < H; k++) xr[k] = s * ((float)u[k] - 128.f) + ty[k] + p[k];
+      } else {
+        const float* w = e->word + (size_t)ids[i] * H;
+        for (int k = 0; k < H; k++) xr[k] = w[k] + ty[k] + p[k];
+      }
     }
-  }
-  add_layernorm(x, nullptr, M, H, e->ln_w, e->ln_b, e->eps);
+    add_layernorm(x + (size_t)m0 * H, nullptr, m1 - m0, H, e->ln_w, e->ln_b, e->eps);
+  });
   // workspace reused across calls (grow-only, one per calling thread): no page faults per call
   thread_local std::vector<float> qkv, ctx, tmp, mid;
   thread_local QAct qa;
@@ -401,11 +430,13 @@ int nnf_encoder_forward(const NnfEncoder* e, const int64_t* ids, const int64_t* 
     if (nthreads > 1 && B * e->heads > 1) parallel_chunks(attn_task, &at, B * e->heads, nthreads);
     else for (int t = 0; t < B * e->heads; t++) attn_task(&at, t);
     linear(L.out, ctx.data(), M, tmp.data(), qa, nthreads);
-    add_layernorm(x, tmp.data(), M, H, L.ln1_w, L.ln1_b, e->eps);
+    residual_layernorm(x, tmp.data(), M, H, L.ln1_w, L.ln1_b, e->eps, nthreads);
     linear(L.up, x, M, mid.data(), qa, nthreads);
-    gelu(mid.data(), (size_t)M * L.up.N);  // layers may differ in FFN width (pruning); I is the widest
+    const int I = L.up.N;  // layers may differ in FFN width (pruning); e->I is the widest
+    float* act = mid.data();  // not mid itself in the lambda: a pool thread would see its own thread_local
+    for_rows(M, nthreads, [&](int m0, int m1) { gelu(act + (size_t)m0 * I, (size_t)(m1 - m0) * I); });
     linear(L.down, mid.data(), M, tmp.data(), qa, nthreads);
-    add_layernorm(x, tmp.data(), M, H, L.ln2_w, L.ln2_b, e->eps);
+    residual_layernorm(x, tmp.data(), M, H, L.ln2_w, L.ln2_b, e->eps, nthreads);
   }
   return 0;
 }
