@@ -11,7 +11,7 @@ from torch import nn
 
 from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, quantize_
 from nnforge.compress.quantize.kernels import backend
-from nnforge.deploy.native import NativeEncoder
+from nnforge.deploy.native import NativeEncoder, with_native_encoder
 from nnforge.deploy.native.encoder import linear_forward
 from nnforge.errors import ConfigError
 
@@ -154,6 +154,22 @@ def test_layers_with_different_ffn_widths_run():
     with torch.inference_mode():
         want = model(**b)
     assert _token_cos(NativeEncoder(model.m)(**b), want, b["attention_mask"]).min() > 0.999
+
+
+def test_a_text_classifier_runs_its_encoder_natively_in_a_copy():
+    from nnforge.models.text import TextClassifier
+
+    model = _quantized()
+    clf = TextClassifier(model.m, tokenizer=None, num_classes=3)
+    fast = with_native_encoder(clf)
+    assert clf.encoder is model.m and type(fast.encoder).__name__ == "NativeEncoderModule"  # original untouched
+    assert set(fast.state_dict()) == {"head.weight", "head.bias"}  # the wrapper saves no weights of its own
+    b = _batch()
+    with torch.inference_mode():
+        want, got = clf(b["input_ids"], b["attention_mask"]), fast(b["input_ids"], b["attention_mask"])
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.02)
+    with pytest.raises(ConfigError, match="no submodule 'backbone'"):
+        with_native_encoder(clf, attr="backbone")
 
 
 def test_bad_models_and_inputs_are_named():

@@ -8,8 +8,10 @@ activations per token and per block of 64 inputs, and AVX-512 VNNI dot products.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -19,7 +21,7 @@ from nnforge.compress.quantize.kernels._build import compile_library
 from nnforge.compress.quantize.weight_only.layer import QuantizedEmbedding, QuantizedLinear
 from nnforge.errors import ConfigError, NnforgeError
 
-__all__ = ["NativeEncoder", "linear_forward"]
+__all__ = ["NativeEncoder", "NativeEncoderModule", "with_native_encoder", "linear_forward"]
 
 SOURCE = Path(__file__).with_name("encoder.cpp")
 _vp, _int, _float = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -233,3 +235,41 @@ class NativeEncoder:
         if rc != 0:
             raise NnforgeError(f"the native encoder rejected its inputs (code {rc}) for shape {(B, T)}.")
         return out
+
+
+class NativeEncoderModule(nn.Module):
+    """A drop-in for a Hugging Face BERT encoder inside a larger model: the same call, ``last_hidden_state`` out.
+
+    Inference only (no gradients flow through the compiled code). It registers no parameters: the wrapped
+    encoder's tensors are referenced, so a model holding this module saves no weights for it.
+    """
+
+    def __init__(self, encoder: nn.Module, **options: Any) -> None:
+        super().__init__()
+        self.runtime = NativeEncoder(encoder, **options)
+        self.config = encoder.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_: Any) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=self.runtime(input_ids, attention_mask, token_type_ids))
+
+
+def with_native_encoder(model: nn.Module, attr: str = "encoder", **options: Any) -> nn.Module:
+    """A shallow copy of ``model`` whose ``attr`` submodule (an int8 BERT-family encoder) runs natively.
+
+    For nnforge's ``TextClassifier`` (``load_run(run).model("int8")``): ``forward``, ``embed`` and
+    ``predict_proba`` of the copy use the compiled encoder; the original model is not changed.
+
+    >>> fast = with_native_encoder(classifier)                                  # doctest: +SKIP
+    >>> fast.predict_proba(["To be, or not to be"])                             # doctest: +SKIP
+
+    Raises:
+        ConfigError: ``model`` has no submodule ``attr``, or it is not an encoder :class:`NativeEncoder` runs.
+    """
+    inner = model._modules.get(attr)
+    if inner is None:
+        raise ConfigError(f"with_native_encoder: {type(model).__name__} has no submodule {attr!r}.")
+    new = copy.copy(model)
+    new._modules = dict(model._modules)  # the copy's own submodule table: the original keeps its encoder
+    new._modules[attr] = NativeEncoderModule(inner, **options)
+    return new
