@@ -123,6 +123,15 @@ def test_portable_build_computes_what_the_avx512_one_does():
     torch.testing.assert_close(fast(**b), slow(**b), rtol=1e-4, atol=1e-4)
 
 
+def test_verdict_times_both_paths_on_the_callers_inputs():
+    model = _quantized()
+    b = _batch()
+    v = NativeEncoder(model.m).verdict(**b, repeats=3)
+    assert v["shape"] == (3, 11) and v["backend"].startswith("native-")
+    assert v["native_ms"] > 0 and v["module_ms"] > 0
+    assert v["speedup"] == pytest.approx(v["module_ms"] / v["native_ms"]) and v["faster"] == (v["speedup"] > 1)
+
+
 def test_without_compiled_code_the_module_runs():
     model = _quantized()
     enc = NativeEncoder(model.m, isa="torch")

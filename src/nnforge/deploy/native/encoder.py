@@ -95,6 +95,12 @@ def _pack_linear(keep: list[torch.Tensor], modules: list[nn.Module], where: str)
                    _keep_f32(keep, None if first is None else 1.0 / first.float()), N, K)
 
 
+def _hf_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+
 def linear_forward(layer: QuantizedLinear, x: torch.Tensor, *, isa: str | None = None,
                    num_threads: int | None = None) -> torch.Tensor:
     """``x (M, K)`` through one int8 layer as the compiled encoder computes it (activations per block of 64).
@@ -220,9 +226,7 @@ class NativeEncoder:
         if T > self._struct.P:
             raise ConfigError(f"input_ids has {T} tokens; the model has {self._struct.P} positions.")
         if self._lib is None:
-            with torch.inference_mode():
-                kw: dict[str, Any] = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
-                return self.model(input_ids=input_ids, **kw).last_hidden_state
+            return _hf_forward(self.model, input_ids, attention_mask, token_type_ids)
         ids = input_ids.to(torch.int64).contiguous()
         mask = None if attention_mask is None else attention_mask.to(torch.int64).contiguous()
         types = None if token_type_ids is None else token_type_ids.to(torch.int64).contiguous()
@@ -235,6 +239,21 @@ class NativeEncoder:
         if rc != 0:
             raise NnforgeError(f"the native encoder rejected its inputs (code {rc}) for shape {(B, T)}.")
         return out
+
+    def verdict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, *, repeats: int = 20) -> dict[str, Any]:
+        """Is it really faster? This runtime and the PyTorch module on these inputs, timed interleaved.
+
+        Returns ``{"native_ms", "module_ms", "speedup", "faster", "backend", "shape"}`` (medians, ms).
+        """
+        from nnforge.hardware import compare
+
+        timings = compare({"native": lambda: self(input_ids, attention_mask, token_type_ids),
+                           "module": lambda: _hf_forward(self.model, input_ids, attention_mask, token_type_ids)},
+                          repeats=repeats)
+        native, module = timings["native"].median_ms, timings["module"].median_ms
+        return {"native_ms": native, "module_ms": module, "speedup": module / native, "faster": native < module,
+                "backend": self.backend, "shape": tuple(input_ids.shape)}
 
 
 class NativeEncoderModule(nn.Module):
