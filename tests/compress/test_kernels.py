@@ -118,12 +118,12 @@ def test_no_compiler_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_build, "_compiler", lambda: None)
     _build._load.cache_clear()
-    _build.compile_library.cache_clear()
+    _build._compile.cache_clear()
     try:
         assert qk.backend("avx2") == "torch"
     finally:
         _build._load.cache_clear()
-        _build.compile_library.cache_clear()
+        _build._compile.cache_clear()
 
 
 def test_large_batch_uses_fp32_dequant_matmul() -> None:

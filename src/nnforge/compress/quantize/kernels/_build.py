@@ -133,18 +133,21 @@ def load_library(isa: str | None = None) -> tuple[ctypes.CDLL | None, str]:
 
 @functools.lru_cache(maxsize=8)
 def _load(choice: str) -> tuple[ctypes.CDLL | None, str]:
-    lib, name = compile_library(SOURCE, choice)
+    lib, name = _compile(SOURCE, choice)
     return (None, "torch") if lib is None else (_bind(lib), name)
 
 
-@functools.lru_cache(maxsize=16)
 def compile_library(source: Path, isa: str | None = None) -> tuple[ctypes.CDLL | None, str]:
     """Build (or load from the cache) ``source`` for the requested ISA; ``(None, "torch")`` on any failure.
 
-    The library must export ``int nnf_isa(void)`` (2: AVX-512 VNNI, 1: AVX2, 0: scalar); the caller binds
-    the rest of its entry points.
+    ``isa`` as in :func:`requested_isa` (``$NNFORGE_KERNELS`` is read at each call). The library must export
+    ``int nnf_isa(void)`` (2: AVX-512 VNNI, 1: AVX2, 0: scalar); the caller binds the rest of its entry points.
     """
-    choice = requested_isa(isa)
+    return _compile(source, requested_isa(isa))
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(source: Path, choice: str) -> tuple[ctypes.CDLL | None, str]:
     if choice == "torch":
         return None, "torch"
     cxx = _compiler()
