@@ -62,7 +62,8 @@ def _summary(metrics: dict[str, object]) -> None:
 
     keys = [k for k in ("baseline_majority_acc", "baseline_logreg_acc", "baseline_logreg_balanced_acc", "fp32_acc",
                         "int8_acc", "fp32_size_mb", "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms",
-                        "int8_latency_b1_ms", "gate_quickstart_passed", "train_steps", "train_seconds", "val_loss", "val_accuracy")
+                        "int8_latency_b1_ms", "int8-native_acc", "int8-native_cos_mean", "int8-native_latency_b1_ms",
+                        "gate_quickstart_passed", "train_steps", "train_seconds", "val_loss", "val_accuracy")
             if k in metrics]
     if not keys:
         return

@@ -115,6 +115,8 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
     events = ledger.events(run=run_id)
     verification = ledger.verify()
     variants = list(config.get("variants", {}))
+    # a variant's weights run by the native runtime are reported as their own column (evaluate step)
+    variants += [f"{v}-native" for v in variants if f"{v}-native_acc" in metrics]
     table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
              if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]

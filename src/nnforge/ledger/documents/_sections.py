@@ -87,7 +87,9 @@ def _variants(facts: _Facts) -> list[str]:
                 if k.endswith("_acc") and not k.startswith(("baseline", "finetune")):
                     found.append(k[: -len("_acc")])
         variants = found
-    return variants
+    # a variant's weights run by the native runtime (evaluate step) are a column of their own
+    measured = {k for e in facts.all("step.finished") for k in e.data.get("metrics", {})}
+    return variants + [f"{v}-native" for v in variants if f"{v}-native" not in variants and f"{v}-native_acc" in measured]
 
 
 _METRIC_ROWS = [("accuracy (test)", "acc", "{:.3f}"), ("macro-F1 (test)", "macro_f1", "{:.3f}"),

@@ -51,6 +51,8 @@ class EvaluateStepConfig(Config):
         description="out-of-distribution texts to score (poems: the Shakespeare poems, for play-trained models)")
     ood_samples: int = Field(300, ge=10, le=100_000, description="texts drawn (seeded) from each OOD set")
     ood_guard: str = Field("knn", description="the detector saved as the run's OOD guard (ood-guard.*)")
+    native: bool = Field(True, description="also evaluate each compressed variant the native runtime can run "
+                                           "(nnforge.deploy.native: int8 BERT-family encoders) as '<name>-native'")
 
     _slices = field_validator("slices")(classmethod(lambda cls, v: check_slice_specs(v)))
 
@@ -80,6 +82,9 @@ class Evaluate:
         variants = ctx.variants or {"model": ctx.model}
         if not all(hasattr(m, "tokenize") for m in variants.values()):
             raise StepFailedError("the evaluate step handles text classifiers in this version")
+        # runtimes of a saved variant (its weights file, another engine) are evaluated like variants
+        runtime_of = _native_variants(variants, config.reference) if config.native else {}
+        variants = {**variants, **{name: model for name, (model, _) in runtime_of.items()}}
         metrics: dict[str, Any] = {}
         label_names = list(ctx.model_spec.get("label_names") or [])
         total = len(variants) * 2 + 1
@@ -89,8 +94,9 @@ class Evaluate:
             outs[name] = text_outputs(model, test.texts, test.labels, test.meta, label_names)
             metrics[f"{name}_acc"] = METRICS.get("accuracy")(outs[name])
             metrics[f"{name}_macro_f1"] = METRICS.get("macro_f1")(outs[name])
-            if name in ctx.variant_files:
-                metrics[f"{name}_size_mb"] = file_size_mb(ctx.run_dir / ctx.variant_files[name])
+            source = runtime_of[name][1] if name in runtime_of else name
+            if source in ctx.variant_files:
+                metrics[f"{name}_size_mb"] = file_size_mb(ctx.run_dir / ctx.variant_files[source])
             done += 1
             if ctx.progress:
                 ctx.progress("evaluate", done, total)
@@ -106,7 +112,7 @@ class Evaluate:
                 done += 1
                 if ctx.progress:
                     ctx.progress("evaluate", done, total)
-        self._quality_sections(ctx, config, outs, label_names)
+        self._quality_sections(ctx, config, variants, outs, label_names)
         if config.ood and ref is not None:
             self._ood_section(ctx, config, ref)
         costs = cost_side_by_side(variants, test.texts, repeats=config.repeats)
@@ -124,9 +130,13 @@ class Evaluate:
         # the figures behind the report's slice and OOD tables go into the step's ledger event, so generated
         # documents cite them exactly
         details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood") if k in ctx.sections}
+        if runtime_of:
+            details["runtimes"] = {name: {"variant": src, "backend": model.encoder.runtime.backend}
+                                   for name, (model, src) in runtime_of.items()}
         return StepResult(metrics=metrics, details=details)
 
-    def _quality_sections(self, ctx: RunContext, config: Any, outs: dict[str, Outputs], label_names: list[str]) -> None:
+    def _quality_sections(self, ctx: RunContext, config: Any, variants: dict[str, Any], outs: dict[str, Outputs],
+                          label_names: list[str]) -> None:
         """Slice table, compression flips and calibration, as report sections."""
         reference = outs.get(config.reference)
         slices = build_slices(next(iter(outs.values())), config.slices, config.rare_below)
@@ -145,7 +155,7 @@ class Evaluate:
             )
 
             section = {}
-            for name, model in (ctx.variants or {"model": ctx.model}).items():
+            for name, model in variants.items():
                 val_probs = text_outputs(model, val.texts, val.labels, val.meta, label_names).probs
                 test_probs = torch.from_numpy(outs[name].probs)
                 labels = torch.as_tensor(outs[name].labels)
@@ -193,6 +203,28 @@ class Evaluate:
                 log.info("OOD guard (%s) saved to %s", name, folder)
         ctx.sections["ood"] = {"recall": 0.95, "sets": list(sets), "detectors": rows, "reference": config.reference,
                                "samples": {k: len(v) for k, v in sets.items()}}
+
+
+def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tuple[Any, str]]:
+    """``{"<name>-native": (copy whose encoder runs natively, name)}`` for each compressed variant the native
+    runtime runs here; the others (float models, int4, no compiler) are skipped with a log line saying why."""
+    from nnforge.deploy.native import with_native_encoder
+    from nnforge.errors import NnforgeError
+
+    out: dict[str, tuple[Any, str]] = {}
+    for name, model in variants.items():
+        if name == reference:
+            continue
+        try:
+            fast: Any = with_native_encoder(model)
+        except NnforgeError as exc:
+            log.info("variant %s is not evaluated natively: %s", name, exc)
+            continue
+        if fast.encoder.runtime.backend == "torch":
+            log.info("variant %s is not evaluated natively: the native runtime is not built here", name)
+            continue
+        out[f"{name}-native"] = (fast.eval(), name)
+    return out
 
 
 def _ood_texts(names: list[str], n: int, seed: int) -> dict[str, list[str]]:
