@@ -22,7 +22,10 @@ from _common import write_results  # noqa: E402
 
 SUMMARY_KEYS = ("baseline_majority_acc", "baseline_logreg_acc", "fp32_acc", "int8_acc", "fp32_size_mb", "int8_size_mb",
                 "int8_cos_mean", "int8_cos_min", "fp32_latency_b1_ms", "int8_latency_b1_ms", "fp32_throughput_b32",
-                "int8_throughput_b32", "fp32_macro_f1", "int8_macro_f1")
+                "int8_throughput_b32", "fp32_macro_f1", "int8_macro_f1",
+                # the int8 weights in the native runtime (evaluate step's `native`), where it is built
+                "int8-native_acc", "int8-native_cos_mean", "int8-native_agreement", "int8-native_latency_b1_ms",
+                "int8-native_throughput_b32")
 QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1", "steps[3].repeats=5",
          "steps[4].enforce=false"]  # a small slice cannot meet the suite's accuracy bars: record, do not stop
 
