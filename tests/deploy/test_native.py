@@ -51,13 +51,13 @@ def test_linear_kernel_computes_the_documented_arithmetic(isa, M, N, K):
 
 
 class TinyBert(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, heads: int = 4, positions: int = 32) -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
 
         torch.manual_seed(0)
-        cfg = BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                         max_position_embeddings=32, type_vocab_size=2)
+        cfg = BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
+                         intermediate_size=128, max_position_embeddings=positions, type_vocab_size=2)
         self.m = BertModel(cfg, add_pooling_layer=False).eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -72,9 +72,9 @@ def _batch(b: int = 3, t: int = 11) -> dict[str, torch.Tensor]:
             "token_type_ids": torch.randint(0, 2, (b, t), generator=g)}
 
 
-def _quantized(int8_embedding: bool = True) -> TinyBert:
+def _quantized(int8_embedding: bool = True, **shape: int) -> TinyBert:
     pytest.importorskip("transformers")
-    model = TinyBert()
+    model = TinyBert(**shape)
     cal = [_batch(4, 16) for _ in range(2)]
     fwd = lambda m, b: m(**b)  # noqa: E731
     quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant"), calibration=cal, forward=fwd)
@@ -111,6 +111,22 @@ def test_encoder_matches_the_quantized_pytorch_module(int8_embedding):
     got = NativeEncoder(model.m, num_threads=2)(**big)
     assert _token_cos(got, want, big["attention_mask"]).min() > 0.999
     torch.testing.assert_close(got, NativeEncoder(model.m, num_threads=1)(**big), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [4, 2, 1], ids=["head-dim-16", "head-dim-32", "head-dim-64"])
+def test_attention_over_key_blocks_query_groups_and_padding(heads):
+    # 37 tokens: a full and a partial block of 32 keys, a last group of one query (queries go four at a time)
+    model = _quantized(heads=heads, positions=64)
+    b = _batch(3, 37)
+    with torch.inference_mode():
+        want = model(**b)
+    got = NativeEncoder(model.m)(**b)
+    assert _token_cos(got, want, b["attention_mask"]).min() > 0.999
+    b["attention_mask"][1] = 0  # a sequence that is all padding: uniform attention, as in Hugging Face
+    got = NativeEncoder(model.m)(**b)
+    assert torch.isfinite(got).all()
+    if "avx512" in ISAS:
+        torch.testing.assert_close(got, NativeEncoder(model.m, isa="scalar")(**b), rtol=1e-4, atol=1e-4)
 
 
 def test_portable_build_computes_what_the_avx512_one_does():

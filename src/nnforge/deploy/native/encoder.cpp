@@ -12,7 +12,8 @@
 // is accumulated in int32 and scaled into fp32 at the block's end:
 //   y = ws * sum_b sx_b * (sum_k u_k xq_k - 128 * sum_k xq_k).
 //
-// ISA: AVX-512 VNNI (vpdpbusd, 4 tokens x 48 outputs per register tile) or portable C++.
+// ISA: AVX-512 VNNI (vpdpbusd, 4 tokens x 48 outputs per register tile; attention four queries x 32 keys
+// at a time, vectorised exp) or portable C++.
 
 #include <cfloat>
 #include <cmath>
@@ -312,66 +313,164 @@ struct Attn {
   int B, T, H, heads;
 };
 
+#if NNF_ISA == 2
+// e^x for the softmax (x <= 0 after subtracting the row maximum): Cephes' expf polynomial, |rel. error| < 2e-7;
+// below -87.3 (a masked key) exactly 0, as std::exp underflows
+inline __m512 exp_ps(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3365f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(y, n));
+}
+
+inline __mmask16 tail_mask(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+#endif
+
 void attn_task(const void* p, int t) {
   const Attn& a = *static_cast<const Attn*>(p);
   const int b = t / a.heads, h = t % a.heads, dh = a.H / a.heads, ld = 3 * a.H, T = a.T;
   const float scale = 1.f / std::sqrt((float)dh);
   // this head's keys transposed (dh, T), so that a query's scores are one vectorised pass over the keys
-  thread_local std::vector<float> kt_buf, sc_buf;  // (reached once: TLS lookups are not free in a .so)
+  thread_local std::vector<float> kt_buf, sc_buf, add_buf;  // (reached once: TLS lookups are not free in a .so)
   kt_buf.resize((size_t)dh * T);
-  sc_buf.resize(T);
+  sc_buf.resize((size_t)4 * T);
+  add_buf.resize(T);
   float* kt = kt_buf.data();
-  float* s = sc_buf.data();
   const float* base = a.qkv + (size_t)b * T * ld;
   for (int j = 0; j < T; j++) {
     const float* k = base + (size_t)j * ld + a.H + h * dh;
     for (int e = 0; e < dh; e++) kt[(size_t)e * T + j] = k[e];
   }
+  // as HF: masked keys get the most negative float added (a fully masked row stays uniform)
+  float* madd = add_buf.data();
   const int64_t* mask = a.mask ? a.mask + (size_t)b * T : nullptr;
+  for (int j = 0; j < T; j++) madd[j] = mask && mask[j] == 0 ? -FLT_MAX : 0.f;
+  const float* vh = base + 2 * a.H + h * dh;  // value j, dims of this head: vh + j * ld
+#if NNF_ISA == 2
+  // four queries at a time: every key (value) load feeds four independent FMA chains
+  constexpr int QB = 4;
+  for (int i0 = 0; i0 < T; i0 += QB) {
+    const int nq = T - i0 < QB ? T - i0 : QB;
+    const float* q[QB];
+    float* s[QB];
+    for (int r = 0; r < QB; r++) {  // a short last group repeats its last query (computed, not stored)
+      const int i = i0 + (r < nq ? r : nq - 1);
+      q[r] = base + (size_t)i * ld + h * dh;
+      s[r] = sc_buf.data() + (size_t)r * T;
+    }
+    for (int j0 = 0; j0 < T; j0 += 32) {  // scores of 2 x 16 keys, summed over the head dimension
+      const __mmask16 m0 = tail_mask(T - j0), m1 = T - j0 > 16 ? tail_mask(T - j0 - 16) : (__mmask16)0;
+      __m512 c0[QB], c1[QB];
+      for (int r = 0; r < QB; r++) c0[r] = c1[r] = _mm512_setzero_ps();
+      for (int e = 0; e < dh; e++) {
+        const __m512 k0 = _mm512_maskz_loadu_ps(m0, kt + (size_t)e * T + j0);
+        const __m512 k1 = _mm512_maskz_loadu_ps(m1, kt + (size_t)e * T + j0 + 16);
+        for (int r = 0; r < QB; r++) {
+          const __m512 qe = _mm512_set1_ps(q[r][e]);
+          c0[r] = _mm512_fmadd_ps(qe, k0, c0[r]);
+          c1[r] = _mm512_fmadd_ps(qe, k1, c1[r]);
+        }
+      }
+      const __m512 sc = _mm512_set1_ps(scale);
+      const __m512 a0 = _mm512_maskz_loadu_ps(m0, madd + j0), a1 = _mm512_maskz_loadu_ps(m1, madd + j0 + 16);
+      for (int r = 0; r < QB; r++) {
+        _mm512_mask_storeu_ps(s[r] + j0, m0, _mm512_add_ps(_mm512_mul_ps(c0[r], sc), a0));
+        _mm512_mask_storeu_ps(s[r] + j0 + 16, m1, _mm512_add_ps(_mm512_mul_ps(c1[r], sc), a1));
+      }
+    }
+    for (int r = 0; r < nq; r++) {  // softmax, probabilities normalised in place
+      __m512 mx = _mm512_set1_ps(-FLT_MAX);
+      for (int j0 = 0; j0 < T; j0 += 16)
+        mx = _mm512_mask_max_ps(mx, tail_mask(T - j0), mx, _mm512_maskz_loadu_ps(tail_mask(T - j0), s[r] + j0));
+      const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+      __m512 tot = _mm512_setzero_ps();
+      for (int j0 = 0; j0 < T; j0 += 16) {
+        const __mmask16 m = tail_mask(T - j0);
+        const __m512 ex = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s[r] + j0), vmx)));
+        _mm512_mask_storeu_ps(s[r] + j0, m, ex);
+        tot = _mm512_add_ps(tot, ex);
+      }
+      const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(tot));
+      for (int j0 = 0; j0 < T; j0 += 16) {
+        const __mmask16 m = tail_mask(T - j0);
+        _mm512_mask_storeu_ps(s[r] + j0, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s[r] + j0), inv));
+      }
+    }
+    for (int r = nq; r < QB; r++) s[r] = s[nq - 1];
+    float* o[QB];
+    for (int r = 0; r < QB; r++) o[r] = a.ctx + ((size_t)b * T + i0 + (r < nq ? r : nq - 1)) * a.H + h * dh;
+    int e0 = 0;
+    for (; e0 + 32 <= dh; e0 += 32) {  // 2 x 16 output dims, summed over the keys
+      __m512 c0[QB], c1[QB];
+      for (int r = 0; r < QB; r++) c0[r] = c1[r] = _mm512_setzero_ps();
+      for (int j = 0; j < T; j++) {
+        const __m512 v0 = _mm512_loadu_ps(vh + (size_t)j * ld + e0), v1 = _mm512_loadu_ps(vh + (size_t)j * ld + e0 + 16);
+        for (int r = 0; r < QB; r++) {
+          const __m512 pj = _mm512_set1_ps(s[r][j]);
+          c0[r] = _mm512_fmadd_ps(pj, v0, c0[r]);
+          c1[r] = _mm512_fmadd_ps(pj, v1, c1[r]);
+        }
+      }
+      for (int r = 0; r < nq; r++) {
+        _mm512_storeu_ps(o[r] + e0, c0[r]);
+        _mm512_storeu_ps(o[r] + e0 + 16, c1[r]);
+      }
+    }
+    for (; e0 + 16 <= dh; e0 += 16) {
+      __m512 c0[QB];
+      for (int r = 0; r < QB; r++) c0[r] = _mm512_setzero_ps();
+      for (int j = 0; j < T; j++) {
+        const __m512 v0 = _mm512_loadu_ps(vh + (size_t)j * ld + e0);
+        for (int r = 0; r < QB; r++) c0[r] = _mm512_fmadd_ps(_mm512_set1_ps(s[r][j]), v0, c0[r]);
+      }
+      for (int r = 0; r < nq; r++) _mm512_storeu_ps(o[r] + e0, c0[r]);
+    }
+    for (int r = 0; r < nq; r++)
+      for (int e = e0; e < dh; e++) {
+        float acc = 0.f;
+        for (int j = 0; j < T; j++) acc += s[r][j] * vh[(size_t)j * ld + e];
+        o[r][e] = acc;
+      }
+  }
+#else
+  float* s = sc_buf.data();
   for (int i = 0; i < T; i++) {
     const float* q = base + (size_t)i * ld + h * dh;
-#if NNF_ISA == 2
-    for (int j0 = 0; j0 < T; j0 += 16) {  // 16 keys' scores in one register, summed over the head dimension
-      const __mmask16 km = T - j0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (T - j0)) - 1);
-      __m512 acc = _mm512_setzero_ps();
-      for (int e = 0; e < dh; e++)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(q[e] * scale), _mm512_maskz_loadu_ps(km, kt + (size_t)e * T + j0), acc);
-      _mm512_mask_storeu_ps(s + j0, km, acc);
-    }
-#else
     for (int j = 0; j < T; j++) s[j] = 0.f;
     for (int e = 0; e < dh; e++) {
-      const float qe = q[e] * scale;
+      const float qe = q[e];
       const float* kr = kt + (size_t)e * T;
 #pragma omp simd
       for (int j = 0; j < T; j++) s[j] += qe * kr[j];
     }
-#endif
     float mx = -FLT_MAX;
     for (int j = 0; j < T; j++) {
-      // as HF: masked keys get the most negative float added (a fully masked row stays uniform)
-      if (mask && mask[j] == 0) s[j] += -FLT_MAX;
+      s[j] = s[j] * scale + madd[j];
       mx = s[j] > mx ? s[j] : mx;
     }
     float tot = 0.f;
     for (int j = 0; j < T; j++) { s[j] = std::exp(s[j] - mx); tot += s[j]; }
     const float inv = 1.f / tot;
+    for (int j = 0; j < T; j++) s[j] *= inv;
     float* o = a.ctx + ((size_t)b * T + i) * a.H + h * dh;
-    int e0 = 0;
-#if NNF_ISA == 2
-    for (; e0 + 16 <= dh; e0 += 16) {  // 16 output dims in one register, summed over the keys
-      __m512 acc = _mm512_setzero_ps();
-      for (int j = 0; j < T; j++)
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(s[j] * inv), _mm512_loadu_ps(base + (size_t)j * ld + 2 * a.H + h * dh + e0), acc);
-      _mm512_storeu_ps(o + e0, acc);
-    }
-#endif
-    for (int e = e0; e < dh; e++) {
+    for (int e = 0; e < dh; e++) {
       float acc = 0.f;
-      for (int j = 0; j < T; j++) acc += s[j] * inv * base[(size_t)j * ld + 2 * a.H + h * dh + e];
+      for (int j = 0; j < T; j++) acc += s[j] * vh[(size_t)j * ld + e];
       o[e] = acc;
     }
   }
+#endif
 }
 
 }  // namespace
