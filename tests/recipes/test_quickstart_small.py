@@ -64,6 +64,16 @@ def test_the_int8_variant_is_also_evaluated_in_the_native_runtime(small_run):
     assert "int8-native" in sections["flips"] and "int8-native" in sections["calibration"]
     html = (run_dir / "report.html").read_text()
     assert "<th>int8-native</th>" in html
+    # and the same runtime from a finished run, by name: the int8 file, run natively
+    import nnforge
+    from nnforge.errors import ConfigError
+
+    run = nnforge.load_run(run_dir)
+    assert run.variant_file("int8-native") == run.variant_file("int8")
+    probs = run.model("int8-native").predict_proba(["Once more unto the breach"])
+    assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1) < 1e-5
+    with pytest.raises(ConfigError, match="fp32-native"):  # a float model: nothing for the int8 runtime
+        run.model("fp32-native")
 
 
 def test_report_is_self_contained_and_prints_the_head(small_run):

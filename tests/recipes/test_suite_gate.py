@@ -53,6 +53,24 @@ def test_evaluate_passes_records_and_reports(run_copy, tmp_path, capsys):
     assert ev["data"]["suite_sha256"] == hashlib.sha256((tmp_path / "small.yaml").read_bytes()).hexdigest()
 
 
+def test_the_native_runtime_is_judged_as_a_variant_of_its_own(run_copy, tmp_path, capsys):
+    from nnforge.deploy.native.encoder import _library
+
+    if _library(None)[0] is None:
+        pytest.skip("the native runtime is not built here")
+    led = tmp_path / "ledger.db"
+    rc = main(["evaluate", str(run_copy), "--suite", str(tmp_path / "small.yaml"), "--variant", "int8-native",
+               "--ledger", str(led), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["passed"]
+    size = next(c for c in out["checks"] if c["name"].startswith("size_mb"))
+    assert 0 < size["value"] < 100  # the int8 weights file
+    assert json.loads((run_copy / "suite-small.json").read_text())["variant"] == "int8-native"
+    assert main(["evaluate", str(run_copy), "--suite", str(tmp_path / "small.yaml"), "--variant", "fp32-native",
+                 "--ledger", str(led)]) == 2
+    assert "fp32-native" in capsys.readouterr().err
+
+
 def test_failing_suite_exits_1_and_junit_names_the_check(run_copy, tmp_path, capsys):
     (tmp_path / "strict.yaml").write_text(SUITE.replace("name: small", "name: strict")
                                           .replace("accuracy >= 0.05", "accuracy >= 0.999"))

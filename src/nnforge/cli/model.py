@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 TextOpt = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).")]
 FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="A file with one text per line.")]
-VariantOpt = Annotated[str | None, typer.Option(help="Model variant (fp32, int8, …); default: the final one.")]
+VariantOpt = Annotated[str | None, typer.Option(help="Model variant (fp32, int8, …; int8-native: int8 in the native runtime); default: the final one.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default .nnforge/ledger.db).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
@@ -25,7 +25,7 @@ def _used(run: Run, variant: str | None) -> dict[str, object]:
     from nnforge.ledger import file_sha256
 
     name = variant or run.config.get("final_variant") or next(reversed(run.variants))
-    path = run.path / run.variants[name]
+    path = run.variant_file(name)
     return {"run": run.run_id, "variant": name, "weights": str(path), "weights_sha256": file_sha256(path)}
 
 

@@ -18,6 +18,8 @@ from torch import nn
 
 from nnforge.errors import ConfigError, IntegrityError, ModelError
 
+NATIVE_SUFFIX = "-native"  # a saved variant run by nnforge.deploy.native (``Run.model("int8-native")``)
+
 __all__ = ["build_base", "rebuild", "load_variant", "Run", "load_run", "find_run"]
 
 
@@ -100,15 +102,40 @@ class Run:
     def label_names(self) -> list[str]:
         return list(self.config.get("label_names", []))
 
+    def variant_file(self, variant: str) -> Path:
+        """The weights file of ``variant``; a runtime variant (``int8-native``) reads its saved variant's file.
+
+        Raises:
+            ConfigError: the run has no such variant.
+        """
+        name = variant
+        if name not in self.variants and name.endswith(NATIVE_SUFFIX):
+            name = name[: -len(NATIVE_SUFFIX)]
+        if name not in self.variants:
+            raise ConfigError(f"run {self.path} has no variant {variant!r}; it has {sorted(self.variants)} "
+                              f"(and each with {NATIVE_SUFFIX!r} for the native runtime)")
+        return self.path / self.variants[name]
+
     def model(self, variant: str | None = None) -> nn.Module:
-        """The model of ``variant`` (default: the run's final model)."""
+        """The model of ``variant`` (default: the run's final model).
+
+        ``"<variant>-native"`` is the saved variant with its encoder in nnforge's native runtime
+        (:mod:`nnforge.deploy.native`: int8 BERT-family encoders), a ConfigError saying why where it cannot run.
+        """
         name = variant or self.config.get("final_variant") or next(iter(self.variants), None)
         if name is None:
             raise ModelError(f"run {self.path} saved no model")
-        if name not in self.variants:
-            raise ConfigError(f"run {self.path} has no variant {name!r}; it has {sorted(self.variants)}")
+        path = self.variant_file(name)
         if name not in self._models:
-            self._models[name] = load_variant(self.path / self.variants[name])[0]
+            if name in self.variants:
+                self._models[name] = load_variant(path)[0]
+            else:
+                from nnforge.deploy.native import native_variant
+
+                fast, why = native_variant(self.model(name[: -len(NATIVE_SUFFIX)]))
+                if fast is None:
+                    raise ConfigError(f"variant {name!r} of run {self.path}: {why}")
+                self._models[name] = fast
         return self._models[name]
 
     def predict(self, texts: list[str], variant: str | None = None) -> list[dict[str, Any]]:

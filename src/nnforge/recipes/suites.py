@@ -209,11 +209,10 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     if not r.variants:
         raise ModelError(f"run {r.path} saved no model to evaluate")
     name = variant or r.config.get("final_variant") or next(reversed(r.variants))
-    if name not in r.variants:
-        raise ConfigError(f"run {r.path} has no variant {name!r}; it has {sorted(r.variants)}")
+    files = {v: r.path / f for v, f in r.variants.items()}
+    files[name] = r.variant_file(name)  # "int8-native": the int8 file, run by the native runtime
     split = run_data(r.config, suite.split)
-    placeholder = SuiteTarget({v: None for v in r.variants}, {v: r.path / f for v, f in r.variants.items()}, split,
-                              r.label_names)
+    placeholder = SuiteTarget({v: None for v in files}, files, split, r.label_names)
     base_run = load_run(base_path) if base_path is not None else None
     base_placeholder = SuiteTarget({v: None for v in base_run.variants}, {}, split, base_run.label_names) \
         if base_run is not None else None
@@ -221,7 +220,7 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
         raise DataError(f"the baseline run's classes {base_run.label_names} differ from this run's {r.label_names}")
     needs = _preflight(suite, placeholder, name, base_placeholder)  # every name checked before any model loads
     wanted = {name} | ({suite.reference} if needs["reference"] and suite.reference else set())
-    target = SuiteTarget({v: r.model(v) for v in r.variants if v in wanted}, placeholder.files, split, r.label_names)
+    target = SuiteTarget({v: r.model(v) for v in files if v in wanted}, files, split, r.label_names)
     base_target = None
     if base_run is not None:
         bv = baseline_variant or base_run.config.get("final_variant") or next(reversed(base_run.variants))

@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from nnforge.deploy.native.encoder import NativeEncoder, NativeEncoderModule, with_native_encoder
+from nnforge.deploy.native.encoder import NativeEncoder, NativeEncoderModule, native_variant, with_native_encoder
 
-__all__ = ["NativeEncoder", "NativeEncoderModule", "with_native_encoder"]
+__all__ = ["NativeEncoder", "NativeEncoderModule", "native_variant", "with_native_encoder"]

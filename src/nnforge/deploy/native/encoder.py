@@ -292,3 +292,16 @@ def with_native_encoder(model: nn.Module, attr: str = "encoder", **options: Any)
     new._modules = dict(model._modules)  # the copy's own submodule table: the original keeps its encoder
     new._modules[attr] = NativeEncoderModule(inner, **options)
     return new
+
+
+def native_variant(model: nn.Module, **options: Any) -> tuple[nn.Module | None, str]:
+    """``(copy of model whose encoder runs natively, backend)`` when the native runtime runs it here, else
+    ``(None, why not)``: a float or int4 model, another architecture, or no C++ compiler."""
+    try:
+        fast = with_native_encoder(model, **options)
+    except NnforgeError as exc:
+        return None, str(exc)
+    backend = fast._modules["encoder"].runtime.backend  # type: ignore[union-attr]
+    if backend == "torch":
+        return None, "the native runtime is not built here (no C++ compiler, or $NNFORGE_KERNELS=torch)"
+    return fast.eval(), str(backend)

@@ -26,6 +26,7 @@ from nnforge.evaluate import (
 )
 from nnforge.evaluate.slices import Slice, check_slice_specs
 from nnforge.hardware import file_size_mb, machine_facts
+from nnforge.recipes.runs import NATIVE_SUFFIX
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 
 log = logging.getLogger(__name__)
@@ -208,22 +209,17 @@ class Evaluate:
 def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tuple[Any, str]]:
     """``{"<name>-native": (copy whose encoder runs natively, name)}`` for each compressed variant the native
     runtime runs here; the others (float models, int4, no compiler) are skipped with a log line saying why."""
-    from nnforge.deploy.native import with_native_encoder
-    from nnforge.errors import NnforgeError
+    from nnforge.deploy.native import native_variant
 
     out: dict[str, tuple[Any, str]] = {}
     for name, model in variants.items():
         if name == reference:
             continue
-        try:
-            fast: Any = with_native_encoder(model)
-        except NnforgeError as exc:
-            log.info("variant %s is not evaluated natively: %s", name, exc)
+        fast, backend = native_variant(model)
+        if fast is None:
+            log.info("variant %s is not evaluated natively: %s", name, backend)
             continue
-        if fast.encoder.runtime.backend == "torch":
-            log.info("variant %s is not evaluated natively: the native runtime is not built here", name)
-            continue
-        out[f"{name}-native"] = (fast.eval(), name)
+        out[f"{name}{NATIVE_SUFFIX}"] = (fast, name)
     return out
 
 
