@@ -118,6 +118,11 @@ def _metrics_table(facts: _Facts, sec: Section) -> bool:
             ("class-balanced logistic regression", "baseline_logreg_balanced_acc")]
     brow = [[name, s] for name, key in base if (s := facts.metric(key)) is not None]
     sec.table(["figure", *variants], rows)
+    for e in facts.all("step.finished"):
+        for name, rt in (e.data.get("details") or {}).get("runtimes", {}).items():
+            sec.para(f"{name}: the {rt['variant']} variant's weights file executed by nnforge's native runtime "
+                     f"({rt['backend']}; activations rounded to int8 per token and block of 64), evaluated as a "
+                     f"variant of its own.")
     if brow:
         sec.para("Baselines on the same test split (accuracy):")
         sec.table(["baseline", "accuracy"], brow)  # type: ignore[arg-type]
