@@ -85,7 +85,7 @@ class Evaluate:
             raise StepFailedError("the evaluate step handles text classifiers in this version")
         # runtimes of a saved variant (its weights file, another engine) are evaluated like variants
         runtime_of = _native_variants(variants, config.reference) if config.native else {}
-        variants = {**variants, **{name: model for name, (model, _) in runtime_of.items()}}
+        variants = {**variants, **{name: model for name, (model, _, _) in runtime_of.items()}}
         metrics: dict[str, Any] = {}
         label_names = list(ctx.model_spec.get("label_names") or [])
         total = len(variants) * 2 + 1
@@ -132,8 +132,8 @@ class Evaluate:
         # documents cite them exactly
         details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood") if k in ctx.sections}
         if runtime_of:
-            details["runtimes"] = {name: {"variant": src, "backend": model.encoder.runtime.backend}
-                                   for name, (model, src) in runtime_of.items()}
+            details["runtimes"] = {name: {"variant": src, "backend": backend}
+                                   for name, (_, src, backend) in runtime_of.items()}
         return StepResult(metrics=metrics, details=details)
 
     def _quality_sections(self, ctx: RunContext, config: Any, variants: dict[str, Any], outs: dict[str, Outputs],
@@ -206,12 +206,12 @@ class Evaluate:
                                "samples": {k: len(v) for k, v in sets.items()}}
 
 
-def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tuple[Any, str]]:
-    """``{"<name>-native": (copy whose encoder runs natively, name)}`` for each compressed variant the native
+def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tuple[Any, str, str]]:
+    """``{"<name>-native": (copy whose encoder runs natively, name, backend)}`` for each compressed variant the native
     runtime runs here; the others (float models, int4, no compiler) are skipped with a log line saying why."""
     from nnforge.deploy.native import native_variant
 
-    out: dict[str, tuple[Any, str]] = {}
+    out: dict[str, tuple[Any, str, str]] = {}
     for name, model in variants.items():
         if name == reference:
             continue
@@ -219,7 +219,7 @@ def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tupl
         if fast is None:
             log.info("variant %s is not evaluated natively: %s", name, backend)
             continue
-        out[f"{name}{NATIVE_SUFFIX}"] = (fast, name)
+        out[f"{name}{NATIVE_SUFFIX}"] = (fast, name, backend)
     return out
 
 
