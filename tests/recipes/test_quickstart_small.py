@@ -38,7 +38,7 @@ def test_report_gains_slices_flips_calibration_ood_and_the_gate(small_run):
     assert {"fp32", "int8"} <= set(sections["calibration"]) and sections["calibration"]["fp32"]["temperature"] > 0
     assert sum(sections["calibration"]["fp32"]["reliability"]["after"]["counts"]) == rows["all"]["n"]
     far = {d["name"]: d["stdlib-docstrings"]["auroc"] for d in sections["ood"]["detectors"]}
-    assert set(far) == {"msp", "energy", "mahalanobis", "knn"} and max(far.values()) > 0.9
+    assert set(far) == {"msp", "energy", "mahalanobis", "knn", "token-ngram"} and max(far.values()) > 0.9
     guard = OODGuard.load(run_dir / "ood-guard")
     assert guard.detector.name == "knn" and guard.recall == 0.95
     assert sections["suites"]["small-gate"]["passed"]

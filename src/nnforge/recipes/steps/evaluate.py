@@ -46,7 +46,9 @@ class EvaluateStepConfig(Config):
     calibration: bool = Field(True, description="ECE and temperature scaling (fitted on the validation split)")
     flip_examples: int = Field(10, ge=0, le=1000, description="changed examples listed per compressed variant")
     ood: bool = Field(True, description="OOD detectors on the reference model's features (report section + guard)")
-    ood_detectors: list[str] = Field(default_factory=lambda: ["msp", "energy", "mahalanobis", "knn"])
+    ood_detectors: list[str] = Field(
+        default_factory=lambda: ["msp", "energy", "mahalanobis", "knn", "token-ngram"],
+        description="registered OOD detectors (token-ngram: the one that sees near shifts in wording, e.g. the poems)")
     ood_sets: list[OODSet] = Field(
         default_factory=lambda: list[OODSet](["stdlib-docstrings", "poems"]),
         description="out-of-distribution texts to score (poems: the Shakespeare poems, for play-trained models)")
