@@ -16,6 +16,7 @@ from typing import Any
 
 from nnforge.errors import MissingDependencyError
 from nnforge.ledger._ledger import Ledger, atomic_write_text
+from nnforge.ledger._variants import with_runtime_columns
 
 __all__ = ["render_report", "write_report"]
 
@@ -114,9 +115,7 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
     run_id = config.get("run_id", run_dir.name)
     events = ledger.events(run=run_id)
     verification = ledger.verify()
-    variants = list(config.get("variants", {}))
-    # a variant's weights run by the native runtime are reported as their own column (evaluate step)
-    variants += [f"{v}-native" for v in variants if f"{v}-native_acc" in metrics]
+    variants = with_runtime_columns(list(config.get("variants", {})), metrics)
     table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
              if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]

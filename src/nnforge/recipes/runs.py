@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from nnforge.errors import ConfigError, IntegrityError, ModelError
-
-NATIVE_SUFFIX = "-native"  # a saved variant run by nnforge.deploy.native (``Run.model("int8-native")``)
+from nnforge.ledger._variants import NATIVE_SUFFIX  # a saved variant run by nnforge.deploy.native
 
 __all__ = ["build_base", "rebuild", "load_variant", "Run", "load_run", "find_run"]
 

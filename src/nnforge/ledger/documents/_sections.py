@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from nnforge.ledger._events import Event
+from nnforge.ledger._variants import with_runtime_columns
 from nnforge.ledger.documents._facts import _Facts, _metadata, _text_fact
 from nnforge.ledger.documents._model import TODO, Section, Span, _num
 
@@ -87,9 +88,7 @@ def _variants(facts: _Facts) -> list[str]:
                 if k.endswith("_acc") and not k.startswith(("baseline", "finetune")):
                     found.append(k[: -len("_acc")])
         variants = found
-    # a variant's weights run by the native runtime (evaluate step) are a column of their own
-    measured = {k for e in facts.all("step.finished") for k in e.data.get("metrics", {})}
-    return variants + [f"{v}-native" for v in variants if f"{v}-native" not in variants and f"{v}-native_acc" in measured]
+    return with_runtime_columns(variants, {k for e in facts.all("step.finished") for k in e.data.get("metrics", {})})
 
 
 _METRIC_ROWS = [("accuracy (test)", "acc", "{:.3f}"), ("macro-F1 (test)", "macro_f1", "{:.3f}"),
