@@ -1,0 +1,66 @@
+"""Every ```python block of README.md and docs/*.md runs, in order, one namespace per document.
+
+A block that cannot run here says so on the line above its fence: ``<!-- docs-test: skip: <reason> -->``
+(the reason is required). Examples that use a finished run get the small quickstart run of this session
+(a copy, in a fresh folder): the run ids and the artifact prefix the documents print stand for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+SKIP = re.compile(r"<!-- docs-test: skip(?:: (?P<reason>.*?))? -->\s*$")
+# the run ids and the artifact prefix shown in the documents, standing for the test's own run
+RUN_IDS = ("<run-id>", "20261122-140000-1a2b3c", "20261128-053421-148a00")
+ARTIFACT_PREFIX = "af7a7f32"
+
+
+def blocks(path: Path) -> list[tuple[int, str, str | None]]:
+    """``(line, code, skip reason or None)`` per python block of ``path``."""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for m in BLOCK.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        skip = SKIP.match(before)
+        if skip and not (skip.group("reason") or "").strip():
+            raise AssertionError(f"{path.name}:{line}: a docs-test skip marker needs a reason")
+        out.append((line, m.group(1), skip.group("reason").strip() if skip else None))
+    return out
+
+
+def test_every_document_has_examples_and_few_are_skipped():
+    found = {p.name: blocks(p) for p in DOCUMENTS}
+    assert all(found.values()), [n for n, b in found.items() if not b]
+    skipped = [(n, line) for n, bs in found.items() for line, _, reason in bs if reason]
+    assert len(skipped) <= 3, skipped
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_document_examples_run(document, small_run, tmp_path, monkeypatch):
+    folder, run_dir = small_run
+    work = tmp_path / "work"
+    shutil.copytree(folder, work)  # runs/ and .nnforge/ of the small run; the examples may write to them
+    monkeypatch.chdir(work)
+    artifact = hashlib.sha256((run_dir / "model-int8.safetensors").read_bytes()).hexdigest()[:8]
+    namespace: dict = {"__name__": "__docs__"}
+    for line, code, reason in blocks(document):
+        if reason:
+            continue
+        for run_id in RUN_IDS:
+            code = code.replace(run_id, run_dir.name)
+        code = code.replace(ARTIFACT_PREFIX, artifact)
+        try:
+            exec(compile(code, f"{document.name}:{line}", "exec"), namespace)  # noqa: S102 - our own documents
+        except Exception as exc:
+            raise AssertionError(f"the example at {document.name}:{line} fails: {type(exc).__name__}: {exc}") from exc
