@@ -189,9 +189,9 @@ def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
 def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys):
     led = str(tmp_path / "ledger.db")
     args = ["promote", str(fake_run), "--to", "production", "--ledger", led]
-    assert main(args) == 2  # no approver
     _suite(fake_run, "quick", True, led)
     _suite(fake_run, "strict", False, led)
+    assert main(args) == 2  # no approver
     capsys.readouterr()
     assert main([*args, "--approver", "carla"]) == 1
     assert "strict" in capsys.readouterr().err
@@ -242,3 +242,14 @@ def test_promotion_needs_a_recorded_suite_about_the_promoted_variant(fake_run, t
     with pytest.raises(IntegrityError, match="not one the ledger recorded"):
         promote(led, fake_run, approver="carla")
     led.close()
+
+
+@pytest.mark.parametrize("command", [["review", "list"], ["review", "show", "1"], ["review", "stats"],
+                                     ["review", "decide", "1", "--approve"], ["ledger", "verify"]])
+def test_commands_on_existing_records_need_an_existing_ledger(command, fake_run, tmp_path, capsys):
+    led = tmp_path / "nowhere" / "ledger.db"
+    assert main([*command, "--ledger", str(led)]) == 2
+    assert "no ledger there" in capsys.readouterr().err
+    assert not led.exists() and not led.parent.exists()  # a mistyped path never becomes a new, empty ledger
+    assert main(["promote", str(fake_run), "--approver", "carla", "--ledger", str(led)]) == 2
+    assert not led.parent.exists()

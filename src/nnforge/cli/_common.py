@@ -23,6 +23,17 @@ def ledger_location(given: str | None) -> str:
     return given or os.environ.get("NNFORGE_LEDGER") or os.path.join(".nnforge", "ledger.db")
 
 
+def existing_ledger(given: str | None) -> str:
+    """The ledger location for a command that reads or acts on existing records: it must already hold a
+    ledger (a database URL is taken as given), so a mistyped path is an error, never a new empty ledger."""
+    from nnforge.errors import ConfigError
+
+    loc = ledger_location(given)
+    if "://" not in loc and not os.path.isfile(loc):
+        raise ConfigError(f"{loc}: no ledger there. Run a recipe first or pass --ledger PATH.")
+    return loc
+
+
 def record_cli(command: str, data: dict[str, Any], *, ledger: str | None, actor: str | None,
                run: str | None = None) -> None:
     """Append a ``cli.<command>`` event (who, what, inputs and outputs by sha256) to the ledger."""

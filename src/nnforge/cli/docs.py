@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import console, ledger_location, out
+from nnforge.cli._common import console, existing_ledger, out
 
 
 def docs(
@@ -21,7 +21,6 @@ def docs(
     THE PROVIDER. Exit 2 for an unknown run or ledger; exit 1 when the ledger chain does not verify (the
     documents are still written, with a warning at their top, so the broken state is on record).
     """
-    from pathlib import Path
 
     from nnforge.errors import ConfigError
     from nnforge.ledger import Ledger
@@ -31,10 +30,7 @@ def docs(
     if format_ not in FORMATS:
         raise ConfigError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
     run_dir = find_run(run)
-    loc = ledger_location(ledger)
-    if not Path(loc).is_file():
-        raise ConfigError(f"{loc}: no ledger there. Pass the ledger the run wrote to with --ledger PATH.")
-    paths, verification = write_documents(run_dir, Ledger.open(loc), format_, out_dir)
+    paths, verification = write_documents(run_dir, Ledger.open(existing_ledger(ledger)), format_, out_dir)
     for p in paths:
         out.print(f"{p}", markup=False, highlight=False)
     if not verification.ok:

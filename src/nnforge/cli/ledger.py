@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import ledger_location, out, print_json
+from nnforge.cli._common import existing_ledger, out, print_json
 
 app = typer.Typer(help="Inspect, verify and export the audit ledger.", no_args_is_help=True)
 
@@ -14,15 +14,9 @@ LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="Ledger database
 
 
 def _open(location: str | None) -> object:
-    from pathlib import Path
-
-    from nnforge.errors import ConfigError
     from nnforge.ledger import Ledger
 
-    loc = ledger_location(location)
-    if "://" not in loc and not Path(loc).is_file():
-        raise ConfigError(f"{loc}: no ledger there. Run a recipe first or pass --ledger PATH.")
-    return Ledger.open(loc)
+    return Ledger.open(existing_ledger(location))
 
 
 @app.command()

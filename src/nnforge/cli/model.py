@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nnforge.cli._common import ledger_location, out, print_json, record_cli, texts_sha256
+from nnforge.cli._common import existing_ledger, out, print_json, record_cli, texts_sha256
 
 if TYPE_CHECKING:
     from nnforge.recipes.runs import Run
@@ -89,7 +89,7 @@ def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")]
     from nnforge.recipes.runs import find_run
 
     folder = find_run(run_dir)
-    path = write_report(folder, Ledger.open(ledger_location(ledger)))
+    path = write_report(folder, Ledger.open(existing_ledger(ledger)))
     record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},
                ledger=ledger, actor=actor, run=folder.name)
     out.print(f"report: {path}")

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import ledger_location, out, print_json
+from nnforge.cli._common import existing_ledger, ledger_location, out, print_json
 
 app = typer.Typer(help="Review queue: low-confidence, out-of-distribution and audit-sampled outputs.",
                   no_args_is_help=True)
@@ -27,10 +27,11 @@ def safe(text: str | None) -> str:
                    for c in text)
 
 
-def _queue(location: str | None, actor: str | None = None) -> Any:
+def _queue(location: str | None, actor: str | None = None, *, create: bool = False) -> Any:
+    """The review queue in the ledger; only ``enqueue`` (which writes new records) may create the ledger."""
     from nnforge.ledger.review import ReviewQueue
 
-    return ReviewQueue.open(ledger_location(location), actor=actor)
+    return ReviewQueue.open(ledger_location(location) if create else existing_ledger(location), actor=actor)
 
 
 def _run_labels(run_dir: Path) -> list[str] | None:
@@ -83,7 +84,7 @@ def enqueue(
         guard.featurizer = TextFeatures(r.model(guard_variant if guard_variant in r.variants else variant))
         flags = [bool(x) for x in guard(texts).is_ood.tolist()]
     picks = review_rules(preds, min_confidence=min_confidence, ood_flags=flags, audit_rate=audit_rate, seed=seed)
-    q = _queue(ledger, actor)
+    q = _queue(ledger, actor, create=True)
     try:
         items = [q.enqueue(run=r.run_id, variant=name, text=preds[p.index]["text"], label=preds[p.index]["label"],
                            confidence=preds[p.index]["confidence"], reason=p.reason) for p in picks]
@@ -242,7 +243,7 @@ def promote(
     from nnforge.recipes.runs import find_run
 
     folder = find_run(run, runs_dir)
-    led = Ledger.open(ledger_location(ledger))
+    led = Ledger.open(existing_ledger(ledger))
     try:
         if revoke:
             ev = gate.revoke(led, folder, approver=approver, reason=reason or "")
