@@ -112,7 +112,7 @@ class Run:
             name = name[: -len(NATIVE_SUFFIX)]
         if name not in self.variants:
             raise ConfigError(f"run {self.path} has no variant {variant!r}; it has {sorted(self.variants)} "
-                              f"(and each with {NATIVE_SUFFIX!r} for the native runtime)")
+                              f"(an int8 one also as '<variant>{NATIVE_SUFFIX}', in the native runtime)")
         return self.path / self.variants[name]
 
     def model(self, variant: str | None = None) -> nn.Module:
