@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/*.md runs, in order, one namespace per document.
+"""Every ```python block of README.md and docs/*.md runs, in order, one namespace per document; every
+``nnforge …`` command of their shell blocks names a real command with real options.
 
 A block that cannot run here says so on the line above its fence: ``<!-- docs-test: skip: <reason> -->``
 (the reason is required). Examples that use a finished run get the small quickstart run of this session
@@ -7,8 +8,11 @@ A block that cannot run here says so on the line above its fence: ``<!-- docs-te
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -19,6 +23,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+SHELL = re.compile(r"^```(?:bash|sh|console)\n(.*?)^```", re.S | re.M)
 SKIP = re.compile(r"<!-- docs-test: skip(?:: (?P<reason>.*?))? -->\s*$")
 # the run ids and the artifact prefix shown in the documents, standing for the test's own run
 RUN_IDS = ("<run-id>", "20261122-140000-1a2b3c", "20261128-053421-148a00")
@@ -64,3 +69,39 @@ def test_document_examples_run(document, small_run, tmp_path, monkeypatch):
             exec(compile(code, f"{document.name}:{line}", "exec"), namespace)  # noqa: S102 - our own documents
         except Exception as exc:
             raise AssertionError(f"the example at {document.name}:{line} fails: {type(exc).__name__}: {exc}") from exc
+
+
+def commands(path: Path) -> list[tuple[int, list[str]]]:
+    """``(line, argv after "nnforge")`` for each ``nnforge`` command in the shell blocks of ``path``
+    (comments dropped, ``&&``/``|`` chains split, ``VAR=value`` prefixes skipped)."""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for m in SHELL.finditer(text):
+        first = text.count("\n", 0, m.start()) + 2
+        for i, line in enumerate(m.group(1).splitlines()):
+            argv: list[str] = []
+            for tok in [*shlex.split(line, comments=True), "&&"]:
+                if tok not in ("&&", "||", ";", "|"):
+                    argv.append(tok)
+                    continue
+                while argv and re.match(r"^[A-Z_]+=", argv[0]):
+                    argv.pop(0)
+                if argv and argv[0] == "nnforge":
+                    out.append((first + i, argv[1:]))
+                argv = []
+    return out
+
+
+def test_document_commands_name_real_commands_and_options():
+    from nnforge.cli import main
+
+    found = [(p.name, line, argv) for p in DOCUMENTS for line, argv in commands(p)]
+    assert len(found) >= 40, len(found)
+    bad = []
+    for name, line, argv in found:
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            rc = main([*argv, "--help"])  # parses every option before the help: unknown ones are errors
+        if rc:
+            bad.append(f"{name}:{line}: nnforge {' '.join(argv)} -> {err.getvalue().strip().splitlines()[-1:]}")
+    assert not bad, "\n".join(bad)
