@@ -105,3 +105,11 @@ def test_document_commands_name_real_commands_and_options():
         if rc:
             bad.append(f"{name}:{line}: nnforge {' '.join(argv)} -> {err.getvalue().strip().splitlines()[-1:]}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_suite_shown_in_the_evaluation_guide_is_the_shipped_one():
+    guide = (ROOT / "docs" / "evaluate.md").read_text(encoding="utf-8")
+    shown = re.search(r"^```yaml\n(name: quickstart\n.*?)^```", guide, re.S | re.M)
+    shipped = (ROOT / "src" / "nnforge" / "evaluate" / "suites" / "quickstart.yaml").read_text(encoding="utf-8")
+    assert shown is not None
+    assert shown.group(1) == shipped[shipped.index("name: quickstart"):]  # the file minus its header comments
