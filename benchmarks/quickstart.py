@@ -3,13 +3,16 @@
     python benchmarks/quickstart.py           # full: the built-in quickstart recipe as shipped
     python benchmarks/quickstart.py --quick   # a small slice (under a minute or two), for smoke tests
 
-Writes benchmarks/results/foundation_quickstart.json (full) or .quick.json. The run itself (report,
-ledger, weights) lands in a temporary folder unless --keep DIR is given.
+Writes benchmarks/results/foundation_quickstart.json (full) or .quick.json: the run's metrics, and its
+report's out-of-distribution section (``ood``: AUROC, FPR at 95% TPR and the fraction flagged at the saved
+threshold, per detector and OOD set). The run itself (report, ledger, weights) lands in a temporary folder
+unless --keep DIR is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -51,9 +54,11 @@ def main() -> int:
     summary["run_seconds"] = seconds
     summary["fine_tuned_beats_logreg"] = m["fp32_acc"] > m["baseline_logreg_acc"]
     summary["int8_size_ratio"] = m["int8_size_mb"] / m["fp32_size_mb"]
+    sections_file = Path(result.run_dir) / "sections.json"
+    ood = json.loads(sections_file.read_text())["ood"] if sections_file.is_file() else None
     path = write_results("foundation", "quickstart", quick=args.quick, results=m, summary=summary,
                          packages=("transformers", "peft", "scikit-learn"),
-                         extra={"recipe": recipe.to_dict(), "run_dir": str(result.run_dir)})
+                         extra={"recipe": recipe.to_dict(), "run_dir": str(result.run_dir), "ood": ood})
     print(f"wrote {path}")
     for k, v in summary.items():
         print(f"  {k}: {v}")
