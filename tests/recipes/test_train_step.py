@@ -34,3 +34,25 @@ def test_unknown_optimizer_and_option_are_recipe_errors():
 def test_train_command_refuses_recipes_without_a_train_step(workdir, capsys):
     assert main(["train", "quickstart"]) == 2
     assert "no train step" in capsys.readouterr().err
+
+
+def test_a_suite_gates_a_digits_run(workdir, capsys):
+    """Suites on array data: the test split rebuilt from the run's recipe, per-class slices, budgets, and the
+    text-only probes refused up front."""
+    assert main(["train", "digits", "--set", "steps[0].train.max_steps=150", "--json"]) == 0
+    run_dir = json.loads(capsys.readouterr().out)["run_dir"]
+    (workdir / "gate.yaml").write_text("name: digits-gate\nsplit: test\nslices: [class]\nchecks:\n"
+                                       "  - accuracy >= 0.9\n  - slice:class:3 accuracy >= 0.5\n"
+                                       "  - size_mb <= 1\n  - ece <= 0.2\n  - latency_ms <= 1000\n")
+    assert main(["evaluate", run_dir, "--suite", "gate.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] and [c["verdict"] for c in out["checks"]] == ["pass"] * 5
+    assert out["checks"][0]["value"] > 0.9 and out["checks"][1]["n"] == 37  # digit 3 in the stratified 20% split
+    (workdir / "strict.yaml").write_text("name: strict\nslices: [class]\nchecks:\n  - accuracy >= 0.999\n")
+    assert main(["evaluate", run_dir, "--suite", "strict.yaml"]) == 1
+    (workdir / "typos.yaml").write_text("name: typos\nslices: [class]\nchecks:\n  - accuracy:char_swap >= 0.9\n")
+    assert main(["evaluate", run_dir, "--suite", "typos.yaml"]) == 2
+    assert "text perturbations (char_swap) on non-text data" in capsys.readouterr().err
+    (workdir / "val.yaml").write_text("name: val\nsplit: holdout\nslices: [class]\nchecks:\n  - accuracy >= 0.5\n")
+    assert main(["evaluate", run_dir, "--suite", "val.yaml"]) == 2
+    assert "split 'holdout'" in capsys.readouterr().err
