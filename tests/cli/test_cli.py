@@ -26,6 +26,20 @@ def test_recipes_and_data_list_as_json(capsys):
     assert {"digits", "shakespeare-char", "shakespeare-genre"} <= {d["name"] for d in json.loads(capsys.readouterr().out)}
 
 
+def test_tables_for_people(capsys):
+    """The non-JSON forms render (rich tables) and carry the same facts."""
+    assert main(["recipes"]) == 0
+    text = capsys.readouterr().out
+    assert "quickstart" in text and "digits" in text and "train" in text
+    assert main(["recipes", "quickstart", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["name"] == "quickstart"
+    assert main(["data", "list"]) == 0
+    assert "shakespeare-genre" in capsys.readouterr().out
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert "torch: 2." in text and "packages: numpy" in text
+
+
 def test_env_json(capsys):
     assert main(["env", "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)

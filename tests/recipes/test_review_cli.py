@@ -83,3 +83,16 @@ def test_report_is_rendered_again_and_the_rendering_recorded(copied, capsys):
     assert ev.run == run_id and len(ev.data["sha256"]) == 64
     assert main(["report", run_id, "--ledger", str(work / "elsewhere.db")]) == 2  # never a new, empty ledger
     assert not (work / "elsewhere.db").exists()
+
+
+def test_predict_and_embed_print_one_line_per_text(copied, capsys):
+    work, run_id = copied
+    assert main(["predict", run_id, "--file", "texts.txt", "--text", "O Romeo, Romeo!"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r[2] for r in rows] == ["O Romeo, Romeo!"] + [t.replace("\n", " ") for t in TEXTS if t]  # --text first
+    assert all(r[0] in ("comedy", "tragedy", "history") and 0 < float(r[1]) <= 1 for r in rows)
+    assert main(["embed", run_id, "--text", "O Romeo, Romeo!", "--variant", "int8"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(384 dims)\tO Romeo, Romeo!")
+    assert main(["predict", run_id, "--file", "nowhere.txt"]) == 2
+    assert main(["predict", run_id]) == 2
+    assert "give at least one --text" in capsys.readouterr().err

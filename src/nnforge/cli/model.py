@@ -58,8 +58,8 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
     if json_:
         print_json(rows)
         return
-    for r in rows:
-        out.print(f"{r['label']}\t{r['confidence']:.3f}\t{r['text']}", markup=False)
+    for r in rows:  # tab-separated (label, confidence, text), one line per text: plain print keeps the tabs
+        print(f"{r['label']}\t{r['confidence']:.3f}\t{r['text']}")
 
 
 def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
@@ -78,7 +78,7 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
         return
     for t, v in zip(texts, vectors, strict=True):
         head = " ".join(f"{x:+.3f}" for x in v[:6].tolist())
-        out.print(f"[{head} … ] ({len(v)} dims)\t{t}", markup=False)
+        print(f"[{head} … ] ({len(v)} dims)\t{t}")
 
 
 def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")],
