@@ -56,3 +56,32 @@ def test_a_suite_gates_a_digits_run(workdir, capsys):
     (workdir / "val.yaml").write_text("name: val\nsplit: holdout\nslices: [class]\nchecks:\n  - accuracy >= 0.5\n")
     assert main(["evaluate", run_dir, "--suite", "val.yaml"]) == 2
     assert "split 'holdout'" in capsys.readouterr().err
+
+
+GATED = """
+name: digits-gated
+seed: 0
+model: {architecture: digits-cnn}
+data: {dataset: digits}
+steps:
+  - train: {batch_size: 64, train: {max_steps: 120}}
+  - gate: {suite: SUITE}
+"""
+
+
+def test_gate_step_on_array_data_passes_stops_and_compares_with_a_baseline(workdir, capsys):
+    (workdir / "ok.yaml").write_text("name: ok\nslices: [class]\nchecks:\n  - accuracy >= 0.8\n  - size_mb <= 1\n")
+    (workdir / "strict.yaml").write_text("name: strict\nslices: [class]\nchecks:\n  - accuracy >= 0.999\n")
+    (workdir / "vs.yaml").write_text("name: vs\nslices: [class]\nchecks:\n  - accuracy >= baseline - 0.05\n")
+    for name in ("ok", "strict", "vs"):
+        (workdir / f"{name}-recipe.yaml").write_text(GATED.replace("SUITE", f"{name}.yaml"))
+    assert main(["run", "ok-recipe.yaml", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["metrics"]["gate_ok_passed"] == 1 and first["metrics"]["gate_ok_failed_checks"] == 0
+    assert main(["run", "strict-recipe.yaml"]) == 1  # the pipeline stops at the failed suite
+    assert "suite 'strict' failed" in capsys.readouterr().err
+    assert main(["run", "vs-recipe.yaml", "--set", f"steps[1].baseline={first['run_dir']}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["gate_vs_passed"] == 1  # same seed, same model
+    assert main(["run", "vs-recipe.yaml", "--set", "steps[1].baseline_variant=int8",
+                 "--set", f"steps[1].baseline={first['run_dir']}"]) == 2
+    assert "the baseline run has no variant 'int8'" in capsys.readouterr().err
