@@ -199,3 +199,42 @@ def test_text_guard_flags_code_among_prose(minilm, tmp_path):
     guard.save(tmp_path / "text-guard")
     assert torch.equal(OODGuard.load(tmp_path / "text-guard", featurizer=featurize)(code).scores,
                        guard(code).scores)
+
+
+def _resign(folder):
+    """Record the weights' current sha256 in guard.json (what a careful forger would do)."""
+    from nnforge.ledger import file_sha256
+
+    doc = json.loads((folder / "guard.json").read_text())
+    doc["weights_sha256"] = file_sha256(folder / "detector.safetensors")
+    (folder / "guard.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("edit", "error", "message"), [
+    (lambda f, d: (f / "guard.json").unlink(), DataError, "not a saved OODGuard"),
+    (lambda f, d: (f / "guard.json").write_text("{not json"), IntegrityError, "not valid JSON"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({**d, "format": "other"})), DataError, "not an OODGuard file"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({k: v for k, v in d.items() if k != "threshold"})),
+     DataError, "threshold"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({**d, "recall": 7})), DataError, "recall"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({**d, "metadata": "x"})), DataError, "metadata"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({**d, "params": {"k": "many"}})), DataError, "does not load"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({**d, "detector": "nosuch"})), Exception, "nosuch"),
+    (lambda f, d: (f / "guard.json").write_text(json.dumps({**d, "dims": {"features": 99}})), DataError, "does not load"),
+])
+def test_malformed_guard_files_are_refused_with_the_file_named(tmp_path, edit, error, message):
+    folder = OODGuard.calibrate(_fitted("knn"), **_inputs(VAL)).save(tmp_path / "g")
+    edit(folder, json.loads((folder / "guard.json").read_text()))
+    with pytest.raises(error, match=message) as info:
+        OODGuard.load(folder)
+    assert isinstance(info.value, (DataError, IntegrityError, ConfigError))
+
+
+def test_weights_that_do_not_fit_the_detector_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = OODGuard.calibrate(_fitted("mahalanobis"), **_inputs(VAL)).save(tmp_path / "g")
+    save_file({"unrelated": torch.zeros(3)}, str(folder / "detector.safetensors"))
+    _resign(folder)
+    with pytest.raises(DataError, match="does not load"):
+        OODGuard.load(folder)

@@ -146,10 +146,32 @@ class OODGuard:
         if digest != doc.get("weights_sha256"):
             raise IntegrityError(f"{weights}: sha256 {digest} does not match {doc.get('weights_sha256')} "
                                  f"recorded in {meta_path.name}; the guard was modified or partly written")
-        detector_cls = OOD_DETECTORS.get(doc["detector"], where=f"{meta_path}: detector")
-        detector = detector_cls.from_state(doc["params"], doc["dims"], load_file(str(weights)))
-        return cls(detector, doc["threshold"], recall=doc["recall"], featurizer=featurizer,
-                   metadata=doc.get("metadata"))
+        try:
+            name, params, dims = str(doc["detector"]), doc["params"], doc["dims"]
+            threshold, recall = float(doc["threshold"]), float(doc["recall"])
+            if not isinstance(params, dict) or not isinstance(dims, dict):
+                raise TypeError("'params' and 'dims' must be JSON objects")
+            if not isinstance(doc.get("metadata") or {}, dict):
+                raise TypeError("'metadata' must be a JSON object")
+            dims = {str(k): int(v) for k, v in dims.items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{meta_path}: malformed OODGuard header ({type(exc).__name__}: {exc})") from None
+        if not 0.0 < recall <= 1.0:
+            raise DataError(f"{meta_path}: recall must be in (0, 1]; got {recall}")
+        detector_cls = OOD_DETECTORS.get(name, where=f"{meta_path}: detector")
+        try:
+            detector = detector_cls.from_state(params, dims, load_file(str(weights)))
+            detector.score(**_probe_inputs(detector, dims))  # the saved tensors must fit the detector they claim
+        except Exception as exc:  # whatever a malformed file triggers inside the detector: name the file instead
+            raise DataError(f"{folder}: the saved {name!r} detector does not load ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        return cls(detector, threshold, recall=recall, featurizer=featurizer, metadata=doc.get("metadata"))
+
+
+def _probe_inputs(detector: OODDetector, dims: dict[str, int]) -> dict[str, torch.Tensor]:
+    """One all-zero input of the saved widths (token ids: four zeros), to try the loaded detector on."""
+    return {k: torch.zeros(1, 4, dtype=torch.long) if k == "tokens" else torch.zeros(1, dims.get(k, 1))
+            for k in detector.input_names}
 
 
 class TextFeatures:
