@@ -253,3 +253,14 @@ def test_commands_on_existing_records_need_an_existing_ledger(command, fake_run,
     assert not led.exists() and not led.parent.exists()  # a mistyped path never becomes a new, empty ledger
     assert main(["promote", str(fake_run), "--approver", "carla", "--ledger", str(led)]) == 2
     assert not led.parent.exists()
+
+
+def test_promotion_hashes_only_files_inside_the_run_folder(fake_run, tmp_path, capsys):
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"someone else's weights")
+    cfg = json.loads((fake_run / "config.json").read_text())
+    cfg["variants"]["int8"] = "../../elsewhere.safetensors"
+    (fake_run / "config.json").write_text(json.dumps(cfg))
+    led = Ledger.open(tmp_path / "ledger.db")
+    with pytest.raises(IntegrityError, match="points outside the run folder"):
+        promote(led, fake_run, approver="carla", variant="int8")
+    assert not led.events(kind="model.promoted")

@@ -17,6 +17,7 @@ from typing import Any
 from nnforge.errors import ConfigError, IntegrityError, NnforgeError
 from nnforge.ledger._events import Event
 from nnforge.ledger._ledger import Ledger, file_sha256
+from nnforge.ledger._variants import variant_path
 
 __all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "run_suites", "promote", "revoke", "promotions"]
 
@@ -125,7 +126,7 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     name = variant or cfg.get("final_variant") or next(iter(variants), None)
     if name is None or name not in variants:
         raise ConfigError(f"{folder}: no model variant {name!r} to promote; the run has {sorted(variants)}")
-    weights = folder / variants[name]
+    weights = variant_path(folder, name, variants[name])
     if not weights.is_file():
         raise IntegrityError(f"{weights}: the weights of variant {name!r} are missing")
     suites = run_suites(folder, suite)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nnforge.errors import ConfigError, IntegrityError, ModelError
-from nnforge.ledger._variants import NATIVE_SUFFIX  # a saved variant run by nnforge.deploy.native
+from nnforge.ledger._variants import NATIVE_SUFFIX, variant_path  # "-native": a variant run by deploy.native
 
 __all__ = ["build_base", "rebuild", "load_variant", "Run", "load_run", "find_run"]
 
@@ -49,10 +49,18 @@ def rebuild(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module
     from nnforge.compress import apply_
     from nnforge.config import load_config
 
-    if "base" not in spec:
+    if not isinstance(spec, dict) or "base" not in spec:
         raise IntegrityError("the weights file carries no nnforge spec; it was not written by nnforge")
-    model = build_base(spec["base"], spec.get("num_classes"), seed=0)
-    for i, doc in enumerate(spec.get("transforms", [])):
+    transforms = spec.get("transforms", [])
+    if not isinstance(spec["base"], dict) or not isinstance(transforms, list):
+        raise IntegrityError("the weights file's nnforge spec is malformed: 'base' must be an object and "
+                             "'transforms' a list")
+    num_classes = spec.get("num_classes")
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 1):
+        raise IntegrityError(f"the weights file's nnforge spec is malformed: num_classes {num_classes!r}")
+    model = build_base(spec["base"], num_classes, seed=0)
+    for i, doc in enumerate(transforms):
         apply_(model, load_config(doc, where=f"transforms[{i}]"), skeleton=True)  # shapes only; state loads next
     _load_strict(model, tensors, where="the weights file")
     return model.eval()
@@ -113,7 +121,7 @@ class Run:
         if name not in self.variants:
             raise ConfigError(f"run {self.path} has no variant {variant!r}; it has {sorted(self.variants)} "
                               f"(an int8 one also as '<variant>{NATIVE_SUFFIX}', in the native runtime)")
-        return self.path / self.variants[name]
+        return variant_path(self.path, name, self.variants[name])
 
     def model(self, variant: str | None = None) -> nn.Module:
         """The model of ``variant`` (default: the run's final model).
