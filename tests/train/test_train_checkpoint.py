@@ -127,3 +127,37 @@ def test_damaged_or_missing_checkpoints_raise_integrity_errors(tmp_path):
         fit(dropout_mlp(0), random_batch, config=TrainConfig(max_steps=2), resume_from=tmp_path / "empty")
     with pytest.raises(IntegrityError, match="checkpoint not found"):
         fit(dropout_mlp(0), random_batch, config=TrainConfig(max_steps=2), resume_from=tmp_path / "missing.safetensors")
+
+
+def _with_meta(src, dst, change):
+    """``src`` re-saved as ``dst`` with its JSON document changed by ``change(doc)`` (tensors unchanged)."""
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        doc = json.loads(f.metadata()["nnforge.train"])
+    doc = change(doc)
+    save_file(load_file(str(src)), str(dst), metadata={"nnforge.train": doc if isinstance(doc, str) else json.dumps(doc)})
+    return dst
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: "{not json", "not valid JSON"),
+    (lambda d: [1, 2], "not a JSON object"),
+    (lambda d: {**d, "format": "other"}, "not an nnforge training checkpoint"),
+    (lambda d: {k: v for k, v in d.items() if k != "model_aliases"}, "damaged checkpoint metadata"),
+    (lambda d: {**d, "optimizer": "junk"}, "optimizer, scheduler or RNG state does not load"),
+    (lambda d: {**d, "rng": {"cuda_devices": 0}}, "optimizer, scheduler or RNG state does not load"),
+    (lambda d: {k: v for k, v in d.items() if k != "step"}, "training position does not read"),
+    (lambda d: {**d, "epoch": "junk"}, "training position does not read"),
+    (lambda d: {**d, "batch_index": -3}, "training position does not read"),
+    (lambda d: {**d, "best_metric": "junk"}, "training position does not read"),
+])
+def test_a_damaged_checkpoint_document_is_an_integrity_error_naming_the_file(tmp_path, change, message):
+    """A checkpoint may come from elsewhere: every field of its JSON document is checked, never a traceback."""
+    config = TrainConfig(max_steps=4, checkpoint_every=2, checkpoint_dir=str(tmp_path / "ck"))
+    fit(dropout_mlp(0), random_batch, config=config)
+    bad = _with_meta(latest_checkpoint(tmp_path / "ck"), tmp_path / "bad.safetensors", change)
+    with pytest.raises(IntegrityError, match=message) as info:
+        fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=6, checkpoint_dir=str(tmp_path / "b")),
+            resume_from=bad)
+    assert str(bad) in str(info.value)

@@ -26,6 +26,7 @@ from nnforge.errors import IntegrityError
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "checkpoint_step"]
 
 META_KEY = "nnforge.train"
+FORMAT = "nnforge.train.checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d+)\.safetensors$")
 
@@ -126,7 +127,7 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
 
     tensors: dict[str, torch.Tensor] = {}
     meta = {
-        "format": "nnforge.train.checkpoint", "version": FORMAT_VERSION,
+        "format": FORMAT, "version": FORMAT_VERSION,
         "model_aliases": _model_tensors(model, tensors),
         "optimizer": _encode(optimizer.state_dict(), "optim", tensors),
         "scheduler": _encode(scheduler.state_dict(), "sched", tensors),
@@ -159,7 +160,14 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise IntegrityError(f"{path}: not a readable checkpoint ({exc}); use an older one") from None
     if raw is None:
         raise IntegrityError(f"{path}: has no {META_KEY} metadata; it is not an nnforge training checkpoint")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"{path}: its {META_KEY} metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"{path}: its {META_KEY} metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise IntegrityError(f"{path}: metadata format {meta.get('format')!r} is not an nnforge training checkpoint")
     if meta.get("version") != FORMAT_VERSION:
         raise IntegrityError(f"{path}: checkpoint format version {meta.get('version')!r}; "
                              f"this nnforge reads version {FORMAT_VERSION}")
@@ -178,17 +186,26 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
     """
     p = Path(path)
     tensors, meta = _read(p)
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    for name, target in meta["model_aliases"].items():
-        state[name] = state[target]
+    try:
+        state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        for name, target in meta["model_aliases"].items():
+            state[name] = state[target]
+        optim_state: Any = _decode(meta["optimizer"], tensors) if optimizer is not None else None
+        sched_state: Any = _decode(meta["scheduler"], tensors) if scheduler is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IntegrityError(f"{p}: damaged checkpoint metadata ({type(exc).__name__}: {exc})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise IntegrityError(f"{p}: the checkpoint does not fit this model: {exc}") from None
-    if optimizer is not None:
-        optimizer.load_state_dict(_decode(meta["optimizer"], tensors))
-    if scheduler is not None:
-        scheduler.load_state_dict(_decode(meta["scheduler"], tensors))
-    if restore_rng:
-        _restore_rng(meta["rng"], tensors)
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(optim_state)
+        if scheduler is not None:
+            scheduler.load_state_dict(sched_state)
+        if restore_rng:
+            _restore_rng(meta["rng"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        raise IntegrityError(f"{p}: the checkpoint's optimizer, scheduler or RNG state does not load "
+                             f"({type(exc).__name__}: {exc})") from None
     return meta

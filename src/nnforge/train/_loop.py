@@ -400,12 +400,20 @@ def _resume(run: _Run, where: Path) -> None:
     # rank 0 restores its RNG states exactly; other ranks re-seed from (seed, rank, step): see docs/train.md
     meta = load_checkpoint(path, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
                            restore_rng=state.is_main)
+    try:
+        pos = {k: int(meta[k]) for k in ("step", "epoch", "batch_in_epoch", "batch_index", "evals_without_improvement")}
+        best = meta["best_metric"]
+        if min(pos.values()) < 0 or not (best is None or isinstance(best, int | float)):
+            raise ValueError(f"negative position or non-numeric best_metric: {pos}, {best!r}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{path}: damaged checkpoint: its training position does not read "
+                             f"({type(exc).__name__}: {exc})") from None
     if not state.is_main:
-        _seed_everything(state.config.seed + state.rank + 1_000_003 * int(meta["step"]))
-    state.step, state.best_metric = int(meta["step"]), meta["best_metric"]
-    state.evals_without_improvement = int(meta["evals_without_improvement"])
-    state.epoch, state.batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
-    run.stream.index, run.stream.epoch = int(meta["batch_index"]), state.epoch
+        _seed_everything(state.config.seed + state.rank + 1_000_003 * pos["step"])
+    state.step, state.best_metric = pos["step"], best
+    state.evals_without_improvement = pos["evals_without_improvement"]
+    state.epoch, state.batch_in_epoch = pos["epoch"], pos["batch_in_epoch"]
+    run.stream.index, run.stream.epoch = pos["batch_index"], state.epoch
     run.stream.batch_in_epoch = state.batch_in_epoch
     state.last_checkpoint = path
     log.info("resumed from %s at step %d of %d", path, state.step, state.config.max_steps)
