@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from nnforge import data
+from nnforge.data.files import load_text_file
 from nnforge.errors import DataError
 
 
@@ -45,3 +46,15 @@ def test_unsupported_suffix(tmp_path):
     f.write_text("x")
     with pytest.raises(DataError, match="unsupported file type"):
         data.load_text_file(f)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("latin1.csv", b"text,label\nna\xefve,comedy\n", "latin1.csv:2: not UTF-8 text"),
+    ("num.jsonl", b'{"text": 5, "label": "a"}\n', "num.jsonl:1: 'text' must be a string; got int"),
+    ("list.jsonl", b'{"text": "x", "label": ["a"]}\n', "'label' must be a name or an integer; got list"),
+    ("bool.jsonl", b'{"text": "x", "label": true}\n', "got bool"),
+])
+def test_wrong_encodings_and_types_are_named_with_the_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_text_file(tmp_path / name)

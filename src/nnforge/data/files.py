@@ -19,6 +19,17 @@ __all__ = ["load_text_file", "text_classification_from_files"]
 
 
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
@@ -64,10 +75,14 @@ def load_text_file(path: str | os.PathLike[str], text_column: str = "text", labe
     texts = []
     for line, row in rows:
         text, label = row.get(text_column), row.get(label_column)
-        if not isinstance(text, str) or not text.strip():
+        if text is None or (isinstance(text, str) and not text.strip()):
             raise DataError(f"{p}:{line}: empty or missing {text_column!r}")
+        if not isinstance(text, str):
+            raise DataError(f"{p}:{line}: {text_column!r} must be a string; got {type(text).__name__}")
         if label is None or label == "":
             raise DataError(f"{p}:{line}: empty or missing {label_column!r}")
+        if not isinstance(label, str | int) or isinstance(label, bool):
+            raise DataError(f"{p}:{line}: {label_column!r} must be a name or an integer; got {type(label).__name__}")
         texts.append(text)
         raw_labels.append(str(label))
     names = label_names or sorted(set(raw_labels))
