@@ -53,6 +53,13 @@ def test_malformed_yaml_names_line(tmp_path):
         load_recipe(str(f))
 
 
+def test_a_recipe_that_is_not_utf8_names_the_line(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(b"name: x\ndescription: na\xefve\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml:2: not UTF-8 text"):
+        load_recipe(str(f))
+
+
 def test_missing_recipe_file_and_unknown_builtin(tmp_path):
     with pytest.raises(ConfigError, match="no such recipe file"):
         load_recipe(str(tmp_path / "nope.yaml"))
