@@ -7,6 +7,8 @@ what to do. The CLI prints the message without a traceback and exits with :attr:
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "NnforgeError",
     "ConfigError",
@@ -58,3 +60,10 @@ class StepFailedError(NnforgeError):
     """A recipe step failed while doing its work (exit code 1)."""
 
     exit_code = 1
+
+
+def not_utf8(path: os.PathLike[str] | str, exc: UnicodeDecodeError) -> str:
+    """``"PATH:LINE: not UTF-8 text (byte 0xff at offset N)"``: where a text file failed to decode."""
+    with open(path, "rb") as f:
+        line = f.read(exc.start).count(b"\n") + 1
+    return f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"

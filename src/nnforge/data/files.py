@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nnforge.data._types import TextClassification, TextSplit
-from nnforge.errors import DataError
+from nnforge.errors import DataError, not_utf8
 
 __all__ = ["load_text_file", "text_classification_from_files"]
 
@@ -22,9 +22,7 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     try:
         return _read_rows(path)
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-                        "save the file as UTF-8") from None
+        raise DataError(f"{not_utf8(path, exc)}; save the file as UTF-8") from None
     except csv.Error as exc:
         raise DataError(f"{path}: not a readable CSV file ({exc})") from None
 

@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnforge.config import Config, describe_validation_error
-from nnforge.errors import ConfigError
+from nnforge.errors import ConfigError, not_utf8
 
 __all__ = ["ModelSpec", "DataSpec", "Metadata", "StepSpec", "Recipe", "parse_recipe", "load_recipe", "apply_overrides"]
 
@@ -253,9 +253,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); save the recipe "
-                          "as UTF-8") from None
+        raise ConfigError(f"{not_utf8(path, exc)}; save the recipe as UTF-8") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
