@@ -93,3 +93,28 @@ def test_sensitivity_then_plan_then_quantize():
     plan = allocate_bits(sens, budget=5.0)
     report = quantize_(model, WeightOnlyConfig(fmt="int4", group_size=None, plan=plan.formats))
     assert {c.name: c.detail.split()[0] for c in report.changed} == plan.formats
+
+
+def test_end_to_end_sensitivity_and_measured_latency():
+    """loss_fn: the loss increase with only that layer quantized; measure_latency: timed per format."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 16))
+    calib = [torch.randn(32, 128) for _ in range(2)]
+    with torch.no_grad():
+        ref = model(calib[0])
+
+    def mse(m):
+        with torch.no_grad():
+            return float((m(calib[0]) - ref).square().mean())
+
+    before = [p.detach().clone() for p in model.parameters()]
+    sens = layer_sensitivity(model, ["fp32", "int8", "int2"], calib, group_size=None, loss_fn=mse,
+                             measure_latency=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # model left as it was
+    for opts in sens.values():
+        err = {o.fmt: o.error for o in opts}
+        assert err["fp32"] == 0.0 and 0.0 <= err["int8"] < err["int2"]
+        assert all(o.latency_ms is not None and o.latency_ms > 0 for o in opts)
+    plan = allocate_bits(sens, budget=sum(o.latency_ms for opts in sens.values() for o in opts if o.fmt == "fp32") * 10,
+                         kind="latency_ms")
+    assert set(plan.formats) == {"0", "2"}

@@ -57,11 +57,12 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
         w = lin.weight.detach().float()
         x = stats[name].sample.float()
         ref = x @ w.T
-        options = []
+        options: list[LayerOption] = []
+        layers: list[nn.Module] = []
         for fmt in candidates:
             if fmt == "fp32":
-                options.append(LayerOption("fp32", 0.0, w.numel() * 4, w.numel(),
-                                           _latency(lin) if measure_latency else None))
+                options.append(LayerOption("fp32", 0.0, w.numel() * 4, w.numel()))
+                layers.append(lin)
                 continue
             group = group_size if group_size is None or w.shape[1] % group_size == 0 else None
             sym = symmetric or fmt in ("int8", "ternary", "binary")
@@ -72,7 +73,11 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
                 error = _loss_increase(model, name, q, loss_fn) - (base_loss or 0.0)
             else:
                 error = float((ref - x @ w_hat.T).square().sum() / ref.square().sum().clamp_min(1e-30))
-            options.append(LayerOption(fmt, error, packed.nbytes, w.numel(), _latency(q) if measure_latency else None))
+            options.append(LayerOption(fmt, error, packed.nbytes, w.numel()))
+            layers.append(q)
+        if measure_latency:
+            for option, ms in zip(options, _latencies(layers), strict=True):
+                option.latency_ms = ms
         out[name] = options
     return out
 
@@ -88,14 +93,17 @@ def _loss_increase(model: nn.Module, name: str, q: nn.Module, loss_fn: Callable[
         set_child(model, name, original)
 
 
-def _latency(layer: Any, repeats: int = 15) -> float:
-    k = int(layer.in_features)
-    x = torch.randn(1, k)
-    times = []
+def _latencies(layers: Sequence[Any], repeats: int = 15) -> list[float]:
+    """Batch-1 median milliseconds of each of one layer's formats, timed interleaved (round-robin), so that
+    a busy moment of a shared machine lands on every format alike."""
+    x = torch.randn(1, int(layers[0].in_features))
+    times: list[list[float]] = [[] for _ in layers]
     with torch.inference_mode():
-        layer(x)
+        for layer in layers:
+            layer(x)  # warm-up
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[repeats // 2] * 1e3
+            for i, layer in enumerate(layers):
+                t0 = time.perf_counter()
+                layer(x)
+                times[i].append(time.perf_counter() - t0)
+    return [sorted(ts)[repeats // 2] * 1e3 for ts in times]
