@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,16 +94,10 @@ def _loss_increase(model: nn.Module, name: str, q: nn.Module, loss_fn: Callable[
 
 
 def _latencies(layers: Sequence[Any], repeats: int = 15) -> list[float]:
-    """Batch-1 median milliseconds of each of one layer's formats, timed interleaved (round-robin), so that
-    a busy moment of a shared machine lands on every format alike."""
+    """Batch-1 median milliseconds of each of one layer's formats, timed interleaved (``hardware.compare``), so
+    that a busy moment of a shared machine lands on every format alike."""
+    from nnforge.hardware import compare
+
     x = torch.randn(1, int(layers[0].in_features))
-    times: list[list[float]] = [[] for _ in layers]
-    with torch.inference_mode():
-        for layer in layers:
-            layer(x)  # warm-up
-        for _ in range(repeats):
-            for i, layer in enumerate(layers):
-                t0 = time.perf_counter()
-                layer(x)
-                times[i].append(time.perf_counter() - t0)
-    return [sorted(ts)[repeats // 2] * 1e3 for ts in times]
+    timed = compare({str(i): functools.partial(layer, x) for i, layer in enumerate(layers)}, warmup=1, repeats=repeats)
+    return [timed[str(i)].median_ms for i in range(len(layers))]
