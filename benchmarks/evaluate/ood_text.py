@@ -33,8 +33,9 @@ The summary's ``best_detector`` is the best AUROC among the reported detectors o
 excluded): a maximum taken on the OOD sets themselves, so an optimistic figure; ``msp_auroc`` is the
 fine-tuned classifier's MSP. ``reference`` holds a supervised history-vs-rest probe (trained with history
 labels, so not a detector) as the ceiling of what MiniLM features separate; ``histories_diagnostics`` measures
-why that set stays near chance (genre transfer to unseen plays, a TF-IDF supervised ceiling, and the issue
-anchors' protocol with in-distribution test passages drawn from the fitting plays themselves).
+why that set stays near chance (genre transfer to unseen plays, a TF-IDF supervised ceiling, the issue
+anchors' protocol with in-distribution test passages drawn from the fitting plays themselves, and densities of
+stylometric features — style rather than content).
 """
 
 from __future__ import annotations
@@ -248,6 +249,8 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
     - ``same_plays_protocol``: the protocol of the issue's quoted baselines (``anchors/ood.py``): in-distribution
       test = random held-out passages of the comedy and tragedy plays themselves (their plays are seen in
       fitting), not passages of unseen plays; the same history passages as OOD.
+    - ``stylometry``: style instead of content — Mahalanobis (one Gaussian) and 10-NN on standardised
+      stylometric features (``style_features``) of every training passage; test plays vs histories.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -289,7 +292,44 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
         res[name] = auroc(det.score(features=feats["test"]["features"]), det.score(features=feats["histories"]["features"]))
     out["same_plays_protocol"] = {"fit_passages": n_fit, "id_test_passages": n_test, "n_ood": len(histories),
                                   "auroc": res}
+    # style, not content: densities of stylometric features fitted on every training passage
+    style = {k: style_features(v) for k, v in (("train", tr.texts), ("test", te.texts), ("histories", histories))}
+    mu, sd = style["train"].mean(0), style["train"].std(0) + 1e-9
+    z = {k: torch.from_numpy((v - mu) / sd).float() for k, v in style.items()}
+    res = {}
+    for name, det in (("mahalanobis-1g", build_detector("mahalanobis", class_conditional=False)),
+                      ("knn", build_detector("knn", k=10))):
+        det.fit(features=z["train"])
+        res[name] = auroc(det.score(features=z["test"]), det.score(features=z["histories"]))
+    out["stylometry"] = {"features": f"{N_STYLE} style features + rates of {len(FUNCTION_WORDS)} function words",
+                         "train_passages": len(tr.texts), "test_passages": len(te.texts), "auroc": res}
     return out
+
+
+FUNCTION_WORDS = ("the and i to of a you my that in is it not me be his with your this he but for have thou so him "
+                  "what will by all shall do no we thee our if are her on as thy or at now which would was from they "
+                  "more there how then should when than let must may yet o too upon nor here am").split()
+N_STYLE = 12
+
+
+def style_features(texts: list[str]) -> np.ndarray:
+    """Per passage: word and sentence lengths, syllables per word, punctuation and capitalisation rates,
+    type/token ratio, apostrophes, and the rate of each of ``FUNCTION_WORDS`` (what stylometry reads)."""
+    import re
+
+    rows = []
+    for text in texts:
+        words = re.findall(r"[A-Za-z']+", text)
+        n = max(len(words), 1)
+        lower = [w.lower() for w in words]
+        sentences = max(len(re.findall(r"[.?!]+", text)), 1)
+        style = [len(words), n / sentences, sum(len(w) for w in words) / n,
+                 sum(len(re.findall(r"[aeiouy]+", w)) for w in lower) / n,
+                 text.count(",") / n, text.count(".") / n, text.count("?") / n, text.count("!") / n,
+                 (text.count(";") + text.count(":")) / n, sum(w[:1].isupper() for w in words[1:]) / n,
+                 len(set(lower)) / n, text.count("'") / n]
+        rows.append(style + [lower.count(w) / n for w in FUNCTION_WORDS])
+    return np.asarray(rows, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------
