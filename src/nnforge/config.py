@@ -65,6 +65,8 @@ def describe_validation_error(exc: ValidationError, *, prefix: str = "", owner: 
             lines.append(f"{where}: unknown field. Remove it or check its spelling.")
         elif kind == "missing":
             lines.append(f"{where}: required field is missing.")
+        elif kind == "value_error":  # our own validators: their message already says what and where
+            lines.append(f"{where}: {msg.removeprefix('Value error, ')}")
         else:
             shown = repr(given)
             if len(shown) > 80:

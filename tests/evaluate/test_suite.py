@@ -172,3 +172,17 @@ def test_measured_budgets_and_builtin_suite_loads_with_its_sha():
     assert len(s.sha256) == 64 and s.reference == "fp32" and s.needs()["probes"] == ["char_swap"]
     with pytest.raises(ConfigError, match="not a built-in suite"):
         load_suite("no-such-suite")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("name: x\nslices: [class]\nchecks: ['acc >= 0.5']\n", "checks\\[0\\]: unknown metric 'acc'"),
+    ("name: x\nslices: [class]\nchecks: []\n", "checks"),
+    ("name: x\ndecide: maybe\nslices: [class]\nchecks: ['accuracy >= 0.5']\n", "decide"),
+    ("name: x\nslices: [class]\nchecks: ['accuracy >= 0.5']\ntypo: 1\n", "typo: unknown field"),
+])
+def test_a_malformed_suite_file_is_a_config_error_naming_the_file(tmp_path, body, message):
+    """Not pydantic's ValidationError (the CLI would report it as an unexpected failure, exit 1): exit 2."""
+    (tmp_path / "bad.yaml").write_text(body)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_suite(tmp_path / "bad.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'bad.yaml'}: the suite has 1 problem(s)")

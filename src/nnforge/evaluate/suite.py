@@ -43,9 +43,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from nnforge.config import Config
+from nnforge.config import Config, describe_validation_error
 from nnforge.errors import ConfigError, DataError
 from nnforge.evaluate.metrics import METRICS, Metric
 from nnforge.evaluate.outputs import Outputs, check_paired
@@ -183,7 +183,11 @@ def load_suite(source: str | Path) -> Suite:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a suite is a YAML mapping with name, slices and checks")
     doc["sha256"] = hashlib.sha256(blob).hexdigest()
-    return Suite.model_validate(doc)
+    try:
+        return Suite.model_validate(doc)
+    except ValidationError as exc:  # an unknown metric, slice spec or field: a user error, named with the file
+        problems = describe_validation_error(exc, owner="Suite")
+        raise ConfigError(f"{path}: the suite has {len(problems)} problem(s):\n  " + "\n  ".join(problems)) from None
 
 
 @dataclass
