@@ -301,7 +301,8 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
                       ("knn", build_detector("knn", k=10))):
         det.fit(features=z["train"])
         res[name] = auroc(det.score(features=z["test"]), det.score(features=z["histories"]))
-    out["stylometry"] = {"features": f"{N_STYLE} style features + rates of {len(FUNCTION_WORDS)} function words",
+    n_style = style["train"].shape[1] - len(FUNCTION_WORDS)
+    out["stylometry"] = {"features": f"{n_style} style features + rates of {len(FUNCTION_WORDS)} function words",
                          "train_passages": len(tr.texts), "test_passages": len(te.texts), "auroc": res}
     return out
 
@@ -309,7 +310,6 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
 FUNCTION_WORDS = ("the and i to of a you my that in is it not me be his with your this he but for have thou so him "
                   "what will by all shall do no we thee our if are her on as thy or at now which would was from they "
                   "more there how then should when than let must may yet o too upon nor here am").split()
-N_STYLE = 12
 
 
 def style_features(texts: list[str]) -> np.ndarray:

@@ -36,3 +36,16 @@ def small_run(tmp_path_factory, shakespeare_texts):
     assert rc == 0
     run_dir = next((folder / "runs").iterdir())
     return folder, run_dir
+
+
+@pytest.fixture
+def small_run_copy(small_run, tmp_path, monkeypatch):
+    """A copy of the small run's folder (runs/ and .nnforge/) as the working folder: tests may write to it.
+    Returns ``(work folder, the run's folder inside it)``."""
+    import shutil
+
+    folder, run_dir = small_run
+    work = tmp_path / "work"
+    shutil.copytree(folder, work)
+    monkeypatch.chdir(work)
+    return work, work / "runs" / run_dir.name

@@ -13,7 +13,6 @@ import hashlib
 import io
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import pytest
@@ -52,11 +51,8 @@ def test_every_document_has_examples_and_few_are_skipped():
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
-def test_document_examples_run(document, small_run, tmp_path, monkeypatch):
-    folder, run_dir = small_run
-    work = tmp_path / "work"
-    shutil.copytree(folder, work)  # runs/ and .nnforge/ of the small run; the examples may write to them
-    monkeypatch.chdir(work)
+def test_document_examples_run(document, small_run_copy):
+    _, run_dir = small_run_copy  # the examples may write to the copy's runs/ and .nnforge/
     artifact = hashlib.sha256((run_dir / "model-int8.safetensors").read_bytes()).hexdigest()[:8]
     namespace: dict = {"__name__": "__docs__"}
     for line, code, reason in blocks(document):

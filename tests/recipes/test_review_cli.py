@@ -19,12 +19,9 @@ TEXTS = ["Now is the winter of our discontent\nMade glorious summer by this sun 
 
 
 @pytest.fixture
-def copied(small_run, tmp_path, monkeypatch):
-    """The small run's folder (runs/ and .nnforge/) copied, as the working folder."""
-    folder, run_dir = small_run
-    work = tmp_path / "work"
-    shutil.copytree(folder, work)
-    monkeypatch.chdir(work)
+def copied(small_run_copy):
+    """The small run's folder copied as the working folder, with a texts file."""
+    work, run_dir = small_run_copy
     (work / "texts.txt").write_text("\n".join(t.replace("\n", " ") for t in TEXTS) + "\n")
     return work, run_dir.name
 
