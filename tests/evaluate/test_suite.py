@@ -91,6 +91,63 @@ def test_slices_by_class_meta_and_predicate_with_rare_flags():
         build_slices(out, [{"name": "x", "where": "__import__('os') == 1"}])
 
 
+def test_cos_fidelity_reads_the_embeddings_and_refuses_mismatches():
+    base = _outputs(n=50)
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(50, 8))
+    out = Outputs(base.labels, base.probs, features=feats)
+    assert METRICS.get("cos_fidelity")(out, out) == pytest.approx(1.0)
+    noisy = Outputs(base.labels, base.probs, features=feats + rng.normal(scale=0.5, size=feats.shape))
+    expected = np.mean([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(noisy.features, feats, strict=True)])
+    assert METRICS.get("cos_fidelity")(noisy, out) == pytest.approx(expected)
+    with pytest.raises(DataError, match="one shape"):
+        METRICS.get("cos_fidelity")(Outputs(base.labels, base.probs, features=feats[:, :4]), out)
+    with pytest.raises(DataError, match="needs embeddings"):
+        METRICS.get("cos_fidelity")(base, out)
+    with pytest.raises(DataError, match="features must be"):
+        Outputs(base.labels, base.probs, features=feats[:10])
+    with pytest.raises(DataError, match="NaN or infinite features"):
+        Outputs(base.labels, base.probs, features=np.full((50, 8), np.nan))
+    with pytest.raises(DataError, match="measured"):
+        METRICS.get("latency_ms")(out)
+
+
+def test_metrics_of_an_empty_split_are_nan():
+    empty = Outputs(np.zeros(0, dtype=np.int64), np.zeros((0, 3)))
+    for name in ("accuracy", "macro_f1", "nll", "perplexity", "brier", "ece"):
+        assert math.isnan(METRICS.get(name)(empty)), name
+    assert math.isnan(METRICS.get("flip_rate")(empty, empty))
+
+
+@pytest.mark.parametrize(("spec", "error", "message"), [
+    ({"name": "a b", "where": "words > 3"}, ConfigError, "may hold only"),
+    ({"name": "x"}, ConfigError, "a slice is 'class'"),
+    ({"meta": ""}, ConfigError, "a slice is 'class'"),
+    ({"name": "x", "where": "words >= 3 or chars < 2"}, ConfigError, "cannot read the condition"),
+    ({"name": "x", "where": "label > comedy"}, DataError, "ordering applies to numbers only"),
+])
+def test_slice_specs_name_what_is_wrong(spec, error, message):
+    with pytest.raises(error, match=message):
+        build_slices(_outputs(n=20), [spec])
+
+
+def test_slice_conditions_on_labels_predictions_confidence_and_text_length():
+    out = _outputs(n=60)
+    slices = build_slices(out, [{"name": "wrong", "where": "label != pred"},
+                                {"name": "sure-history", "where": "pred == history and confidence >= 0.7"},
+                                {"name": "short", "where": "chars < 30"},
+                                {"name": "quoted", "where": "meta.play == 'c'"}])
+    assert set(slices["wrong"].index) == set(np.flatnonzero(out.preds != out.labels))
+    assert set(slices["sure-history"].index) == set(np.flatnonzero(out.preds == 2))
+    assert set(slices["short"].index) == {i for i, t in enumerate(out.texts) if len(t) < 30}
+    assert set(slices["quoted"].index) == set(range(2, 60, 4))
+    assert len(build_slices(out, [{"name": "lit", "where": "label == 'pred'"}])["lit"].index) == 0  # quoted: a string
+    with pytest.raises(ConfigError, match="two slices are named 'short'"):
+        build_slices(out, [{"name": "short", "where": "chars < 30"}, {"name": "short", "where": "words < 3"}])
+    with pytest.raises(DataError, match="needs texts"):
+        build_slices(Outputs(out.labels, out.probs), [{"name": "short", "where": "chars < 30"}])
+
+
 def test_bootstrap_interval_covers_the_truth_and_mcnemar_is_exact():
     rng = np.random.default_rng(0)
     x = rng.random(2000) < 0.7

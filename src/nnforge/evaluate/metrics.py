@@ -208,6 +208,8 @@ def _cos_fidelity(out: Outputs, ref: Outputs | None) -> float:
     if out.features is None or ref.features is None:
         raise DataError("cos_fidelity needs embeddings (features) of both models")
     a, b = out.features, ref.features
+    if a.shape != b.shape:
+        raise DataError(f"cos_fidelity compares embeddings of one shape; got {a.shape} and reference {b.shape}")
     cos = (a * b).sum(1) / np.clip(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12, None)
     return float(cos.mean()) if len(cos) else float("nan")
 

@@ -54,6 +54,13 @@ class Outputs:
                 raise DataError(f"outputs: {name} has {len(seq)} entries for {len(labels)} examples")
         if self.label_names and len(self.label_names) != probs.shape[1]:
             raise DataError(f"{len(self.label_names)} label names for a model with {probs.shape[1]} classes")
+        if self.features is not None:
+            feats = np.asarray(self.features)
+            if feats.ndim != 2 or len(feats) != len(labels) or not np.issubdtype(feats.dtype, np.number):
+                raise DataError(f"outputs: features must be (N, D) with N = {len(labels)} examples; got {feats.shape}")
+            if not np.isfinite(feats).all():
+                raise DataError("the model produced NaN or infinite features")
+            object.__setattr__(self, "features", feats)
         object.__setattr__(self, "labels", labels.astype(np.int64))
         object.__setattr__(self, "probs", probs)
 

@@ -7,7 +7,9 @@ Three ways to slice, written the same way in Python and in a suite's YAML:
 - ``{"name": "long", "where": "words > 60"}``: a predicate. Conditions are ``FIELD OP VALUE`` joined by
   ``and``; FIELD is ``chars``, ``words`` (of the text), ``confidence`` (the model's top probability),
   ``label`` (true class name), ``pred`` (predicted class name) or ``meta.<key>``; OP is one of
-  ``== != < <= > >= in``. Nothing is ever evaluated as code. In Python a predicate may also be any function
+  ``== != < <= > >= in``; VALUE is a number, a word, a quoted string, a ``[list]`` (for ``in``) or another
+  FIELD (``label != pred`` is the misclassified examples; quote a class really named so). Nothing is ever
+  evaluated as code. In Python a predicate may also be any function
   of ``(outputs, index) -> bool``.
 
 Slices with fewer than ``rare_below`` examples are flagged *rare*: their figures are reported with
@@ -32,8 +34,9 @@ __all__ = ["SliceSpec", "Slice", "parse_slice_spec", "check_slice_specs", "build
 RARE_BELOW = 30
 _OPS: dict[str, Callable[[Any, Any], bool]] = {"==": operator.eq, "!=": operator.ne, "<=": operator.le,
                                                ">=": operator.ge, "<": operator.lt, ">": operator.gt}
-_COND = re.compile(r"^\s*(?P<field>chars|words|confidence|label|pred|meta\.[A-Za-z_][\w-]*)\s*"
-                   r"(?P<op>==|!=|<=|>=|<|>|\bin\b)\s*(?P<value>.+?)\s*$")
+_FIELD = r"chars|words|confidence|label|pred|meta\.[A-Za-z_][\w-]*"
+_COND = re.compile(rf"^\s*(?P<field>{_FIELD})\s*"
+                   r"(?P<op>==|!=|<=|>=|<|>|\bin\b)\s*(?P<value>'[^']*'|\"[^\"]*\"|\[[^\]]*\]|[^\s'\"\[\]]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,13 @@ class Slice:
     rare: bool
 
 
+@dataclass(frozen=True)
+class _FieldRef:
+    """An unquoted field name on the right of a condition (``label != pred``): that field's value, not a string."""
+
+    name: str
+
+
 def _parse_value(text: str) -> Any:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
@@ -79,9 +89,14 @@ def _parse_where(where: str, where_in: str) -> list[tuple[str, str, Any]]:
         m = _COND.match(part)
         if not m:
             raise ConfigError(f"{where_in}: cannot read the condition {part!r}; write FIELD OP VALUE with FIELD in "
-                              "chars, words, confidence, label, pred, meta.<key> and OP in == != < <= > >= in")
+                              "chars, words, confidence, label, pred, meta.<key>, OP in == != < <= > >= in, a VALUE "
+                              "with spaces in quotes, and conditions joined by 'and' ('or' is not supported: "
+                              "use two slices)")
         value = m["value"]
-        parsed = [_parse_value(v) for v in value.strip("[]").split(",")] if m["op"] == "in" else _parse_value(value)
+        if m["op"] == "in":
+            parsed: Any = [_parse_value(v) for v in value.strip("[]").split(",")]
+        else:
+            parsed = _FieldRef(value) if re.fullmatch(_FIELD, value) else _parse_value(value)
         conds.append((m["field"], m["op"], parsed))
     return conds
 
@@ -120,6 +135,13 @@ def _field_value(out: Outputs, i: int, field: str) -> Any:
         k = int(out.labels[i] if field == "label" else out.preds[i])
         return out.label_names[k] if out.label_names else str(k)
     return (out.meta[i] if out.meta else {}).get(field.removeprefix("meta."))
+
+
+def _target(out: Outputs, i: int, target: Any) -> Any:
+    if not isinstance(target, _FieldRef):
+        return target
+    value = _field_value(out, i, target.name)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _text(t: Any) -> str:
@@ -167,7 +189,7 @@ def build_slices(out: Outputs, specs: Sequence[Any], rare_below: int = RARE_BELO
             add(spec.name, np.array([i for i in range(n) if spec.predicate(out, i)], dtype=np.int64))
         else:
             conds = _parse_where(spec.where, f"slices[{k}]")
-            keep = [i for i in range(n) if all(_holds(_field_value(out, i, f), op, v) for f, op, v in conds)]
+            keep = [i for i in range(n) if all(_holds(_field_value(out, i, f), op, _target(out, i, v)) for f, op, v in conds)]
             add(spec.name, np.array(keep, dtype=np.int64))
     return slices
 
