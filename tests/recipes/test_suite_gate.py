@@ -93,6 +93,21 @@ def test_bad_input_is_refused_before_any_model_runs(run_copy, tmp_path, capsys, 
     assert not (run_copy / "suite-small.json").exists()
 
 
+@pytest.mark.parametrize("edit, message", [
+    (("reference: fp32", "reference: int3"), "reference variant 'int3' is not in this run"),
+    (("reference: fp32\n", ""), "names no reference variant"),
+    (("accuracy >= 0.05", "accuracy >= baseline - 0.01"), "give one (--baseline RUN)"),
+    (("name: small", "name: small\nsplit: holdout"), "split 'holdout'"),
+])
+def test_a_suite_that_does_not_fit_the_run_is_refused_before_any_model_runs(run_copy, tmp_path, capsys, edit,
+                                                                            message):
+    (tmp_path / "misfit.yaml").write_text(SUITE.replace(*edit))
+    assert main(["evaluate", str(run_copy), "--suite", str(tmp_path / "misfit.yaml"), "--ledger",
+                 str(tmp_path / "l.db")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (run_copy / "suite-small.json").exists()
+
+
 def test_unknown_slice_and_wrong_class_count_are_named(run_copy, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text(SUITE.replace("slice:class:history", "slice:class:romance"))
     assert main(["evaluate", str(run_copy), "--suite", str(tmp_path / "bad.yaml"), "--ledger", str(tmp_path / "l.db")]) == 2
