@@ -67,3 +67,14 @@ def not_utf8(path: os.PathLike[str] | str, exc: UnicodeDecodeError) -> str:
     with open(path, "rb") as f:
         line = f.read(exc.start).count(b"\n") + 1
     return f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+
+
+def check_output_path(path: os.PathLike[str] | str) -> None:
+    """Refuse an output path that is a folder or an existing SQLite database (a ledger): a path mistyped as
+    the ledger's would otherwise replace the whole record. Every writer of user-named files calls this."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a folder; give a file path to write to")
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read(16) == b"SQLite format 3\x00":
+                raise ConfigError(f"{path}: is a database (a ledger?); refusing to overwrite it, give another path")

@@ -96,3 +96,69 @@ def test_ledger_commands_need_an_existing_ledger(workdir, capsys):
 
 def test_usage_error_exits_2(capsys):
     assert main(["run"]) == 2
+
+
+def _ledger_with_events(path: str, n: int = 3) -> Ledger:
+    led = Ledger.open(path)
+    for i in range(n):
+        led.append("note", {"i": i})
+    return led
+
+
+@pytest.mark.parametrize("argv", [
+    ["ledger", "export", "l.db", "--ledger", "l.db"],
+    ["dashboard", "token", "--token-file", "l.db", "--ledger", "l.db"],
+    ["ledger", "export", "sub", "--ledger", "l.db"],
+])
+def test_an_output_path_onto_the_ledger_or_a_folder_is_refused(workdir, capsys, argv):
+    _ledger_with_events("l.db").close()
+    (workdir / "sub").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("refusing to overwrite" in err or "is a folder" in err) and "Traceback" not in err
+    assert main(["ledger", "verify", "--ledger", "l.db"]) == 0  # the ledger is intact
+    assert "3 events" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("head", ["SHORT", "", "xyz"])
+def test_verify_head_wants_the_full_hash_and_accepts_any_case(workdir, capsys, head):
+    led = _ledger_with_events("l.db")
+    full = led.head()
+    led.close()
+    value = full[:12] if head == "SHORT" else head
+    assert main(["ledger", "verify", "--ledger", "l.db", "--head", value]) == 2
+    assert "64 hex digits" in capsys.readouterr().err
+    assert main(["ledger", "verify", "--ledger", "l.db", "--head", f" {full.upper()} "]) == 0
+
+
+def test_ledger_show_prints_untrusted_fields_as_plain_text(workdir, capsys):
+    led = Ledger.open("l.db", actor="[bold red]mallory[/] \x1b]0;pwned\x07\x1b[2J")
+    led.append("note", {}, run="[link=http://evil]run[/link]")
+    led.close()
+    assert main(["ledger", "show", "--ledger", "l.db"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "[bold" in out and "[link=" in out  # shown, not interpreted as markup
+    assert "\\x1b" in out
+    assert main(["ledger", "show", "--ledger", "l.db", "--limit", "-1"]) == 2
+
+
+def test_recipe_problems_are_found_before_a_run_folder_exists(workdir, capsys):
+    for setting, message in (("model.architecture=digits-cnnn", "did you mean 'digits-cnn'"),
+                             ("data.dataset=digitz", "did you mean 'digits'"),
+                             ("steps[0].train.seed=5", "top-level seed"),
+                             ("data.options.test_fractio=0.3", "did you mean 'test_fraction'")):
+        assert main(["train", "digits", "--set", setting, "--ledger", "l.db"]) == 2, setting
+        assert message in capsys.readouterr().err
+    assert not (workdir / "runs").exists() and not (workdir / "l.db").exists()
+    (workdir / "afile").write_text("")
+    assert main(["train", "digits", "--runs-dir", "afile", "--ledger", "l.db"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_recipes_shows_a_user_file_only_when_it_is_a_valid_recipe(workdir, capsys):
+    (workdir / "bad.yaml").write_text("name: x\nsteps: [\n")
+    (workdir / "bin.yaml").write_bytes(b"name: caf\xe9\n")
+    for name, message in (("bad.yaml", "malformed YAML"), ("bin.yaml", "not UTF-8")):
+        assert main(["recipes", name, "--json"]) == 2
+        assert message in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_enqueue_predicts_applies_the_rules_and_records_hashes_only(copied, caps
     (lambda w: None, ["--file", "missing.txt"], "no such file"),
     (lambda w: shutil.rmtree(next((w / "runs").iterdir()) / "ood-guard"), ["--file", "texts.txt", "--ood"],
      "--ood needs a saved guard"),
-    (lambda w: None, ["--file", "texts.txt", "--audit-rate", "1.5"], "audit_rate must be in [0, 1]"),
+    (lambda w: None, ["--file", "texts.txt", "--audit-rate", "1.5"], "--audit-rate must be in [0, 1]"),
 ])
 def test_enqueue_bad_input_exits_2_and_queues_nothing(copied, capsys, setup, args, message):
     work, run_id = copied

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -27,9 +28,14 @@ checks:
 
 @pytest.fixture
 def run_copy(small_run, tmp_path):
-    _, run_dir = small_run
+    """A copy of the small run, with copies of its ledger as tmp_path/ledger.db and tmp_path/l.db."""
+    folder, run_dir = small_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
+    for name in ("ledger.db", "l.db"):  # through SQLite's backup API: recent events may still be in the WAL file
+        src, dst = sqlite3.connect(folder / ".nnforge" / "ledger.db"), sqlite3.connect(tmp_path / name)
+        src.backup(dst)
+        src.close(), dst.close()
     (tmp_path / "small.yaml").write_text(SUITE)
     return copy
 
@@ -47,7 +53,7 @@ def test_evaluate_passes_records_and_reports(run_copy, tmp_path, capsys):
     assert "suite small" in (run_copy / "report.html").read_text()
     assert main(["ledger", "show", "--ledger", str(led), "--json", "--limit", "0"]) == 0
     events = json.loads(capsys.readouterr().out)
-    ev = next(e for e in events if e["kind"] == "suite.evaluated")
+    ev = next(e for e in events if e["kind"] == "suite.evaluated" and e["data"]["suite"] == "small")
     import hashlib
 
     assert ev["data"]["suite_sha256"] == hashlib.sha256((tmp_path / "small.yaml").read_bytes()).hexdigest()

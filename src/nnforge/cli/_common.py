@@ -19,6 +19,14 @@ out = Console(highlight=False, soft_wrap=True)
 STATE: dict[str, Any] = {"debug": False}
 
 
+def safe(text: str | None) -> str:
+    """Untrusted text made harmless for a terminal: control characters (ESC, CR, …) become ``\\xNN``."""
+    if text is None:
+        return ""
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
 def ledger_location(given: str | None) -> str:
     return given or os.environ.get("NNFORGE_LEDGER") or os.path.join(".nnforge", "ledger.db")
 
@@ -34,6 +42,48 @@ def existing_ledger(given: str | None) -> str:
     return loc
 
 
+def _run_facts(run_dir: os.PathLike[str] | str) -> tuple[str | None, str | None]:
+    """The run id and the ledger file a run recorded in its config.json (a URL is recorded redacted: None)."""
+    try:
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        run_id, loc = config.get("run_id"), config.get("ledger")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    return (run_id if isinstance(run_id, str) else None,
+            loc if isinstance(loc, str) and "://" not in loc and os.path.isfile(loc) else None)
+
+
+def _records_run(location: str, run_id: str) -> bool:
+    from nnforge.errors import NnforgeError
+    from nnforge.ledger import Ledger
+
+    try:
+        led = Ledger.open(location)
+    except NnforgeError:
+        return False
+    try:
+        return bool(led.events(run=run_id, kind="run.started"))
+    except NnforgeError:
+        return False
+    finally:
+        led.close()
+
+
+def run_ledger(given: str | None, run_dir: os.PathLike[str] | str, *, create: bool = False) -> str:
+    """The ledger for a command on a finished run: ``--ledger`` or ``NNFORGE_LEDGER`` when given; else the
+    default ``.nnforge/ledger.db`` here when it recorded the run; else the ledger the run recorded (so a command
+    run from another folder still finds it); else the default. Only commands that write new records
+    (``create``) may start a new ledger."""
+    if not given and not os.environ.get("NNFORGE_LEDGER"):
+        run_id, recorded = _run_facts(run_dir)
+        here = ledger_location(None)
+        if run_id and recorded and recorded != os.path.abspath(here) and not (
+                os.path.isfile(here) and _records_run(here, run_id)):
+            return recorded
+    return ledger_location(given) if create else existing_ledger(given)
+
+
 def record_cli(command: str, data: dict[str, Any], *, ledger: str | None, actor: str | None,
                run: str | None = None) -> None:
     """Append a ``cli.<command>`` event (who, what, inputs and outputs by sha256) to the ledger."""
@@ -44,6 +94,20 @@ def record_cli(command: str, data: dict[str, Any], *, ledger: str | None, actor:
         led.append(f"cli.{command}", data, run=run)
     finally:
         led.close()
+
+
+def read_text_lines(path: os.PathLike[str] | str) -> list[str]:
+    """A user's text file, one text per line: UTF-8 (a byte-order mark is dropped), blank lines skipped."""
+    from nnforge.errors import DataError, not_utf8
+
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file (expected one text per line)")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = [ln.strip() for ln in f.read().splitlines()]
+    except UnicodeDecodeError as exc:
+        raise DataError(not_utf8(path, exc)) from None
+    return [ln for ln in lines if ln]
 
 
 def texts_sha256(texts: list[str]) -> str:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import console, existing_ledger, out
+from nnforge.cli._common import console, out, run_ledger
 
 
 def docs(
     run: Annotated[str, typer.Argument(help="Run folder or run id.")],
     format_: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
     out_dir: Annotated[str | None, typer.Option("--out", help="Folder to write to (default RUN/docs/).")] = None,
-    ledger: Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")] = None,
+    ledger: Annotated[str | None, typer.Option("--ledger", help="Ledger database (default: the one the run wrote to).")] = None,
 ) -> None:
     """Generate a model card, instructions for use and an Annex IV technical documentation draft for a run.
 
@@ -30,7 +31,9 @@ def docs(
     if format_ not in FORMATS:
         raise ConfigError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
     run_dir = find_run(run)
-    paths, verification = write_documents(run_dir, Ledger.open(existing_ledger(ledger)), format_, out_dir)
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file; give a folder for the three documents")
+    paths, verification = write_documents(run_dir, Ledger.open(run_ledger(ledger, run_dir)), format_, out_dir)
     for p in paths:
         out.print(f"{p}", markup=False, highlight=False)
     if not verification.ok:

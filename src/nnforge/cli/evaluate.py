@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import console, ledger_location, out, print_json, progress_bars
+from nnforge.cli._common import console, out, print_json, progress_bars, run_ledger
 
 
 def evaluate(
@@ -18,18 +18,22 @@ def evaluate(
     baseline_variant: Annotated[str | None, typer.Option(help="The baseline run's variant (default: its final).")] = None,
     junit: Annotated[Path | None, typer.Option(help="Where to write JUnit XML (default: in the run folder).")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder where run ids are looked up.")] = "runs",
-    ledger: Annotated[str | None, typer.Option(help="Ledger database (default .nnforge/ledger.db).")] = None,
+    ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the one the run wrote to).")] = None,
     actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run a regression suite on a finished run; writes JSON, JUnit XML and a report section, records the
     suite's sha256 in the ledger, and exits 1 when a check fails."""
+    from nnforge.errors import check_output_path
     from nnforge.evaluate import load_suite
     from nnforge.ledger import Ledger
+    from nnforge.recipes.runs import find_run
     from nnforge.recipes.suites import evaluate_run
 
     s = load_suite(suite)
-    led = Ledger.open(ledger_location(ledger), actor=actor)
+    if junit is not None:
+        check_output_path(junit)  # before anything is written: results land together or not at all
+    led = Ledger.open(run_ledger(ledger, find_run(run, runs_dir), create=True), actor=actor)
     with progress_bars() as progress:
         result, files = evaluate_run(run, s, ledger=led, variant=variant, baseline=baseline,
                                      baseline_variant=baseline_variant, runs_dir=runs_dir, junit=junit,

@@ -20,10 +20,11 @@ def recipes(
     """List the built-in recipes, or show one."""
     import yaml
 
-    from nnforge.recipes import builtin_dir
+    from nnforge.recipes import builtin_dir, load_recipe
     from nnforge.recipes.schema import resolve_recipe_path
 
     if name:
+        load_recipe(name)  # a user's file is checked as `run` would check it (YAML, encoding, fields): exit 2
         path = resolve_recipe_path(name)
         text = path.read_text(encoding="utf-8")
         if json_:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import existing_ledger, out, print_json
+from nnforge.cli._common import existing_ledger, out, print_json, safe
 
 app = typer.Typer(help="Inspect, verify and export the audit ledger.", no_args_is_help=True)
 
@@ -27,9 +27,15 @@ def show(
     limit: Annotated[int, typer.Option(help="Show the newest N events (0: all).")] = 30,
     json_: Annotated[bool, typer.Option("--json", help="Print events as JSON.")] = False,
 ) -> None:
-    """List ledger events, newest last."""
+    """List ledger events, newest last (run ids, kinds and actors are shown as plain text, control characters
+    escaped: a shared ledger's entries are not trusted to drive your terminal)."""
     from rich.table import Table
+    from rich.text import Text
 
+    from nnforge.errors import ConfigError
+
+    if limit < 0:
+        raise ConfigError(f"--limit {limit}: give 0 (all events) or a positive number")
     led = _open(ledger)
     events = led.events(run=run, kind=kind)  # type: ignore[attr-defined]
     if limit > 0:
@@ -41,7 +47,8 @@ def show(
     for col in ("#", "time (UTC)", "run", "kind", "actor", "hash"):
         table.add_column(col)
     for e in events:
-        table.add_row(str(e.seq), e.time[:19], e.run or "", e.kind, e.actor, e.hash[:12])
+        table.add_row(str(e.seq), Text(safe(e.time[:19])), Text(safe(e.run)), Text(safe(e.kind)), Text(safe(e.actor)),
+                      e.hash[:12])
     out.print(table)
 
 
@@ -79,6 +86,13 @@ def verify(
             raise typer.Exit(1)
         if head is None:
             return
+    if head is not None:
+        import re
+
+        head = head.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", head):
+            raise ConfigError("--head: expected a full head hash, 64 hex digits (reports, 'ledger verify' and "
+                              "'ledger show --json' print it; the table's 12 digits are not enough)")
     led = _open(ledger)
     result = led.verify(head=head)  # type: ignore[attr-defined]
     if json_:
@@ -163,9 +177,10 @@ def lineage(
         print_json(lin.to_dict())
         return
     a = lin.artifact
-    tree = Tree(f"[bold]{escape(str(a['name']))}[/] of run {a['run']}  sha256 {a['sha256']}  (event #{a['seq']})")
+    tree = Tree(f"[bold]{escape(safe(str(a['name'])))}[/] of run {escape(safe(str(a['run'])))}  sha256 {a['sha256']}"
+                f"  (event #{a['seq']})")
     for node in lin.nodes:
         style = _KIND_STYLE.get(node.kind, "")
         seq = f"#{node.seq}" if node.seq is not None else "—"
-        tree.add(f"{seq:>5} [{style}]{node.kind}[/]  {escape(node.label)}")
+        tree.add(f"{seq:>5} [{style}]{escape(safe(node.kind))}[/]  {escape(safe(node.label))}")
     out.print(tree, soft_wrap=False)

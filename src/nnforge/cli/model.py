@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nnforge.cli._common import existing_ledger, out, print_json, record_cli, texts_sha256
+from nnforge.cli._common import out, print_json, read_text_lines, record_cli, run_ledger, texts_sha256
 
 if TYPE_CHECKING:
     from nnforge.recipes.runs import Run
@@ -16,7 +16,7 @@ TextOpt = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text 
 FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="A file with one text per line.")]
 VariantOpt = Annotated[str | None, typer.Option(help="Model variant (fp32, int8, …; int8-native: int8 in the native runtime); default: the final one.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
-LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default .nnforge/ledger.db).")]
+LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default: the run's own).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
 
 
@@ -33,10 +33,11 @@ def _texts(text: list[str] | None, file: Path | None) -> list[str]:
     from nnforge.errors import DataError
 
     texts = list(text or [])
+    for k, t in enumerate(texts):
+        if not t.strip():
+            raise DataError(f"--text number {k + 1} is empty; give a text to classify")
     if file is not None:
-        if not file.is_file():
-            raise DataError(f"{file}: no such file")
-        texts += [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        texts += read_text_lines(file)
     if not texts:
         raise DataError("give at least one --text or a --file with one text per line")
     return texts
@@ -54,7 +55,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
     rows = loaded.predict(texts, variant)
     record_cli("predict", {**_used(loaded, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
                            "results": dict(Counter(row["label"] for row in rows))},
-               ledger=ledger, actor=actor, run=loaded.run_id)
+               ledger=run_ledger(ledger, loaded.path, create=True), actor=actor, run=loaded.run_id)
     if json_:
         print_json(rows)
         return
@@ -72,7 +73,7 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
     vectors = r.embed(texts, variant)
     record_cli("embed", {**_used(r, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
                          "results": {"vectors": len(texts), "dims": int(vectors.shape[1])}},
-               ledger=ledger, actor=actor, run=r.run_id)
+               ledger=run_ledger(ledger, r.path, create=True), actor=actor, run=r.run_id)
     if json_:
         print_json([{"text": t, "embedding": [round(x, 6) for x in v.tolist()]} for t, v in zip(texts, vectors, strict=True)])
         return
@@ -82,14 +83,16 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
 
 
 def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")],
-           ledger: Annotated[str | None, typer.Option(help="Ledger database.")] = None, actor: ActorOpt = None) -> None:
+           ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the one the run wrote to).")] = None,
+           actor: ActorOpt = None) -> None:
     """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger)."""
     from nnforge.ledger import Ledger, file_sha256
     from nnforge.ledger.report import write_report
     from nnforge.recipes.runs import find_run
 
     folder = find_run(run_dir)
-    path = write_report(folder, Ledger.open(existing_ledger(ledger)))
+    loc = run_ledger(ledger, folder)
+    path = write_report(folder, Ledger.open(loc))
     record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},
-               ledger=ledger, actor=actor, run=folder.name)
+               ledger=loc, actor=actor, run=folder.name)
     out.print(f"report: {path}")

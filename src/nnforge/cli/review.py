@@ -11,20 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import existing_ledger, ledger_location, out, print_json
+from nnforge.cli._common import existing_ledger, ledger_location, out, print_json, read_text_lines, run_ledger, safe
 
 app = typer.Typer(help="Review queue: low-confidence, out-of-distribution and audit-sampled outputs.",
                   no_args_is_help=True)
 
 LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")]
-
-
-def safe(text: str | None) -> str:
-    """Untrusted text made harmless for a terminal: control characters (ESC, CR, …) become ``\\xNN``."""
-    if text is None:
-        return ""
-    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in text)
 
 
 def _queue(location: str | None, actor: str | None = None, *, create: bool = False) -> Any:
@@ -63,9 +55,10 @@ def enqueue(
     from nnforge.ledger.review import review_rules
     from nnforge.recipes.runs import load_run
 
-    if not file.is_file():
-        raise DataError(f"{file}: no such file (expected one text per line)")
-    texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for option, value in (("--min-confidence", min_confidence), ("--audit-rate", audit_rate)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{option} must be in [0, 1]; got {value}")
+    texts = read_text_lines(file)
     if not texts:
         raise DataError(f"{file}: no texts (every line is empty)")
     r = load_run(run, runs_dir)
@@ -84,7 +77,7 @@ def enqueue(
         guard.featurizer = TextFeatures(r.model(guard_variant if guard_variant in r.variants else variant))
         flags = [bool(x) for x in guard(texts).is_ood.tolist()]
     picks = review_rules(preds, min_confidence=min_confidence, ood_flags=flags, audit_rate=audit_rate, seed=seed)
-    q = _queue(ledger, actor, create=True)
+    q = _queue(run_ledger(ledger, r.path, create=True), actor, create=True)
     try:
         items = [q.enqueue(run=r.run_id, variant=name, text=preds[p.index]["text"], label=preds[p.index]["label"],
                            confidence=preds[p.index]["confidence"], reason=p.reason) for p in picks]
@@ -243,7 +236,7 @@ def promote(
     from nnforge.recipes.runs import find_run
 
     folder = find_run(run, runs_dir)
-    led = Ledger.open(existing_ledger(ledger))
+    led = Ledger.open(run_ledger(ledger, folder))
     try:
         if revoke:
             ev = gate.revoke(led, folder, approver=approver, reason=reason or "")

@@ -30,14 +30,14 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a byte-order mark
             reader = csv.DictReader(f)
             if reader.fieldnames is None:
                 raise DataError(f"{path}: the CSV file is empty (expected a header row)")
             return [(i + 2, row) for i, row in enumerate(reader)]
     if suffix in (".jsonl", ".ndjson"):
         out = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for i, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -202,6 +202,10 @@ def genre_dataset(path: str | os.PathLike[str] | None = None, passages_per_play:
         seed: the seed of the per-play shuffle.
         genres: which genres to include (labels are renumbered in this order).
     """
+    if passages_per_play is not None and (isinstance(passages_per_play, bool) or not isinstance(passages_per_play, int)
+                                          or passages_per_play < 1):
+        raise DataError(f"passages_per_play must be a whole number >= 1 (or null for all passages); "
+                        f"got {passages_per_play!r}")
     unknown = set(genres) - set(GENRES)
     if unknown or not genres:
         raise DataError(f"genres must be a non-empty subset of {GENRES}; got {genres}")

@@ -55,7 +55,7 @@ from torch import nn
 from nnforge.compress import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
 from nnforge.compress._transform import set_child
 from nnforge.compress.quantize.kernels import PackedWeight
-from nnforge.errors import ConfigError, NnforgeError
+from nnforge.errors import ConfigError, NnforgeError, check_output_path
 
 __all__ = ["export_onnx", "matmul_nbits_tensors"]
 
@@ -477,6 +477,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         raise ConfigError(f"The 'block_size' parameter of export_onnx must be a power of two >= 16. "
                           f"Got {block_size!r} instead.")
     out = Path(path)
+    check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from nnforge.errors import DataError, MissingDependencyError, ModelError
+from nnforge.errors import DataError, MissingDependencyError, ModelError, check_output_path
 
 __all__ = ["expected_calibration_error", "brier_score", "negative_log_likelihood", "ReliabilityDiagram",
            "reliability_diagram", "plot_reliability", "fit_temperature", "TemperatureScaling"]
@@ -234,6 +234,7 @@ def plot_reliability(diagrams: Mapping[str, ReliabilityDiagram], path: str | os.
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    check_output_path(out)
     # a fresh name in the same folder (not mkstemp, whose 0600 mode would survive the rename)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nnforge.errors import IntegrityError
+from nnforge.errors import ConfigError, IntegrityError, check_output_path
 from nnforge.ledger._events import Event, Verification, event_hash, make_body, verify_chain
 from nnforge.ledger._store import Store, open_store
 
@@ -29,8 +29,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Refuses (:class:`ConfigError`) a folder and an existing SQLite database — a ledger: an output path
+    mistyped as the ledger's would otherwise replace the whole record.
+    """
     p = Path(path)
+    check_output_path(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
@@ -108,6 +113,15 @@ class Ledger:
             if (run is None or ev.run == run) and (kind is None or ev.kind == kind):
                 out.append(ev)
         return out
+
+    def run_events(self, run_id: str) -> list[Event]:
+        """The events of run ``run_id``; a :class:`ConfigError` when this ledger did not record the run's start
+        (another ledger did: a report or document built from this one would leave out what happened)."""
+        events = self.events(run=run_id)
+        if not any(e.kind == "run.started" for e in events):
+            raise ConfigError(f"the ledger at {self.location} did not record run {run_id} (no run.started event); "
+                              "pass the ledger the run wrote to (--ledger, or NNFORGE_LEDGER)")
+        return events
 
     def head(self) -> str:
         """Hash of the newest event (the value to print in reports and to sign)."""

@@ -113,7 +113,7 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
     sections_path = run_dir / "sections.json"
     sections = json.loads(sections_path.read_text(encoding="utf-8")) if sections_path.exists() else {}
     run_id = config.get("run_id", run_dir.name)
-    events = ledger.events(run=run_id)
+    events = ledger.run_events(run_id)
     verification = ledger.verify()
     variants = with_runtime_columns(list(config.get("variants", {})), metrics)
     table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
@@ -126,6 +126,7 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
         plots=_plots(metrics, sections, variants), steps=steps, events=events,
         artifacts=[e for e in events if e.kind == "artifact.written"], verification=verification,
         head=ledger.head(), ledger_location=ledger.location,
+        failure=next((str(e.data.get("error", "")) for e in events if e.kind == "run.failed"), None),
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
         fmt=_fmt,

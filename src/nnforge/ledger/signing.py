@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nnforge.errors import ConfigError, IntegrityError, MissingDependencyError
+from nnforge.errors import ConfigError, IntegrityError, MissingDependencyError, check_output_path
 from nnforge.ledger._events import Verification, canonical_json
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def _crypto() -> Any:
 
 def _write_bytes_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
     """Write through a temporary file created with ``mode`` (never wider), fsync, then link/rename into place."""
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # created 0600
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnforge.errors import IntegrityError
+from nnforge.errors import IntegrityError, check_output_path
 
 __all__ = ["save_weights", "load_weights", "read_spec"]
 
@@ -42,6 +42,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str], spec: dict[str,
     from safetensors.torch import save_file
 
     p = Path(path)
+    check_output_path(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from nnforge.errors import DataError, NnforgeError, StepFailedError
+from nnforge.errors import ConfigError, DataError, NnforgeError, StepFailedError
 from nnforge.hardware import machine_facts
 from nnforge.ledger import Ledger, atomic_write_text
 from nnforge.recipes.runs import build_base
@@ -86,11 +87,15 @@ def _check_labels(splits: dict[str, Any], num_classes: int) -> None:
 
 
 def _start(recipe: Recipe, runs_dir: Path, ledger: Ledger, run_id: str) -> tuple[Path, dict[str, Any]]:
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ConfigError(f"{runs_dir}: the runs folder is a file; give a folder (--runs-dir)")
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     env = {**machine_facts(), "nnforge": _version()}
+    # a file ledger by absolute path: commands on this run from any folder find it (a URL is kept, redacted)
+    where = ledger.location if "://" in ledger.location else os.path.abspath(ledger.location)
     config = {"run_id": run_id, "recipe": recipe.to_dict(), "recipe_source": recipe.source, "environment": env,
-              "ledger": ledger.location, "variants": {}, "created": datetime.now(UTC).isoformat()}
+              "ledger": where, "variants": {}, "created": datetime.now(UTC).isoformat()}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     ledger.append("run.started", {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256, "seed": recipe.seed,
                                   "run_dir": str(run_dir), "environment": env, **_git_facts(recipe.path)}, run=run_id)

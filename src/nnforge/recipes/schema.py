@@ -57,6 +57,17 @@ class ModelSpec(_Strict):
         if len(given) != 1:
             raise ValueError(f"give exactly one of name, hf_dir, safetensors (with architecture) or architecture "
                              f"(got {given or 'none'})")
+        # names are checked here, so that a typo fails before a run folder or ledger event exists
+        if self.architecture:
+            from nnforge.models import ARCHITECTURES
+
+            if self.architecture not in ARCHITECTURES:
+                raise ValueError(ARCHITECTURES.unknown_message(self.architecture, where="architecture"))
+        if self.name:
+            from nnforge.models._pretrained import PRETRAINED
+
+            if self.name not in PRETRAINED:
+                raise ValueError(PRETRAINED.unknown_message(self.name, where="name"))
         return self
 
 
@@ -69,6 +80,23 @@ class DataSpec(_Strict):
     val_split: str | None = "val"
     test_split: str = "test"
     max_train: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DataSpec:
+        from nnforge.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(DATASETS.unknown_message(self.dataset, where="dataset"))
+        allowed = DATASETS.get(self.dataset).options
+        bad = sorted(set(self.options) - set(allowed))
+        if bad:
+            import difflib
+
+            close = difflib.get_close_matches(bad[0], allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"options: dataset {self.dataset!r} has no option {bad[0]!r}{hint}; "
+                             f"allowed: {', '.join(allowed) or 'none'}")
+        return self
 
 
 class Metadata(_Strict):

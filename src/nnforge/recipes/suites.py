@@ -205,6 +205,7 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     from nnforge.recipes.runs import find_run, load_run
 
     r = load_run(run, runs_dir)
+    ledger.run_events(r.run_id)  # the ledger must be the run's: its report is re-rendered from it at the end
     base_path = find_run(baseline, runs_dir) if baseline is not None else None  # a missing baseline fails here
     if not r.variants:
         raise ModelError(f"run {r.path} saved no model to evaluate")

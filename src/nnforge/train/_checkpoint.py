@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnforge.errors import IntegrityError
+from nnforge.errors import IntegrityError, check_output_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "checkpoint_step"]
 
@@ -135,6 +135,7 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
         **extra,
     }
     p = Path(path)
+    check_output_path(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)

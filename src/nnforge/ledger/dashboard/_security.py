@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from nnforge.errors import ConfigError, IntegrityError
+from nnforge.errors import ConfigError, IntegrityError, check_output_path
 
 __all__ = ["DEFAULT_TOKEN_FILE", "SESSION_IDLE_S", "new_token", "token_fingerprint", "check_token", "Session",
            "SessionStore", "same_origin"]
@@ -48,6 +48,7 @@ def new_token(token_file: str | os.PathLike[str] = DEFAULT_TOKEN_FILE) -> str:
     The token itself is never written anywhere: show it to the user once. Any earlier token stops working.
     """
     path = Path(token_file)
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     doc = json.dumps({"sha256": _sha256(token), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

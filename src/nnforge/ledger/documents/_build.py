@@ -216,10 +216,7 @@ def build_documents(run_dir: str | Path, ledger: Ledger) -> list[Document]:
     config = _read_json(run_dir / "config.json")
     sections = _read_json(run_dir / "sections.json")
     run_id = str(config.get("run_id", run_dir.name))
-    events = ledger.events(run=run_id)
-    if not events:
-        raise ConfigError(f"run {run_id}: the ledger at {ledger.location} holds no events of it; pass the "
-                          "ledger the run wrote to (--ledger)")
+    events = ledger.run_events(run_id)
     verification = ledger.verify()
     head = ledger.head()
     all_events = ledger.store.rows()

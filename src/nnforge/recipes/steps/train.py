@@ -35,6 +35,10 @@ class TrainStepConfig(Config):
     def _known_optimizer(self) -> TrainStepConfig:
         from nnforge.optim import OPTIMIZERS
 
+        if self.train.seed != 0:  # it would be replaced by the recipe's seed, yet recorded as given
+            raise ValueError(f"train.seed {self.train.seed}: in a recipe the top-level seed seeds training "
+                             "(and data and model); set that instead (e.g. --set seed=5)")
+
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(OPTIMIZERS.unknown_message(self.optimizer))
         spec = OPTIMIZERS.get(self.optimizer)
