@@ -129,9 +129,9 @@ def fake_run(tmp_path):
     return run
 
 
-def _suite(run, name, passed, ledger, variant="int8"):
+def _suite(run, name, passed, ledger, variant="int8", file=None):
     """A suite result file, recorded in the ledger the way 'nnforge evaluate' records it."""
-    path = run / f"suite-{name}.json"
+    path = run / (file or f"suite-{name}.json")
     path.write_text(json.dumps({
         "suite": name, "sha256": "ab" * 32, "passed": passed, "failed": [] if passed else ["accuracy >= 0.9"],
         "variant": variant}))
@@ -241,6 +241,21 @@ def test_promotion_needs_a_recorded_suite_about_the_promoted_variant(fake_run, t
     (fake_run / "suite-strict.json").write_text(json.dumps({**doc, "passed": True, "failed": []}))  # forged
     with pytest.raises(IntegrityError, match="not one the ledger recorded"):
         promote(led, fake_run, approver="carla")
+    led.close()
+
+
+def test_each_variant_keeps_its_own_suite_result(fake_run, tmp_path):
+    """suite-NAME.json judged the final variant (int8), suite-NAME@fp32.json the fp32 model: judging the
+    second never hides the first, and each promotion reads the result about its own variant."""
+    led = Ledger.open(tmp_path / "ledger.db")
+    _suite(fake_run, "quick", True, led.location, variant="int8")
+    _suite(fake_run, "quick", False, led.location, variant="fp32", file="suite-quick@fp32.json")
+    assert [s["variant"] for s in promote(led, fake_run, approver="carla", suite="quick").data["suites"]] == ["int8"]
+    assert promote(led, fake_run, approver="carla").data["suites"][0]["variant"] == "int8"
+    with pytest.raises(PromotionRefused, match="regression suite failed: quick"):
+        promote(led, fake_run, approver="carla", variant="fp32", suite="quick")
+    with pytest.raises(ConfigError, match="plain name"):
+        promote(led, fake_run, approver="carla", suite="quick@fp32")
     led.close()
 
 

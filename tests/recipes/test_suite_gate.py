@@ -71,7 +71,7 @@ def test_the_native_runtime_is_judged_as_a_variant_of_its_own(run_copy, tmp_path
     assert rc == 0 and out["passed"]
     size = next(c for c in out["checks"] if c["name"].startswith("size_mb"))
     assert 0 < size["value"] < 100  # the int8 weights file
-    assert json.loads((run_copy / "suite-small.json").read_text())["variant"] == "int8-native"
+    assert json.loads((run_copy / "suite-small@int8-native.json").read_text())["variant"] == "int8-native"
     assert main(["evaluate", str(run_copy), "--suite", str(tmp_path / "small.yaml"), "--variant", "fp32-native",
                  "--ledger", str(led)]) == 2
     assert "fp32-native" in capsys.readouterr().err

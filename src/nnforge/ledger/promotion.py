@@ -1,13 +1,15 @@
 """The promotion gate: a run's model goes to a stage (``production``) only with a named approver and passing
 regression suites, and the ledger keeps both; a promotion can be revoked, never deleted.
 
-A run's suites are the ``suite-<name>.json`` files that ``nnforge evaluate`` (or a recipe's ``gate`` step)
-wrote into its folder. When there are any — or when the caller names one — every one considered must have
+A run's suites are the ``suite-<name>.json`` (final variant) and ``suite-<name>@<variant>.json`` files that
+``nnforge evaluate`` (or a recipe's ``gate`` step) wrote into its folder; only those about the promoted
+variant are considered. When there are any — or when the caller names one — every one considered must have
 ``"passed": true``; a run with no suite at all may be promoted, and the record says that no suite was run.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass
@@ -75,17 +77,19 @@ def _read_suite(path: Path) -> SuiteRecord:
 
 
 def run_suites(run_dir: str | os.PathLike[str], suite: str | None = None) -> list[SuiteRecord]:
-    """The suite results of a run: the one named ``suite`` (it must exist), else every ``suite-*.json``."""
+    """The suite results of a run: those of the suite named ``suite`` (at least one must exist), else every
+    ``suite-*.json`` (``suite-NAME.json`` judged the final variant, ``suite-NAME@VARIANT.json`` another)."""
     folder = Path(run_dir)
     if suite is not None:
-        if not suite or "/" in suite or "\\" in suite or suite.startswith("."):
+        if not suite or "/" in suite or "\\" in suite or suite.startswith(".") or "@" in suite or "*" in suite:
             raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
-        path = folder / f"suite-{suite}.json"
-        if not path.is_file():
+        paths = [p for p in [folder / f"suite-{suite}.json"] if p.is_file()]
+        paths += sorted(folder.glob(f"suite-{glob.escape(suite)}@*.json"))
+        if not paths:
             have = sorted(p.name for p in folder.glob("suite-*.json"))
-            raise ConfigError(f"{folder}: no result for suite {suite!r} ({path.name} missing; found {have or 'none'})."
-                              f" Run 'nnforge evaluate {folder} --suite {suite}' first")
-        return [_read_suite(path)]
+            raise ConfigError(f"{folder}: no result for suite {suite!r} (suite-{suite}.json missing; found "
+                              f"{have or 'none'}). Run 'nnforge evaluate {folder} --suite {suite}' first")
+        return [_read_suite(p) for p in paths]
     return [_read_suite(p) for p in sorted(folder.glob("suite-*.json"))]
 
 
@@ -133,7 +137,7 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     run_id = str(cfg.get("run_id") or folder.name)
     _check_recorded(ledger, run_id, suites)
     other = [s for s in suites if s.variant not in (None, name)]
-    if other and (suite is not None or len(other) == len(suites)):
+    if other and len(other) == len(suites):
         # a suite passed by the int8 model says nothing about the fp32 one
         have = ", ".join(f"{s.name} on {s.variant}" for s in other)
         raise PromotionRefused(f"{folder}: not promoted: no regression suite evaluated variant {name!r} ({have}). "

@@ -173,20 +173,24 @@ def _run_target(run: Any, split: str) -> SuiteTarget:
 
 def record_suite(result: SuiteResult, run_dir: Path, ledger: Ledger, run_id: str, *, variant: str,
                  suite_path: str, baseline: str | None = None, junit: Path | None = None,
-                 sections: dict[str, Any] | None = None) -> dict[str, Path]:
+                 sections: dict[str, Any] | None = None, final: bool = True) -> dict[str, Path]:
     """Write the suite's JSON and JUnit XML into the run folder, add the report section (to ``sections`` when
-    given — a running recipe's — else to the run's sections.json), and append the ledger event."""
-    out_json = run_dir / f"suite-{result.suite}.json"
+    given — a running recipe's — else to the run's sections.json), and append the ledger event.
+
+    The files are ``suite-NAME.json`` for the run's final variant (``final``) and ``suite-NAME@VARIANT.json``
+    for any other, so judging a second variant never replaces the first one's result."""
+    key = result.suite if final else f"{result.suite}@{variant}"
+    out_json = run_dir / f"suite-{key}.json"
     atomic_write_text(out_json, json.dumps({**result.to_dict(), "variant": variant, "baseline": baseline},
                                            indent=2, default=str) + "\n")
-    junit_path = write_junit(result, junit or run_dir / f"suite-{result.suite}.junit.xml")
+    junit_path = write_junit(result, junit or run_dir / f"suite-{key}.junit.xml")
     section = {**result.to_dict(), "variant": variant, "baseline": baseline}
     if sections is not None:
-        sections.setdefault("suites", {})[result.suite] = section
+        sections.setdefault("suites", {})[key] = section
     else:
         sections_path = run_dir / "sections.json"
         on_disk = json.loads(sections_path.read_text(encoding="utf-8")) if sections_path.exists() else {}
-        on_disk.setdefault("suites", {})[result.suite] = section
+        on_disk.setdefault("suites", {})[key] = section
         atomic_write_text(sections_path, json.dumps(on_disk, indent=1, sort_keys=True, default=str) + "\n")
     ledger.append("suite.evaluated", {
         "suite": result.suite, "suite_sha256": result.sha256, "suite_source": suite_path, "variant": variant,
@@ -232,7 +236,8 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     inputs = gather_inputs(suite, target, name, baseline=base_target, baseline_variant=baseline_variant,
                            progress=progress)
     result = run_suite(suite, inputs)
-    files = record_suite(result, r.path, ledger, r.run_id, variant=name, suite_path=suite_path,
+    final = name == (r.config.get("final_variant") or next(reversed(r.variants)))
+    files = record_suite(result, r.path, ledger, r.run_id, variant=name, suite_path=suite_path, final=final,
                          baseline=str(base_path) if base_path else None, junit=junit)
     from nnforge.ledger.report import write_report
 
