@@ -147,7 +147,8 @@ def test_recipe_problems_are_found_before_a_run_folder_exists(workdir, capsys):
     for setting, message in (("model.architecture=digits-cnnn", "did you mean 'digits-cnn'"),
                              ("data.dataset=digitz", "did you mean 'digits'"),
                              ("steps[0].train.seed=5", "top-level seed"),
-                             ("data.options.test_fractio=0.3", "did you mean 'test_fraction'")):
+                             ("data.options.test_fractio=0.3", "did you mean 'test_fraction'"),
+                             ("model.architecture=char-gpt", "reads char-lm data, but 'digits' is")):
         assert main(["train", "digits", "--set", setting, "--ledger", "l.db"]) == 2, setting
         assert message in capsys.readouterr().err
     assert not (workdir / "runs").exists() and not (workdir / "l.db").exists()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from nnforge import data
-from nnforge.data.files import load_text_file
+from nnforge.data.files import load_text_file, text_classification_from_files
 from nnforge.errors import DataError
 
 
@@ -58,3 +58,13 @@ def test_wrong_encodings_and_types_are_named_with_the_line(tmp_path, name, conte
     (tmp_path / name).write_bytes(content)
     with pytest.raises(DataError, match=message):
         load_text_file(tmp_path / name)
+
+
+def test_spreadsheet_bom_integer_labels_and_one_class(tmp_path):
+    f = tmp_path / "excel.csv"
+    f.write_bytes("\ufefftext,label\nx,10\ny,2\nz,1\n".encode())  # Excel's "CSV UTF-8" starts with a BOM
+    split, names = load_text_file(f)
+    assert names == ["1", "2", "10"] and split.labels == [2, 1, 0]  # integers in numeric order
+    (tmp_path / "one.csv").write_text("text,label\nx,a\ny,a\n")
+    with pytest.raises(DataError, match="one class"):
+        text_classification_from_files({"train": str(tmp_path / "one.csv")})

@@ -151,6 +151,8 @@ def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
     assert main(["review", "decide", str(a), "--approve", "--override", "tragedy", *common]) == 2
     assert main(["review", "decide", str(a), *common]) == 2
     assert main(["review", "decide", str(a), "--override", "history", *common]) == 2
+    assert main(["review", "decide", str(a), "--override", "comedy", *common]) == 2  # the model's own label
+    assert "approve it instead" in capsys.readouterr().err
     assert main(["review", "decide", "99", "--approve", *common]) == 2
     capsys.readouterr()
     assert main(["review", "decide", str(a), "--override", "tragedy", "--note", NASTY, "--reviewer", "ana",
@@ -205,6 +207,13 @@ def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys)
     assert d["weights_sha256"] == hashlib.sha256(b"weights-int8").hexdigest()
     assert [(s["name"], s["passed"]) for s in d["suites"]] == [("quick", True)]
     assert d["suites"][0]["sha256"] == hashlib.sha256((fake_run / "suite-quick.json").read_bytes()).hexdigest()
+
+
+def test_a_reason_without_revoke_is_refused(fake_run, tmp_path, capsys):
+    Ledger.open(tmp_path / "ledger.db").close()
+    assert main(["promote", str(fake_run), "--approver", "carla", "--reason", "because",
+                 "--ledger", str(tmp_path / "ledger.db")]) == 2
+    assert "--reason goes with --revoke" in capsys.readouterr().err
 
 
 def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path):

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print_exception()
         console.print(f"[red bold]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
+    if rc == 130:  # typer turns Ctrl-C into exit code 130 by itself
+        console.print("[red]aborted[/] (interrupted; a running recipe recorded run.failed in the ledger)")
     return rc if isinstance(rc, int) else 0
 
 

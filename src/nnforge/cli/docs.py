@@ -15,6 +15,7 @@ def docs(
     format_: Annotated[str, typer.Option("--format", help="md or html.")] = "md",
     out_dir: Annotated[str | None, typer.Option("--out", help="Folder to write to (default RUN/docs/).")] = None,
     ledger: Annotated[str | None, typer.Option("--ledger", help="Ledger database (default: the one the run wrote to).")] = None,
+    runs_dir: Annotated[str, typer.Option(help="Folder where run ids are looked up.")] = "runs",
 ) -> None:
     """Generate a model card, instructions for use and an Annex IV technical documentation draft for a run.
 
@@ -30,7 +31,7 @@ def docs(
 
     if format_ not in FORMATS:
         raise ConfigError(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
-    run_dir = find_run(run)
+    run_dir = find_run(run, runs_dir)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir}: is a file; give a folder for the three documents")
     paths, verification = write_documents(run_dir, Ledger.open(run_ledger(ledger, run_dir)), format_, out_dir)

@@ -18,6 +18,7 @@ VariantOpt = Annotated[str | None, typer.Option(help="Model variant (fp32, int8,
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default: the run's own).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
+RunsDirOpt = Annotated[str, typer.Option(help="Folder where run ids are looked up.")]
 
 
 def _used(run: Run, variant: str | None) -> dict[str, object]:
@@ -45,13 +46,13 @@ def _texts(text: list[str] | None, file: Path | None) -> list[str]:
 
 def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
             file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
-            actor: ActorOpt = None) -> None:
+            actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
     """Classify texts with a finished run's model (the call is recorded in the ledger)."""
     from collections import Counter
 
     from nnforge.recipes import load_run
 
-    loaded, texts = load_run(run), _texts(text, file)
+    loaded, texts = load_run(run, runs_dir), _texts(text, file)
     rows = loaded.predict(texts, variant)
     record_cli("predict", {**_used(loaded, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
                            "results": dict(Counter(row["label"] for row in rows))},
@@ -65,11 +66,11 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
 
 def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
           file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
-          actor: ActorOpt = None) -> None:
+          actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
     """L2-normalised sentence embeddings from a finished run's encoder (the call is recorded in the ledger)."""
     from nnforge.recipes import load_run
 
-    r, texts = load_run(run), _texts(text, file)
+    r, texts = load_run(run, runs_dir), _texts(text, file)
     vectors = r.embed(texts, variant)
     record_cli("embed", {**_used(r, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
                          "results": {"vectors": len(texts), "dims": int(vectors.shape[1])}},
@@ -84,13 +85,13 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
 
 def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")],
            ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the one the run wrote to).")] = None,
-           actor: ActorOpt = None) -> None:
+           actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
     """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger)."""
     from nnforge.ledger import Ledger, file_sha256
     from nnforge.ledger.report import write_report
     from nnforge.recipes.runs import find_run
 
-    folder = find_run(run_dir)
+    folder = find_run(run_dir, runs_dir)
     loc = run_ledger(ledger, folder)
     path = write_report(folder, Ledger.open(loc))
     record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},

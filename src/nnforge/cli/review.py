@@ -231,10 +231,13 @@ def promote(
 ) -> None:
     """Promote a run's model (a named approver and passing regression suites, both recorded; exit 1 when a suite
     failed), or with --revoke record that a promotion is withdrawn (records are never deleted)."""
+    from nnforge.errors import ConfigError
     from nnforge.ledger import Ledger
     from nnforge.ledger import promotion as gate
     from nnforge.recipes.runs import find_run
 
+    if reason is not None and not revoke:
+        raise ConfigError("--reason goes with --revoke (a promotion records its suites and approver, not a reason)")
     folder = find_run(run, runs_dir)
     led = Ledger.open(run_ledger(ledger, folder))
     try:

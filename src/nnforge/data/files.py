@@ -83,7 +83,9 @@ def load_text_file(path: str | os.PathLike[str], text_column: str = "text", labe
             raise DataError(f"{p}:{line}: {label_column!r} must be a name or an integer; got {type(label).__name__}")
         texts.append(text)
         raw_labels.append(str(label))
-    names = label_names or sorted(set(raw_labels))
+    distinct = set(raw_labels)
+    numeric = all(x.lstrip("-").isdigit() for x in distinct)  # integer labels: 2 before 10
+    names = label_names or sorted(distinct, key=int if numeric else None)
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(raw_labels) - set(index))
     if unknown:
@@ -97,6 +99,9 @@ def text_classification_from_files(files: dict[str, str], text_column: str = "te
     if "train" not in files:
         raise DataError("user data needs at least a 'train' file")
     train, names = load_text_file(files["train"], text_column, label_column)
+    if len(names) < 2:
+        raise DataError(f"{files['train']}: the training file has one class ({names}); a classifier needs at "
+                        "least two")
     splits = {"train": train}
     for key, f in files.items():
         if key != "train":

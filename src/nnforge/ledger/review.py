@@ -247,6 +247,9 @@ class ReviewQueue:
                 raise ConfigError(f"review decision: override label {override_label!r} is not one of the run's "
                                   f"labels {list(allowed_labels)}")
         item = self.get(item_id)
+        if override_label is not None and override_label == item.label:
+            raise ConfigError(f"review decision: {override_label!r} is what the model said; approve it instead "
+                              "(an override records a different label)")
         if item.status != "open":
             raise ConfigError(f"review item {item_id} was already decided ({item.status} by {item.reviewer} at "
                               f"{item.decided}); a decision cannot be changed")

@@ -119,8 +119,8 @@ def generate_keypair(out_dir: str | os.PathLike[str], *, overwrite: bool = False
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
     priv_path, pub_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
     if not overwrite and pub_path.exists():
-        raise ConfigError(f"{pub_path}: a key file already exists there; move it away or choose another folder "
-                          "(keys are never overwritten)")
+        raise ConfigError(f"{pub_path}: a key file already exists there; move it away, choose another folder, "
+                          "or replace the pair on purpose with --force")
     _write_bytes_atomic(priv_path, priv_pem, 0o600, overwrite)
     _write_bytes_atomic(pub_path, pub_pem, 0o644, overwrite)
     return priv_path, pub_path

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from nnforge.models import char_gpt as _char_gpt  # noqa: F401  (registers "char-gpt")
 from nnforge.models import digits as _digits  # noqa: F401  (registers "digits-mlp", "digits-cnn")
-from nnforge.models._registry import ARCHITECTURES, build
+from nnforge.models._registry import ARCHITECTURES, DATA_KINDS, build
 
-__all__ = ["ARCHITECTURES", "build"]
+__all__ = ["ARCHITECTURES", "DATA_KINDS", "build"]
 
 
 def load(name: str, num_classes: int = 2, **options: object) -> object:

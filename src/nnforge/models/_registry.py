@@ -14,9 +14,12 @@ from torch import nn
 
 from nnforge.registry import Registry
 
-__all__ = ["ARCHITECTURES", "build"]
+__all__ = ["ARCHITECTURES", "DATA_KINDS", "build"]
 
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
+DATA_KINDS: dict[str, str] = {}
+"""The kind of dataset (``char-lm``, ``array-classification``, …) each architecture trains on, so that a recipe
+pairing a model with data it cannot read is refused before it runs."""
 
 
 def build(name: str, **options: Any) -> nn.Module:

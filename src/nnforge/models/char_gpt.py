@@ -22,7 +22,7 @@ from torch import nn
 
 from nnforge.config import Config, config_type
 from nnforge.errors import ModelError
-from nnforge.models._registry import ARCHITECTURES
+from nnforge.models._registry import ARCHITECTURES, DATA_KINDS
 
 __all__ = ["CharGPT", "CharGPTConfig"]
 
@@ -174,3 +174,5 @@ class CharGPT(nn.Module):
 def build_char_gpt(**options: Any) -> nn.Module:
     """Build a :class:`CharGPT`; options are :class:`CharGPTConfig` fields (validated)."""
     return CharGPT(CharGPTConfig(**options))
+
+DATA_KINDS["char-gpt"] = "char-lm"

@@ -18,7 +18,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nnforge.config import Config, config_type
-from nnforge.models._registry import ARCHITECTURES
+from nnforge.models._registry import ARCHITECTURES, DATA_KINDS
 
 __all__ = ["DigitsMLPConfig", "DigitsCNNConfig", "DigitsMLP", "DigitsCNN"]
 
@@ -100,3 +100,5 @@ def build_digits_mlp(**options: Any) -> nn.Module:
 def build_digits_cnn(**options: Any) -> nn.Module:
     """Build a :class:`DigitsCNN`; options are :class:`DigitsCNNConfig` fields (validated)."""
     return DigitsCNN(DigitsCNNConfig(**options))
+
+DATA_KINDS.update({"digits-mlp": "array-classification", "digits-cnn": "array-classification"})

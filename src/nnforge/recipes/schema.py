@@ -191,11 +191,27 @@ def parse_recipe(doc: Any, *, source: str = "", path: str | None = None) -> Reci
             steps.append(StepSpec(name, config_cls.model_validate(cfg)))
         except ValidationError as exc:
             problems += describe_validation_error(exc, prefix=f"steps[{i}]")
+    if top is not None and not problems:
+        problems += _model_fits_data(top.model, top.data)
     if problems or top is None:
         head = f"{path}: " if path else ""
         raise ConfigError(f"{head}the recipe has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return Recipe(top.name, top.description, top.seed, top.model, top.data, tuple(steps), top.metadata,
                   source, path)
+
+
+def _model_fits_data(model: ModelSpec, data: DataSpec) -> list[str]:
+    """A model that cannot read the dataset (a character LM on digit images) is a recipe problem."""
+    from nnforge.data import DATASETS
+    from nnforge.models import DATA_KINDS
+
+    have = DATASETS.get(data.dataset).kind
+    want = DATA_KINDS.get(model.architecture) if model.architecture else "text-classification"
+    if want is None or want == have:
+        return []
+    fits = sorted(n for n in DATASETS.names() if DATASETS.get(n).kind == want)
+    what = f"architecture {model.architecture!r}" if model.architecture else "a pretrained text classifier"
+    return [f"data.dataset: {what} reads {want} data, but {data.dataset!r} is {have}; use one of {', '.join(fits)}"]
 
 
 def _set_path(doc: Any, dotted: str, value: Any) -> None:
