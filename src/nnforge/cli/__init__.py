@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.exit_code)  # type: ignore[attr-defined]
         if STATE["debug"]:
             console.print_exception()
-        console.print(f"[red bold]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        from rich.markup import escape
+
+        console.print(f"[red bold]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} "
+                      "(rerun as `nnforge --debug COMMAND …` for the traceback)")
         return 1
     if rc == 130:  # typer turns Ctrl-C into exit code 130 by itself
         console.print("[red]aborted[/] (interrupted; a running recipe recorded run.failed in the ledger)")
