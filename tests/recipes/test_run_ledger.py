@@ -78,3 +78,6 @@ def test_text_files_and_texts_for_predict(small_run_copy, capsys):
     assert "latin1.txt:1: not UTF-8" in capsys.readouterr().err
     assert main(["predict", str(run_dir), "--text", "   "]) == 2
     assert "is empty" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), "--text", "one\ttwo\nthree"]) == 0
+    line = capsys.readouterr().out.rstrip("\n")
+    assert "\n" not in line and line.split("\t")[2] == "one\\ttwo\\nthree"  # still three fields on one line

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nnforge.cli._common import out, print_json, read_text_lines, record_cli, run_ledger, texts_sha256
+from nnforge.cli._common import out, print_json, read_text_lines, record_cli, run_ledger, safe, texts_sha256
 
 if TYPE_CHECKING:
     from nnforge.recipes.runs import Run
@@ -28,6 +28,11 @@ def _used(run: Run, variant: str | None) -> dict[str, object]:
     name = variant or run.config.get("final_variant") or next(reversed(run.variants))
     path = run.variant_file(name)
     return {"run": run.run_id, "variant": name, "weights": str(path), "weights_sha256": file_sha256(path)}
+
+
+def _one_field(text: str) -> str:
+    """A text as one tab-separated field on one line: tabs, newlines and control characters escaped."""
+    return safe(text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n"))
 
 
 def _texts(text: list[str] | None, file: Path | None) -> list[str]:
@@ -61,7 +66,7 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
         print_json(rows)
         return
     for r in rows:  # tab-separated (label, confidence, text), one line per text: plain print keeps the tabs
-        print(f"{r['label']}\t{r['confidence']:.3f}\t{r['text']}")
+        print(f"{r['label']}\t{r['confidence']:.3f}\t{_one_field(r['text'])}")
 
 
 def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
@@ -80,7 +85,7 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
         return
     for t, v in zip(texts, vectors, strict=True):
         head = " ".join(f"{x:+.3f}" for x in v[:6].tolist())
-        print(f"[{head} … ] ({len(v)} dims)\t{t}")
+        print(f"[{head} … ] ({len(v)} dims)\t{_one_field(t)}")
 
 
 def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")],
