@@ -52,7 +52,7 @@ class FinetuneConfig(Config):
 class FinetuneResult:
     """What happened: per-epoch train loss and validation accuracy, the best epoch, timing."""
 
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | None]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_acc: float = float("nan")
     seconds: float = 0.0
@@ -215,7 +215,8 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
     start_state = best_state = _trainable_state(model)  # epoch 0: the starting point is a candidate too
     if val_texts:
         result.best_val_acc = _val_accuracy(model, val_texts, val_labels, val_cache)
-        result.history.append({"epoch": 0, "train_loss": float("nan"), "val_acc": result.best_val_acc})
+        # no training loss before training: None (null in JSON; NaN would make sections.json invalid JSON)
+        result.history.append({"epoch": 0, "train_loss": None, "val_acc": result.best_val_acc})
     for epoch in range(config.epochs):
         model.train()
         running = 0.0

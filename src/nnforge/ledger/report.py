@@ -48,7 +48,8 @@ def _plots(metrics: dict[str, Any], sections: dict[str, Any], variants: list[str
     if hist:
         fig, ax = plt.subplots(figsize=(5, 3))
         ep = [h["epoch"] for h in hist]
-        ax.plot(ep, [h["train_loss"] for h in hist], "o-", label="train loss")
+        ax.plot(ep, [float("nan") if h["train_loss"] is None else h["train_loss"] for h in hist], "o-",
+                label="train loss")
         ax2 = ax.twinx()
         ax2.plot(ep, [h["val_acc"] for h in hist], "s--", color="tab:orange", label="val accuracy")
         ax.set_xlabel("epoch"), ax.set_ylabel("train loss"), ax2.set_ylabel("validation accuracy")
