@@ -184,6 +184,17 @@ def test_conv2d_is_quantized_when_asked():
         assert _cos(model(x), ref) > 0.999
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_conv2d_keeps_its_padding_mode(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode=mode))
+    x = torch.randn(1, 3, 6, 6)
+    ref = model(x)
+    quantize_(model, WeightOnlyConfig(fmt="int8", group_size=None, modules=("conv",)))
+    with torch.no_grad():
+        assert _cos(model(x), ref) > 0.999  # 0.46 relative error when the mode was dropped
+
+
 def test_verdicts_are_measured_per_batch_size():
     model = nn.Sequential(nn.Linear(256, 256))
     quantize_(model, WeightOnlyConfig(fmt="int4", group_size=64))

@@ -195,3 +195,15 @@ def test_w8a8_bert_export_merges_smoothed_qkv_and_routes_per_module(tmp_path):
     with pytest.raises(ConfigError, match="int8_matmul"):
         _export_bert(model, tmp_path / "n.onnx", int8_matmul={"*": "int4"})
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_a_quantized_conv_exports_with_its_padding_mode(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU())
+    quantize_(model, WeightOnlyConfig(fmt="int8", group_size=None, modules=("conv",)))
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = export_onnx(model, tmp_path / "c.onnx", (x,), input_names=["x"])
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4

@@ -194,6 +194,9 @@ class QuantizedConv2d(nn.Module):
         self.padding: Any = conv.padding
         self.dilation: Any = conv.dilation
         self.groups = conv.groups
+        # reflect/replicate/circular padding is applied by F.pad before the convolution, as nn.Conv2d does
+        self.padding_mode: str = conv.padding_mode
+        self._pad = list(conv._reversed_padding_repeated_twice)
         self.fmt, self.group_size = fmt, group_size
         n, k = self.weight_shape[0], int(torch.tensor(self.weight_shape[1:]).prod())
         self.weight_packed = _Packed(fmt, n, k, group_size, symmetric)
@@ -209,6 +212,9 @@ class QuantizedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.packed.dequantize().view(self.weight_shape).to(x.dtype)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._pad, mode=self.padding_mode)
+            return F.conv2d(x, w, bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, w, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @property
