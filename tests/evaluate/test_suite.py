@@ -67,6 +67,18 @@ def test_auroc_matches_sklearn_including_ties():
     assert auroc(y3, p) == pytest.approx(roc_auc_score(y3, p, multi_class="ovr"))
 
 
+@pytest.mark.parametrize(("labels", "scores", "message"), [
+    ([-1, 1, 1, -1], [0.1, 0.2, 0.3, 0.4], "labels must be 0 and 1"),  # gave 4.65 before
+    ([1, 2, 2, 1], [0.1, 0.2, 0.3, 0.4], "labels must be 0 and 1"),    # gave the inverted 1 - AUROC
+    ([0, 1, 0, 1], [0.1, float("nan"), 0.3, 0.9], "NaN"),
+    ([0, 1, 3], [[0.5, 0.3, 0.2]] * 3, "labels must be 0..2"),
+    ([0, 1], [0.1, 0.2, 0.3], "expected"),
+])
+def test_auroc_refuses_labels_and_scores_it_cannot_rank(labels, scores, message):
+    with pytest.raises(DataError, match=message):
+        auroc(np.array(labels), np.array(scores))
+
+
 def test_outputs_reject_mismatches():
     with pytest.raises(DataError, match="labels must be in"):
         Outputs(np.array([0, 3]), np.full((2, 3), 1 / 3))

@@ -90,8 +90,16 @@ def _binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC. ``scores`` (N,) for binary labels, or (N, C) probabilities: one-vs-rest, macro over classes present."""
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim not in (1, 2) or len(y) != len(s):
+        raise DataError(f"auroc: labels (N,) and scores (N,) or (N, C) expected; got {y.shape} and {s.shape}")
+    if not np.isfinite(s).all():
+        raise DataError("auroc: the scores hold NaN or infinite values")
+    classes = 2 if s.ndim == 1 else s.shape[1]
+    if len(y) and not np.isin(y, np.arange(classes)).all():
+        want = "0 and 1 (positive)" if s.ndim == 1 else f"0..{classes - 1}"
+        raise DataError(f"auroc: labels must be {want}; got values {sorted(set(y.tolist()))[:6]}")
     if s.ndim == 1:
-        return _binary_auroc((y == 1).astype(np.int64) if y.max(initial=0) > 1 else y.astype(np.int64), s)
+        return _binary_auroc(y.astype(np.int64), s)
     if s.shape[1] == 2:
         return _binary_auroc((y == 1).astype(np.int64), s[:, 1])
     vals = [_binary_auroc((y == c).astype(np.int64), s[:, c]) for c in range(s.shape[1])]
