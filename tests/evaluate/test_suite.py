@@ -216,6 +216,10 @@ def test_relative_checks_use_the_paired_test():
     assert point.passed == (point.difference.estimate >= -0.01)
     with pytest.raises(DataError, match="different examples"):
         run_suite(_suite(check), SuiteInputs(_outputs(n=50), baseline=base))
+    # AUROC on a one-class slice is undefined: the check measured nothing, so it cannot pass
+    undefined = run_suite(_suite("slice:class:comedy auroc >= baseline - 0.01"),
+                          SuiteInputs(same_ish, baseline=base)).checks[0]
+    assert not undefined.passed and "undefined" in undefined.message
 
 
 def test_flip_rate_against_the_reference_and_junit(tmp_path):

@@ -310,6 +310,10 @@ def _check(spec: CheckSpec, suite: Suite, inputs: SuiteInputs, slices: dict[str,
                            seed=suite.seed + k)
     other_value = value - d.estimate
     threshold = other_value + spec.threshold
+    if math.isnan(d.estimate) or math.isnan(d.low) or math.isnan(d.high):  # a check that measured nothing fails
+        return CheckResult(spec, False, "fail", value, threshold, len(idx), interval, other_value, d, None,
+                           f"{spec.metric} vs {spec.against}: undefined on this slice (n={len(idx)}), so it "
+                           "cannot show the model is no worse")
     point_ok = bool(op(d.estimate, spec.threshold))
     if spec.decide == "point":
         ok, verdict = point_ok, "pass" if point_ok else "fail"
