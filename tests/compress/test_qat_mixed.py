@@ -55,6 +55,7 @@ def test_prepare_qat_skips_tied_and_named_modules():
     report = prepare_qat_(model, QATConfig(fmt="int4", group_size=None, skip=("body",)))
     assert [c.name for c in report.changed] == []
     assert any("tied" in why for _, why in report.skipped)
+    assert not head._forward_pre_hooks  # a skipped layer trains in full precision, activations included
 
 
 def _opt(fmt, error, nbytes, params=1000, latency=None):

@@ -301,3 +301,30 @@ def test_w8a8_with_nothing_to_quantize_changes_nothing():
     model = nn.Sequential(nn.Linear(8, 8))
     report = quantize_(model, W8A8Config(calibrator="gptq"), filter=lambda name, mod: False)
     assert not report.changed and isinstance(model[0], nn.Linear)  # no calibration asked for, none needed
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 64)
+        self.head = nn.Linear(64, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+
+def test_a_tie_is_quantized_on_both_sides_or_not_at_all():
+    both = quantize_(_Tied(), WeightOnlyConfig(fmt="int4", group_size=64))
+    assert both.bytes_before == 50 * 64 * 4  # the shared matrix counted once
+    assert "tied with emb" in next(c.detail for c in both.changed if c.name == "head")
+    one = quantize_(_Tied(), WeightOnlyConfig(fmt="int4", group_size=64, modules=("linear",)))
+    assert not one.changed and any(n == "head" and "tied with emb" in why for n, why in one.skipped)
+    w8 = _Tied()
+    rep = quantize_(w8, W8A8Config())
+    assert not rep.changed and isinstance(w8.head, nn.Linear) and w8.head.weight is w8.emb.weight
+
+
+def test_a_plan_naming_no_module_is_an_error_and_w8a8_reports_quantized_layers():
+    with pytest.raises(ConfigError, match="did you mean 'head'"):
+        quantize_(_Tied(), WeightOnlyConfig(fmt="int4", plan={"haed": "int8"}))
+    model = nn.Sequential(nn.Linear(64, 64))
+    quantize_(model, WeightOnlyConfig(fmt="int8"))
+    assert ("0", "already quantized") in quantize_(model, W8A8Config()).skipped

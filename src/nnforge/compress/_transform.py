@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from nnforge.config import Config
 from nnforge.errors import ConfigError
+
+_T = TypeVar("_T", bound=tuple[Any, ...])
 
 __all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes",
            "relative_error", "set_child"]
@@ -58,6 +60,27 @@ class TransformReport:
         return {"method": self.method, "config": self.config, "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after, "changed": [asdict(c) for c in self.changed],
                 "skipped": [{"module": n, "reason": r} for n, r in self.skipped]}
+
+
+def drop_partial_ties(model: nn.Module, targets: list[_T], report: TransformReport) -> list[_T]:
+    """``targets`` (tuples starting with ``(name, module)``) without the modules whose weight is tied to a module
+    that is not a target: quantizing one side of a tie (an LM head sharing the token embedding) would store the
+    matrix twice, the other side keeping the float copy. Those are reported as skipped."""
+    holders: dict[int, list[str]] = {}
+    for n, m in model.named_modules():
+        w = m._parameters.get("weight") if n else None
+        if w is not None:
+            holders.setdefault(id(w), []).append(n)
+    chosen = {t[0] for t in targets}
+    keep = []
+    for t in targets:
+        others = [h for h in holders.get(id(t[1].weight), []) if h != t[0]]
+        if others and not set(others) <= chosen:
+            report.skipped.append((t[0], f"weight tied with {others[0]}, which is not quantized: left in fp32 "
+                                         "(quantizing one side would store the matrix twice)"))
+        else:
+            keep.append(t)
+    return keep
 
 
 def tensor_bytes(*tensors: Any) -> int:

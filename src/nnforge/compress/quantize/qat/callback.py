@@ -40,16 +40,16 @@ def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | Non
             continue
         if isinstance(mod, (nn.Linear, nn.Conv2d)):
             fq = FakeQuantWeight(config.fmt, config.group_size, config.symmetric)
-            if config.activations == 8 and isinstance(mod, nn.Linear):
-                setattr(mod, _HOOK, mod.register_forward_pre_hook(_act_hook))
         elif isinstance(mod, nn.Embedding) and config.embeddings:
             fq = FakeQuantWeight(config.embedding_fmt, None, True)
         else:
             continue
         tied = [n for n, m in model.named_modules() if m is not mod and getattr(m, "weight", None) is mod.weight]
-        if tied:
+        if tied:  # checked before any hook: a skipped layer trains exactly as it will be converted (fp32)
             report.skipped.append((name, f"weight tied with {tied[0]}: left in full precision"))
             continue
+        if config.activations == 8 and isinstance(mod, nn.Linear):
+            setattr(mod, _HOOK, mod.register_forward_pre_hook(_act_hook))
         parametrize.register_parametrization(mod, "weight", fq)
         report.changed.append(ModuleChange(name, type(mod).__name__, 0, 0, 0.0, f"fake-quant {fq.fmt}"))
     return report

@@ -12,6 +12,7 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    drop_partial_ties,
     register_transform,
     relative_error,
     set_child,
@@ -19,7 +20,7 @@ from nnforge.compress._transform import (
 )
 from nnforge.compress.quantize.kernels import quantize_weight
 from nnforge.compress.quantize.w8a8.config import W8A8Config
-from nnforge.compress.quantize.weight_only.layer import QuantizedLinear
+from nnforge.compress.quantize.weight_only.layer import QUANTIZED_MODULES, QuantizedLinear
 from nnforge.errors import ConfigError
 
 __all__ = ["apply_w8a8"]
@@ -43,8 +44,11 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
             continue
         if isinstance(mod, nn.Linear):
             targets.append((name, mod))
+        elif isinstance(mod, QUANTIZED_MODULES):
+            report.skipped.append((name, "already quantized"))
         elif any(True for _ in mod.parameters(recurse=False)):
             report.skipped.append((name, f"{type(mod).__name__} is not handled by W8A8 (Linear layers are)"))
+    targets = drop_partial_ties(model, targets, report)
     needs_data = config.activations == "static" or config.smoothing != "none" or config.calibrator == "gptq"
     stats: dict[str, Any] = {}
     if needs_data and not skeleton and targets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -13,6 +14,7 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    drop_partial_ties,
     register_transform,
     relative_error,
     set_child,
@@ -20,13 +22,17 @@ from nnforge.compress._transform import (
 )
 from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
 from nnforge.compress.quantize.weight_only.config import WeightOnlyConfig
-from nnforge.compress.quantize.weight_only.layer import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+from nnforge.compress.quantize.weight_only.layer import (
+    QUANTIZED_MODULES,
+    QuantizedConv2d,
+    QuantizedEmbedding,
+    QuantizedLinear,
+)
 from nnforge.errors import ConfigError
 
 __all__ = ["apply_weight_only", "quantize_matrix", "measure_verdicts", "KEPT_FLOAT"]
 
 KEPT_FLOAT = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMSNorm)
-_QUANTIZED = (QuantizedLinear, QuantizedEmbedding, QuantizedConv2d)
 
 
 def quantize_matrix(w: torch.Tensor, fmt: str, group_size: int | None, symmetric: bool, calibrator: str,
@@ -67,7 +73,7 @@ def _targets(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | 
         if not name or (filter is not None and not filter(name, mod)):
             continue
         fmt = config.plan.get(name)
-        if isinstance(mod, _QUANTIZED):
+        if isinstance(mod, QUANTIZED_MODULES):
             report.skipped.append((name, "already quantized"))
         elif isinstance(mod, nn.Linear) and "linear" in config.modules:
             out.append((name, mod, fmt or config.fmt))
@@ -83,9 +89,15 @@ def _targets(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | 
                    else f"{type(mod).__name__} is not handled by weight-only quantization "
                         f"(Linear, Embedding and Conv2d are; modules={list(config.modules)})")
             report.skipped.append((name, why))
+    names = {n for n, _ in model.named_modules()}
+    unknown = sorted(set(config.plan) - names)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"the mixed-precision plan names {unknown[0]!r}, which is not a module of this model{hint}")
     kept = [(n, m, f) for n, m, f in out if f == "fp32"]
     report.skipped.extend((n, "kept in fp32 by the mixed-precision plan") for n, _, _ in kept)
-    return [(n, m, f) for n, m, f in out if f != "fp32"]
+    return drop_partial_ties(model, [(n, m, f) for n, m, f in out if f != "fp32"], report)
 
 
 @register_transform(WeightOnlyConfig)
@@ -113,9 +125,14 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyConfig, filter: Module
         stats = collect_stats(model, calibration, modules=[n for n, m, _ in targets if isinstance(m, nn.Linear)],
                               forward=forward)
     replacements = []
+    seen: dict[int, str] = {}
     for i, (name, mod, fmt) in enumerate(targets):
         new, detail, err = _quantize_module(name, mod, fmt, config, stats.get(name), skeleton)
         before = tensor_bytes(mod.weight, getattr(mod, "bias", None))
+        if id(mod.weight) in seen:  # a tie: the float matrix was counted once; each side now stores its own copy
+            before = tensor_bytes(getattr(mod, "bias", None))
+            detail += f"; weight tied with {seen[id(mod.weight)]}: quantized as its own copy (the tie is not kept)"
+        seen.setdefault(id(mod.weight), name)
         report.changed.append(ModuleChange(name, type(mod).__name__, before, new.nbytes, err, detail))
         replacements.append((name, new))
         if progress:

@@ -220,3 +220,7 @@ class QuantizedConv2d(nn.Module):
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes + (self.bias.numel() * 4 if self.bias is not None else 0)
+
+
+QUANTIZED_MODULES = (QuantizedLinear, QuantizedEmbedding, QuantizedConv2d)
+"""Every packed layer type: a transform meeting one reports it as already quantized."""
