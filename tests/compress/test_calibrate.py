@@ -299,3 +299,27 @@ def test_bad_arguments_raise_config_errors_naming_the_parameter() -> None:
         hqq(W[0], "int4", 64)
     with pytest.raises(ConfigError, match="'alpha'"):
         smooth_scales(STATS.abs_max, W, alpha=1.5)
+
+
+def test_non_finite_weights_and_calibration_are_named_and_nothing_changes():
+    import pytest
+    from torch import nn
+
+    from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, quantize_
+    from nnforge.errors import ConfigError, DataError
+
+    def mk():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+
+    bad = mk()
+    bad[2].weight.data[0, 0] = float("nan")
+    with pytest.raises(ConfigError, match="2: the weight holds NaN"):
+        quantize_(bad, Int8WeightOnlyConfig())
+    assert isinstance(bad[0], nn.Linear)  # atomic: the first layer was not replaced either
+    with pytest.raises(DataError, match="layer 0 hold NaN"):
+        quantize_(mk(), W8A8Config(activations="static"), calibration=[torch.full((4, 16), float("nan"))])
+    with pytest.raises(DataError, match="layer 0 takes inputs with 16 features"):
+        quantize_(mk(), W8A8Config(activations="static"), calibration=[torch.zeros(4, 15)])
+    with pytest.raises(ConfigError, match="every calibration input of this layer was zero"):
+        quantize_(mk(), W8A8Config(activations="static", smoothing="none"), calibration=[torch.zeros(4, 16)])

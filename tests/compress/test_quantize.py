@@ -328,3 +328,11 @@ def test_a_plan_naming_no_module_is_an_error_and_w8a8_reports_quantized_layers()
     model = nn.Sequential(nn.Linear(64, 64))
     quantize_(model, WeightOnlyConfig(fmt="int8"))
     assert ("0", "already quantized") in quantize_(model, W8A8Config()).skipped
+
+
+def test_quantized_embedding_refuses_ids_out_of_range_like_torch():
+    model = nn.Sequential(nn.Embedding(10, 8))
+    quantize_(model, Int8WeightOnlyConfig())
+    for bad in (-1, 10):
+        with pytest.raises(IndexError, match=r"\[0, 10\)"):
+            model(torch.tensor([bad]))  # -1 returned row 9 before

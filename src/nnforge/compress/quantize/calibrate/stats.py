@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from nnforge.compress.quantize.calibrate._common import check_int
-from nnforge.errors import ConfigError
+from nnforge.errors import ConfigError, DataError
 
 __all__ = ["LayerStats", "collect_stats"]
 
@@ -137,6 +137,12 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence
     def hook_for(name: str, acc: _Accumulator) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x = args[0] if args else kwargs["input"]
+            if not isinstance(x, torch.Tensor) or not x.dim() or x.shape[-1] != acc.K:
+                raise DataError(f"calibration: layer {name} takes inputs with {acc.K} features; a batch gave it "
+                                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            if not torch.isfinite(x).all():
+                raise DataError(f"calibration: the inputs of layer {name} hold NaN or infinite values; check the "
+                                "calibration batches (and the model's output on them)")
             if first_batch[0] and name not in shared:
                 owner, ref = seen.get(id(x), (name, None))
                 if ref is None or ref() is not x:

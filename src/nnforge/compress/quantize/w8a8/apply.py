@@ -79,6 +79,8 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
         scale = None
         if smooth:
             scale = joint[name] if not skeleton else torch.ones(w.shape[1])
+        if not skeleton and not torch.isfinite(w).all():
+            raise ConfigError(f"{name}: the weight holds NaN or infinite values; nothing was quantized")
         w_in = w * scale if scale is not None else w
         if config.calibrator == "gptq" and not skeleton:
             from nnforge.compress.quantize.calibrate import gptq
@@ -94,6 +96,10 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                                           act_quant=config.activations)
         if config.activations == "static" and not skeleton and new.act_scale is not None:
             amax = stats[name].abs_max / (scale if scale is not None else 1.0)
+            if not float(amax.max()) > 0:
+                raise ConfigError(f"{name}: every calibration input of this layer was zero, so no static "
+                                  "activation scale can be set; calibrate on representative data or use "
+                                  "activations='dynamic'")
             new.act_scale.fill_(float(amax.max()) / 127.0)
         err = 0.0 if skeleton else relative_error(w, new.dequantize())
         report.changed.append(ModuleChange(name, "Linear", tensor_bytes(mod.weight, mod.bias), new.nbytes, err,

@@ -156,6 +156,8 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
     detail = f"{fmt} group {group or 'row'} {'sym' if symmetric else 'asym'} {calibrator}"
     if group != gs:
         detail += f" (group {gs} does not divide K={matrix.shape[1]}: per-row scales)"
+    if not skeleton and not torch.isfinite(matrix).all():
+        raise ConfigError(f"{name}: the weight holds NaN or infinite values; nothing was quantized")
     if skeleton:
         packed, scale = _empty(fmt, matrix.shape, group, symmetric), None
         if calibrator.startswith("awq"):

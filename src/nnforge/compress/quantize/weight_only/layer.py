@@ -168,6 +168,10 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.packed
         spec, flat = w.spec, ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            # as nn.Embedding: a negative id would otherwise wrap around to the last rows
+            raise IndexError(f"embedding ids must be in [0, {self.num_embeddings}); got {int(flat.min())}.."
+                             f"{int(flat.max())}")
         ng = w.scales.shape[1]
         u = unpack(w.data[flat], spec.bits, w.Kp).float().view(-1, ng, w.group)  # (n, ng, G)
         z = w.zeros[flat].float() if w.zeros is not None else torch.full((flat.numel(), ng), spec.z_symmetric)
