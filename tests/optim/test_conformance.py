@@ -134,3 +134,28 @@ def test_params_without_grad_are_untouched(name: str) -> None:
     _train(model, _build(name, model), 3)
     for b, a in zip(before, _params(model.unused), strict=True):
         assert torch.equal(b, a)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_sparse_gradient_is_refused_before_anything_moves(name: str) -> None:
+    from nnforge.errors import ConfigError
+
+    model = nn.ModuleDict({"emb": nn.Embedding(10, 16, sparse=True), "fc": nn.Linear(16, 16)})
+    opt = _build(name, model)
+    out = model["fc"](model["emb"](torch.tensor([1, 2]))).sum()
+    out.backward()
+    before = _params(model)
+    with pytest.raises((ConfigError, RuntimeError)):  # torch's own optimizers raise RuntimeError
+        opt.step()
+    assert all(torch.equal(b, a) for b, a in zip(before, _params(model), strict=True))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_parameter_with_no_entries_is_harmless(name: str) -> None:
+    if name == "adafactor":
+        pytest.skip("torch's Adafactor divides by the parameter's size (ZeroDivisionError): not ours to change")
+    empty, w = nn.Parameter(torch.zeros(0, 8)), nn.Parameter(torch.randn(8, 8))
+    opt = _build(name, [empty, w])
+    (w.sum() + empty.sum()).backward()
+    opt.step()
+    assert torch.isfinite(w).all() and empty.shape == (0, 8)

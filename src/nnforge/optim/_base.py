@@ -36,6 +36,14 @@ def with_grads(group: dict[str, Any], name: str) -> tuple[list[torch.Tensor], li
     return params, grads
 
 
+def check_all_dense(param_groups: list[dict[str, Any]], name: str) -> None:
+    """Every gradient dense, checked before any parameter moves: a step never stops half-applied."""
+    for group in param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                check_dense(p.grad, name)
+
+
 def split_flag(params: list[Any], flag: str) -> list[dict[str, Any]]:
     """Groups that all carry ``flag``: a group (or a plain list of tensors) without it is split in two,
     its ``ndim >= 2`` tensors flagged True and the others False, each part keeping the group's options."""
@@ -48,8 +56,9 @@ def split_flag(params: list[Any], flag: str) -> list[dict[str, Any]]:
             out.append(dict(g))
             continue
         tensors = list(g["params"])
-        out.append({**g, "params": [p for p in tensors if p.ndim >= 2], flag: True})
-        out.append({**g, "params": [p for p in tensors if p.ndim < 2], flag: False})
+        # a matrix with no entries has nothing to orthogonalise: it goes with the element-wise part
+        out.append({**g, "params": [p for p in tensors if p.ndim >= 2 and p.numel()], flag: True})
+        out.append({**g, "params": [p for p in tensors if p.ndim < 2 or not p.numel()], flag: False})
     return [g for g in out if g["params"]]
 
 

@@ -62,6 +62,6 @@ def param_groups_for(model: nn.Module, kind: str = "muon") -> list[dict[str, Any
     for p in model.parameters():  # yields each (tied) parameter once
         if not p.requires_grad:
             continue
-        (hidden if p.ndim >= 2 and id(p) not in rest_ids else rest).append(p)
+        (hidden if p.ndim >= 2 and p.numel() and id(p) not in rest_ids else rest).append(p)
     groups = [{"params": hidden, MATRIX_KEY: True}, {"params": rest, MATRIX_KEY: False}]
     return [g for g in groups if g["params"]]

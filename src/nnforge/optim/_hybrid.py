@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nnforge.errors import ConfigError
-from nnforge.optim._base import run_closure
+from nnforge.optim._base import check_all_dense, run_closure
 
 __all__ = ["HybridOptimizer"]
 
@@ -44,6 +44,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """Step every part; the closure, if any, is evaluated once."""
         loss = run_closure(closure)
+        check_all_dense(self.param_groups, type(self.optimizers[0]).__name__)
         for o in self.optimizers:
             o.step()
         self._sync()

@@ -36,7 +36,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, split_flag, with_grads
+from nnforge.optim._base import LR, Beta, Eps, WeightDecay, check_all_dense, run_closure, split_flag, with_grads
 from nnforge.optim._groups import MATRIX_KEY
 from nnforge.optim._registry import register_optimizer
 from nnforge.optim.soap import soap_update
@@ -185,6 +185,7 @@ class BatchedMuon(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
         loss = run_closure(closure)
+        check_all_dense(self.param_groups, "BatchedMuon")
         for group in self.param_groups:
             params, grads = with_grads(group, "BatchedMuon")
             if params:
