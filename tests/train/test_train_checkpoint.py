@@ -161,3 +161,25 @@ def test_a_damaged_checkpoint_document_is_an_integrity_error_naming_the_file(tmp
         fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=6, checkpoint_dir=str(tmp_path / "b")),
             resume_from=bad)
     assert str(bad) in str(info.value)
+
+
+def test_resume_takes_a_new_lr_and_refuses_what_it_cannot_continue(tmp_path):
+    from nnforge.errors import ConfigError
+
+    config = TrainConfig(max_steps=6, lr=1e-3, schedule="cosine", checkpoint_every=3, checkpoint_dir=str(tmp_path))
+    fit(dropout_mlp(0), random_batch, config=config)
+    # a new lr (the divergence message suggests a lower one) takes effect, though the loaded states carry the old
+    six = tmp_path / "step-000006.safetensors"
+    lower = fit(dropout_mlp(0), random_batch, resume_from=six,
+                config=config.replace(lr=1e-4, schedule="constant", max_steps=8, checkpoint_dir=str(tmp_path / "b")))
+    assert lower.lrs == pytest.approx([1e-4, 1e-4])
+    with pytest.raises(ConfigError, match="past max_steps 2"):
+        fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=2), resume_from=tmp_path)
+    with pytest.raises(IntegrityError, match="AdamW optimizer; this run builds a SGD"):
+        model = dropout_mlp(0)
+        fit(model, random_batch, config=config, optimizer=torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9),
+            resume_from=tmp_path)
+    longer = fit(dropout_mlp(0), random_batch, resume_from=six,
+                 config=config.replace(max_steps=9, checkpoint_dir=str(tmp_path / "c")))
+    assert longer.start_step == 6 and longer.steps == 9  # training on for longer is fine
+    assert 0 < longer.lrs[0] <= 1e-3

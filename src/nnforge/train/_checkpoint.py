@@ -129,6 +129,7 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION,
         "model_aliases": _model_tensors(model, tensors),
+        "optimizer_type": type(optimizer).__name__,
         "optimizer": _encode(optimizer.state_dict(), "optim", tensors),
         "scheduler": _encode(scheduler.state_dict(), "sched", tensors),
         "rng": _rng_state(tensors),
@@ -195,6 +196,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
         sched_state: Any = _decode(meta["scheduler"], tensors) if scheduler is not None else None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise IntegrityError(f"{p}: damaged checkpoint metadata ({type(exc).__name__}: {exc})") from None
+    written_by = meta.get("optimizer_type")
+    if optimizer is not None and written_by is not None and written_by != type(optimizer).__name__:
+        raise IntegrityError(f"{p}: the checkpoint holds the state of a {written_by} optimizer; this run builds a "
+                             f"{type(optimizer).__name__} (resume with the optimizer it was trained with)")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

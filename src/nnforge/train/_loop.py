@@ -392,6 +392,28 @@ def _prune(newest: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+def _apply_new_hyperparameters(state: Any, saved: dict[str, Any], path: Path) -> None:
+    """Resuming with another ``lr`` or ``weight_decay`` (after a divergence, say) takes effect: the optimizer
+    and scheduler states just loaded carry the checkpoint's values, so they are rescaled here. The schedule's
+    shape, warm-up, clipping and max_steps are read from the new config anyway."""
+    now = state.config
+    old_lr, old_wd = saved.get("lr"), saved.get("weight_decay")
+    if isinstance(old_lr, int | float) and old_lr > 0 and old_lr != now.lr:
+        ratio = now.lr / old_lr
+        for g in state.optimizer.param_groups:
+            g["lr"] *= ratio
+            if "initial_lr" in g:
+                g["initial_lr"] *= ratio
+        state.scheduler.base_lrs = [b * ratio for b in state.scheduler.base_lrs]
+        log.info("resumed from %s with lr %g (the checkpoint trained with %g)", path, now.lr, old_lr)
+    if isinstance(old_wd, int | float) and old_wd != now.weight_decay:
+        for g in state.optimizer.param_groups:
+            if g.get("weight_decay") == old_wd:
+                g["weight_decay"] = now.weight_decay
+        log.info("resumed from %s with weight_decay %g (the checkpoint trained with %g)", path,
+                 now.weight_decay, old_wd)
+
+
 def _resume(run: _Run, where: Path) -> None:
     state = run.state
     path = latest_checkpoint(where) if where.is_dir() else where
@@ -408,6 +430,11 @@ def _resume(run: _Run, where: Path) -> None:
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{path}: damaged checkpoint: its training position does not read "
                              f"({type(exc).__name__}: {exc})") from None
+    saved = meta.get("config", {}).get("data", {}) if isinstance(meta.get("config"), dict) else {}
+    _apply_new_hyperparameters(state, saved, path)
+    if pos["step"] > state.config.max_steps:
+        raise ConfigError(f"{path}: the checkpoint is at step {pos['step']}, past max_steps "
+                          f"{state.config.max_steps}; raise max_steps to train on")
     if not state.is_main:
         _seed_everything(state.config.seed + state.rank + 1_000_003 * pos["step"])
     state.step, state.best_metric = pos["step"], best
