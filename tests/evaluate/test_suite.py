@@ -80,6 +80,9 @@ def test_auroc_refuses_labels_and_scores_it_cannot_rank(labels, scores, message)
 
 
 def test_outputs_reject_mismatches():
+    with pytest.raises(DataError, match="whole numbers"):
+        Outputs(np.array([0.7, 1.9]), np.full((2, 3), 1 / 3))  # was silently truncated to [0, 1]
+    assert Outputs(np.array([0.0, 2.0]), np.full((2, 3), 1 / 3)).labels.tolist() == [0, 2]
     with pytest.raises(DataError, match="labels must be in"):
         Outputs(np.array([0, 3]), np.full((2, 3), 1 / 3))
     with pytest.raises(DataError, match="label names"):

@@ -238,3 +238,13 @@ def test_weights_that_do_not_fit_the_detector_are_refused(tmp_path):
     _resign(folder)
     with pytest.raises(DataError, match="does not load"):
         OODGuard.load(folder)
+
+
+@pytest.mark.parametrize(("threshold", "recall", "message"), [
+    (float("inf"), 0.95, "finite"), (float("nan"), 0.95, "finite"), (1.0, 5.0, r"recall must be in \(0, 1\]"),
+    (1.0, 0.0, "recall"),
+])
+def test_a_guard_needs_a_finite_threshold_and_a_recall_in_range(threshold, recall, message):
+    det = build_detector("mahalanobis").fit(**TRAIN)
+    with pytest.raises(DataError, match=message):
+        OODGuard(det, threshold, recall=recall)

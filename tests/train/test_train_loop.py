@@ -252,3 +252,16 @@ def test_hessian_refresh_feeds_sophia_and_refuses_others():
     assert any(float(st["hessian"].abs().sum()) > 0 for st in opt.state.values())
     with pytest.raises(TypeError, match="update_hessian"):
         hessian_refresh(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_a_failed_evaluation_leaves_the_model_in_train_mode():
+    model = tiny()
+    x, y = blobs()
+
+    def broken_metric(m, batch):
+        raise ValueError("metric failed")
+
+    with pytest.raises(ValueError, match="metric failed"):
+        fit(model, TensorBatches(x, y, batch_size=32), config=TrainConfig(max_steps=2, eval_every=1),
+            eval_data=[(x[:8], y[:8])], metric_fn=broken_metric)
+    assert model.training

@@ -42,6 +42,9 @@ class Outputs:
 
     def __post_init__(self) -> None:
         labels, probs = np.asarray(self.labels), np.asarray(self.probs, dtype=np.float64)
+        if len(labels) and not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
+            if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
+                raise DataError(f"outputs: labels must be class indices (whole numbers); got {labels[:4].tolist()}")
         if labels.ndim != 1 or probs.ndim != 2 or len(labels) != len(probs):
             raise DataError(f"outputs need labels (N,) and probs (N, C); got {labels.shape} and {probs.shape}")
         if len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):

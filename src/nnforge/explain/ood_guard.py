@@ -13,6 +13,7 @@ the held-out in-distribution inputs. An input is flagged out-of-distribution whe
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -67,8 +68,10 @@ class OODGuard:
                  featurizer: Featurizer | None = None, metadata: dict[str, Any] | None = None) -> None:
         if not detector.fitted:
             raise ModelError(f"OODGuard needs a fitted detector; the {detector.name!r} detector is not fitted")
-        if not isinstance(threshold, (int, float)) or threshold != threshold:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise DataError(f"OODGuard threshold must be a finite number; got {threshold!r}")
+        if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
+            raise DataError(f"OODGuard recall must be in (0, 1]; got {recall!r}")
         self.detector = detector
         self.threshold = float(threshold)
         self.recall = float(recall)

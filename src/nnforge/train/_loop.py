@@ -286,22 +286,24 @@ def _evaluate(run: _Run, eval_data: Data, metric_fn: MetricFn | None) -> None:
     state.model.eval()
     sums: dict[str, float] = {}
     rows = 0
-    for batch in _eval_batches(eval_data, state.config.eval_batches):
-        batch = to_device(shard_batch(batch, dist.rank, dist.world_size, even=False), dist.device)
-        n = batch_rows(batch)
-        if n == 0:  # a small last batch may leave some ranks without rows
-            continue
-        with run.autocast():
-            values: dict[str, Any] = {"loss": run.loss_fn(state.model, batch)}
-            values.update(metric_fn(state.model, batch) if metric_fn else {})
-        for name, value in values.items():
-            sums[name] = sums.get(name, 0.0) + float(value) * n
-        rows += n
-    names = sorted(sums)
-    totals = dist.all_reduce_sum(torch.tensor([sums[k] for k in names] + [rows], dtype=torch.float64))
-    if totals[-1] == 0:
-        raise ConfigError("eval_data yielded no batches; pass at least one evaluation batch or leave it None")
-    state.model.train(was_training)
+    try:  # the model goes back to train mode also when evaluation fails
+        for batch in _eval_batches(eval_data, state.config.eval_batches):
+            batch = to_device(shard_batch(batch, dist.rank, dist.world_size, even=False), dist.device)
+            n = batch_rows(batch)
+            if n == 0:  # a small last batch may leave some ranks without rows
+                continue
+            with run.autocast():
+                values: dict[str, Any] = {"loss": run.loss_fn(state.model, batch)}
+                values.update(metric_fn(state.model, batch) if metric_fn else {})
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+            rows += n
+        names = sorted(sums)
+        totals = dist.all_reduce_sum(torch.tensor([sums[k] for k in names] + [rows], dtype=torch.float64))
+        if totals[-1] == 0:
+            raise ConfigError("eval_data yielded no batches; pass at least one evaluation batch or leave it None")
+    finally:
+        state.model.train(was_training)
     state.metrics = {k: float(totals[i] / totals[-1]) for i, k in enumerate(names)}
     if state.is_main:
         log.info("step %d: eval %s", state.step, ", ".join(f"{k} {v:.4f}" for k, v in state.metrics.items()))
