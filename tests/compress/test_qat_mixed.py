@@ -119,3 +119,12 @@ def test_end_to_end_sensitivity_and_measured_latency():
     plan = allocate_bits(sens, budget=sum(o.latency_ms for opts in sens.values() for o in opts if o.fmt == "fp32") * 10,
                          kind="latency_ms")
     assert set(plan.formats) == {"0", "2"}
+
+
+@pytest.mark.parametrize(("sensitivity", "budget", "message"), [
+    ({}, 4, "holds no layer"), ({"a": []}, 4, "no measured option"), ({"a": [_opt("int8", 0.1, 100)]}, float("nan"),
+                                                                       "positive finite"),
+])
+def test_allocator_names_bad_input(sensitivity, budget, message):
+    with pytest.raises(ConfigError, match=message):
+        allocate_bits(sensitivity, budget)

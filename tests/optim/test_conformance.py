@@ -159,3 +159,10 @@ def test_a_parameter_with_no_entries_is_harmless(name: str) -> None:
     (w.sum() + empty.sum()).backward()
     opt.step()
     assert torch.isfinite(w).all() and empty.shape == (0, 8)
+
+
+def test_one_tensor_instead_of_a_list_is_named() -> None:
+    from nnforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not one tensor"):
+        build_optimizer("adamw", torch.zeros(3, 3, requires_grad=True))

@@ -265,3 +265,14 @@ def test_a_failed_evaluation_leaves_the_model_in_train_mode():
         fit(model, TensorBatches(x, y, batch_size=32), config=TrainConfig(max_steps=2, eval_every=1),
             eval_data=[(x[:8], y[:8])], metric_fn=broken_metric)
     assert model.training
+
+
+@pytest.mark.parametrize(("loss_fn", "message"), [
+    (lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1], reduction="none"), "shape"),
+    (lambda m, b: 1.0, "not a tensor"),
+    (lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]).detach(), "requires_grad is False"),
+])
+def test_a_loss_that_cannot_be_trained_on_is_named(loss_fn, message):
+    x, y = blobs()
+    with pytest.raises(ConfigError, match=message):
+        fit(tiny(), TensorBatches(x, y, batch_size=32), config=TrainConfig(max_steps=2), loss_fn=loss_fn)

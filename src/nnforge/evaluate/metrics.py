@@ -64,6 +64,8 @@ def macro_f1(y_true: Labels, y_pred: Labels, num_classes: int | None = None) -> 
 def majority_accuracy(y_train: Labels, y_true: Labels) -> float:
     """Accuracy of always predicting the most frequent training label."""
     train, t = _t(y_train), _t(y_true)
+    if not len(train):
+        raise ValueError("majority_accuracy: y_train is empty; the majority class needs training labels")
     majority = int(torch.bincount(train).argmax())
     return float((t == majority).float().mean())
 

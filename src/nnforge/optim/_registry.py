@@ -98,6 +98,8 @@ def build_optimizer(name: str, model_or_params: nn.Module | ParamsT, **options: 
             params: list[Any] = param_groups_for(model_or_params, "muon")
         else:
             params = [p for p in model_or_params.parameters() if p.requires_grad]
+    elif isinstance(model_or_params, torch.Tensor):  # iterating it would yield its rows, not parameters
+        raise ConfigError(f"optimizer {name!r}: pass a model, or a list of parameters ([tensor]), not one tensor")
     else:
         params = list(model_or_params)
     if not params:

@@ -211,6 +211,17 @@ def _train(run: _Run, eval_data: Data | None, metric_fn: MetricFn | None) -> Tra
     return result
 
 
+def _bad_loss(loss: Any, step: int) -> str:
+    """Why a loss cannot be trained on (a message naming what to fix)."""
+    if not isinstance(loss, torch.Tensor):
+        return f"step {step}: loss_fn returned a {type(loss).__name__}, not a tensor"
+    if loss.numel() != 1:
+        return (f"step {step}: loss_fn returned a tensor of shape {tuple(loss.shape)}; it must be one number "
+                "(reduce it, e.g. with .mean())")
+    return (f"step {step}: the loss does not depend on any trainable parameter (requires_grad is False): are "
+            "all parameters frozen, or was the loss computed under torch.no_grad()?")
+
+
 def _every(step: int, every: int | None) -> bool:
     return every is not None and step % every == 0
 
@@ -229,6 +240,8 @@ def _train_step(run: _Run) -> None:
             run.ddp_model.require_backward_grad_sync = k == config.grad_accum - 1  # type: ignore[assignment]
         with run.autocast():
             loss = run.loss_fn(run.ddp_model, state.batch)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+            raise ConfigError(_bad_loss(loss, state.step + 1))
         state.micro_loss = loss
         run.emit(Event.BEFORE_BACKWARD)
         (loss / config.grad_accum).backward()

@@ -50,6 +50,13 @@ def allocate_bits(sensitivity: dict[str, list[LayerOption]], budget: float, kind
     """
     if kind not in ("avg_bits", "bytes", "latency_ms"):
         raise ConfigError(f"kind must be one of avg_bits, bytes, latency_ms. Got {kind!r} instead.")
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0 or budget == float("inf"):
+        raise ConfigError(f"The 'budget' parameter must be a positive finite number. Got {budget!r} instead.")
+    if not sensitivity:
+        raise ConfigError("The 'sensitivity' parameter holds no layer: measure some with layer_sensitivity() first.")
+    empty = [name for name, opts in sensitivity.items() if not opts]
+    if empty:
+        raise ConfigError(f"layer {empty[0]!r} has no measured option (were the candidates empty?)")
     params = sum(opts[0].params for opts in sensitivity.values())
     limit = budget * params / 8.0 if kind == "avg_bits" else budget
     ckind: Budget = "bytes" if kind == "avg_bits" else kind

@@ -45,6 +45,9 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
     from nnforge.compress.quantize.weight_only.apply import quantize_matrix
     from nnforge.compress.quantize.weight_only.layer import QuantizedLinear
 
+    if isinstance(candidates, str) or not list(candidates):
+        raise ConfigError(f"The 'candidates' parameter must be a non-empty list of formats (e.g. ['int8', 'int4']). "
+                          f"Got {candidates!r} instead.")
     names = list(modules) if modules is not None else [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         raise ConfigError("layer_sensitivity found no nn.Linear layer to measure")
