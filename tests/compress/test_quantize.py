@@ -336,3 +336,18 @@ def test_quantized_embedding_refuses_ids_out_of_range_like_torch():
     for bad in (-1, 10):
         with pytest.raises(IndexError, match=r"\[0, 10\)"):
             model(torch.tensor([bad]))  # -1 returned row 9 before
+
+
+def test_a_model_on_the_meta_device_is_refused_but_can_be_a_skeleton():
+    with torch.device("meta"):
+        shell = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
+    with pytest.raises(ConfigError, match="meta device"):
+        quantize_(shell, Int8WeightOnlyConfig())
+    torch.manual_seed(0)
+    real = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
+    quantize_(real, Int8WeightOnlyConfig())
+    apply_(shell, Int8WeightOnlyConfig(), skeleton=True)  # biased layers too (a copy from meta failed before)
+    shell.load_state_dict(real.state_dict())
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        assert torch.equal(shell(x), real(x))

@@ -125,4 +125,7 @@ def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None,
     if handler is None:
         known = ", ".join(sorted(c.__name__ for c in _HANDLERS)) or "none"
         raise ConfigError(f"no transform is registered for {type(config).__name__}; known configs: {known}")
+    if not inputs.get("skeleton") and any(p.is_meta for p in model.parameters()):
+        raise ConfigError("the model has weights on the meta device (shapes only, no values): load its weights "
+                          "first, or build the quantized layers with skeleton=True and then load_state_dict")
     return handler(model, config, filter, **inputs)

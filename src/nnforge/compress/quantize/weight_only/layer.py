@@ -97,7 +97,7 @@ class QuantizedLinear(nn.Module):
         m = cls(w.K, w.N, bias is not None, w.fmt, w.group_size, w.zeros is None, kernel=kernel,
                 input_scale=input_scale is not None, act_quant=act_quant)
         m.weight_packed.set_packed(w)
-        if bias is not None and m.bias is not None:
+        if bias is not None and m.bias is not None and not bias.is_meta:  # meta (skeleton): load_state_dict fills it
             m.bias.copy_(bias.detach().float())
         if input_scale is not None and m.input_scale is not None:
             m.input_scale.copy_(input_scale.detach().float())
