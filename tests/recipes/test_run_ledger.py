@@ -81,3 +81,14 @@ def test_text_files_and_texts_for_predict(small_run_copy, capsys):
     assert main(["predict", str(run_dir), "--text", "one\ttwo\nthree"]) == 0
     line = capsys.readouterr().out.rstrip("\n")
     assert "\n" not in line and line.split("\t")[2] == "one\\ttwo\\nthree"  # still three fields on one line
+
+
+def test_report_on_a_tampered_ledger_is_written_with_the_warning_and_exits_1(small_run_copy, capsys):
+    import sqlite3
+
+    work, run_dir = small_run_copy
+    with sqlite3.connect(work / ".nnforge" / "ledger.db") as conn:
+        conn.execute("UPDATE events SET body = replace(body, '\"seed\":0', '\"seed\":1') WHERE seq = 1")
+    assert main(["report", str(run_dir)]) == 1
+    assert "chain BROKEN" in capsys.readouterr().err
+    assert "chain BROKEN" in (run_dir / "report.html").read_text()

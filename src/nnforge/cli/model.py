@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
-from nnforge.cli._common import out, print_json, read_text_lines, record_cli, run_ledger, safe, texts_sha256
+from nnforge.cli._common import console, out, print_json, read_text_lines, record_cli, run_ledger, safe, texts_sha256
 
 if TYPE_CHECKING:
     from nnforge.recipes.runs import Run
@@ -91,14 +92,24 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
 def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")],
            ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the one the run wrote to).")] = None,
            actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
-    """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger)."""
+    """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger). Exit 1
+    when the ledger chain does not verify (the report is still written, saying so), as `nnforge docs` does."""
     from nnforge.ledger import Ledger, file_sha256
     from nnforge.ledger.report import write_report
     from nnforge.recipes.runs import find_run
 
     folder = find_run(run_dir, runs_dir)
     loc = run_ledger(ledger, folder)
-    path = write_report(folder, Ledger.open(loc))
+    led = Ledger.open(loc)
+    try:
+        path = write_report(folder, led)
+        verification = led.verify()
+    finally:
+        led.close()
     record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},
                ledger=loc, actor=actor, run=folder.name)
     out.print(f"report: {path}")
+    if not verification.ok:
+        console.print(f"[red bold]ledger chain BROKEN[/] at event #{verification.broken_seq}: "
+                      f"{escape(verification.reason)}; the report carries this warning")
+        raise typer.Exit(1)
