@@ -398,7 +398,6 @@ def _for_export(model: nn.Module, accuracy_level: int, int8_matmul: str | Mappin
             set_child(model, name, _ExportEmbedding(mod))
         elif isinstance(mod, QuantizedConv2d):
             conv: Any = nn.Conv2d(mod.weight_shape[1] * mod.groups, mod.weight_shape[0], tuple(mod.weight_shape[2:4]),  # type: ignore[arg-type]
-
                                   mod.stride, mod.padding, mod.dilation, mod.groups, bias=mod.bias is not None,
                                   padding_mode=mod.padding_mode)  # type: ignore[arg-type]
             with torch.no_grad():
