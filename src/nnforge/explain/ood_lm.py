@@ -109,4 +109,8 @@ class TokenNgram(OODDetector):
         nll = -torch.log(prob)
         sums = torch.zeros(tokens.shape[0], dtype=torch.float64).index_add_(0, rows, nll)
         n = torch.bincount(rows, minlength=tokens.shape[0]).double()
-        return sums / n.clamp_min(1)
+        if bool((n == 0).any()):  # a mean over no tokens would be 0: the most in-distribution score there is
+            empty = torch.nonzero(n == 0).flatten()[:5].tolist()
+            raise DataError(f"token-ngram.score: rows {empty} hold no tokens (all padding); an empty input has no "
+                            "likelihood to score")
+        return sums / n
