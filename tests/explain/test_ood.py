@@ -157,11 +157,11 @@ def test_token_ngram_counts_pairs_and_handles_unseen_ids():
     bigram = _fitted("token-ngram")
     assert auroc(unigram.score(tokens=TEST["tokens"]), unigram.score(tokens=OOD["tokens"])) < 0.7  # same unigrams
     assert auroc(bigram.score(tokens=TEST["tokens"]), bigram.score(tokens=OOD["tokens"])) > 0.95
-    unseen = torch.tensor([[0, 1, 2, 3], [500, 501, 502, -1]])
+    unseen = torch.tensor([[0, 1, 2, 3], [500, 501, 502, -1], [-1, -1, -1, -1]])
     s = bigram.score(tokens=unseen)
-    assert s[1] > s[0] and torch.isfinite(s).all()
-    with pytest.raises(DataError, match=r"rows \[1\] hold no tokens"):  # scored 0.0, the most typical, before
-        bigram.score(tokens=torch.tensor([[0, 1, 2, 3], [-1, -1, -1, -1]]))
+    assert s[1] > s[0] and torch.isfinite(s[:2]).all()
+    assert s[2] == float("inf")  # no tokens, no evidence: flagged by any guard (it scored 0.0, the most typical)
+    assert OODGuard(bigram, float(s[0]) + 1.0).check(tokens=unseen).is_ood.tolist() == [False, True, True]
     with pytest.raises(DataError, match="integer"):
         bigram.score(tokens=torch.zeros(2, 3))
 

@@ -14,6 +14,8 @@ Each sequence is scored on its own (``order - 1`` start markers before it); text
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
 
@@ -109,8 +111,6 @@ class TokenNgram(OODDetector):
         nll = -torch.log(prob)
         sums = torch.zeros(tokens.shape[0], dtype=torch.float64).index_add_(0, rows, nll)
         n = torch.bincount(rows, minlength=tokens.shape[0]).double()
-        if bool((n == 0).any()):  # a mean over no tokens would be 0: the most in-distribution score there is
-            empty = torch.nonzero(n == 0).flatten()[:5].tolist()
-            raise DataError(f"token-ngram.score: rows {empty} hold no tokens (all padding); an empty input has no "
-                            "likelihood to score")
-        return sums / n
+        # a row with no tokens (an empty text, or one of unknown symbols only, which featurizers drop) carries no
+        # evidence of being in-distribution: +inf, so a guard flags it (a mean over nothing was 0, the most typical)
+        return torch.where(n > 0, sums / n.clamp_min(1), torch.full_like(sums, math.inf))
