@@ -138,6 +138,34 @@ def test_repeated_failed_logins_are_throttled(site):
     c = _client(site)
     codes = [c.post("/login", data={"token": f"guess{i}"}, headers=SAME).status_code for i in range(12)]
     assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    # guesses cannot lock the token's owner out (the valid token got 429 too before)
+    assert c.post("/login", data={"token": site["token"]}, headers=SAME).status_code == 303
+
+
+def test_run_files_are_read_only_inside_the_run_folder(site):
+    (site["tmp"] / "outside.json").write_text(json.dumps({"aws_secret": "AKIA-TOPSECRET"}))
+    evil = site["tmp"] / "runs" / "symrun"
+    evil.mkdir()
+    (evil / "metrics.json").symlink_to(site["tmp"] / "outside.json")
+    (evil / "config.json").symlink_to(site["tmp"] / "outside.json")
+    c = _login(site)
+    assert "AKIA-TOPSECRET" not in c.get("/runs/symrun").text and "AKIA-TOPSECRET" not in c.get("/").text
+    odd = site["tmp"] / "odd:name.bin"
+    odd.write_text("hello")
+    r = c.get("/lineage", params={"artifact": str(odd)})
+    assert r.status_code == 404 and "no run in the ledger wrote" not in r.text  # the path was hashed before
+
+
+def test_oversized_bodies_ids_and_fields_are_refused(site):
+    c = _login(site)
+    csrf = _csrf(c)
+    big = c.post("/login", content=b"token=" + b"x" * (1 << 20), headers={**SAME,
+                 "Content-Type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413 and big.headers["X-Content-Type-Options"] == "nosniff"
+    assert c.get("/review/99999999999999999999999").status_code == 404  # an OverflowError (500) before
+    r = c.post("/review/1/decide", data={"csrf": csrf, "reviewer": "ana", "action": "approve", "note": "n" * 20_000},
+               headers=SAME)
+    assert r.status_code == 400 and not _decided(site)
 
 
 def test_logout_needs_csrf_and_ends_the_session(site):

@@ -76,9 +76,9 @@ def _candidates_text(events: list[Event]) -> str:
                      for e in events)
 
 
-def _resolve(artifact: str, written: list[Event]) -> tuple[Event, str]:
+def _resolve(artifact: str, written: list[Event], files: bool = True) -> tuple[Event, str]:
     """The ``artifact.written`` event an artifact reference names (the newest one when the same bytes were
-    written several times), and how it was named."""
+    written several times), and how it was named; ``files=False`` never reads a path (untrusted callers)."""
     runs = {e.run for e in written if e.run}
     head, sep, name = artifact.partition(":")
     if sep and head in runs:
@@ -88,8 +88,11 @@ def _resolve(artifact: str, written: list[Event]) -> tuple[Event, str]:
             raise ConfigError(f"artifact {artifact!r}: run {head} wrote no artifact named {name!r}; it wrote: "
                               f"{', '.join(names) or 'nothing'}")
         return hits[-1], "run:name"
+    if sep and not files:
+        raise ConfigError(f"artifact {artifact!r}: {head!r} is not a run id in the ledger; give RUN_ID:NAME or a "
+                          "sha256")
     path = Path(artifact)
-    if path.is_file():
+    if files and path.is_file():
         digest = file_sha256(path)
         hits = [e for e in written if e.data.get("sha256") == digest]
         if not hits:
@@ -185,15 +188,16 @@ def _evaluations(run_events: list[Event], after: int, variant: str, skip_index: 
     return found
 
 
-def lineage(ledger: Ledger, artifact: str) -> Lineage:
+def lineage(ledger: Ledger, artifact: str, *, files: bool = True) -> Lineage:
     """The chain that produced ``artifact`` (a file path, a sha256 or unique prefix, or ``RUN_ID:NAME``).
+    ``files=False`` (a web request) never reads a path: only ``RUN_ID:NAME`` and sha256 references resolve.
 
     Raises:
         ConfigError: the artifact is unknown to the ledger, or a sha256 prefix matches several artifacts.
     """
     events = ledger.events()
     written = [e for e in events if e.kind == "artifact.written"]
-    target, named_by = _resolve(artifact.strip(), written)
+    target, named_by = _resolve(artifact.strip(), written, files)
     run, at, name = target.run, target.seq, str(target.data.get("name"))
     sha = str(target.data.get("sha256"))
     variant = _variant(name)

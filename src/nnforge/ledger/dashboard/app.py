@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 import threading
@@ -46,7 +47,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["create_app", "RUN_ID", "LOOPBACK_HOSTS", "COOKIE"]
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+log = logging.getLogger(__name__)
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 """What a run id in a URL may look like (``20261128-053421-148a00``); anything else is a 404."""
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 """Host headers accepted by default: a page on another name pointing at 127.0.0.1 (DNS rebinding) is refused."""
@@ -64,10 +66,20 @@ _LOGIN_FAILURES_PER_MINUTE = 10
 _MAX_EVENTS_SHOWN = 500
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+_MAX_JSON_BYTES = 32 << 20
+_MAX_BODY_BYTES = 64 << 10
+_MAX_REVIEWER, _MAX_NOTE = 200, 10_000
+
+
+def _read_json(path: Path | None) -> dict[str, Any]:
+    """A JSON object from a file already checked to be inside a run folder; ``{}`` when absent or unreadable."""
+    if path is None:
+        return {}
     try:
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            return {}
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -97,6 +109,10 @@ class _Runs:
             return None
         return path
 
+    def json(self, run_id: str, name: str) -> dict[str, Any]:
+        """A JSON file of the run, read only when it resolves inside the run folder (a symlink out is absent)."""
+        return _read_json(self.file(run_id, name))
+
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -106,20 +122,20 @@ class _Runs:
     def summary(self, run_id: str) -> dict[str, Any]:
         folder = self.folder(run_id)
         assert folder is not None
-        config, metrics = _read_json(folder / "config.json"), _read_json(folder / "metrics.json")
+        config, metrics = self.json(run_id, "config.json"), self.json(run_id, "metrics.json")
         recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
         final = config.get("final_variant")
         acc = metrics.get(f"{final}_acc") if final else None
         return {"id": run_id, "created": str(config.get("created", ""))[:19].replace("T", " "),
                 "recipe": (recipe or {}).get("name") or "", "final_variant": final or "",
                 "accuracy": acc if isinstance(acc, (int, float)) else None,
-                "has_report": (folder / "report.html").is_file()}
+                "has_report": self.file(run_id, "report.html") is not None}
 
     def labels(self, run_id: str) -> list[str] | None:
         folder = self.folder(run_id)
         if folder is None:
             return None
-        labels = _read_json(folder / "config.json").get("label_names")
+        labels = self.json(run_id, "config.json").get("label_names")
         return [str(x) for x in labels] if isinstance(labels, list) and labels else None
 
 
@@ -153,8 +169,25 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        """Refuse request bodies over a few KiB before anything parses them (forms here are tiny)."""
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return Response("a request body needs a Content-Length", status_code=411, media_type="text/plain")
+            if int(length) > _MAX_BODY_BYTES:
+                return Response(f"request body over {_MAX_BODY_BYTES} bytes", status_code=413,
+                                media_type="text/plain")
         response: Response = await call_next(request)
+        return response
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        try:
+            response: Response = await call_next(request)
+        except Exception:  # the error page gets the same headers; the traceback goes to the server log only
+            log.exception("dashboard: %s %s failed", request.method, request.url.path)
+            response = Response("Internal Server Error", status_code=500, media_type="text/plain")
         response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -223,18 +256,17 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
                            request.headers.get("host"), request.url.scheme):
             return error(request, 403, "cross-origin login refused")
         now = time.monotonic()
-        with failures_lock:
-            while failures and now - failures[0] > 60:
-                failures.popleft()
-            if len(failures) >= _LOGIN_FAILURES_PER_MINUTE:
-                return error(request, 429, "too many failed logins in the last minute; wait and try again")
         fp = fingerprint()
         if fp is None:
             return error(request, 503, f"no dashboard token is configured ({tokens}): create one with "
                                        "'nnforge dashboard token'")
-        if not check_token(tokens, token):
+        if not check_token(tokens, token):  # a valid token always logs in: failed guesses cannot lock its owner out
             with failures_lock:
+                while failures and now - failures[0] > 60:
+                    failures.popleft()
                 failures.append(now)
+                if len(failures) > _LOGIN_FAILURES_PER_MINUTE:
+                    return error(request, 429, "too many failed logins in the last minute; wait and try again")
             return page(request, "login.j2", 401, configured=True, failed=True)
         s = sessions.create(fp)
         response = RedirectResponse("/", status_code=303)
@@ -281,8 +313,8 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
         folder = runs.folder(run_id)
         if folder is None:
             return error(request, 404, f"no run {run_id!r} under {runs.root}", s)
-        config = _read_json(folder / "config.json")
-        metrics = _read_json(folder / "metrics.json")
+        config = runs.json(run_id, "config.json")
+        metrics = runs.json(run_id, "metrics.json")
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         led = Ledger.open(location)
         try:
@@ -340,7 +372,7 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
                                        "model:int8) or a sha256 (at least 8 hex digits)", s)
         led = Ledger.open(location)
         try:
-            lin = build_lineage(led, artifact)
+            lin = build_lineage(led, artifact, files=False)  # a URL never makes the server read a path
         except NnforgeError as exc:
             return error(request, 404, str(exc), s)
         finally:
@@ -393,6 +425,8 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
         s = session_of(request)
         if s is None:
             return to_login()
+        if not 1 <= item_id < 2**63:
+            return error(request, 404, f"no review item {item_id}", s)
         q = open_queue(request, s)
         if isinstance(q, HTMLResponse):
             return q
@@ -413,6 +447,11 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
             return refused
         if action not in ("approve", "override"):
             return error(request, 400, f"action {action!r} is not one of ['approve', 'override']", s)
+        if not 1 <= item_id < 2**63:
+            return error(request, 404, f"no review item {item_id}", s)
+        if len(reviewer) > _MAX_REVIEWER or len(note) > _MAX_NOTE:
+            return error(request, 400, f"a reviewer name holds at most {_MAX_REVIEWER} characters and a note at most "
+                                       f"{_MAX_NOTE}", s)
         q = open_queue(request, s)
         if isinstance(q, HTMLResponse):
             return q
