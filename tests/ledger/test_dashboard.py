@@ -349,3 +349,19 @@ def test_dashboard_package_import_is_lean():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ}).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize(("host", "bind", "header"), [("127.0.0.2", "127.0.0.2", "127.0.0.2:8765"),
+                                                       ("[::1]", "::1", "[::1]:8765")])
+def test_serve_binds_the_bare_address_and_accepts_its_own_host_header(tmp_path, monkeypatch, host, bind, header):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    token_file = tmp_path / "t.token"
+    new_token(token_file)
+    assert main(["dashboard", "serve", "--host", host, "--token-file", str(token_file),
+                 "--ledger", str(tmp_path / "l.db"), "--runs-dir", str(tmp_path)]) == 0
+    assert seen["host"] == bind  # "[::1]" failed to bind before
+    client = TestClient(seen["app"], base_url=f"http://{header}", follow_redirects=False)
+    assert client.get("/login").status_code == 200  # its own Host header was refused (400) before

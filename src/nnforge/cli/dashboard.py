@@ -73,14 +73,17 @@ def serve(
     except ImportError as exc:
         raise MissingDependencyError(f"the dashboard needs FastAPI and uvicorn ({exc.name} is missing): "
                                      "pip install 'nnforge[dashboard]'") from None
-    allowed = None if allow_remote else ["127.0.0.1", "localhost", "[::1]", "::1"]
+    bind = host.strip("[]")  # "[::1]" is how a URL writes ::1; the socket wants the bare address
+    # the address served on is a Host header its own pages send (127.0.0.2 was refused by its own server)
+    allowed = None if allow_remote else sorted({"127.0.0.1", "localhost", "[::1]", "::1", bind,
+                                                f"[{bind}]" if ":" in bind else bind})
     web = create_app(ledger_location(ledger), runs_dir, tokens, allowed_hosts=allowed)
     # who opened the ledger's data to a web server, where and for whom, is itself on the record
     record_cli("dashboard.serve", {"host": host, "port": port, "allow_remote": allow_remote, "runs_dir": runs_dir,
                                    "token_file": tokens}, ledger=ledger, actor=actor)
     from nnforge.ledger._store import redact_url
 
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{bind}]" if ":" in bind else bind
     console.print(f"nnforge dashboard on http://{shown}:{port}/ (ledger {redact_url(ledger_location(ledger))}, "
                   f"runs {runs_dir}); Ctrl-C stops it", markup=False)
-    uvicorn.run(web, host=host, port=port, log_level="warning", server_header=False)
+    uvicorn.run(web, host=bind, port=port, log_level="warning", server_header=False)
