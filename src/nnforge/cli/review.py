@@ -52,12 +52,10 @@ def enqueue(
 ) -> None:
     """Predict the texts with a run's model, apply the review rules and queue what needs a human."""
     from nnforge.errors import ConfigError, DataError
-    from nnforge.ledger.review import review_rules
+    from nnforge.ledger.review import check_review_rates, review_rules
     from nnforge.recipes.runs import load_run
 
-    for option, value in (("--min-confidence", min_confidence), ("--audit-rate", audit_rate)):
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{option} must be in [0, 1]; got {value}")
+    check_review_rates(min_confidence, audit_rate, ("--min-confidence", "--audit-rate"))  # before any model runs
     texts = read_text_lines(file)
     if not texts:
         raise DataError(f"{file}: no texts (every line is empty)")

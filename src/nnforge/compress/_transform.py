@@ -62,15 +62,21 @@ class TransformReport:
                 "skipped": [{"module": n, "reason": r} for n, r in self.skipped]}
 
 
-def drop_partial_ties(model: nn.Module, targets: list[_T], report: TransformReport) -> list[_T]:
-    """``targets`` (tuples starting with ``(name, module)``) without the modules whose weight is tied to a module
-    that is not a target: quantizing one side of a tie (an LM head sharing the token embedding) would store the
-    matrix twice, the other side keeping the float copy. Those are reported as skipped."""
+def weight_holders(model: nn.Module) -> dict[int, list[str]]:
+    """``id(weight parameter) -> names of the modules holding it``: a list of two or more is a tie."""
     holders: dict[int, list[str]] = {}
     for n, m in model.named_modules():
         w = m._parameters.get("weight") if n else None
         if w is not None:
             holders.setdefault(id(w), []).append(n)
+    return holders
+
+
+def drop_partial_ties(model: nn.Module, targets: list[_T], report: TransformReport) -> list[_T]:
+    """``targets`` (tuples starting with ``(name, module)``) without the modules whose weight is tied to a module
+    that is not a target: quantizing one side of a tie (an LM head sharing the token embedding) would store the
+    matrix twice, the other side keeping the float copy. Those are reported as skipped."""
+    holders = weight_holders(model)
     chosen = {t[0] for t in targets}
     keep = []
     for t in targets:

@@ -113,6 +113,14 @@ class ReviewPick:
     reason: str
 
 
+def check_review_rates(min_confidence: float, audit_rate: float,
+                       names: tuple[str, str] = ("min_confidence", "audit_rate")) -> None:
+    """Both review-rule rates must be in [0, 1]; ``names`` are how the caller spells them (CLI options)."""
+    for name, value in (zip(names, (min_confidence, audit_rate), strict=True)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"review rules: {name} must be in [0, 1]; got {value}")
+
+
 def review_rules(predictions: Sequence[dict[str, Any]], *, min_confidence: float = 0.5,
                  ood_flags: Sequence[bool] | None = None, audit_rate: float = 0.02, seed: int = 0) -> list[ReviewPick]:
     """Which predictions need a human, and why; one reason per input, in input order.
@@ -129,10 +137,7 @@ def review_rules(predictions: Sequence[dict[str, Any]], *, min_confidence: float
         audit_rate: fraction of the remaining outputs sampled for review, in [0, 1].
         seed: seed of the audit sample.
     """
-    if not 0.0 <= audit_rate <= 1.0:
-        raise ConfigError(f"review rules: audit_rate must be in [0, 1]; got {audit_rate}")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ConfigError(f"review rules: min_confidence must be in [0, 1]; got {min_confidence}")
+    check_review_rates(min_confidence, audit_rate)
     flags = list(ood_flags) if ood_flags is not None else [False] * len(predictions)
     if len(flags) != len(predictions):
         raise DataError(f"review rules: {len(flags)} OOD flags for {len(predictions)} predictions; "

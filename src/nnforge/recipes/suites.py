@@ -213,7 +213,8 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     base_path = find_run(baseline, runs_dir) if baseline is not None else None  # a missing baseline fails here
     if not r.variants:
         raise ModelError(f"run {r.path} saved no model to evaluate")
-    name = variant or r.config.get("final_variant") or next(reversed(r.variants))
+    final_name = r.config.get("final_variant") or next(reversed(r.variants))
+    name = variant or final_name
     files = {v: r.path / f for v, f in r.variants.items()}
     files[name] = r.variant_file(name)  # "int8-native": the int8 file, run by the native runtime
     split = run_data(r.config, suite.split)
@@ -236,8 +237,7 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     inputs = gather_inputs(suite, target, name, baseline=base_target, baseline_variant=baseline_variant,
                            progress=progress)
     result = run_suite(suite, inputs)
-    final = name == (r.config.get("final_variant") or next(reversed(r.variants)))
-    files = record_suite(result, r.path, ledger, r.run_id, variant=name, suite_path=suite_path, final=final,
+    files = record_suite(result, r.path, ledger, r.run_id, variant=name, suite_path=suite_path, final=name == final_name,
                          baseline=str(base_path) if base_path else None, junit=junit)
     from nnforge.ledger.report import write_report
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, register_transform
+from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, register_transform, weight_holders
 from nnforge.compress.quantize.qat.config import QATConfig
 from nnforge.compress.quantize.qat.fake import FakeQuantWeight, fake_quantize_activations
 
@@ -32,6 +32,7 @@ def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | Non
     optimizer built before this call keeps training them.
     """
     report = TransformReport(f"qat:{config.fmt}", config.to_dict())
+    holders = weight_holders(model)  # taken before any layer is parametrized
     for name, mod in model.named_modules():
         if not name or (filter is not None and not filter(name, mod)) or _skipped(name, config.skip):
             continue
@@ -44,7 +45,7 @@ def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | Non
             fq = FakeQuantWeight(config.embedding_fmt, None, True)
         else:
             continue
-        tied = [n for n, m in model.named_modules() if m is not mod and getattr(m, "weight", None) is mod.weight]
+        tied = [h for h in holders.get(id(mod._parameters.get("weight")), []) if h != name]
         if tied:  # checked before any hook: a skipped layer trains exactly as it will be converted (fp32)
             report.skipped.append((name, f"weight tied with {tied[0]}: left in full precision"))
             continue
