@@ -68,3 +68,17 @@ def test_spreadsheet_bom_integer_labels_and_one_class(tmp_path):
     (tmp_path / "one.csv").write_text("text,label\nx,a\ny,a\n")
     with pytest.raises(DataError, match="one class"):
         text_classification_from_files({"train": str(tmp_path / "one.csv")})
+
+
+def test_files_option_must_be_a_mapping_of_splits(tmp_path):
+    with pytest.raises(DataError, match="files must map split names to paths"):
+        data.load("files", files="train.csv")
+    with pytest.raises(DataError, match=r"at least a 'train' file; got the splits \['test'\]"):
+        data.load("files", files={"test": "t.csv"})
+
+
+def test_labels_that_look_numeric_but_are_not_decimal_sort_as_names(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text("text,label\nx,\u00b2\ny,1\n", encoding="utf-8")  # '²'.isdigit() is True, int('²') fails
+    split, names = data.load_text_file(f)
+    assert names == ["1", "\u00b2"] and split.labels == [1, 0]

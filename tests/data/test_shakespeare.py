@@ -73,3 +73,39 @@ def test_digits_split_is_stratified_and_scaled():
     x, y = ds.splits["train"]
     assert x.shape[1:] == (1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0
     assert len(ds.splits["test"][1]) == 360
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"test_fraction": 1.5}, "test_fraction must be a number between 0 and 1"),
+    ({"test_fraction": "x"}, "test_fraction must be a number between 0 and 1"),
+    ({"seed": "a"}, "seed must be a whole number"),
+])
+def test_digits_options_are_checked_before_scikit_learn_sees_them(options, message):
+    with pytest.raises(DataError, match=message):
+        data.load("digits", **options)
+
+
+@pytest.mark.parametrize("genres, message", [
+    (("comedy",), "two or more distinct names"),
+    (("comedy", "comedy"), "two or more distinct names"),
+    ("comedy", "got the string 'comedy'"),
+    (("comedy", "farce"), "two or more distinct names"),
+])
+def test_genre_selection_needs_two_known_genres(genres, message):
+    with pytest.raises(DataError, match=message):
+        data.load("shakespeare-genre", genres=genres)
+
+
+def test_char_batches_refuse_unknown_splits_and_impossible_sizes():
+    import torch
+
+    corpus = data.CharCorpus("tiny", torch.arange(20) % 5, torch.arange(10) % 5, "abcde")
+    gen = torch.Generator().manual_seed(0)
+    x, y = corpus.batch("val", 3, 8, gen)
+    assert x.shape == (3, 8) and torch.equal(x[:, 1:], y[:, :-1])
+    with pytest.raises(DataError, match="splits 'train' and 'val'; got 'test'"):
+        corpus.batch("test", 3, 8, gen)  # it used to read the validation split silently
+    with pytest.raises(DataError, match=r"block_size must be a whole number in \[1, 8\]"):
+        corpus.batch("val", 3, 9, gen)
+    with pytest.raises(DataError, match="batch_size must be"):
+        corpus.batch("train", 0, 4, gen)

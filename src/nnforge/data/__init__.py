@@ -74,6 +74,10 @@ def _digits(seed: int = 0, test_fraction: float = 0.2) -> ArrayClassification:
         raise MissingDependencyError("the 'digits' dataset needs scikit-learn: pip install 'nnforge[data]'") from exc
     import numpy as np
 
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise DataError(f"digits: seed must be a whole number in [0, 2**32); got {seed!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not 0 < test_fraction < 1:
+        raise DataError(f"digits: test_fraction must be a number between 0 and 1 (exclusive); got {test_fraction!r}")
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
     y = d.target.astype(np.int64)
@@ -92,6 +96,8 @@ def _shakespeare_genre(path: str | None = None, passages_per_play: int | None = 
                        genres: tuple[str, ...] = ("comedy", "tragedy", "history")) -> TextClassification:
     from nnforge.data.shakespeare import genre_dataset
 
+    if isinstance(genres, str):
+        raise DataError(f"genres must be a list of genre names, e.g. [comedy, tragedy]; got the string {genres!r}")
     return genre_dataset(path, passages_per_play=passages_per_play, seed=seed, genres=tuple(genres))
 
 

@@ -98,7 +98,14 @@ class CharCorpus:
 
     def batch(self, split: str, batch_size: int, block_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Random (x, y) windows of ``block_size`` tokens, y shifted by one: shapes (B, T)."""
+        if split not in ("train", "val"):
+            raise DataError(f"{self.name} has the splits 'train' and 'val'; got {split!r}")
         data = self.train if split == "train" else self.val
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be a whole number >= 1; got {batch_size!r}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size < len(data) - 1:
+            raise DataError(f"block_size must be a whole number in [1, {len(data) - 2}] for the {split!r} split of "
+                            f"{len(data)} tokens; got {block_size!r}")
         ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
         x = torch.stack([data[i : i + block_size] for i in ix.tolist()])
         y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix.tolist()])

@@ -84,7 +84,7 @@ def load_text_file(path: str | os.PathLike[str], text_column: str = "text", labe
         texts.append(text)
         raw_labels.append(str(label))
     distinct = set(raw_labels)
-    numeric = all(x.lstrip("-").isdigit() for x in distinct)  # integer labels: 2 before 10
+    numeric = all(x.lstrip("-").isdecimal() for x in distinct)  # integer labels: 2 before 10
     names = label_names or sorted(distinct, key=int if numeric else None)
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(raw_labels) - set(index))
@@ -96,8 +96,11 @@ def load_text_file(path: str | os.PathLike[str], text_column: str = "text", labe
 def text_classification_from_files(files: dict[str, str], text_column: str = "text",
                                    label_column: str = "label") -> TextClassification:
     """A dataset from one file per split, e.g. ``{"train": "a.csv", "test": "b.csv"}``."""
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str | os.PathLike)
+                                              for k, v in files.items()):
+        raise DataError(f"files must map split names to paths, e.g. {{train: train.csv, test: test.csv}}; got {files!r}")
     if "train" not in files:
-        raise DataError("user data needs at least a 'train' file")
+        raise DataError(f"user data needs at least a 'train' file; got the splits {sorted(files)}")
     train, names = load_text_file(files["train"], text_column, label_column)
     if len(names) < 2:
         raise DataError(f"{files['train']}: the training file has one class ({names}); a classifier needs at "

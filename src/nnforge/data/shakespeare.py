@@ -206,9 +206,12 @@ def genre_dataset(path: str | os.PathLike[str] | None = None, passages_per_play:
                                           or passages_per_play < 1):
         raise DataError(f"passages_per_play must be a whole number >= 1 (or null for all passages); "
                         f"got {passages_per_play!r}")
+    if isinstance(genres, str) or not all(isinstance(g, str) for g in genres):
+        raise DataError(f"genres must be a list of genre names from {GENRES}; got {genres!r}")
     unknown = set(genres) - set(GENRES)
-    if unknown or not genres:
-        raise DataError(f"genres must be a non-empty subset of {GENRES}; got {genres}")
+    if unknown or len(set(genres)) < 2 or len(set(genres)) != len(genres):
+        raise DataError(f"genres must be two or more distinct names from {GENRES} (a classifier needs at least two "
+                        f"classes); got {list(genres)}")
     folder = texts_dir(path)
     rng = np.random.default_rng(seed)
     by_genre = dict(zip(GENRES, (COMEDIES, TRAGEDIES, HISTORIES), strict=True))
