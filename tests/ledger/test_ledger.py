@@ -213,3 +213,47 @@ def test_an_export_verifies_offline_and_tampering_with_it_is_named(ledger, tmp_p
     capsys.readouterr()
     assert main(["ledger", "verify", "--ledger", str(export), "--head", head]) == 1
     assert "not in the chain" in capsys.readouterr().out
+
+
+def test_reading_commands_refuse_files_that_are_not_ledgers(tmp_path, capsys):
+    import sqlite3
+
+    from nnforge.cli import main
+
+    (tmp_path / "empty.db").write_bytes(b"")
+    with sqlite3.connect(tmp_path / "other.db") as db:
+        db.execute("CREATE TABLE t (x)")
+    for name, says in (("empty.db", "an empty file"), ("other.db", "without ledger events")):
+        for command in (["ledger", "verify"], ["review", "list"]):
+            assert main([*command, "--ledger", str(tmp_path / name)]) == 2
+            assert says in capsys.readouterr().err
+    with sqlite3.connect(tmp_path / "other.db") as db:  # nothing was added to someone else's database
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["t"]
+    assert (tmp_path / "empty.db").read_bytes() == b""
+
+
+def test_event_text_and_keys_are_refused_rather_than_altered(tmp_path):
+    from nnforge.errors import DataError
+
+    led = Ledger.open(tmp_path / "l.db")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        led.append("review.decided", {"note": "bad byte \udcff"})
+    with pytest.raises(DataError, match="same once written as text"):
+        led.append("step.finished", {1: "int key", "1": "str key"})
+    assert led.events() == [] and led.verify().ok
+
+
+def test_a_malformed_event_in_the_chain_does_not_break_readers(tmp_path):
+    from nnforge.ledger._events import event_hash, make_body
+
+    led = Ledger.open(tmp_path / "l.db")
+    led.append("run.started", {}, run="r")
+
+    def build(seq, prev):
+        body = make_body(seq, "r", "artifact.written", "t", "x", {}, prev).replace('"data":{}', '"data":["not","a","dict"]')
+        return event_hash(body), body
+
+    led.store.append(build)  # a rogue writer, chained correctly
+    assert led.verify().ok
+    ev = led.events()[-1]
+    assert ev.data == {"malformed_data": ["not", "a", "dict"]}

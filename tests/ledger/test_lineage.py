@@ -190,11 +190,18 @@ def test_base_model_from_another_runs_artifact(led, tmp_path):
 
 def test_promotion_and_revocation_of_the_same_bytes_are_the_approval(led):
     _run(led, RUN, suite_passed=True)
-    led.append("model.promoted", {"stage": "production", "variant": "int8", "weights_sha256": INT8, "approver": "ann"},
-               run=RUN)
+    staging = led.append("model.promoted", {"stage": "staging", "variant": "int8", "weights_sha256": INT8,
+                                            "approver": "ann"}, run=RUN).seq
+    production = led.append("model.promoted", {"stage": "production", "variant": "int8", "weights_sha256": INT8,
+                                               "approver": "ann"}, run=RUN).seq
     lin = lineage(led, INT8)
     assert lin.approved and lin.nodes[-1].kind == "approval" and "ann" in lin.nodes[-1].label
-    led.append("model.revoked", {"weights_sha256": INT8, "approver": "bob", "reason": "drift"}, run=RUN)
+    led.append("model.revoked", {"promotion_seq": production, "weights_sha256": INT8, "approver": "bob",
+                                 "reason": "drift"}, run=RUN)
     lin = lineage(led, INT8)
-    assert not lin.approved and [n.kind for n in lin.nodes[-2:]] == ["approval", "approval"]
+    assert lin.approved  # the staging promotion still stands (the newest event used to decide alone)
     assert "revoked by bob: drift" in lin.nodes[-1].label
+    led.append("model.revoked", {"promotion_seq": staging, "weights_sha256": INT8, "approver": "bob",
+                                 "reason": "drift"}, run=RUN)
+    lin = lineage(led, INT8)
+    assert not lin.approved and [n.kind for n in lin.nodes[-3:]] == ["approval"] * 3

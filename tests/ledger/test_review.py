@@ -126,6 +126,12 @@ def fake_run(tmp_path):
     (run / "config.json").write_text(json.dumps({
         "run_id": "run1", "final_variant": "int8", "label_names": ["comedy", "tragedy"],
         "variants": {"fp32": "model.safetensors", "int8": "model-int8.safetensors"}}))
+    led = Ledger.open(tmp_path / "ledger.db")  # what the run recorded: its start and the weights it wrote
+    led.append("run.started", {"recipe": "fake"}, run="run1")
+    for variant, f in (("fp32", "model.safetensors"), ("int8", "model-int8.safetensors")):
+        led.append("artifact.written", {"name": f"model:{variant}", "path": f,
+                                        "sha256": hashlib.sha256((run / f).read_bytes()).hexdigest()}, run="run1")
+    led.close()
     return run
 
 
@@ -230,7 +236,7 @@ def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path)
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", *common]) == 2  # no reason
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", "--reason", "drift", *common]) == 0
     led = Ledger.open(tmp_path / "ledger.db")
-    kinds = [e.kind for e in led.events() if e.kind != "suite.evaluated"]
+    kinds = [e.kind for e in led.events() if e.kind.startswith("model.")]
     assert kinds == ["model.promoted", "model.revoked"]  # the promotion is still there
     rev = led.events(kind="model.revoked")[0]
     assert rev.data["promotion_seq"] == ev.seq and rev.data["approver"] == "dan" and rev.data["reason"] == "drift"
@@ -248,9 +254,39 @@ def test_promotion_needs_a_recorded_suite_about_the_promoted_variant(fake_run, t
     _suite(fake_run, "strict", False, led.location)
     doc = json.loads((fake_run / "suite-strict.json").read_text())
     (fake_run / "suite-strict.json").write_text(json.dumps({**doc, "passed": True, "failed": []}))  # forged
-    with pytest.raises(IntegrityError, match="not one the ledger recorded"):
+    with pytest.raises(IntegrityError, match="not the one the ledger recorded"):
+        promote(led, fake_run, approver="carla")
+    (fake_run / "suite-strict.json").unlink()  # deleting the failed result does not open the gate either
+    with pytest.raises(PromotionRefused, match="regression suite failed: strict"):
         promote(led, fake_run, approver="carla")
     led.close()
+
+
+def test_the_gate_reads_the_ledger_not_the_folder(fake_run, tmp_path):
+    led = Ledger.open(tmp_path / "ledger.db")
+    _suite(fake_run, "quick", True, led.location)
+    (fake_run / "model-int8.safetensors").write_bytes(b"other weights")  # replaced after the suite passed
+    with pytest.raises(IntegrityError, match="not the bytes the run wrote"):
+        promote(led, fake_run, approver="carla")
+    (fake_run / "model-int8.safetensors").write_bytes(b"weights-int8")
+    led.append("suite.evaluated", {"suite": "quick", "variant": "int8", "passed": True, "weights_sha256": "0" * 64,
+                                   "outputs": {"json": "1" * 64}}, run="run1")
+    with pytest.raises(IntegrityError, match="judged other weights"):
+        promote(led, fake_run, approver="carla")  # the newest verdict is about other bytes
+    stranger = tmp_path / "runs" / "stranger"
+    stranger.mkdir()
+    (stranger / "model.safetensors").write_bytes(b"garbage")
+    (stranger / "config.json").write_text(json.dumps({"run_id": "stranger", "variants": {"fp32": "model.safetensors"}}))
+    with pytest.raises(ConfigError, match="did not record run stranger"):
+        promote(led, stranger, approver="carla")  # a folder no ledger recorded
+    led.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "ledger.db") as db:  # a recorded verdict rewritten in place
+        body = db.execute("SELECT body FROM events WHERE seq = 4").fetchone()[0]
+        db.execute("UPDATE events SET body = ? WHERE seq = 4", (body.replace('"passed":true', '"passed":false'),))
+    with Ledger.open(tmp_path / "ledger.db") as led2, pytest.raises(IntegrityError, match="does not verify"):
+        promote(led2, fake_run, approver="carla")
 
 
 def test_each_variant_keeps_its_own_suite_result(fake_run, tmp_path):
@@ -288,3 +324,57 @@ def test_promotion_hashes_only_files_inside_the_run_folder(fake_run, tmp_path, c
     with pytest.raises(IntegrityError, match="points outside the run folder"):
         promote(led, fake_run, approver="carla", variant="int8")
     assert not led.events(kind="model.promoted")
+
+
+def test_a_decision_is_in_the_ledger_or_not_at_all(tmp_path, monkeypatch):
+    led = tmp_path / "ledger.db"
+    with ReviewQueue.open(led) as q:
+        item = q.enqueue(run="run1", variant="int8", text="x", label="comedy", confidence=0.3, reason="ood")
+
+        def locked(*a, **k):
+            raise RuntimeError("database is locked")
+
+        monkeypatch.setattr(q.ledger, "append", locked)
+        with pytest.raises(RuntimeError, match="locked"):
+            q.decide(item.id, reviewer="ana", approve=True)
+        assert q.get(item.id).status == "open"  # the table change was taken back
+        with pytest.raises(RuntimeError, match="locked"):
+            q.enqueue(run="run1", text="y", label="comedy", confidence=0.2, reason="ood")
+        assert [i.input_text for i in q.list()] == ["x"]
+        monkeypatch.undo()
+        assert q.decide(item.id, reviewer="ana", approve=True).status == "approved"
+
+
+def test_the_review_table_cannot_reopen_or_invent_items(tmp_path, capsys):
+    import sqlite3
+
+    led = tmp_path / "ledger.db"
+    with ReviewQueue.open(led) as q:
+        a = q.enqueue(run="run1", text="x", label="comedy", confidence=0.3, reason="ood").id
+        b = q.enqueue(run="run1", text="y", label="comedy", confidence=0.3, reason="ood").id
+        q.decide(a, reviewer="ana", approve=True)
+    with sqlite3.connect(led) as db:
+        db.execute("UPDATE review_items SET status = 'open', reviewer = NULL, decided = NULL WHERE id = ?", (a,))
+        db.execute("UPDATE review_items SET input_text = 'edited' WHERE id = ?", (b,))
+        db.execute("INSERT INTO review_items (created, run, input_sha256, input_text, label, confidence, reason) "
+                   "VALUES ('t', 'run1', ?, 'z', 'comedy', 0.1, 'ood')", (hashlib.sha256(b"z").hexdigest(),))
+    with ReviewQueue.open(led) as q:
+        with pytest.raises(ConfigError, match=r"already decided \(ledger event #\d+: approved by ana\)"):
+            q.decide(a, reviewer="mallory", approve=False, override_label="tragedy")
+        with pytest.raises(IntegrityError, match="no longer matches the sha256"):
+            q.decide(b, reviewer="mallory", approve=True)
+        with pytest.raises(IntegrityError, match="no review.enqueued event"):
+            q.decide(b + 1, reviewer="mallory", approve=True)
+    assert [e.data["reviewer"] for e in Ledger.open(led).events(kind="review.decided")] == ["ana"]
+    assert main(["review", "show", "99999999999999999999999", "--ledger", str(led)]) == 2
+    assert "no such item" in capsys.readouterr().err
+
+
+def test_run_and_variant_are_escaped_in_review_output(tmp_path, capsys):
+    led = tmp_path / "ledger.db"
+    with ReviewQueue.open(led) as q:
+        q.enqueue(run="r\x1b[31mRED", variant="v\x1b[32mGREEN", text="x", label="a", confidence=0.3, reason="ood")
+    for command in (["review", "show", "1"], ["review", "list"]):
+        assert main([*command, "--ledger", str(led)]) == 0
+        shown = capsys.readouterr().out
+        assert "\x1b" not in shown and "\\x1b" in shown

@@ -37,9 +37,38 @@ def existing_ledger(given: str | None) -> str:
     from nnforge.errors import ConfigError
 
     loc = ledger_location(given)
-    if "://" not in loc and not os.path.isfile(loc):
-        raise ConfigError(f"{loc}: no ledger there. Run a recipe first or pass --ledger PATH.")
+    if "://" not in loc:
+        if not os.path.isfile(loc):
+            raise ConfigError(f"{loc}: no ledger there. Run a recipe first or pass --ledger PATH.")
+        if not loc.endswith(".jsonl"):  # an export is read as such
+            _check_is_ledger(loc)
     return loc
+
+
+def _check_is_ledger(path: str) -> None:
+    """An existing file must be an nnforge ledger (an SQLite database with an ``events`` table), read without
+    writing: opening any other database as a ledger would add the ledger's tables to it."""
+    import sqlite3
+    from pathlib import Path
+
+    from nnforge.errors import ConfigError
+
+    with open(path, "rb") as f:
+        magic = f.read(16)
+    if magic != b"SQLite format 3\x00":
+        what = "an empty file" if not magic else "not an SQLite database"
+        raise ConfigError(f"{path}: {what}, not an nnforge ledger. Pass the ledger's path (--ledger PATH).")
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return  # unreadable this way (damaged, or read-only storage): opening it reports what is wrong
+    if found is None:
+        raise ConfigError(f"{path}: an SQLite database without ledger events, not an nnforge ledger. Pass the "
+                          "ledger's path (--ledger PATH).")
 
 
 def _run_facts(run_dir: os.PathLike[str] | str) -> tuple[str | None, str | None]:

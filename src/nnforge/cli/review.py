@@ -112,8 +112,8 @@ def list_(
         table.add_column(col)
     for i in items:  # Text() cells: never parsed as markup
         snippet = safe(i.input_text.replace("\n", " "))
-        table.add_row(str(i.id), i.created[:19], Text(i.run), i.reason, Text(safe(i.label)), f"{i.confidence:.2f}",
-                      i.status, Text(safe(i.reviewer)), Text(snippet[:60] + ("…" if len(snippet) > 60 else "")))
+        table.add_row(str(i.id), Text(safe(i.created[:19])), Text(safe(i.run)), Text(safe(i.reason)),
+                      Text(safe(i.label)), f"{i.confidence:.2f}", Text(safe(i.status)), Text(safe(i.reviewer)), Text(snippet[:60] + ("…" if len(snippet) > 60 else "")))
     out.print(table)
 
 
@@ -132,12 +132,12 @@ def show(
     if json_:
         print_json(item.to_dict())
         return
-    lines = [f"item {item.id}  ({item.status})", f"run       {item.run}  variant {item.variant}",
-             f"created   {item.created}", f"reason    {item.reason}",
+    lines = [f"item {item.id}  ({safe(item.status)})", f"run       {safe(item.run)}  variant {safe(item.variant)}",
+             f"created   {safe(item.created)}", f"reason    {safe(item.reason)}",
              f"output    {safe(item.label)}  confidence {item.confidence:.4f}",
              f"input     sha256 {item.input_sha256}", safe(item.input_text)]
     if item.status != "open":
-        lines += [f"decided   {item.decided} by {safe(item.reviewer)} after {item.decision_seconds:.1f} s",
+        lines += [f"decided   {safe(item.decided)} by {safe(item.reviewer)} after {item.decision_seconds:.1f} s",
                   f"final     {safe(item.final_label)}" + (" (override)" if item.override_label else ""),
                   f"note      {safe(item.note)}"]
     out.print("\n".join(lines), markup=False, highlight=False)
@@ -248,10 +248,10 @@ def promote(
     if json_:
         print_json(ev.to_dict())
     elif revoke:
-        out.print(f"revoked promotion #{ev.data['promotion_seq']} of run {ev.run} ({ev.data['variant']}) by "
+        out.print(f"revoked promotion #{ev.data['promotion_seq']} of run {safe(ev.run)} ({safe(ev.data['variant'])}) by "
                   f"{safe(ev.data['approver'])}: event #{ev.seq}", markup=False)
     else:
-        suites = ", ".join(f"{s['name']} passed" for s in ev.data["suites"]) or "no regression suite defined"
-        out.print(f"promoted run {ev.run} {ev.data['variant']} (sha256 {ev.data['weights_sha256'][:12]}…) to "
+        suites = ", ".join(f"{safe(s['name'])} passed" for s in ev.data["suites"]) or "no regression suite defined"
+        out.print(f"promoted run {safe(ev.run)} {safe(ev.data['variant'])} (sha256 {ev.data['weights_sha256'][:12]}…) to "
                   f"{ev.data['stage']}, approved by {safe(ev.data['approver'])}; {suites}: event #{ev.seq}",
                   markup=False)

@@ -21,11 +21,17 @@ GENESIS = "0" * 64
 
 
 def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become strings so the canonical form stays valid JSON."""
+    """JSON-safe copy: NaN/inf become the strings "nan"/"inf"/"-inf" (read back as such) so the canonical form
+    stays valid JSON; keys become strings, and keys that collide as strings are refused."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        out = {str(k): _clean(v) for k, v in obj.items()}
+        if len(out) != len(obj):  # {1: a, "1": b} would keep only one of them
+            from nnforge.errors import DataError
+
+            raise DataError(f"event data has keys that are the same once written as text: {sorted(map(repr, obj))}")
+        return out
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
@@ -55,8 +61,15 @@ class Event:
     @classmethod
     def from_row(cls, seq: int, hash_: str, body: str) -> Event:
         doc = json.loads(body)
-        return cls(seq=seq, run=doc.get("run"), kind=doc.get("kind", ""), time=doc.get("time", ""),
-                   actor=doc.get("actor", ""), data=doc.get("data", {}), prev=doc.get("prev", ""), hash=hash_)
+        if not isinstance(doc, dict):
+            raise json.JSONDecodeError("an event must be a JSON object", body, 0)
+        data = doc.get("data", {})
+        if not isinstance(data, dict):  # a malformed event (chained correctly by a rogue writer) must not crash readers
+            data = {"malformed_data": data}
+        run = doc.get("run")
+        return cls(seq=seq, run=None if run is None else str(run), kind=str(doc.get("kind", "")),
+                   time=str(doc.get("time", "")), actor=str(doc.get("actor", "")), data=data,
+                   prev=str(doc.get("prev", "")), hash=hash_)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "run": self.run, "kind": self.kind, "time": self.time, "actor": self.actor,
@@ -64,8 +77,16 @@ class Event:
 
 
 def make_body(seq: int, run: str | None, kind: str, time: str, actor: str, data: dict[str, Any], prev: str) -> str:
-    return canonical_json({"seq": seq, "run": run, "kind": kind, "time": time, "actor": actor, "data": data,
+    body = canonical_json({"seq": seq, "run": run, "kind": kind, "time": time, "actor": actor, "data": data,
                            "prev": prev})
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8 (a shell argument, a file name)
+        from nnforge.errors import DataError
+
+        raise DataError(f"a {kind} event cannot hold text that is not valid UTF-8 "
+                        f"({body[max(0, exc.start - 30):exc.start]!r} is followed by an undecodable byte)") from None
+    return body
 
 
 @dataclass(frozen=True)

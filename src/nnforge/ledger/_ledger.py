@@ -139,3 +139,9 @@ class Ledger:
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

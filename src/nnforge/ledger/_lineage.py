@@ -281,11 +281,14 @@ def lineage(ledger: Ledger, artifact: str, *, files: bool = True) -> Lineage:
                                          {"source": e.data.get("source")}))
     later.sort(key=lambda n: (n.run != run, n.seq or 0))  # this run first, then others, each oldest first
     nodes.extend(later)
-    approved = False
+    standing: set[int] = set()  # promotions of these bytes not revoked (revoking one leaves the others standing)
     for e in events:  # promotions and revocations of these exact bytes (nnforge promote), oldest first
         if e.kind in ("model.promoted", "model.revoked") and e.data.get("weights_sha256") == sha:
             promoted = e.kind == "model.promoted"
-            approved = promoted
+            if promoted:
+                standing.add(e.seq)
+            else:
+                standing.discard(e.data.get("promotion_seq"))  # type: ignore[arg-type]
             what = (f"promoted to {e.data.get('stage')} by {e.data.get('approver')}" if promoted
                     else f"promotion revoked by {e.data.get('approver')}: {e.data.get('reason')}")
             nodes.append(LineageNode("approval", what, e.seq, e.run, dict(e.data)))
@@ -294,4 +297,4 @@ def lineage(ledger: Ledger, artifact: str, *, files: bool = True) -> Lineage:
                                  {}))
     info = {"name": name, "run": run, "sha256": sha, "path": target.data.get("path"), "bytes": target.data.get("bytes"),
             "seq": at, "run_dir": run_dir, "named_by": named_by}
-    return Lineage(artifact=info, nodes=nodes, approved=approved)
+    return Lineage(artifact=info, nodes=nodes, approved=bool(standing))

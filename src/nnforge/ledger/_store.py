@@ -69,8 +69,22 @@ class SQLiteStore:
         self._local = threading.local()
         try:
             conn = self._conn()
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            has_events = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()
+            if not has_events:  # nothing is written to an existing ledger just to read it (read-only storage)
+                conn.executescript(_SCHEMA)
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as exc:
+                    if not has_events or "readonly" not in str(exc):
+                        raise  # a ledger on read-only storage can still be read (and verified)
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise IntegrityError(f"{self.path}: the ledger database cannot be opened on this storage ({exc}); "
+                                     "a read-only copy can be checked after copying it somewhere writable, or "
+                                     "through a JSONL export") from None
+            raise IntegrityError(f"{self.path}: not a readable ledger database ({exc}). "
+                                 "Restore it from a backup or an export.") from None
         except sqlite3.DatabaseError as exc:
             raise IntegrityError(f"{self.path}: not a readable ledger database ({exc}). "
                                  "Restore it from a backup or an export.") from None

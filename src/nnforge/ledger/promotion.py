@@ -1,10 +1,12 @@
 """The promotion gate: a run's model goes to a stage (``production``) only with a named approver and passing
 regression suites, and the ledger keeps both; a promotion can be revoked, never deleted.
 
-A run's suites are the ``suite-<name>.json`` (final variant) and ``suite-<name>@<variant>.json`` files that
-``nnforge evaluate`` (or a recipe's ``gate`` step) wrote into its folder; only those about the promoted
-variant are considered. When there are any — or when the caller names one — every one considered must have
-``"passed": true``; a run with no suite at all may be promoted, and the record says that no suite was run.
+The gate reads the ledger, not the run folder: the ledger must verify and must have recorded the run, the
+variant's weights must be the bytes the run recorded writing (``artifact.written``), and the verdicts are the
+newest ``suite.evaluated`` event per suite about the promoted variant (``nnforge evaluate`` or a recipe's
+``gate`` step). When there are any — or when the caller names one — every one must have passed; a run with no
+suite at all may be promoted, and the record says that no suite was run. A result file in the run folder that
+differs from the one recorded is an integrity error; deleting one changes nothing.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ class SuiteRecord:
     sha256: str
     suite_sha256: str | None
     failed: list[str]
+    seq: int | None = None  # the ``suite.evaluated`` event this verdict comes from
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "passed": self.passed, "variant": self.variant,
-                "sha256": self.sha256, "suite_sha256": self.suite_sha256, "failed": self.failed}
+                "sha256": self.sha256, "suite_sha256": self.suite_sha256, "failed": self.failed, "seq": self.seq}
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
@@ -93,15 +96,57 @@ def run_suites(run_dir: str | os.PathLike[str], suite: str | None = None) -> lis
     return [_read_suite(p) for p in sorted(folder.glob("suite-*.json"))]
 
 
-def _check_recorded(ledger: Ledger, run_id: str, suites: list[SuiteRecord]) -> None:
-    """Each suite result must be a file the ledger saw written (``suite.evaluated`` with its sha256): a
-    result edited by hand, or copied from another run, cannot open the gate."""
-    recorded = {str((e.data.get("outputs") or {}).get("json")) for e in ledger.events(run=run_id, kind="suite.evaluated")}
-    for s in suites:
-        if s.sha256 not in recorded:
-            raise IntegrityError(f"{s.path}: this suite result is not one the ledger recorded for run {run_id} "
-                                 "(edited after it was written, or from another run or ledger). Rerun "
-                                 "'nnforge evaluate' to produce a recorded result")
+def _verdicts(events: list[Event], variant: str) -> dict[str, Event]:
+    """The newest ``suite.evaluated`` event per suite about ``variant`` (a later evaluation replaces an earlier one)."""
+    out: dict[str, Event] = {}
+    for e in events:
+        if e.kind == "suite.evaluated" and e.data.get("variant") == variant:
+            out[str(e.data.get("suite"))] = e
+    return out
+
+
+def _record(folder: Path, e: Event, weights_sha: str) -> SuiteRecord:
+    """The verdict of one recorded evaluation; the result file shown beside it must still be the one recorded."""
+    d = e.data
+    name, variant = str(d.get("suite")), str(d.get("variant"))
+    judged = d.get("weights_sha256")
+    if judged is not None and judged != weights_sha:
+        raise IntegrityError(f"suite {name!r} (event #{e.seq}) judged other weights of variant {variant!r} "
+                             f"(sha256 {str(judged)[:12]}…, the file is {weights_sha[:12]}…). Rerun 'nnforge evaluate'")
+    recorded = str((d.get("outputs") or {}).get("json"))
+    path = ""
+    for candidate in (folder / f"suite-{name}.json", folder / f"suite-{name}@{variant}.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            about = json.loads(candidate.read_text(encoding="utf-8")).get("variant")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            about = variant  # unreadable: compared by hash below, which fails
+        if about == variant:
+            path = str(candidate)
+            if file_sha256(candidate) != recorded:
+                raise IntegrityError(f"{candidate}: this suite result is not the one the ledger recorded for it "
+                                     f"(event #{e.seq}): it was edited or replaced after it was written. Rerun "
+                                     "'nnforge evaluate' to produce a recorded result")
+    failed = [str(x) for x in d.get("failed") or []] if isinstance(d.get("failed"), list) else []
+    return SuiteRecord(name=name, path=path, passed=d.get("passed") is True, variant=variant, sha256=recorded,
+                       suite_sha256=d.get("suite_sha256"), failed=failed, seq=e.seq)
+
+
+def _gate_weights(ledger: Ledger, events: list[Event], folder: Path, name: str, weights: Path) -> str:
+    """The sha256 of the variant's weights, which must be the bytes the run recorded writing."""
+    check = ledger.verify()
+    if not check.ok:
+        raise IntegrityError(f"the ledger at {ledger.location} does not verify ({check.reason}); nothing can be "
+                             "promoted on its records. Run 'nnforge ledger verify'")
+    written = [e.data.get("sha256") for e in events if e.kind == "artifact.written" and e.data.get("name") == f"model:{name}"]
+    if not written:
+        raise IntegrityError(f"{folder}: the ledger holds no record of writing the weights of variant {name!r}")
+    sha = file_sha256(weights)
+    if sha != written[-1]:
+        raise IntegrityError(f"{weights}: the weights of variant {name!r} are not the bytes the run wrote (sha256 "
+                             f"{sha[:12]}…, recorded {str(written[-1])[:12]}…); they were replaced after the run")
+    return sha
 
 
 def _approver(approver: str | None) -> str:
@@ -116,10 +161,12 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     """Record ``model.promoted`` for a run's model after checking the gate; returns the event.
 
     Raises:
-        ConfigError: no approver, unknown stage or variant, a named suite without a result file.
+        ConfigError: no approver, unknown stage or variant, a named suite never evaluated, a ledger that did not
+            record the run.
         PromotionRefused: a suite considered did not pass (the message names it and its failed checks), or
-            every suite result is about another variant than the one promoted.
-        IntegrityError: a suite result that the ledger never recorded (edited, or copied from elsewhere).
+            every suite evaluated another variant than the one promoted.
+        IntegrityError: the ledger does not verify; the weights are not the bytes the run wrote, or a suite
+            judged other weights; a result file edited or replaced after it was recorded.
     """
     who = _approver(approver)
     if to not in STAGES:
@@ -133,23 +180,37 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     weights = variant_path(folder, name, variants[name])
     if not weights.is_file():
         raise IntegrityError(f"{weights}: the weights of variant {name!r} are missing")
-    suites = run_suites(folder, suite)
     run_id = str(cfg.get("run_id") or folder.name)
-    _check_recorded(ledger, run_id, suites)
-    other = [s for s in suites if s.variant not in (None, name)]
-    if other and len(other) == len(suites):
+    if suite is not None and (not suite or "/" in suite or "\\" in suite or suite.startswith(".") or "@" in suite
+                              or "*" in suite):
+        raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
+    events = ledger.run_events(run_id)  # a folder no ledger recorded (or another ledger's run) is refused
+    weights_sha = _gate_weights(ledger, events, folder, name, weights)
+    verdicts = _verdicts(events, name)
+    if suite is not None:
+        if suite not in verdicts:
+            judged = sorted({str(e.data.get("variant")) for e in events
+                             if e.kind == "suite.evaluated" and e.data.get("suite") == suite})
+            if judged:
+                raise PromotionRefused(f"{folder}: not promoted: suite {suite!r} evaluated {judged}, not variant "
+                                       f"{name!r}. Run 'nnforge evaluate {folder} --variant {name} --suite {suite}' first")
+            raise ConfigError(f"{folder}: the ledger records no evaluation of suite {suite!r} for run {run_id}. "
+                              f"Run 'nnforge evaluate {folder} --suite {suite}' first")
+        verdicts = {suite: verdicts[suite]}
+    elif not verdicts and any(e.kind == "suite.evaluated" for e in events):
         # a suite passed by the int8 model says nothing about the fp32 one
-        have = ", ".join(f"{s.name} on {s.variant}" for s in other)
+        have = ", ".join(sorted({f"{e.data.get('suite')} on {e.data.get('variant')}" for e in events
+                                 if e.kind == "suite.evaluated"}))
         raise PromotionRefused(f"{folder}: not promoted: no regression suite evaluated variant {name!r} ({have}). "
                                f"Run 'nnforge evaluate {folder} --variant {name} --suite SUITE' first")
-    suites = [s for s in suites if s.variant in (None, name)]
+    suites = [_record(folder, e, weights_sha) for e in verdicts.values()]
     failed = [s for s in suites if not s.passed]
     if failed:
         detail = "; ".join(f"{s.name} ({', '.join(s.failed) or 'failed'})" for s in failed)
         raise PromotionRefused(f"{folder}: not promoted: regression suite failed: {detail}. Fix the model or the "
                                "suite, rerun 'nnforge evaluate', then promote again")
     return ledger.append("model.promoted", {
-        "stage": to, "variant": name, "weights": variants[name], "weights_sha256": file_sha256(weights),
+        "stage": to, "variant": name, "weights": variants[name], "weights_sha256": weights_sha,
         "approver": who, "suites": [s.to_dict() for s in suites], "suite_required": suite is not None,
         "no_suite": not suites}, run=run_id, actor=who)
 

@@ -227,10 +227,41 @@ class ReviewQueue:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (created, run, variant, sha, text, label, float(confidence), reason))
         item_id = int(cur.fetchone()[0])
-        self.ledger.append("review.enqueued", {"item": item_id, "variant": variant, "input_sha256": sha,
-                                               "label": label, "confidence": float(confidence), "reason": reason},
-                           run=run)
+        try:
+            self.ledger.append("review.enqueued", {"item": item_id, "variant": variant, "input_sha256": sha,
+                                                   "label": label, "confidence": float(confidence), "reason": reason},
+                               run=run)
+        except BaseException as exc:  # no queued item without its event
+            self._undo(exc, "DELETE FROM review_items WHERE id = ?", (item_id,))
+            raise
         return self.get(item_id)
+
+    def _undo(self, exc: BaseException, sql: str, params: Sequence[Any]) -> None:
+        """Take back a table change whose ledger event could not be written (the event is the record)."""
+        try:
+            self._sql(sql, params)
+        except Exception as undo_exc:  # noqa: BLE001 - reported on the original error, which is re-raised
+            exc.add_note(f"and the review table could not be restored ({undo_exc}); run 'nnforge review list'")
+
+    def _check_recorded(self, item: ReviewItem) -> None:
+        """The item must be the one the ledger recorded queueing (same input), and not decided there yet."""
+        if text_sha256(item.input_text) != item.input_sha256:
+            raise IntegrityError(f"review item {item.id}: its input text no longer matches the sha256 recorded when "
+                                 "it was queued (the review table was edited)")
+        queued = decided = None
+        for e in self.ledger.events(run=item.run):
+            if e.data.get("item") == item.id and e.data.get("input_sha256") == item.input_sha256:
+                if e.kind == "review.enqueued":
+                    queued = e
+                elif e.kind == "review.decided":
+                    decided = e
+        if queued is None:
+            raise IntegrityError(f"review item {item.id}: the ledger at {self.location} holds no review.enqueued "
+                                 "event for it (the review table was edited); it cannot be decided")
+        if decided is not None:
+            raise ConfigError(f"review item {item.id} was already decided (ledger event #{decided.seq}: "
+                              f"{decided.data.get('decision')} by {decided.data.get('reviewer')}); a decision "
+                              "cannot be changed")
 
     def decide(self, item_id: int, *, reviewer: str, approve: bool, override_label: str | None = None,
                note: str = "", allowed_labels: Sequence[str] | None = None) -> ReviewItem:
@@ -258,6 +289,7 @@ class ReviewQueue:
         if item.status != "open":
             raise ConfigError(f"review item {item_id} was already decided ({item.status} by {item.reviewer} at "
                               f"{item.decided}); a decision cannot be changed")
+        self._check_recorded(item)
         status = "approved" if approve else "overridden"
         decided = _now().isoformat(timespec="microseconds")
         cur = self._sql(
@@ -266,15 +298,22 @@ class ReviewQueue:
         if cur.rowcount != 1:  # another process decided it between our read and our write
             raise ConfigError(f"review item {item_id} was already decided; a decision cannot be changed")
         done = self.get(item_id)
-        self.ledger.append("review.decided", {
-            "item": item_id, "reviewer": reviewer, "decision": status, "reason": item.reason, "label": item.label,
-            "override_label": override_label, "note": note, "input_sha256": item.input_sha256,
-            "seconds": done.decision_seconds}, run=item.run, actor=reviewer)
+        try:
+            self.ledger.append("review.decided", {
+                "item": item_id, "reviewer": reviewer, "decision": status, "reason": item.reason, "label": item.label,
+                "override_label": override_label, "note": note, "input_sha256": item.input_sha256,
+                "seconds": done.decision_seconds}, run=item.run, actor=reviewer)
+        except BaseException as exc:  # no decision in the table without its event: the item is open again
+            self._undo(exc, "UPDATE review_items SET status = 'open', reviewer = NULL, decided = NULL, "
+                            "override_label = NULL, note = '' WHERE id = ? AND decided = ?", (item_id, decided))
+            raise
         return done
 
     # --- reading ----------------------------------------------------------------------------------------
 
     def get(self, item_id: int) -> ReviewItem:
+        if isinstance(item_id, bool) or not isinstance(item_id, int) or not 1 <= item_id < 2**63:
+            raise ConfigError(f"review item {item_id!r}: no such item (ids are whole numbers from 1)")
         row = self._sql(f"SELECT {', '.join(_COLUMNS)} FROM review_items WHERE id = ?", (int(item_id),)).fetchone()
         if row is None:
             n = self._sql("SELECT COUNT(*) FROM review_items").fetchone()[0]

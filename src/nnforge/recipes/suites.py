@@ -173,12 +173,14 @@ def _run_target(run: Any, split: str) -> SuiteTarget:
 
 def record_suite(result: SuiteResult, run_dir: Path, ledger: Ledger, run_id: str, *, variant: str,
                  suite_path: str, baseline: str | None = None, junit: Path | None = None,
-                 sections: dict[str, Any] | None = None, final: bool = True) -> dict[str, Path]:
+                 sections: dict[str, Any] | None = None, final: bool = True,
+                 weights: Path | None = None) -> dict[str, Path]:
     """Write the suite's JSON and JUnit XML into the run folder, add the report section (to ``sections`` when
     given — a running recipe's — else to the run's sections.json), and append the ledger event.
 
     The files are ``suite-NAME.json`` for the run's final variant (``final``) and ``suite-NAME@VARIANT.json``
-    for any other, so judging a second variant never replaces the first one's result."""
+    for any other, so judging a second variant never replaces the first one's result. ``weights`` (the variant's
+    file) is hashed into the event, so that the promotion gate knows which bytes the verdict is about."""
     key = result.suite if final else f"{result.suite}@{variant}"
     out_json = run_dir / f"suite-{key}.json"
     atomic_write_text(out_json, json.dumps({**result.to_dict(), "variant": variant, "baseline": baseline},
@@ -194,7 +196,8 @@ def record_suite(result: SuiteResult, run_dir: Path, ledger: Ledger, run_id: str
         atomic_write_text(sections_path, json.dumps(on_disk, indent=1, sort_keys=True, default=str) + "\n")
     ledger.append("suite.evaluated", {
         "suite": result.suite, "suite_sha256": result.sha256, "suite_source": suite_path, "variant": variant,
-        "baseline": baseline, "passed": result.passed, "failed": [c.spec.name for c in result.failed],
+        "baseline": baseline, "weights_sha256": file_sha256(weights) if weights is not None else None,
+        "passed": result.passed, "failed": [c.spec.name for c in result.failed],
         "checks": [{"check": c.spec.text, "verdict": c.verdict, "value": c.value, "threshold": c.threshold}
                    for c in result.checks],
         "outputs": {"json": file_sha256(out_json), "junit": file_sha256(junit_path)}}, run=run_id)
@@ -238,7 +241,7 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
                            progress=progress)
     result = run_suite(suite, inputs)
     files = record_suite(result, r.path, ledger, r.run_id, variant=name, suite_path=suite_path, final=name == final_name,
-                         baseline=str(base_path) if base_path else None, junit=junit)
+                         baseline=str(base_path) if base_path else None, junit=junit, weights=files[name])
     from nnforge.ledger.report import write_report
 
     files["report"] = write_report(r.path, ledger)

@@ -63,7 +63,8 @@ class Gate:
                                progress=ctx.progress)
         result = run_suite(suite, inputs)
         files = record_suite(result, ctx.run_dir, ctx.ledger, ctx.run_id, variant=variant, suite_path=config.suite,
-                             baseline=config.baseline, sections=ctx.sections)
+                             baseline=config.baseline, sections=ctx.sections,
+                             weights=ctx.run_dir / ctx.variant_files[variant] if variant in ctx.variant_files else None)
         for name, path in files.items():
             ctx.record_file(f"suite:{suite.name}:{name}", Path(path))
         metrics = {f"gate_{suite.name}_passed": int(result.passed),
