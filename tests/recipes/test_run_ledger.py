@@ -92,3 +92,18 @@ def test_report_on_a_tampered_ledger_is_written_with_the_warning_and_exits_1(sma
     assert main(["report", str(run_dir)]) == 1
     assert "chain BROKEN" in capsys.readouterr().err
     assert "chain BROKEN" in (run_dir / "report.html").read_text()
+
+
+def test_report_shows_recorded_metrics_and_names_an_edited_metrics_file(small_run_copy, capsys):
+    work, run_dir = small_run_copy
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    key = next(k for k, v in metrics.items() if isinstance(v, float))
+    true_value = metrics[key]
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, key: 0.9999}))
+    assert main(["report", str(run_dir)]) == 1
+    assert f"metrics.json was ALTERED" in capsys.readouterr().err
+    html = (run_dir / "report.html").read_text()
+    assert "ALTERED" in html and key in html and "0.9999" not in html and repr(true_value)[:6] in html
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(run_dir)]) == 0
+    assert "ALTERED" not in (run_dir / "report.html").read_text()

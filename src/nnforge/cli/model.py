@@ -93,10 +93,11 @@ def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")]
            ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the one the run wrote to).")] = None,
            actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
     """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger). Exit 1
-    when the ledger chain does not verify (the report is still written, saying so), as `nnforge docs` does."""
+    when the ledger chain does not verify or metrics.json differs from the recorded metrics (the report is still
+    written, saying so), as `nnforge docs` does."""
     from nnforge.ledger import Ledger, file_sha256
-    from nnforge.ledger.report import write_report
-    from nnforge.recipes.runs import find_run
+    from nnforge.ledger.report import recorded_metrics, write_report
+    from nnforge.recipes.runs import find_run, load_run
 
     folder = find_run(run_dir, runs_dir)
     loc = run_ledger(ledger, folder)
@@ -104,6 +105,7 @@ def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")]
     try:
         path = write_report(folder, led)
         verification = led.verify()
+        _, altered = recorded_metrics(folder, led.run_events(load_run(folder).run_id))
     finally:
         led.close()
     record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},
@@ -112,4 +114,8 @@ def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")]
     if not verification.ok:
         console.print(f"[red bold]ledger chain BROKEN[/] at event #{verification.broken_seq}: "
                       f"{escape(verification.reason)}; the report carries this warning")
+    if altered:
+        console.print(f"[red bold]metrics.json was ALTERED[/] after the ledger recorded it ({escape(', '.join(altered))}); "
+                      "the report shows the recorded values and carries this warning")
+    if altered or not verification.ok:
         raise typer.Exit(1)

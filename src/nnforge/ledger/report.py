@@ -1,6 +1,7 @@
 """The run report: one self-contained HTML file rendered from the run's files and its ledger events.
 
-Nothing in the report comes from memory: metrics from ``metrics.json``, configs and artifacts from the
+Nothing in the report comes from memory: metrics as the ledger's ``step.finished`` events recorded them
+(``metrics.json`` is compared with them and any difference is shown as an alteration), configs and artifacts from the
 ledger events of the run, plots drawn from those. The report prints the ledger head it was generated
 from, so a later rewrite of the chain is detectable against it (``nnforge ledger verify --head``).
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from nnforge.errors import MissingDependencyError
+from nnforge.ledger._events import Event
+from nnforge.ledger._events import _clean as canonical_clean
 from nnforge.ledger._ledger import Ledger, atomic_write_text
 from nnforge.ledger._variants import with_runtime_columns
 
@@ -101,6 +104,20 @@ def _fmt(value: Any, pattern: str) -> str:
     return "—"
 
 
+def recorded_metrics(run_dir: Path, events: list[Event]) -> tuple[dict[str, Any], list[str]]:
+    """The run's metrics as its ``step.finished`` events recorded them, and the names of those that the run's
+    ``metrics.json`` shows otherwise (the file was edited; the recorded value is the one reported)."""
+    metrics_path = run_dir / "metrics.json"
+    on_disk = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    recorded: dict[str, Any] = {}
+    for e in events:
+        if e.kind == "step.finished" and isinstance(e.data.get("metrics"), dict):
+            recorded.update(e.data["metrics"])
+    file_view = canonical_clean(on_disk) if isinstance(on_disk, dict) else {}
+    altered = sorted(k for k in set(file_view) | set(recorded) if file_view.get(k) != recorded.get(k))
+    return recorded, altered
+
+
 def render_report(run_dir: str | Path, ledger: Ledger) -> str:
     """The HTML report of the run in ``run_dir``, from its files and its ledger events."""
     try:
@@ -109,13 +126,12 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
         raise MissingDependencyError("reports need jinja2 and matplotlib: pip install 'nnforge[report]'") from exc
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
     sections_path = run_dir / "sections.json"
     sections = json.loads(sections_path.read_text(encoding="utf-8")) if sections_path.exists() else {}
     run_id = config.get("run_id", run_dir.name)
     events = ledger.run_events(run_id)
     verification = ledger.verify()
+    metrics, altered = recorded_metrics(run_dir, events)
     variants = with_runtime_columns(list(config.get("variants", {})), metrics)
     table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
              if any(f"{v}_{key}" in metrics for v in variants)]
@@ -128,6 +144,7 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
         artifacts=[e for e in events if e.kind == "artifact.written"], verification=verification,
         head=ledger.head(), ledger_location=ledger.location,
         failure=next((str(e.data.get("error", "")) for e in events if e.kind == "run.failed"), None),
+        altered=altered,
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
         fmt=_fmt,
