@@ -101,7 +101,7 @@ def test_report_shows_recorded_metrics_and_names_an_edited_metrics_file(small_ru
     true_value = metrics[key]
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, key: 0.9999}))
     assert main(["report", str(run_dir)]) == 1
-    assert f"metrics.json was ALTERED" in capsys.readouterr().err
+    assert "metrics.json was ALTERED" in capsys.readouterr().err
     html = (run_dir / "report.html").read_text()
     assert "ALTERED" in html and key in html and "0.9999" not in html and repr(true_value)[:6] in html
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
