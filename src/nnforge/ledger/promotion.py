@@ -79,13 +79,17 @@ def _read_suite(path: Path) -> SuiteRecord:
                        failed=failed)
 
 
+def _check_suite_name(suite: str) -> None:
+    if not suite or "/" in suite or "\\" in suite or suite.startswith(".") or "@" in suite or "*" in suite:
+        raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
+
+
 def run_suites(run_dir: str | os.PathLike[str], suite: str | None = None) -> list[SuiteRecord]:
     """The suite results of a run: those of the suite named ``suite`` (at least one must exist), else every
     ``suite-*.json`` (``suite-NAME.json`` judged the final variant, ``suite-NAME@VARIANT.json`` another)."""
     folder = Path(run_dir)
     if suite is not None:
-        if not suite or "/" in suite or "\\" in suite or suite.startswith(".") or "@" in suite or "*" in suite:
-            raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
+        _check_suite_name(suite)
         paths = [p for p in [folder / f"suite-{suite}.json"] if p.is_file()]
         paths += sorted(folder.glob(f"suite-{glob.escape(suite)}@*.json"))
         if not paths:
@@ -181,9 +185,8 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     if not weights.is_file():
         raise IntegrityError(f"{weights}: the weights of variant {name!r} are missing")
     run_id = str(cfg.get("run_id") or folder.name)
-    if suite is not None and (not suite or "/" in suite or "\\" in suite or suite.startswith(".") or "@" in suite
-                              or "*" in suite):
-        raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
+    if suite is not None:
+        _check_suite_name(suite)
     events = ledger.run_events(run_id)  # a folder no ledger recorded (or another ledger's run) is refused
     weights_sha = _gate_weights(ledger, events, folder, name, weights)
     verdicts = _verdicts(events, name)
