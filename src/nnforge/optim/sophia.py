@@ -10,8 +10,12 @@ estimator the loop, every k steps::
     logits = model(x)                                    # (B, T, V)
     y_hat = torch.distributions.Categorical(logits=logits).sample()
     F.cross_entropy(logits.view(-1, V), y_hat.view(-1)).backward()
-    optimizer.update_hessian()                           # h ← β2·h + (1-β2)·bs·ĝ⊙ĝ  (bs = batch_tokens)
+    optimizer.update_hessian()                           # h ← β2·h + (1-β2)·ĝ⊙ĝ
     optimizer.zero_grad()
+
+``bs = batch_tokens`` (the tokens or samples the sampled-label loss averages over) turns the squared
+gradient of that *mean* loss into the GNB estimate ``bs·ĝ⊙ĝ``; it is applied once, in the step's
+denominator ``ρ·bs·h``, exactly as the reference implementation (Liuhong99/Sophia, ``SophiaG``) does.
 
 Before any estimate (or with a plain loop that never calls the hook) ``h = 0`` and the clip makes the
 update ``lr·sign(m)``: signed momentum, which still makes progress and never divides by zero.
@@ -61,7 +65,8 @@ class Sophia(torch.optim.Optimizer):
 
     @torch.no_grad()
     def update_hessian(self) -> None:
-        """Fold the current ``.grad`` (from a loss on sampled labels) into the Hessian EMA as ``bs·g⊙g``."""
+        """Fold the current ``.grad`` (from a loss on sampled labels) into the Hessian EMA as ``g⊙g``
+        (``batch_tokens`` scales it in :meth:`step`, once)."""
         for group in self.param_groups:
             params, grads = with_grads(group, "Sophia")
             if not params:
@@ -69,7 +74,7 @@ class Sophia(torch.optim.Optimizer):
             hs = [st["hessian"] for st in self._states(params)]
             beta2 = group["betas"][1]
             torch._foreach_mul_(hs, beta2)
-            torch._foreach_addcmul_(hs, grads, grads, value=(1 - beta2) * group["batch_tokens"])
+            torch._foreach_addcmul_(hs, grads, grads, value=1 - beta2)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
