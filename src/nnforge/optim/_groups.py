@@ -9,13 +9,17 @@ used here, in order:
 3. the weight of any ``nn.Embedding`` goes to the rest, and so does every parameter that is the same
    tensor as an embedding weight (a tied LM head);
 4. the weight of the output layer goes to the rest: the last ``nn.Linear`` in module order, or any
-   ``nn.Linear`` whose ``out_features`` equals an embedding's ``num_embeddings`` (an untied LM head);
+   ``nn.Linear`` whose ``out_features`` equals a *token* embedding's ``num_embeddings`` (an untied LM
+   head). Position and segment embeddings do not count: an embedding whose module name (last part) is
+   ``wpe`` or starts with ``pos``, ``token_type`` or ``segment`` (after ``_``: ``embed_positions``) is
+   one, so a hidden ``nn.Linear`` whose width happens to equal the context length stays hidden;
 5. every other parameter with 2 or more dimensions is a hidden matrix (conv kernels are flattened to
    ``(out, in * k * k)`` by the optimizers that need 2-D).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from torch import nn
@@ -26,14 +30,15 @@ __all__ = ["param_groups_for", "MATRIX_KEY"]
 
 MATRIX_KEY = "use_muon"
 _KINDS = ("muon",)
+_NOT_VOCABULARY = re.compile(r"(^|_)(wpe|pos|token_type|segment)", re.IGNORECASE)
 
 
 def _rest_ids(model: nn.Module) -> set[int]:
     """ids of the ≥2-D parameters that are embeddings or the output layer (rules 3 and 4)."""
-    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    embeddings = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    rest = {id(m.weight) for m in embeddings}
-    vocab_sizes = {m.num_embeddings for m in embeddings}
+    rest = {id(m.weight) for _, m in embeddings}
+    vocab_sizes = {m.num_embeddings for n, m in embeddings if not _NOT_VOCABULARY.search(n.rsplit(".", 1)[-1])}
     if linears:
         rest.add(id(linears[-1].weight))
     rest.update(id(m.weight) for m in linears if m.out_features in vocab_sizes)
