@@ -214,3 +214,33 @@ def test_normuon_steps_every_hidden_matrix_by_adamws_rms() -> None:
         torch.testing.assert_close(delta.square().mean().sqrt(), torch.tensor(0.2 * 0.01), rtol=1e-3, atol=0)
         row_rms = delta.square().mean(dim=1).sqrt()
         assert float(row_rms.max() / row_rms.min()) < 1.01  # NorMuon: every neuron moves by the same RMS
+
+
+def test_position_embedding_size_does_not_pull_hidden_matrices_out() -> None:
+    # n_embd == block_size: c_proj's out_features equals wpe's num_embeddings, which is no vocabulary
+    model = build("char-gpt", block_size=128)
+    hidden, rest = (g["params"] for g in param_groups_for(model))
+    assert len(hidden) == 4 * 4 and len(rest) == 11
+    untied = nn.ModuleDict({"wte": nn.Embedding(10, 8), "wpe": nn.Embedding(8, 8),
+                            "head": nn.Linear(8, 10), "fc": nn.Linear(8, 8), "out": nn.Linear(8, 3)})
+    hidden, rest = (g["params"] for g in param_groups_for(untied))
+    assert [p is untied["fc"].weight for p in hidden] == [True]  # out_features == wpe's size only
+    assert any(p is untied["head"].weight for p in rest)  # out_features == wte's vocabulary: the LM head
+
+
+def test_sophia_applies_batch_tokens_once() -> None:
+    # reference SophiaG: h is an EMA of g⊙g; the step divides by ρ·bs·h
+    bs, rho, lr, (b1, b2) = 768, 0.04, 1e-3, (0.965, 0.99)
+    gen = torch.Generator().manual_seed(0)
+    p = nn.Parameter(torch.randn(5, generator=gen, dtype=torch.float64))
+    start = p.detach().clone()
+    opt = build_optimizer("sophia", [p], lr=lr, rho=rho, batch_tokens=bs, weight_decay=0.0, betas=(b1, b2))
+    gh, g = torch.randn(5, generator=gen, dtype=torch.float64), 0.01 * torch.randn(5, generator=gen, dtype=torch.float64)
+    p.grad = gh.clone()
+    opt.update_hessian()
+    torch.testing.assert_close(opt.state[p]["hessian"], (1 - b2) * gh * gh)
+    p.grad = g.clone()
+    opt.step()
+    m = (1 - b1) * g
+    expected = start - lr * m.sign() * (m.abs() / (rho * bs * (1 - b2) * gh * gh + 1e-15)).clamp(max=1)
+    torch.testing.assert_close(p.detach(), expected)
