@@ -62,3 +62,39 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     # only rank 0 wrote checkpoints, one file per checkpoint
     assert sorted(p.name for p in (tmp_path / "ddp" / "ckpt").iterdir()) == ["step-000006.safetensors",
                                                                           "step-000012.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> tuple[dict, dict]:
+    """Both ranks' reports from one torchrun launch of ``ddp_scenarios.py``."""
+    out = tmp_path_factory.mktemp("ddp_scenarios")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(HERE / "ddp_scenarios.py"), str(out)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the DDP scenarios hung (ranks disagreed about stopping?)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tuple(json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+def test_ddp_stop_asked_on_one_rank_at_any_event_stops_all(scenarios):
+    for rank in scenarios:
+        assert rank["stop_eval_end"] == 4 and rank["stop_checkpoint"] == 3
+
+
+@pytest.mark.slow
+def test_ddp_sophia_hessian_refresh_keeps_ranks_identical(scenarios):
+    r0, r1 = scenarios
+    assert r0["sophia_weights"] == r1["sophia_weights"]
+
+
+@pytest.mark.slow
+def test_ddp_batch_function_drawing_from_the_global_rng_is_the_same_on_every_rank(scenarios):
+    r0, r1 = scenarios
+    assert len(r0["random_batches"]) == 3 and r0["random_batches"] == r1["random_batches"]
+    assert r0["random_weights"] == r1["random_weights"]

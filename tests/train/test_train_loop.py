@@ -276,3 +276,22 @@ def test_a_loss_that_cannot_be_trained_on_is_named(loss_fn, message):
     x, y = blobs()
     with pytest.raises(ConfigError, match=message):
         fit(tiny(), TensorBatches(x, y, batch_size=32), config=TrainConfig(max_steps=2), loss_fn=loss_fn)
+
+
+def test_batch_function_draws_from_an_rng_seeded_by_index_not_by_what_else_ran() -> None:
+    # the global RNG a batch function draws from is seeded from (seed, index): a callback (or dropout)
+    # consuming random numbers does not change the batches, and under DDP every rank draws the same
+    def run(noisy: bool) -> list[float]:
+        seen: list[float] = []
+
+        def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x = torch.randn(8, 4)
+            seen.append(float(x.sum()))
+            return x, (x[:, 0] > 0).long()
+
+        noise = [on(Event.STEP_END, lambda s: torch.rand(7))] if noisy else []
+        fit(tiny(dropout=0.5), batch, config=TrainConfig(max_steps=4, device="cpu"), callbacks=noise)
+        return seen
+
+    quiet = run(False)
+    assert quiet == run(True) and len(set(quiet)) == 4

@@ -4,8 +4,10 @@ Training data is either
 
 - a **batch function** ``batch_fn(index) -> batch``, called with the micro-batch index
   ``step * grad_accum + k`` (0, 1, 2, … over the whole run). Good for language models (nanoGPT's
-  ``get_batch``): resume is exact when the function is deterministic in ``index`` or draws from the global
-  RNGs, whose states checkpoints hold; or
+  ``get_batch``). The loop calls it with the global CPU RNGs (torch, numpy, Python ``random``) seeded from
+  ``(seed, index)`` and puts their states back afterwards (:func:`batch_rng`): a function drawing from
+  them gives the same batch on every rank under DDP, the same batch after a resume, and leaves the
+  per-rank streams that dropout draws from alone; or
 - an **iterable** of batches (a ``DataLoader``, :class:`TensorBatches`, a list), iterated again at each
   epoch. When it has ``set_epoch(epoch)`` (like :class:`TensorBatches` or a ``DistributedSampler``-backed
   loader) the loop calls it before each epoch, which makes the order reproducible and resume exact; on
@@ -18,14 +20,36 @@ rows ``[rank * B/W, (rank+1) * B/W)`` of every tensor, so the global batch size 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 from nnforge.errors import DataError
 
-__all__ = ["TensorBatches", "BatchStream", "to_device", "shard_batch", "batch_rows"]
+__all__ = ["TensorBatches", "BatchStream", "batch_rng", "to_device", "shard_batch", "batch_rows"]
+
+TRAIN, EVAL = 0, 1  # salts of batch_rng: training and evaluation batch i draw different numbers
+
+
+@contextmanager
+def batch_rng(seed: int, index: int, salt: int = TRAIN) -> Iterator[None]:
+    """Run the block with torch's CPU generator, numpy's and Python's global RNGs seeded from
+    ``(seed, index, salt)``, and restore their previous states afterwards (also on error)."""
+    derived = ((seed * 1_000_003 + index) * 2 + salt) % 2**63
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(derived)
+        np.random.seed(derived % 2**32)
+        random.seed(derived)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 class TensorBatches:
@@ -72,17 +96,18 @@ class BatchStream:
 
     Args:
         data: a batch function or an iterable (see the module docstring).
+        seed: the run's seed: a batch function runs under :func:`batch_rng` ``(seed, index)``.
         index: micro-batches already consumed in the run (resume).
         epoch, batch_in_epoch: position inside the iterable (resume).
         on_epoch_change: called with ``"end"``/``"start"`` when an iterable wraps around.
     """
 
-    def __init__(self, data: Callable[[int], Any] | Iterable[Any], *, index: int = 0, epoch: int = 0,
+    def __init__(self, data: Callable[[int], Any] | Iterable[Any], *, seed: int = 0, index: int = 0, epoch: int = 0,
                  batch_in_epoch: int = 0, on_epoch_change: Callable[[str, int], None] | None = None) -> None:
         self.is_function = callable(data) and not hasattr(data, "__iter__")
         if not self.is_function and not hasattr(data, "__iter__"):
             raise DataError(f"training data must be a batch function or an iterable of batches; got {type(data).__name__}")
-        self.data, self.index, self.epoch, self.batch_in_epoch = data, index, epoch, batch_in_epoch
+        self.data, self.seed, self.index, self.epoch, self.batch_in_epoch = data, seed, index, epoch, batch_in_epoch
         self._on_epoch_change = on_epoch_change or (lambda kind, epoch: None)
         self._iterator: Iterator[Any] | None = None
 
@@ -96,7 +121,8 @@ class BatchStream:
     def next(self) -> Any:
         """The next micro-batch."""
         if self.is_function:
-            batch = self.data(self.index)  # type: ignore[operator]
+            with batch_rng(self.seed, self.index):
+                batch = self.data(self.index)  # type: ignore[operator]
             self.index += 1
             return batch
         if self._iterator is None:

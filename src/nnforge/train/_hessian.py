@@ -17,7 +17,9 @@ def hessian_refresh(optimizer: Any, interval: int | None = None) -> CallbackFn:
     Hessian with Gauss-Newton-Bartlett: labels sampled from the model's own predictions on the current
     batch, one backward pass, then ``optimizer.update_hessian()``.
 
-    The model must return logits (or ``(logits, loss)``) for ``batch[0]``.
+    The model must return logits (or ``(logits, loss)``) for ``batch[0]``. Under DDP each rank samples on
+    its own slice of the batch; the sampled-label gradients are averaged over the ranks (one all-reduce)
+    before ``update_hessian()``, so every rank holds the same estimate and the weights stay identical.
     """
     if not hasattr(optimizer, "update_hessian"):
         raise TypeError(f"{type(optimizer).__name__} has no update_hessian(); this callback is for Sophia-like optimizers")
@@ -35,7 +37,25 @@ def hessian_refresh(optimizer: Any, interval: int | None = None) -> CallbackFn:
         logits = out[0] if isinstance(out, tuple) else out
         sampled = torch.distributions.Categorical(logits=logits.detach()).sample()
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sampled.reshape(-1)).backward()
+        if state.world_size > 1:
+            _average_grads(state.model)
         optimizer.update_hessian()
         optimizer.zero_grad(set_to_none=True)
 
     return refresh
+
+
+def _average_grads(model: torch.nn.Module) -> None:
+    """Average the parameters' ``.grad`` over the ranks of the default process group, in one all-reduce."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

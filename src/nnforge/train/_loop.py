@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnforge.errors import ConfigError, IntegrityError, StepFailedError
-from nnforge.train._batches import BatchStream, batch_rows, shard_batch, to_device
+from nnforge.train._batches import EVAL, BatchStream, batch_rng, batch_rows, shard_batch, to_device
 from nnforge.train._checkpoint import (
     checkpoint_path,
     checkpoint_step,
@@ -149,7 +149,8 @@ def fit(model: nn.Module, train_data: Data, *, config: TrainConfig | None = None
         resume_from: a checkpoint file, or a folder whose newest checkpoint is used.
 
     Seeds the global torch, numpy and Python RNGs from ``config.seed`` (plus the rank), as training needs,
-    and restores them on resume. Under torchrun it creates (and afterwards destroys) the process group
+    and restores them on resume. A batch function runs with those RNGs seeded from ``(seed, index)``
+    instead, the same on every rank (``nnforge.train._batches.batch_rng``). Under torchrun it creates (and afterwards destroys) the process group
     unless the caller already made one.
 
     Raises:
@@ -182,6 +183,7 @@ def _train(run: _Run, eval_data: Data | None, metric_fn: MetricFn | None) -> Tra
     if not run.stream.is_function and state.batch_in_epoch == 0:
         run.emit(Event.EPOCH_START)
     try:
+        _agree_on_stop(run)  # a stop asked at FIT_START / EPOCH_START
         while state.step < config.max_steps and not state.stop_training:
             run.optimizer_mode(train=True)
             run.emit(Event.STEP_START)
@@ -198,8 +200,10 @@ def _train(run: _Run, eval_data: Data | None, metric_fn: MetricFn | None) -> Tra
                 _evaluate(run, eval_data, metric_fn)
                 result.evals.append({"step": state.step, **state.metrics})
                 _early_stopping(state)
+                _agree_on_stop(run)  # a stop asked at EVAL_START / EVAL_END decides the checkpoint below
             if config.checkpoint_dir and (last or state.stop_training or _every(state.step, config.checkpoint_every)):
                 _save(run)
+                _agree_on_stop(run)  # a stop asked at CHECKPOINT ends the loop on every rank
     except BaseException as exc:
         state.error = exc
         raise
@@ -272,21 +276,34 @@ def _diverged_message(state: TrainState, loss: float, grad_norm: float) -> str:
 
 
 def _agree_on_stop(run: _Run) -> None:
-    """Under DDP, stop on every rank when a callback on any rank asked to stop."""
+    """Under DDP, stop on every rank when a callback on any rank asked to stop.
+
+    Called after every event group that may set ``stop_training`` (FIT_START, the step's events, the
+    evaluation's, CHECKPOINT) and before the next decision that starts collectives (evaluate, save, the
+    next step): ranks that disagreed there would wait for each other forever.
+    """
+    state = run.state
     if run.dist.world_size > 1:
-        stop = run.dist.all_reduce_sum(torch.tensor([float(run.state.stop_training)]))
-        run.state.stop_training = bool(stop.item() > 0)
+        stop = run.dist.all_reduce_sum(torch.tensor([float(state.stop_training)]))
+        if stop.item() > 0 and not state.stop_training:
+            state.stop_reason = state.stop_reason or "a callback on another rank asked to stop"
+        state.stop_training = bool(stop.item() > 0)
 
 
 # --- evaluation and early stopping -----------------------------------------------------------------------
 
-def _eval_batches(eval_data: Data, limit: int | None) -> Iterable[Any]:
+def _eval_batches(eval_data: Data, limit: int | None, seed: int) -> Iterable[Any]:
     if callable(eval_data) and not hasattr(eval_data, "__iter__"):
         if limit is None:
             raise ConfigError("eval_data is a batch function, so TrainConfig.eval_batches must say how many "
                               "batches to evaluate on")
-        return (eval_data(i) for i in range(limit))
+        return (_call_seeded(eval_data, seed, i) for i in range(limit))
     return islice(eval_data, limit)  # type: ignore[arg-type]
+
+
+def _call_seeded(batch_fn: Callable[[int], Any], seed: int, i: int) -> Any:
+    with batch_rng(seed, i, EVAL):  # the same evaluation batches on every rank and at every evaluation
+        return batch_fn(i)
 
 
 @torch.no_grad()
@@ -300,7 +317,7 @@ def _evaluate(run: _Run, eval_data: Data, metric_fn: MetricFn | None) -> None:
     sums: dict[str, float] = {}
     rows = 0
     try:  # the model goes back to train mode also when evaluation fails
-        for batch in _eval_batches(eval_data, state.config.eval_batches):
+        for batch in _eval_batches(eval_data, state.config.eval_batches, state.config.seed):
             batch = to_device(shard_batch(batch, dist.rank, dist.world_size, even=False), dist.device)
             n = batch_rows(batch)
             if n == 0:  # a small last batch may leave some ranks without rows
@@ -373,7 +390,7 @@ def _prepare(model: nn.Module, train_data: Data, config: TrainConfig, optimizer:
     state = TrainState(model=model, optimizer=opt, scheduler=build_scheduler(opt, config), config=config,
                        rank=dist.rank, world_size=dist.world_size)
     run = _Run(state=state, ddp_model=dist.wrap(model), loss_fn=loss_fn, callbacks=callbacks, dist=dist)
-    run.stream = BatchStream(train_data, on_epoch_change=lambda kind, epoch: _epoch_change(run, kind, epoch))
+    run.stream = BatchStream(train_data, seed=config.seed, on_epoch_change=lambda kind, epoch: _epoch_change(run, kind, epoch))
     return run
 
 
