@@ -244,3 +244,29 @@ def test_sophia_applies_batch_tokens_once() -> None:
     m = (1 - b1) * g
     expected = start - lr * m.sign() * (m.abs() / (rho * bs * (1 - b2) * gh * gh + 1e-15)).clamp(max=1)
     torch.testing.assert_close(p.detach(), expected)
+
+
+def test_soap_first_step_only_initialises_its_basis() -> None:
+    # a basis computed from the gradient it rotates: Adam would blow rounding noise up into the step
+    torch.manual_seed(0)
+    p, b = nn.Parameter(torch.randn(12, 8)), nn.Parameter(torch.randn(8))
+    start = [p.detach().clone(), b.detach().clone()]
+    opt = build_optimizer("soap", [p, b], lr=1e-2)
+    p.grad, b.grad = torch.randn(12, 8), torch.randn(8)
+    opt.step()
+    assert torch.equal(p.detach(), start[0]) and torch.equal(b.detach(), start[1])
+    assert "QL" in opt.state[p] and opt.state[p]["step"] == 0
+    p.grad, b.grad = torch.randn(12, 8), torch.randn(8)
+    opt.step()
+    assert opt.state[p]["step"] == 1 and not torch.equal(p.detach(), start[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_soap_trains_half_precision_parameters(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(6, 4, dtype=dtype))
+    opt = build_optimizer("soap", [p], lr=1e-2, precondition_frequency=2)
+    for _ in range(5):  # eigh at the first step, QR refreshes at steps 2 and 4
+        p.grad = torch.randn(6, 4, dtype=dtype)
+        opt.step()
+    assert p.dtype == dtype and opt.state[p]["QL"].dtype == dtype and torch.isfinite(p.float()).all()

@@ -8,7 +8,11 @@ eigenvectors ``Q_L``, ``Q_R``, and Adam's moments; the second moment lives in th
     θ ← θ - lr·(bias corr.)·Q_L [ (Q_Lᵀ m Q_R) / (√v + ε) ] Q_Rᵀ - lr·wd·θ
 
 The eigenvectors are refreshed every ``precondition_frequency`` steps by one power iteration and a QR
-decomposition (eigh at the first step). 1-D parameters (biases, norms) get plain Adam. A side longer
+decomposition (eigh at the first step). As in the reference implementation (nikhilvyas/SOAP), a
+parameter's first step only initialises its state (the statistics and, for matrices, the eigenbasis from
+that gradient) and applies **no update**: a basis computed from the very gradient it rotates leaves only
+float rounding noise off its diagonal, which Adam's ``m / √v`` would blow up into an O(1) step. eigh and QR
+run in float32 for bfloat16/float16 parameters (torch has no half-precision kernels for them). 1-D parameters (biases, norms) get plain Adam. A side longer
 than ``max_precond_dim`` keeps the identity basis on that side (no m² or n² memory), as in the paper.
 Tensors with more than 2 dimensions (conv kernels) are treated as ``(shape[0], rest)`` matrices.
 """
@@ -62,11 +66,17 @@ def _project_back(x: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
     return x
 
 
+def _wide_dtype(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is a half-precision tensor (linalg has no bf16/fp16 kernels)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def _eigenvectors(gg: torch.Tensor) -> torch.Tensor:
     """Eigenvectors of a symmetric PSD matrix, largest eigenvalue first."""
-    eye = torch.eye(gg.shape[0], dtype=gg.dtype, device=gg.device)
-    _, q = torch.linalg.eigh(gg + 1e-30 * eye)
-    return torch.flip(q, [1])
+    g = _wide_dtype(gg)
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    _, q = torch.linalg.eigh(g + 1e-30 * eye)
+    return torch.flip(q, [1]).to(gg.dtype)
 
 
 def _refresh(st: dict[str, Any]) -> None:
@@ -77,7 +87,7 @@ def _refresh(st: dict[str, Any]) -> None:
         gg, q = st[f"GG{side}"], st[f"Q{side}"]
         order = torch.argsort(torch.diag(q.T @ gg @ q), descending=True)
         st["exp_avg_sq"] = st["exp_avg_sq"].index_select(dim, order)
-        st[f"Q{side}"], _ = torch.linalg.qr(gg @ q[:, order])
+        st[f"Q{side}"] = torch.linalg.qr(_wide_dtype(gg @ q[:, order]))[0].to(q.dtype)
 
 
 def _init_state(st: dict[str, Any], p: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> None:
@@ -126,9 +136,9 @@ class SOAP(torch.optim.Optimizer):
 def soap_update(p: torch.Tensor, grad: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
     """One SOAP update of ``p`` with its state ``st`` and a group holding SOAP's options (also used by hybrids)."""
     g = grad.reshape(grad.shape[0], -1) if grad.ndim > 2 else grad
-    fresh = "step" not in st
-    if fresh:
+    if "step" not in st:  # first step: initialise from this gradient, no update (module docstring)
         _init_state(st, p, g, group)
+        return
     st["step"] += 1
     beta1, beta2 = group["betas"]
     st["exp_avg"].lerp_(grad, 1 - beta1)
@@ -140,7 +150,7 @@ def soap_update(p: torch.Tensor, grad: torch.Tensor, st: dict[str, Any], group: 
     p.add_(direction.reshape(p.shape), alpha=-step_size)
     if group["weight_decay"]:
         p.mul_(1 - group["lr"] * group["weight_decay"])
-    if g.ndim == 2 and not fresh:
+    if g.ndim == 2:
         _accumulate(st, g, group)
         if st["step"] % group["precondition_frequency"] == 0:
             _refresh(st)
