@@ -270,3 +270,42 @@ def test_soap_trains_half_precision_parameters(dtype: torch.dtype) -> None:
         p.grad = torch.randn(6, 4, dtype=dtype)
         opt.step()
     assert p.dtype == dtype and opt.state[p]["QL"].dtype == dtype and torch.isfinite(p.float()).all()
+
+
+def _reference_prodigy(x: torch.Tensor, grad, steps: int, lr: float = 1.0, betas=(0.9, 0.999), eps: float = 1e-8,
+                       d0: float = 1e-6) -> list[torch.Tensor]:
+    """konstmish/prodigy's Prodigy.step (one group, no bias correction, no wd, no growth limit)."""
+    import math
+
+    beta1, beta2 = betas
+    beta3 = math.sqrt(beta2)
+    d, d_max, d_num = d0, d0, 0.0
+    s, x0, m, v = torch.zeros_like(x), x.clone(), torch.zeros_like(x), torch.zeros_like(x)
+    out = []
+    for _ in range(steps):
+        g = grad(x)
+        dlr = d * lr
+        d_num = d_num * beta3 + (d / d0) * dlr * torch.dot(g, x0 - x).item()
+        m = m * beta1 + g * d * (1 - beta1)
+        v = v * beta2 + g * g * d * d * (1 - beta2)
+        s = s * beta3 + g * (d / d0) * dlr
+        d_hat = d_num / s.abs().sum().item()
+        if d == d0:
+            d = max(d, d_hat)
+        d_max = max(d_max, d_hat)
+        d = d_max
+        x = x - dlr * m / (v.sqrt() + d * eps)  # the step moves by the old dlr
+        out.append(x.clone())
+    return out
+
+
+def test_prodigy_matches_the_reference_including_the_step_where_d_grows() -> None:
+    target = torch.tensor([3.0, -2.0, 1.0], dtype=torch.float64)
+    grad = lambda x: 2 * (x - target)  # noqa: E731
+    ref = _reference_prodigy(torch.zeros(3, dtype=torch.float64), grad, 6)
+    p = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = build_optimizer("prodigy", [p])
+    for expected in ref:
+        p.grad = grad(p.detach())
+        opt.step()
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=0)

@@ -7,7 +7,9 @@ gradients with the distance travelled since the start, and uses ``d`` as the ste
     r ← √β2·r + (d/d0)·d·lr·⟨g, x0 - x⟩ ;  s ← √β2·s + (d/d0)·d·lr·g ;  d ← max(d, r / ‖s‖₁)
 
 ``d`` is shared by all param groups and each group scales it by its own ``lr``; it is stored in every
-group (``group["d"]``), so ``state_dict`` carries it.
+group (``group["d"]``), so ``state_dict`` carries it. As in the reference implementation
+(konstmish/prodigy), a step moves by the ``d·lr`` that scaled its moments (the d from before the step);
+the new ``d`` takes effect at the next step, except in the ``ε`` term (``√v + d·ε``), which uses it.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Prodigy(torch.optim.Optimizer):
         d_max = max(d_max, d_hat)
         d_new = min(d_max, d * first["growth_rate"]) if first["growth_rate"] else d_max
         for group, params, _ in active:
-            self._update(group, params, d)  # the step uses the d that scaled the moments
+            self._update(group, params, first["d"], d_new)  # step size: the d that scaled the moments
         for group in self.param_groups:
             group.update(d=d_new, d_max=d_max, d_numerator=numerator, k=group["k"] + 1)
         return loss
@@ -112,11 +114,11 @@ class Prodigy(torch.optim.Optimizer):
         torch._foreach_add_(ss, grads, alpha=scale)
         return scale * float(dots)
 
-    def _update(self, group: dict[str, Any], params: list[torch.Tensor], d: float) -> None:
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], d: float, d_new: float) -> None:
         dlr = self._dlr(group, d)
         states = [self.state[p] for p in params]
         denom = torch._foreach_sqrt([st["exp_avg_sq"] for st in states])
-        torch._foreach_add_(denom, d * group["eps"])
+        torch._foreach_add_(denom, d_new * group["eps"])  # the reference adds the updated d·ε
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - group["weight_decay"] * dlr)
         torch._foreach_addcdiv_(params, [st["exp_avg"] for st in states], denom, value=-dlr)
