@@ -183,3 +183,21 @@ def test_resume_takes_a_new_lr_and_refuses_what_it_cannot_continue(tmp_path):
                  config=config.replace(max_steps=9, checkpoint_dir=str(tmp_path / "c")))
     assert longer.start_step == 6 and longer.steps == 9  # training on for longer is fine
     assert 0 < longer.lrs[0] <= 1e-3
+
+
+def test_optimizer_state_of_the_wrong_shape_is_refused_at_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    config = TrainConfig(max_steps=2, checkpoint_dir=str(tmp_path / "ck"))
+    fit(dropout_mlp(0), random_batch, config=config)
+    path = latest_checkpoint(tmp_path / "ck")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.endswith("exp_avg"))
+    tensors[key] = torch.zeros(5)  # loaded silently before, then a raw torch error at the next step
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(IntegrityError, match="optimizer state 'exp_avg' of parameter .* has shape \\(5,\\)") as info:
+        fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=4), resume_from=bad)
+    assert str(bad) in str(info.value)

@@ -176,6 +176,38 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+# optimizer-state entries whose shape follows from their parameter's (``rows`` = shape[0], ``cols`` = the rest):
+# Adam-type moments, momentum buffers, Schedule-Free's z, Prodigy's p0/s, Sophia's hessian, SOAP's statistics
+_SAME_AS_PARAM = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "z", "p0", "s", "hessian",
+                  "prev_update"}
+_SQUARE = {"GGL": "rows", "QL": "rows", "GGR": "cols", "QR": "cols"}
+
+
+def _check_optimizer_shapes(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse optimizer state whose tensors cannot belong to their parameter (a damaged or edited file
+    would otherwise load and fail at the next step inside torch)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    for param, st in optimizer.state.items():
+        if not isinstance(param, torch.Tensor) or not isinstance(st, dict):
+            continue
+        rows = param.shape[0] if param.dim() else 1
+        cols = param.numel() // rows if rows else 0
+        for key, value in st.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            if key in _SAME_AS_PARAM:  # SOAP keeps exp_avg_sq of an N-D parameter as a (rows, cols) matrix
+                ok = value.shape == param.shape or (param.dim() > 2 and value.shape == (rows, cols))
+            elif key in _SQUARE:
+                n = rows if _SQUARE[key] == "rows" else cols
+                ok = value.shape == (n, n)
+            else:
+                continue
+            if not ok:
+                raise IntegrityError(f"{path}: damaged checkpoint: optimizer state {key!r} of parameter "
+                                     f"{names.get(id(param), '?')!r} has shape {tuple(value.shape)}, which does not "
+                                     f"fit the parameter's shape {tuple(param.shape)}")
+
+
 def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     restore_rng: bool = True) -> dict[str, Any]:
@@ -207,6 +239,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, optimizer
     try:
         if optimizer is not None:
             optimizer.load_state_dict(optim_state)
+            _check_optimizer_shapes(p, model, optimizer)
         if scheduler is not None:
             scheduler.load_state_dict(sched_state)
         if restore_rng:
