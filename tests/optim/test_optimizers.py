@@ -309,3 +309,27 @@ def test_prodigy_matches_the_reference_including_the_step_where_d_grows() -> Non
         p.grad = grad(p.detach())
         opt.step()
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["batched-muon", "normuon", "schedule-free-adamw", "soap", "lion", "sophia",
+                                  "prodigy", "adamw-hd"])
+def test_nnforge_optimizers_refuse_complex_parameters_naming_them(name: str) -> None:
+    # they silently dropped the imaginary part, used g·g for |g|², or crashed inside torch
+    model = nn.Module()
+    model.real = nn.Parameter(torch.randn(4, 6))
+    model.spectrum = nn.Parameter(torch.randn(4, 6, dtype=torch.complex64))
+    with pytest.raises(ConfigError, match="'spectrum'.*does not support complex parameters"):
+        build_optimizer(name, model)
+    with pytest.raises(ConfigError, match="parameter 1 of param group 0 .*complex64"):
+        build_optimizer(name, [model.real, model.spectrum])
+    opt = build_optimizer(name, [model.real])
+    with pytest.raises(ConfigError, match="complex"):
+        opt.add_param_group({"params": [model.spectrum]})
+    assert len(opt.param_groups) == 1
+
+
+def test_torch_adamw_still_takes_complex_parameters() -> None:
+    p = nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    opt = build_optimizer("adamw", [p])
+    p.grad = torch.randn(3, dtype=torch.complex64)
+    opt.step()

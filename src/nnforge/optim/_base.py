@@ -10,7 +10,8 @@ from pydantic import Field
 
 from nnforge.errors import ConfigError
 
-__all__ = ["Beta", "LR", "WeightDecay", "Eps", "with_grads", "check_dense", "split_flag", "run_closure"]
+__all__ = ["Beta", "LR", "WeightDecay", "Eps", "with_grads", "check_dense", "split_flag", "run_closure",
+           "RealParamsOnly", "ComplexParameterError"]
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 LR = Annotated[float, Field(gt=0.0)]
@@ -60,6 +61,34 @@ def split_flag(params: list[Any], flag: str) -> list[dict[str, Any]]:
         out.append({**g, "params": [p for p in tensors if p.ndim >= 2 and p.numel()], flag: True})
         out.append({**g, "params": [p for p in tensors if p.ndim < 2 or not p.numel()], flag: False})
     return [g for g in out if g["params"]]
+
+
+class ComplexParameterError(ConfigError):
+    """A complex parameter was given to an optimizer that handles real ones only; ``tensor`` is the parameter."""
+
+    def __init__(self, message: str, tensor: torch.Tensor) -> None:
+        super().__init__(message)
+        self.tensor = tensor
+
+
+class RealParamsOnly:
+    """Mixin (before ``torch.optim.Optimizer``) refusing complex parameters when a group is added.
+
+    nnforge's own update rules are written for real tensors: on complex ones they used ``g·g`` instead of
+    ``|g|²``, dropped the imaginary part, or crashed inside torch. torch's own optimizers handle complex
+    parameters (AdamW does); use it, or train ``torch.view_as_real`` views.
+    """
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        groups = self.param_groups  # type: ignore[attr-defined]
+        for i, p in enumerate(groups[-1]["params"]):
+            if p.is_complex():
+                groups.pop()
+                raise ComplexParameterError(
+                    f"{type(self).__name__} does not support complex parameters: parameter {i} of param group "
+                    f"{len(groups)} (shape {tuple(p.shape)}, {p.dtype}) is complex. Use torch's AdamW ('adamw'), "
+                    "which handles complex parameters, or train real views (torch.view_as_real).", p)
 
 
 def run_closure(closure: Callable[[], float] | None) -> float | None:

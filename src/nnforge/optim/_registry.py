@@ -16,6 +16,7 @@ from torch import nn
 
 from nnforge.config import Config
 from nnforge.errors import ConfigError
+from nnforge.optim._base import ComplexParameterError
 from nnforge.optim._groups import param_groups_for
 from nnforge.registry import Registry
 
@@ -89,7 +90,8 @@ def build_optimizer(name: str, model_or_params: nn.Module | ParamsT, **options: 
 
     Raises:
         ConfigError: ``name`` is unknown, or an option is unknown or out of range (the message names it and
-            lists the allowed options).
+            lists the allowed options), or one of nnforge's own optimizers was given a complex parameter
+            (named; torch's adamw takes them).
     """
     spec = OPTIMIZERS.get(name, where="optimizer")
     config = _validate(spec, options)
@@ -104,4 +106,11 @@ def build_optimizer(name: str, model_or_params: nn.Module | ParamsT, **options: 
         params = list(model_or_params)
     if not params:
         raise ConfigError(f"optimizer {name!r}: no parameters to optimize")
-    return spec.factory(params, config)
+    try:
+        return spec.factory(params, config)
+    except ComplexParameterError as exc:
+        if isinstance(model_or_params, nn.Module):  # name the model's parameter
+            where = next((n for n, p in model_or_params.named_parameters() if p is exc.tensor), None)
+            if where is not None:
+                raise ComplexParameterError(f"optimizer {name!r}: model parameter {where!r}: {exc}", exc.tensor) from None
+        raise

@@ -36,7 +36,17 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, check_all_dense, run_closure, split_flag, with_grads
+from nnforge.optim._base import (
+    LR,
+    Beta,
+    Eps,
+    RealParamsOnly,
+    WeightDecay,
+    check_all_dense,
+    run_closure,
+    split_flag,
+    with_grads,
+)
 from nnforge.optim._groups import MATRIX_KEY
 from nnforge.optim._registry import register_optimizer
 from nnforge.optim.soap import soap_update
@@ -166,7 +176,7 @@ def _wide(m: torch.Tensor) -> torch.Tensor:
 
 # --- the optimizer ---------------------------------------------------------------------------------------
 
-class BatchedMuon(torch.optim.Optimizer):
+class BatchedMuon(RealParamsOnly, torch.optim.Optimizer):
     """Muon on ``use_muon`` groups, AdamW on the others, in one optimizer (module docstring)."""
 
     def __init__(self, params: Any, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
+from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["AdamWHD", "AdamWHDConfig"]
@@ -42,7 +42,7 @@ class AdamWHDConfig(Config):
     max_scale: float = Field(10.0, gt=0.0, description="highest learned lr multiplier")
 
 
-class AdamWHD(torch.optim.Optimizer):
+class AdamWHD(RealParamsOnly, torch.optim.Optimizer):
     """AdamW whose learning rate is adapted online by hypergradient descent (module docstring)."""
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

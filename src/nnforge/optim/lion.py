@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, WeightDecay, run_closure, with_grads
+from nnforge.optim._base import LR, Beta, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["Lion", "LionConfig"]
@@ -29,7 +29,7 @@ class LionConfig(Config):
     weight_decay: WeightDecay = 0.0
 
 
-class Lion(torch.optim.Optimizer):
+class Lion(RealParamsOnly, torch.optim.Optimizer):
     """Lion: sign of interpolated momentum, decoupled weight decay (see the module docstring)."""
 
     def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
+from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["Prodigy", "ProdigyConfig"]
@@ -42,7 +42,7 @@ class ProdigyConfig(Config):
     use_bias_correction: bool = False
 
 
-class Prodigy(torch.optim.Optimizer):
+class Prodigy(RealParamsOnly, torch.optim.Optimizer):
     """Prodigy (Adam form, decoupled weight decay); see the module docstring."""
 
     def __init__(self, params: Any, lr: float = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

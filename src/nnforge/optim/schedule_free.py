@@ -22,7 +22,7 @@ from pydantic import Field
 
 from nnforge.config import Config, config_type
 from nnforge.errors import NnforgeError
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
+from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["ScheduleFreeAdamW", "ScheduleFreeConfig"]
@@ -41,7 +41,7 @@ class ScheduleFreeConfig(Config):
     weight_lr_power: float = Field(2.0, ge=0.0, description="power of lr_max in the averaging weights")
 
 
-class ScheduleFreeAdamW(torch.optim.Optimizer):
+class ScheduleFreeAdamW(RealParamsOnly, torch.optim.Optimizer):
     """Schedule-Free AdamW; ``.train()`` / ``.eval()`` swap the parameters between y and x."""
 
     requires_train_eval_modes = True

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, with_grads
+from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["SOAP", "SOAPConfig", "soap_update"]
@@ -112,7 +112,7 @@ def _accumulate(st: dict[str, Any], g: torch.Tensor, group: dict[str, Any]) -> N
 
 # --- the optimizer -------------------------------------------------------------------------------------
 
-class SOAP(torch.optim.Optimizer):
+class SOAP(RealParamsOnly, torch.optim.Optimizer):
     """SOAP: Adam in Shampoo's eigenbasis (module docstring)."""
 
     def __init__(self, params: Any, lr: float = 3e-3, betas: tuple[float, float] = (0.95, 0.95),

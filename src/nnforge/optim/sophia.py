@@ -30,7 +30,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
-from nnforge.optim._base import LR, Beta, WeightDecay, run_closure, with_grads
+from nnforge.optim._base import LR, Beta, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
 __all__ = ["Sophia", "SophiaConfig"]
@@ -48,7 +48,7 @@ class SophiaConfig(Config):
     hessian_update_interval: PositiveInt = Field(10, description="steps between update_hessian() calls")
 
 
-class Sophia(torch.optim.Optimizer):
+class Sophia(RealParamsOnly, torch.optim.Optimizer):
     """SophiaG; call :meth:`update_hessian` every ``hessian_update_interval`` steps (module docstring)."""
 
     def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.965, 0.99), rho: float = 0.04,
