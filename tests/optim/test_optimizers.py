@@ -333,3 +333,21 @@ def test_torch_adamw_still_takes_complex_parameters() -> None:
     opt = build_optimizer("adamw", [p])
     p.grad = torch.randn(3, dtype=torch.complex64)
     opt.step()
+
+
+def test_muon_flattens_conv_kernels_like_batched_muon() -> None:
+    # conv kernels are hidden matrices: "muon" gave them AdamW at adamw_lr, "batched-muon" the Muon rule
+    torch.manual_seed(0)
+    start = torch.randn(6, 4, 3, 3)
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    muon = build_optimizer("muon", [{"params": [ours], "use_muon": True}], lr=0.02, weight_decay=0.1)
+    assert [type(o).__name__ for o in muon.optimizers] == ["FlatMuon"]
+    batched = build_optimizer("batched-muon", [{"params": [theirs], "use_muon": True}], lr=0.02, weight_decay=0.1,
+                              split_fused=1, ns_dtype="bfloat16")
+    for _ in range(3):
+        ours.grad = torch.sin(ours.detach() * 3)
+        theirs.grad = torch.sin(theirs.detach() * 3)
+        muon.step()
+        batched.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=0, atol=2e-3)
+    assert muon.state_dict()["parts"][0]["state"][0]["momentum_buffer"].shape == (6, 36)
