@@ -351,3 +351,12 @@ def test_muon_flattens_conv_kernels_like_batched_muon() -> None:
         batched.step()
     torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=0, atol=2e-3)
     assert muon.state_dict()["parts"][0]["state"][0]["momentum_buffer"].shape == (6, 36)
+
+
+def test_schedule_free_refuses_beta1_zero() -> None:
+    # eval() divides by β1: it raised ZeroDivisionError (and a skipped swap left z in place of x)
+    p = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ConfigError, match=r"betas\[0\] must be > 0"):
+        build_optimizer("schedule-free-adamw", [p], betas=(0.0, 0.999))
+    with pytest.raises(ConfigError, match=r"betas\[0\] must be > 0"):
+        ScheduleFreeAdamW([p], betas=(0.0, 0.999))

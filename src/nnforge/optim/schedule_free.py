@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from nnforge.config import Config, config_type
-from nnforge.errors import NnforgeError
+from nnforge.errors import ConfigError, NnforgeError
 from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
 from nnforge.optim._registry import register_optimizer
 
@@ -40,6 +40,17 @@ class ScheduleFreeConfig(Config):
     r: float = Field(0.0, ge=0.0, description="polynomial weighting power of the average")
     weight_lr_power: float = Field(2.0, ge=0.0, description="power of lr_max in the averaging weights")
 
+    @model_validator(mode="after")
+    def _check_beta1(self) -> ScheduleFreeConfig:
+        _check_beta1(self.betas[0])
+        return self
+
+
+def _check_beta1(beta1: float) -> None:
+    if not beta1 > 0:
+        raise ConfigError(f"betas[0] must be > 0 for Schedule-Free AdamW (got {beta1}): it interpolates y between "
+                          "the average x and z with weight β1, and eval() recovers x by dividing by β1.")
+
 
 class ScheduleFreeAdamW(RealParamsOnly, torch.optim.Optimizer):
     """Schedule-Free AdamW; ``.train()`` / ``.eval()`` swap the parameters between y and x."""
@@ -53,6 +64,8 @@ class ScheduleFreeAdamW(RealParamsOnly, torch.optim.Optimizer):
                     "warmup_steps": warmup_steps, "r": r, "weight_lr_power": weight_lr_power,
                     "k": 0, "lr_max": 0.0, "weight_sum": 0.0, "train_mode": True}
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            _check_beta1(group["betas"][0])
 
     @torch.no_grad()
     def _swap(self, train: bool) -> None:
@@ -63,7 +76,7 @@ class ScheduleFreeAdamW(RealParamsOnly, torch.optim.Optimizer):
             # eval: x = (y - (1-β1)·z)/β1 = lerp(y, z, 1 - 1/β1); train: y = lerp(x, z, 1 - β1)
             weight = 1 - beta1 if train else 1 - 1 / beta1
             params = [p for p in group["params"] if "z" in self.state[p]]
-            if params and beta1 > 0:
+            if params:
                 torch._foreach_lerp_(params, [self.state[p]["z"] for p in params], weight)
             group["train_mode"] = train
 
