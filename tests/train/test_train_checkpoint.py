@@ -172,7 +172,7 @@ def test_resume_takes_a_new_lr_and_refuses_what_it_cannot_continue(tmp_path):
     six = tmp_path / "step-000006.safetensors"
     lower = fit(dropout_mlp(0), random_batch, resume_from=six,
                 config=config.replace(lr=1e-4, schedule="constant", max_steps=8, checkpoint_dir=str(tmp_path / "b")))
-    assert lower.lrs == pytest.approx([1e-4, 1e-4])
+    assert lower.lrs == pytest.approx([1e-4, 1e-4])  # the new constant schedule from the first resumed step
     with pytest.raises(ConfigError, match="past max_steps 2"):
         fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=2), resume_from=tmp_path)
     with pytest.raises(IntegrityError, match="AdamW optimizer; this run builds a SGD"):
@@ -201,3 +201,22 @@ def test_optimizer_state_of_the_wrong_shape_is_refused_at_load(tmp_path):
     with pytest.raises(IntegrityError, match="optimizer state 'exp_avg' of parameter .* has shape \\(5,\\)") as info:
         fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=4), resume_from=bad)
     assert str(bad) in str(info.value)
+
+
+def test_resume_reports_and_uses_the_new_lr_from_the_first_step_also_for_a_built_optimizer(tmp_path):
+    from nnforge.optim import build_optimizer
+
+    used = []
+    spy = on(Event.BEFORE_OPTIMIZER_STEP, lambda s: used.append(s.optimizer.param_groups[0]["lr"]))
+    fit(dropout_mlp(0), random_batch, config=TrainConfig(max_steps=5, lr=1e-3, checkpoint_dir=str(tmp_path / "a")))
+    r = fit(dropout_mlp(0), random_batch, resume_from=tmp_path / "a", callbacks=[spy],
+            config=TrainConfig(max_steps=8, lr=2e-3, checkpoint_dir=str(tmp_path / "a")))
+    assert r.lrs == used == pytest.approx([2e-3] * 3)  # the first resumed step reported 1e-3 before
+    # an optimizer built by the caller at a lower lr (the divergence message's advice) is not overwritten
+    # by the checkpoint's param groups any more
+    cfg = TrainConfig(max_steps=5, checkpoint_dir=str(tmp_path / "b"))
+    fit(dropout_mlp(0), random_batch, config=cfg, optimizer=lambda m: build_optimizer("lion", m, lr=1e-3))
+    used.clear()
+    r = fit(dropout_mlp(0), random_batch, resume_from=tmp_path / "b", callbacks=[spy], config=cfg.replace(max_steps=8),
+            optimizer=lambda m: build_optimizer("lion", m, lr=1e-4))
+    assert r.lrs == used == pytest.approx([1e-4] * 3)

@@ -272,7 +272,8 @@ def _diverged_message(state: TrainState, loss: float, grad_norm: float) -> str:
              "to keep one); train again ")
     return (f"training diverged at step {state.step + 1} of {state.config.max_steps}: the loss is {loss} and the "
             f"gradient norm is {grad_norm}. No update was applied at this step. {where}"
-            "with a lower lr, a longer warm-up or clip_norm set.")
+            "with a lower lr (TrainConfig.lr for the default AdamW, or the lr you build your optimizer with: "
+            "each param group's new lr replaces the checkpoint's), a longer warm-up or clip_norm set.")
 
 
 def _agree_on_stop(run: _Run) -> None:
@@ -424,26 +425,28 @@ def _prune(newest: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def _apply_new_hyperparameters(state: Any, saved: dict[str, Any], path: Path) -> None:
-    """Resuming with another ``lr`` or ``weight_decay`` (after a divergence, say) takes effect: the optimizer
-    and scheduler states just loaded carry the checkpoint's values, so they are rescaled here. The schedule's
-    shape, warm-up, clipping and max_steps are read from the new config anyway."""
-    now = state.config
-    old_lr, old_wd = saved.get("lr"), saved.get("weight_decay")
-    if isinstance(old_lr, int | float) and old_lr > 0 and old_lr != now.lr:
-        ratio = now.lr / old_lr
-        for g in state.optimizer.param_groups:
-            g["lr"] *= ratio
-            if "initial_lr" in g:
-                g["initial_lr"] *= ratio
-        state.scheduler.base_lrs = [b * ratio for b in state.scheduler.base_lrs]
-        log.info("resumed from %s with lr %g (the checkpoint trained with %g)", path, now.lr, old_lr)
-    if isinstance(old_wd, int | float) and old_wd != now.weight_decay:
-        for g in state.optimizer.param_groups:
-            if g.get("weight_decay") == old_wd:
-                g["weight_decay"] = now.weight_decay
-        log.info("resumed from %s with weight_decay %g (the checkpoint trained with %g)", path,
-                 now.weight_decay, old_wd)
+def _apply_new_hyperparameters(state: Any, asked: list[tuple[Any, Any]], path: Path) -> None:
+    """Resuming with another ``lr`` or ``weight_decay`` (after a divergence, say) takes effect: ``asked`` holds
+    each param group's ``(initial_lr, weight_decay)`` as this run built it (from ``TrainConfig`` for the default
+    AdamW, or the optimizer passed in), and the states just loaded carry the checkpoint's, so they are
+    rescaled here, group by group. Schedule shape, warm-up, clipping and max_steps come from the new config."""
+    sched = state.scheduler
+    for i, (group, (lr, wd)) in enumerate(zip(state.optimizer.param_groups, asked, strict=False)):
+        old = group.get("initial_lr")
+        if isinstance(lr, int | float) and isinstance(old, int | float) and old > 0 and lr != old:
+            group["initial_lr"] = lr
+            if i < len(sched.base_lrs):
+                sched.base_lrs[i] = lr
+            log.info("resumed from %s with lr %g in param group %d (the checkpoint trained with %g)", path, lr, i, old)
+        if isinstance(wd, int | float) and group.get("weight_decay", wd) != wd:
+            log.info("resumed from %s with weight_decay %g in param group %d (the checkpoint trained with %g)",
+                     path, wd, i, group["weight_decay"])
+            group["weight_decay"] = wd
+    # the lr of the first resumed step, from the new base lrs and the new schedule (LambdaLR's own formula,
+    # so an unchanged config gives the checkpoint's lr bit for bit); get_last_lr() reports it too
+    for group, base, fn in zip(state.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=False):
+        group["lr"] = base * fn(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in state.optimizer.param_groups]
 
 
 def _resume(run: _Run, where: Path) -> None:
@@ -451,6 +454,7 @@ def _resume(run: _Run, where: Path) -> None:
     path = latest_checkpoint(where) if where.is_dir() else where
     if path is None:
         raise IntegrityError(f"{where}: no checkpoint (step-*.safetensors) to resume from")
+    asked = [(g.get("initial_lr"), g.get("weight_decay")) for g in state.optimizer.param_groups]
     # rank 0 restores its RNG states exactly; other ranks re-seed from (seed, rank, step): see docs/train.md
     meta = load_checkpoint(path, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
                            restore_rng=state.is_main)
@@ -462,8 +466,7 @@ def _resume(run: _Run, where: Path) -> None:
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{path}: damaged checkpoint: its training position does not read "
                              f"({type(exc).__name__}: {exc})") from None
-    saved = meta.get("config", {}).get("data", {}) if isinstance(meta.get("config"), dict) else {}
-    _apply_new_hyperparameters(state, saved, path)
+    _apply_new_hyperparameters(state, asked, path)
     if pos["step"] > state.config.max_steps:
         raise ConfigError(f"{path}: the checkpoint is at step {pos['step']}, past max_steps "
                           f"{state.config.max_steps}; raise max_steps to train on")
