@@ -220,3 +220,17 @@ def test_resume_reports_and_uses_the_new_lr_from_the_first_step_also_for_a_built
     r = fit(dropout_mlp(0), random_batch, resume_from=tmp_path / "b", callbacks=[spy], config=cfg.replace(max_steps=8),
             optimizer=lambda m: build_optimizer("lion", m, lr=1e-4))
     assert r.lrs == used == pytest.approx([1e-4] * 3)
+
+
+def test_a_save_killed_mid_write_leaves_no_temp_file_after_the_next_start(tmp_path):
+    ck = tmp_path / "ck"
+    config = TrainConfig(max_steps=4, checkpoint_every=2, checkpoint_dir=str(ck))
+    fit(dropout_mlp(0), random_batch, config=config.replace(max_steps=2))
+    stale = ck / ".step-000004.safetensors.ajdoab2z.tmp"  # the name save_checkpoint's mkstemp gives
+    stale.write_bytes(b"\0" * 100)
+    mine = [ck / ".step-4.safetensors.tmp", ck / "notes.tmp", ck / ".other.safetensors.x.tmp"]
+    for p in mine:
+        p.write_text("not ours")
+    fit(dropout_mlp(0), random_batch, config=config, resume_from=ck)
+    assert not stale.exists() and all(p.exists() for p in mine)
+    assert sorted(p.name for p in ck.glob("step-*")) == ["step-000002.safetensors", "step-000004.safetensors"]

@@ -4,7 +4,8 @@
 under ``optim/``, RNG states under ``rng/``) and, in its header metadata under ``nnforge.train``, one JSON
 document with the rest: step, epoch position, scheduler state, the optimizer's non-tensor state and param
 groups, numpy and Python RNG states, early-stopping state and the config. A file is written to a temporary
-name and moved into place with ``os.replace``, so a crash never leaves a half-written checkpoint.
+name and moved into place with ``os.replace``, so a crash never leaves a half-written checkpoint; the
+temporary file a killed save leaves behind is deleted when training next starts in that folder.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from torch import nn
 
 from nnforge.errors import IntegrityError, check_output_path
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "checkpoint_step"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_path", "checkpoint_step",
+           "remove_stale_temp_files"]
 
 META_KEY = "nnforge.train"
 FORMAT = "nnforge.train.checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d+)\.safetensors$")
+_TEMP = re.compile(r"^\.step-\d+\.safetensors\.[A-Za-z0-9_]+\.tmp$")  # save_checkpoint's mkstemp names
 
 
 def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
@@ -40,6 +43,18 @@ def checkpoint_step(path: Path) -> int:
     """The step in a checkpoint's file name (-1 for other names)."""
     m = _NAME.match(path.name)
     return int(m.group(1)) if m else -1
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files a save killed mid-write left in ``directory`` (only names of
+    :func:`save_checkpoint`'s own pattern, ``.step-NNNNNN.safetensors.XXXX.tmp``); return them."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(".step-*.safetensors.*.tmp") if _TEMP.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:

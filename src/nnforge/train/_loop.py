@@ -33,6 +33,7 @@ from nnforge.train._checkpoint import (
     checkpoint_step,
     latest_checkpoint,
     load_checkpoint,
+    remove_stale_temp_files,
     save_checkpoint,
 )
 from nnforge.train._config import TrainConfig
@@ -166,6 +167,9 @@ def fit(model: nn.Module, train_data: Data, *, config: TrainConfig | None = None
     clean = False
     try:
         run = _prepare(model, train_data, config, optimizer, loss_fn or default_loss, list(callbacks), dist)
+        if config.checkpoint_dir and dist.rank == 0:
+            for stale in remove_stale_temp_files(config.checkpoint_dir):
+                log.info("removed %s, left by a checkpoint save that did not finish", stale)
         if resume_from is not None:
             _resume(run, Path(resume_from))
         result = _train(run, eval_data, metric_fn)
