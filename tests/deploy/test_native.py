@@ -223,3 +223,30 @@ def test_bad_models_and_inputs_are_named():
         enc(b["input_ids"], b["attention_mask"][:, :3])
     with pytest.raises(ConfigError, match="2-D integer"):
         enc(b["input_ids"].float())
+
+
+def test_roberta_style_positions_are_refused_by_name():
+    """RoBERTa numbers positions from padding_idx + 1; the compiled code reads row t for token t, so running a
+    RoBERTa encoder gave silently wrong hidden states (token cosine 0.58)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.RobertaConfig(vocab_size=120, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=34, pad_token_id=1)
+    roberta = transformers.RobertaModel(cfg, add_pooling_layer=False).eval()
+    quantize_(roberta, Int8WeightOnlyConfig())
+    with pytest.raises(ConfigError, match="RoBERTa-style.*model_type is 'roberta'"):
+        NativeEncoder(roberta)
+    roberta.config.model_type = "bert"  # a renamed config: the padding index of the position table still tells
+    with pytest.raises(ConfigError, match="position_embeddings has padding_idx=1"):
+        NativeEncoder(roberta)
+    bert = _quantized()
+    NativeEncoder(bert.m)  # BERT itself still runs
+    bert.m.embeddings.position_embeddings.padding_idx = 0
+    with pytest.raises(ConfigError, match="RoBERTa-style"):
+        NativeEncoder(bert.m)
+
+
+def test_empty_batches_give_empty_results():
+    enc = NativeEncoder(_quantized().m)
+    for shape in ((0, 5), (2, 0)):
+        out = enc(torch.zeros(shape, dtype=torch.long), torch.ones(shape, dtype=torch.long))
+        assert out.shape == (*shape, 64) and out.dtype == torch.float32

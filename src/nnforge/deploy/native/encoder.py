@@ -95,6 +95,31 @@ def _pack_linear(keep: list[torch.Tensor], modules: list[nn.Module], where: str)
                    _keep_f32(keep, None if first is None else 1.0 / first.float()), N, K)
 
 
+# Hugging Face model types whose positions start after the padding index (RoBERTa's scheme), not at 0
+_PADDED_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                               "data2vec-text", "longformer", "mpnet", "ibert", "luke", "markuplm", "layoutlmv3",
+                               "bridgetower", "clap", "esm"})
+
+
+def _check_bert_positions(model: nn.Module, emb: nn.Module, cfg: Any) -> None:
+    """Refuse encoders whose position ids are not BERT's ``0 .. T-1``: the compiled code adds row ``t`` of the
+    position table to token ``t``. RoBERTa-family embeddings number the real tokens from ``padding_idx + 1``
+    (padding tokens get ``padding_idx``), so running them here would give silently wrong hidden states."""
+    model_type = str(getattr(cfg, "model_type", "") or "").lower()
+    pos_pad = getattr(getattr(emb, "position_embeddings", None), "padding_idx", None)
+    why = None
+    if model_type in _PADDED_POSITIONS:
+        why = f"its config.model_type is {model_type!r}"
+    elif pos_pad is not None:
+        why = f"embeddings.position_embeddings has padding_idx={pos_pad}"
+    elif getattr(emb, "padding_idx", None) is not None or hasattr(emb, "create_position_ids_from_input_ids"):
+        why = f"{type(emb).__name__} derives position ids from the padding index"
+    if why is not None:
+        raise ConfigError(f"NativeEncoder runs BERT-style absolute positions (token t reads position t); "
+                          f"{type(model).__name__} numbers its positions differently (RoBERTa-style, starting after "
+                          f"the padding index): {why}. Run the quantized PyTorch module instead.")
+
+
 def _hf_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 token_type_ids: torch.Tensor | None) -> torch.Tensor:
     with torch.inference_mode():
@@ -167,6 +192,7 @@ class NativeEncoder:
                               f"got {type(model).__name__}.")
         if getattr(cfg, "is_decoder", False) or getattr(cfg, "position_embedding_type", "absolute") != "absolute":
             raise ConfigError("NativeEncoder runs encoder-only models with absolute position embeddings.")
+        _check_bert_positions(model, emb, cfg)
         if getattr(cfg, "hidden_act", None) != "gelu":
             raise ConfigError(f"NativeEncoder implements the exact GELU; this model uses {cfg.hidden_act!r}.")
         H, heads = int(cfg.hidden_size), int(cfg.num_attention_heads)
@@ -225,6 +251,8 @@ class NativeEncoder:
         B, T = input_ids.shape
         if T > self._struct.P:
             raise ConfigError(f"input_ids has {T} tokens; the model has {self._struct.P} positions.")
+        if B == 0 or T == 0:  # nothing to compute: an empty result, as the PyTorch module gives
+            return torch.empty(B, T, self._struct.H, dtype=torch.float32)
         if self._lib is None:
             return _hf_forward(self.model, input_ids, attention_mask, token_type_ids)
         ids = input_ids.to(torch.int64).contiguous()
