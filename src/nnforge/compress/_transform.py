@@ -7,6 +7,9 @@ not handle and why. Nothing is skipped silently.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -19,7 +22,7 @@ from nnforge.errors import ConfigError
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
 __all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes",
-           "relative_error", "set_child"]
+           "relative_error", "set_child", "module_names", "candidates", "replace_all"]
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 Handler = Callable[..., "TransformReport"]
@@ -37,6 +40,7 @@ class ModuleChange:
     bytes_after: int
     error: float  # relative Frobenius error of the weight, ||W - W'|| / ||W||
     detail: str = ""
+    aliases: list[str] = field(default_factory=list)  # the other names the same module is registered under
 
 
 @dataclass
@@ -87,6 +91,80 @@ def drop_partial_ties(model: nn.Module, targets: list[_T], report: TransformRepo
         else:
             keep.append(t)
     return keep
+
+
+def module_names(model: nn.Module) -> dict[int, list[str]]:
+    """``id(module) -> every name it is registered under``: a module reused as ``self.b = self.a`` has two
+    (``named_modules()`` lists it once, under its first name)."""
+    names: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(n)
+    return names
+
+
+@functools.lru_cache(maxsize=256)
+def _attributes_read(cls: type) -> frozenset[str]:
+    """Names ``x`` for which ``cls.forward``'s source reads ``self.x.weight`` or ``self.x.bias``."""
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(re.findall(r"self\.(\w+)\.(?:weight|bias)\b", src))
+
+
+def _read_directly(model: nn.Module) -> dict[int, str]:
+    """``id(module) -> why``: modules whose parent reads their tensors instead of (or besides) calling them, so
+    that replacing them breaks the parent: ``nn.MultiheadAttention`` passes ``out_proj.weight`` to
+    ``F.multi_head_attention_forward`` and never calls ``out_proj``; ``nn.TransformerEncoderLayer`` reads
+    ``linear1.weight`` for its fast path. Found by reading each parent class's ``forward`` source."""
+    out: dict[int, str] = {}
+    for n, m in model.named_modules():
+        read = _attributes_read(type(m)) if m._modules else frozenset()
+        for child_name, child in m.named_children():
+            if child_name in read:
+                never = (f" and never calls {child_name}" if isinstance(m, nn.MultiheadAttention) else "")
+                out[id(child)] = (f"{n or 'the model'} ({type(m).__name__}) reads {child_name}.weight directly in its "
+                                  f"forward{never}: a packed replacement has no .weight, so it is left as is")
+    return out
+
+
+def candidates(model: nn.Module, filter: ModuleFilter | None, report: TransformReport,
+               handled: tuple[type[nn.Module], ...], what: str) -> list[tuple[str, nn.Module, list[str]]]:
+    """``(name, module, other names)`` for every submodule, once, that a transform may replace.
+
+    Raises ``ConfigError`` when the model itself is one of the ``handled`` layer types (a root module cannot be
+    replaced in place). A module the ``filter`` admits under some of its names but not all, or one whose parent
+    reads its weight directly (the out_proj of ``nn.MultiheadAttention``), is reported as skipped.
+    """
+    if isinstance(model, handled):
+        raise ConfigError(f"{what}: the model itself is a {type(model).__name__}, and a root module cannot be "
+                          f"replaced in place; wrap it first: model = nn.Sequential(layer) (then use model[0])")
+    names, direct = module_names(model), _read_directly(model)
+    out = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        others = [n for n in names[id(mod)] if n != name]
+        if filter is not None:
+            admitted = [filter(n, mod) for n in (name, *others)]
+            if not any(admitted):
+                continue
+            if not all(admitted):
+                left = [n for n, ok in zip((name, *others), admitted, strict=True) if not ok]
+                report.skipped.append((name, f"the same module is also registered as {left[0]}, which the filter "
+                                             "leaves out: left as is (a module cannot be replaced under one name only)"))
+                continue
+        if id(mod) in direct and isinstance(mod, handled):
+            report.skipped.append((name, direct[id(mod)]))
+            continue
+        out.append((name, mod, others))
+    return out
+
+
+def replace_all(model: nn.Module, name: str, others: list[str], new: nn.Module) -> None:
+    """Put ``new`` under ``name`` and under every other name the replaced module was registered as."""
+    for n in (name, *others):
+        set_child(model, n, new)
 
 
 def tensor_bytes(*tensors: Any) -> int:

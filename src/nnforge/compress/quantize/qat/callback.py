@@ -7,7 +7,14 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize
 
-from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, register_transform, weight_holders
+from nnforge.compress._transform import (
+    ModuleChange,
+    ModuleFilter,
+    TransformReport,
+    candidates,
+    register_transform,
+    weight_holders,
+)
 from nnforge.compress.quantize.qat.config import QATConfig
 from nnforge.compress.quantize.qat.fake import FakeQuantWeight, fake_quantize_activations
 
@@ -33,8 +40,9 @@ def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | Non
     """
     report = TransformReport(f"qat:{config.fmt}", config.to_dict())
     holders = weight_holders(model)  # taken before any layer is parametrized
-    for name, mod in model.named_modules():
-        if not name or (filter is not None and not filter(name, mod)) or _skipped(name, config.skip):
+    handled = (nn.Linear, nn.Conv2d, nn.Embedding) if config.embeddings else (nn.Linear, nn.Conv2d)
+    for name, mod, others in candidates(model, filter, report, handled, "QAT"):
+        if any(_skipped(n, config.skip) for n in (name, *others)):
             continue
         if parametrize.is_parametrized(mod, "weight"):
             report.skipped.append((name, "weight already parametrized (QAT prepared twice?)"))
@@ -52,7 +60,8 @@ def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | Non
         if config.activations == 8 and isinstance(mod, nn.Linear):
             setattr(mod, _HOOK, mod.register_forward_pre_hook(_act_hook))
         parametrize.register_parametrization(mod, "weight", fq)
-        report.changed.append(ModuleChange(name, type(mod).__name__, 0, 0, 0.0, f"fake-quant {fq.fmt}"))
+        detail = f"fake-quant {fq.fmt}" + (f"; also registered as {', '.join(others)}" if others else "")
+        report.changed.append(ModuleChange(name, type(mod).__name__, 0, 0, 0.0, detail, list(others)))
     return report
 
 

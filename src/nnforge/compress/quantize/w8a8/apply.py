@@ -12,10 +12,11 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    candidates,
     drop_partial_ties,
     register_transform,
     relative_error,
-    set_child,
+    replace_all,
     tensor_bytes,
 )
 from nnforge.compress.quantize.kernels import quantize_weight
@@ -39,11 +40,9 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
     """
     report = TransformReport(f"w8a8:{config.activations}:{config.smoothing}", config.to_dict())
     targets = []
-    for name, mod in model.named_modules():
-        if not name or (filter is not None and not filter(name, mod)):
-            continue
+    for name, mod, others in candidates(model, filter, report, (nn.Linear,), "W8A8"):
         if isinstance(mod, nn.Linear):
-            targets.append((name, mod))
+            targets.append((name, mod, others))
         elif isinstance(mod, QUANTIZED_MODULES):
             report.skipped.append((name, "already quantized"))
         elif any(True for _ in mod.parameters(recurse=False)):
@@ -57,24 +56,24 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                               "quantize_(model, config, calibration=batches)")
         from nnforge.compress.quantize.calibrate import collect_stats
 
-        stats = collect_stats(model, calibration, modules=[n for n, _ in targets], forward=forward)
+        stats = collect_stats(model, calibration, modules=[t[0] for t in targets], forward=forward)
     smooth = config.smoothing == "smoothquant"
     joint: dict[str, torch.Tensor] = {}  # module name -> the SmoothQuant scale of its shared-input group
     if smooth and not skeleton:
         from nnforge.compress.quantize.calibrate import smooth_scales
 
         groups: dict[str, list[str]] = {}
-        names = {n for n, _ in targets}
-        for name, _ in targets:
+        names = {t[0] for t in targets}
+        for name, *_ in targets:
             owner = stats[name].shared_with
             groups.setdefault(owner if owner in names else name, []).append(name)
-        mods = dict(targets)
+        mods = {t[0]: t[1] for t in targets}
         for owner, members in groups.items():
             w_all = torch.cat([mods[n].weight.detach().float() for n in members])
             s_group = smooth_scales(stats[owner].abs_max, w_all, config.alpha)
             joint.update({n: s_group for n in members})
     replacements = []
-    for i, (name, mod) in enumerate(targets):
+    for i, (name, mod, others) in enumerate(targets):
         w = mod.weight.detach().float()
         scale = None
         if smooth:
@@ -102,12 +101,15 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                                   "activations='dynamic'")
             new.act_scale.fill_(float(amax.max()) / 127.0)
         err = 0.0 if skeleton else relative_error(w, new.dequantize())
+        detail = (f"int8 row ({config.calibrator}), int8 {config.activations} activations"
+                  + (f", smoothquant alpha {config.alpha}" if smooth else "")
+                  + (f"; also registered as {', '.join(others)} (the same quantized module under every name)"
+                     if others else ""))
         report.changed.append(ModuleChange(name, "Linear", tensor_bytes(mod.weight, mod.bias), new.nbytes, err,
-                                           f"int8 row ({config.calibrator}), int8 {config.activations} activations"
-                                           + (f", smoothquant alpha {config.alpha}" if smooth else "")))
-        replacements.append((name, new))
+                                           detail, list(others)))
+        replacements.append((name, others, new))
         if progress:
             progress(i + 1, len(targets))
-    for name, new in replacements:
-        set_child(model, name, new)
+    for name, others, new in replacements:
+        replace_all(model, name, others, new)
     return report

@@ -14,10 +14,11 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    candidates,
     drop_partial_ties,
     register_transform,
     relative_error,
-    set_child,
+    replace_all,
     tensor_bytes,
 )
 from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
@@ -66,38 +67,43 @@ def _group_for(k: int, group_size: int | None) -> int | None:
     return group_size if group_size is None or k % group_size == 0 else None
 
 
+_HANDLED = {"linear": nn.Linear, "conv": nn.Conv2d, "embedding": nn.Embedding}
+
+
 def _targets(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | None,
-             report: TransformReport) -> list[tuple[str, Any, str]]:
-    out: list[tuple[str, Any, str]] = []
-    for name, mod in model.named_modules():
-        if not name or (filter is not None and not filter(name, mod)):
-            continue
-        fmt = config.plan.get(name)
+             report: TransformReport) -> list[tuple[str, Any, str, list[str]]]:
+    out: list[tuple[str, Any, str, list[str]]] = []
+    handled = tuple(_HANDLED[k] for k in config.modules if k in _HANDLED)
+    for name, mod, others in candidates(model, filter, report, handled, "weight-only quantization"):
+        planned = {config.plan[n] for n in (name, *others) if n in config.plan}
+        if len(planned) > 1:
+            raise ConfigError(f"the mixed-precision plan gives {name} (also registered as {others[0]}) two "
+                              f"formats: {sorted(planned)}; one module gets one format")
+        fmt = planned.pop() if planned else None
         if isinstance(mod, QUANTIZED_MODULES):
             report.skipped.append((name, "already quantized"))
         elif isinstance(mod, nn.Linear) and "linear" in config.modules:
-            out.append((name, mod, fmt or config.fmt))
+            out.append((name, mod, fmt or config.fmt, others))
         elif isinstance(mod, nn.Conv2d) and "conv" in config.modules:
-            out.append((name, mod, fmt or config.fmt))
+            out.append((name, mod, fmt or config.fmt, others))
         elif isinstance(mod, nn.Embedding) and "embedding" in config.modules:
             if mod.max_norm is not None:
                 report.skipped.append((name, "Embedding with max_norm renormalises its weights; left in fp32"))
             else:
-                out.append((name, mod, fmt or config.embedding_fmt))
+                out.append((name, mod, fmt or config.embedding_fmt, others))
         elif any(True for _ in mod.parameters(recurse=False)):
             why = ("normalisation layers stay in floating point" if isinstance(mod, KEPT_FLOAT)
                    else f"{type(mod).__name__} is not handled by weight-only quantization "
                         f"(Linear, Embedding and Conv2d are; modules={list(config.modules)})")
             report.skipped.append((name, why))
-    names = {n for n, _ in model.named_modules()}
+    names = {n for n, _ in model.named_modules(remove_duplicate=False)}
     unknown = sorted(set(config.plan) - names)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(names), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"the mixed-precision plan names {unknown[0]!r}, which is not a module of this model{hint}")
-    kept = [(n, m, f) for n, m, f in out if f == "fp32"]
-    report.skipped.extend((n, "kept in fp32 by the mixed-precision plan") for n, _, _ in kept)
-    return drop_partial_ties(model, [(n, m, f) for n, m, f in out if f != "fp32"], report)
+    report.skipped.extend((t[0], "kept in fp32 by the mixed-precision plan") for t in out if t[2] == "fp32")
+    return drop_partial_ties(model, [t for t in out if t[2] != "fp32"], report)
 
 
 @register_transform(WeightOnlyConfig)
@@ -122,23 +128,25 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyConfig, filter: Module
                               "quantize_(model, config, calibration=batches)")
         from nnforge.compress.quantize.calibrate import collect_stats
 
-        stats = collect_stats(model, calibration, modules=[n for n, m, _ in targets if isinstance(m, nn.Linear)],
+        stats = collect_stats(model, calibration, modules=[t[0] for t in targets if isinstance(t[1], nn.Linear)],
                               forward=forward)
     replacements = []
     seen: dict[int, str] = {}
-    for i, (name, mod, fmt) in enumerate(targets):
+    for i, (name, mod, fmt, others) in enumerate(targets):
         new, detail, err = _quantize_module(name, mod, fmt, config, stats.get(name), skeleton)
         before = tensor_bytes(mod.weight, getattr(mod, "bias", None))
         if id(mod.weight) in seen:  # a tie: the float matrix was counted once; each side now stores its own copy
             before = tensor_bytes(getattr(mod, "bias", None))
             detail += f"; weight tied with {seen[id(mod.weight)]}: quantized as its own copy (the tie is not kept)"
         seen.setdefault(id(mod.weight), name)
-        report.changed.append(ModuleChange(name, type(mod).__name__, before, new.nbytes, err, detail))
-        replacements.append((name, new))
+        if others:  # one module under several names: every name gets the one quantized module
+            detail += f"; also registered as {', '.join(others)} (the same quantized module under every name)"
+        report.changed.append(ModuleChange(name, type(mod).__name__, before, new.nbytes, err, detail, list(others)))
+        replacements.append((name, others, new))
         if progress:
             progress(i + 1, len(targets))
-    for name, new in replacements:
-        set_child(model, name, new)
+    for name, others, new in replacements:
+        replace_all(model, name, others, new)
     return report
 
 
