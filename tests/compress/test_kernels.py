@@ -140,3 +140,22 @@ def test_state_dict_round_trip_and_wrong_k() -> None:
         qk.qgemv(torch.randn(1, 128), w)
     with pytest.raises(ConfigError, match="layout version"):
         qk.PackedWeight.from_state_dict(w.state_dict(), {**w.metadata(), "layout_version": "0"})
+
+
+@pytest.mark.parametrize("isa", [*ISAS, "torch"])
+@pytest.mark.parametrize(("fmt", "gs", "K"), [("int8", None, 200), ("int4", 64, 256), ("int4", None, 200)])
+def test_nan_and_inf_inputs_propagate_as_in_fp32(isa: str, fmt: str, gs: int | None, K: int) -> None:
+    """max drops NaN and (int8)NaN is undefined: a NaN input came out of the packed kernel as finite numbers."""
+    torch.manual_seed(0)
+    w = qk.quantize_weight(torch.randn(48, K), fmt, gs)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for col in (5, K - 1):  # inside the vectorised part, and (K = 200) in the scalar tail
+            x = torch.randn(3, K)
+            x[1, col] = bad
+            got = qk.qgemv(x, w, isa=isa)
+            want = qk.reference_matmul(x, w, act_quant=False)  # what nn.Linear on the dequantized weight gives
+            torch.testing.assert_close(got, want, equal_nan=True)
+            assert not torch.isfinite(got[1]).any()
+    x = torch.randn(3, K)
+    assert torch.isfinite(qk.qgemv(x, w, isa=isa)).all()  # finite input keeps the int8 path
+    torch.testing.assert_close(qk.qgemv(x, w, isa=isa), qk.reference_matmul(x, w), rtol=1e-5, atol=1e-4)

@@ -28,7 +28,8 @@ def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threa
 
     Uses the compiled kernel when at most :data:`MAX_KERNEL_BATCH` rows come in and it is available;
     otherwise :func:`reference_matmul` (same activation rounding, plain torch) for small batches, or the
-    fp32 dequantise-and-matmul for larger ones.
+    fp32 dequantise-and-matmul for larger ones. Input holding NaN or inf takes the fp32 path whatever its
+    size, so those values propagate as through ``nn.Linear`` (the compiled kernel detects them for free).
 
     Raises:
         ConfigError: ``x``'s last dimension is not ``w.K``.
@@ -41,7 +42,8 @@ def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threa
         return reference_matmul(x, w, act_quant=False)
     lib, _ = load_library(isa)
     if lib is None or M == 0:
-        return reference_matmul(x, w, act_quant=True)
+        # NaN / inf rows take the fp32 path, where they propagate (int8 rounding would turn them into garbage)
+        return reference_matmul(x, w, act_quant=bool(torch.isfinite(x2).all()))
     x2 = x2.detach().to(torch.float32).contiguous()
     y = torch.empty(M, w.N, dtype=torch.float32)
     spec = w.spec
@@ -49,6 +51,8 @@ def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threa
     rc = lib.nnf_qgemm(x2.data_ptr(), M, w.K, w.data.data_ptr(), w.scales.data_ptr(), zeros,
                        spec.z_symmetric, spec.amul, spec.bits, w.N, w.Kp, w.group,
                        y.data_ptr(), num_threads or torch.get_num_threads())
+    if rc == 1:  # x holds NaN or inf: the kernel wrote nothing; fp32 propagates them as nn.Linear does
+        return reference_matmul(x, w, act_quant=False)
     if rc != 0:
         raise NnforgeError(f"qgemv kernel rejected its arguments (code {rc}) for {w.fmt} N={w.N} K={w.K} G={w.group}.")
     return y.reshape(*x.shape[:-1], w.N)

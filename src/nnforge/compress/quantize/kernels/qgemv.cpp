@@ -15,6 +15,7 @@
 // ISA: AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw + vpmaddwd), or portable scalar C++, picked by the
 // compiler flags this file is built with (nnf_isa() reports which).
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -388,21 +389,36 @@ void rows_any_m(const Args& a, int n0, int n1, float* sf) {
 
 // Per-row absmax int8 quantisation of x (M, K) into xq (M, Kp) (zero padded), sx (M,), gsum (M, ng).
 // Codes are round_half_even(x / s) with s = absmax / 127, the same float ops as quantize_activations().
-void quantize_activations(const float* x, int M, int K, int Kp, int G, int8_t* xq, float* sx, float* gsum) {
+// Returns false, leaving the outputs unspecified, as soon as a row holds NaN or +-inf: max drops NaN and
+// (int8_t)NaN is undefined, so such input would come out as finite garbage; the caller takes the fp32 path.
+bool quantize_activations(const float* x, int M, int K, int Kp, int G, int8_t* xq, float* sx, float* gsum) {
   const int ng = Kp / G;
   for (int m = 0; m < M; m++) {
     const float* xr = x + (size_t)m * K;
     int8_t* q = xq + (size_t)m * Kp;
     float* gs = gsum + (size_t)m * ng;
     int k = 0;
+    bool finite = true;
 #if NNF_ISA == 2
     __m512 vmax = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
+    const __m512 vbig = _mm512_set1_ps(FLT_MAX);
+    __mmask16 bad = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m512 v = _mm512_abs_ps(_mm512_loadu_ps(xr + k));
+      bad |= _mm512_cmp_ps_mask(v, vbig, _CMP_NLE_UQ);  // NaN (unordered) or inf
+      vmax = _mm512_max_ps(vmax, v);
+    }
     float amax = _mm512_reduce_max_ps(vmax);
+    finite = bad == 0;
 #else
     float amax = 0.f;
 #endif
-    for (; k < K; k++) amax = std::fmax(amax, std::fabs(xr[k]));
+    for (; k < K; k++) {
+      const float a = std::fabs(xr[k]);
+      finite = finite && a <= FLT_MAX;  // false for NaN and inf
+      amax = std::fmax(amax, a);
+    }
+    if (!finite) return false;
     float s = amax / 127.f;
     if (!(s > 0.f)) s = 1.f;  // all zeros (or underflow): any scale gives zero codes
     sx[m] = s;
@@ -428,6 +444,7 @@ void quantize_activations(const float* x, int M, int K, int Kp, int G, int8_t* x
     }
     for (; k < Kp; k++) q[k] = 0;
   }
+  return true;
 }
 
 template <int BITS>
@@ -450,7 +467,8 @@ extern "C" {
 // 2: AVX-512 VNNI, 1: AVX2, 0: scalar.
 int nnf_isa(void) { return NNF_ISA; }
 
-// y (M, N) = x (M, K) @ dequant(W).T; returns 0 on success, a negative code on bad arguments.
+// y (M, N) = x (M, K) @ dequant(W).T; returns 0 on success, a negative code on bad arguments, and 1 (y not
+// written) when x holds NaN or inf: the caller computes those in fp32, where they propagate.
 int nnf_qgemm(const float* x, int M, int K, const uint8_t* w, const uint16_t* scales, const uint8_t* zeros,
               float zconst, float amul, int bits, int N, int Kp, int G, float* y, int nthreads) {
   if (M < 1 || N < 1 || K < 1 || Kp < K || G < 32 || G % 32 != 0 || Kp % G != 0) return -1;
@@ -459,7 +477,7 @@ int nnf_qgemm(const float* x, int M, int K, const uint8_t* w, const uint16_t* sc
   const int ng = Kp / G;
   std::vector<int8_t> xq((size_t)M * Kp);
   std::vector<float> sx(M), gsum((size_t)M * ng);
-  quantize_activations(x, M, K, Kp, G, xq.data(), sx.data(), gsum.data());
+  if (!quantize_activations(x, M, K, Kp, G, xq.data(), sx.data(), gsum.data())) return 1;
   // chunks of ~128 KB of weights keep each thread's stream long enough for the hardware prefetcher
   // (measured: 16 KB chunks halve the bandwidth of 2-bit rows), with at least 8 chunks per thread
   if (nthreads < 1 || N < 64) nthreads = 1;
