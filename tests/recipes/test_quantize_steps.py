@@ -56,3 +56,24 @@ def test_quantize_step_options_are_validated():
         load_recipe("digits", ["steps=[{quantize: {scheme: ternary, symmetric: false}}]"])
     with pytest.raises(ConfigError, match="scheme"):
         load_recipe("digits", ["steps=[{quantize: {scheme: int5}}]"])
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ("{scheme: w8a8, calibrator: awq}", "calibrator 'awq' does not apply to scheme w8a8"),
+    ("{scheme: w8a8, group_size: 32}", "group_size 32 does not apply to scheme w8a8"),
+    ("{scheme: w8a8, symmetric: false}", "symmetric false does not apply"),
+    ("{scheme: w8a8, embedding_fmt: int4}", "embedding_fmt does not apply"),
+    ("{scheme: int4, activations: static}", "activations applies to scheme w8a8 only"),
+    ("{scheme: int8, smoothing: none}", "smoothing applies to scheme w8a8 only"),
+])
+def test_quantize_step_refuses_options_its_scheme_ignores(step, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("digits", [f"steps=[{{quantize: {step}}}]"])
+
+
+def test_w8a8_step_passes_its_calibrator_through():
+    from nnforge.recipes.steps.quantize import QuantizeStepConfig
+
+    # calibrator: gptq was silently dropped (the w8a8 variant was rounded to nearest)
+    assert QuantizeStepConfig(scheme="w8a8", calibrator="gptq").qconfig().calibrator == "gptq"
+    assert QuantizeStepConfig(scheme="w8a8", embeddings=False).qconfig().calibrator == "rtn"

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from nnforge.compress import W8A8Config, WeightOnlyConfig, quantize_
 from nnforge.compress.quantize.weight_only.config import Calibrator, Format, GroupSize
 from nnforge.config import Config
+from nnforge.errors import ConfigError
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 from nnforge.recipes.steps._calibration import calibration_batches
 
@@ -43,8 +44,29 @@ class QuantizeStepConfig(Config):
 
     def qconfig(self, plan: dict[str, str] | None = None) -> Config:
         """The transform config this step applies."""
+        given = self.model_fields_set
         if self.scheme == "w8a8":
-            return W8A8Config(activations=self.activations, smoothing=self.smoothing)
+            # W8A8 is int8, one scale per output channel, symmetric, Linear layers only: options it has no use
+            # for are refused by name rather than silently dropped (calibrator: gptq was ignored)
+            if self.calibrator not in (None, "rtn", "gptq"):
+                raise ConfigError(f"quantize: calibrator {self.calibrator!r} does not apply to scheme w8a8 "
+                                  "(it rounds its int8 weights with 'rtn' or 'gptq')")
+            if self.group_size not in ("default", None):
+                raise ConfigError(f"quantize: group_size {self.group_size} does not apply to scheme w8a8 (its int8 "
+                                  "weights have one scale per output channel; leave group_size out)")
+            if self.symmetric is False:
+                raise ConfigError("quantize: symmetric false does not apply to scheme w8a8 (its int8 weights "
+                                  "are symmetric)")
+            for name in ("embeddings", "embedding_fmt"):
+                if name in given and (name != "embeddings" or self.embeddings):
+                    raise ConfigError(f"quantize: {name} does not apply to scheme w8a8 (it quantizes Linear "
+                                      "layers only; embeddings stay in floating point)")
+            return W8A8Config(activations=self.activations, smoothing=self.smoothing,
+                              calibrator=self.calibrator or "rtn")
+        for name in ("activations", "smoothing"):
+            if name in given:
+                raise ConfigError(f"quantize: {name} applies to scheme w8a8 only; scheme {self.scheme} "
+                                  "quantizes weights only")
         fmt = "int4" if self.scheme == "mixed" else self.scheme
         low = fmt in ("int4", "int3", "int2")
         group = (64 if low else None) if self.group_size == "default" else self.group_size
