@@ -351,3 +351,39 @@ def test_a_model_on_the_meta_device_is_refused_but_can_be_a_skeleton():
     x = torch.randn(2, 64)
     with torch.no_grad():
         assert torch.equal(shell(x), real(x))
+
+
+def test_quantized_embedding_returns_the_dtype_of_the_table_it_replaced():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(100, 64), nn.Linear(64, 8)).to(torch.bfloat16)
+    ids = torch.randint(0, 100, (2, 5))
+    quantize_(m, WeightOnlyConfig(modules=("embedding",)))
+    assert m[0].dtype == torch.bfloat16
+    assert m(ids).dtype == torch.bfloat16  # float32 rows used to fail in the bf16 Linear (dtype mismatch)
+    skeleton = nn.Sequential(nn.Embedding(100, 64), nn.Linear(64, 8)).to(torch.bfloat16)
+    apply_(skeleton, WeightOnlyConfig(modules=("embedding",)), skeleton=True)
+    skeleton.load_state_dict(m.state_dict())
+    torch.testing.assert_close(skeleton(ids), m(ids))
+    m.double()  # a module cast moves the output dtype along, as nn.Embedding's weight would
+    assert m[0](ids).dtype == torch.float64
+
+
+@pytest.mark.parametrize("cast", [torch.bfloat16, torch.float64])
+def test_module_casts_keep_packed_scales_in_fp16(cast):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(256, 64))
+    quantize_(m, WeightOnlyConfig(fmt="int4", group_size=64))
+    scales = m[0].weight_packed.scales.clone()
+    w = m[0].dequantize()
+    m.to(cast)
+    assert m[0].weight_packed.scales.dtype == torch.float16  # cast to bf16 they were rounded (and saved so)
+    assert torch.equal(m[0].weight_packed.scales, scales) and m[0].bias.dtype == cast
+    c = copy.deepcopy(m)  # a copy rebuilt the packed view from the cast buffers: the kernels then failed
+    x = torch.randn(100, 256).to(cast)  # > 64 rows: the dequantizing path, in the cast dtype
+    want = x.double() @ w.double().T + m[0].bias.double()
+    tol = 5e-2 if cast == torch.bfloat16 else 1e-5
+    with torch.no_grad():
+        for mod in (m, c):
+            assert mod(x[:3]).dtype == cast
+            torch.testing.assert_close(mod(x).double(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(c[0].dequantize(), w, rtol=0, atol=0)

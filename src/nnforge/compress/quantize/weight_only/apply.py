@@ -174,7 +174,7 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
         packed, scale = quantize_matrix(matrix, fmt, group, symmetric, calibrator, stats, config.damp,
                                         config.act_order)
     if is_emb:
-        new: Any = QuantizedEmbedding.from_packed(packed, mod.padding_idx)
+        new: Any = QuantizedEmbedding.from_packed(packed, mod.padding_idx, dtype=weight.dtype)
     elif isinstance(mod, nn.Conv2d):
         new = QuantizedConv2d(mod, fmt, group, symmetric)
         new.weight_packed.set_packed(packed)

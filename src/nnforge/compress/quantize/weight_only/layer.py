@@ -53,9 +53,22 @@ class _Packed(nn.Module):
 
     @property
     def packed(self) -> PackedWeight:
-        if self._view is None or self._view.data is not self.data:
+        v = self._view
+        if v is None or v.data is not self.data or v.scales is not self.scales or v.zeros is not self.zeros:
             self._view = PackedWeight(self.fmt, self.data, self.scales, self.zeros, self.n, self.k, self.group_size)
         return self._view
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _Packed:
+        """Module casts (``.to(torch.bfloat16)``, ``.double()``, ``.half()``) move the buffers but keep their
+        storage dtypes: the kernels read the scales as fp16, and a round trip through bf16 would round them."""
+        before = {name: b for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        self._view = None
+        return self
 
     @property
     def bits_per_weight(self) -> float:
@@ -146,17 +159,30 @@ class QuantizedEmbedding(nn.Module):
     """An embedding table stored packed; a lookup unpacks only the rows it reads."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, fmt: str, group_size: int | None,
-                 symmetric: bool = True, padding_idx: int | None = None) -> None:
+                 symmetric: bool = True, padding_idx: int | None = None, *,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.fmt, self.group_size = fmt, group_size
+        self.dtype = dtype  # of the embedding it replaced: the rows come out in it (a bf16 model stays bf16)
         self.weight_packed = _Packed(fmt, num_embeddings, embedding_dim, group_size, symmetric)
 
     @classmethod
-    def from_packed(cls, w: PackedWeight, padding_idx: int | None = None) -> QuantizedEmbedding:
-        m = cls(w.N, w.K, w.fmt, w.group_size, w.zeros is None, padding_idx)
+    def from_packed(cls, w: PackedWeight, padding_idx: int | None = None, *,
+                    dtype: torch.dtype = torch.float32) -> QuantizedEmbedding:
+        m = cls(w.N, w.K, w.fmt, w.group_size, w.zeros is None, padding_idx, dtype=dtype)
         m.weight_packed.set_packed(w)
         return m
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedEmbedding:
+        super()._apply(fn, recurse)
+        try:  # a module cast (.to(torch.bfloat16), .double()) changes the output dtype as nn.Embedding's would
+            probe = fn(torch.zeros((), dtype=self.dtype))
+        except Exception:  # noqa: BLE001 - an _apply function that is not a conversion: the dtype stays
+            return self
+        if isinstance(probe, torch.Tensor) and probe.is_floating_point():
+            self.dtype = probe.dtype
+        return self
 
     @property
     def packed(self) -> PackedWeight:
@@ -176,14 +202,15 @@ class QuantizedEmbedding(nn.Module):
         u = unpack(w.data[flat], spec.bits, w.Kp).float().view(-1, ng, w.group)  # (n, ng, G)
         z = w.zeros[flat].float() if w.zeros is not None else torch.full((flat.numel(), ng), spec.z_symmetric)
         rows = (spec.amul * u - z[..., None]) * w.scales[flat].float()[..., None]
-        return rows.reshape(flat.numel(), w.Kp)[:, : w.K].reshape(*ids.shape, w.K)
+        return rows.reshape(flat.numel(), w.Kp)[:, : w.K].reshape(*ids.shape, w.K).to(self.dtype)
 
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, fmt={self.fmt}, group_size={self.group_size}"
+        dtype = "" if self.dtype == torch.float32 else f", dtype={self.dtype}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, fmt={self.fmt}, group_size={self.group_size}{dtype}"
 
 
 class QuantizedConv2d(nn.Module):
