@@ -387,3 +387,34 @@ def test_module_casts_keep_packed_scales_in_fp16(cast):
             assert mod(x[:3]).dtype == cast
             torch.testing.assert_close(mod(x).double(), want, rtol=tol, atol=tol)
     torch.testing.assert_close(c[0].dequantize(), w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("saved", "other", "message"), [
+    (WeightOnlyConfig(fmt="int4", group_size=32), WeightOnlyConfig(fmt="int3", group_size=32), "saved weight is int4"),
+    (WeightOnlyConfig(fmt="int2", group_size=64, symmetric=True), WeightOnlyConfig(fmt="ternary", group_size=64),
+     "saved weight is int2"),
+    (Int8WeightOnlyConfig(), W8A8Config(smoothing="none"), "activations none.*this layer is int8.*activations dynamic"),
+])
+def test_a_saved_model_does_not_load_into_a_skeleton_of_another_format(saved, other, message):
+    """Their buffers have the same shapes: the bytes loaded silently and meant something else."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32))
+    quantize_(m, saved)
+    state = m.state_dict()
+    wrong = nn.Sequential(nn.Linear(64, 32))
+    apply_(wrong, other, skeleton=True)
+    with pytest.raises(RuntimeError, match=message):
+        wrong.load_state_dict(state)
+    right = nn.Sequential(nn.Linear(64, 32))
+    apply_(right, saved, skeleton=True)
+    right.load_state_dict(state)
+    # a file written before the layout was recorded has no such tensor: it still loads, strictly
+    old = {k: v for k, v in state.items() if not k.endswith("weight_packed.layout")}
+    assert len(old) == len(state) - 1
+    again = nn.Sequential(nn.Linear(64, 32))
+    apply_(again, saved, skeleton=True)
+    again.load_state_dict(old)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), m(x))
+        torch.testing.assert_close(right(x), m(x))

@@ -14,12 +14,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnforge.compress.quantize.kernels import MAX_KERNEL_BATCH, PackedWeight, padded_k, qgemv, unpack
+from nnforge.compress.quantize.kernels import LAYOUT_VERSION, MAX_KERNEL_BATCH, PackedWeight, padded_k, qgemv, unpack
 from nnforge.compress.quantize.kernels._format import format_spec
 
 __all__ = ["QuantizedLinear", "QuantizedEmbedding", "QuantizedConv2d", "ActQuant"]
 
 ActQuant = str  # "none" | "dynamic" (int8 per token) | "static" (int8 per tensor, calibrated scale)
+
+
+# codes of the ``layout`` buffer (stable: they are saved): LAYOUT_VERSION, format, group size (0: per row),
+# symmetric, activation quantization of the owning layer
+_FMT_CODES = {"int8": 1, "int4": 2, "int3": 3, "int2": 4, "ternary": 5, "binary": 6}
+_ACT_CODES = {"none": 0, "dynamic": 1, "static": 2}
+
+
+def _describe_layout(t: torch.Tensor) -> str:
+    v = [int(x) for x in t.reshape(-1).tolist()]
+    if len(v) != 5:
+        return f"an unknown layout {v}"
+    fmts, acts = {c: n for n, c in _FMT_CODES.items()}, {c: n for n, c in _ACT_CODES.items()}
+    return (f"{fmts.get(v[1], f'format {v[1]}')} {'group ' + str(v[2]) if v[2] else 'per row'} "
+            f"{'sym' if v[3] else 'asym'}, activations {acts.get(v[4], v[4])} (layout v{v[0]})")
 
 
 def _packed_shapes(fmt: str, n: int, k: int, group_size: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -35,14 +50,34 @@ class _Packed(nn.Module):
     scales: torch.Tensor
     zeros: torch.Tensor | None
 
-    def __init__(self, fmt: str, n: int, k: int, group_size: int | None, symmetric: bool) -> None:
+    def __init__(self, fmt: str, n: int, k: int, group_size: int | None, symmetric: bool,
+                 act_quant: str = "none") -> None:
         super().__init__()
         self.fmt, self.n, self.k, self.group_size, self.symmetric = fmt, n, k, group_size, symmetric
         dshape, sshape = _packed_shapes(fmt, n, k, group_size)
         self.register_buffer("data", torch.zeros(dshape, dtype=torch.uint8))
         self.register_buffer("scales", torch.zeros(sshape, dtype=torch.float16))
         self.register_buffer("zeros", None if symmetric else torch.zeros(sshape, dtype=torch.uint8))
+        # what the bytes mean, saved with them: int4/int3, int2/ternary or weight-only int8/W8A8 have the same
+        # buffer shapes, so without it a file loaded silently into a skeleton of another format
+        self.register_buffer("layout", torch.tensor([LAYOUT_VERSION, _FMT_CODES[fmt], group_size or 0,
+                                                     int(symmetric), _ACT_CODES[act_quant]], dtype=torch.int32))
         self._view: PackedWeight | None = None  # rebuilt when the buffers are replaced (loading copies in place)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        key = prefix + "layout"
+        saved = state_dict.get(key)
+        if saved is not None and (saved.shape != self.layout.shape or not torch.equal(saved.to(torch.int32),
+                                                                                     self.layout)):
+            error_msgs.append(f"{prefix.rstrip('.') or 'the packed weight'}: the saved weight is "
+                              f"{_describe_layout(saved)}, this layer is {_describe_layout(self.layout)}; "
+                              "build the layers with the config the model was saved with")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if saved is None and key in missing_keys:  # saved before the layout was recorded: loads as it did
+            missing_keys.remove(key)
 
     def set_packed(self, w: PackedWeight) -> None:
         if (w.fmt, w.N, w.K, w.group_size, w.zeros is None) != (self.fmt, self.n, self.k, self.group_size, self.symmetric):
@@ -98,7 +133,7 @@ class QuantizedLinear(nn.Module):
             raise ValueError(f"act_quant must be 'none', 'dynamic' or 'static'. Got {act_quant!r} instead.")
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.group_size, self.kernel, self.act_quant = fmt, group_size, kernel, act_quant
-        self.weight_packed = _Packed(fmt, out_features, in_features, group_size, symmetric)
+        self.weight_packed = _Packed(fmt, out_features, in_features, group_size, symmetric, act_quant)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.register_buffer("act_scale", torch.ones(()) if act_quant == "static" else None)
