@@ -207,3 +207,19 @@ def test_a_quantized_conv_exports_with_its_padding_mode(tmp_path):
     path = export_onnx(model, tmp_path / "c.onnx", (x,), input_names=["x"])
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     assert np.abs(out - ref).max() < 1e-4
+
+
+def test_static_w8a8_saturates_like_quantizelinear_below_the_calibrated_range(tmp_path):
+    """QuantizeLinear(int8) saturates to -128; PyTorch clamped static codes to -127, so an input below the
+    calibrated range gave different outputs in ONNX Runtime and in PyTorch."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 16))
+    quantize_(m, W8A8Config(activations="static", smoothing="none"), calibration=[torch.randn(32, 64)])
+    s = float(m[0].act_scale)
+    x = torch.randn(4, 64)
+    x[:, 0], x[:, 1] = -200 * s, 200 * s  # both sides clipped
+    with torch.no_grad():
+        ref = m(x).numpy()
+    path = export_onnx(m, tmp_path / "static.onnx", (x,), input_names=["x"], accuracy_level=0)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4

@@ -161,13 +161,15 @@ class QuantizedLinear(nn.Module):
         return w / self.input_scale if self.input_scale is not None else w
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act_quant == "dynamic":
+        if self.act_quant == "dynamic":  # codes within [-127, 127] by construction (s = absmax / 127)
             s = (x.abs().amax(dim=-1, keepdim=True) / 127.0).clamp_min(1e-12)
-        elif self.act_quant == "static" and self.act_scale is not None:
+            return torch.round(x / s).clamp_(-127, 127) * s
+        if self.act_quant == "static" and self.act_scale is not None:
+            # the full int8 range, as the exported QuantizeLinear saturates: inputs below the calibrated range
+            # give code -128 in both (this path never reaches the packed kernels)
             s = self.act_scale
-        else:
-            return x
-        return torch.round(x / s).clamp_(-127, 127) * s
+            return torch.round(x / s).clamp_(-128, 127) * s
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
