@@ -201,7 +201,8 @@ def test_verdicts_are_measured_per_batch_size():
     out = measure_verdicts(model, batch_sizes=(1, 4), repeats=3)
     v = model[0].verdict
     assert set(v) == {1, 4} and out["0"] == v
-    assert all(v[b]["quantized_ms"] > 0 and v[b]["fp32_ms"] > 0 and isinstance(v[b]["faster"], bool) for b in v)
+    assert all(v[b]["quantized_ms"] > 0 and v[b]["fp32_ms"] > 0 for b in v)
+    assert all(v[b]["verdict"] == "not significant" for b in v)  # three samples prove nothing
 
 
 def test_asymmetric_int4_embeddings_store_zero_points_and_err_less():

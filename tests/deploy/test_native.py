@@ -145,7 +145,8 @@ def test_verdict_times_both_paths_on_the_callers_inputs():
     v = NativeEncoder(model.m).verdict(**b, repeats=3)
     assert v["shape"] == (3, 11) and v["backend"].startswith("native-")
     assert v["native_ms"] > 0 and v["module_ms"] > 0
-    assert v["speedup"] == pytest.approx(v["module_ms"] / v["native_ms"]) and v["faster"] == (v["speedup"] > 1)
+    assert v["speedup"] == pytest.approx(v["module_ms"] / v["native_ms"])
+    assert v["verdict"] == "not significant" and "faster" not in v  # three samples prove nothing
 
 
 def test_without_compiled_code_the_module_runs():

@@ -1,8 +1,10 @@
-"""Timing with warm-up, repeats, medians and spread; peak memory; size on disk."""
+"""Timing with warm-up, repeats, medians and spread; is one callable really faster; peak memory; size on disk."""
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +16,7 @@ import torch
 
 from nnforge.hardware._machine import machine_facts
 
-__all__ = ["Profile", "profile", "compare", "peak_memory_mb", "file_size_mb"]
+__all__ = ["Profile", "profile", "compare", "speed_verdict", "time_verdict", "peak_memory_mb", "file_size_mb"]
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,27 @@ class Profile:
 
 def _summarise(samples: list[float], machine: dict[str, Any]) -> Profile:
     s = sorted(samples)
-    q = statistics.quantiles(s, n=20) if len(s) >= 2 else [s[0]] * 19
-    quart = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+    # "inclusive": the sample is the population measured; the default "exclusive" method extrapolates
+    # beyond the largest sample for small n (p95 of [1, 2, 3, 10] was 15.25)
+    q = statistics.quantiles(s, n=20, method="inclusive") if len(s) >= 2 else [s[0]] * 19
+    quart = statistics.quantiles(s, n=4, method="inclusive") if len(s) >= 2 else [s[0]] * 3
     return Profile(statistics.median(s), q[18], s[0], quart[2] - quart[0], len(s), s, machine)
 
 
-def profile(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20, min_time_s: float = 0.0) -> Profile:
-    """Time ``fn()`` after ``warmup`` calls: ``repeats`` samples (more until ``min_time_s`` has passed)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
-    with torch.inference_mode():
+def _check_counts(warmup: int, repeats: int) -> None:
+    if isinstance(repeats, bool) or isinstance(warmup, bool) or repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats!r}, warmup={warmup!r}")
+
+
+def profile(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20, min_time_s: float = 0.0,
+            inference_mode: bool = True) -> Profile:
+    """Time ``fn()`` after ``warmup`` calls: ``repeats`` samples (more until ``min_time_s`` has passed).
+
+    The calls run under ``torch.inference_mode()`` (no autograd bookkeeping, as deployed inference runs)
+    unless ``inference_mode=False``: time a training step or anything that needs gradients with that.
+    """
+    _check_counts(warmup, repeats)
+    with torch.inference_mode(inference_mode):
         for _ in range(warmup):
             fn()
         samples: list[float] = []
@@ -59,20 +72,92 @@ def profile(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20, min_ti
     return _summarise(samples, machine_facts())
 
 
-def compare(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 20) -> dict[str, Profile]:
-    """Time several callables interleaved (A B C A B C …) so that machine noise hits them alike."""
-    with torch.inference_mode():
+def compare(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 20,
+            inference_mode: bool = True) -> dict[str, Profile]:
+    """Time several callables interleaved so that machine noise hits them alike.
+
+    Rounds alternate the order (A B C, C B A, A B C, …) so that no callable always runs first (cold caches)
+    or last. Runs under ``torch.inference_mode()`` unless ``inference_mode=False``, as :func:`profile`.
+    """
+    _check_counts(warmup, repeats)
+    if not fns:
+        raise ValueError("compare needs at least one callable")
+    with torch.inference_mode(inference_mode):
         for fn in fns.values():
             for _ in range(warmup):
                 fn()
         samples: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(repeats):
-            for k, fn in fns.items():
+        items = list(fns.items())
+        for r in range(repeats):
+            for k, fn in (items if r % 2 == 0 else items[::-1]):
                 t0 = time.perf_counter()
                 fn()
                 samples[k].append((time.perf_counter() - t0) * 1e3)
     facts = machine_facts()
     return {k: _summarise(v, facts) for k, v in samples.items()}
+
+
+def _mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """``(P(a < b) + P(a = b)/2, two-sided p)``: the Mann-Whitney U test, normal approximation with tie and
+    continuity corrections (it cannot reach p < 0.05 with fewer than 4 samples each, as the exact test)."""
+    n, m = len(a), len(b)
+    pooled = sorted([(x, 0) for x in a] + [(y, 1) for y in b])
+    ranks_a, ties, i = 0.0, 0.0, 0
+    while i < len(pooled):
+        j = i
+        while j < len(pooled) and pooled[j][0] == pooled[i][0]:
+            j += 1
+        rank = (i + j + 1) / 2  # 1-based mean rank of the tied run
+        ranks_a += rank * sum(1 for k in range(i, j) if pooled[k][1] == 0)
+        ties += (j - i) ** 3 - (j - i)
+        i = j
+    u_a = ranks_a - n * (n + 1) / 2  # pairs (x, y) with x > y, ties half
+    mean = n * m / 2
+    var = n * m / 12 * ((n + m + 1) - ties / ((n + m) * (n + m - 1)))
+    if var <= 0:
+        return 0.5, 1.0
+    z = max(0.0, abs(u_a - mean) - 0.5) / math.sqrt(var)
+    return 1 - u_a / (n * m), math.erfc(z / math.sqrt(2))
+
+
+def speed_verdict(candidate: Profile | Sequence[float], baseline: Profile | Sequence[float], *,
+                  alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Is ``candidate`` really faster than ``baseline``? Both timed interleaved (:func:`compare`), in ms.
+
+    A bare comparison of medians calls two identical code paths "faster" half the time. Here:
+
+    * ``speedup``: median(baseline) / median(candidate);
+    * ``speedup_ci``: its ``1 - alpha`` bootstrap interval (percentile, ``n_boot`` resamples of each sample);
+    * ``p_value``: two-sided Mann-Whitney U test that one's times are stochastically smaller than the other's;
+    * ``verdict``: ``"faster"`` / ``"slower"`` when ``p_value < alpha``, else ``"not significant"``.
+
+    At least 4 samples each are needed for any verdict but ``"not significant"``; 20-30 are typical.
+    """
+    a = list(candidate.samples_ms if isinstance(candidate, Profile) else candidate)
+    b = list(baseline.samples_ms if isinstance(baseline, Profile) else baseline)
+    if not a or not b:
+        raise ValueError("speed_verdict needs at least one timing of each callable")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+    speedup = statistics.median(b) / statistics.median(a)
+    rng = random.Random(seed)
+    boots = sorted(statistics.median(rng.choices(b, k=len(b))) / statistics.median(rng.choices(a, k=len(a)))
+                   for _ in range(max(1, n_boot)))
+    lo, hi = boots[int(alpha / 2 * (len(boots) - 1))], boots[int(math.ceil((1 - alpha / 2) * (len(boots) - 1)))]
+    p_less, p = _mann_whitney_p(a, b)
+    verdict = "not significant" if p >= alpha else "faster" if p_less > 0.5 else "slower"
+    return {"speedup": speedup, "speedup_ci": (lo, hi), "p_value": p, "verdict": verdict}
+
+
+def time_verdict(candidate: Callable[[], Any], baseline: Callable[[], Any], *, warmup: int = 3, repeats: int = 30,
+                 alpha: float = 0.05) -> dict[str, Any]:
+    """Time both interleaved (:func:`compare`) and judge them (:func:`speed_verdict`).
+
+    Returns ``{"candidate_ms", "baseline_ms"}`` (medians) and :func:`speed_verdict`'s fields.
+    """
+    t = compare({"candidate": candidate, "baseline": baseline}, warmup=warmup, repeats=repeats)
+    return {"candidate_ms": t["candidate"].median_ms, "baseline_ms": t["baseline"].median_ms,
+            **speed_verdict(t["candidate"], t["baseline"], alpha=alpha)}
 
 
 def _vm(field_name: str) -> int | None:

@@ -269,18 +269,21 @@ class NativeEncoder:
         return out
 
     def verdict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, *, repeats: int = 20) -> dict[str, Any]:
+                token_type_ids: torch.Tensor | None = None, *, repeats: int = 30,
+                alpha: float = 0.05) -> dict[str, Any]:
         """Is it really faster? This runtime and the PyTorch module on these inputs, timed interleaved.
 
-        Returns ``{"native_ms", "module_ms", "speedup", "faster", "backend", "shape"}`` (medians, ms).
+        Returns ``{"native_ms", "module_ms", "speedup", "speedup_ci", "p_value", "verdict", "backend",
+        "shape"}``: medians (ms), their ratio with its bootstrap interval, and ``"faster"`` / ``"slower"`` /
+        ``"not significant"`` from a Mann-Whitney test at level ``alpha``
+        (:func:`nnforge.hardware.speed_verdict`).
         """
-        from nnforge.hardware import compare
+        from nnforge.hardware import time_verdict
 
-        timings = compare({"native": lambda: self(input_ids, attention_mask, token_type_ids),
-                           "module": lambda: _hf_forward(self.model, input_ids, attention_mask, token_type_ids)},
-                          repeats=repeats)
-        native, module = timings["native"].median_ms, timings["module"].median_ms
-        return {"native_ms": native, "module_ms": module, "speedup": module / native, "faster": native < module,
+        v = time_verdict(lambda: self(input_ids, attention_mask, token_type_ids),
+                         lambda: _hf_forward(self.model, input_ids, attention_mask, token_type_ids),
+                         repeats=repeats, alpha=alpha)
+        return {"native_ms": v.pop("candidate_ms"), "module_ms": v.pop("baseline_ms"), **v,
                 "backend": self.backend, "shape": tuple(input_ids.shape)}
 
 

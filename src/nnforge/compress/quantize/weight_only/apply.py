@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import time
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -195,13 +195,18 @@ def _empty(fmt: str, shape: torch.Size, group: int | None, symmetric: bool) -> P
                         shape[0], shape[1], group)
 
 
-def measure_verdicts(model: nn.Module, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 20) -> dict[str, Any]:
+def measure_verdicts(model: nn.Module, batch_sizes: tuple[int, ...] = (1, 8), repeats: int = 30,
+                     alpha: float = 0.05) -> dict[str, Any]:
     """Time every :class:`QuantizedLinear` against fp32 ``F.linear`` on its dequantized weight, interleaved.
 
-    Stores ``layer.verdict[batch] = {"quantized_ms", "fp32_ms", "faster"}`` and returns them by layer name.
-    A layer that is not faster at batch 1 is a candidate to keep in higher precision.
+    Stores ``layer.verdict[batch] = {"quantized_ms", "fp32_ms", "speedup", "speedup_ci", "p_value",
+    "verdict"}`` (medians in ms; ``verdict`` is ``"faster"`` / ``"slower"`` / ``"not significant"``, from
+    :func:`nnforge.hardware.speed_verdict` at level ``alpha``) and returns them by layer name. A layer that is
+    not faster at batch 1 is a candidate to keep in higher precision.
     """
     import torch.nn.functional as F
+
+    from nnforge.hardware import time_verdict
 
     out: dict[str, Any] = {}
     with torch.inference_mode():
@@ -212,16 +217,8 @@ def measure_verdicts(model: nn.Module, batch_sizes: tuple[int, ...] = (1, 8), re
             bias = mod.bias
             for b in batch_sizes:
                 x = torch.randn(b, mod.in_features)
-                tq, tf = [], []
-                for _ in range(repeats):  # interleaved, medians
-                    t0 = time.perf_counter()
-                    mod(x)
-                    t1 = time.perf_counter()
-                    F.linear(x, w, bias)
-                    t2 = time.perf_counter()
-                    tq.append(t1 - t0)
-                    tf.append(t2 - t1)
-                q_ms, f_ms = sorted(tq)[repeats // 2] * 1e3, sorted(tf)[repeats // 2] * 1e3
-                mod.verdict[b] = {"quantized_ms": q_ms, "fp32_ms": f_ms, "faster": q_ms < f_ms}
+                v = time_verdict(functools.partial(mod, x), functools.partial(F.linear, x, w, bias), warmup=1,
+                                 repeats=repeats, alpha=alpha)
+                mod.verdict[b] = {"quantized_ms": v.pop("candidate_ms"), "fp32_ms": v.pop("baseline_ms"), **v}
             out[name] = dict(mod.verdict)
     return out

@@ -117,7 +117,7 @@ class QuantizedLinear(nn.Module):
     Batches of at most 64 rows use the packed integer kernels when ``kernel`` is set (activations rounded to
     int8 per row); larger batches dequantize the weight and multiply in fp32. ``act_quant`` adds int8
     activation quantization for every batch size (W8A8): ``"dynamic"`` per token, ``"static"`` with the
-    calibrated per-tensor ``act_scale``. ``verdict`` holds the measured "faster or not" per batch size once
+    calibrated per-tensor ``act_scale``. ``verdict`` holds the measured "faster" / "slower" / "not significant" per batch size once
     :func:`~nnforge.compress.quantize.weight_only.measure_verdicts` has run.
     """
 
