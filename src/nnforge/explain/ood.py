@@ -270,11 +270,14 @@ class _MahalanobisParams(_GaussianParams):
     class_conditional: bool = Field(True, description="one mean per class (needs labels) or one for all")
 
 
-def _class_means(x: torch.Tensor, labels: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _class_means(x: torch.Tensor, labels: torch.Tensor, where: str,
+                 min_classes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class means (K, D) of the classes present, and the rows centred on their own class mean."""
     classes = torch.unique(labels)
-    if len(classes) < 1:
-        raise DataError(f"{where}: no labels")
+    if len(classes) < min_classes:
+        raise DataError(f"{where}: the labels hold {len(classes)} class(es) ({classes.tolist()}); this detector "
+                        f"needs at least {min_classes}: with one class its class and background Gaussians "
+                        "coincide and every score is 0")
     means = torch.stack([x[labels == c].mean(0) for c in classes])  # (K, D)
     index = torch.searchsorted(classes, labels)
     return means, x - means[index]
@@ -319,7 +322,7 @@ class RelativeMahalanobis(OODDetector):
         assert labels is not None  # checked by fit (needs_labels)
         p = self.params
         f = _normalize(x["features"]) if p.normalize else x["features"]
-        means, centered = _class_means(f, labels, "relative-mahalanobis.fit")
+        means, centered = _class_means(f, labels, "relative-mahalanobis.fit", min_classes=2)
         mean0 = f.mean(0, keepdim=True)
         self._state = {"means": means, "precision": _precision(centered, p.ridge),
                        "mean0": mean0, "precision0": _precision(f - mean0, p.ridge)}
@@ -397,6 +400,14 @@ class ViM(OODDetector):
     Wang et al. (2022) centre on the head's origin ``-pinv(W)·b``; here the centre is the training mean,
     so that the detector needs only features and logits. The score is monotone in the virtual class's
     softmax probability ``exp(v) / (exp(v) + Σ exp(logits))``.
+
+    ``alpha = mean(max logit - mean logit) / mean(residual)`` over the training rows. The paper divides the
+    mean *max logit* by the mean residual; that depends on the logits' offset: adding a constant ``c`` to every
+    logit (a head bias of -1 everywhere) changes no prediction or probability, but made alpha negative once
+    the max logits averaged below zero, inverting the detector (AUROC 1.0 -> 0.0). The max logit measured
+    from each row's mean logit does not move with ``c`` and is never negative, so alpha is positive (unless
+    every training row's logits are all equal) and the ranking of scores is invariant to a constant shift
+    (``logsumexp`` moves by the same ``c`` for every input).
     """
 
     name = "vim"
@@ -407,7 +418,9 @@ class ViM(OODDetector):
     def _fit(self, x: dict[str, torch.Tensor], labels: torch.Tensor | None) -> None:
         mean, basis = _principal(x["features"], self.params.dim, "vim.fit")
         residual = ((x["features"] - mean) @ basis).norm(dim=-1)
-        alpha = x["logits"].amax(-1).mean() / residual.mean().clamp_min(1e-12)
+        logits = x["logits"]
+        spread = (logits.amax(-1) - logits.mean(-1)).mean()  # >= 0, invariant to a constant logit shift
+        alpha = spread.clamp_min(1e-12) / residual.mean().clamp_min(1e-12)
         self._state = {"mean": mean, "basis": basis, "alpha": alpha.reshape(1)}
 
     def _score(self, x: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Detectors see different things — a language model the wording, a shallow layer the vocabulary, the last
 layer the meaning — and fail on different shifts. Their scores live on different scales, so each is
 standardised with the mean and spread of its scores on held-out in-distribution rows (a seeded part of
-the training data, never OOD data) before the average::
+the training data, never OOD data) before the average; ``+inf`` scores (a member that cannot judge an input)
+are left out of those statistics and stay ``+inf``, so the ensemble flags such an input::
 
     ensemble = build_detector("ensemble", members=[
         {"detector": "token-ngram", "params": {"order": 3}},
@@ -90,6 +91,13 @@ class Ensemble(OODDetector):
         for i, member in enumerate(self.members):
             member.fit(labels=None if labels is None else labels[fit], **self._member_inputs(i, x, fit))
             s = member.score(**self._member_inputs(i, x, ref)).double()
+            # +inf (token-ngram on a text with no tokens) is "cannot judge": it stays +inf after standardising,
+            # but must not enter the statistics (a mean of inf and a NaN spread made every score NaN)
+            s = s[torch.isfinite(s)]
+            if s.numel() < 2:
+                raise DataError(f"ensemble.fit: member {i} ({member.name!r}) gave fewer than 2 finite scores on the "
+                                f"{n_ref} holdout rows (+inf: inputs it cannot judge, e.g. texts with no tokens); "
+                                "cannot standardise it: give it more usable training rows")
             means.append(s.mean())
             stds.append(s.std().clamp_min(1e-12))
         self._state = {"mean": torch.stack(means), "std": torch.stack(stds)}

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nnforge.errors import DataError, IntegrityError, MissingDependencyError, ModelError
+from nnforge.errors import ConfigError, DataError, IntegrityError, MissingDependencyError, ModelError
 from nnforge.explain.ood import OOD_DETECTORS, OODDetector
 from nnforge.explain.ood_metrics import threshold_at_recall
 from nnforge.ledger import atomic_write_text, file_sha256
@@ -84,9 +84,13 @@ class OODGuard:
     @classmethod
     def calibrate(cls, detector: OODDetector, *, recall: float = 0.95, featurizer: Featurizer | None = None,
                   metadata: dict[str, Any] | None = None, **inputs: Any) -> OODGuard:
-        """A guard whose threshold accepts ``recall`` of these held-out in-distribution ``inputs``."""
+        """A guard whose threshold accepts ``recall`` of these held-out in-distribution ``inputs``.
+
+        Inputs scoring ``+inf`` (``token-ngram`` on a text with no tokens) count as rejected: they are flagged
+        whatever the threshold. A ``DataError`` says so when there are too many of them for ``recall``.
+        """
         scores = detector.score(**inputs)
-        return cls(detector, threshold_at_recall(scores, recall), recall=recall, featurizer=featurizer,
+        return cls(detector, threshold_at_recall(scores, recall, allow_inf=True), recall=recall, featurizer=featurizer,
                    metadata={**(metadata or {}), "calibration_size": int(scores.shape[0])})
 
     def check(self, **inputs: Any) -> OODResult:
@@ -187,14 +191,29 @@ class TextFeatures:
 
     Args:
         model: the classifier (its ``tokenize``, ``encoder`` and ``head`` are used).
-        layers: which intermediate layers to return as well.
+        layers: which intermediate layers to return as well, each in ``0..num_hidden_layers``.
         batch_size: texts per forward pass.
+
+    Raises:
+        ConfigError: a layer index is not an integer in ``0..num_hidden_layers``, or ``batch_size`` < 1.
     """
 
     def __init__(self, model: Any, layers: tuple[int, ...] = (), batch_size: int = 64) -> None:
         self.model = model
         self.layers = tuple(layers)
         self.batch_size = batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"TextFeatures: batch_size must be an integer >= 1; got {batch_size!r}")
+        n = getattr(getattr(getattr(model, "encoder", None), "config", None), "num_hidden_layers", None)
+        self._check_layers(n if isinstance(n, int) else None)
+
+    def _check_layers(self, n: int | None) -> None:
+        """Layer ``k`` is the input of encoder layer ``k``: 0 (embeddings) .. n (the last layer's output)."""
+        bad = [k for k in self.layers if isinstance(k, bool) or not isinstance(k, int) or k < 0
+               or (n is not None and k > n)]
+        if bad:
+            raise ConfigError(f"TextFeatures: layers {bad} are not layer indices of this encoder "
+                              f"(0 = embeddings .. {n if n is not None else 'its layer count'})")
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -211,6 +230,8 @@ class TextFeatures:
                 b = m.tokenize(texts[i : i + self.batch_size])
                 out = m.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                                 output_hidden_states=bool(self.layers))
+                if self.layers:
+                    self._check_layers(len(out.hidden_states) - 1)
                 mask = b["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
                 pooled = torch.nn.functional.normalize((out.last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1)
                 parts["features"].append(pooled.float())

@@ -189,7 +189,7 @@ class Evaluate:
         rows = []
         for name in config.ood_detectors:
             det = build_detector(name).fit(labels=torch.as_tensor(train.labels), **feats["train"])
-            guard = OODGuard(det, threshold_at_recall(det.score(**feats["val"]), 0.95), recall=0.95,
+            guard = OODGuard(det, threshold_at_recall(det.score(**feats["val"]), 0.95, allow_inf=True), recall=0.95,
                              metadata={"model": config.reference, "detector": name, "calibration": "val split"})
             test_scores = det.score(**feats["test"])
             row: dict[str, Any] = {"name": name, "threshold": guard.threshold,
