@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from nnforge.config import Config, config_type
-from nnforge.errors import DataError, StepFailedError
+from nnforge.errors import ConfigError, DataError, StepFailedError
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune_classifier", "predict_labels"]
 
@@ -181,6 +181,20 @@ def _logits(model: Any, texts: list[str], idx: list[int], cache: _Cached | None)
     return model(batch["input_ids"], batch["attention_mask"])
 
 
+def _check_frozen(model: Any, k: int) -> None:
+    """Nothing below layer ``k`` may be trainable: those layers' outputs are cached once, without gradients."""
+    emb, layers = model._layers()
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(layers):
+        raise ConfigError(f"frozen_layers must be an integer in 0..{len(layers)}; got {k!r}")
+    below = [("embeddings", emb)] + [(f"encoder.layer.{i}", layers[i]) for i in range(k)]
+    trainable = [f"{where}.{n}" for where, mod in below for n, p in mod.named_parameters() if p.requires_grad]
+    if trainable:
+        shown = ", ".join(trainable[:4]) + (f" and {len(trainable) - 4} more" if len(trainable) > 4 else "")
+        raise ConfigError(f"frozen_layers={k} caches the layers below {k} without gradients, but they hold "
+                          f"trainable parameters ({shown}), which would never train: adapt only layers >= {k} "
+                          f"(LoraConfig.layers) or lower frozen_layers")
+
+
 def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[int], val_texts: list[str],
                         val_labels: list[int], config: FinetuneConfig, progress: ProgressFn | None = None,
                         frozen_layers: int = 0) -> FinetuneResult:
@@ -191,11 +205,24 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
             outputs are computed once and cached (``model.hidden_at``/``forward_from``): each step then
             runs only the top layers. The result equals training the whole model with those layers frozen,
             except that dropout is not applied inside the frozen layers.
+
+    Raises:
+        DataError: a split's labels are not one per text, or not in ``[0, num_classes)``.
+        ConfigError: ``frozen_layers`` is out of range, or a parameter below it (a LoRA adapter in a lower
+            layer, the embeddings) is trainable: cached under no_grad, it would silently never train.
     """
     if len(train_texts) != len(train_labels) or not train_texts:
         raise DataError("fine-tuning needs a non-empty training split with one label per text")
     if max(train_labels) >= model.num_classes or min(train_labels) < 0:
         raise DataError(f"labels must be in [0, {model.num_classes}); got {min(train_labels)}..{max(train_labels)}")
+    if len(val_texts) != len(val_labels):
+        raise DataError(f"the validation split needs one label per text; got {len(val_texts)} texts and "
+                        f"{len(val_labels)} labels")
+    if val_labels and (max(val_labels) >= model.num_classes or min(val_labels) < 0):
+        raise DataError(f"validation labels must be in [0, {model.num_classes}); got "
+                        f"{min(val_labels)}..{max(val_labels)}")
+    if frozen_layers:
+        _check_frozen(model, frozen_layers)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise StepFailedError("the model has no trainable parameters (apply LoRA or unfreeze a head first)")
