@@ -14,10 +14,16 @@ __all__ = ["ARCHITECTURES", "DATA_KINDS", "build"]
 
 
 def load(name: str, num_classes: int = 2, **options: object) -> object:
-    """Load a packaged pretrained model by name (``"minilm"``) with a fresh classification head."""
-    from nnforge.models._pretrained import PRETRAINED
+    """Load a packaged pretrained model by name (``"minilm"``) with a fresh classification head.
 
-    return PRETRAINED.get(name, where="model.name")(num_classes=num_classes, **options)
+    Raises:
+        ConfigError: an option the model does not have (the allowed ones are named).
+    """
+    from nnforge.models._pretrained import PRETRAINED, check_options
+
+    factory = PRETRAINED.get(name, where="model.name")
+    check_options(factory, options, f"pretrained model {name!r}")
+    return factory(num_classes=num_classes, **options)
 
 
 __all__ += ["load"]

@@ -86,6 +86,26 @@ def _check_labels(splits: dict[str, Any], num_classes: int) -> None:
             raise DataError(f"split {name!r} has labels {sorted(set(bad))[:5]} outside [0, {num_classes})")
 
 
+def _check_fits_data(model: Any, dataset: Any, source: dict[str, Any]) -> None:
+    """An architecture's output size must fit its data (a digits CNN with 5 classes on 10 digits, a char GPT whose
+    vocabulary is smaller than the corpus's): refused here, not as an IndexError inside the first step."""
+    from nnforge.data import ArrayClassification, CharCorpus
+
+    config = getattr(model, "config", None)
+    where = f"model {source.get('architecture') or source.get('name') or source.get('hf_dir')!r}"
+    if isinstance(dataset, ArrayClassification):
+        have = getattr(config, "num_classes", None)
+        if isinstance(have, int) and have != dataset.num_classes:
+            raise ConfigError(f"{where} has num_classes={have} but the dataset {dataset.name!r} has "
+                              f"{dataset.num_classes} classes: set model.options.num_classes to {dataset.num_classes}")
+    elif isinstance(dataset, CharCorpus):
+        have = getattr(config, "vocab_size", None)
+        if isinstance(have, int) and have < dataset.vocab_size:
+            raise ConfigError(f"{where} has vocab_size={have} but the corpus {dataset.name!r} has "
+                              f"{dataset.vocab_size} characters: set model.options.vocab_size to at least "
+                              f"{dataset.vocab_size}")
+
+
 def _start(recipe: Recipe, runs_dir: Path, ledger: Ledger, run_id: str) -> tuple[Path, dict[str, Any]]:
     if runs_dir.exists() and not runs_dir.is_dir():
         raise ConfigError(f"{runs_dir}: the runs folder is a file; give a folder (--runs-dir)")
@@ -150,6 +170,7 @@ def _prepare(recipe: Recipe, run_dir: Path, ledger: Ledger, run_id: str, progres
     source = recipe.model.model_dump(exclude_none=True)
     num_classes = getattr(dataset, "num_classes", None)
     model = build_base(source, num_classes if text else None, seed=recipe.seed)
+    _check_fits_data(model, dataset, source)
     if text:
         if getattr(model, "num_classes", num_classes) != num_classes:
             raise DataError(f"the model has {getattr(model, 'num_classes', '?')} outputs but the dataset has "
