@@ -33,3 +33,17 @@ def test_frozen_layers_above_an_adapter_are_refused(adapted):
 def test_validation_labels_must_match_their_texts(adapted, val_texts, val_labels, match):
     with pytest.raises(DataError, match=match):
         finetune_classifier(adapted, TEXTS, LABELS, val_texts, val_labels, CFG)
+
+
+@pytest.mark.parametrize("labels, kw, match", [
+    ([1] * 6, {}, "at least two classes"), ([0, 1, 4, 0, 1, 2], {"num_classes": 3}, r"must be in \[0, 3\)"),
+    ([0, 1, -1, 0, 1, 2], {}, r"must be in \[0"), ([0, 1, 2], {}, "one integer per feature row")])
+def test_linear_probe_refuses_labels_it_cannot_fit(labels, kw, match):
+    import torch
+
+    from nnforge.adapt.probe import fit_linear_probe
+
+    with pytest.raises(DataError, match=match):
+        fit_linear_probe(torch.randn(6, 4), labels, **kw)
+    with pytest.raises(DataError, match="validation labels"):
+        fit_linear_probe(torch.randn(6, 4), [0, 1, 2] * 2, torch.randn(3, 4), [0, 1], num_classes=3)
