@@ -70,3 +70,19 @@ def test_learns_a_repeating_sequence() -> None:
     assert loss.item() < 0.2
     out = model.generate(data[:, :4], 4, temperature=0.01)
     assert out.shape == (1, 8)
+
+
+def test_generate_at_temperature_zero_is_greedy_and_an_empty_prompt_is_refused() -> None:
+    torch.manual_seed(0)
+    model = build("char-gpt", n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=10).eval()
+    idx = torch.randint(0, 10, (2, 3))
+    out = model.generate(idx, 4, temperature=0)  # a division by zero before
+    assert out.shape == (2, 7) and torch.equal(out, model.generate(idx, 4, temperature=0.0))
+    greedy = idx
+    for _ in range(4):
+        greedy = torch.cat([greedy, model(greedy)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, greedy)
+    with pytest.raises(ModelError, match="at least one token"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+    with pytest.raises(ModelError, match="temperature"):
+        model.generate(idx, 2, temperature=-1.0)

@@ -162,11 +162,28 @@ class CharGPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Extend ``idx`` (B, T) by sampling ``max_new_tokens`` tokens; returns (B, T + max_new_tokens)."""
+        """Extend ``idx`` (B, T) by sampling ``max_new_tokens`` tokens; returns (B, T + max_new_tokens).
+
+        ``temperature=0`` is greedy decoding (the most likely token each time, no sampling).
+
+        Raises:
+            ModelError: the prompt is not a non-empty (B, T) integer tensor, or temperature/max_new_tokens < 0.
+        """
+        if idx.dim() != 2 or idx.shape[0] == 0 or idx.shape[1] == 0 or idx.is_floating_point():
+            raise ModelError(f"generate needs a prompt of at least one token: a (batch, tokens) integer tensor; "
+                             f"got {idx.dtype} of shape {tuple(idx.shape)}")
+        if not temperature >= 0:
+            raise ModelError(f"temperature must be >= 0 (0: greedy); got {temperature}")
+        if max_new_tokens < 0:
+            raise ModelError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.config.block_size:])
-            probs = F.softmax(logits[:, -1, :] / temperature, dim=-1)  # (B, V)
-            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+            last = logits[:, -1, :]  # (B, V)
+            if temperature == 0:
+                nxt = last.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(F.softmax(last / temperature, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
         return idx
 
 
