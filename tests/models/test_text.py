@@ -32,3 +32,16 @@ def test_predict_proba_and_embed_ignore_dropout_and_restore_the_mode():
 def test_max_length_must_fit_the_encoders_positions(max_length):
     with pytest.raises(ConfigError, match=r"max_length must be an integer in 1\.\.512"):
         load_minilm(num_classes=2, max_length=max_length)
+
+
+def test_default_max_length_fits_an_encoder_with_few_positions():
+    from transformers import BertConfig, BertModel
+
+    from nnforge.models.text import TextClassifier
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32)
+    encoder = BertModel(cfg, add_pooling_layer=False)
+    assert TextClassifier(encoder, None, num_classes=2).max_length == 32
+    with pytest.raises(ConfigError, match=r"1\.\.32"):
+        TextClassifier(encoder, None, num_classes=2, max_length=33)

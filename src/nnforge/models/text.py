@@ -60,16 +60,19 @@ class TextClassifier(nn.Module):
         encoder: a Hugging Face encoder returning ``last_hidden_state``.
         tokenizer: its tokenizer (kept beside the module, not a submodule).
         num_classes: size of the head's output.
-        max_length: tokens kept per text, 1 .. the encoder's ``max_position_embeddings`` (512 for MiniLM).
+        max_length: tokens kept per text, 1 .. the encoder's ``max_position_embeddings`` (512 for MiniLM);
+            None: 128, or the encoder's positions when it has fewer.
 
     ``embed`` and ``predict_proba`` always run in eval mode (no dropout) and leave the model's mode as it was.
     """
 
-    def __init__(self, encoder: nn.Module, tokenizer: Any, num_classes: int, max_length: int = 128) -> None:
+    def __init__(self, encoder: nn.Module, tokenizer: Any, num_classes: int, max_length: int | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ModelError(f"num_classes must be >= 1; got {num_classes}")
         positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if max_length is None:
+            max_length = min(128, positions) if isinstance(positions, int) and positions >= 1 else 128
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1 or (
                 isinstance(positions, int) and max_length > positions):
             raise ConfigError(f"max_length must be an integer in 1..{positions if isinstance(positions, int) else '∞'}"
