@@ -103,7 +103,7 @@ def module_names(model: nn.Module) -> dict[int, list[str]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _attributes_read(cls: type) -> frozenset[str]:
+def _attributes_read(cls: Any) -> frozenset[str]:
     """Names ``x`` for which ``cls.forward``'s source reads ``self.x.weight`` or ``self.x.bias``."""
     try:
         src = inspect.getsource(cls.forward)
@@ -119,7 +119,8 @@ def _read_directly(model: nn.Module) -> dict[int, str]:
     ``linear1.weight`` for its fast path. Found by reading each parent class's ``forward`` source."""
     out: dict[int, str] = {}
     for n, m in model.named_modules():
-        read = _attributes_read(type(m)) if m._modules else frozenset()
+        cls: Any = type(m)
+        read = _attributes_read(cls) if m._modules else frozenset()
         for child_name, child in m.named_children():
             if child_name in read:
                 never = (f" and never calls {child_name}" if isinstance(m, nn.MultiheadAttention) else "")

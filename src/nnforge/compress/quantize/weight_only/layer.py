@@ -68,10 +68,10 @@ class _Packed(nn.Module):
                               missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
         key = prefix + "layout"
         saved = state_dict.get(key)
-        if saved is not None and (saved.shape != self.layout.shape or not torch.equal(saved.to(torch.int32),
-                                                                                     self.layout)):
+        mine = self.get_buffer("layout")
+        if saved is not None and (saved.shape != mine.shape or not torch.equal(saved.to(torch.int32), mine)):
             error_msgs.append(f"{prefix.rstrip('.') or 'the packed weight'}: the saved weight is "
-                              f"{_describe_layout(saved)}, this layer is {_describe_layout(self.layout)}; "
+                              f"{_describe_layout(saved)}, this layer is {_describe_layout(mine)}; "
                               "build the layers with the config the model was saved with")
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -90,8 +90,8 @@ class _Packed(nn.Module):
     def packed(self) -> PackedWeight:
         v = self._view
         if v is None or v.data is not self.data or v.scales is not self.scales or v.zeros is not self.zeros:
-            self._view = PackedWeight(self.fmt, self.data, self.scales, self.zeros, self.n, self.k, self.group_size)
-        return self._view
+            v = self._view = PackedWeight(self.fmt, self.data, self.scales, self.zeros, self.n, self.k, self.group_size)
+        return v
 
     def _apply(self, fn: Any, recurse: bool = True) -> _Packed:
         """Module casts (``.to(torch.bfloat16)``, ``.double()``, ``.half()``) move the buffers but keep their
