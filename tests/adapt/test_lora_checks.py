@@ -3,6 +3,8 @@ thaws only what LoRA froze."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -47,7 +49,10 @@ def test_lora_twice_is_refused():
     with pytest.raises(ConfigError, match="already has LoRA adapters"):
         apply_lora_(model, LoraConfig(target_modules=("value",)), None)
     merge_lora_(model)
-    apply_lora_(model, LoraConfig(target_modules=("value",)), None)  # after merging, again
+    assert not hasattr(model, "peft_config")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT warned of "multiple adapters" when its record was left behind
+        apply_lora_(model, LoraConfig(target_modules=("value",)), None)  # after merging, again
 
 
 def test_merge_thaws_only_what_lora_froze():

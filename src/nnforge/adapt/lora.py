@@ -164,6 +164,7 @@ def merge_lora_(model: nn.Module) -> int:
     for n, p in model.named_parameters():
         if n in froze:
             p.requires_grad = True
-    if hasattr(model, _FROZEN_BY_LORA):
-        delattr(model, _FROZEN_BY_LORA)
+    for attr in (_FROZEN_BY_LORA, "peft_config"):  # PEFT's record of the adapters it injected: none are left
+        if attr in model.__dict__:
+            delattr(model, attr)
     return len(layers)
