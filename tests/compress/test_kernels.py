@@ -159,3 +159,18 @@ def test_nan_and_inf_inputs_propagate_as_in_fp32(isa: str, fmt: str, gs: int | N
     x = torch.randn(3, K)
     assert torch.isfinite(qk.qgemv(x, w, isa=isa)).all()  # finite input keeps the int8 path
     torch.testing.assert_close(qk.qgemv(x, w, isa=isa), qk.reference_matmul(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_per_row_int8_sums_that_would_overflow_int32_take_the_reference_path():
+    from nnforge.compress.quantize.kernels import quantize_weight, reference_matmul
+    from nnforge.compress.quantize.kernels._dispatch import fits_int32
+
+    K = 70_000  # one scale per row: codes up to 255 times activations up to 127 pass 2**31 after ~66,000 inputs
+    w = torch.ones(2, K)
+    w[1] = -1
+    pw = quantize_weight(w, "int8", None)
+    assert not fits_int32(pw) and fits_int32(quantize_weight(torch.ones(2, 4096), "int8", None))
+    x = torch.ones(1, K)
+    y = qk.qgemv(x, pw)
+    assert torch.allclose(y, reference_matmul(x, pw, dtype=torch.float64).float(), rtol=1e-4)
+    assert y[0, 0] > 0 > y[0, 1]  # the kernel's int32 sums wrapped to the wrong sign before

@@ -14,6 +14,13 @@ __all__ = ["qgemv", "backend", "MAX_KERNEL_BATCH"]
 MAX_KERNEL_BATCH = 64  # measured: up to ~64 rows the packed kernel beats dequantising the weight for each call
 
 
+def fits_int32(w: PackedWeight) -> bool:
+    """Whether the kernel's int32 sums of ``code * activation`` over one group (the whole row with per-row
+    scales) cannot overflow: codes reach ``2**bits - 1`` and activations ±127, so an int8 weight with one scale
+    per row of more than ~66,000 inputs needs the reference path (which sums the same products in float)."""
+    return w.group * (2 ** w.spec.bits - 1) * 127 < 2**31
+
+
 def backend(isa: str | None = None) -> str:
     """The active path: ``avx512vnni``, ``avx2``, ``scalar`` (compiled) or ``torch`` (fallback).
 
@@ -26,7 +33,8 @@ def backend(isa: str | None = None) -> str:
 def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threads: int | None = None) -> torch.Tensor:
     """``x (..., K) @ W.T -> (..., N)`` float32 for a packed weight, activations quantised to int8 per row.
 
-    Uses the compiled kernel when at most :data:`MAX_KERNEL_BATCH` rows come in and it is available;
+    Uses the compiled kernel when at most :data:`MAX_KERNEL_BATCH` rows come in, it is available and its int32
+    sums cannot overflow (:func:`fits_int32`);
     otherwise :func:`reference_matmul` (same activation rounding, plain torch) for small batches, or the
     fp32 dequantise-and-matmul for larger ones. Input holding NaN or inf takes the fp32 path whatever its
     size, so those values propagate as through ``nn.Linear`` (the compiled kernel detects them for free).
@@ -41,7 +49,7 @@ def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threa
     if M > MAX_KERNEL_BATCH:
         return reference_matmul(x, w, act_quant=False)
     lib, _ = load_library(isa)
-    if lib is None or M == 0:
+    if lib is None or M == 0 or not fits_int32(w):
         # NaN / inf rows take the fp32 path, where they propagate (int8 rounding would turn them into garbage)
         return reference_matmul(x, w, act_quant=bool(torch.isfinite(x2).all()))
     x2 = x2.detach().to(torch.float32).contiguous()
