@@ -1,8 +1,10 @@
-"""LoRA, LP-FT, WiSE-FT interpolation and the cached split forward of text classifiers."""
+"""LoRA, LP-FT, WiSE-FT interpolation and the cached split forward of text classifiers; LoRA refuses what it cannot
+do right (tied weights, layers the model lacks, a second application) and merging thaws only what LoRA froze."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -100,3 +102,42 @@ def test_split_forward_equals_forward(minilm):
         for k in (0, 3, minilm.num_layers):
             hidden = minilm.hidden_at(k, batch["input_ids"], batch["attention_mask"])
             torch.testing.assert_close(minilm.forward_from(k, hidden, batch["attention_mask"]), ref)
+
+
+def test_lora_on_a_tied_lm_head_is_refused_naming_both_modules():
+    from nnforge.models import build
+
+    model = build("char-gpt", n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=10)
+    with pytest.raises(ConfigError, match=r"lm_head shares its weight with transformer\.wte"):
+        apply_lora_(model, LoraConfig(r=2, target_modules=("lm_head",), trainable=()))
+    assert not any("lora_" in n for n, _ in model.named_parameters())  # nothing was injected
+    apply_lora_(model, LoraConfig(r=2, target_modules=("c_attn",), trainable=()))  # untied targets still work
+
+
+@pytest.mark.parametrize("layers, match", [((3,), r"layers \[3\] are not layer indices.*0\.\.2"),
+                                           ((-1,), r"layers \[-1\]"), ((1, 7), r"layers \[7\]"),
+                                           ((), "is empty")])
+def test_lora_layers_outside_the_model_are_refused(layers, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_lora_(Block(), LoraConfig(target_modules=("query",), layers=layers), None)
+
+
+def test_lora_twice_is_refused():
+    model = Block()
+    apply_lora_(model, LoraConfig(target_modules=("query",)), None)
+    with pytest.raises(ConfigError, match="already has LoRA adapters"):
+        apply_lora_(model, LoraConfig(target_modules=("value",)), None)
+    merge_lora_(model)
+    assert not hasattr(model, "peft_config")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PEFT warned of "multiple adapters" when its record was left behind
+        apply_lora_(model, LoraConfig(target_modules=("value",)), None)  # after merging, again
+
+
+def test_merge_thaws_only_what_lora_froze():
+    model = Block()
+    model.layer[0]["value"].weight.requires_grad_(False)  # the caller froze this before LoRA
+    apply_lora_(model, LoraConfig(target_modules=("query",)), None)
+    assert merge_lora_(model) == 3
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"layer.0.value.weight"}
