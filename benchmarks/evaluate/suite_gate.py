@@ -53,14 +53,17 @@ def make_run(workdir: Path, quick: bool) -> Path:
     return result.run_dir
 
 
-def judge(run_dir: Path, variant: str, ledger: Path) -> dict[str, object]:
+def judge(run_dir: Path, variant: str) -> dict[str, object]:
+    """``nnforge evaluate`` on one variant, with the ledger the run recorded (where its verdict is appended)."""
     from nnforge.cli import main
 
     junit = run_dir / f"suite-quickstart-{variant}.junit.xml"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["evaluate", str(run_dir), "--suite", "quickstart", "--variant", variant, "--ledger", str(ledger),
+        rc = main(["evaluate", str(run_dir), "--suite", "quickstart", "--variant", variant,
                    "--junit", str(junit), "--json"])
+    if rc not in (0, 1):  # 2: bad input (the error is on stderr); no verdict to record
+        raise SystemExit(f"nnforge evaluate {run_dir} --variant {variant} exited {rc}: no verdict")
     result = json.loads(buf.getvalue())
     failures = [f.get("message") for f in ET.parse(junit).getroot().iter("failure")]
     return {"variant": variant, "exit_code": rc, "passed": result["passed"], "failed": result["failed"],
@@ -77,7 +80,7 @@ def main() -> int:
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="nnforge-gate-"))
     run_dir = Path(args.run) if args.run else make_run(workdir, args.quick)
-    results = [judge(run_dir, v, workdir / "judge-ledger.db") for v in ("fp32", "int8", "int2")]
+    results = [judge(run_dir, v) for v in ("fp32", "int8", "int2")]
     by = {r["variant"]: r for r in results}
     summary = {"fp32_passed": by["fp32"]["passed"], "int8_passed": by["int8"]["passed"],
                "int2_passed": by["int2"]["passed"], "int2_exit_code": by["int2"]["exit_code"],
