@@ -167,3 +167,21 @@ def test_relative_check_against_a_baseline_run(run_copy, small_run, tmp_path, ca
     assert rc == 0 and out["passed"]
     acc = out["checks"][0]
     assert acc["difference"]["estimate"] == 0 and acc["mcnemar"]["p_value"] == 1.0 and acc["other_value"] == acc["value"]
+
+
+def test_the_suite_gate_benchmark_judges_a_run_as_a_user_would(small_run_copy):
+    """benchmarks/evaluate/suite_gate.py's judge: exit code, failed checks and JUnit failures agree (it once
+    passed a ledger that had not recorded the run, was refused with exit 2 and died reading empty JSON)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "evaluate" / "suite_gate.py"
+    spec = importlib.util.spec_from_file_location("suite_gate_benchmark", script)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _, run_dir = small_run_copy
+    result = bench.judge(run_dir, "int8")
+    assert result["exit_code"] == (1 if result["failed"] else 0)
+    assert len(result["junit_failures"]) == len(result["failed"])
+    assert {c["name"] for c in result["checks"] if c["verdict"] == "fail"} == set(result["failed"])
