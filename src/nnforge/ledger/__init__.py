@@ -13,7 +13,7 @@ from nnforge.ledger._events import GENESIS, Event, Verification, canonical_json,
 from nnforge.ledger._ledger import DEFAULT_LEDGER, Ledger, atomic_write_text, file_sha256
 from nnforge.ledger._lineage import Lineage, LineageNode, lineage
 from nnforge.ledger._store import SQLiteStore, Store
-from nnforge.ledger.promotion import PromotionRefused, SuiteRecord, promote, promotions, revoke, run_suites
+from nnforge.ledger.promotion import PromotionRefused, SuiteRecord, promote, promotions, revoke
 from nnforge.ledger.review import ReviewItem, ReviewPick, ReviewQueue, review_rules
 from nnforge.ledger.signing import (
     SIGNED_EVENT_KIND,
@@ -56,7 +56,6 @@ __all__ = [
     "promote",
     "revoke",
     "promotions",
-    "run_suites",
     "SuiteRecord",
     "PromotionRefused",
 ]

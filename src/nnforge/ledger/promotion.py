@@ -11,7 +11,6 @@ differs from the one recorded is an integrity error; deleting one changes nothin
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from nnforge.ledger._events import Event
 from nnforge.ledger._ledger import Ledger, file_sha256
 from nnforge.ledger._variants import variant_path
 
-__all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "run_suites", "promote", "revoke", "promotions"]
+__all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "promote", "revoke", "promotions"]
 
 STAGES = ("staging", "production")
 
@@ -36,7 +35,7 @@ class PromotionRefused(NnforgeError):
 
 @dataclass(frozen=True)
 class SuiteRecord:
-    """One suite result file of a run: its name, whether it passed, the variant judged, and its sha256."""
+    """One recorded suite verdict: its name, whether it passed, the variant judged, its result file and sha256."""
 
     name: str
     path: str
@@ -65,39 +64,9 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_suite(path: Path) -> SuiteRecord:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{path}: suite result is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("passed"), bool):
-        raise IntegrityError(f"{path}: suite result has no boolean 'passed'; rerun 'nnforge evaluate'")
-    name = path.name[len("suite-"):-len(".json")]
-    failed = [str(c.get("name", c)) if isinstance(c, dict) else str(c) for c in doc.get("failed") or []]
-    return SuiteRecord(name=str(doc.get("suite") or name), path=str(path), passed=doc["passed"],
-                       variant=doc.get("variant"), sha256=file_sha256(path), suite_sha256=doc.get("sha256"),
-                       failed=failed)
-
-
 def _check_suite_name(suite: str) -> None:
     if not suite or "/" in suite or "\\" in suite or suite.startswith(".") or "@" in suite or "*" in suite:
         raise ConfigError(f"suite name {suite!r}: expected a plain name such as 'quickstart'")
-
-
-def run_suites(run_dir: str | os.PathLike[str], suite: str | None = None) -> list[SuiteRecord]:
-    """The suite results of a run: those of the suite named ``suite`` (at least one must exist), else every
-    ``suite-*.json`` (``suite-NAME.json`` judged the final variant, ``suite-NAME@VARIANT.json`` another)."""
-    folder = Path(run_dir)
-    if suite is not None:
-        _check_suite_name(suite)
-        paths = [p for p in [folder / f"suite-{suite}.json"] if p.is_file()]
-        paths += sorted(folder.glob(f"suite-{glob.escape(suite)}@*.json"))
-        if not paths:
-            have = sorted(p.name for p in folder.glob("suite-*.json"))
-            raise ConfigError(f"{folder}: no result for suite {suite!r} (suite-{suite}.json missing; found "
-                              f"{have or 'none'}). Run 'nnforge evaluate {folder} --suite {suite}' first")
-        return [_read_suite(p) for p in paths]
-    return [_read_suite(p) for p in sorted(folder.glob("suite-*.json"))]
 
 
 def _verdicts(events: list[Event], variant: str) -> dict[str, Event]:
