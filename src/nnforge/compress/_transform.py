@@ -22,7 +22,7 @@ from nnforge.errors import ConfigError
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
 __all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes",
-           "relative_error", "set_child", "module_names", "candidates", "replace_all"]
+           "relative_error", "set_child", "module_names", "candidates", "replace_all", "alias_note"]
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 Handler = Callable[..., "TransformReport"]
@@ -160,6 +160,11 @@ def candidates(model: nn.Module, filter: ModuleFilter | None, report: TransformR
             continue
         out.append((name, mod, others))
     return out
+
+
+def alias_note(others: list[str]) -> str:
+    """The report detail's note for a module registered under other names too ("" when it has none)."""
+    return f"; also registered as {', '.join(others)} (the same module under every name)" if others else ""
 
 
 def replace_all(model: nn.Module, name: str, others: list[str], new: nn.Module) -> None:

@@ -11,6 +11,7 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    alias_note,
     candidates,
     register_transform,
     weight_holders,
@@ -60,7 +61,7 @@ def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | Non
         if config.activations == 8 and isinstance(mod, nn.Linear):
             setattr(mod, _HOOK, mod.register_forward_pre_hook(_act_hook))
         parametrize.register_parametrization(mod, "weight", fq)
-        detail = f"fake-quant {fq.fmt}" + (f"; also registered as {', '.join(others)}" if others else "")
+        detail = f"fake-quant {fq.fmt}" + alias_note(others)
         report.changed.append(ModuleChange(name, type(mod).__name__, 0, 0, 0.0, detail, list(others)))
     return report
 

@@ -12,6 +12,7 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    alias_note,
     candidates,
     drop_partial_ties,
     register_transform,
@@ -103,8 +104,7 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
         err = 0.0 if skeleton else relative_error(w, new.dequantize())
         detail = (f"int8 row ({config.calibrator}), int8 {config.activations} activations"
                   + (f", smoothquant alpha {config.alpha}" if smooth else "")
-                  + (f"; also registered as {', '.join(others)} (the same quantized module under every name)"
-                     if others else ""))
+                  + alias_note(others))
         report.changed.append(ModuleChange(name, "Linear", tensor_bytes(mod.weight, mod.bias), new.nbytes, err,
                                            detail, list(others)))
         replacements.append((name, others, new))

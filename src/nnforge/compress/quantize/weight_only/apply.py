@@ -14,6 +14,7 @@ from nnforge.compress._transform import (
     ModuleChange,
     ModuleFilter,
     TransformReport,
+    alias_note,
     candidates,
     drop_partial_ties,
     register_transform,
@@ -139,8 +140,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyConfig, filter: Module
             before = tensor_bytes(getattr(mod, "bias", None))
             detail += f"; weight tied with {seen[id(mod.weight)]}: quantized as its own copy (the tie is not kept)"
         seen.setdefault(id(mod.weight), name)
-        if others:  # one module under several names: every name gets the one quantized module
-            detail += f"; also registered as {', '.join(others)} (the same quantized module under every name)"
+        detail += alias_note(others)  # one module under several names: every name gets the one quantized module
         report.changed.append(ModuleChange(name, type(mod).__name__, before, new.nbytes, err, detail, list(others)))
         replacements.append((name, others, new))
         if progress:
