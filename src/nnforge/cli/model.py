@@ -96,21 +96,20 @@ def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")]
     when the ledger chain does not verify or metrics.json differs from the recorded metrics (the report is still
     written, saying so), as `nnforge docs` does."""
     from nnforge.ledger import Ledger, file_sha256
-    from nnforge.ledger.report import recorded_metrics, write_report
-    from nnforge.recipes.runs import find_run, load_run
+    from nnforge.ledger.report import write_checked_report
+    from nnforge.recipes.runs import find_run
 
     folder = find_run(run_dir, runs_dir)
     loc = run_ledger(ledger, folder)
     led = Ledger.open(loc)
     try:
-        path = write_report(folder, led)
-        verification = led.verify()
-        _, altered = recorded_metrics(folder, led.run_events(load_run(folder).run_id))
+        path, rendered = write_checked_report(folder, led)
     finally:
         led.close()
     record_cli("report", {"run_dir": str(folder), "output": str(path), "sha256": file_sha256(path)},
                ledger=loc, actor=actor, run=folder.name)
     out.print(f"report: {path}")
+    verification, altered = rendered.verification, rendered.altered
     if not verification.ok:
         console.print(f"[red bold]ledger chain BROKEN[/] at event #{verification.broken_seq}: "
                       f"{escape(verification.reason)}; the report carries this warning")

@@ -12,16 +12,17 @@ import base64
 import datetime as _dt
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nnforge.errors import MissingDependencyError
-from nnforge.ledger._events import Event
+from nnforge.ledger._events import Event, Verification
 from nnforge.ledger._events import _clean as canonical_clean
 from nnforge.ledger._ledger import Ledger, atomic_write_text
 from nnforge.ledger._variants import with_runtime_columns
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["render_report", "write_report", "write_checked_report", "RenderedReport", "recorded_metrics"]
 
 _FIGURE_ROWS = [
     ("accuracy", "acc", "{:.3f}"), ("macro-F1", "macro_f1", "{:.3f}"), ("batch-1 latency p50 (ms)", "latency_b1_ms", "{:.2f}"),
@@ -118,8 +119,21 @@ def recorded_metrics(run_dir: Path, events: list[Event]) -> tuple[dict[str, Any]
     return recorded, altered
 
 
+@dataclass(frozen=True)
+class RenderedReport:
+    """A report and the two warnings it carries: the chain's verification and the metrics altered on disk."""
+
+    html: str
+    verification: Verification
+    altered: list[str]
+
+
 def render_report(run_dir: str | Path, ledger: Ledger) -> str:
     """The HTML report of the run in ``run_dir``, from its files and its ledger events."""
+    return _render(run_dir, ledger).html
+
+
+def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
     try:
         import jinja2
     except ImportError as exc:
@@ -138,7 +152,7 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.get_template("report.html.j2").render(
+    html = env.get_template("report.html.j2").render(
         run_id=run_id, config=config, metrics=metrics, sections=sections, variants=variants, table=table,
         plots=_plots(metrics, sections, variants), steps=steps, events=events,
         artifacts=[e for e in events if e.kind == "artifact.written"], verification=verification,
@@ -149,10 +163,17 @@ def render_report(run_dir: str | Path, ledger: Ledger) -> str:
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
         fmt=_fmt,
     )
+    return RenderedReport(html, verification, altered)
 
 
 def write_report(run_dir: str | Path, ledger: Ledger) -> Path:
     """Render and atomically write ``report.html`` into the run folder."""
+    return write_checked_report(run_dir, ledger)[0]
+
+
+def write_checked_report(run_dir: str | Path, ledger: Ledger) -> tuple[Path, RenderedReport]:
+    """:func:`write_report`, also returning what the report found (verification, altered metrics)."""
     path = Path(run_dir) / "report.html"
-    atomic_write_text(path, render_report(run_dir, ledger))
-    return path
+    rendered = _render(run_dir, ledger)
+    atomic_write_text(path, rendered.html)
+    return path, rendered
