@@ -153,6 +153,24 @@ def test_batched_muon_matches_torch_muon() -> None:
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=2e-3)
 
 
+def test_muon_is_torch_muon_on_matrices() -> None:
+    """'muon' hands torch's Muon update 2-D views (FlatMuon): on 2-D parameters it is torch.optim.Muon exactly, so
+    the optimizer benchmark's 'torch Muon' row measures torch's update."""
+    torch.manual_seed(0)
+    ours = [nn.Parameter(torch.randn(*s)) for s in [(24, 8), (8, 24), (16, 16)]]
+    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt = build_optimizer("muon", [{"params": ours, "use_muon": True}], lr=0.02, weight_decay=0.1)
+    ref = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.sin(a.detach() * 3)
+            b.grad = torch.sin(b.detach() * 3)
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+
+
 def test_orthogonalize_flattens_the_spectrum() -> None:
     torch.manual_seed(0)
     stack = torch.randn(3, 16, 48) * torch.logspace(-2, 1, 48)
