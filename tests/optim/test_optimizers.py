@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from nnforge.errors import ConfigError
 from nnforge.models import build
@@ -136,12 +138,13 @@ def test_hybrid_follows_an_lr_scheduler(name: str) -> None:
         assert sorted(g["lr"] for o in opt.optimizers for g in o.param_groups) == [5e-4, 0.01]
 
 
-def test_batched_muon_matches_torch_muon() -> None:
+def _beside_torch_muon(name: str, shapes: list[tuple[int, int]], **options: Any) -> list[tuple[Tensor, Tensor]]:
+    """``(ours, torch's)`` parameter pairs after 3 steps of nnforge's ``name`` and torch.optim.Muon on the same
+    start and the same synthetic gradients."""
     torch.manual_seed(0)
-    shapes = [(24, 8), (8, 24), (8, 24), (16, 16)]
     ours = [nn.Parameter(torch.randn(*s)) for s in shapes]
     theirs = [nn.Parameter(p.detach().clone()) for p in ours]
-    opt = build_optimizer("batched-muon", ours, lr=0.02, weight_decay=0.1, split_fused=1)
+    opt = build_optimizer(name, [{"params": ours, "use_muon": True}], lr=0.02, weight_decay=0.1, **options)
     ref = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     for _ in range(3):
         for a, b in zip(ours, theirs, strict=True):
@@ -149,26 +152,19 @@ def test_batched_muon_matches_torch_muon() -> None:
             b.grad = torch.sin(b.detach() * 3)
         opt.step()
         ref.step()
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=2e-3)
+    return [(a.detach(), b.detach()) for a, b in zip(ours, theirs, strict=True)]
+
+
+def test_batched_muon_matches_torch_muon() -> None:
+    for a, b in _beside_torch_muon("batched-muon", [(24, 8), (8, 24), (8, 24), (16, 16)], split_fused=1):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
 
 
 def test_muon_is_torch_muon_on_matrices() -> None:
     """'muon' hands torch's Muon update 2-D views (FlatMuon): on 2-D parameters it is torch.optim.Muon exactly, so
     the optimizer benchmark's 'torch Muon' row measures torch's update."""
-    torch.manual_seed(0)
-    ours = [nn.Parameter(torch.randn(*s)) for s in [(24, 8), (8, 24), (16, 16)]]
-    theirs = [nn.Parameter(p.detach().clone()) for p in ours]
-    opt = build_optimizer("muon", [{"params": ours, "use_muon": True}], lr=0.02, weight_decay=0.1)
-    ref = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
-    for _ in range(3):
-        for a, b in zip(ours, theirs, strict=True):
-            a.grad = torch.sin(a.detach() * 3)
-            b.grad = torch.sin(b.detach() * 3)
-        opt.step()
-        ref.step()
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+    for a, b in _beside_torch_muon("muon", [(24, 8), (8, 24), (16, 16)]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_orthogonalize_flattens_the_spectrum() -> None:
