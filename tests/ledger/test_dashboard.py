@@ -134,6 +134,23 @@ def test_a_new_token_logs_out_sessions_of_the_old_one(site):
     assert _client(site).post("/login", data={"token": new}, headers=SAME).status_code == 303
 
 
+def test_sessions_end_when_idle_and_at_their_maximum_age_however_busy(monkeypatch):
+    from nnforge.ledger.dashboard import _security
+
+    clock = [1000.0]
+    monkeypatch.setattr(_security.time, "monotonic", lambda: clock[0])
+    store = _security.SessionStore(idle_s=10.0, max_age_s=25.0)
+    busy, idle = store.create("fp"), store.create("fp")
+    for _ in range(4):  # busy is used every 6 s: never idle for 10 s
+        clock[0] += 6.0
+        assert store.get(busy.id, "fp") is busy
+    assert store.get(idle.id, "fp") is None  # 24 s without a request
+    clock[0] += 2.0  # 26 s after login
+    assert store.get(busy.id, "fp") is None
+    assert store.get(busy.id, "fp") is None  # forgotten, not revived
+    assert store.get(store.create("fp").id, "other-token") is None
+
+
 def test_repeated_failed_logins_are_throttled(site):
     c = _client(site)
     codes = [c.post("/login", data={"token": f"guess{i}"}, headers=SAME).status_code for i in range(12)]

@@ -7,7 +7,8 @@ No third-party import here, so that ``nnforge dashboard token`` works without th
   what was typed with :func:`hmac.compare_digest`. Creating a new token invalidates the old one and every
   session opened with it.
 - **Sessions.** A successful login gets a random session id (kept only in this process's memory) in an
-  ``HttpOnly; SameSite=Strict`` cookie. Sessions expire after :data:`SESSION_IDLE_S` without a request.
+  ``HttpOnly; SameSite=Strict`` cookie. Sessions expire after :data:`SESSION_IDLE_S` without a request, and
+  :data:`SESSION_MAX_AGE_S` after login however busy (a stolen cookie is not good forever).
 - **CSRF.** Each session has its own random CSRF token, embedded in every form as a hidden field and compared
   in constant time on every POST; a POST must also come from the dashboard's own origin (``Origin``, or
   ``Referer`` when a browser sends no ``Origin``).
@@ -28,12 +29,14 @@ from urllib.parse import urlsplit
 
 from nnforge.errors import ConfigError, IntegrityError, check_output_path
 
-__all__ = ["DEFAULT_TOKEN_FILE", "SESSION_IDLE_S", "new_token", "token_fingerprint", "check_token", "Session",
+__all__ = ["DEFAULT_TOKEN_FILE", "SESSION_IDLE_S", "SESSION_MAX_AGE_S", "new_token", "token_fingerprint", "check_token", "Session",
            "SessionStore", "same_origin"]
 
 DEFAULT_TOKEN_FILE = Path(".nnforge") / "dashboard.token"
 SESSION_IDLE_S = 8 * 3600.0
 """A session unused for this long is forgotten (the user logs in again with the token)."""
+SESSION_MAX_AGE_S = 24 * 3600.0
+"""A session this old is forgotten even if it was used a moment ago."""
 MAX_SESSIONS = 1000
 """At most this many live sessions; the least recently used one goes first."""
 
@@ -105,6 +108,7 @@ class Session:
     csrf: str
     fingerprint: str
     last_seen: float = field(default_factory=time.monotonic)
+    created: float = field(default_factory=time.monotonic)
 
     def csrf_ok(self, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(self.csrf.encode(), str(given).encode())
@@ -113,14 +117,18 @@ class Session:
 class SessionStore:
     """Sessions of one dashboard process, in memory (a restart logs everyone out, by design)."""
 
-    def __init__(self, idle_s: float = SESSION_IDLE_S, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, idle_s: float = SESSION_IDLE_S, max_sessions: int = MAX_SESSIONS,
+                 max_age_s: float = SESSION_MAX_AGE_S) -> None:
         self.idle_s = idle_s
+        self.max_age_s = max_age_s
         self.max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     def create(self, fingerprint: str) -> Session:
-        s = Session(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), fingerprint=fingerprint)
+        now = time.monotonic()
+        s = Session(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), fingerprint=fingerprint,
+                    last_seen=now, created=now)
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 oldest = min(self._sessions.values(), key=lambda x: x.last_seen)
@@ -129,7 +137,8 @@ class SessionStore:
         return s
 
     def get(self, session_id: str | None, fingerprint: str) -> Session | None:
-        """The live session with this id, or ``None`` (unknown, expired, or opened with an older token)."""
+        """The live session with this id, or ``None`` (unknown, idle too long, too old, or opened with an older
+        token)."""
         if not session_id:
             return None
         now = time.monotonic()
@@ -137,7 +146,8 @@ class SessionStore:
             s = self._sessions.get(session_id)
             if s is None:
                 return None
-            if now - s.last_seen > self.idle_s or not hmac.compare_digest(s.fingerprint, fingerprint):
+            if (now - s.last_seen > self.idle_s or now - s.created > self.max_age_s
+                    or not hmac.compare_digest(s.fingerprint, fingerprint)):
                 del self._sessions[session_id]
                 return None
             s.last_seen = now
