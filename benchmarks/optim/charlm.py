@@ -3,6 +3,7 @@
     python benchmarks/optim/charlm.py            # full: 2,000 steps, every optimizer at >= 3 lrs (1-2 h)
     python benchmarks/optim/charlm.py --quick    # 100 steps, two optimizers, one lr (under a minute)
     python benchmarks/optim/charlm.py --only adamw,muon,batched-muon,normuon
+    python benchmarks/optim/charlm.py --only adamw,soap --tag soap   # -> optim_charlm_soap.json
 
 Setup as in the training issue: batch 12, context 64, 4 layers / 4 heads / 128 dims, warm-up 100 +
 cosine to 10%, clip 1.0, weight decay 0.1. Every optimizer, AdamW included, gets the same number of
@@ -164,7 +165,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="comma-separated optimizer names")
+    ap.add_argument("--tag", help="write optim_charlm_<tag>.json (and its plot) instead of optim_charlm.json, "
+                                  "for a partial sweep that must not replace the main result")
     args = ap.parse_args()
+    if args.tag is not None and not args.tag.replace("-", "").replace("_", "").isalnum():
+        ap.error(f"--tag {args.tag!r}: use letters, digits, '-' and '_' only")
+    bench = f"charlm_{args.tag}" if args.tag else "charlm"
+    unknown = sorted(set(args.only.split(",")) - set(GRID)) if args.only else []
+    if unknown:
+        ap.error(f"--only: unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(GRID)}")
     from nnforge.data import load
 
     corpus = load("shakespeare-char")
@@ -173,7 +182,7 @@ def main() -> int:
     val = _batches(corpus, n_val, 12345, "val")
     n_lrs = 1 if args.quick else min(len(GRID[n][0]) for n in names)
     # finished runs are kept in a progress file, so an interrupted sweep resumes where it stopped
-    progress = Path(__file__).resolve().parents[1] / "results" / f".optim_charlm{'.quick' if args.quick else ''}.progress.jsonl"
+    progress = Path(__file__).resolve().parents[1] / "results" / f".optim_{bench}{'.quick' if args.quick else ''}.progress.jsonl"
     done = _load_progress(progress, steps, n_val)
     runs = []
     for i in range(n_lrs):  # interleaved: lr i of every optimizer, then lr i+1
@@ -191,11 +200,11 @@ def main() -> int:
             print(f"{name:22s} lr {lr:<8g} final val {r['val_loss'][max(r['val_loss'], key=int)]:.4f} "
                   f"{r['s_per_step'] * 1e3:.1f} ms/step", flush=True)
     table, summary = summarise(runs)
-    path = write_results("optim", "charlm", quick=args.quick, results=table, summary=summary,
+    path = write_results("optim", bench, quick=args.quick, results=table, summary=summary,
                          extra={"runs": runs, "setup": {"steps": steps, "eval_every": eval_every, "val_batches": n_val,
                                                         "batch": 12, "block": 64, "model": "char-gpt 4x4x128"}})
     if not args.quick:
-        plot(table, Path(__file__).resolve().parents[2] / "docs" / "optim_charlm.png")
+        plot(table, Path(__file__).resolve().parents[2] / "docs" / f"optim_{bench}.png")
     progress.unlink(missing_ok=True)
     print(f"wrote {path}\n{summary}")
     return 0
