@@ -15,30 +15,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GENESIS", "Event", "canonical_json", "event_hash", "Verification", "verify_chain"]
+__all__ = ["GENESIS", "Event", "json_safe", "canonical_json", "event_hash", "Verification", "verify_chain"]
 
 GENESIS = "0" * 64
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf become the strings "nan"/"inf"/"-inf" (read back as such) so the canonical form
     stays valid JSON; keys become strings, and keys that collide as strings are refused."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        out = {str(k): _clean(v) for k, v in obj.items()}
+        out = {str(k): json_safe(v) for k, v in obj.items()}
         if len(out) != len(obj):  # {1: a, "1": b} would keep only one of them
             from nnforge.errors import DataError
 
             raise DataError(f"event data has keys that are the same once written as text: {sorted(map(repr, obj))}")
         return out
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(_clean(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(json_safe(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def event_hash(body: str) -> str:

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nnforge.errors import MissingDependencyError
-from nnforge.ledger._events import Event, Verification
-from nnforge.ledger._events import _clean as canonical_clean
+from nnforge.ledger._events import Event, Verification, json_safe
 from nnforge.ledger._ledger import Ledger, atomic_write_text
 from nnforge.ledger._variants import with_runtime_columns
 
@@ -114,7 +113,7 @@ def recorded_metrics(run_dir: Path, events: list[Event]) -> tuple[dict[str, Any]
     for e in events:
         if e.kind == "step.finished" and isinstance(e.data.get("metrics"), dict):
             recorded.update(e.data["metrics"])
-    file_view = canonical_clean(on_disk) if isinstance(on_disk, dict) else {}
+    file_view = json_safe(on_disk) if isinstance(on_disk, dict) else {}
     altered = sorted(k for k in set(file_view) | set(recorded) if file_view.get(k) != recorded.get(k))
     return recorded, altered
 
