@@ -36,17 +36,20 @@ def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threa
     Uses the compiled kernel when at most :data:`MAX_KERNEL_BATCH` rows come in, it is available and its int32
     sums cannot overflow (:func:`fits_int32`);
     otherwise :func:`reference_matmul` (same activation rounding, plain torch) for small batches, or the
-    fp32 dequantise-and-matmul for larger ones. Input holding NaN or inf takes the fp32 path whatever its
-    size, so those values propagate as through ``nn.Linear`` (the compiled kernel detects them for free).
+    fp32 dequantise-and-matmul for larger ones and for tensors off the CPU (where the kernel cannot read).
+    Input holding NaN or inf takes the fp32 path whatever its size, so those values propagate as through
+    ``nn.Linear`` (the compiled kernel detects them for free).
 
     Raises:
-        ConfigError: ``x``'s last dimension is not ``w.K``.
+        ConfigError: ``x``'s last dimension is not ``w.K``, or ``x`` and ``w`` are on different devices.
     """
     if x.shape[-1] != w.K:
         raise ConfigError(f"qgemv: x has {x.shape[-1]} features but the packed weight expects K={w.K}.")
     x2 = x.reshape(-1, w.K)
     M = x2.shape[0]
-    if M > MAX_KERNEL_BATCH:
+    if x.device != w.data.device:
+        raise ConfigError(f"qgemv: x is on {x.device} but the packed weight on {w.data.device}.")
+    if M > MAX_KERNEL_BATCH or x.device.type != "cpu":  # the compiled kernel reads CPU memory only
         return reference_matmul(x, w, act_quant=False)
     lib, _ = load_library(isa)
     if lib is None or M == 0 or not fits_int32(w):

@@ -106,7 +106,7 @@ def unpack(packed: torch.Tensor, bits: int, K: int) -> torch.Tensor:
     P = 8 // bits
     Kp = nbytes * P
     planes = packed.view(N, nbytes // 64, 1, 64)
-    shifts = (torch.arange(P, dtype=torch.uint8) * bits).view(1, 1, P, 1)
+    shifts = (torch.arange(P, dtype=torch.uint8, device=packed.device) * bits).view(1, 1, P, 1)
     codes = (planes >> shifts) & ((1 << bits) - 1)  # (N, blocks, plane, byte)
     return codes.reshape(N, Kp)[:, :K].contiguous()
 
@@ -174,7 +174,8 @@ class PackedWeight:
         spec, G = self.spec, self.group
         ng = self.scales.shape[1]
         u = unpack(self.data, spec.bits, self.Kp).float().view(self.N, ng, G)
-        z = self.zeros.float() if self.zeros is not None else torch.full((self.N, ng), spec.z_symmetric)
+        z = (self.zeros.float() if self.zeros is not None
+             else torch.full((self.N, ng), spec.z_symmetric, device=self.data.device))
         w = (spec.amul * u - z[..., None]) * self.scales.float()[..., None]
         return w.reshape(self.N, self.Kp)[:, : self.K].contiguous()
 

@@ -176,7 +176,8 @@ class QuantizedLinear(nn.Module):
         if self.input_scale is not None:
             x = x / self.input_scale.to(x.dtype)
         rows = x.numel() // max(self.in_features, 1)
-        if self.kernel and rows <= MAX_KERNEL_BATCH and self.act_quant != "static" and not torch.is_grad_enabled():
+        if (self.kernel and rows <= MAX_KERNEL_BATCH and self.act_quant != "static" and not torch.is_grad_enabled()
+                and x.device.type == "cpu"):  # the packed kernels are CPU code
             y = qgemv(x, self.packed).to(dtype)  # int8 activations per row inside the kernel
         else:
             y = F.linear(self._quantize_input(x), self.packed.dequantize().to(dtype))
@@ -231,13 +232,16 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         w = self.packed
         spec, flat = w.spec, ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
-            # as nn.Embedding: a negative id would otherwise wrap around to the last rows
+        # as nn.Embedding, ids outside [0, num_embeddings) are an error (indexing would wrap negative ids around)
+        if flat.device.type != "cpu":  # no host sync: a bad id becomes num_embeddings, which indexing refuses
+            flat = flat.masked_fill((flat < 0) | (flat >= self.num_embeddings), self.num_embeddings)
+        elif flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"embedding ids must be in [0, {self.num_embeddings}); got {int(flat.min())}.."
                              f"{int(flat.max())}")
         ng = w.scales.shape[1]
         u = unpack(w.data[flat], spec.bits, w.Kp).float().view(-1, ng, w.group)  # (n, ng, G)
-        z = w.zeros[flat].float() if w.zeros is not None else torch.full((flat.numel(), ng), spec.z_symmetric)
+        z = (w.zeros[flat].float() if w.zeros is not None
+             else torch.full((flat.numel(), ng), spec.z_symmetric, device=u.device))
         rows = (spec.amul * u - z[..., None]) * w.scales[flat].float()[..., None]
         return rows.reshape(flat.numel(), w.Kp)[:, : w.K].reshape(*ids.shape, w.K).to(self.dtype)
 

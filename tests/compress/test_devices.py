@@ -1,0 +1,83 @@
+"""Packed layers off the CPU: moved with ``.to(device)`` they must run (dequantizing per call), never hand a
+non-CPU pointer to the compiled CPU kernels, and create no tensor on the CPU behind the caller's back.
+
+This machine has no GPU, so the ``meta`` device stands in for one: it runs no kernel and refuses any op that
+mixes a meta tensor with a CPU one ("Tensor on device cpu is not on the expected device meta"), which is
+exactly the mistake a CUDA run would hit. Before the fix a quantized model on ``meta`` crashed the process
+(the compiled kernel read address 0).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nnforge.compress import quantize_
+from nnforge.compress.quantize import (
+    BinaryConfig,
+    Int2WeightOnlyConfig,
+    Int4WeightOnlyConfig,
+    Int8WeightOnlyConfig,
+    TernaryConfig,
+    W8A8Config,
+)
+from nnforge.compress.quantize.kernels import qgemv, quantize_weight
+from nnforge.errors import ConfigError
+
+ALL = ("linear", "embedding", "conv")
+CONFIGS = [Int8WeightOnlyConfig(modules=ALL), Int4WeightOnlyConfig(group_size=32, modules=ALL),
+           Int4WeightOnlyConfig(group_size=32, symmetric=True, modules=ALL),
+           Int2WeightOnlyConfig(group_size=32, modules=ALL), TernaryConfig(modules=ALL), BinaryConfig(modules=ALL)]
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 64)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(64, 64), nn.Linear(64 * 4, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(self.emb(ids)))  # (B, T, 64)
+        h = self.conv(h[:, None])  # (B, 4, T, 64)
+        return self.fc2(h.mean(2).flatten(1))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{type(c).__name__}-{getattr(c, 'symmetric', '')}")
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_quantized_model_runs_on_another_device(config, grad):
+    torch.manual_seed(0)
+    model = Net()
+    report = quantize_(model, config)
+    assert {c.name for c in report.changed} >= {"emb", "conv", "fc1", "fc2"}
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.set_grad_enabled(grad):
+        ref = model(ids)
+        out = model.to("meta")(ids.to("meta"))  # small batch, no grad: the CPU kernel's case on the CPU
+    assert out.device.type == "meta" and out.shape == ref.shape == (2, 8)
+
+
+def test_static_w8a8_model_runs_on_another_device():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    quantize_(model, W8A8Config(activations="static"), calibration=[torch.randn(8, 16) for _ in range(2)])
+    with torch.no_grad():
+        assert model.to("meta")(torch.randn(3, 16, device="meta")).shape == (3, 4)
+
+
+def test_qgemv_off_the_cpu_takes_the_torch_path_and_refuses_mixed_devices():
+    w = quantize_weight(torch.randn(8, 64), "int4", 32, symmetric=True)
+    x = torch.randn(2, 64)
+    with pytest.raises(ConfigError, match="x is on meta but the packed weight on cpu"):
+        qgemv(x.to("meta"), w)
+    w_meta = type(w)(w.fmt, w.data.to("meta"), w.scales.to("meta"), None, w.N, w.K, w.group_size)
+    assert qgemv(x.to("meta"), w_meta).shape == (2, 8)
+
+
+def test_quantized_embedding_refuses_out_of_range_ids_on_the_cpu():
+    model = nn.Sequential(nn.Embedding(10, 64))
+    quantize_(model, Int8WeightOnlyConfig())
+    for bad in (-1, 10):
+        with pytest.raises(IndexError, match=r"embedding ids must be in \[0, 10\)"):
+            model(torch.tensor([[1, bad]]))
