@@ -67,16 +67,18 @@ class Prodigy(RealParamsOnly, torch.optim.Optimizer):
         d, d0, d_max = first["d"], first["d0"], first["d_max"]
         beta3 = math.sqrt(first["betas"][1])
         numerator = first["d_numerator"] * beta3
-        denominator = torch.zeros(())
+        denominator: torch.Tensor | None = None
         active = []
         for group in self.param_groups:
             params, grads = with_grads(group, "Prodigy")
             if not params:
                 continue
+            if denominator is None:  # on the parameters' device: a CPU tensor cannot take a GPU sum in place
+                denominator = torch.zeros((), device=params[0].device)
             active.append((group, params, grads))
             numerator += self._accumulate(group, params, grads, d, beta3)
             denominator += torch.stack(torch._foreach_norm([self.state[p]["s"] for p in params], 1)).sum()
-        den = float(denominator)
+        den = float(denominator) if denominator is not None else 0.0
         if not active or den == 0.0:  # all gradients zero: nothing to learn from, nothing to move
             return loss
         d_hat = first["d_coef"] * numerator / den
