@@ -50,3 +50,19 @@ def test_optimizer_resumes_a_cpu_saved_state_on_another_device(name: str) -> Non
         resumed = build_optimizer(name, moved)
         resumed.load_state_dict(opt.state_dict())
         _steps(moved, resumed, 1)
+
+
+@pytest.mark.parametrize("name", ["batched-muon", "normuon"])
+def test_batched_muon_resumed_on_another_device_keeps_its_step_counts_there(name: str) -> None:
+    """The fused AdamW kernel of the non-matrix part reads its step counts on the parameters' device; torch's
+    load_state_dict leaves ``step`` where it was saved (the CPU) unless a group says fused/capturable."""
+    model = _mlp()
+    opt = build_optimizer(name, model)
+    _steps(model, opt, 2)
+    moved = _mlp("meta")
+    with GpuLikeMeta():
+        resumed = build_optimizer(name, moved)
+        resumed.load_state_dict(opt.state_dict())
+        _steps(moved, resumed, 1)
+    steps = [st["step"] for st in resumed.state.values() if "step" in st]
+    assert steps and all(s.device.type == "meta" for s in steps)

@@ -238,6 +238,8 @@ class BatchedMuon(RealParamsOnly, torch.optim.Optimizer):
             if "exp_avg" not in self.state[p]:
                 self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device), exp_avg=torch.zeros_like(p),
                                      exp_avg_sq=torch.zeros_like(p))
+            elif self.state[p]["step"].device != p.device:  # load_state_dict leaves "step" where it was saved
+                self.state[p]["step"] = self.state[p]["step"].to(p.device, torch.float32)  # the kernel reads it there
         states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         steps = [st["step"] for st in states]
