@@ -3,8 +3,10 @@
 The ``meta`` device already refuses an op that mixes a meta tensor with a non-scalar CPU one, which is what a
 CUDA run refuses. It differs from CUDA in two ways that :class:`GpuLikeMeta` evens out:
 
-- meta refuses ``.item()``/``float()``/``bool()`` (it holds no values), which on a GPU is a legal sync: under
-  the mode they answer 1 (so code paths past them run; the numbers mean nothing);
+- meta refuses ``.item()``/``float()``/``bool()`` and copies to the CPU (it holds no values), which on a GPU
+  are legal syncs: under the mode numbers answer 1 and truth values False (checks such as
+  ``if bad.any(): raise`` pass; the numbers mean nothing), and ``bincount`` (whose size depends on the
+  values) returns ``minlength`` bins;
 - meta accepts writing into a CPU tensor from meta inputs (``cpu_scalar += meta_scalar``), which CUDA
   refuses ("Trying to pass too many CPU scalars to CUDA kernel", pytorch#40986): under the mode that raises.
 """
@@ -28,7 +30,15 @@ class GpuLikeMeta(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
             t = args[0]
-            return True if t.dtype == torch.bool else 1.0 if t.is_floating_point() else 1
+            return False if t.dtype == torch.bool else 1.0 if t.is_floating_point() else 1
+        if func is torch.ops.aten.bincount.default and args[0].device.type == "meta":  # data-dependent size
+            return torch.zeros(kwargs.get("minlength", args[2] if len(args) > 2 else 0), dtype=torch.long,
+                               device="meta")
+        if func is torch.ops.aten._to_copy.default and args[0].device.type == "meta" \
+                and torch.device(kwargs.get("device") or "meta").type == "cpu":
+            return torch.ones(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        if func is torch.ops.aten.copy_.default and args[0].device.type == "cpu" and args[1].device.type == "meta":
+            return args[0].fill_(1)
         if func not in _COPIES:
             tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
             if any(t.device.type == "meta" for t in tensors):

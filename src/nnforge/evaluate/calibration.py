@@ -119,11 +119,12 @@ def _binned(p: torch.Tensor, y: torch.Tensor, n_bins: int) -> tuple[torch.Tensor
     """Per bin: count, summed confidence, summed correctness. Bins are (lo, hi], the first [0, 1/M]."""
     conf, pred = p.max(dim=1)
     correct = (pred == y).to(torch.float64)
-    inner = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1]
+    # boundaries and sums on p's device: bucketize and index_add_ refuse mixing it with the CPU
+    inner = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=p.device)[1:-1]
     idx = torch.bucketize(conf, inner, right=False)  # boundaries[i-1] < conf <= boundaries[i]
     counts = torch.bincount(idx, minlength=n_bins).to(torch.float64)
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
-    acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct)
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64, device=p.device).index_add_(0, idx, conf)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64, device=p.device).index_add_(0, idx, correct)
     return counts, conf_sum, acc_sum
 
 
