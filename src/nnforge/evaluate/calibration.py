@@ -103,7 +103,7 @@ def _probs(probs: ArrayLike, labels: ArrayLike, where: str) -> tuple[torch.Tenso
     worst = int((sums - 1).abs().argmax())
     if abs(float(sums[worst]) - 1) > 1e-3:
         raise DataError(f"{where}: each row of probs must sum to 1; row {worst} sums to {float(sums[worst]):.6g}")
-    return p.clamp(0, 1), _labels(labels, p.shape[0], p.shape[1], where)
+    return p.clamp(0, 1), _labels(labels, p.shape[0], p.shape[1], where).to(p.device)  # labels may be a list
 
 
 def _check_bins(n_bins: int, where: str) -> None:
@@ -272,7 +272,7 @@ def fit_temperature(val_logits: ArrayLike, val_labels: ArrayLike, tol: float = 1
         tol: stop when the bracket on ``log T`` is narrower than this.
     """
     z = _matrix(val_logits, "val_logits", "fit_temperature")
-    y = _labels(val_labels, z.shape[0], z.shape[1], "fit_temperature")
+    y = _labels(val_labels, z.shape[0], z.shape[1], "fit_temperature").to(z.device)  # labels may be a list
     lo, hi = _LOG_T_BOUNDS
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
