@@ -132,8 +132,8 @@ def text_outputs(model: Any, texts: list[str], labels: Sequence[int], meta: Sequ
     if isinstance(n_model, int):
         _check_classes(n_model, labels, label_names, "text_outputs")
     model.eval()
-    probs = model.predict_proba(texts, batch_size=batch_size).float().numpy()
-    feats = model.embed(texts, batch_size=batch_size).float().numpy() if features else None
+    probs = model.predict_proba(texts, batch_size=batch_size).float().cpu().numpy()  # a GPU model's are on it
+    feats = model.embed(texts, batch_size=batch_size).float().cpu().numpy() if features else None
     return Outputs(np.asarray(labels), probs, list(meta or []), list(texts), list(label_names), feats)
 
 
@@ -157,7 +157,7 @@ def tensor_outputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | Se
             raise ModelError(f"the model should return logits (B, C); it returned shape {tuple(first.shape)}")
         _check_classes(int(first.shape[1]), y_arr.tolist(), label_names, "tensor_outputs")
         probs = torch.cat([torch.softmax(model(x[i:i + batch_size]).float(), dim=-1)
-                           for i in range(0, len(x), batch_size)]).numpy()
+                           for i in range(0, len(x), batch_size)]).cpu().numpy()  # from the model's device
     finally:
         model.train(was_training)
     return Outputs(y_arr, probs, list(meta or []), None, list(label_names))
