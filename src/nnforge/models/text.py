@@ -90,8 +90,9 @@ class TextClassifier(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ModelError("texts must be a list of strings")
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt"))
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        device = self.head.weight.device  # the tokenizer makes CPU tensors; a model moved to a GPU needs them there
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dict(batch).items()}
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Masked mean of the last hidden states: (B, T) ids → (B, H)."""
