@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -18,3 +21,40 @@ def small_cnn(seed: int = 0) -> nn.Module:
     """A narrow digits CNN (with batch norm), seeded."""
     torch.manual_seed(seed)
     return build("digits-cnn", channels=(4, 8), hidden=16)
+
+
+class _Tokenizer:
+    """Word-length ids between [CLS]=1 and [SEP]=2, padded with 0: a Hugging Face tokenizer's call, CPU tensors out."""
+
+    all_special_ids = [0, 1, 2]
+
+    def __call__(self, texts: list[str], **_: Any) -> dict[str, torch.Tensor]:
+        rows = [[1] + [3 + len(w) for w in t.split()] + [2] for t in texts]
+        n = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (n - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+class _Encoder(nn.Module):
+    """An embedding table posing as a Hugging Face encoder (``last_hidden_state``, ``hidden_states``)."""
+
+    config = SimpleNamespace(hidden_size=8, max_position_embeddings=32, num_hidden_layers=1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.layer = nn.Linear(8, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                output_hidden_states: bool = False) -> SimpleNamespace:
+        h0 = self.emb(input_ids)
+        h1 = torch.tanh(self.layer(h0))
+        return SimpleNamespace(last_hidden_state=h1, hidden_states=(h0, h1) if output_hidden_states else None)
+
+
+def tiny_text_classifier(num_classes: int = 2, seed: int = 0) -> nn.Module:
+    """A TextClassifier over a one-layer toy encoder and tokenizer (no Hugging Face download), seeded."""
+    from nnforge.models.text import TextClassifier
+
+    torch.manual_seed(seed)
+    return TextClassifier(_Encoder(), _Tokenizer(), num_classes=num_classes)

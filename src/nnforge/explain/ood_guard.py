@@ -236,7 +236,8 @@ class TextFeatures:
                 pooled = torch.nn.functional.normalize((out.last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1)
                 parts["features"].append(pooled.float())
                 parts["logits"].append(m.head(pooled).float())
-                ids = b["input_ids"].masked_fill(torch.isin(b["input_ids"], special) | (b["attention_mask"] == 0), -1)
+                ids = b["input_ids"]  # on the model's device, where isin needs the special ids too
+                ids = ids.masked_fill(torch.isin(ids, special.to(ids.device)) | (b["attention_mask"] == 0), -1)
                 parts["tokens"].append(_left_pack(ids))
                 for k in self.layers:
                     h = out.hidden_states[k]  # (B, T, H)
