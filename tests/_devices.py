@@ -28,6 +28,15 @@ _INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torc
              torch.ops.aten._index_put_impl_.default}
 
 
+# copies to another device: _to_copy, or (under inference_mode, which skips that decomposition) aten.to itself
+_TO = {torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype_layout, torch.ops.aten.to.device}
+
+
+def _target(func: Any, args: Any, kwargs: dict[str, Any]) -> str:
+    device = args[1] if func is torch.ops.aten.to.device else kwargs.get("device")
+    return torch.device(device or "meta").type
+
+
 class GpuLikeMeta(TorchDispatchMode):
     """Run meta-device code as if it were on a GPU (see the module docstring)."""
 
@@ -49,8 +58,7 @@ class GpuLikeMeta(TorchDispatchMode):
         if func is torch.ops.aten.bincount.default and args[0].device.type == "meta":  # data-dependent size
             return torch.zeros(kwargs.get("minlength", args[2] if len(args) > 2 else 0), dtype=torch.long,
                                device="meta")
-        if func is torch.ops.aten._to_copy.default and args[0].device.type == "meta" \
-                and torch.device(kwargs.get("device") or "meta").type == "cpu":
+        if func in _TO and args[0].device.type == "meta" and _target(func, args, kwargs) == "cpu":
             return torch.ones(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
         if func is torch.ops.aten.copy_.default and args[0].device.type == "cpu" and args[1].device.type == "meta":
             return args[0].fill_(1)

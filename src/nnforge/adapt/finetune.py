@@ -66,7 +66,8 @@ class FinetuneResult:
 
 @torch.inference_mode()
 def predict_labels(model: Any, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Argmax predictions of a :class:`~nnforge.models.text.TextClassifier`, in the order given.
+    """Argmax predictions of a :class:`~nnforge.models.text.TextClassifier`, in the order given (on the CPU,
+    wherever the model is).
 
     Texts are batched by length (less padding) and the predictions put back in order.
     """
@@ -77,7 +78,7 @@ def predict_labels(model: Any, texts: list[str], batch_size: int = 64) -> torch.
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
         b = model.tokenize([texts[j] for j in idx])
-        out[idx] = model(b["input_ids"], b["attention_mask"]).argmax(-1)
+        out[idx] = model(b["input_ids"], b["attention_mask"]).argmax(-1).cpu()
     model.train(was_training)
     return out
 
@@ -132,7 +133,7 @@ def _val_accuracy(model: Any, texts: list[str], labels: list[int], cache: _Cache
         pred = torch.cat([_logits(model, texts, list(range(i, min(i + 64, len(texts)))), cache).argmax(-1)
                           for i in range(0, len(texts), 64)])
     model.train(was_training)
-    return float((pred == torch.tensor(labels)).float().mean())
+    return float((pred.cpu() == torch.tensor(labels)).float().mean())
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -165,8 +166,8 @@ class _Cached:
     def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.rows[i] for i in idx]
         t = max(r.shape[0] for r in rows)
-        hidden = torch.zeros(len(rows), t, rows[0].shape[1])
-        mask = torch.zeros(len(rows), t, dtype=torch.long)
+        hidden = torch.zeros(len(rows), t, rows[0].shape[1], dtype=rows[0].dtype, device=rows[0].device)
+        mask = torch.zeros(len(rows), t, dtype=torch.long, device=rows[0].device)
         for n, r in enumerate(rows):
             hidden[n, : r.shape[0]] = r
             mask[n, : r.shape[0]] = 1
@@ -231,7 +232,7 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
     steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
-    labels = torch.tensor(train_labels)
+    labels = torch.tensor(train_labels, device=model.head.weight.device)  # where the logits will be
     weight = None
     if config.class_weights == "balanced":
         counts = torch.bincount(labels, minlength=model.num_classes).float()
@@ -249,15 +250,16 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
         running = 0.0
         for idx in _length_bucketed_batches(train_texts, config.batch_size, gen):
             loss = F.cross_entropy(_logits(model, train_texts, idx.tolist(), cache), labels[idx], weight=weight)
-            if not torch.isfinite(loss):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise StepFailedError(f"fine-tuning diverged at epoch {epoch + 1}, step {result.steps + 1}: "
-                                      f"loss is {loss.item()}. Lower the learning rate (lr={config.lr}).")
+                                      f"loss is {value}. Lower the learning rate (lr={config.lr}).")
             loss.backward()
             nn.utils.clip_grad_norm_(params, config.clip_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
-            running += loss.item()
+            running += value
             result.steps += 1
             if progress:
                 progress("fine-tune", result.steps, total)

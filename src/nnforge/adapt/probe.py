@@ -55,7 +55,7 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: list[int], val_x: torch.Ten
         raise MissingDependencyError("linear probes need scikit-learn: pip install 'nnforge[data]'") from exc
     if not Cs:
         raise ValueError("Cs must name at least one regularisation strength")
-    xtr, ytr = train_x.numpy(), np.asarray(train_y)
+    xtr, ytr = train_x.detach().cpu().numpy(), np.asarray(train_y)
     _check_labels(ytr, len(xtr), num_classes, "train")
     if len(np.unique(ytr)) < 2:
         raise DataError(f"a linear probe needs at least two classes in the training labels; got only "
@@ -69,7 +69,7 @@ def fit_linear_probe(train_x: torch.Tensor, train_y: list[int], val_x: torch.Ten
     fitted = []
     for c in candidates:
         clf = LogisticRegression(C=c, max_iter=3000, class_weight=class_weight).fit(xtr, ytr)
-        score = float((clf.predict(val_x.numpy()) == np.asarray(val_y)).mean()) if val_x is not None else None
+        score = float((clf.predict(val_x.detach().cpu().numpy()) == np.asarray(val_y)).mean()) if val_x is not None else None
         fitted.append((c, score, clf))
     c, score, clf = max(fitted, key=lambda t: -1.0 if t[1] is None else t[1])  # first best on ties
     k = num_classes or int(ytr.max()) + 1
