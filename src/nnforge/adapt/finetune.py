@@ -232,7 +232,7 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
     steps_per_epoch = math.ceil(len(train_texts) / config.batch_size)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(config.warmup_fraction * total)))
-    labels = torch.tensor(train_labels, device=model.head.weight.device)  # where the logits will be
+    labels = torch.tensor(train_labels, device=model.device)  # where the logits will be
     weight = None
     if config.class_weights == "balanced":
         counts = torch.bincount(labels, minlength=model.num_classes).float()

@@ -9,6 +9,7 @@ Shapes: token ids (B, T) → hidden (B, T, H) → masked mean pooling (B, H) →
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,11 +88,19 @@ class TextClassifier(nn.Module):
     def num_classes(self) -> int:
         return int(self.head.out_features)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (its first parameter's or buffer's device: a quantized head has no
+        ``weight``)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ModelError("texts must be a list of strings")
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        device = self.head.weight.device  # the tokenizer makes CPU tensors; a model moved to a GPU needs them there
+        device = self.device  # the tokenizer makes CPU tensors; a model moved to a GPU needs them there
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dict(batch).items()}
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
