@@ -1,10 +1,12 @@
-"""Packed layers off the CPU: moved with ``.to(device)`` they must run (dequantizing per call), never hand a
-non-CPU pointer to the compiled CPU kernels, and create no tensor on the CPU behind the caller's back.
+"""Compression off the CPU: packed layers moved with ``.to(device)`` must run (dequantizing per call), never
+hand a non-CPU pointer to the compiled CPU kernels, and create no tensor on the CPU behind the caller's back;
+a model on a GPU is quantized (packing on the CPU) into layers on that GPU; QAT trains there.
 
 This machine has no GPU, so the ``meta`` device stands in for one: it runs no kernel and refuses any op that
 mixes a meta tensor with a CPU one ("Tensor on device cpu is not on the expected device meta"), which is
-exactly the mistake a CUDA run would hit. Before the fix a quantized model on ``meta`` crashed the process
-(the compiled kernel read address 0).
+exactly the mistake a CUDA run would hit; :class:`GpuLikeMeta` (tests/_devices.py) adds CUDA's other rules
+and answers the syncs and CPU copies a GPU allows. Before the fix a quantized model on ``meta`` crashed the
+process (the compiled kernel read address 0).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from _devices import GpuLikeMeta
 from nnforge.compress import quantize_
 from nnforge.compress.quantize import (
     BinaryConfig,
@@ -23,6 +26,9 @@ from nnforge.compress.quantize import (
     W8A8Config,
 )
 from nnforge.compress.quantize.kernels import qgemv, quantize_weight
+from nnforge.compress.quantize.qat import QATConfig, convert_qat_, prepare_qat_
+from nnforge.compress.quantize.w8a8.apply import apply_w8a8
+from nnforge.compress.quantize.weight_only.apply import apply_weight_only
 from nnforge.errors import ConfigError
 
 ALL = ("linear", "embedding", "conv")
@@ -81,3 +87,45 @@ def test_quantized_embedding_refuses_out_of_range_ids_on_the_cpu():
     for bad in (-1, 10):
         with pytest.raises(IndexError, match=r"embedding ids must be in \[0, 10\)"):
             model(torch.tensor([[1, bad]]))
+
+
+def _buffers_on(model: nn.Module) -> set[str]:
+    return {t.device.type for t in (*model.parameters(), *model.buffers())}
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: f"{type(c).__name__}-{getattr(c, 'symmetric', '')}")
+def test_a_model_on_another_device_is_quantized_into_layers_there(config):
+    # apply_weight_only itself (quantize_ refuses meta weights, which hold no values; GpuLikeMeta gives the
+    # CPU copies that packing reads placeholder values)
+    torch.manual_seed(0)
+    model = Net().to("meta")
+    with GpuLikeMeta():
+        report = apply_weight_only(model, config)
+        out = model(torch.randint(0, 50, (2, 5)).to("meta"))
+    assert {c.name for c in report.changed} == {"emb", "conv", "fc1", "fc2"}
+    assert _buffers_on(model) == {"meta"} and out.shape == (2, 8)
+
+
+def test_w8a8_on_another_device_quantizes_into_layers_there():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).to("meta")
+    with GpuLikeMeta():
+        apply_w8a8(model, W8A8Config(activations="dynamic", smoothing="none"))
+        out = model(torch.randn(3, 16, device="meta"))
+    assert _buffers_on(model) == {"meta"} and out.shape == (3, 4)
+
+
+@pytest.mark.parametrize("fmt", ["ternary", "int4"])
+def test_qat_trains_and_converts_on_another_device(fmt):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    config = QATConfig(fmt=fmt, group_size=32 if fmt == "int4" else None)
+    prepare_qat_(model, config)
+    model.to("meta")
+    with GpuLikeMeta():
+        loss = model(torch.randn(4, 64, device="meta")).square().mean()
+        loss.backward()
+        assert {p.grad.device.type for p in model.parameters()} == {"meta"}
+        convert_qat_(model, config)
+        with torch.no_grad():
+            out = model(torch.randn(2, 64, device="meta"))
+    assert _buffers_on(model) == {"meta"} and out.shape == (2, 8)

@@ -218,11 +218,4 @@ def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None,
     if not inputs.get("skeleton") and any(p.is_meta for p in model.parameters()):
         raise ConfigError("the model has weights on the meta device (shapes only, no values): load its weights "
                           "first, or build the quantized layers with skeleton=True and then load_state_dict")
-    elsewhere = sorted({str(t.device) for t in (*model.parameters(), *model.buffers())
-                        if t.device.type not in ("cpu", "meta")})
-    if elsewhere:
-        # packing and calibration run on the CPU; the packed layers then run anywhere (dequantizing per call
-        # off the CPU, where the packed integer kernels do not exist)
-        raise ConfigError(f"the model has tensors on {', '.join(elsewhere)}: compression transforms run on the "
-                          "CPU. Call model.cpu() first; move the compressed model with .to(device) afterwards.")
     return handler(model, config, filter, **inputs)

@@ -13,7 +13,7 @@ __all__ = ["quantize_weight", "quantize_codes", "dequantize_codes", "from_int", 
 
 def _grouped(w: torch.Tensor, Kp: int, G: int) -> torch.Tensor:
     N, K = w.shape
-    full = torch.zeros(N, Kp, dtype=torch.float32)
+    full = torch.zeros(N, Kp, dtype=torch.float32, device=w.device)  # QAT rounds on the training device
     full[:, :K] = w
     return full.view(N, Kp // G, G)
 
@@ -38,7 +38,7 @@ def quantize_codes(w: torch.Tensor, fmt: str, group_size: int | None, *, symmetr
     zq = None
     if fmt in ("ternary", "binary"):
         # absmean over the real weights of the group (padding excluded when per-row)
-        n_real = torch.full((N, Kp // G, 1), float(G)) if group_size else torch.full((N, 1, 1), float(K))
+        n_real = torch.full((N, Kp // G, 1) if group_size else (N, 1, 1), float(G if group_size else K), device=w.device)
         s = _fp16(wg.abs().sum(-1, keepdim=True) / n_real)
         u = (wg >= 0).float() if fmt == "binary" else torch.round(wg / s).clamp_(-1, 1) + 1
     elif symmetric:

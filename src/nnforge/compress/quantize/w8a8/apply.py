@@ -70,12 +70,12 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
             groups.setdefault(owner if owner in names else name, []).append(name)
         mods = {t[0]: t[1] for t in targets}
         for owner, members in groups.items():
-            w_all = torch.cat([mods[n].weight.detach().float() for n in members])
+            w_all = torch.cat([mods[n].weight.detach().float().cpu() for n in members])  # stats are on the CPU
             s_group = smooth_scales(stats[owner].abs_max, w_all, config.alpha)
             joint.update({n: s_group for n in members})
     replacements = []
     for i, (name, mod, others) in enumerate(targets):
-        w = mod.weight.detach().float()
+        w = mod.weight.detach().float().cpu()  # packing runs on the CPU; the layer then goes where the weight was
         scale = None
         if smooth:
             scale = joint[name] if not skeleton else torch.ones(w.shape[1])
@@ -101,7 +101,8 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                                   "activation scale can be set; calibrate on representative data or use "
                                   "activations='dynamic'")
             new.act_scale.fill_(float(amax.max()) / 127.0)
-        err = 0.0 if skeleton else relative_error(w, new.dequantize())
+        err = 0.0 if skeleton else relative_error(w, new.dequantize().cpu())
+        new = new.to(mod.weight.device)
         detail = (f"int8 row ({config.calibrator}), int8 {config.activations} activations"
                   + (f", smoothquant alpha {config.alpha}" if smooth else "")
                   + alias_note(others))

@@ -154,7 +154,8 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
                      skeleton: bool) -> tuple[Any, str, float]:
     weight = mod.weight.detach()
     is_emb = isinstance(mod, nn.Embedding)
-    matrix = weight.reshape(weight.shape[0], -1)
+    # packing (and GPTQ/HQQ/AWQ) runs on the CPU; the packed layer then goes where the weight was
+    matrix = weight.reshape(weight.shape[0], -1).cpu()
     gs = config.embedding_group_size if is_emb else config.group_size
     group = _group_for(matrix.shape[1], gs)
     symmetric = (config.embedding_symmetric if is_emb else config.symmetric) or fmt in ("int8", "ternary", "binary")
@@ -181,8 +182,8 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
     else:
         new = QuantizedLinear.from_packed(packed, mod.bias, input_scale=scale, kernel=config.kernel,
                                           act_quant=config.act_quant)
-    err = 0.0 if skeleton else relative_error(matrix, new.dequantize())
-    return new, detail, err
+    err = 0.0 if skeleton else relative_error(matrix, new.dequantize().cpu())
+    return new.to(weight.device), detail, err
 
 
 def _empty(fmt: str, shape: torch.Size, group: int | None, symmetric: bool) -> PackedWeight:
