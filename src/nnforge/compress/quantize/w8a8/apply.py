@@ -22,6 +22,7 @@ from nnforge.compress._transform import (
 )
 from nnforge.compress.quantize.kernels import quantize_weight
 from nnforge.compress.quantize.w8a8.config import W8A8Config
+from nnforge.compress.quantize.weight_only.apply import home_device
 from nnforge.compress.quantize.weight_only.layer import QUANTIZED_MODULES, QuantizedLinear
 from nnforge.errors import ConfigError
 
@@ -75,7 +76,9 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
             joint.update({n: s_group for n in members})
     replacements = []
     for i, (name, mod, others) in enumerate(targets):
-        w = mod.weight.detach().float().cpu()  # packing runs on the CPU; the layer then goes where the weight was
+        # packing runs on the CPU, and the layer then goes where the weight was; a skeleton needs only shapes
+        # (load_state_dict fills it), so it reads no values: its model may be a shapes-only (meta) one
+        w = torch.zeros(mod.weight.shape) if skeleton else mod.weight.detach().float().cpu()
         scale = None
         if smooth:
             scale = joint[name] if not skeleton else torch.ones(w.shape[1])
@@ -102,7 +105,7 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                                   "activations='dynamic'")
             new.act_scale.fill_(float(amax.max()) / 127.0)
         err = 0.0 if skeleton else relative_error(w, new.dequantize().cpu())
-        new = new.to(mod.weight.device)
+        new = new.to(home_device(mod.weight, skeleton))
         detail = (f"int8 row ({config.calibrator}), int8 {config.activations} activations"
                   + (f", smoothquant alpha {config.alpha}" if smooth else "")
                   + alias_note(others))

@@ -154,8 +154,9 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
                      skeleton: bool) -> tuple[Any, str, float]:
     weight = mod.weight.detach()
     is_emb = isinstance(mod, nn.Embedding)
-    # packing (and GPTQ/HQQ/AWQ) runs on the CPU; the packed layer then goes where the weight was
-    matrix = weight.reshape(weight.shape[0], -1).cpu()
+    matrix = weight.reshape(weight.shape[0], -1)
+    if not skeleton:  # packing (and GPTQ/HQQ/AWQ) runs on the CPU; the packed layer then goes where the weight was
+        matrix = matrix.cpu()
     gs = config.embedding_group_size if is_emb else config.group_size
     group = _group_for(matrix.shape[1], gs)
     symmetric = (config.embedding_symmetric if is_emb else config.symmetric) or fmt in ("int8", "ternary", "binary")
@@ -183,7 +184,13 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
         new = QuantizedLinear.from_packed(packed, mod.bias, input_scale=scale, kernel=config.kernel,
                                           act_quant=config.act_quant)
     err = 0.0 if skeleton else relative_error(matrix, new.dequantize().cpu())
-    return new.to(weight.device), detail, err
+    return new.to(home_device(weight, skeleton)), detail, err
+
+
+def home_device(weight: torch.Tensor, skeleton: bool) -> torch.device:
+    """Where a packed layer goes: its weight's device, except that a skeleton of a shapes-only (meta) model
+    is built on the CPU, so that ``load_state_dict`` can fill it."""
+    return torch.device("cpu") if skeleton and weight.is_meta else weight.device
 
 
 def _empty(fmt: str, shape: torch.Size, group: int | None, symmetric: bool) -> PackedWeight:
