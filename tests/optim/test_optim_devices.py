@@ -40,8 +40,8 @@ def test_optimizer_steps_a_model_on_another_device(name: str) -> None:
                 assert value.device.type == "meta", (name, key)
 
 
-@pytest.mark.parametrize("name", optimizer_names())
-def test_optimizer_resumes_a_cpu_saved_state_on_another_device(name: str) -> None:
+def _resumed_on_meta(name: str) -> torch.optim.Optimizer:
+    """An optimizer stepped twice on the CPU, its state loaded into one for a model on meta, stepped once."""
     model = _mlp()
     opt = build_optimizer(name, model)
     _steps(model, opt, 2)
@@ -50,19 +50,18 @@ def test_optimizer_resumes_a_cpu_saved_state_on_another_device(name: str) -> Non
         resumed = build_optimizer(name, moved)
         resumed.load_state_dict(opt.state_dict())
         _steps(moved, resumed, 1)
+    return resumed
+
+
+@pytest.mark.parametrize("name", optimizer_names())
+def test_optimizer_resumes_a_cpu_saved_state_on_another_device(name: str) -> None:
+    _resumed_on_meta(name)
 
 
 @pytest.mark.parametrize("name", ["batched-muon", "normuon"])
 def test_batched_muon_resumed_on_another_device_keeps_its_step_counts_there(name: str) -> None:
     """The fused AdamW kernel of the non-matrix part reads its step counts on the parameters' device; torch's
     load_state_dict leaves ``step`` where it was saved (the CPU) unless a group says fused/capturable."""
-    model = _mlp()
-    opt = build_optimizer(name, model)
-    _steps(model, opt, 2)
-    moved = _mlp("meta")
-    with GpuLikeMeta():
-        resumed = build_optimizer(name, moved)
-        resumed.load_state_dict(opt.state_dict())
-        _steps(moved, resumed, 1)
+    resumed = _resumed_on_meta(name)
     steps = [st["step"] for st in resumed.state.values() if "step" in st]
     assert steps and all(s.device.type == "meta" for s in steps)
