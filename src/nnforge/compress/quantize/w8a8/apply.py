@@ -104,7 +104,7 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
                                   "activation scale can be set; calibrate on representative data or use "
                                   "activations='dynamic'")
             new.act_scale.fill_(float(amax.max()) / 127.0)
-        err = 0.0 if skeleton else relative_error(w, new.dequantize().cpu())
+        err = 0.0 if skeleton else relative_error(w, new.dequantize())
         new = new.to(home_device(mod.weight, skeleton))
         detail = (f"int8 row ({config.calibrator}), int8 {config.activations} activations"
                   + (f", smoothquant alpha {config.alpha}" if smooth else "")

@@ -183,7 +183,7 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
     else:
         new = QuantizedLinear.from_packed(packed, mod.bias, input_scale=scale, kernel=config.kernel,
                                           act_quant=config.act_quant)
-    err = 0.0 if skeleton else relative_error(matrix, new.dequantize().cpu())
+    err = 0.0 if skeleton else relative_error(matrix, new.dequantize())
     return new.to(home_device(weight, skeleton)), detail, err
 
 
