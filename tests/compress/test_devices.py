@@ -144,3 +144,22 @@ def test_a_w8a8_skeleton_of_a_meta_model_is_built_on_the_cpu_and_loads(config):
     x = torch.randn(2, 16)
     with torch.no_grad():
         assert torch.equal(shell(x), real(x))
+
+
+def test_layer_sensitivity_of_a_model_on_another_device():
+    from nnforge.compress.quantize.mixed import layer_sensitivity
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).to("meta")
+    batches = [torch.randn(4, 64, device="meta") for _ in range(2)]
+
+    def loss_fn(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(m(batches[0]).square().mean())
+
+    with GpuLikeMeta():
+        by_output = layer_sensitivity(model, ["fp32", "int8", "int4"], batches)
+        by_loss = layer_sensitivity(model, ["int8"], batches, loss_fn=loss_fn)
+    assert set(by_output) == set(by_loss) == {"0", "2"}
+    assert [o.fmt for o in by_output["0"]] == ["fp32", "int8", "int4"]
+    assert _buffers_on(model) == {"meta"}  # the model is left where it was, unchanged

@@ -53,15 +53,19 @@ class _Accumulator:
         self.rows = torch.zeros(0, K, dtype=torch.float32)
         self.keys = torch.zeros(0, dtype=torch.float64)
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor) -> bool:
+        """Take one batch of inputs; ``False`` (and nothing taken) when they hold NaN or inf."""
         x = x.detach().reshape(-1, self.K)
         if not x.shape[0]:
-            return
+            return True
         x64 = x.to(torch.float64)
+        a = x64.abs()
+        abs_sum = a.sum(0).cpu()  # NaN/inf anywhere shows here (no float32 sum overflows float64)
+        if not torch.isfinite(abs_sum).all():
+            return False
         xtx = (x64.T @ x64).cpu()
         self.xtx = xtx if self.xtx is None else self.xtx + xtx
-        a = x64.abs()
-        self.abs_sum += a.sum(0).cpu()
+        self.abs_sum += abs_sum
         self.abs_max = torch.maximum(self.abs_max, a.amax(0).cpu())
         self.n += x.shape[0]
         if self.sample_rows:
@@ -71,6 +75,7 @@ class _Accumulator:
             if self.keys.numel() > self.sample_rows:
                 keep = torch.topk(self.keys, self.sample_rows, largest=False).indices.sort().values
                 self.keys, self.rows = self.keys[keep], self.rows[keep]
+        return True
 
     def result(self) -> LayerStats:
         assert self.xtx is not None
@@ -140,16 +145,15 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence
             if not isinstance(x, torch.Tensor) or not x.dim() or x.shape[-1] != acc.K:
                 raise DataError(f"calibration: layer {name} takes inputs with {acc.K} features; a batch gave it "
                                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-            if not torch.isfinite(x).all():
-                raise DataError(f"calibration: the inputs of layer {name} hold NaN or infinite values; check the "
-                                "calibration batches (and the model's output on them)")
             if first_batch[0] and name not in shared:
                 owner, ref = seen.get(id(x), (name, None))
                 if ref is None or ref() is not x:
                     seen[id(x)] = (name, weakref.ref(x))
                 elif owner != name:
                     shared[name] = owner
-            acc.add(x)
+            if not acc.add(x):  # checked on the CPU copy of the batch's sums: no extra sync with a GPU
+                raise DataError(f"calibration: the inputs of layer {name} hold NaN or infinite values; check the "
+                                "calibration batches (and the model's output on them)")
 
         return hook
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
     for name in names:
         lin = model.get_submodule(name)
         assert isinstance(lin, nn.Linear)
-        w = lin.weight.detach().float()
+        w = lin.weight.detach().float().cpu()  # the statistics and the packing are on the CPU, wherever the model is
         x = stats[name].sample.float()
         ref = x @ w.T
         options: list[LayerOption] = []
@@ -65,7 +66,7 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
         for fmt in candidates:
             if fmt == "fp32":
                 options.append(LayerOption("fp32", 0.0, w.numel() * 4, w.numel()))
-                layers.append(lin)
+                layers.append(lin if lin.weight.device.type == "cpu" else copy.deepcopy(lin).cpu())  # timed on the CPU
                 continue
             group = group_size if group_size is None or w.shape[1] % group_size == 0 else None
             sym = symmetric or fmt in ("int8", "ternary", "binary")
@@ -73,7 +74,7 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
             q = QuantizedLinear.from_packed(packed, lin.bias, input_scale=scale)
             w_hat = q.dequantize()
             if loss_fn is not None:
-                error = _loss_increase(model, name, q, loss_fn) - (base_loss or 0.0)
+                error = _loss_increase(model, name, copy.deepcopy(q).to(lin.weight.device), loss_fn) - (base_loss or 0.0)
             else:
                 error = float((ref - x @ w_hat.T).square().sum() / ref.square().sum().clamp_min(1e-30))
             options.append(LayerOption(fmt, error, packed.nbytes, w.numel()))
@@ -97,8 +98,9 @@ def _loss_increase(model: nn.Module, name: str, q: nn.Module, loss_fn: Callable[
 
 
 def _latencies(layers: Sequence[Any], repeats: int = 15) -> list[float]:
-    """Batch-1 median milliseconds of each of one layer's formats, timed interleaved (``hardware.compare``), so
-    that a busy moment of a shared machine lands on every format alike."""
+    """Batch-1 median milliseconds of each of one layer's formats on the CPU (where the packed kernels run),
+    timed interleaved (``hardware.compare``), so that a busy moment of a shared machine lands on every format
+    alike."""
     from nnforge.hardware import compare
 
     x = torch.randn(1, int(layers[0].in_features))
