@@ -58,3 +58,17 @@ def tiny_text_classifier(num_classes: int = 2, seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     return TextClassifier(_Encoder(), _Tokenizer(), num_classes=num_classes)
+
+
+class EmbConvNet(nn.Module):
+    """Every layer type quantization packs: an embedding, a linear, a conv and a linear head (ids (B, T) -> (B, 8))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 64)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(64, 64), nn.Linear(64 * 4, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(self.emb(ids)))  # (B, T, 64)
+        return self.fc2(self.conv(h[:, None]).mean(2).flatten(1))  # conv: (B, 4, T, 64)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from _tiny import EmbConvNet
 from nnforge.compress import Int4WeightOnlyConfig, Int8WeightOnlyConfig, W8A8Config, quantize_
 from nnforge.compress.quantize.qat import QATConfig, convert_qat_, prepare_qat_
 from nnforge.evaluate.calibration import expected_calibration_error, fit_temperature
@@ -26,21 +27,9 @@ DEVICE = _ENV or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no accelerator (set NNFORGE_TEST_DEVICE to choose one)")
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 64)
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc1, self.fc2 = nn.Linear(64, 128), nn.Linear(128 * 4, 10)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.fc1(self.emb(ids)))  # (B, T, 128)
-        return self.fc2(self.conv(h[:, None]).mean(2).flatten(1))
-
-
-def _net() -> Net:
+def _net() -> nn.Module:
     torch.manual_seed(0)
-    return Net()
+    return EmbConvNet()
 
 
 def _ids(n: int = 4) -> torch.Tensor:

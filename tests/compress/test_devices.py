@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from _devices import GpuLikeMeta
+from _tiny import EmbConvNet
 from nnforge.compress import quantize_
 from nnforge.compress.quantize import (
     BinaryConfig,
@@ -37,24 +38,11 @@ CONFIGS = [Int8WeightOnlyConfig(modules=ALL), Int4WeightOnlyConfig(group_size=32
            Int2WeightOnlyConfig(group_size=32, modules=ALL), TernaryConfig(modules=ALL), BinaryConfig(modules=ALL)]
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(50, 64)
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc1, self.fc2 = nn.Linear(64, 64), nn.Linear(64 * 4, 8)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.fc1(self.emb(ids)))  # (B, T, 64)
-        h = self.conv(h[:, None])  # (B, 4, T, 64)
-        return self.fc2(h.mean(2).flatten(1))
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{type(c).__name__}-{getattr(c, 'symmetric', '')}")
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_quantized_model_runs_on_another_device(config, grad):
     torch.manual_seed(0)
-    model = Net()
+    model = EmbConvNet()
     report = quantize_(model, config)
     assert {c.name for c in report.changed} >= {"emb", "conv", "fc1", "fc2"}
     ids = torch.randint(0, 50, (2, 5))
@@ -98,7 +86,7 @@ def test_a_model_on_another_device_is_quantized_into_layers_there(config):
     # apply_weight_only itself (quantize_ refuses meta weights, which hold no values; GpuLikeMeta gives the
     # CPU copies that packing reads placeholder values)
     torch.manual_seed(0)
-    model = Net().to("meta")
+    model = EmbConvNet().to("meta")
     with GpuLikeMeta():
         report = apply_weight_only(model, config)
         out = model(torch.randint(0, 50, (2, 5)).to("meta"))
