@@ -119,21 +119,6 @@ def test_qat_trains_and_converts_on_another_device(fmt):
     assert _buffers_on(model) == {"meta"} and out.shape == (2, 8)
 
 
-@pytest.mark.parametrize("config", [W8A8Config(activations="dynamic", smoothing="none"), W8A8Config()],
-                         ids=["dynamic", "static-smoothquant"])
-def test_a_w8a8_skeleton_of_a_meta_model_is_built_on_the_cpu_and_loads(config):
-    with torch.device("meta"):
-        shell = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
-    torch.manual_seed(0)
-    real = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
-    quantize_(real, config, calibration=[torch.randn(8, 16)])
-    apply_w8a8(shell, config, skeleton=True)
-    shell.load_state_dict(real.state_dict())
-    x = torch.randn(2, 16)
-    with torch.no_grad():
-        assert torch.equal(shell(x), real(x))
-
-
 def test_layer_sensitivity_of_a_model_on_another_device():
     from nnforge.compress.quantize.mixed import layer_sensitivity
 

@@ -339,15 +339,23 @@ def test_quantized_embedding_refuses_ids_out_of_range_like_torch():
             model(torch.tensor([bad]))  # -1 returned row 9 before
 
 
-def test_a_model_on_the_meta_device_is_refused_but_can_be_a_skeleton():
+def test_a_model_on_the_meta_device_is_refused():
     with torch.device("meta"):
         shell = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
     with pytest.raises(ConfigError, match="meta device"):
         quantize_(shell, Int8WeightOnlyConfig())
+
+
+# W8A8 skeletons read no weight values, so a shapes-only (meta) model's skeleton builds (it never did before)
+@pytest.mark.parametrize("config", [Int8WeightOnlyConfig(), W8A8Config(activations="dynamic", smoothing="none"),
+                                    W8A8Config()], ids=["int8-weight-only", "w8a8-dynamic", "w8a8-static-smoothquant"])
+def test_a_model_on_the_meta_device_can_be_a_skeleton_that_loads(config):
+    with torch.device("meta"):
+        shell = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
     torch.manual_seed(0)
     real = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
-    quantize_(real, Int8WeightOnlyConfig())
-    apply_(shell, Int8WeightOnlyConfig(), skeleton=True)  # biased layers too (a copy from meta failed before)
+    quantize_(real, config, calibration=[torch.randn(8, 64)])
+    apply_(shell, config, skeleton=True)  # biased layers too (a copy from meta failed before)
     shell.load_state_dict(real.state_dict())
     x = torch.randn(2, 64)
     with torch.no_grad():
