@@ -1,7 +1,7 @@
 """Low-bit GEMV kernels against fp32 and peer int8/int4 kernels, batch 1, weights streamed from memory.
 
-    PYTHONPATH=src python benchmarks/quantize/kernels.py --quick   # < 1 minute, *.quick.json
-    PYTHONPATH=src python benchmarks/quantize/kernels.py           # full run, benchmarks/results/quantize_kernels.json
+    PYTHONPATH=src python benchmarks/quantize/gemv.py --quick   # < 1 minute, quantize_kernels.quick.json
+    PYTHONPATH=src python benchmarks/quantize/gemv.py           # full run, benchmarks/results/quantize_kernels.json
 
 Every variant rotates through enough copies of its weights to exceed twice the last-level cache ("cold",
 as in a real model where each layer's weights come from DRAM), and is also timed on one copy ("warm").
