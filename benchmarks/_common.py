@@ -1,53 +1,102 @@
-"""Shared by the benchmark scripts: machine facts, versions, and writing results JSON atomically.
+"""Shared by the benchmark scripts: the mode flags, and writing results through the harness in nnforge.hardware.
 
-Full-mode results go to ``benchmarks/results/<area>_<name>.json`` (committed); quick-mode results to
-``<area>_<name>.quick.json`` (ignored by git), so a quick run never overwrites a full one.
+Every script calls :func:`add_mode_args` on its parser and :func:`write_results` at the end:
+
+* full mode (no flag) writes ``benchmarks/results/<area>_<name>.json`` (committed);
+* ``--quick`` writes ``<area>_<name>.quick.json`` (ignored by git), so a quick run never overwrites a full one;
+* ``--smoke`` runs tiny shapes in seconds, checks the results against the schema and writes nothing
+  (``make test`` runs every script so);
+* ``--only A,B`` runs a part of the benchmark and writes ``<area>_<name>_<tag>.json``, never the main file
+  (the tag is ``--tag``, or ``only-A-B`` when not given).
+
+The file records provenance (commit, dirty tree, script sha256, argv), the machine (L3 size, threads, load
+average when the run started), versions, peers' configurations; every ratio in the summary needs ``<key>_ci``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata as md
-import json
+import argparse
 import os
-import statistics
-import tempfile
+import re
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from nnforge.hardware import ratio_with_ci, spread  # noqa: F401  (re-exported for the scripts)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+T = TypeVar("T")
+
+_START_LOAD: list[float] | None = None
 
 
-def versions(*packages: str) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for pkg in ("torch", "nnforge", "numpy", *packages):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+def add_mode_args(ap: argparse.ArgumentParser, *, only: str | None = None) -> None:
+    """``--smoke`` / ``--quick`` (full mode without either), ``--tag``, and ``--only`` where ``only`` describes
+    what it selects (e.g. ``"optimizers to run, comma-separated"``); notes the load average at the start."""
+    global _START_LOAD
+    try:
+        _START_LOAD = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        _START_LOAD = None
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true", help="tiny shapes, seconds; check the results, write nothing")
+    group.add_argument("--quick", action="store_true", help="a small slice (about a minute); writes .quick.json")
+    if only is not None:
+        ap.add_argument("--only", metavar="A,B", type=lambda s: [x for x in s.split(",") if x],
+                        help=f"run only these ({only}); writes a tagged file, never the main one")
+    ap.add_argument("--tag", help="write <area>_<name>_<tag>.json instead of the main file")
 
 
-def spread(samples: list[float]) -> dict[str, float]:
-    """Median, min, max and interquartile range of repeated measurements."""
-    s = sorted(samples)
-    q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0], s[0], s[0]]
-    return {"median": statistics.median(s), "min": s[0], "max": s[-1], "iqr": q[2] - q[0], "n": len(s)}
+def mode(args: argparse.Namespace) -> str:
+    """``"smoke"``, ``"quick"`` or ``"full"``."""
+    return "smoke" if getattr(args, "smoke", False) else "quick" if getattr(args, "quick", False) else "full"
 
 
-def write_results(area: str, name: str, *, quick: bool, results: Any, summary: dict[str, Any],
-                  packages: tuple[str, ...] = (), extra: dict[str, Any] | None = None) -> Path:
-    """Write the results JSON (mode, machine, versions, date, results, summary) atomically."""
+def pick(args: argparse.Namespace, *, full: T, quick: T, smoke: T) -> T:
+    """The setting for this run's mode: ``steps = pick(args, full=1200, quick=100, smoke=5)``."""
+    return {"full": full, "quick": quick, "smoke": smoke}[mode(args)]
+
+
+def tag(args: argparse.Namespace) -> str | None:
+    """``--tag``, or ``only-<names>`` for an ``--only`` run without one (a partial run never writes the main file)."""
+    if getattr(args, "tag", None):
+        return str(args.tag)
+    only = getattr(args, "only", None)
+    if only:
+        return "only-" + "-".join(re.sub(r"[^A-Za-z0-9.]+", "", x) for x in only)[:60]
+    return None
+
+
+def _script() -> Path:
+    main = sys.modules.get("__main__")
+    return Path(getattr(main, "__file__", None) or sys.argv[0]).resolve()
+
+
+def _machine() -> dict[str, Any]:
     from nnforge.hardware import machine_facts
 
-    doc = {"mode": "quick" if quick else "full", "benchmark": f"{area}/{name}",
-           "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "machine": machine_facts(),
-           "versions": versions(*packages), **(extra or {}), "results": results, "summary": summary}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{area}_{name}{'.quick' if quick else ''}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    facts = machine_facts()
+    if _START_LOAD is not None:
+        facts["load_average_end"], facts["load_average"] = facts["load_average"], _START_LOAD
+    return facts
+
+
+def write_results(area: str, name: str, *, args: argparse.Namespace | None = None, quick: bool | None = None,
+                  results: Any, summary: Mapping[str, Any], peers: Mapping[str, Any] | None = None,
+                  no_ci: Mapping[str, str] | None = None, packages: Iterable[str] = (),
+                  extra: Mapping[str, Any] | None = None) -> Path | None:
+    """Check and write this script's results (:func:`nnforge.hardware.write_results`); None in smoke mode.
+
+    ``args`` are the parsed flags of :func:`add_mode_args` (mode and tag come from them); ``quick`` is the
+    older form, for scripts not yet on the mode flags.
+    """
+    from nnforge.hardware import write_results as _write
+
+    run_mode = mode(args) if args is not None else "quick" if quick else "full"
+    path = _write(RESULTS, area, name, mode=run_mode, results=results, summary=summary,  # type: ignore[arg-type]
+                  script=_script(), argv=list(sys.argv), peers=peers, tag=tag(args) if args is not None else None,
+                  packages=tuple(packages), extra=extra, no_ci=no_ci, machine=_machine())
+    if path is None:
+        print(f"smoke run of {area}/{name}: results match the schema; nothing written")
     return path
