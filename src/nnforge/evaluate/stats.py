@@ -8,14 +8,15 @@ whether the examples only one of them gets right lean to one side more than chan
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from nnforge.errors import ConfigError
 
-__all__ = ["Interval", "bootstrap_interval", "mcnemar"]
+__all__ = ["Interval", "bootstrap_interval", "mcnemar", "paired_bootstrap_diff_ci"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,20 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
     top = max(logs)
     p = 2 * math.exp(top) * sum(math.exp(v - top) for v in logs)
     return {"b": b, "c": c, "p_value": min(1.0, p)}
+
+
+def paired_bootstrap_diff_ci(correct_a: Sequence[bool | int] | np.ndarray, correct_b: Sequence[bool | int] | np.ndarray,
+                             *, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B on the same test items, with its paired bootstrap interval and McNemar.
+
+    Returns ``diff`` (a fraction), ``ci`` ``[lo, hi]`` (the ``1 - alpha`` percentile interval, resampling items),
+    ``mcnemar_p`` (exact two-sided McNemar), ``b``/``c`` (items only A / only B gets right) and ``n``.
+    The difference is significant at ``1 - alpha`` when the interval excludes 0.
+    """
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    test = mcnemar(a, b)  # also checks that the vectors pair up
+    d = a.astype(np.float64) - b.astype(np.float64)
+    interval = bootstrap_interval(lambda idx: float(d[idx].mean()) if len(d) else float("nan"), len(d),
+                                  resamples=n_boot, confidence=1 - alpha, seed=seed)
+    return {"diff": interval.estimate, "ci": [interval.low, interval.high], "mcnemar_p": test["p_value"],
+            "b": test["b"], "c": test["c"], "n": int(len(d))}
