@@ -87,11 +87,27 @@ def test_bucketed_batches_cover_every_index_once_and_are_seeded():
 
 
 def test_linear_probe_balanced_weights_and_binary_case():
+    """``class_weight="balanced"`` reaches scikit-learn: on 9:1 overlapping classes the unweighted probe finds a
+    third of the minority class, the balanced one nine in ten (measured 0.35 and 0.90)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
     torch.manual_seed(0)
-    x = torch.cat([torch.randn(90, 4) + 1, torch.randn(10, 4) - 1])
-    y = [0] * 90 + [1] * 10
-    probe = fit_linear_probe(x, y, x, y, Cs=(1.0,), num_classes=2, class_weight="balanced")
-    assert probe.weight.shape == (2, 4) and (probe.predict(x) == torch.tensor(y)).float().mean() > 0.9
+    x = torch.cat([torch.randn(180, 4) + 0.5, torch.randn(20, 4) - 0.5])
+    y = [0] * 180 + [1] * 20
+    balanced = fit_linear_probe(x, y, Cs=(1.0,), num_classes=2, class_weight="balanced")
+    plain = fit_linear_probe(x, y, Cs=(1.0,), num_classes=2)
+    assert balanced.weight.shape == (2, 4) and balanced.bias.shape == (2,)
+    # binary: the class-1 minus class-0 logit is scikit-learn's decision function for the balanced fit
+    ref = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced").fit(x.numpy(), np.asarray(y))
+    torch.testing.assert_close(balanced.weight[1] - balanced.weight[0], torch.from_numpy(ref.coef_[0]).float())
+    torch.testing.assert_close(balanced.bias[1] - balanced.bias[0], torch.tensor(float(ref.intercept_[0])))
+    minority = torch.tensor(y) == 1
+
+    def recall(probe) -> float:
+        return float((probe.predict(x)[minority] == 1).float().mean())
+
+    assert recall(balanced) >= 0.8 and recall(plain) <= 0.5, (recall(balanced), recall(plain))
 
 
 @pytest.mark.slow

@@ -90,20 +90,29 @@ def test_hypergradient_learns_its_lr_scale() -> None:
 
 
 def test_sophia_uses_its_hessian_estimate() -> None:
-    torch.manual_seed(0)
-    params = [nn.Parameter(torch.randn(6, 6))]
-    start = float(((params[0].detach() - 1.0) ** 2).sum())
-    opt = build_optimizer("sophia", params, lr=0.05, weight_decay=0.0, hessian_update_interval=2)
+    """update_hessian folds g⊙g into an EMA, and step divides the momentum by it (clipped at 1): where the
+    estimate is large the step is smaller than the signed-momentum step ``lr·sign(m)`` it takes without one."""
+    lr, rho, bs = 0.1, 0.04, 100
+    p = nn.Parameter(torch.zeros(6, 6))
+    opt = build_optimizer("sophia", [p], lr=lr, rho=rho, weight_decay=0.0, batch_tokens=bs, hessian_update_interval=2)
     assert isinstance(opt, Sophia) and opt.hessian_update_interval == 2
-    for step in range(20):
-        loss = ((params[0] - 1.0) ** 2).sum()
-        loss.backward()
-        if step % opt.hessian_update_interval == 0:
-            opt.update_hessian()
-        opt.step()
-        opt.zero_grad()
-    assert float(opt.state[params[0]]["hessian"].min()) > 0
-    assert float(((params[0].detach() - 1.0) ** 2).sum()) < 0.5 * start
+    beta1, beta2 = opt.param_groups[0]["betas"]
+    g1, g2 = torch.linspace(-10.0, 10.0, 36).view(6, 6), torch.linspace(3.0, -3.0, 36).view(6, 6)
+    p.grad = g1.clone()
+    opt.update_hessian()
+    p.grad = g2.clone()
+    opt.update_hessian()
+    h = beta2 * (1 - beta2) * g1 * g1 + (1 - beta2) * g2 * g2  # the EMA of both estimates, from zero
+    torch.testing.assert_close(opt.state[p]["hessian"], h)
+
+    p.grad = g1.clone()
+    opt.step()
+    m = (1 - beta1) * g1
+    expected = -lr * m.sign() * (m.abs() / (rho * bs * h + 1e-15)).clamp(max=1.0)
+    torch.testing.assert_close(p.detach(), expected)
+    # the estimate shrank most steps well below the signed-momentum step (which ignores it)
+    shrunk = (p.detach().abs() < 0.5 * lr).float().mean()
+    assert shrunk > 0.5, f"only {shrunk:.0%} of the steps were shrunk by the Hessian estimate"
 
 
 @pytest.mark.parametrize(("options", "named"), [
