@@ -66,27 +66,33 @@ template <int MT>
 void row_prologue(const Args& a, int n, int m0, float* sf, float* corr) {
   const uint16_t* srow = a.s + (size_t)n * a.ng;
   const uint8_t* zrow = a.z ? a.z + (size_t)n * a.ng : nullptr;
-#if NNF_ISA >= 1
   int g = 0;
-  for (; g + 8 <= a.ng; g += 8)
-    _mm256_storeu_ps(sf + g, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(srow + g))));
-  for (; g < a.ng; g++) sf[g] = _cvtsh_ss(srow[g]);
-#else
-  for (int g = 0; g < a.ng; g++) sf[g] = half_to_float(srow[g]);
-#endif
-  for (int m = 0; m < MT; m++) {
-    const float* gs = a.gsum + (size_t)(m0 + m) * a.ng;
-    float c = 0.f;
-    if (zrow) {
-#pragma omp simd reduction(+ : c)
-      for (int g = 0; g < a.ng; g++) c += sf[g] * (float)zrow[g] * gs[g];
-    } else {
-#pragma omp simd reduction(+ : c)
-      for (int g = 0; g < a.ng; g++) c += sf[g] * gs[g];
-      c *= a.zconst;
-    }
-    corr[m] = c;
+  float c[MT] = {};
+#if NNF_ISA >= 1
+  __m256 c8[MT];
+  for (int m = 0; m < MT; m++) c8[m] = _mm256_setzero_ps();
+  for (; g + 8 <= a.ng; g += 8) {  // 8 groups at a time: scale, scale * zero point, times the activation sums
+    const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(srow + g)));
+    _mm256_storeu_ps(sf + g, s);
+    const __m256 z = zrow ? _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(zrow + g))))
+                          : _mm256_set1_ps(a.zconst);
+    const __m256 sz = _mm256_mul_ps(s, z);
+    for (int m = 0; m < MT; m++) c8[m] = _mm256_fmadd_ps(sz, _mm256_loadu_ps(a.gsum + (size_t)(m0 + m) * a.ng + g), c8[m]);
   }
+  for (int m = 0; m < MT; m++) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(c8[m]), _mm256_extractf128_ps(c8[m], 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    c[m] = _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
+  }
+  for (int t = g; t < a.ng; t++) sf[t] = _cvtsh_ss(srow[t]);
+#else
+  for (int t = 0; t < a.ng; t++) sf[t] = half_to_float(srow[t]);
+#endif
+  for (; g < a.ng; g++) {
+    const float sz = sf[g] * (zrow ? (float)zrow[g] : a.zconst);
+    for (int m = 0; m < MT; m++) c[m] += sz * a.gsum[(size_t)(m0 + m) * a.ng + g];
+  }
+  for (int m = 0; m < MT; m++) corr[m] = c[m];
 }
 
 #if NNF_ISA == 2
@@ -283,6 +289,92 @@ inline __m256i dot32(__m256i u, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
 }
 
+// 1-, 2- and 4-bit rows (HPG: 32-code chunks per group; 0: one scale for the whole row).
+// A 32-byte half v and t = v >> 4 (16-bit lanes) give every plane with one AND: plane p is
+// (p < P/2 ? v : t) & (mask << s), s = BITS * (p % (P/2)), i.e. its codes times 2^s, still below 256.
+// vpmaddubsw products of one shift class s are summed in int16 (exact: at most 4 per class per block,
+// |2^s * 2 * code * x| <= 3810) and shifted back (srai, exact on multiples of 2^s) before one vpmaddwd
+// per block or group: 1 AND + 1 multiply + 1 add per 32 codes instead of shift + AND + 2 multiplies + add.
+template <int BITS, int MT, int HPG>
+void rows_avx2_low(const Args& a, int n0, int n1, int m0, float* sf) {
+  constexpr int P = 8 / BITS, NC = P / 2, CPB = 2 * P;  // planes, shift classes, chunks per block
+  constexpr int GPB = HPG > 0 && HPG < CPB ? CPB / HPG : 1;  // groups ending inside one block
+  constexpr int BPG = HPG >= CPB ? HPG / CPB : 0;            // blocks per group (0: per row or inside)
+  // blocks summed in int16 before widening: class sums stay below 2^15 (2-bit: <= 12192 per block in the
+  // x4 class; 1-bit: <= 8128 in the x8 class), only where groups hold whole multiples of it
+  constexpr int WB0 = BITS == 1 ? 4 : BITS == 2 ? 2 : 1;
+  constexpr int WB = GPB > 1 ? 1 : (HPG == 0 || BPG % WB0 == 0 ? WB0 : 1);
+  const int nb = a.Kp / (64 * P);
+  const size_t row_bytes = (size_t)a.Kp * BITS / 8;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* xq = a.xq + (size_t)m0 * a.Kp;
+  for (int n = n0; n < n1; n++) {
+    float corr[MT];
+    row_prologue<MT>(a, n, m0, sf, corr);
+    const uint8_t* wrow = a.w + (size_t)n * row_bytes;
+    __m256 accf[2][MT];  // two float chains (groups alternate) hide the FMA latency
+    __m256i acci[MT], a16[NC][MT];
+    for (int m = 0; m < MT; m++) {
+      accf[0][m] = accf[1][m] = _mm256_setzero_ps();
+      acci[m] = _mm256_setzero_si256();
+      for (int c = 0; c < NC; c++) a16[c][m] = _mm256_setzero_si256();
+    }
+    int bcnt = 0, grp = 0;
+    for (int b = 0; b < nb; b++) {
+      const uint8_t* wb = wrow + (size_t)b * 64;
+      const __m256i v[2] = {_mm256_loadu_si256((const __m256i*)wb), _mm256_loadu_si256((const __m256i*)(wb + 32))};
+      const __m256i t[2] = {_mm256_srli_epi16(v[0], 4), _mm256_srli_epi16(v[1], 4)};
+      auto widen = [&](int m) {  // the block's (or group's) int16 sums as int32, classes shifted back
+        __m256i s16 = a16[0][m];
+        for (int c = 1; c < NC; c++) s16 = _mm256_add_epi16(s16, _mm256_srai_epi16(a16[c][m], BITS * c));
+        for (int c = 0; c < NC; c++) a16[c][m] = _mm256_setzero_si256();
+        return _mm256_madd_epi16(s16, ones);
+      };
+#pragma GCC unroll 16
+      for (int ch = 0; ch < CPB; ch++) {
+        const int p = ch >> 1, h = ch & 1, cls = p % NC;
+        const __m256i u = _mm256_and_si256(p < NC ? v[h] : t[h], _mm256_set1_epi8((char)(((1 << BITS) - 1) << (BITS * cls))));
+        const int8_t* xk = xq + (size_t)(b * P + p) * 64 + h * 32;
+        for (int m = 0; m < MT; m++)
+          a16[cls][m] = _mm256_add_epi16(a16[cls][m], _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i*)(xk + (size_t)m * a.Kp))));
+        if (GPB > 1 && ch % HPG == HPG - 1) {  // a group ends inside the block: scale it now
+          const __m256 sv = _mm256_set1_ps(sf[b * GPB + ch / HPG]);
+          const int f = (ch / HPG) & 1;
+          for (int m = 0; m < MT; m++) accf[f][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen(m)), sv, accf[f][m]);
+        }
+      }
+      if (GPB == 1 && ((b + 1) % WB == 0 || b + 1 == nb)) {
+        for (int m = 0; m < MT; m++) acci[m] = _mm256_add_epi32(acci[m], widen(m));
+        if (BPG > 0 && (bcnt += WB) == BPG) {
+          const __m256 sv = _mm256_set1_ps(sf[grp++]);
+          bcnt = 0;
+          for (int m = 0; m < MT; m++) {  // the chains swap places (no run-time index into registers)
+            const __m256 older = accf[1][m];
+            accf[1][m] = accf[0][m];
+            accf[0][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acci[m]), sv, older);
+            acci[m] = _mm256_setzero_si256();
+          }
+        }
+      }
+    }
+    for (int m = 0; m < MT; m++) {
+      __m128 s4;
+      if (HPG == 0) {
+        __m128i i4 = _mm_add_epi32(_mm256_castsi256_si128(acci[m]), _mm256_extracti128_si256(acci[m], 1));
+        i4 = _mm_add_epi32(i4, _mm_shuffle_epi32(i4, 0x4E));
+        i4 = _mm_add_epi32(i4, _mm_shuffle_epi32(i4, 0xB1));
+        s4 = _mm_set_ss(sf[0] * (float)_mm_cvtsi128_si32(i4));
+      } else {
+        const __m256 f8 = _mm256_add_ps(accf[0][m], accf[1][m]);
+        s4 = _mm_add_ps(_mm256_castps256_ps128(f8), _mm256_extractf128_ps(f8, 1));
+        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+      }
+      a.y[(size_t)(m0 + m) * a.N + n] = a.sx[m0 + m] * (a.amul * _mm_cvtss_f32(s4) - corr[m]);
+    }
+  }
+}
+
 template <int BITS, int MT>
 void rows_avx2(const Args& a, int n0, int n1, int m0, float* sf) {
   constexpr int P = 8 / BITS;
@@ -369,7 +461,13 @@ void rows(const Args& a, int n0, int n1, int m0, float* sf) {
   else if (a.G == 256) rows_avx512<BITS, MT, 4>(a, n0, n1, m0, sf);
   else rows_scalar<BITS, MT>(a, n0, n1, m0, sf);  // other group sizes: correct, not tuned
 #elif NNF_ISA == 1
-  rows_avx2<BITS, MT>(a, n0, n1, m0, sf);
+  if (BITS == 8) rows_avx2<BITS, MT>(a, n0, n1, m0, sf);
+  else if (a.ng == 1) rows_avx2_low<BITS < 8 ? BITS : 4, MT, 0>(a, n0, n1, m0, sf);
+  else if (a.G == 32) rows_avx2_low<BITS < 8 ? BITS : 4, MT, 1>(a, n0, n1, m0, sf);
+  else if (a.G == 64) rows_avx2_low<BITS < 8 ? BITS : 4, MT, 2>(a, n0, n1, m0, sf);
+  else if (a.G == 128) rows_avx2_low<BITS < 8 ? BITS : 4, MT, 4>(a, n0, n1, m0, sf);
+  else if (a.G == 256) rows_avx2_low<BITS < 8 ? BITS : 4, MT, 8>(a, n0, n1, m0, sf);
+  else rows_avx2<BITS, MT>(a, n0, n1, m0, sf);  // other group sizes: correct, not tuned
 #else
   rows_scalar<BITS, MT>(a, n0, n1, m0, sf);
 #endif
@@ -410,6 +508,19 @@ bool quantize_activations(const float* x, int M, int K, int Kp, int G, int8_t* x
     }
     float amax = _mm512_reduce_max_ps(vmax);
     finite = bad == 0;
+#elif NNF_ISA == 1
+    __m256 vmax = _mm256_setzero_ps();
+    const __m256 vbig = _mm256_set1_ps(FLT_MAX), vabs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    int bad = 0;
+    for (; k + 8 <= K; k += 8) {
+      const __m256 v = _mm256_and_ps(_mm256_loadu_ps(xr + k), vabs);
+      bad |= _mm256_movemask_ps(_mm256_cmp_ps(v, vbig, _CMP_NLE_UQ));  // NaN (unordered) or inf
+      vmax = _mm256_max_ps(vmax, v);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    finite = bad == 0;
 #else
     float amax = 0.f;
 #endif
@@ -434,6 +545,25 @@ bool quantize_activations(const float* x, int M, int K, int Kp, int G, int8_t* x
         const __m512i qi = _mm512_cvtps_epi32(r);
         _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtepi32_epi8(qi));
         gs[k / G] += (float)_mm512_reduce_add_epi32(qi);
+      }
+    }
+#elif NNF_ISA == 1
+    {  // G is a multiple of 32: whole groups of 8
+      const __m256 vs = _mm256_set1_ps(s), lim = _mm256_set1_ps(127.f), nlim = _mm256_set1_ps(-127.f);
+      for (; k + G <= K; k += G) {
+        __m256i gsv = _mm256_setzero_si256();
+        for (int j = k; j < k + G; j += 8) {
+          __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xr + j), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          r = _mm256_min_ps(_mm256_max_ps(r, nlim), lim);
+          const __m256i qi = _mm256_cvtps_epi32(r);
+          gsv = _mm256_add_epi32(gsv, qi);
+          const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+          _mm_storel_epi64((__m128i*)(q + j), _mm_packs_epi16(q16, q16));
+        }
+        __m128i i4 = _mm_add_epi32(_mm256_castsi256_si128(gsv), _mm256_extracti128_si256(gsv, 1));
+        i4 = _mm_add_epi32(i4, _mm_shuffle_epi32(i4, 0x4E));
+        i4 = _mm_add_epi32(i4, _mm_shuffle_epi32(i4, 0xB1));
+        gs[k / G] += (float)_mm_cvtsi128_si32(i4);
       }
     }
 #endif
