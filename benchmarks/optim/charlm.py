@@ -1,14 +1,17 @@
 """Benchmark: optimizers on the char-GPT (nanoGPT CPU config) trained on shakespeare-char.
 
-    python benchmarks/optim/charlm.py            # full: 2,000 steps, every optimizer at >= 3 lrs (1-2 h)
+    python benchmarks/optim/charlm.py            # full: 2,000 steps, every registered optimizer, lr bracketed (2-3 h)
     python benchmarks/optim/charlm.py --quick    # 100 steps, two optimizers, one lr (under a minute)
-    python benchmarks/optim/charlm.py --only adamw,muon,batched-muon,normuon
+    python benchmarks/optim/charlm.py --smoke    # 4 steps, adamw and torch muon, seconds; writes nothing
+    python benchmarks/optim/charlm.py --only adamw,muon   # -> optim_charlm_only-adamw-muon.json, never the main file
     python benchmarks/optim/charlm.py --only adamw,soap --tag soap   # -> optim_charlm_soap.json
 
 Setup as in the training issue: batch 12, context 64, 4 layers / 4 heads / 128 dims, warm-up 100 +
-cosine to 10%, clip 1.0, weight decay 0.1. Every optimizer, AdamW included, gets the same number of
-learning rates around its own recommended default; its best is reported. Runs are interleaved
-(lr 1 of every optimizer, then lr 2, …) so that machine noise spreads evenly. Val loss is the mean over
+cosine to 10%, clip 1.0, weight decay 0.1. Every registered optimizer, AdamW and torch's Muon included,
+starts from three learning rates (a factor of 2 apart) around its best so far; whenever its best sits at
+an edge of the lrs tried, one more lr beyond that edge is run, until the best is strictly inside (or
+MAX_EXTENSIONS points were added: ``summary.best_lr_inside_grid`` says which). Runs are interleaved
+(lr 1 of every optimizer, then lr 2, …, then one extension of each) so that machine noise spreads evenly. Val loss is the mean over
 200 fixed validation batches every 100 steps; training seconds exclude evaluation.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,26 +29,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import spread, write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, spread, tag, write_results  # noqa: E402
 
-# optimizer → (learning rates around its recommended default, fixed options); "ours" marks nnforge's own
-GRID: dict[str, tuple[list[float], dict[str, Any], bool]] = {
-    # AdamW's best lr sat at the top of 2e-3/4e-3/8e-3 (2e-3 was clearly last), so its grid moved up one octave
-    "adamw": ([4e-3, 8e-3, 1.6e-2], {"betas": (0.9, 0.99), "weight_decay": 0.1}, False),
-    # both Muon hybrids get the same settings for their AdamW part (embeddings, head, norms)
-    "muon": ([5e-3, 1e-2, 2e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, False),
-    "adafactor": ([5e-3, 1e-2, 2e-2], {"weight_decay": 0.1}, False),
-    "batched-muon": ([5e-3, 1e-2, 2e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, True),
-    "normuon": ([2.5e-3, 5e-3, 1e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}, True),
-    "soap": ([1.5e-3, 3e-3, 6e-3], {"weight_decay": 0.1}, True),
-    "schedule-free-adamw": ([1.25e-3, 2.5e-3, 5e-3], {"weight_decay": 0.1}, True),
-    "prodigy": ([0.5, 1.0, 2.0], {"weight_decay": 0.1}, True),
-    "lion": ([1.5e-4, 3e-4, 6e-4], {"weight_decay": 0.1}, True),
+# optimizer → (starting learning rates, geometric, around its best so far; fixed options); any registered
+# optimizer missing here starts at half, once and twice its config's default lr. Each grid is extended
+# automatically until its best lr is strictly inside (see sweep), so a starting grid only saves runs.
+GRID: dict[str, tuple[list[float], dict[str, Any]]] = {
+    "adamw": ([4e-3, 8e-3, 1.6e-2], {"betas": (0.9, 0.99), "weight_decay": 0.1}),
+    # both Muon hybrids get the same settings for their AdamW part (embeddings, head, norms); torch Muon's best
+    # sat at the bottom of 5e-3/1e-2/2e-2 (1.6229, 1.6268, 1.6451), so its grid starts an octave lower
+    "muon": ([2.5e-3, 5e-3, 1e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}),
+    "adafactor": ([1e-2, 2e-2, 4e-2], {"weight_decay": 0.1}),  # best was at the top of 5e-3..2e-2
+    "batched-muon": ([5e-3, 1e-2, 2e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}),
+    "normuon": ([2.5e-3, 5e-3, 1e-2], {"adamw_lr": 6e-3, "weight_decay": 0.1}),
+    "soap": ([1.5e-3, 3e-3, 6e-3], {"weight_decay": 0.1}),
+    "schedule-free-adamw": ([2.5e-3, 5e-3, 1e-2], {"weight_decay": 0.1}),  # best was at the top of 1.25e-3..5e-3
+    "prodigy": ([0.25, 0.5, 1.0], {"weight_decay": 0.1}),  # best was at the bottom of 0.5..2
+    "lion": ([3e-4, 6e-4, 1.2e-3], {"weight_decay": 0.1}),  # best was at the top of 1.5e-4..6e-4
     # once batch_tokens was applied once, Sophia's best sat at the top of 1.5e-4/3e-4/6e-4 (optim_charlm_resweep.json);
     # 6e-4/1.2e-3/2.4e-3 (optim_charlm_sophia.json) ended 1.8148/1.9998/2.5508, so the grid now brackets 6e-4
-    "sophia": ([3e-4, 6e-4, 1.2e-3], {"weight_decay": 0.1, "batch_tokens": 12 * 64}, True),
-    "adamw-hd": ([2e-3, 4e-3, 8e-3], {"weight_decay": 0.1}, True),
+    "sophia": ([3e-4, 6e-4, 1.2e-3], {"weight_decay": 0.1, "batch_tokens": 12 * 64}),
+    "adamw-hd": ([4e-3, 8e-3, 1.6e-2], {"weight_decay": 0.1}),  # best was at the top of 2e-3..8e-3
 }
+MAX_EXTENSIONS = 4  # points added beyond an edge per optimizer before giving up (reported as not bracketed)
 TORCH_OWN = {"adamw", "muon", "adafactor"}
 
 
@@ -54,15 +61,15 @@ def _batches(corpus: Any, n: int, seed: int, split: str) -> list[tuple[torch.Ten
 
 
 def run_one(corpus: Any, name: str, lr: float, options: dict[str, Any], steps: int, eval_every: int,
-            val: list[Any]) -> dict[str, Any]:
+            val: list[Any], model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one char-GPT from seed 0; returns the val curve, step times and training seconds."""
     from nnforge.models import build
     from nnforge.optim import build_optimizer
     from nnforge.train import TrainConfig, fit
 
     torch.manual_seed(0)
-    model = build("char-gpt")
-    optimizer = build_optimizer(name, model, lr=lr, **options)
+    net = build("char-gpt", **(model or {}))
+    optimizer = build_optimizer(name, net, lr=lr, **options)
     callbacks, step_times = timed_callbacks(optimizer)
     config = TrainConfig(max_steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 10),
                          min_lr_ratio=0.1, clip_norm=1.0, eval_every=eval_every, log_every=10_000, seed=0)
@@ -70,9 +77,10 @@ def run_one(corpus: Any, name: str, lr: float, options: dict[str, Any], steps: i
     def train_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return corpus.batch("train", 12, 64, torch.Generator().manual_seed(1_000_003 + step))
 
-    result = fit(model, train_batch, config=config, optimizer=optimizer, eval_data=val,
+    result = fit(net, train_batch, config=config, optimizer=optimizer, eval_data=val,
                  loss_fn=lambda m, b: m(b[0], b[1])[1], callbacks=callbacks)
-    curve = {str(int(e["step"])): float(e["loss"]) for e in result.evals}
+    # a diverged run's NaN/inf losses are null (JSON has no NaN); such a run is not finite
+    curve = {str(int(e["step"])): (float(e["loss"]) if math.isfinite(float(e["loss"])) else None) for e in result.evals}
     return {"optimizer": name, "lr": lr, "options": options, "val_loss": curve, **timing(step_times, curve)}
 
 
@@ -95,23 +103,20 @@ def timing(step_times: list[float], curve: dict[str, float]) -> dict[str, Any]:
         total += t
         if str(i) in curve:
             seconds_at[str(i)] = total
-    finite = all(v == v and abs(v) != float("inf") for v in curve.values())
+    finite = all(v is not None for v in curve.values())
     return {"train_seconds": total, "seconds_at": seconds_at, "s_per_step": spread(step_times)["median"],
             "finite": finite}
 
 
 def first_reach(run: dict[str, Any], target: float) -> tuple[int | None, float | None]:
     for step, loss in sorted(run["val_loss"].items(), key=lambda kv: int(kv[0])):
-        if loss <= target:
+        if loss is not None and loss <= target:
             return int(step), run["seconds_at"][step]
     return None, None
 
 
 def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    def final(r: dict[str, Any]) -> float:
-        last = max(r["val_loss"], key=int)
-        return r["val_loss"][last] if r["finite"] else float("inf")
-
+    final = final_loss
     best: dict[str, dict[str, Any]] = {}
     for r in runs:
         if r["optimizer"] not in best or final(r) < final(best[r["optimizer"]]):
@@ -120,21 +125,28 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
     table = []
     for name, r in best.items():
         steps, seconds = first_reach(r, target)
-        table.append({"optimizer": name, "lr": r["lr"], "val_loss": r["val_loss"], "final_val_loss": final(r),
+        lrs = sorted(x["lr"] for x in runs if x["optimizer"] == name)
+        table.append({"optimizer": name, "lr": r["lr"], "val_loss": r["val_loss"],
+                      "final_val_loss": final(r) if math.isfinite(final(r)) else None,
                       "steps_to_adamw_final": steps, "seconds_to_adamw_final": seconds, "s_per_step": r["s_per_step"],
                       "train_seconds": r["train_seconds"], "nnforge_implementation": name not in TORCH_OWN,
-                      "lrs_tried": sorted(x["lr"] for x in runs if x["optimizer"] == name),
+                      "lrs_tried": lrs, "best_lr_inside_grid": lrs[0] < r["lr"] < lrs[-1],
                       "loses_to_adamw": final(r) > target})
     ours = [t for t in table if t["nnforge_implementation"] and t["steps_to_adamw_final"] is not None]
     winner = min(ours, key=lambda t: (t["seconds_to_adamw_final"], t["steps_to_adamw_final"])) if ours else None
     muon = next((t for t in table if t["optimizer"] == "muon"), None)
-    summary = {"adamw_best_lr": best["adamw"]["lr"] if "adamw" in best else None, "adamw_best_final_loss": target,
+    summary = {"adamw_best_lr": best["adamw"]["lr"] if "adamw" in best else None,
+               "adamw_best_final_loss": target if math.isfinite(target) else None,
                "best_optimizer": winner["optimizer"] if winner else None,
                "best_steps_to_adamw_final": winner["steps_to_adamw_final"] if winner else None,
                "best_seconds_to_adamw_final": winner["seconds_to_adamw_final"] if winner else None,
                "torch_muon_seconds_to_adamw_final": muon["seconds_to_adamw_final"] if muon else None,
                "all_finite": all(r["finite"] for r in runs),
-               "lose_to_adamw": sorted(t["optimizer"] for t in table if t["loses_to_adamw"])}
+               "lose_to_adamw": sorted(t["optimizer"] for t in table if t["loses_to_adamw"]),
+               # the best lr strictly inside the lrs tried: the sweep found each optimizer's optimum, not an edge
+               "best_lr": {t["optimizer"]: t["lr"] for t in table},
+               "best_lr_inside_grid": {t["optimizer"]: t["best_lr_inside_grid"] for t in table},
+               "final_val_loss": {t["optimizer"]: t["final_val_loss"] for t in table}}
     return table, summary
 
 
@@ -145,12 +157,40 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in sorted(table, key=lambda t: t["final_val_loss"]):
+    for t in sorted(table, key=lambda t: math.inf if t["final_val_loss"] is None else t["final_val_loss"]):
         xs = sorted(int(k) for k in t["val_loss"])
         ax.plot(xs, [t["val_loss"][str(x)] for x in xs], label=f"{t['optimizer']} (lr {t['lr']:g})")
     ax.set_xlabel("step"), ax.set_ylabel("val loss (200 batches)"), ax.set_ylim(top=2.6)
     ax.set_title("char-GPT on shakespeare-char, best lr per optimizer"), ax.legend(fontsize=7)
     fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def grid_for(name: str) -> tuple[list[float], dict[str, Any]]:
+    """The starting grid and options of a registered optimizer (its config's default lr x 1/2, 1, 2 if not in GRID)."""
+    if name in GRID:
+        return GRID[name]
+    from nnforge.optim._registry import OPTIMIZERS
+
+    lr = float(OPTIMIZERS.get(name, where="optimizer").config.model_fields["lr"].default)
+    return [lr / 2, lr, 2 * lr], {}
+
+
+def final_loss(run: dict[str, Any]) -> float:
+    last = max(run["val_loss"], key=int)
+    return run["val_loss"][last] if run["finite"] else float("inf")
+
+
+def next_lr(runs: list[dict[str, Any]]) -> float | None:
+    """One more lr beyond the edge where an optimizer's best sits, or None when the best is strictly inside."""
+    lrs = sorted(r["lr"] for r in runs)
+    best = min(runs, key=final_loss)["lr"]
+    if len(lrs) < 2:
+        return None
+    if best == lrs[0]:
+        return lrs[0] * lrs[0] / lrs[1]
+    if best == lrs[-1]:
+        return lrs[-1] * lrs[-1] / lrs[-2]
+    return None
 
 
 def _load_progress(path: Path, steps: int, n_val: int) -> dict[str, dict[str, Any]]:
@@ -163,52 +203,85 @@ def _load_progress(path: Path, steps: int, n_val: int) -> dict[str, dict[str, An
     return done
 
 
+class Sweep:
+    """Runs (optimizer, lr) pairs once each, reusing finished runs from the progress file (None in smoke mode)."""
+
+    def __init__(self, corpus: Any, steps: int, eval_every: int, val: list[Any], progress: Path | None,
+                 model: dict[str, Any]) -> None:
+        self.corpus, self.steps, self.eval_every, self.val, self.progress = corpus, steps, eval_every, val, progress
+        self.model = model
+        self.done = _load_progress(progress, steps, len(val)) if progress else {}
+        self.runs: dict[str, list[dict[str, Any]]] = {}
+
+    def run(self, name: str, lr: float) -> None:
+        key = f"{name}@{lr:g}"
+        if key not in self.done:
+            self.done[key] = run_one(self.corpus, name, lr, grid_for(name)[1], self.steps, self.eval_every, self.val,
+                                     self.model)
+            if self.progress is not None:
+                with open(self.progress, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"steps": self.steps, "val_batches": len(self.val), "run": self.done[key]}) + "\n")
+            r = self.done[key]
+            print(f"{name:22s} lr {lr:<8g} final val {final_loss(r):.4f} {r['s_per_step'] * 1e3:.1f} ms/step", flush=True)
+        self.runs.setdefault(name, []).append(self.done[key])
+
+    def bracket(self, names: list[str], max_extensions: int) -> None:
+        """Add one lr beyond the edge for every optimizer whose best is at an edge, round after round."""
+        for _ in range(max_extensions):
+            todo = {n: lr for n in names if (lr := next_lr(self.runs[n])) is not None}
+            if not todo:
+                return
+            for name, lr in todo.items():  # interleaved: one new point of each optimizer per round
+                self.run(name, lr)
+
+
 def main() -> int:
+    from nnforge.optim import optimizer_names
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", help="comma-separated optimizer names")
-    ap.add_argument("--tag", help="write optim_charlm_<tag>.json (and its plot) instead of optim_charlm.json, "
-                                  "for a partial sweep that must not replace the main result")
+    add_mode_args(ap, only="optimizers, comma-separated")
     args = ap.parse_args()
-    if args.tag is not None and not args.tag.replace("-", "").replace("_", "").isalnum():
-        ap.error(f"--tag {args.tag!r}: use letters, digits, '-' and '_' only")
-    bench = f"charlm_{args.tag}" if args.tag else "charlm"
-    unknown = sorted(set(args.only.split(",")) - set(GRID)) if args.only else []
+    unknown = sorted(set(args.only or ()) - set(optimizer_names()))
     if unknown:
-        ap.error(f"--only: unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(GRID)}")
+        ap.error(f"--only: unknown optimizer(s) {', '.join(unknown)}; registered: {', '.join(optimizer_names())}")
     from nnforge.data import load
 
     corpus = load("shakespeare-char")
-    names = args.only.split(",") if args.only else (["adamw", "batched-muon"] if args.quick else list(GRID))
-    steps, eval_every, n_val = (100, 50, 20) if args.quick else (2000, 100, 200)
+    run_mode, suffix = mode(args), f"_{tag(args)}" if tag(args) else ""
+    names = args.only or pick(args, full=optimizer_names(), quick=["adamw", "batched-muon"], smoke=["adamw", "muon"])
+    steps, eval_every, n_val = pick(args, full=(2000, 100, 200), quick=(100, 50, 20), smoke=(4, 2, 2))
     val = _batches(corpus, n_val, 12345, "val")
-    n_lrs = 1 if args.quick else min(len(GRID[n][0]) for n in names)
     # finished runs are kept in a progress file, so an interrupted sweep resumes where it stopped
-    progress = Path(__file__).resolve().parents[1] / "results" / f".optim_{bench}{'.quick' if args.quick else ''}.progress.jsonl"
-    done = _load_progress(progress, steps, n_val)
-    runs = []
-    for i in range(n_lrs):  # interleaved: lr i of every optimizer, then lr i+1
+    progress = None if run_mode == "smoke" else (
+        Path(__file__).resolve().parents[1] / "results" / f".optim_charlm{suffix}.{run_mode}.progress.jsonl")
+    # smoke: a 1-layer, 32-wide char-GPT on one thread (it checks the code, not the optimizers; one thread so that
+    # a loaded machine cannot stall OpenMP barriers)
+    model = pick(args, full={}, quick={}, smoke={"n_layer": 1, "n_head": 2, "n_embd": 32})
+    if run_mode == "smoke":
+        torch.set_num_threads(1)
+    sweep = Sweep(corpus, steps, eval_every, val, progress, model)
+    grids = {n: grid_for(n)[0] for n in names}
+    if run_mode == "quick":  # one lr each: a check that the loop runs, not a sweep (nothing is bracketed)
+        grids = {n: [g[1]] for n, g in grids.items()}
+    for i in range(max(len(g) for g in grids.values())):  # interleaved: lr i of every optimizer, then lr i+1
         for name in names:
-            lrs, options, _ = GRID[name]
-            lr = lrs[1] if args.quick else lrs[i]
-            key = f"{name}@{lr:g}"
-            if key in done:
-                runs.append(done[key])
-                continue
-            runs.append(run_one(corpus, name, lr, options, steps, eval_every, val))
-            with open(progress, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"steps": steps, "val_batches": n_val, "run": runs[-1]}) + "\n")
-            r = runs[-1]
-            print(f"{name:22s} lr {lr:<8g} final val {r['val_loss'][max(r['val_loss'], key=int)]:.4f} "
-                  f"{r['s_per_step'] * 1e3:.1f} ms/step", flush=True)
+            if i < len(grids[name]):
+                sweep.run(name, grids[name][i])
+    sweep.bracket(names, pick(args, full=MAX_EXTENSIONS, quick=0, smoke=1))
+    runs = [r for n in names for r in sweep.runs[n]]
     table, summary = summarise(runs)
-    path = write_results("optim", bench, quick=args.quick, results=table, summary=summary,
+    path = write_results("optim", "charlm", args=args, results=table, summary=summary,
+                         peers={n: {"lrs_tried": sorted(r["lr"] for r in sweep.runs[n]), "options": grid_for(n)[1],
+                                    "implementation": "torch" if n in TORCH_OWN else "nnforge"} for n in names},
                          extra={"runs": runs, "setup": {"steps": steps, "eval_every": eval_every, "val_batches": n_val,
-                                                        "batch": 12, "block": 64, "model": "char-gpt 4x4x128"}})
-    if not args.quick:
-        plot(table, Path(__file__).resolve().parents[2] / "docs" / f"optim_{bench}.png")
-    progress.unlink(missing_ok=True)
-    print(f"wrote {path}\n{summary}")
+                                                        "batch": 12, "block": 64, "model": "char-gpt 4x4x128",
+                                                        "model_options": model,
+                                                        "max_extensions": MAX_EXTENSIONS}})
+    if run_mode == "full":
+        plot(table, Path(__file__).resolve().parents[2] / "docs" / f"optim_charlm{suffix}.png")
+    if progress is not None:
+        progress.unlink(missing_ok=True)
+    print(f"wrote {path}\n{summary}" if path else summary)
     return 0
 
 
