@@ -40,7 +40,10 @@ class Baselines:
             probe = fit_linear_probe(feats["train"], train.labels, feats["val"], val.labels if val else None,
                                      Cs=config.C, num_classes=ctx.model.num_classes, class_weight=weighting)
             ctx.shared[f"linear_probe{suffix}"] = probe  # the finetune step may start its head from it (LP-FT)
-            metrics[f"baseline_logreg{suffix}_acc"] = accuracy(test.labels, probe.predict(feats["test"]))
+            preds = probe.predict(feats["test"])
+            # per-item test predictions: the evaluate step pairs them with the fine-tuned model's on the same items
+            ctx.shared[f"baseline_logreg{suffix}_test_preds"] = preds.tolist()
+            metrics[f"baseline_logreg{suffix}_acc"] = accuracy(test.labels, preds)
             metrics[f"baseline_logreg{suffix}_C"] = probe.C
             if ctx.progress:
                 ctx.progress("baselines", 2 if not suffix else 3, 3)

@@ -22,6 +22,7 @@ from nnforge.evaluate import (
     build_slices,
     cost_side_by_side,
     flip_analysis,
+    mcnemar,
     text_outputs,
 )
 from nnforge.evaluate.slices import Slice, check_slice_specs
@@ -104,6 +105,14 @@ class Evaluate:
             if ctx.progress:
                 ctx.progress("evaluate", done, total)
         preds = {name: o.preds.tolist() for name, o in outs.items()}
+        baseline_preds = {k: ctx.shared[f"baseline_{k}_test_preds"] for k in ("logreg", "logreg_balanced")
+                          if f"baseline_{k}_test_preds" in ctx.shared}
+        if "logreg" in baseline_preds and config.reference in outs:
+            gain = finetune_gain(outs[config.reference], baseline_preds["logreg"], config.reference)
+            ctx.sections["finetune_gain"] = gain
+            metrics.update({"finetune_gain": gain["estimate"], "finetune_gain_ci": [gain["low"], gain["high"]],
+                            "finetune_gain_mcnemar_p": gain["mcnemar"]["p_value"],
+                            "finetune_gain_significant": gain["significant"]})
         ref = variants.get(config.reference)
         if ref is not None:
             ref_emb = ref.embed(test.texts)
@@ -125,7 +134,8 @@ class Evaluate:
                 metrics[f"{name}_peak_memory_mb"] = _served_memory_mb(ctx.run_dir / ctx.variant_files[name])
         if ctx.progress:
             ctx.progress("evaluate", total, total)
-        ctx.write_json("predictions", "predictions.json", {"labels": test.labels, "predictions": preds})
+        ctx.write_json("predictions", "predictions.json", {"labels": test.labels, "predictions": preds,
+                                                           "baselines": baseline_preds})
         ctx.sections["machine"] = machine_facts()
         metrics.update({f"{v}_ece": c["ece_before"] for v, c in ctx.sections.get("calibration", {}).items()})
         metrics.update({f"{v}_ece_temperature_scaled": c["ece_after"]
@@ -206,6 +216,34 @@ class Evaluate:
                 log.info("OOD guard (%s) saved to %s", name, folder)
         ctx.sections["ood"] = {"recall": 0.95, "sets": list(sets), "detectors": rows, "reference": config.reference,
                                "samples": {k: len(v) for k, v in sets.items()}}
+
+
+def finetune_gain(tuned: Outputs, baseline_preds: list[int], name: str = "fp32", confidence: float = 0.95,
+                  resamples: int = 2000) -> dict[str, Any]:
+    """Fine-tuned minus frozen-probe accuracy on the same test items: a paired bootstrap interval and McNemar's
+    exact test (the probe's predictions are paired with the model's item by item), with a sentence saying
+    whether the difference is significant at ``confidence``."""
+    base = np.asarray(baseline_preds)
+    if base.shape != tuned.preds.shape:
+        raise StepFailedError(f"the baseline has {base.shape[0]} test predictions but {name} has "
+                              f"{tuned.preds.shape[0]}: both must be on the same test split")
+    a, b = tuned.correct.astype(np.float64), (base == tuned.labels).astype(np.float64)
+    iv = bootstrap_interval(lambda i: float(a[i].mean() - b[i].mean()), len(a), resamples=resamples,
+                            confidence=confidence)
+    test = mcnemar(a.astype(bool), b.astype(bool))
+    significant = bool(iv.low > 0 or iv.high < 0)
+    pct = f"{confidence:.0%}"
+    if significant:
+        direction = "better" if iv.estimate > 0 else "worse"
+        verdict = (f"Fine-tuning made a significant difference at {pct}: the fine-tuned model ({name}) is {direction} "
+                   f"than logistic regression on frozen embeddings by {iv.estimate:+.3f} accuracy "
+                   f"({pct} paired bootstrap interval [{iv.low:+.3f}, {iv.high:+.3f}], McNemar p = {test['p_value']:.3g}).")
+    else:
+        verdict = (f"Fine-tuning made no significant difference at {pct}: the fine-tuned model ({name}) differs from "
+                   f"logistic regression on frozen embeddings by {iv.estimate:+.3f} accuracy, and the {pct} paired "
+                   f"bootstrap interval [{iv.low:+.3f}, {iv.high:+.3f}] contains 0 (McNemar p = {test['p_value']:.3g}).")
+    return {**iv.to_dict(), "variant": name, "baseline": "baseline_logreg", "n": len(a), "mcnemar": test,
+            "significant": significant, "verdict": verdict}
 
 
 def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tuple[Any, str, str]]:
