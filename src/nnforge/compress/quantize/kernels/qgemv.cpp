@@ -202,34 +202,36 @@ void row_block_avx512(const Args& a, int n, int m0, float* sf) {
     }
 }
 
-// Plane-mask variant for groups of whole blocks (ROW, or CPG a multiple of P): plane p is isolated
-// in place with one AND (codes << bits*p, still < 256), dotted into its own accumulator, and the
-// factor 2^(bits*p) is shifted out exactly when the group is flushed. One ALU op per 64 codes instead
-// of a shift and an AND.
+// Plane-mask variant for groups of whole blocks (ROW, or CPG a multiple of P) or of whole planes (P a
+// multiple of CPG: groups end inside a block): plane p is isolated in place with one AND (codes << bits*p,
+// still < 256), dotted into its own accumulator, and the factor 2^(bits*p) is shifted out exactly when
+// the group is flushed. One ALU op per 64 codes instead of a shift and an AND; two float chains (groups
+// alternate) hide the FMA latency.
 template <int BITS, int MT, int CPG, int R>
 void row_block_planes_avx512(const Args& a, int n, int m0, float* sf) {
   constexpr int P = 8 / BITS;
-  constexpr int BPG = CPG > 0 ? CPG / P : 0;  // blocks per group (0: the whole row)
+  constexpr int BPG = CPG >= P ? CPG / P : 0;          // blocks per group (0: the whole row, or inside)
+  constexpr int GPB = CPG > 0 && CPG < P ? P / CPG : 1;  // groups ending inside one block
   const int nb = a.Kp / (64 * P);
   const size_t row_bytes = (size_t)a.Kp * BITS / 8;
   const int8_t* xq = a.xq + (size_t)m0 * a.Kp;
   float corr[R][MT];
   for (int r = 0; r < R; r++) row_prologue_avx512<MT>(a, n + r, m0, sf + r * a.ng, corr[r]);
   const uint8_t* wrow = a.w + (size_t)n * row_bytes;
-  __m512 accf[R][MT];
+  __m512 accf[R][2][MT];
   __m512i acc[R][P][MT];
   for (int r = 0; r < R; r++)
     for (int m = 0; m < MT; m++) {
-      accf[r][m] = _mm512_setzero_ps();
+      accf[r][0][m] = accf[r][1][m] = _mm512_setzero_ps();
       for (int p = 0; p < P; p++) acc[r][p][m] = _mm512_setzero_si512();
     }
-  auto flush = [&](int r, int m) -> __m512i {  // sum of the planes, each shifted back to plain codes
-    __m512i t = acc[r][0][m];
-    for (int p = 1; p < P; p++) t = _mm512_add_epi32(t, _mm512_srai_epi32(acc[r][p][m], BITS * p));
-    for (int p = 0; p < P; p++) acc[r][p][m] = _mm512_setzero_si512();
+  auto flush = [&](int r, int m, int p0, int p1) -> __m512i {  // planes [p0, p1), shifted back to plain codes
+    __m512i t = _mm512_srai_epi32(acc[r][p0][m], BITS * p0);
+    for (int p = p0 + 1; p < p1; p++) t = _mm512_add_epi32(t, _mm512_srai_epi32(acc[r][p][m], BITS * p));
+    for (int p = p0; p < p1; p++) acc[r][p][m] = _mm512_setzero_si512();
     return t;
   };
-  int cnt = 0;
+  int cnt = 0, grp = 0;
   for (int b = 0; b < nb; b++) {
     __m512i v[R];
     for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512(wrow + r * row_bytes + (size_t)b * 64);
@@ -243,20 +245,32 @@ void row_block_planes_avx512(const Args& a, int n, int m0, float* sf) {
         const __m512i u = P == 1 ? v[r] : _mm512_and_si512(v[r], pm);
         for (int m = 0; m < MT; m++) acc[r][p][m] = _mm512_dpbusd_epi32(acc[r][p][m], u, xv[m]);
       }
+      if (GPB > 1 && p % CPG == CPG - 1) {  // a group ends inside the block: scale it now
+        const int g = b * GPB + p / (CPG > 0 ? CPG : 1), f = (p / (CPG > 0 ? CPG : 1)) & 1;
+        for (int r = 0; r < R; r++) {
+          const __m512 sv = _mm512_set1_ps(sf[r * a.ng + g]);
+          for (int m = 0; m < MT; m++)
+            accf[r][f][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(flush(r, m, p + 1 - CPG, p + 1)), sv, accf[r][f][m]);
+        }
+      }
     }
     if (BPG > 0 && ++cnt == BPG) {
       cnt = 0;
-      const int g = b / (BPG > 0 ? BPG : 1);
+      const int g = grp++;
       for (int r = 0; r < R; r++) {
         const __m512 sv = _mm512_set1_ps(sf[r * a.ng + g]);
-        for (int m = 0; m < MT; m++) accf[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(flush(r, m)), sv, accf[r][m]);
+        for (int m = 0; m < MT; m++) {  // the chains swap places (no run-time index into registers)
+          const __m512 older = accf[r][1][m];
+          accf[r][1][m] = accf[r][0][m];
+          accf[r][0][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(flush(r, m, 0, P)), sv, older);
+        }
       }
     }
   }
   for (int r = 0; r < R; r++)
     for (int m = 0; m < MT; m++) {
-      const float dot = CPG == ROW ? sf[r * a.ng] * (float)_mm512_reduce_add_epi32(flush(r, m))
-                                   : _mm512_reduce_add_ps(accf[r][m]);
+      const float dot = CPG == ROW ? sf[r * a.ng] * (float)_mm512_reduce_add_epi32(flush(r, m, 0, P))
+                                   : _mm512_reduce_add_ps(_mm512_add_ps(accf[r][0][m], accf[r][1][m]));
       a.y[(size_t)(m0 + m) * a.N + n + r] = a.sx[m0 + m] * (a.amul * dot - corr[r][m]);
     }
 }
@@ -265,7 +279,7 @@ template <int BITS, int MT, int CPG>
 void rows_avx512(const Args& a, int n0, int n1, int m0, float* sf) {
   constexpr int R = MT == 1 && BITS <= 2 ? 2 : 1;  // measured: helps 1-2 bit rows, hurts 4-8 bit ones
   int n = n0;
-  constexpr bool planes = BITS < 8 && (CPG == ROW || (CPG > 0 && CPG % (8 / BITS) == 0));
+  constexpr bool planes = BITS < 8 && (CPG == ROW || (CPG > 0 && (CPG % (8 / BITS) == 0 || (8 / BITS) % CPG == 0)));
   if (planes && NNF_PLANES) {
     for (; n + R <= n1; n += R) row_block_planes_avx512<BITS, MT, CPG, R>(a, n, m0, sf);
     for (; n < n1; n++) row_block_planes_avx512<BITS, MT, CPG, 1>(a, n, m0, sf);
@@ -538,13 +552,17 @@ bool quantize_activations(const float* x, int M, int K, int Kp, int G, int8_t* x
 #if NNF_ISA == 2
     if (G % 16 == 0) {
       const __m512 vs = _mm512_set1_ps(s), lim = _mm512_set1_ps(127.f);
-      for (; k + 16 <= K; k += 16) {
-        __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xr + k), vs),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        r = _mm512_min_ps(_mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
-        const __m512i qi = _mm512_cvtps_epi32(r);
-        _mm_storeu_si128((__m128i*)(q + k), _mm512_cvtepi32_epi8(qi));
-        gs[k / G] += (float)_mm512_reduce_add_epi32(qi);
+      for (; k + G <= K; k += G) {  // whole groups; one horizontal sum per group
+        __m512i gsv = _mm512_setzero_si512();
+        for (int j = k; j < k + G; j += 16) {
+          __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xr + j), vs),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          r = _mm512_min_ps(_mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+          const __m512i qi = _mm512_cvtps_epi32(r);
+          _mm_storeu_si128((__m128i*)(q + j), _mm512_cvtepi32_epi8(qi));
+          gsv = _mm512_add_epi32(gsv, qi);
+        }
+        gs[k / G] += (float)_mm512_reduce_add_epi32(gsv);
       }
     }
 #elif NNF_ISA == 1
