@@ -2,6 +2,7 @@
 
     python benchmarks/govern/ledger.py           # full: 1,000 tamper trials, 4 x 2,500 appends, 100 kills
     python benchmarks/govern/ledger.py --quick   # 100 trials, 4 x 100 appends, 5 kills
+    python benchmarks/govern/ledger.py --smoke   # 10 trials, 2 x 10 appends, 2 kills; writes nothing
 
 1. Tamper fuzz: a template ledger of 300 events (299 notes + a ``ledger.signed`` event signing #299).
    Each trial copies it and makes one random modification with sqlite3, as an attacker with write
@@ -39,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import write_results  # noqa: E402
+from _common import add_mode_args, pick, write_results  # noqa: E402
 from nnforge.ledger import (  # noqa: E402
     GENESIS,
     Ledger,
@@ -240,10 +241,11 @@ def sigkill(tmp: Path, runs: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    add_mode_args(ap)
     args = ap.parse_args()
-    trials, rewrites, per_proc, kills = (100, 20, 100, 5) if args.quick else (1000, 100, 2500, 100)
-    procs = 4
+    trials, rewrites, per_proc, kills = pick(args, full=(1000, 100, 2500, 100), quick=(100, 20, 100, 5),
+                                             smoke=(10, 4, 10, 2))
+    procs = pick(args, full=4, quick=4, smoke=2)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="nnforge-ledger-bench-") as d:
         tmp = Path(d)
@@ -272,10 +274,11 @@ def main() -> None:
         "sigkill_runs": kills,
         "sigkill_runs_verified": results["sigkill"]["verified"],
     }
-    path = write_results("govern", "ledger", quick=args.quick, results=results, summary=summary,
+    path = write_results("govern", "ledger", args=args, results=results, summary=summary,
                          packages=("cryptography",))
     print(json.dumps(summary, indent=1))
-    print(f"wrote {path}")
+    if path:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python benchmarks/optim/digits.py           # full: 600 steps, every optimizer at >= 3 lrs (minutes)
     python benchmarks/optim/digits.py --quick   # 100 steps, two optimizers, one lr
+    python benchmarks/optim/digits.py --smoke   # 6 steps, two optimizers, one lr, one thread; writes nothing
+    python benchmarks/optim/digits.py --only adamw,soap   # a partial sweep: writes optim_digits_only-adamw-soap.json
 
 Same protocol as charlm.py: each optimizer gets the same number of learning rates around its default,
 runs interleaved, test loss every 50 steps, training seconds without evaluation; the summary says which
@@ -20,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from charlm import GRID, summarise, timed_callbacks, timing  # noqa: E402
+from charlm import grid_for, summarise, timed_callbacks, timing  # noqa: E402
 
-from _common import write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, write_results  # noqa: E402
 
 BATCH = 64
 
@@ -50,29 +52,39 @@ def run_one(data: Any, name: str, lr: float, options: dict[str, Any], steps: int
 
 
 def main() -> int:
+    from nnforge.optim import optimizer_names
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", help="comma-separated optimizer names")
+    add_mode_args(ap, only="optimizers, comma-separated")
     args = ap.parse_args()
+    unknown = sorted(set(args.only or ()) - set(optimizer_names()))
+    if unknown:
+        ap.error(f"--only: unknown optimizer(s) {', '.join(unknown)}; registered: {', '.join(optimizer_names())}")
     from nnforge.data import load
 
+    if mode(args) == "smoke":
+        torch.set_num_threads(1)  # a tiny CNN: threads only wait on each other on a loaded machine
     data = load("digits")
-    names = args.only.split(",") if args.only else (["adamw", "batched-muon"] if args.quick else list(GRID))
-    steps, eval_every = (100, 50) if args.quick else (600, 50)
-    n_lrs = 1 if args.quick else min(len(GRID[n][0]) for n in names)
+    names = args.only or pick(args, full=optimizer_names(), quick=["adamw", "batched-muon"], smoke=["adamw", "muon"])
+    steps, eval_every = pick(args, full=(600, 50), quick=(100, 50), smoke=(6, 3))
+    grids = {n: grid_for(n) for n in names}
+    one_lr = mode(args) != "full"
+    n_lrs = 1 if one_lr else min(len(grids[n][0]) for n in names)
     runs = []
-    for i in range(n_lrs):
+    for i in range(n_lrs):  # interleaved: lr i of every optimizer, then lr i+1
         for name in names:
-            lrs, options, _ = GRID[name]
-            runs.append(run_one(data, name, lrs[1] if args.quick else lrs[i], options, steps, eval_every))
+            lrs, options = grids[name]
+            runs.append(run_one(data, name, lrs[len(lrs) // 2] if one_lr else lrs[i], options, steps, eval_every))
     table, summary = summarise(runs)
     for row in table:
         run = next(r for r in runs if r["optimizer"] == row["optimizer"] and r["lr"] == row["lr"])
         row["final_test_accuracy"] = run["test_accuracy"][max(run["test_accuracy"], key=int)]
     summary["adamw_best_final_test_loss"] = summary.pop("adamw_best_final_loss")
-    path = write_results("optim", "digits", quick=args.quick, results=table, summary=summary,
+    path = write_results("optim", "digits", args=args, results=table, summary=summary,
+                         peers={n: {"lrs_tried": sorted(r["lr"] for r in runs if r["optimizer"] == n),
+                                    "options": grids[n][1]} for n in names},
                          extra={"runs": runs, "setup": {"steps": steps, "batch": BATCH, "model": "digits-cnn"}})
-    print(f"wrote {path}\n{summary}")
+    print(f"wrote {path}\n{summary}" if path else summary)
     return 0
 
 

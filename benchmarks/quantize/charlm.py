@@ -1,7 +1,8 @@
 """Benchmark: post-training quantization and QAT of the char-GPT reference model (shakespeare-char).
 
-    PYTHONPATH=src python benchmarks/quantize/charlm.py           # full: 2,000 steps per training (~30 min)
-    PYTHONPATH=src python benchmarks/quantize/charlm.py --quick   # 150 steps, fewer variants (~2 min)
+    python benchmarks/quantize/charlm.py           # full: 2,000 steps per training (~30 min)
+    python benchmarks/quantize/charlm.py --quick   # 150 steps, fewer variants (~2 min)
+    python benchmarks/quantize/charlm.py --smoke   # a 1-layer model, 4 steps, int8/int4 with RTN and GPTQ; writes nothing
 
 1. fp32: the char-GPT trained as in the optimizer benchmark (batch 12, context 64, AdamW betas 0.9/0.99,
    weight decay 0.1, warm-up 100 + cosine to 10%, clip 1.0, the same seeds and batches) at AdamW's best
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, write_results  # noqa: E402
 
 FP32_LRS = [2e-3, 4e-3, 8e-3]
 QAT_LRS = [4e-3, 8e-3, 1.6e-2]
@@ -48,14 +49,15 @@ def val_loss(model: torch.nn.Module, val: list[Any]) -> float:
     return sum(float(model(x, y)[1]) for x, y in val) / len(val)
 
 
-def train(corpus: Any, lr: float, steps: int, val: list[Any], callbacks: list[Any] | None = None) -> tuple[Any, float, float]:
+def train(corpus: Any, lr: float, steps: int, val: list[Any], callbacks: list[Any] | None = None,
+          model_options: dict[str, Any] | None = None) -> tuple[Any, float, float]:
     """Train a char-GPT from seed 0; returns (model, final val loss, training seconds)."""
     from nnforge.models import build
     from nnforge.optim import build_optimizer
     from nnforge.train import TrainConfig, fit
 
     torch.manual_seed(0)
-    model = build("char-gpt")
+    model = build("char-gpt", **(model_options or {}))
     opt = build_optimizer("adamw", model, lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
     config = TrainConfig(max_steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 10),
                          min_lr_ratio=0.1, clip_norm=1.0, log_every=10_000, seed=0)
@@ -97,25 +99,29 @@ def swept_adamw_lr() -> float | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    add_mode_args(ap)
     args = ap.parse_args()
     from nnforge.compress.quantize.qat import QATConfig, qat_callback
     from nnforge.data import load
 
+    smoke = mode(args) == "smoke"
+    if smoke:
+        torch.set_num_threads(1)  # a 1-layer, 32-wide model: threads only wait on each other on a loaded machine
     corpus = load("shakespeare-char")
-    steps, n_val = (150, 20) if args.quick else (2000, 200)
-    swept = None if args.quick else swept_adamw_lr()
-    fp32_lrs = [4e-3] if args.quick else ([swept] if swept else FP32_LRS)
-    qat_lrs = [8e-3] if args.quick else QAT_LRS
+    steps, n_val, n_calib = pick(args, full=(2000, 200, 32), quick=(150, 20, 8), smoke=(4, 2, 2))
+    swept = swept_adamw_lr() if mode(args) == "full" else None
+    fp32_lrs = [swept] if swept else pick(args, full=FP32_LRS, quick=[4e-3], smoke=[4e-3])
+    qat_lrs = pick(args, full=QAT_LRS, quick=[8e-3], smoke=[8e-3])
+    model_options = pick(args, full={}, quick={}, smoke={"n_layer": 1, "n_head": 2, "n_embd": 32})
     val = batches(corpus, n_val, 12345, "val")
-    calib = batches(corpus, 8 if args.quick else 32, 777, "train")
+    calib = batches(corpus, n_calib, 777, "train")
     runs: list[dict[str, Any]] = []
     best = None
     qat_runs: list[dict[str, Any]] = []
 
     def run_qat(fmt: str, lr: float) -> None:
         cb = qat_callback(QATConfig(fmt=fmt, activations=8), convert=True)
-        model, loss, secs = train(corpus, lr, steps, val, [cb])
+        model, loss, secs = train(corpus, lr, steps, val, [cb], model_options)
         packed = sum(1 for m in model.modules() if type(m).__name__ == "QuantizedLinear")
         qat_runs.append({"kind": f"qat-{fmt}", "lr": lr, "val_loss": loss, "train_seconds": secs,
                          "packed_linear_layers": packed})
@@ -124,7 +130,7 @@ def main() -> int:
     # interleave fp32 and ternary QAT trainings lr by lr so that machine noise spreads evenly
     for i in range(max(len(fp32_lrs), len(qat_lrs))):
         if i < len(fp32_lrs):
-            model, loss, secs = train(corpus, fp32_lrs[i], steps, val)
+            model, loss, secs = train(corpus, fp32_lrs[i], steps, val, model_options=model_options)
             runs.append({"kind": "fp32", "lr": fp32_lrs[i], "val_loss": loss, "train_seconds": secs,
                          "lr_source": "optim_charlm.json (AdamW's best of 3)" if swept else "swept here"})
             print(f"fp32 lr {fp32_lrs[i]:g}: {loss:.4f} ({secs:.0f} s)", flush=True)
@@ -136,10 +142,11 @@ def main() -> int:
     assert best is not None
     model, fp32_loss, fp32_lr = best
     ptq_rows = []
-    groups = [64] if args.quick else [64, 32]
-    methods = ["rtn", "hqq", "gptq"] if args.quick else METHODS
+    groups = pick(args, full=[64, 32], quick=[64], smoke=[32])
+    methods = pick(args, full=METHODS, quick=["rtn", "hqq", "gptq"], smoke=["rtn", "gptq"])
+    formats = pick(args, full=FORMATS, quick=FORMATS, smoke=["int8", "int4"])
     for group in groups:
-        for fmt in FORMATS:
+        for fmt in formats:
             for method in methods:
                 if fmt == "int8" and method != "rtn" and group == 32:
                     continue
@@ -149,7 +156,8 @@ def main() -> int:
                 print(f"{fmt} g{group} {method:8s} val {row['val_loss']:.4f} ({100 * row['delta_vs_fp32']:+.2f}%)", flush=True)
 
     def best_of(fmt: str, calibrated: bool) -> dict[str, Any] | None:
-        rows = [r for r in ptq_rows if r["fmt"] == fmt and (r["method"] != "rtn") == calibrated and r["group_size"] == 64]
+        rows = [r for r in ptq_rows if r["fmt"] == fmt and (r["method"] != "rtn") == calibrated
+                and r["group_size"] == groups[0]]
         return min(rows, key=lambda r: r["val_loss"]) if rows else None
 
     def qat_best(fmt: str) -> dict[str, Any] | None:
@@ -167,11 +175,12 @@ def main() -> int:
         "ternary_qat_val_loss": tern and tern["val_loss"], "ternary_qat_lr": tern and tern["lr"],
         "binary_qat_val_loss": binr and binr["val_loss"], "binary_qat_lr": binr and binr["lr"],
     }
-    path = write_results("quantize", "charlm", quick=args.quick, results=ptq_rows, summary=summary,
+    path = write_results("quantize", "charlm", args=args, results=ptq_rows, summary=summary,
                          extra={"trainings": runs + qat_runs,
                                 "setup": {"steps": steps, "val_batches": n_val, "calibration_batches": len(calib),
-                                          "model": "char-gpt 4x4x128", "batch": 12, "block": 64}})
-    print(f"wrote {path}\n{summary}")
+                                          "model": "char-gpt 4x4x128", "model_options": model_options, "batch": 12,
+                                          "block": 64}})
+    print(f"wrote {path}\n{summary}" if path else summary)
     return 0
 
 
