@@ -55,7 +55,7 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
         {"check": "accuracy >= 0.40", "threshold": 0.4, "value": 0.65, "verdict": "pass"},
         {"check": "slice:class:a accuracy >= 0.25", "threshold": 0.25, "value": 0.7, "verdict": "pass"}]}, run=RUN)
     led.append("run.finished", {"metrics": {}, "artifacts": {}}, run=RUN)
-    config = {"run_id": RUN, "variants": {"fp32": {}}, "recipe": recipe}
+    config = {"run_id": RUN, "variants": {"fp32": "model-fp32.safetensors"}, "recipe": recipe}
     sections = {"slices": {"confidence": 0.95, "rare_below": 5, "reference": "fp32", "variants": ["fp32"], "rows": [
         {"slice": "all", "n": 20, "rare": False, "fp32": _slice(0.65)},
         {"slice": "class:a", "n": 10, "rare": False, "fp32": _slice(0.7)},

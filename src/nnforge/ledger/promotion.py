@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnforge import runs
 from nnforge.errors import ConfigError, IntegrityError, NnforgeError
 from nnforge.ledger._events import Event
 from nnforge.ledger._ledger import Ledger, file_sha256
-from nnforge.ledger._variants import variant_path
 
 __all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "promote", "revoke", "promotions"]
 
@@ -49,19 +49,6 @@ class SuiteRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "passed": self.passed, "variant": self.variant,
                 "sha256": self.sha256, "suite_sha256": self.suite_sha256, "failed": self.failed, "seq": self.seq}
-
-
-def _config(run_dir: Path) -> dict[str, Any]:
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{cfg_file}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise IntegrityError(f"{cfg_file}: expected a JSON object")
-    return cfg
 
 
 def _check_suite_name(suite: str) -> None:
@@ -145,12 +132,12 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
     if to not in STAGES:
         raise ConfigError(f"promotion: stage {to!r} is not one of {list(STAGES)}")
     folder = Path(run_dir)
-    cfg = _config(folder)
+    cfg = runs.read_config(folder)
     variants: dict[str, str] = dict(cfg.get("variants") or {})
     name = variant or cfg.get("final_variant") or next(iter(variants), None)
     if name is None or name not in variants:
         raise ConfigError(f"{folder}: no model variant {name!r} to promote; the run has {sorted(variants)}")
-    weights = variant_path(folder, name, variants[name])
+    weights = runs.variant_path(folder, name, variants[name])
     if not weights.is_file():
         raise IntegrityError(f"{weights}: the weights of variant {name!r} are missing")
     run_id = str(cfg.get("run_id") or folder.name)
@@ -207,7 +194,7 @@ def revoke(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | N
     if not (reason or "").strip():
         raise ConfigError("revoking a promotion needs a reason (--reason TEXT)")
     folder = Path(run_dir)
-    run_id = str(_config(folder).get("run_id") or folder.name)
+    run_id = str(runs.read_config(folder).get("run_id") or folder.name)
     standing = [p for p in promotions(ledger, run_id) if p["revoked"] is None]
     if not standing:
         raise ConfigError(f"run {run_id}: no standing promotion to revoke in {ledger.location}")

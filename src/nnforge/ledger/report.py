@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnforge.errors import MissingDependencyError
+from nnforge import runs
+from nnforge.errors import IntegrityError, MissingDependencyError
 from nnforge.ledger._events import Event, Verification, json_safe
 from nnforge.ledger._ledger import Ledger, atomic_write_text
-from nnforge.ledger._variants import with_runtime_columns
 
 __all__ = ["render_report", "write_report", "write_checked_report", "RenderedReport", "recorded_metrics"]
 
@@ -107,13 +107,15 @@ def _fmt(value: Any, pattern: str) -> str:
 def recorded_metrics(run_dir: Path, events: list[Event]) -> tuple[dict[str, Any], list[str]]:
     """The run's metrics as its ``step.finished`` events recorded them, and the names of those that the run's
     ``metrics.json`` shows otherwise (the file was edited; the recorded value is the one reported)."""
-    metrics_path = run_dir / "metrics.json"
-    on_disk = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    try:
+        on_disk = runs.read_metrics(run_dir)
+    except IntegrityError:  # a damaged file: every recorded figure shows as altered
+        on_disk = {}
     recorded: dict[str, Any] = {}
     for e in events:
         if e.kind == "step.finished" and isinstance(e.data.get("metrics"), dict):
             recorded.update(e.data["metrics"])
-    file_view = json_safe(on_disk) if isinstance(on_disk, dict) else {}
+    file_view = json_safe(on_disk)
     altered = sorted(k for k in set(file_view) | set(recorded) if file_view.get(k) != recorded.get(k))
     return recorded, altered
 
@@ -138,14 +140,13 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
     except ImportError as exc:
         raise MissingDependencyError("reports need jinja2 and matplotlib: pip install 'nnforge[report]'") from exc
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    sections_path = run_dir / "sections.json"
-    sections = json.loads(sections_path.read_text(encoding="utf-8")) if sections_path.exists() else {}
+    config = runs.read_config(run_dir)
+    sections = runs.read_sections(run_dir)
     run_id = config.get("run_id", run_dir.name)
     events = ledger.run_events(run_id)
     verification = ledger.verify()
     metrics, altered = recorded_metrics(run_dir, events)
-    variants = with_runtime_columns(list(config.get("variants", {})), metrics)
+    variants = runs.with_runtime_columns(list(config.get("variants", {})), metrics)
     table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
              if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]

@@ -9,7 +9,6 @@ environment), ``data.loaded``, ``model.loaded``, ``step.started`` (full config),
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -22,9 +21,10 @@ from typing import Any
 
 import torch
 
+from nnforge import runs
 from nnforge.errors import ConfigError, DataError, NnforgeError, StepFailedError
 from nnforge.hardware import machine_facts
-from nnforge.ledger import Ledger, atomic_write_text
+from nnforge.ledger import Ledger
 from nnforge.recipes.runs import build_base
 from nnforge.recipes.schema import Recipe
 from nnforge.recipes.steps import STEPS, RunContext
@@ -115,8 +115,8 @@ def _start(recipe: Recipe, runs_dir: Path, ledger: Ledger, run_id: str) -> tuple
     # a file ledger by absolute path: commands on this run from any folder find it (a URL is kept, redacted)
     where = ledger.location if "://" in ledger.location else os.path.abspath(ledger.location)
     config = {"run_id": run_id, "recipe": recipe.to_dict(), "recipe_source": recipe.source, "environment": env,
-              "ledger": where, "variants": {}, "created": datetime.now(UTC).isoformat()}
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+              "ledger": where, "variants": {}, "created": datetime.now(UTC).isoformat(), "status": "running"}
+    runs.write_config(run_dir, config)
     ledger.append("run.started", {"recipe": recipe.to_dict(), "recipe_sha256": recipe.sha256, "seed": recipe.seed,
                                   "run_dir": str(run_dir), "environment": env, **_git_facts(recipe.path)}, run=run_id)
     return run_dir, config
@@ -147,11 +147,20 @@ def run_recipe(recipe: Recipe, *, runs_dir: str | Path = "runs", ledger: Ledger 
                 _run_step(ctx, i, step)
         except BaseException as exc:
             ledger.append("run.failed", {"error": f"{type(exc).__name__}: {exc}"}, run=run_id)
+            _mark_failed(run_dir)
             raise
-    ctx.flush()
+    ctx.flush(status="finished")
     head = ledger.append("run.finished", {"metrics": ctx.metrics, "artifacts": ctx.artifacts}, run=run_id).hash
     report = run_dir / "report.html"
     return RunResult(run_id, run_dir, ctx.metrics, report if report.exists() else None, head)
+
+
+def _mark_failed(run_dir: Path) -> None:
+    """Set the run folder's status to failed, without hiding the error that failed the run."""
+    try:
+        runs.update_config(run_dir, status="failed")
+    except NnforgeError as exc:
+        log.warning("could not mark %s as failed: %s", run_dir, exc)
 
 
 def _prepare(recipe: Recipe, run_dir: Path, ledger: Ledger, run_id: str, progress: ProgressFn | None) -> RunContext:
@@ -183,9 +192,7 @@ def _prepare(recipe: Recipe, run_dir: Path, ledger: Ledger, run_id: str, progres
     ctx = RunContext(run_id=run_id, run_dir=run_dir, recipe=recipe, ledger=ledger, seed=recipe.seed, data=splits,
                      model=model, model_spec=spec, progress=progress)
     ctx.sections["data"] = summary
-    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    cfg["label_names"] = getattr(dataset, "label_names", [])
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+    runs.update_config(run_dir, label_names=list(getattr(dataset, "label_names", [])))
     return ctx
 
 

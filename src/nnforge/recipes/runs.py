@@ -7,7 +7,6 @@ loaded strictly. Nothing named in a file can execute code.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from nnforge.errors import ConfigError, IntegrityError, ModelError
-from nnforge.ledger._variants import NATIVE_SUFFIX, variant_path  # "-native": a variant run by deploy.native
+from nnforge.runs import NATIVE_SUFFIX, find_run, read_config, read_metrics, variant_path
 
 __all__ = ["build_base", "rebuild", "load_variant", "Run", "load_run", "find_run"]
 
@@ -169,24 +168,7 @@ class Run:
         return model.embed(texts)
 
 
-def find_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs") -> Path:
-    """A run folder from its path or its id (looked up under ``runs_dir``)."""
-    p = Path(run)
-    if (p / "config.json").is_file():
-        return p
-    q = Path(runs_dir) / str(run)
-    if (q / "config.json").is_file():
-        return q
-    raise ConfigError(f"{run}: not a run folder or run id (no config.json there or under {runs_dir}/)")
-
-
 def load_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs") -> Run:
-    """Load a finished run from its folder or id."""
+    """Load a finished run from its folder or id (its files checked by :mod:`nnforge.runs`)."""
     path = find_run(run, runs_dir)
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        metrics_file = path / "metrics.json"
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{path}: config.json or metrics.json is not valid JSON ({exc})") from None
-    return Run(path, config, metrics)
+    return Run(path, read_config(path), read_metrics(path))

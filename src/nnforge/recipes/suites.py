@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 
+from nnforge import runs
 from nnforge.errors import ConfigError, DataError, ModelError
 from nnforge.evaluate import (
     Outputs,
@@ -190,10 +191,9 @@ def record_suite(result: SuiteResult, run_dir: Path, ledger: Ledger, run_id: str
     if sections is not None:
         sections.setdefault("suites", {})[key] = section
     else:
-        sections_path = run_dir / "sections.json"
-        on_disk = json.loads(sections_path.read_text(encoding="utf-8")) if sections_path.exists() else {}
+        on_disk = runs.read_sections(run_dir)
         on_disk.setdefault("suites", {})[key] = section
-        atomic_write_text(sections_path, json.dumps(on_disk, indent=1, sort_keys=True, default=str) + "\n")
+        runs.write_sections(run_dir, on_disk)
     ledger.append("suite.evaluated", {
         "suite": result.suite, "suite_sha256": result.sha256, "suite_source": suite_path, "variant": variant,
         "baseline": baseline, "weights_sha256": file_sha256(weights) if weights is not None else None,

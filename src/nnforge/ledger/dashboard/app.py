@@ -13,7 +13,6 @@ labels, file names) is HTML-escaped by Jinja2's autoescape. This is the only mod
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnforge import runs as run_schema
 from nnforge.errors import ConfigError, IntegrityError, MissingDependencyError, NnforgeError
 from nnforge.ledger._ledger import Ledger
 from nnforge.ledger._lineage import lineage as build_lineage
@@ -66,22 +66,8 @@ _LOGIN_FAILURES_PER_MINUTE = 10
 _MAX_EVENTS_SHOWN = 500
 
 
-_MAX_JSON_BYTES = 32 << 20
 _MAX_BODY_BYTES = 64 << 10
 _MAX_REVIEWER, _MAX_NOTE = 200, 10_000
-
-
-def _read_json(path: Path | None) -> dict[str, Any]:
-    """A JSON object from a file already checked to be inside a run folder; ``{}`` when absent or unreadable."""
-    if path is None:
-        return {}
-    try:
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            return {}
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 class _Runs:
@@ -102,16 +88,20 @@ class _Runs:
     def file(self, run_id: str, name: str) -> Path | None:
         """A regular file inside the run folder (``name`` may have subfolders), or ``None``."""
         folder = self.folder(run_id)
-        if folder is None or not name or "\x00" in name or os.path.isabs(name):
-            return None
-        path = (folder / name).resolve()
-        if not path.is_relative_to(folder) or not path.is_file():
-            return None
-        return path
+        return None if folder is None else run_schema.run_file(folder, name)
 
     def json(self, run_id: str, name: str) -> dict[str, Any]:
-        """A JSON file of the run, read only when it resolves inside the run folder (a symlink out is absent)."""
-        return _read_json(self.file(run_id, name))
+        """The run's config, metrics or sections as :mod:`nnforge.runs` reads them; ``{}`` when the run or the
+        file is absent, and ``{"_error": why}`` when the file fails its checks (the page shows why)."""
+        folder = self.folder(run_id)
+        if folder is None:
+            return {}
+        read = {run_schema.CONFIG: run_schema.read_config, run_schema.METRICS: run_schema.read_metrics,
+                run_schema.SECTIONS: run_schema.read_sections}
+        try:
+            return read[name](folder)
+        except NnforgeError as exc:
+            return {"_error": str(exc)}
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():

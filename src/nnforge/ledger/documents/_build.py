@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
 
-from nnforge.errors import ConfigError, IntegrityError
+from nnforge import runs
 from nnforge.ledger._events import Verification
 from nnforge.ledger._ledger import Ledger, atomic_write_text
 from nnforge.ledger.documents._facts import _Facts, _text_fact
@@ -198,23 +197,11 @@ _TITLES = {"model-card": "Model card", "instructions-for-use": "Instructions for
 _BUILDERS = {"model-card": _model_card, "instructions-for-use": _instructions, "annex-iv": _annex_iv}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{path}: not valid JSON ({exc})") from None
-    return doc if isinstance(doc, dict) else {}
-
-
 def build_documents(run_dir: str | Path, ledger: Ledger) -> list[Document]:
     """The three documents of the run in ``run_dir``, from its files and its ledger events."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no config.json)")
-    config = _read_json(run_dir / "config.json")
-    sections = _read_json(run_dir / "sections.json")
+    config = runs.read_config(run_dir)
+    sections = runs.read_sections(run_dir)
     run_id = str(config.get("run_id", run_dir.name))
     events = ledger.run_events(run_id)
     verification = ledger.verify()

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from nnforge.ledger._events import Event
-from nnforge.ledger._variants import with_runtime_columns
 from nnforge.ledger.documents._facts import _Facts, _metadata, _text_fact
 from nnforge.ledger.documents._model import TODO, Section, Span, _num
+from nnforge.runs import with_runtime_columns
 
 
 def _general(facts: _Facts, sec: Section, run_id: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from nnforge import runs
 from nnforge.config import Config
 from nnforge.ledger import Ledger, atomic_write_text, file_sha256
 from nnforge.registry import Registry
@@ -71,16 +72,15 @@ class RunContext:
     shared: dict[str, Any] = field(default_factory=dict)  # in-memory results later steps may reuse
     progress: ProgressFn | None = None
 
-    def flush(self) -> None:
-        """Write ``metrics.json``, ``sections.json`` and the variant list in ``config.json`` (atomically)."""
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(self.run_dir / "sections.json",
-                          json.dumps(self.sections, indent=1, sort_keys=True, default=str) + "\n")
-        cfg_path = self.run_dir / "config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg["variants"] = dict(self.variant_files)
-        cfg["final_variant"] = next(reversed(self.variant_files), None)
-        atomic_write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+    def flush(self, status: str | None = None) -> None:
+        """Write ``metrics.json``, ``sections.json`` and the variants and artifacts in ``config.json`` (each
+        atomically, through :mod:`nnforge.runs`); ``status`` also sets the run's status."""
+        runs.write_metrics(self.run_dir, self.metrics)
+        runs.write_sections(self.run_dir, self.sections)
+        extra = {"status": status} if status is not None else {}
+        runs.update_config(self.run_dir, variants=dict(self.variant_files),
+                           final_variant=next(reversed(self.variant_files), None), artifacts=dict(self.artifacts),
+                           **extra)
 
     def record_file(self, name: str, path: str | Path) -> str:
         """Hash a written file into the ledger and remember it as an artifact; returns its sha256."""
