@@ -21,6 +21,7 @@ from nnforge.compress import (
     measure_verdicts,
     quantize_,
 )
+from nnforge.compress.quantize.kernels import reference_matmul
 from nnforge.errors import ConfigError
 from nnforge.models.checkpoint import load_weights, save_weights
 
@@ -388,8 +389,9 @@ def test_module_casts_keep_packed_scales_in_fp16(cast):
     assert m[0].weight_packed.scales.dtype == torch.float16  # cast to bf16 they were rounded (and saved so)
     assert torch.equal(m[0].weight_packed.scales, scales) and m[0].bias.dtype == cast
     c = copy.deepcopy(m)  # a copy rebuilt the packed view from the cast buffers: the kernels then failed
-    x = torch.randn(100, 256).to(cast)  # > 64 rows: the dequantizing path, in the cast dtype
-    want = x.double() @ w.double().T + m[0].bias.double()
+    x = torch.randn(100, 256).to(cast)
+    # the layer's arithmetic at every batch size: int8 activations per row (docs/kernels.md, "Numerics")
+    want = reference_matmul(x.float(), m[0].packed, dtype=torch.float64).double() + m[0].bias.double()
     tol = 5e-2 if cast == torch.bfloat16 else 1e-5
     with torch.no_grad():
         for mod in (m, c):

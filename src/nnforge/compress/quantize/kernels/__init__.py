@@ -1,4 +1,4 @@
-"""Low-bit CPU kernels for small-batch ``x @ W.T``: int8, int4, int2, ternary and binary packed weights.
+"""Low-bit CPU kernels for ``x @ W.T``: int8, int4, int2, ternary and binary packed weights.
 
 >>> import torch
 >>> from nnforge.compress.quantize.kernels import quantize_weight, qgemv
@@ -7,16 +7,18 @@
 torch.Size([1, 256])
 
 The C++ kernels (``qgemv.cpp``) are compiled with the machine's compiler at first use and cached; with no
-compiler, or ``$NNFORGE_KERNELS=torch``, the same API runs in pure torch. See docs/kernels.md.
+compiler, or ``$NNFORGE_KERNELS=torch``, the same API runs the same arithmetic in pure torch. The matmul is the
+custom op ``torch.ops.nnforge.qgemm`` (autograd and ``torch.compile`` see it). See docs/kernels.md.
 """
 
 from __future__ import annotations
 
-from nnforge.compress.quantize.kernels._dispatch import MAX_KERNEL_BATCH, backend, qgemv
+from nnforge.compress.quantize.kernels._dispatch import backend, qgemv
 from nnforge.compress.quantize.kernels._format import FORMATS, LAYOUT_VERSION, PackedWeight, pack, padded_k, unpack
 from nnforge.compress.quantize.kernels._reference import (
     dequantize_codes,
     from_int,
+    integer_matmul,
     quantize_activations,
     quantize_codes,
     quantize_weight,
@@ -26,11 +28,11 @@ from nnforge.compress.quantize.kernels._reference import (
 __all__ = [
     "FORMATS",
     "LAYOUT_VERSION",
-    "MAX_KERNEL_BATCH",
     "PackedWeight",
     "backend",
     "dequantize_codes",
     "from_int",
+    "integer_matmul",
     "quantize_codes",
     "pack",
     "padded_k",

@@ -1,4 +1,4 @@
-"""``qgemv``: the compiled kernel for small batches, pure torch otherwise."""
+"""``qgemv``: the packed matmul for any batch, its inputs checked at the boundary."""
 
 from __future__ import annotations
 
@@ -6,19 +6,10 @@ import torch
 
 from nnforge.compress.quantize.kernels._build import load_library
 from nnforge.compress.quantize.kernels._format import PackedWeight
-from nnforge.compress.quantize.kernels._reference import reference_matmul
-from nnforge.errors import ConfigError, NnforgeError
+from nnforge.compress.quantize.kernels._ops import fits_int32, qgemm, run_qgemm
+from nnforge.errors import ConfigError
 
-__all__ = ["qgemv", "backend", "MAX_KERNEL_BATCH"]
-
-MAX_KERNEL_BATCH = 64  # measured: up to ~64 rows the packed kernel beats dequantising the weight for each call
-
-
-def fits_int32(w: PackedWeight) -> bool:
-    """Whether the kernel's int32 sums of ``code * activation`` over one group (the whole row with per-row
-    scales) cannot overflow: codes reach ``2**bits - 1`` and activations ±127, so an int8 weight with one scale
-    per row of more than ~66,000 inputs needs the reference path (which sums the same products in float)."""
-    return w.group * (2 ** w.spec.bits - 1) * 127 < 2**31
+__all__ = ["qgemv", "backend", "fits_int32"]
 
 
 def backend(isa: str | None = None) -> str:
@@ -30,40 +21,41 @@ def backend(isa: str | None = None) -> str:
     return load_library(isa)[1]
 
 
+def check_operands(x: torch.Tensor, w: PackedWeight) -> None:
+    """Refuse what the kernels cannot read: non-float activations, a wrong K, tensors on different devices.
+
+    Dtypes and shapes of the packed tensors are checked when the :class:`PackedWeight` is built; strided
+    (non-contiguous) packed tensors are made contiguous by the op, never read as if they were dense.
+    """
+    if not x.dtype.is_floating_point:
+        raise ConfigError(f"qgemv: x must be a floating-point tensor. Got {x.dtype} instead; convert it with x.float().")
+    if x.dim() == 0 or x.shape[-1] != w.K:
+        raise ConfigError(f"qgemv: x has {x.shape[-1] if x.dim() else 0} features but the packed weight expects "
+                          f"K={w.K}.")
+    devices = {w.data.device, w.scales.device, *([w.zeros.device] if w.zeros is not None else [])}
+    if len(devices) > 1:
+        raise ConfigError(f"qgemv: the packed weight's tensors are on different devices ({sorted(map(str, devices))}); "
+                          "move the layer with .to(device).")
+    if x.device != w.data.device:
+        raise ConfigError(f"qgemv: x is on {x.device} but the packed weight on {w.data.device}.")
+
+
 def qgemv(x: torch.Tensor, w: PackedWeight, *, isa: str | None = None, num_threads: int | None = None) -> torch.Tensor:
     """``x (..., K) @ W.T -> (..., N)`` float32 for a packed weight, activations quantised to int8 per row.
 
-    Uses the compiled kernel when at most :data:`MAX_KERNEL_BATCH` rows come in, it is available and its int32
-    sums cannot overflow (:func:`fits_int32`);
-    otherwise :func:`reference_matmul` (same activation rounding, plain torch) for small batches, or the
-    fp32 dequantise-and-matmul for larger ones and for tensors off the CPU (where the kernel cannot read).
-    Input holding NaN or inf takes the fp32 path whatever its size, so those values propagate as through
-    ``nn.Linear`` (the compiled kernel detects them for free).
+    Every batch size, grad mode and device computes the same arithmetic through ``torch.ops.nnforge.qgemm``
+    (docs/kernels.md, "Numerics"): the compiled kernel on the CPU, :func:`integer_matmul` elsewhere, with no
+    compiler, or where the kernel's int32 sums could overflow (:func:`fits_int32`). A row's output does not
+    depend on the other rows of the batch. Rows holding NaN or inf are computed in fp32, where those values
+    propagate as through ``nn.Linear``. Autograd sees it: the gradient of ``x`` is ``grad @ dequant(W)``.
 
     Raises:
-        ConfigError: ``x``'s last dimension is not ``w.K``, or ``x`` and ``w`` are on different devices.
+        ConfigError: ``x`` is not floating point, its last dimension is not ``w.K``, or ``x`` and ``w`` are on
+            different devices.
     """
-    if x.shape[-1] != w.K:
-        raise ConfigError(f"qgemv: x has {x.shape[-1]} features but the packed weight expects K={w.K}.")
-    x2 = x.reshape(-1, w.K)
-    M = x2.shape[0]
-    if x.device != w.data.device:
-        raise ConfigError(f"qgemv: x is on {x.device} but the packed weight on {w.data.device}.")
-    if M > MAX_KERNEL_BATCH or x.device.type != "cpu":  # the compiled kernel reads CPU memory only
-        return reference_matmul(x, w, act_quant=False)
-    lib, _ = load_library(isa)
-    if lib is None or M == 0 or not fits_int32(w):
-        # NaN / inf rows take the fp32 path, where they propagate (int8 rounding would turn them into garbage)
-        return reference_matmul(x, w, act_quant=bool(torch.isfinite(x2).all()))
-    x2 = x2.detach().to(torch.float32).contiguous()
-    y = torch.empty(M, w.N, dtype=torch.float32)
-    spec = w.spec
-    zeros = w.zeros.data_ptr() if w.zeros is not None else None
-    rc = lib.nnf_qgemm(x2.data_ptr(), M, w.K, w.data.data_ptr(), w.scales.data_ptr(), zeros,
-                       spec.z_symmetric, spec.amul, spec.bits, w.N, w.Kp, w.group,
-                       y.data_ptr(), num_threads or torch.get_num_threads())
-    if rc == 1:  # x holds NaN or inf: the kernel wrote nothing; fp32 propagates them as nn.Linear does
-        return reference_matmul(x, w, act_quant=False)
-    if rc != 0:
-        raise NnforgeError(f"qgemv kernel rejected its arguments (code {rc}) for {w.fmt} N={w.N} K={w.K} G={w.group}.")
-    return y.reshape(*x.shape[:-1], w.N)
+    check_operands(x, w)
+    args = (x, w.data, w.scales, w.zeros, w.fmt, w.N, w.K, w.group_size, isa or "", num_threads or 0)
+    if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
+        return qgemm(*args)
+    # eager without autograd: the op's own implementation, the same numbers without ~100 us of dispatch
+    return run_qgemm(*args)

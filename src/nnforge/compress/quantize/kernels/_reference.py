@@ -8,7 +8,7 @@ from nnforge.compress.quantize.kernels._format import PackedWeight, format_spec,
 from nnforge.errors import ConfigError
 
 __all__ = ["quantize_weight", "quantize_codes", "dequantize_codes", "from_int", "quantize_activations",
-           "reference_matmul"]
+           "reference_matmul", "integer_matmul"]
 
 
 def _grouped(w: torch.Tensor, Kp: int, G: int) -> torch.Tensor:
@@ -131,3 +131,27 @@ def reference_matmul(x: torch.Tensor, w: PackedWeight, *, act_quant: bool = True
         xe = x2.to(dtype)
     y = xe @ w.dequantize().to(dtype).T
     return y.to(torch.float32).reshape(*x.shape[:-1], w.N)
+
+
+def integer_matmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """The kernels' arithmetic in pure torch, on any device: ``(..., K) -> (..., N)`` float32.
+
+    Activations are rounded to int8 per row (:func:`quantize_activations`) and multiplied by the integer
+    weights ``amul * u - z`` scaled by their fp16 group scales, in float64: every product is exact
+    (``|q| <= 127``, ``|amul * u - z| <= 255`` and an fp16 scale need 26 mantissa bits; float64 has 53) and the
+    sums carry a relative error near 1e-16, so the result is ``s_x * sum_g s_g * D_g`` rounded once to
+    float32, whatever the batch size or summation order. The compiled kernels compute the same value with
+    float32 group sums (docs/kernels.md, "Numerics", gives the measured difference). Rows holding NaN or inf take the fp32 ``x @ dequant(W).T``, where those values
+    propagate as through ``nn.Linear``; the other rows are unaffected.
+    """
+    x2 = x.reshape(-1, w.K).float()
+    wd = w.dequantize()  # (N, K) float32: exact (integer code times an fp16 scale)
+    q, s = quantize_activations(x2)
+    y = ((q.double() @ wd.double().T) * s.double()).float()
+    finite = torch.isfinite(x2).all(dim=-1, keepdim=True)
+    if x2.device.type != "cpu":  # no host sync: both, and the finite rows keep the integer result
+        y = torch.where(finite, y, x2 @ wd.T)
+    elif not bool(finite.all()):
+        bad = ~finite.squeeze(-1)
+        y[bad] = x2[bad] @ wd.T
+    return y.reshape(*x.shape[:-1], w.N)
