@@ -139,6 +139,21 @@ def test_portable_build_computes_what_the_avx512_one_does():
     torch.testing.assert_close(fast(**b), slow(**b), rtol=1e-4, atol=1e-4)
 
 
+def test_backend_names_the_code_path_that_runs():
+    """The encoder has AVX-512 VNNI and portable C++ only: an AVX2 build reported "native-avx2" before."""
+    from nnforge.compress.quantize.kernels._build import ISA_NAMES
+    from nnforge.deploy.native.encoder import _library
+
+    model = _quantized()
+    auto = NativeEncoder(model.m).backend
+    assert auto in ("native-avx512vnni", "native-scalar")
+    assert auto == ("native-avx512vnni" if "avx512" in ISAS else "native-scalar")
+    if backend("avx2") == ISA_NAMES[1]:  # this CPU and compiler can build with AVX2 flags
+        lib, name = _library("avx2")
+        assert lib is not None and lib.nnf_isa() == 0 and name == "scalar"
+        assert NativeEncoder(model.m, isa="avx2").backend == "native-scalar"
+
+
 def test_verdict_times_both_paths_on_the_callers_inputs():
     model = _quantized()
     b = _batch()

@@ -13,7 +13,7 @@
 //   y = ws * sum_b sx_b * (sum_k u_k xq_k - 128 * sum_k xq_k).
 //
 // ISA: AVX-512 VNNI (vpdpbusd, 4 tokens x 48 outputs per register tile; attention four queries x 32 keys
-// at a time, vectorised exp) or portable C++.
+// at a time, vectorised exp) or portable C++; there is no AVX2 path (an AVX2 build reports "scalar").
 
 #include <cfloat>
 #include <cmath>
@@ -477,7 +477,9 @@ void attn_task(const void* p, int t) {
 
 extern "C" {
 
-int nnf_isa(void) { return NNF_ISA; }
+// The code path this build really runs: the encoder has AVX-512 VNNI and portable paths only, so a build with
+// AVX2 flags (NNF_ISA 1) runs the portable C++ (auto-vectorised by the compiler) and says so: 0, "scalar".
+int nnf_isa(void) { return NNF_ISA == 2 ? 2 : 0; }
 
 // One linear layer (for tests): y (M, N) = quantised x (M, K) through L.
 int nnf_linear(const NnfLinear* L, const float* x, int M, float* y, int nthreads) {

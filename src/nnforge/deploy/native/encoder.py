@@ -3,7 +3,8 @@
 Eager PyTorch spends most of a short sentence's forward pass dispatching ~150 small operations; ONNX
 Runtime's fastest int8 path rounds activations per tensor, which costs MiniLM a lot of fidelity. This runner
 does the whole encoder in C++ with the int8 weights of nnforge's W8A8 (or int8 weight-only) layers, int8
-activations per token and per block of 64 inputs, and AVX-512 VNNI dot products.
+activations per token and per block of 64 inputs, and AVX-512 VNNI dot products (portable C++ on other CPUs:
+:attr:`NativeEncoder.backend` says which runs).
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ class NativeEncoder:
         self._keep: list[torch.Tensor] = []
         self._struct = self._build(model)  # validates the model even when no compiler is there
         self._lib, isa_name = _library(isa)
+        # the path the compiled code really runs: "native-avx512vnni" or "native-scalar" (portable C++, also what
+        # an AVX2 build runs: the encoder has no AVX2 code), or "torch"
         self.backend = f"native-{isa_name}" if self._lib is not None else "torch"
 
     # ---------------------------------------------------------------------------------------------- build
