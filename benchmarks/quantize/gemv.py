@@ -352,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     run_mode = mode(args)
+    if run_mode == "smoke":  # checks the code, not the speed: one thread, so a loaded machine cannot stall barriers
+        torch.set_num_threads(1)
     only = set(args.only) if args.only else None
     if only and only - set(FAMILIES):
         ap.error(f"--only: unknown format(s) {', '.join(sorted(only - set(FAMILIES)))}; known: {', '.join(FAMILIES)}")
