@@ -26,6 +26,11 @@ namespace {
 
 #include "thread_pool.h"
 
+// Software prefetch distance for the weight stream (bytes ahead of the block being read; past the end of
+// the weights it is harmless: prefetches never fault). Measured on a shared Zen 3 (AVX2) with weights
+// from DRAM: 1-2 KB ahead lowered the best and median times of a 90 MB int2 stream in interleaved runs.
+constexpr int PREFETCH_BYTES = 1024;
+
 struct Args {
   const uint8_t* w;      // (N, Kp * bits / 8)
   const uint16_t* s;     // (N, ng) fp16 bits
@@ -234,7 +239,10 @@ void row_block_planes_avx512(const Args& a, int n, int m0, float* sf) {
   int cnt = 0, grp = 0;
   for (int b = 0; b < nb; b++) {
     __m512i v[R];
-    for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512(wrow + r * row_bytes + (size_t)b * 64);
+    for (int r = 0; r < R; r++) {
+      _mm_prefetch((const char*)(wrow + r * row_bytes + (size_t)b * 64 + PREFETCH_BYTES), _MM_HINT_T0);
+      v[r] = _mm512_loadu_si512(wrow + r * row_bytes + (size_t)b * 64);
+    }
 #pragma GCC unroll 8
     for (int p = 0; p < P; p++) {
       const int8_t* xk = xq + (size_t)(b * P + p) * 64;
@@ -336,6 +344,7 @@ void rows_avx2_low(const Args& a, int n0, int n1, int m0, float* sf) {
     int bcnt = 0, grp = 0;
     for (int b = 0; b < nb; b++) {
       const uint8_t* wb = wrow + (size_t)b * 64;
+      _mm_prefetch((const char*)(wb + PREFETCH_BYTES), _MM_HINT_T0);
       const __m256i v[2] = {_mm256_loadu_si256((const __m256i*)wb), _mm256_loadu_si256((const __m256i*)(wb + 32))};
       const __m256i t[2] = {_mm256_srli_epi16(v[0], 4), _mm256_srli_epi16(v[1], 4)};
       auto widen = [&](int m) {  // the block's (or group's) int16 sums as int32, classes shifted back
