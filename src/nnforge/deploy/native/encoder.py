@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnforge.compress.quantize.kernels._build import compile_library
+from nnforge.compress.quantize.kernels import compile_library
 from nnforge.compress.quantize.weight_only.layer import QuantizedEmbedding, QuantizedLinear
 from nnforge.errors import ConfigError, NnforgeError
 

@@ -13,6 +13,7 @@ custom op ``torch.ops.nnforge.qgemm`` (autograd and ``torch.compile`` see it). S
 
 from __future__ import annotations
 
+from nnforge.compress.quantize.kernels._build import compile_library
 from nnforge.compress.quantize.kernels._dispatch import backend, qgemv
 from nnforge.compress.quantize.kernels._format import FORMATS, LAYOUT_VERSION, PackedWeight, pack, padded_k, unpack
 from nnforge.compress.quantize.kernels._reference import (
@@ -30,6 +31,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "PackedWeight",
     "backend",
+    "compile_library",
     "dequantize_codes",
     "from_int",
     "integer_matmul",
