@@ -34,8 +34,8 @@ class WeightOnlyConfig(Config):
             and only to 0.997 asymmetric, for 1 byte more per group.
         plan: per-module formats that override ``fmt`` (mixed precision; ``"fp32"`` keeps a module as it is),
             as written by :func:`~nnforge.compress.quantize.mixed.allocate_bits`.
-        kernel: run batches of at most 64 rows through the packed integer kernels (activations rounded to
-            int8 per row, as llama.cpp does); ``False`` always dequantizes and multiplies in fp32.
+        kernel: every batch runs int8 per-row activations times the integer codes (the packed kernels on the
+            CPU, as llama.cpp does; docs/kernels.md, "Numerics"); ``False`` always dequantizes and multiplies in fp32.
         damp: GPTQ's Hessian damping, as a fraction of the mean diagonal.
         act_order: GPTQ quantizes columns in order of decreasing Hessian diagonal (group scales from the
             original weight); on all-MiniLM-L6-v2 int4 g32 it lifts mean cosine from 0.989 to 0.991.
