@@ -34,9 +34,11 @@ optimisation (all), ``intra_op_num_threads`` = torch's thread count, no spinning
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import functools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -310,6 +312,7 @@ def main() -> int:
     clf = load("minilm")
     tok, fp32 = clf.tokenizer, Encoder(clf.encoder).eval()
     tmp = Path(tempfile.mkdtemp(prefix="nnforge-minilm-"))
+    atexit.register(shutil.rmtree, tmp, True)  # every model file of the run (hundreds of MB) goes at exit
     one = dict(tok([lines[0]], return_tensors="pt"))
     b32 = dict(tok(lines[:32], padding=True, truncation=True, max_length=128, return_tensors="pt"))
     # calibration text is disjoint from the evaluation lines (calibration_lines), so nothing is tuned on them
