@@ -130,7 +130,7 @@ def _config_problems(doc: Mapping[str, Any]) -> list[str]:
     problems = [f"field {key!r} must be {what}; got {doc[key]!r:.80}"
                 for key, (check, what) in _CONFIG_FIELDS.items() if key in doc and not check(doc[key])]
     final, variants = doc.get("final_variant"), doc.get("variants")
-    if isinstance(final, str) and _is_str_map(variants) and final not in variants:
+    if isinstance(final, str) and isinstance(variants, dict) and final not in variants:
         problems.append(f"field 'final_variant' names {final!r}, which is not among its variants {sorted(variants)}")
     return problems
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from nnforge.cli import main
+from nnforge.govern.review import text_sha256
 from nnforge.ledger import Ledger
-from nnforge.ledger.review import text_sha256
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ def _is_loopback(host: str) -> bool:
 def token(token_file: TokenOpt = None, ledger: LedgerOpt = None, actor: ActorOpt = None) -> None:
     """Create a new access token, print it once and store only its SHA-256 (mode 0600). The previous token and
     every session opened with it stop working. Recorded in the ledger (who, when, the token's fingerprint)."""
-    from nnforge.ledger.dashboard._security import DEFAULT_TOKEN_FILE, new_token, token_fingerprint
+    from nnforge.govern.dashboard import DEFAULT_TOKEN_FILE, new_token, token_fingerprint
 
     path = token_file or str(DEFAULT_TOKEN_FILE)
     value = new_token(path)
@@ -55,7 +55,7 @@ def serve(
 ) -> None:
     """Serve the dashboard (log in with the token from 'nnforge dashboard token')."""
     from nnforge.errors import ConfigError, MissingDependencyError
-    from nnforge.ledger.dashboard._security import DEFAULT_TOKEN_FILE, token_fingerprint
+    from nnforge.govern.dashboard import DEFAULT_TOKEN_FILE, token_fingerprint
 
     if not _is_loopback(host) and not allow_remote:
         raise ConfigError(f"--host {host!r} is not a loopback address: the dashboard speaks plain HTTP, so the "
@@ -69,7 +69,7 @@ def serve(
     try:
         import uvicorn
 
-        from nnforge.ledger.dashboard.app import create_app
+        from nnforge.govern.dashboard.app import create_app
     except ImportError as exc:
         raise MissingDependencyError(f"the dashboard needs FastAPI and uvicorn ({exc.name} is missing): "
                                      "pip install 'nnforge[dashboard]'") from None
@@ -81,7 +81,7 @@ def serve(
     # who opened the ledger's data to a web server, where and for whom, is itself on the record
     record_cli("dashboard.serve", {"host": host, "port": port, "allow_remote": allow_remote, "runs_dir": runs_dir,
                                    "token_file": tokens}, ledger=ledger, actor=actor)
-    from nnforge.ledger._store import redact_url
+    from nnforge.ledger import redact_url
 
     shown = f"[{bind}]" if ":" in bind else bind
     console.print(f"nnforge dashboard on http://{shown}:{port}/ (ledger {redact_url(ledger_location(ledger))}, "

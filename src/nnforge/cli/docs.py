@@ -25,8 +25,8 @@ def docs(
     """
 
     from nnforge.errors import ConfigError
+    from nnforge.govern.documents import FORMATS, write_documents
     from nnforge.ledger import Ledger
-    from nnforge.ledger.documents import FORMATS, write_documents
     from nnforge.recipes.runs import find_run
 
     if format_ not in FORMATS:

@@ -169,7 +169,7 @@ def lineage(
     from rich.markup import escape
     from rich.tree import Tree
 
-    from nnforge.ledger._lineage import lineage as build_lineage
+    from nnforge.ledger import lineage as build_lineage
 
     led = _open(ledger)
     lin = build_lineage(led, artifact)  # type: ignore[arg-type]

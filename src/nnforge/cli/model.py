@@ -95,8 +95,8 @@ def report(run_dir: Annotated[str, typer.Argument(help="Run folder or run id.")]
     """Render (again) the HTML report of a run from its files and the ledger (recorded in the ledger). Exit 1
     when the ledger chain does not verify or metrics.json differs from the recorded metrics (the report is still
     written, saying so), as `nnforge docs` does."""
+    from nnforge.govern.report import write_checked_report
     from nnforge.ledger import Ledger, file_sha256
-    from nnforge.ledger.report import write_checked_report
     from nnforge.recipes.runs import find_run
 
     folder = find_run(run_dir, runs_dir)

@@ -21,17 +21,18 @@ LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="Ledger database
 
 def _queue(location: str | None, actor: str | None = None, *, create: bool = False) -> Any:
     """The review queue in the ledger; only ``enqueue`` (which writes new records) may create the ledger."""
-    from nnforge.ledger.review import ReviewQueue
+    from nnforge.govern.review import ReviewQueue
 
     return ReviewQueue.open(ledger_location(location) if create else existing_ledger(location), actor=actor)
 
 
 def _run_labels(run_dir: Path) -> list[str] | None:
-    import json
+    from nnforge import runs
+    from nnforge.errors import NnforgeError
 
     try:
-        labels = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("label_names")
-    except (OSError, ValueError):
+        labels = runs.read_config(run_dir).get("label_names")
+    except NnforgeError:
         return None
     return [str(x) for x in labels] if labels else None
 
@@ -52,7 +53,7 @@ def enqueue(
 ) -> None:
     """Predict the texts with a run's model, apply the review rules and queue what needs a human."""
     from nnforge.errors import ConfigError, DataError
-    from nnforge.ledger.review import check_review_rates, review_rules
+    from nnforge.govern.review import check_review_rates, review_rules
     from nnforge.recipes.runs import load_run
 
     check_review_rates(min_confidence, audit_rate, ("--min-confidence", "--audit-rate"))  # before any model runs
@@ -156,7 +157,7 @@ def decide(
     """Approve or override one item, once; the decision, reviewer and timing go to the ledger. Exit 2 for an
     unknown id, a second decision, both or neither of --approve/--override, or a label the run does not have."""
     from nnforge.errors import ConfigError
-    from nnforge.ledger._ledger import _default_actor
+    from nnforge.ledger import default_actor
 
     if approve == (override is not None):
         raise ConfigError("review decide: give exactly one of --approve or --override LABEL")
@@ -174,7 +175,7 @@ def decide(
             if labels is None:
                 raise ConfigError(f"review decide: cannot check --override {override!r}: run {item.run} (its "
                                   f"config.json with label_names) is not under {runs_dir}/; pass --runs-dir")
-        done = q.decide(item_id, reviewer=reviewer or _default_actor(), approve=approve, override_label=override,
+        done = q.decide(item_id, reviewer=reviewer or default_actor(), approve=approve, override_label=override,
                         note=note, allowed_labels=labels)
     finally:
         q.close()
@@ -230,8 +231,8 @@ def promote(
     """Promote a run's model (a named approver and passing regression suites, both recorded; exit 1 when a suite
     failed), or with --revoke record that a promotion is withdrawn (records are never deleted)."""
     from nnforge.errors import ConfigError
+    from nnforge.govern import promotion as gate
     from nnforge.ledger import Ledger
-    from nnforge.ledger import promotion as gate
     from nnforge.recipes.runs import find_run
 
     if reason is not None and not revoke:

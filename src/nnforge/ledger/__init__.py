@@ -1,4 +1,6 @@
-"""The audit ledger: append-only, hash-chained events, and documents rendered from it.
+"""The audit ledger: append-only, hash-chained events in a store (SQLite, PostgreSQL, JSONL export), signed
+heads, and the lineage of an artifact read from the events. What is built on it (review queue, promotion
+gate, report, documents, dashboard) lives in :mod:`nnforge.govern`.
 
 >>> from nnforge.ledger import Ledger
 >>> led = Ledger.open("/tmp/demo-ledger.db")  # doctest: +SKIP
@@ -9,12 +11,10 @@ True
 
 from __future__ import annotations
 
-from nnforge.ledger._events import GENESIS, Event, Verification, canonical_json, verify_chain
-from nnforge.ledger._ledger import DEFAULT_LEDGER, Ledger, atomic_write_text, file_sha256
+from nnforge.ledger._events import GENESIS, Event, Verification, canonical_json, json_safe, verify_chain
+from nnforge.ledger._ledger import DEFAULT_LEDGER, Ledger, atomic_write_text, default_actor, file_sha256
 from nnforge.ledger._lineage import Lineage, LineageNode, lineage
-from nnforge.ledger._store import SQLiteStore, Store
-from nnforge.ledger.promotion import PromotionRefused, SuiteRecord, promote, promotions, revoke
-from nnforge.ledger.review import ReviewItem, ReviewPick, ReviewQueue, review_rules
+from nnforge.ledger._store import SQLiteStore, Store, redact_url
 from nnforge.ledger.signing import (
     SIGNED_EVENT_KIND,
     SignedHead,
@@ -35,6 +35,9 @@ __all__ = [
     "GENESIS",
     "DEFAULT_LEDGER",
     "canonical_json",
+    "json_safe",
+    "default_actor",
+    "redact_url",
     "verify_chain",
     "file_sha256",
     "atomic_write_text",
@@ -49,13 +52,4 @@ __all__ = [
     "Lineage",
     "LineageNode",
     "lineage",
-    "ReviewQueue",
-    "ReviewItem",
-    "ReviewPick",
-    "review_rules",
-    "promote",
-    "revoke",
-    "promotions",
-    "SuiteRecord",
-    "PromotionRefused",
 ]

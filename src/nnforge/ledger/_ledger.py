@@ -15,7 +15,7 @@ from nnforge.errors import ConfigError, IntegrityError, check_output_path
 from nnforge.ledger._events import Event, Verification, event_hash, make_body, verify_chain
 from nnforge.ledger._store import Store, open_store
 
-__all__ = ["Ledger", "DEFAULT_LEDGER", "file_sha256", "atomic_write_text"]
+__all__ = ["Ledger", "DEFAULT_LEDGER", "file_sha256", "atomic_write_text", "default_actor"]
 
 DEFAULT_LEDGER = Path(".nnforge") / "ledger.db"
 
@@ -53,7 +53,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
-def _default_actor() -> str:
+def default_actor() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no user database entry (containers)
@@ -70,7 +70,7 @@ class Ledger:
 
     def __init__(self, store: Store, actor: str | None = None) -> None:
         self.store = store
-        self.actor = actor or _default_actor()
+        self.actor = actor or default_actor()
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | None = None, actor: str | None = None) -> Ledger:

@@ -242,7 +242,7 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     result = run_suite(suite, inputs)
     files = record_suite(result, r.path, ledger, r.run_id, variant=name, suite_path=suite_path, final=name == final_name,
                          baseline=str(base_path) if base_path else None, junit=junit, weights=files[name])
-    from nnforge.ledger.report import write_report
+    from nnforge.govern.report import write_report
 
     files["report"] = write_report(r.path, ledger)
     return result, files

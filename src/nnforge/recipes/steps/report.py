@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from nnforge.config import Config
-from nnforge.ledger.report import write_report
+from nnforge.govern.report import write_report
 from nnforge.recipes.steps._base import STEPS, NoOptions, RunContext, StepResult
 
 

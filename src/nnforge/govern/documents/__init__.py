@@ -14,8 +14,8 @@ The package: ``_model`` (document shape and rendering), ``_facts`` (citable fact
 
 from __future__ import annotations
 
-from nnforge.ledger.documents._build import build_documents, write_documents
-from nnforge.ledger.documents._model import DOCUMENTS, FORMATS, TODO, Block, Document, Section, Span, render_document
+from nnforge.govern.documents._build import build_documents, write_documents
+from nnforge.govern.documents._model import DOCUMENTS, FORMATS, TODO, Block, Document, Section, Span, render_document
 
 __all__ = ["TODO", "DOCUMENTS", "FORMATS", "Span", "Block", "Section", "Document", "build_documents",
            "render_document", "write_documents"]

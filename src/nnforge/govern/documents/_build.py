@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 
 from nnforge import runs
-from nnforge.ledger._events import Verification
-from nnforge.ledger._ledger import Ledger, atomic_write_text
-from nnforge.ledger.documents._facts import _Facts, _text_fact
-from nnforge.ledger.documents._model import DOCUMENTS, Document, Section, Span, render_document
-from nnforge.ledger.documents._sections import (
+from nnforge.govern.documents._facts import _Facts, _text_fact
+from nnforge.govern.documents._model import DOCUMENTS, Document, Section, Span, render_document
+from nnforge.govern.documents._sections import (
     _artifacts,
     _data,
     _environment,
@@ -26,6 +24,7 @@ from nnforge.ledger.documents._sections import (
     _suites,
     _training,
 )
+from nnforge.ledger import Ledger, Verification, atomic_write_text
 
 
 def _model_card(facts: _Facts, run_id: str, location: str) -> list[Section]:

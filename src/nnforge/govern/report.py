@@ -18,8 +18,7 @@ from typing import Any
 
 from nnforge import runs
 from nnforge.errors import IntegrityError, MissingDependencyError
-from nnforge.ledger._events import Event, Verification, json_safe
-from nnforge.ledger._ledger import Ledger, atomic_write_text
+from nnforge.ledger import Event, Ledger, Verification, atomic_write_text, json_safe
 
 __all__ = ["render_report", "write_report", "write_checked_report", "RenderedReport", "recorded_metrics"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nnforge.errors import ConfigError, MissingDependencyError
-from nnforge.ledger._events import Event, Verification
+from nnforge.ledger import Event, Verification
 
 TODO = "TO BE COMPLETED BY THE PROVIDER"
 DOCUMENTS = ("model-card", "instructions-for-use", "annex-iv")

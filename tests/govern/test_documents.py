@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from nnforge.cli import main
+from nnforge.govern.documents import DOCUMENTS, TODO, build_documents, render_document, write_documents
 from nnforge.ledger import Ledger
-from nnforge.ledger.documents import DOCUMENTS, TODO, build_documents, render_document, write_documents
 
 RUN = "20261128-000000-abcdef"
 EVIL = "<script>alert('x')</script>"

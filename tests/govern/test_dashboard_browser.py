@@ -48,8 +48,9 @@ def server(tmp_path):
     _need_browser()
     import uvicorn
 
-    from nnforge.ledger import Ledger, ReviewQueue
-    from nnforge.ledger.dashboard import create_app, new_token
+    from nnforge.govern import ReviewQueue
+    from nnforge.govern.dashboard import create_app, new_token
+    from nnforge.ledger import Ledger
 
     ledger_path = tmp_path / "ledger.db"
     run_dir = tmp_path / "runs" / RUN

@@ -10,7 +10,8 @@ import pytest
 
 from nnforge.cli import main
 from nnforge.errors import ConfigError, DataError, IntegrityError
-from nnforge.ledger import Ledger, PromotionRefused, ReviewQueue, promote, promotions, review_rules, revoke
+from nnforge.govern import PromotionRefused, ReviewQueue, promote, promotions, review_rules, revoke
+from nnforge.ledger import Ledger
 
 NASTY = "<script>alert('x')</script> [red]boom[/red] \x1b[2Jcleared"
 

@@ -19,8 +19,9 @@ pytest.importorskip("fastapi", reason="the dashboard extra (fastapi) is not inst
 from fastapi.testclient import TestClient  # noqa: E402
 
 from nnforge.cli import main  # noqa: E402
-from nnforge.ledger import Ledger, ReviewQueue  # noqa: E402
-from nnforge.ledger.dashboard import check_token, create_app, new_token  # noqa: E402
+from nnforge.govern import ReviewQueue  # noqa: E402
+from nnforge.govern.dashboard import check_token, create_app, new_token  # noqa: E402
+from nnforge.ledger import Ledger  # noqa: E402
 
 RUN = "20261128-053421-148a00"
 BASE = "http://127.0.0.1"
@@ -135,7 +136,7 @@ def test_a_new_token_logs_out_sessions_of_the_old_one(site):
 
 
 def test_sessions_end_when_idle_and_at_their_maximum_age_however_busy(monkeypatch):
-    from nnforge.ledger.dashboard import _security
+    from nnforge.govern.dashboard import _security
 
     clock = [1000.0]
     monkeypatch.setattr(_security.time, "monotonic", lambda: clock[0])
@@ -361,7 +362,7 @@ def test_cli_token_and_serve_refusals(tmp_path, capsys):
 
 
 def test_dashboard_package_import_is_lean():
-    code = ("import sys, nnforge.ledger, nnforge.ledger.dashboard; "
+    code = ("import sys, nnforge.ledger, nnforge.govern, nnforge.govern.dashboard; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn', 'jinja2'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ}).stdout.strip()

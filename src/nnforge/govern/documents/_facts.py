@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnforge.ledger._events import Event
-from nnforge.ledger.documents._model import Span, _num
+from nnforge.govern.documents._model import Span, _num
+from nnforge.ledger import Event
 
 
 class _Facts:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nnforge.errors import ConfigError, DataError, IntegrityError
-from nnforge.ledger._ledger import Ledger
+from nnforge.ledger import Ledger
 
 __all__ = ["REASONS", "STATUSES", "ReviewItem", "ReviewPick", "ReviewQueue", "review_rules"]
 

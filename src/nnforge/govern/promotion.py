@@ -19,8 +19,7 @@ from typing import Any
 
 from nnforge import runs
 from nnforge.errors import ConfigError, IntegrityError, NnforgeError
-from nnforge.ledger._events import Event
-from nnforge.ledger._ledger import Ledger, file_sha256
+from nnforge.ledger import Event, Ledger, file_sha256
 
 __all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "promote", "revoke", "promotions"]
 

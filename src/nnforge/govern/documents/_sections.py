@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nnforge.ledger._events import Event
-from nnforge.ledger.documents._facts import _Facts, _metadata, _text_fact
-from nnforge.ledger.documents._model import TODO, Section, Span, _num
+from nnforge.govern.documents._facts import _Facts, _metadata, _text_fact
+from nnforge.govern.documents._model import TODO, Section, Span, _num
+from nnforge.ledger import Event
 from nnforge.runs import with_runtime_columns
 
 

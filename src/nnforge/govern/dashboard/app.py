@@ -1,0 +1,104 @@
+"""The dashboard's web application: server-rendered pages over the ledger, the run folders and the review queue.
+
+Pages (all need a logged-in session): runs (``/``), one run (``/runs/{id}``) with its report
+(``/runs/{id}/report``) and files (``/runs/{id}/files/{name}``), lineage of an artifact (``/lineage``), ledger
+events and chain verification (``/ledger``), the review queue (``/review``) and one item (``/review/{id}``) with
+its approve/override form (``POST /review/{id}/decide``). Each group of pages is a router of its own
+(``_login``, ``_run_pages``, ``_ledger_pages``, ``_review_pages``) over the shared :class:`Dashboard` state; this
+module wires them together with the request-size and security-header middleware. See
+:mod:`nnforge.govern.dashboard._security` for the token, session and CSRF rules.
+
+Everything shown comes from the ledger and the run folders at request time; untrusted text (model inputs, notes,
+labels, file names) is HTML-escaped by Jinja2's autoescape. Only this package's modules import FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nnforge.errors import MissingDependencyError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from jinja2 import Environment, FileSystemLoader
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError(f"the dashboard needs FastAPI, Jinja2 and python-multipart ({exc.name} is "
+                                 "missing): pip install 'nnforge[dashboard]'") from exc
+
+from nnforge.govern.dashboard._context import COOKIE, RUN_ID, Dashboard, RunFolders
+from nnforge.govern.dashboard._ledger_pages import ledger_pages
+from nnforge.govern.dashboard._login import login_pages
+from nnforge.govern.dashboard._review_pages import review_pages
+from nnforge.govern.dashboard._run_pages import run_pages
+from nnforge.govern.dashboard._security import DEFAULT_TOKEN_FILE, SessionStore
+
+__all__ = ["create_app", "RUN_ID", "LOOPBACK_HOSTS", "COOKIE"]
+
+log = logging.getLogger(__name__)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+"""Host headers accepted by default: a page on another name pointing at 127.0.0.1 (DNS rebinding) is refused."""
+PAGE_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; " \
+           "frame-ancestors 'none'; base-uri 'none'"
+_MAX_BODY_BYTES = 64 << 10
+
+
+def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs",
+               token_file: str | os.PathLike[str] = DEFAULT_TOKEN_FILE, *,
+               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> Any:
+    """Build the dashboard's FastAPI application.
+
+    Args:
+        ledger_location: the ledger (SQLite path); it also holds the review queue.
+        runs_dir: the folder holding ``runs/<run-id>/``.
+        token_file: the hashed token written by ``nnforge dashboard token`` (read at every login and request,
+            so a new token takes effect at once and logs out sessions opened with the old one).
+        allowed_hosts: accepted ``Host`` header names (default: loopback names only, which stops DNS-rebinding
+            pages from reaching a local dashboard); ``None`` accepts any host (``--allow-remote``).
+
+    Returns:
+        A ``fastapi.FastAPI`` application; serve it with uvicorn.
+    """
+    templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+                            trim_blocks=True, lstrip_blocks=True)
+    d = Dashboard(str(ledger_location), RunFolders(Path(runs_dir)), Path(token_file), SessionStore(), templates)
+
+    app = FastAPI(title="nnforge dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.middleware("http")(_limit_body)
+    app.middleware("http")(_security_headers)
+    for pages in (login_pages, run_pages, ledger_pages, review_pages):
+        app.include_router(pages(d))
+    return app
+
+
+async def _limit_body(request: Request, call_next: Any) -> Response:
+    """Refuse request bodies over a few KiB before anything parses them (forms here are tiny)."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            return Response("a request body needs a Content-Length", status_code=411, media_type="text/plain")
+        if int(length) > _MAX_BODY_BYTES:
+            return Response(f"request body over {_MAX_BODY_BYTES} bytes", status_code=413, media_type="text/plain")
+    response: Response = await call_next(request)
+    return response
+
+
+async def _security_headers(request: Request, call_next: Any) -> Response:
+    try:
+        response: Response = await call_next(request)
+    except Exception:  # the error page gets the same headers; the traceback goes to the server log only
+        log.exception("dashboard: %s %s failed", request.method, request.url.path)
+        response = Response("Internal Server Error", status_code=500, media_type="text/plain")
+    response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
