@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from nnforge.models import char_gpt as _char_gpt  # noqa: F401  (registers "char-gpt")
 from nnforge.models import digits as _digits  # noqa: F401  (registers "digits-mlp", "digits-cnn")
+from nnforge.models._pretrained import PRETRAINED, check_options
 from nnforge.models._registry import ARCHITECTURES, DATA_KINDS, build
 
-__all__ = ["ARCHITECTURES", "DATA_KINDS", "build"]
+__all__ = ["ARCHITECTURES", "DATA_KINDS", "PRETRAINED", "build", "check_options"]
 
 
 def load(name: str, num_classes: int = 2, **options: object) -> object:
@@ -19,8 +20,6 @@ def load(name: str, num_classes: int = 2, **options: object) -> object:
     Raises:
         ConfigError: an option the model does not have (the allowed ones are named).
     """
-    from nnforge.models._pretrained import PRETRAINED, check_options
-
     factory = PRETRAINED.get(name, where="model.name")
     check_options(factory, options, f"pretrained model {name!r}")
     return factory(num_classes=num_classes, **options)

@@ -27,13 +27,13 @@ def build_base(source: dict[str, Any], num_classes: int | None, seed: int = 0) -
 
     opts = dict(source.get("options") or {})
     if source.get("name"):
-        from nnforge.models._pretrained import PRETRAINED, check_options
+        from nnforge.models import PRETRAINED, check_options
 
         check_options(PRETRAINED.get(source["name"], where="model.name"), opts,
                       f"model.options of pretrained model {source['name']!r}", fixed=("num_classes", "seed"))
         return models.load(source["name"], num_classes=num_classes or 2, seed=seed, **opts)  # type: ignore[return-value]
     if source.get("hf_dir"):
-        from nnforge.models._pretrained import check_options
+        from nnforge.models import check_options
         from nnforge.models.text import load_hf_dir
 
         check_options(load_hf_dir, opts, "model.options of an hf_dir model", fixed=("path", "num_classes", "seed"))

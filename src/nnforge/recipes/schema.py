@@ -64,7 +64,7 @@ class ModelSpec(_Strict):
             if self.architecture not in ARCHITECTURES:
                 raise ValueError(ARCHITECTURES.unknown_message(self.architecture, where="architecture"))
         if self.name:
-            from nnforge.models._pretrained import PRETRAINED
+            from nnforge.models import PRETRAINED
 
             if self.name not in PRETRAINED:
                 raise ValueError(PRETRAINED.unknown_message(self.name, where="name"))
