@@ -96,7 +96,7 @@ def timed_callbacks(optimizer: Any) -> tuple[list[Any], list[float]]:
     return callbacks, step_times
 
 
-def timing(step_times: list[float], curve: dict[str, float]) -> dict[str, Any]:
+def timing(step_times: list[float], curve: dict[str, float | None]) -> dict[str, Any]:
     """Training seconds in total and at each evaluated step, median s/step, and whether the curve is finite."""
     seconds_at, total = {}, 0.0
     for i, t in enumerate(step_times, start=1):

@@ -249,7 +249,7 @@ def torchao_peers(fp32: torch.nn.Module, configs: list[str]) -> tuple[list[tuple
                                                                       set_inductor_config=False),
              "int4 weight-only g128 HQQ": PrototypeInt4WeightOnlyConfig(group_size=128, int4_choose_qparams_algorithm="hqq",
                                                                        set_inductor_config=False)}
-    out = []
+    out: list[tuple[str, torch.nn.Module, dict[str, Any]]] = []
     for name in configs:
         m = copy.deepcopy(fp32)
         try:
