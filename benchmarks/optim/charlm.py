@@ -187,9 +187,9 @@ def next_lr(runs: list[dict[str, Any]]) -> float | None:
     if len(lrs) < 2:
         return None
     if best == lrs[0]:
-        return lrs[0] * lrs[0] / lrs[1]
+        return float(f"{lrs[0] * lrs[0] / lrs[1]:.6g}")  # 6 digits: 1.25e-3, not 0.0012500000000000002
     if best == lrs[-1]:
-        return lrs[-1] * lrs[-1] / lrs[-2]
+        return float(f"{lrs[-1] * lrs[-1] / lrs[-2]:.6g}")
     return None
 
 
