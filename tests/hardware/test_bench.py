@@ -170,8 +170,11 @@ def test_schema_refuses_percentages_nan_and_objects(tmp_path):
         _write(tmp_path, summary={"loss": float("nan")})
     with pytest.raises(ConfigError, match="JSON cannot hold"):
         _write(tmp_path, results={"model": object()})
-    path = _write(tmp_path, summary={"n": np.int64(3), "acc_val": np.float32(0.5)})
-    assert json.loads(path.read_text())["summary"] == {"n": 3, "acc_val": 0.5}
+    with pytest.raises(ConfigError, match=r"results.by_order: key \(1, 2\) is not a string"):
+        _write(tmp_path, results={"by_order": {(1, 2): 0.5}})
+    path = _write(tmp_path, summary={"n": np.int64(3), "acc_val": np.float32(0.5)}, results={"by_order": {1: 2.0}})
+    doc = json.loads(path.read_text())
+    assert doc["summary"] == {"n": 3, "acc_val": 0.5} and doc["results"] == {"by_order": {"1": 2.0}}
 
 
 def test_results_file_has_provenance_machine_and_peers(tmp_path):

@@ -126,8 +126,8 @@ def _json_problems(value: Any, path: str) -> list[str]:
     if isinstance(value, float) and not math.isfinite(value):
         return [f"{path} = {value}: not valid JSON; use null for a figure that is undefined"]
     if isinstance(value, Mapping):
-        bad = [f"{path}: key {k!r} is not a string" for k in value if not isinstance(k, str)]
-        return bad + [p for k, v in value.items() for p in _json_problems(v, f"{path}.{k}")]
+        bad = [f"{path or 'the document'}: key {k!r} is not a string" for k in value if not isinstance(k, str)]
+        return bad + [p for k, v in value.items() for p in _json_problems(v, f"{path}.{k}" if path else str(k))]
     if isinstance(value, (list, tuple)):
         return [p for i, v in enumerate(value) for p in _json_problems(v, f"{path}[{i}]")]
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -158,7 +158,7 @@ def validate_results(doc: Mapping[str, Any], *, no_ci: Mapping[str, str] | None 
     problems += [f"no_ci[{k!r}] needs a reason" for k, why in no_ci.items() if not str(why).strip()]
     if isinstance(doc.get("summary"), Mapping):
         problems += _summary_problems(doc["summary"], no_ci)
-    problems += _json_problems(doc, "results")
+    problems += _json_problems(doc, "")
     if problems:
         raise ConfigError(f"benchmark results {doc.get('benchmark', '?')!r} break the results schema:\n  - "
                           + "\n  - ".join(problems))
@@ -168,9 +168,10 @@ def validate_results(doc: Mapping[str, Any], *, no_ci: Mapping[str, str] | None 
 
 
 def _plain(value: Any) -> Any:
-    """Numpy/torch scalars and arrays, tuples and paths as plain JSON values; anything else unchanged."""
+    """Numpy/torch scalars and arrays, tuples, paths and int keys as plain JSON values (as ``json.dump`` would
+    write them); anything else unchanged, for :func:`validate_results` to refuse."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {(str(k) if isinstance(k, int) and not isinstance(k, bool) else k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, os.PathLike):
