@@ -11,12 +11,14 @@ registration; lookups are read-only and safe from any thread.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from nnforge.errors import ConfigError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "import_submodules"]
 
 T = TypeVar("T")
 
@@ -72,8 +74,30 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(sorted(self._entries.items()))
 
+    def values(self) -> list[T]:
+        """The entries, in the order of their sorted names."""
+        return [obj for _, obj in self.items()]
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def import_submodules(package: str, path: Iterable[str]) -> None:
+    """Import every public module and subpackage of ``package`` (``path`` is its ``__path__``).
+
+    The plug-in point of a folder-per-method package: each method's module registers itself when imported,
+    so adding a method is adding a file or folder, with no list to edit. Names starting with ``_`` are
+    left to be imported by whoever uses them.
+    """
+    for info in pkgutil.iter_modules(list(path)):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -33,28 +33,28 @@ class Grid:
 
     @property
     def absmean(self) -> bool:
-        """Ternary and binary take an absmean scale (BitNet b1.58), the others absmax or min/max."""
-        return self.fmt in ("ternary", "binary")
+        """Scales by the mean ``|w|`` (ternary, binary: BitNet b1.58), not the absmax or min/max."""
+        return self.spec.absmean
+
+    @property
+    def sign(self) -> bool:
+        """A two-level symmetric grid (binary): values ``{-1, +1}``, rounded by sign."""
+        return self.symmetric and self.spec.top_code == 1
 
     @property
     def qmin(self) -> int:
         """Smallest signed value (symmetric) or code (asymmetric)."""
-        if self.fmt == "binary":
-            return -1
         return -int(self.spec.z_symmetric) if self.symmetric else 0
 
     @property
     def qmax(self) -> int:
         """Largest signed value (symmetric) or code (asymmetric)."""
-        if self.fmt == "binary":
-            return 1
-        if self.fmt == "ternary":
-            return 1
-        return self.levels - 1 - int(self.spec.z_symmetric) if self.symmetric else self.levels - 1
+        top = self.spec.top_code
+        return int(self.spec.amul * top - self.spec.z_symmetric) if self.symmetric else top
 
     def round(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (weights divided by the scale, plus the zero point if asymmetric) to the nearest grid value."""
-        if self.fmt == "binary":
+        if self.sign:
             return torch.where(x >= 0, 1.0, -1.0)
         return torch.round(x).clamp_(self.qmin, self.qmax)
 
@@ -63,7 +63,7 @@ def make_grid(fmt: str, symmetric: bool) -> Grid:
     """The :class:`Grid` of ``fmt``; :class:`ConfigError` for an unknown format or an impossible mode."""
     spec = format_spec(fmt)
     if not symmetric and not spec.asymmetric_ok:
-        ok = sorted(name for name, other in FORMATS.items() if other.asymmetric_ok)
+        ok = [name for name, other in FORMATS.items() if other.asymmetric_ok]
         raise ConfigError(f"Format {fmt!r} is symmetric only: symmetric=False needs one of {ok}. "
                           "Got symmetric=False instead.")
     return Grid(fmt, spec, symmetric, int(getattr(spec, "levels", 1 << spec.bits)))

@@ -14,8 +14,10 @@ from functools import cached_property
 import torch
 
 from nnforge.errors import ConfigError
+from nnforge.registry import Registry
 
-__all__ = ["FORMATS", "FormatSpec", "PackedWeight", "pack", "unpack", "padded_k", "LAYOUT_VERSION"]
+__all__ = ["FORMATS", "FormatSpec", "PackedWeight", "pack", "unpack", "padded_k", "LAYOUT_VERSION", "register_format",
+           "format_spec", "format_of_layout"]
 
 LAYOUT_VERSION = 1
 GROUP_SIZES = (32, 64, 128, 256)
@@ -23,14 +25,43 @@ GROUP_SIZES = (32, 64, 128, 256)
 
 @dataclass(frozen=True)
 class FormatSpec:
-    """How a format maps codes to weights: ``w = scale * (amul * u - z)`` with ``z`` fixed when symmetric."""
+    """A registered weight format: how codes map to weights, ``w = scale * (amul * u - z)`` with ``z`` fixed
+    when symmetric, and the facts the rest of nnforge reads instead of naming formats.
+
+    Args:
+        name: the public name (``fmt="int4"``).
+        bits: storage bits per code (1, 2, 4 or 8: the packed layout and the kernels take these).
+        z_symmetric: zero point (in code units) of the symmetric variant.
+        amul: code multiplier (binary stores u in {0, 1} for w in {-1, +1}: w = 2u - 1).
+        asymmetric_ok: a zero point per group may be stored (``symmetric=False``); otherwise symmetric only.
+        code_bits: bits a code really needs when fewer than the storage ``bits`` (int3: 3 in a 4-bit slot).
+        max_code: the largest code when not ``2**code_bits - 1`` (ternary: codes 0, 1, 2 in a 2-bit slot).
+        absmean: round-to-nearest scales by the mean ``|w|`` (BitNet b1.58) instead of the absmax / min-max.
+        layout_code: the format's code in a packed layer's saved ``layout`` buffer. Stable: files saved with
+            it must keep loading, so a code is never reused or changed.
+        grouped: group scales (``group_size`` 32-256) are supported besides one scale per row.
+        onnx_bits: bits of the ``MatMulNBits`` codes it exports as (``None``: no ONNX export).
+        error_bound: the relative Frobenius error ``||W - Ŵ|| / ||W||`` it stays below, checked by the
+            conformance test: round to nearest on a standard normal 128 x 256 matrix (per-row or grouped
+            scales, symmetric or not), and every layer any registered method or calibrator quantizes to it
+            (GPTQ's weight error is the largest: 0.148 for int4 per row against RTN's 0.126).
+        batch_rtol: the relative tolerance within which a quantized layer's output for one row is the same
+            whatever the batch it comes in (issue 18, item 5).
+    """
 
     name: str
     bits: int
-    z_symmetric: float  # zero point (in code units) of the symmetric variant
-    amul: float = 1.0  # binary stores u in {0, 1} for w in {-1, +1}: w = 2u - 1
+    z_symmetric: float
+    amul: float = 1.0
     asymmetric_ok: bool = False
-    code_bits: int = 0  # bits a code really needs when fewer than the storage ``bits`` (int3: 3 in a 4-bit slot)
+    code_bits: int = 0
+    max_code: int = 0
+    absmean: bool = False
+    layout_code: int = 0
+    grouped: bool = True
+    onnx_bits: int | None = None
+    error_bound: float = 1.0
+    batch_rtol: float = 1e-5
 
     @property
     def levels(self) -> int:
@@ -38,28 +69,59 @@ class FormatSpec:
         return 1 << (self.code_bits or self.bits)
 
     @property
+    def top_code(self) -> int:
+        """The largest code the format uses."""
+        return self.max_code or self.levels - 1
+
+    @property
     def block(self) -> int:
         """Weights per 64-byte block: K is padded to a multiple of this."""
         return 64 * (8 // self.bits)
 
 
-FORMATS: dict[str, FormatSpec] = {
-    "int8": FormatSpec("int8", 8, 128.0),
-    "int4": FormatSpec("int4", 4, 8.0, asymmetric_ok=True),
-    # int3 codes 0..7 live in the int4 layout: the int4 kernels run them unchanged; 4 bits on disk
-    "int3": FormatSpec("int3", 4, 4.0, asymmetric_ok=True, code_bits=3),
-    "int2": FormatSpec("int2", 2, 2.0, asymmetric_ok=True),
-    "ternary": FormatSpec("ternary", 2, 1.0),
-    "binary": FormatSpec("binary", 1, 1.0, amul=2.0),
-}
+FORMATS: Registry[FormatSpec] = Registry("weight format")
+
+
+def register_format(spec: FormatSpec) -> FormatSpec:
+    """Register a weight format; its name and its saved ``layout_code`` must both be new.
+
+    Raises:
+        ConfigError: the storage bits are not 1, 2, 4 or 8, or the layout code is missing or taken.
+    """
+    if spec.bits not in (1, 2, 4, 8):
+        raise ConfigError(f"format {spec.name!r}: storage bits must be 1, 2, 4 or 8 (the packed layout). "
+                          f"Got {spec.bits} instead.")
+    taken = {other.layout_code: other.name for other in FORMATS.values() if other.name != spec.name}
+    if spec.layout_code < 1 or spec.layout_code in taken:
+        raise ConfigError(f"format {spec.name!r}: layout_code must be a positive integer no other format uses "
+                          f"(taken: {dict(sorted(taken.items()))}). Got {spec.layout_code} instead.")
+    FORMATS.add(spec.name, spec)
+    return spec
+
+
+# the built-in formats; layout codes 1-6 are saved in files and never change
+register_format(FormatSpec("int8", 8, 128.0, layout_code=1, onnx_bits=8, error_bound=0.012))
+register_format(FormatSpec("int4", 4, 8.0, asymmetric_ok=True, layout_code=2, onnx_bits=4, error_bound=0.17))
+# int3 codes 0..7 live in the int4 layout: the int4 kernels run them unchanged; 4 bits on disk
+register_format(FormatSpec("int3", 4, 4.0, asymmetric_ok=True, code_bits=3, layout_code=3, onnx_bits=4,
+                           error_bound=0.40))
+register_format(FormatSpec("int2", 2, 2.0, asymmetric_ok=True, layout_code=4, onnx_bits=2, error_bound=0.70))
+register_format(FormatSpec("ternary", 2, 1.0, max_code=2, absmean=True, layout_code=5, onnx_bits=2,
+                           error_bound=0.62))
+register_format(FormatSpec("binary", 1, 1.0, amul=2.0, absmean=True, layout_code=6, onnx_bits=2,
+                           error_bound=0.72))
 
 
 def format_spec(fmt: str) -> FormatSpec:
     """The :class:`FormatSpec` named ``fmt``, or a :class:`ConfigError` naming the choices."""
-    try:
-        return FORMATS[fmt]
-    except KeyError:
-        raise ConfigError(f"The 'fmt' parameter must be one of {sorted(FORMATS)}. Got {fmt!r} instead.") from None
+    if fmt in FORMATS:
+        return FORMATS.get(fmt)
+    raise ConfigError(f"The 'fmt' parameter must be one of {FORMATS.names()}. Got {fmt!r} instead.")
+
+
+def format_of_layout(code: int) -> FormatSpec | None:
+    """The format saved under ``layout_code`` (``None`` when no registered format has it)."""
+    return next((spec for spec in FORMATS.values() if spec.layout_code == code), None)
 
 
 def padded_k(K: int, bits: int, group_size: int | None) -> int:
