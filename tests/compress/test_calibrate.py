@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from nnforge.compress.quantize.calibrate import (
-    CALIBRATORS,
     LayerStats,
     awq,
     collect_stats,
@@ -267,13 +266,13 @@ def test_collect_stats_tuple_batches_modules_forward_and_errors() -> None:
 def test_packed_weight_round_trips_through_its_state_dict(name: str) -> None:
     w = W[:32]
     if name == "rtn":
-        pw = CALIBRATORS["rtn"](w, "int4", 64)
+        pw = rtn(w, "int4", 64)
     elif name.startswith("hqq"):
-        pw = CALIBRATORS["hqq"](w, "int4", 64, symmetric=name == "hqq")
+        pw = hqq(w, "int4", 64, symmetric=name == "hqq")
     elif name.startswith("gptq"):
-        pw = CALIBRATORS["gptq"](w, H, "int4", 64, symmetric=name == "gptq")
+        pw = gptq(w, H, "int4", 64, symmetric=name == "gptq")
     else:
-        pw, _ = CALIBRATORS["awq"](w, STATS, "int4", 64, grid=4)
+        pw, _ = awq(w, STATS, "int4", 64, grid=4)
     assert isinstance(pw, PackedWeight)
     assert (pw.zeros is not None) == name.endswith("asym")
     back = PackedWeight.from_state_dict(pw.state_dict(), pw.metadata())

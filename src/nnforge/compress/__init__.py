@@ -13,7 +13,18 @@ from typing import Any
 
 from torch import nn
 
-from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, apply_
+from nnforge.compress._transform import (
+    ModuleChange,
+    ModuleFilter,
+    TransformReport,
+    TransformSpec,
+    apply_,
+    load_transform_config,
+    needs_calibration,
+    register_transform,
+    transform_spec,
+    transform_types,
+)
 from nnforge.compress.quantize import (
     BinaryConfig,
     Int2WeightOnlyConfig,
@@ -28,6 +39,8 @@ from nnforge.compress.quantize import (
     WeightOnlyConfig,
     measure_verdicts,
 )
+from nnforge.compress.quantize.calibrate import CALIBRATORS, CalibrationJob, CalibratorSpec, register_calibrator
+from nnforge.compress.quantize.kernels._format import FORMATS, FormatSpec, register_format
 from nnforge.config import Config
 
 __all__ = [
@@ -47,6 +60,20 @@ __all__ = [
     "QuantizedEmbedding",
     "QuantizedConv2d",
     "measure_verdicts",
+    # registries: a method, weight format or calibrator registers itself from its own module
+    "register_transform",
+    "TransformSpec",
+    "transform_spec",
+    "transform_types",
+    "needs_calibration",
+    "load_transform_config",
+    "FORMATS",
+    "FormatSpec",
+    "register_format",
+    "CALIBRATORS",
+    "CalibratorSpec",
+    "CalibrationJob",
+    "register_calibrator",
 ]
 
 

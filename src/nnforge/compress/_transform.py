@@ -7,6 +7,7 @@ not handle and why. Nothing is skipped silently.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import re
@@ -16,18 +17,38 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from nnforge.config import Config
+from nnforge.config import CONFIG_TYPES, Config, load_config
 from nnforge.errors import ConfigError
 
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
-__all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "register_transform", "apply_", "tensor_bytes",
+__all__ = ["ModuleChange", "TransformReport", "ModuleFilter", "TransformSpec", "register_transform", "apply_",
+           "transform_spec", "transform_types", "needs_calibration", "load_transform_config", "tensor_bytes",
            "relative_error", "set_child", "module_names", "candidates", "replace_all", "alias_note"]
 
 ModuleFilter = Callable[[str, nn.Module], bool]
 Handler = Callable[..., "TransformReport"]
 
-_HANDLERS: dict[type[Config], Handler] = {}
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """What the registry knows about the transform of one config class.
+
+    Args:
+        config: the config class (registered with ``@config_type``; its presets, subclasses, share the spec).
+        apply: ``apply(model, config, filter, **inputs) -> TransformReport``.
+        kind: what it is, so that a recipe step accepts its own kind only: ``"quantize"`` (the ``quantize``
+            step takes any of these), ``"adapt"``, ``"qat"``, …
+        needs_data: ``needs_data(config)``: whether ``apply`` needs ``calibration=`` batches for this config.
+    """
+
+    config: type[Config]
+    apply: Handler
+    kind: str = "transform"
+    needs_data: Callable[[Any], bool] = field(default=lambda config: False)
+
+
+_HANDLERS: dict[type[Config], TransformSpec] = {}
 
 
 @dataclass
@@ -190,14 +211,67 @@ def set_child(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def register_transform(config_cls: type[Config]) -> Callable[[Handler], Handler]:
-    """Register the handler that applies configs of ``config_cls``."""
+def register_transform(config_cls: type[Config], *, kind: str = "transform",
+                       needs_data: Callable[[Any], bool] | None = None) -> Callable[[Handler], Handler]:
+    """Register the handler that applies configs of ``config_cls`` (and of its subclasses, its presets).
+
+    Args:
+        kind: ``"quantize"`` for a quantization method: the ``quantize`` recipe step then accepts its config
+            by type name; see :class:`TransformSpec`.
+        needs_data: ``needs_data(config) -> bool``: whether this config needs calibration batches.
+    """
 
     def decorator(fn: Handler) -> Handler:
-        _HANDLERS[config_cls] = fn
+        _HANDLERS[config_cls] = TransformSpec(config_cls, fn, kind, needs_data or (lambda config: False))
         return fn
 
     return decorator
+
+
+def _spec_for(cls: type) -> TransformSpec | None:
+    return next((_HANDLERS[c] for c in cls.__mro__ if c in _HANDLERS), None)
+
+
+def transform_spec(config: Config) -> TransformSpec:
+    """The :class:`TransformSpec` that applies ``config`` (a registered config's subclass uses its parent's)."""
+    spec = _spec_for(type(config))
+    if spec is None:
+        known = ", ".join(sorted(c.__name__ for c in _HANDLERS)) or "none"
+        raise ConfigError(f"no transform is registered for {type(config).__name__}; known configs: {known}")
+    return spec
+
+
+def needs_calibration(config: Config) -> bool:
+    """Whether applying ``config`` needs ``calibration=`` batches."""
+    return bool(transform_spec(config).needs_data(config))
+
+
+def transform_types(kind: str) -> list[str]:
+    """The registered config type names (``@config_type``) whose transform is of ``kind``, sorted."""
+    return [name for name, cls in CONFIG_TYPES.items() if (spec := _spec_for(cls)) is not None and spec.kind == kind]
+
+
+def load_transform_config(doc: Any, kind: str, *, where: str = "config") -> Config:
+    """A config of a ``kind`` transform from ``{"type", "version", "data"}``, only through the registry.
+
+    ``version`` may be left out (the type's current version) and ``data`` too (its defaults), so a recipe can
+    say ``{type: w8a8, data: {activations: static}}``.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("type"), str):
+        raise ConfigError(f"{where}: expected an object with a 'type' (one of {', '.join(transform_types(kind))}), "
+                          "and optionally 'version' and 'data'")
+    known = transform_types(kind)
+    if doc["type"] not in known:
+        close = difflib.get_close_matches(doc["type"], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}.type: {doc['type']!r} is not a registered {kind} method{hint}. "
+                          f"Known: {', '.join(known) or 'none'}.")
+    unknown = sorted(set(doc) - {"type", "version", "data"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected 'type', 'version' and 'data'")
+    cls = CONFIG_TYPES.get(doc["type"])
+    full = {"type": doc["type"], "version": doc.get("version", cls.type_version), "data": doc.get("data") or {}}
+    return load_config(full, where=where)
 
 
 def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None, **inputs: Any) -> TransformReport:
@@ -211,10 +285,7 @@ def apply_(model: nn.Module, config: Config, filter: ModuleFilter | None = None,
         inputs: what the handler may need besides the model (``calibration=batches``, ``skeleton=True``
             to build the layers of a saved model without quantizing, ``progress``).
     """
-    handler = next((_HANDLERS[c] for c in type(config).__mro__ if c in _HANDLERS), None)
-    if handler is None:
-        known = ", ".join(sorted(c.__name__ for c in _HANDLERS)) or "none"
-        raise ConfigError(f"no transform is registered for {type(config).__name__}; known configs: {known}")
+    handler = transform_spec(config).apply
     if not inputs.get("skeleton") and any(p.is_meta for p in model.parameters()):
         raise ConfigError("the model has weights on the meta device (shapes only, no values): load its weights "
                           "first, or build the quantized layers with skeleton=True and then load_state_dict")

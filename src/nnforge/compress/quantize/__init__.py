@@ -1,5 +1,10 @@
-"""Quantization: schemes (one folder each: config, packed layer, apply), calibrators, QAT, mixed precision,
-and the packed CPU kernels. ``calibrate``, ``qat`` and ``mixed`` are imported on use."""
+"""Quantization: methods (one folder each: config, packed layer, apply), calibrators, QAT, mixed precision,
+and the packed CPU kernels.
+
+Every public folder here is imported with this package, so whatever it registers (a transform with
+``register_transform(..., kind="quantize")``, a weight format, a calibrator) is known to ``quantize_``,
+saved-model loading and the ``quantize`` recipe step: a new method is one new folder, and nothing here
+or elsewhere lists it. The re-exports below are only short import paths for the built-in ones."""
 
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ from nnforge.compress.quantize.weight_only import (
     WeightOnlyConfig,
     measure_verdicts,
 )
+from nnforge.registry import import_submodules
 
 __all__ = [
     "WeightOnlyConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Int3WeightOnlyConfig",
     "Int2WeightOnlyConfig", "TernaryConfig", "BinaryConfig", "W8A8Config", "QuantizedLinear",
     "QuantizedEmbedding", "QuantizedConv2d", "measure_verdicts",
 ]
+
+import_submodules(__name__, __path__)  # registers every method, format and calibrator of this folder

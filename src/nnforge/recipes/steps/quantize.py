@@ -4,29 +4,58 @@ of the current model and save it as its own variant."""
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from nnforge.compress import W8A8Config, WeightOnlyConfig, quantize_
+from nnforge.compress import (
+    CALIBRATORS,
+    FORMATS,
+    W8A8Config,
+    WeightOnlyConfig,
+    load_transform_config,
+    needs_calibration,
+    quantize_,
+)
 from nnforge.compress.quantize.weight_only.config import Calibrator, Format, GroupSize
 from nnforge.config import Config
 from nnforge.errors import ConfigError
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 from nnforge.recipes.steps._calibration import calibration_batches
 
-Scheme = Literal["int8", "int4", "int3", "int2", "ternary", "binary", "w8a8", "mixed"]
+_SCHEMES = ("w8a8", "mixed")  # besides every registered weight format
+
+
+def _scheme(name: str) -> str:
+    if name not in FORMATS and name not in _SCHEMES:
+        known = [*FORMATS.names(), *_SCHEMES]
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown scheme {name!r}{hint}; a registered weight format or w8a8 or mixed: "
+                         f"{', '.join(known)} (any other registered method: config: {{type: ..., data: ...}})")
+    return name
+
+
+Scheme = Annotated[str, AfterValidator(_scheme)]
+# the options a scheme spells out, which a full ``config`` already holds
+_SCHEME_OPTIONS = ("scheme", "group_size", "symmetric", "calibrator", "embeddings", "embedding_fmt", "activations",
+                   "smoothing")
 
 
 class QuantizeStepConfig(Config):
     """Options of the ``quantize`` step.
 
-    ``scheme`` picks the format (``w8a8`` also quantizes activations; ``mixed`` uses the plan of an earlier
-    ``calibrate`` step). ``group_size``, ``symmetric`` and ``calibrator`` default per scheme: int8 per
-    channel; int4/int3/int2 group 64, asymmetric, HQQ; ternary/binary per channel.
+    ``scheme`` picks a registered weight format, or ``w8a8`` (activations too) or ``mixed`` (the plan of an
+    earlier ``calibrate`` step). ``group_size``, ``symmetric`` and ``calibrator`` default per format: one
+    scale per channel, symmetric, round to nearest, except formats that take zero points (int4/int3/int2):
+    group 64, asymmetric, HQQ. ``config`` instead names any registered quantization method with all its
+    options, serialised as configs are: ``{type: w8a8, data: {activations: static}}`` (``version`` optional).
     """
 
     scheme: Scheme = "int8"
+    config: dict[str, Any] | None = Field(None, description="any registered quantization method: {type, data}")
     group_size: GroupSize | Literal["default"] = "default"
     symmetric: bool | None = None
     calibrator: Calibrator | None = None
@@ -45,6 +74,12 @@ class QuantizeStepConfig(Config):
     def qconfig(self, plan: dict[str, str] | None = None) -> Config:
         """The transform config this step applies."""
         given = self.model_fields_set
+        if self.config is not None:
+            spelled = [name for name in _SCHEME_OPTIONS if name in given]
+            if spelled:
+                raise ConfigError(f"quantize: {spelled[0]} does not go with config (the config holds every option "
+                                  "of its method; put it in config.data)")
+            return load_transform_config(self.config, "quantize", where="config")
         if self.scheme == "w8a8":
             # W8A8 is int8, one scale per output channel, symmetric, Linear layers only: options it has no use
             # for are refused by name rather than silently dropped (calibrator: gptq was ignored)
@@ -68,7 +103,7 @@ class QuantizeStepConfig(Config):
                 raise ConfigError(f"quantize: {name} applies to scheme w8a8 only; scheme {self.scheme} "
                                   "quantizes weights only")
         fmt = "int4" if self.scheme == "mixed" else self.scheme
-        low = fmt in ("int4", "int3", "int2")
+        low = FORMATS.get(fmt).asymmetric_ok  # formats with zero points default to groups of 64, asymmetric, HQQ
         group = (64 if low else None) if self.group_size == "default" else self.group_size
         symmetric = (not low) if self.symmetric is None else self.symmetric
         calibrator = self.calibrator or ("hqq" if low else "rtn")
@@ -81,7 +116,8 @@ class QuantizeStepConfig(Config):
 class Quantize:
     name: ClassVar[str] = "quantize"
     Config: ClassVar[type[Config]] = QuantizeStepConfig
-    description: ClassVar[str] = "quantize a copy of the model: int8 … binary weights, W8A8, or a mixed plan"
+    description: ClassVar[str] = ("quantize a copy of the model: int8 … binary weights, W8A8, a mixed plan, or any "
+                                  "registered method")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         base = ctx.variants.get("fp32", ctx.model)
@@ -97,15 +133,13 @@ class Quantize:
         qcfg = config.qconfig(plan)
         model = copy.deepcopy(base)
         inputs: dict[str, Any] = {}
-        needs_data = (getattr(qcfg, "calibrator", "rtn") in ("gptq", "awq", "awq+hqq")
-                      or isinstance(qcfg, W8A8Config) and (qcfg.activations == "static" or qcfg.smoothing != "none"))
-        if needs_data:
+        if needs_calibration(qcfg):
             batches, forward = calibration_batches(ctx, config.calibration_batches)
             inputs = {"calibration": batches, "forward": forward}
         progress = ctx.progress
         report = quantize_(model, qcfg, **inputs,
                            progress=(lambda d, t: progress("quantize", d, t)) if progress else None)
-        variant = config.variant or config.scheme
+        variant = config.variant or (qcfg.type_name if config.config is not None else config.scheme)
         spec = {**ctx.variant_specs["fp32"],
                 "transforms": [*ctx.variant_specs["fp32"].get("transforms", []), qcfg.to_dict()]}
         ctx.save_model(variant, model, spec)
@@ -120,12 +154,33 @@ class Quantize:
         )
 
 
+def _candidate(name: str) -> str:
+    return name if name == "fp32" else _registered(FORMATS, name)
+
+
+def _data_free(name: str) -> str:
+    if _registered(CALIBRATORS, name) and CALIBRATORS.get(name).needs_data:
+        raise ValueError(f"calibrator {name!r} needs calibration statistics; the sensitivity scan takes a "
+                         "data-free one: " + ", ".join(n for n, c in CALIBRATORS.items() if not c.needs_data))
+    return name
+
+
+def _registered(registry: Any, name: str) -> str:
+    if name not in registry:
+        raise ValueError(registry.unknown_message(name))
+    return name
+
+
+Candidate = Annotated[str, AfterValidator(_candidate)]
+DataFreeCalibrator = Annotated[str, AfterValidator(_data_free)]
+
+
 class CalibrateStepConfig(Config):
     """Options of the ``calibrate`` step: which formats to measure per layer, and an optional budget."""
 
-    candidates: tuple[Literal["fp32", "int8", "int4", "int3", "int2", "ternary", "binary"], ...] = ("int8", "int4", "int2")
+    candidates: tuple[Candidate, ...] = ("int8", "int4", "int2")
     group_size: GroupSize = 64
-    calibrator: Literal["rtn", "hqq"] = "rtn"
+    calibrator: DataFreeCalibrator = "rtn"
     batches: int = Field(16, ge=1, le=1000)
     budget: float | None = Field(None, gt=0, description="average bits per weight (or bytes / ms, see budget_kind)")
     budget_kind: Literal["avg_bits", "bytes", "latency_ms"] = "avg_bits"

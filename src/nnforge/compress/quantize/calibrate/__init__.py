@@ -19,21 +19,24 @@
 >>> err(pw) < err(rtn(W, "int4", 64))
 True
 
-The calibrators have different inputs, so :data:`CALIBRATORS` maps each name to its function as is:
-``rtn(w, fmt, group_size)`` and ``hqq(w, fmt, group_size)`` need only the weight, ``gptq(w, stats.hessian,
-fmt, group_size)`` the Hessian, and ``awq(w, stats, fmt, group_size)`` returns ``(packed, s)``.
+The calibrators have different inputs, so each is a plain function as above; :data:`CALIBRATORS` is the
+registry that :class:`~nnforge.compress.WeightOnlyConfig` looks ``calibrator=`` up in, filled by each
+calibrator's own module (:func:`register_calibrator`): every public module of this folder is imported here,
+so a new calibrator is one new file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import torch
-
+from nnforge.compress.quantize.calibrate._registry import (
+    CALIBRATORS,
+    CalibrationJob,
+    CalibratorSpec,
+    register_calibrator,
+)
 from nnforge.compress.quantize.calibrate.awq import awq
 from nnforge.compress.quantize.calibrate.gptq import gptq
 from nnforge.compress.quantize.calibrate.hqq import hqq
+from nnforge.compress.quantize.calibrate.rtn import rtn
 from nnforge.compress.quantize.calibrate.smooth import (
     fake_quant_int8_per_tensor,
     fake_quant_int8_per_token,
@@ -41,10 +44,12 @@ from nnforge.compress.quantize.calibrate.smooth import (
     smooth_scales,
 )
 from nnforge.compress.quantize.calibrate.stats import LayerStats, collect_stats
-from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
+from nnforge.registry import import_submodules
 
 __all__ = [
     "CALIBRATORS",
+    "CalibrationJob",
+    "CalibratorSpec",
     "LayerStats",
     "awq",
     "collect_stats",
@@ -53,17 +58,9 @@ __all__ = [
     "gptq",
     "hadamard",
     "hqq",
+    "register_calibrator",
     "rtn",
     "smooth_scales",
 ]
 
-
-def rtn(w: torch.Tensor, fmt: str, group_size: int | None = 128, *, symmetric: bool = True) -> PackedWeight:
-    """Round-to-nearest, the baseline every calibrator is measured against: absmax (symmetric), min/max
-    (asymmetric) or absmean (ternary and binary, as in Ma et al. 2024, "The Era of 1-bit LLMs: All Large
-    Language Models are in 1.58 Bits") group scales; the same as
-    :func:`~nnforge.compress.quantize.kernels.quantize_weight`."""
-    return quantize_weight(w, fmt, group_size, symmetric=symmetric)
-
-
-CALIBRATORS: dict[str, Callable[..., Any]] = {"rtn": rtn, "hqq": hqq, "gptq": gptq, "awq": awq}
+import_submodules(__name__, __path__)  # every calibrator module registers itself

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 
 from nnforge.compress.quantize.calibrate._common import check_group, check_int, check_weight, make_grid
+from nnforge.compress.quantize.calibrate._registry import CalibrationJob, register_calibrator
+from nnforge.compress.quantize.calibrate.hqq import hqq
 from nnforge.compress.quantize.calibrate.stats import LayerStats
 from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
 from nnforge.errors import ConfigError
@@ -69,3 +71,16 @@ def awq(w: torch.Tensor, stats: LayerStats, fmt: str, group_size: int | None = 1
             best = (err, pw, s)
     assert best is not None
     return best[1], best[2].contiguous()
+
+
+@register_calibrator("awq", needs_data=True, input_scale=True, summary="activation-aware input-channel scales")
+def _awq(job: CalibrationJob) -> tuple[PackedWeight, torch.Tensor]:
+    return awq(job.w, job.stats, job.fmt, job.group_size, symmetric=job.symmetric)
+
+
+@register_calibrator("awq+hqq", needs_data=True, input_scale=True, summary="AWQ's scales, HQQ's rounding")
+def _awq_hqq(job: CalibrationJob) -> tuple[PackedWeight, torch.Tensor]:
+    def quantizer(ws: torch.Tensor) -> PackedWeight:
+        return hqq(ws, job.fmt, job.group_size, symmetric=job.symmetric)
+
+    return awq(job.w, job.stats, job.fmt, job.group_size, symmetric=job.symmetric, quantizer=quantizer)

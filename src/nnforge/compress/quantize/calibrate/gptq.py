@@ -14,6 +14,7 @@ from nnforge.compress.quantize.calibrate._common import (
     quantize,
     rtn_params,
 )
+from nnforge.compress.quantize.calibrate._registry import CalibrationJob, register_calibrator
 from nnforge.compress.quantize.kernels import PackedWeight
 from nnforge.errors import ConfigError
 
@@ -119,3 +120,9 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     Q = Q[:, torch.argsort(perm)]
     return pack_groups(Q.view(N, ng, G), S, Z, grid, group_size)
+
+
+@register_calibrator("gptq", needs_data=True, summary="second-order error feedback from the input Hessian")
+def _gptq(job: CalibrationJob) -> tuple[PackedWeight, None]:
+    return gptq(job.w, job.stats.hessian, job.fmt, job.group_size, symmetric=job.symmetric,
+                damp=job.options.get("damp", 0.01), act_order=job.options.get("act_order", False)), None

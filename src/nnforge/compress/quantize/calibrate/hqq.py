@@ -20,6 +20,7 @@ from nnforge.compress.quantize.calibrate._common import (
     safe,
     unpack_groups,
 )
+from nnforge.compress.quantize.calibrate._registry import CalibrationJob, register_calibrator
 from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
 from nnforge.errors import ConfigError
 
@@ -137,3 +138,8 @@ def hqq(w: torch.Tensor, fmt: str, group_size: int | None = 128, *, symmetric: b
             _refine(wg, start, zi, grid, best)
     _refine(wg, best[1], best[2], grid, best)
     return pack_groups(best[3], best[1], best[2], grid, group_size)
+
+
+@register_calibrator("hqq", summary="half-quadratic optimisation of scales and zero points (no data)")
+def _hqq(job: CalibrationJob) -> tuple[PackedWeight, None]:
+    return hqq(job.w, job.fmt, job.group_size, symmetric=job.symmetric), None

@@ -43,6 +43,7 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
     ``measure_latency`` each option also gets its batch-1 latency (median of interleaved repeats).
     """
     from nnforge.compress.quantize.calibrate import collect_stats
+    from nnforge.compress.quantize.kernels._format import format_spec
     from nnforge.compress.quantize.weight_only.apply import quantize_matrix
     from nnforge.compress.quantize.weight_only.layer import QuantizedLinear
 
@@ -69,7 +70,7 @@ def layer_sensitivity(model: nn.Module, candidates: Sequence[str], calibration: 
                 layers.append(lin if lin.weight.device.type == "cpu" else copy.deepcopy(lin).cpu())  # timed on the CPU
                 continue
             group = group_size if group_size is None or w.shape[1] % group_size == 0 else None
-            sym = symmetric or fmt in ("int8", "ternary", "binary")
+            sym = symmetric or not format_spec(fmt).asymmetric_ok
             packed, scale = quantize_matrix(w, fmt, group, sym, calibrator, stats[name])
             q = QuantizedLinear.from_packed(packed, lin.bias, input_scale=scale)
             w_hat = q.dequantize()

@@ -32,7 +32,7 @@ def _act_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (fake_quantize_activations(args[0]), *args[1:])
 
 
-@register_transform(QATConfig)
+@register_transform(QATConfig, kind="qat")
 def prepare_qat_(model: nn.Module, config: QATConfig, filter: ModuleFilter | None = None, **_: Any) -> TransformReport:
     """Fake-quantize the weights of every Linear / Conv2d (and Embedding if asked) in place.
 

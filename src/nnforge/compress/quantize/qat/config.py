@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nnforge.compress.quantize.weight_only.config import Format, GroupSize
+from nnforge.compress.quantize.weight_only.config import Format, GroupSize, check_symmetric
 from nnforge.config import Config, config_type
 
 __all__ = ["QATConfig"]
@@ -35,6 +35,5 @@ class QATConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> QATConfig:
-        if not self.symmetric and self.fmt in ("int8", "ternary", "binary"):
-            raise ValueError(f"fmt {self.fmt!r} is symmetric only; set symmetric: true or use int4, int3 or int2")
+        check_symmetric("fmt", self.fmt, self.symmetric)
         return self

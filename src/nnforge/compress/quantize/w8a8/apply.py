@@ -29,7 +29,11 @@ from nnforge.errors import ConfigError
 __all__ = ["apply_w8a8"]
 
 
-@register_transform(W8A8Config)
+def _needs_data(config: W8A8Config) -> bool:
+    return config.activations == "static" or config.smoothing != "none" or config.calibrator == "gptq"
+
+
+@register_transform(W8A8Config, kind="quantize", needs_data=_needs_data)
 def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None = None, *,
                calibration: Iterable[Any] | None = None, forward: Any = None, skeleton: bool = False,
                progress: Any = None) -> TransformReport:
@@ -50,7 +54,7 @@ def apply_w8a8(model: nn.Module, config: W8A8Config, filter: ModuleFilter | None
         elif any(True for _ in mod.parameters(recurse=False)):
             report.skipped.append((name, f"{type(mod).__name__} is not handled by W8A8 (Linear layers are)"))
     targets = drop_partial_ties(model, targets, report)
-    needs_data = config.activations == "static" or config.smoothing != "none" or config.calibrator == "gptq"
+    needs_data = _needs_data(config)
     stats: dict[str, Any] = {}
     if needs_data and not skeleton and targets:
         if calibration is None:

@@ -22,7 +22,8 @@ from nnforge.compress._transform import (
     replace_all,
     tensor_bytes,
 )
-from nnforge.compress.quantize.kernels import PackedWeight, quantize_weight
+from nnforge.compress.quantize.kernels import PackedWeight
+from nnforge.compress.quantize.kernels._format import format_spec
 from nnforge.compress.quantize.weight_only.config import WeightOnlyConfig
 from nnforge.compress.quantize.weight_only.layer import (
     QUANTIZED_MODULES,
@@ -38,29 +39,25 @@ KEPT_FLOAT = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMS
 
 
 def quantize_matrix(w: torch.Tensor, fmt: str, group_size: int | None, symmetric: bool, calibrator: str,
-                    stats: Any = None, damp: float = 0.01,
-                    act_order: bool = False) -> tuple[PackedWeight, torch.Tensor | None]:
-    """Quantize one ``(N, K)`` matrix with ``calibrator``; returns the packed weight and AWQ's input scale."""
-    from nnforge.compress.quantize import calibrate as cal
+                    stats: Any = None, damp: float = 0.01, act_order: bool = False,
+                    options: dict[str, Any] | None = None) -> tuple[PackedWeight, torch.Tensor | None]:
+    """Quantize one ``(N, K)`` matrix with the registered ``calibrator``; returns the packed weight and the
+    input scale of a calibrator that rescales input channels (AWQ), else ``None``."""
+    from nnforge.compress.quantize.calibrate import CALIBRATORS, CalibrationJob
 
-    w = w.detach().float()
-    if calibrator == "rtn":
-        return quantize_weight(w, fmt, group_size, symmetric=symmetric), None
-    if calibrator == "hqq":
-        return cal.hqq(w, fmt, group_size, symmetric=symmetric), None
-    if stats is None:
+    spec = CALIBRATORS.get(calibrator, where="calibrator")
+    if spec.needs_data and stats is None:
         raise ConfigError(f"calibrator {calibrator!r} needs calibration data: "
                           "quantize_(model, config, calibration=batches)")
-    if calibrator == "gptq":
-        return cal.gptq(w, stats.hessian, fmt, group_size, symmetric=symmetric, damp=damp, act_order=act_order), None
-    if calibrator in ("awq", "awq+hqq"):
-        quantizer = None
-        if calibrator == "awq+hqq":
-            def quantizer(ws: torch.Tensor) -> PackedWeight:
-                return cal.hqq(ws, fmt, group_size, symmetric=symmetric)
-        packed, scale = cal.awq(w, stats, fmt, group_size, symmetric=symmetric, quantizer=quantizer)
-        return packed, scale
-    raise ConfigError(f"unknown calibrator {calibrator!r}; choose one of rtn, hqq, gptq, awq, awq+hqq")
+    job = CalibrationJob(w.detach().float(), fmt, group_size, symmetric, stats if spec.needs_data else None,
+                         {"damp": damp, "act_order": act_order, **(options or {})})
+    return spec.quantize(job)
+
+
+def _calibrator(name: str) -> Any:
+    from nnforge.compress.quantize.calibrate import CALIBRATORS
+
+    return CALIBRATORS.get(name, where="calibrator")
 
 
 def _group_for(k: int, group_size: int | None) -> int | None:
@@ -107,7 +104,11 @@ def _targets(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | 
     return drop_partial_ties(model, [t for t in out if t[2] != "fp32"], report)
 
 
-@register_transform(WeightOnlyConfig)
+def _needs_data(config: WeightOnlyConfig) -> bool:
+    return bool(_calibrator(config.calibrator).needs_data)
+
+
+@register_transform(WeightOnlyConfig, kind="quantize", needs_data=_needs_data)
 def apply_weight_only(model: nn.Module, config: WeightOnlyConfig, filter: ModuleFilter | None = None, *,
                       calibration: Iterable[Any] | None = None, forward: Any = None, skeleton: bool = False,
                       progress: Any = None) -> TransformReport:
@@ -122,8 +123,7 @@ def apply_weight_only(model: nn.Module, config: WeightOnlyConfig, filter: Module
     report = TransformReport(f"weight-only:{config.fmt}:{config.calibrator}", config.to_dict())
     targets = _targets(model, config, filter, report)
     stats: dict[str, Any] = {}
-    needs_data = config.calibrator in ("gptq", "awq", "awq+hqq")
-    if needs_data and not skeleton:
+    if _needs_data(config) and not skeleton:
         if calibration is None:
             raise ConfigError(f"calibrator {config.calibrator!r} needs calibration data: "
                               "quantize_(model, config, calibration=batches)")
@@ -159,9 +159,9 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
         matrix = matrix.cpu()
     gs = config.embedding_group_size if is_emb else config.group_size
     group = _group_for(matrix.shape[1], gs)
-    symmetric = (config.embedding_symmetric if is_emb else config.symmetric) or fmt in ("int8", "ternary", "binary")
+    symmetric = (config.embedding_symmetric if is_emb else config.symmetric) or not format_spec(fmt).asymmetric_ok
     # GPTQ / AWQ need a Linear's input statistics; embeddings and convs get RTN, or HQQ when asked (data-free)
-    data_free = config.calibrator in ("rtn", "hqq")
+    data_free = not _calibrator(config.calibrator).needs_data
     calibrator = config.calibrator if isinstance(mod, nn.Linear) or (data_free and not is_emb) else "rtn"
     detail = f"{fmt} group {group or 'row'} {'sym' if symmetric else 'asym'} {calibrator}"
     if group != gs:
@@ -170,11 +170,11 @@ def _quantize_module(name: str, mod: Any, fmt: str, config: WeightOnlyConfig, st
         raise ConfigError(f"{name}: the weight holds NaN or infinite values; nothing was quantized")
     if skeleton:
         packed, scale = _empty(fmt, matrix.shape, group, symmetric), None
-        if calibrator.startswith("awq"):
+        if _calibrator(calibrator).input_scale:
             scale = torch.ones(matrix.shape[1])
     else:
         packed, scale = quantize_matrix(matrix, fmt, group, symmetric, calibrator, stats, config.damp,
-                                        config.act_order)
+                                        config.act_order, config.calibrator_options)
     if is_emb:
         new: Any = QuantizedEmbedding.from_packed(packed, mod.padding_idx, dtype=weight.dtype)
     elif isinstance(mod, nn.Conv2d):

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
+from nnforge.compress.quantize.kernels._format import FORMATS, format_spec
 from nnforge.config import Config, config_type
 
 __all__ = ["WeightOnlyConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Int3WeightOnlyConfig",
-           "Int2WeightOnlyConfig", "TernaryConfig", "BinaryConfig", "Format", "Calibrator", "GroupSize"]
+           "Int2WeightOnlyConfig", "TernaryConfig", "BinaryConfig", "Format", "Calibrator", "GroupSize",
+           "check_symmetric"]
 
-Format = Literal["int8", "int4", "int3", "int2", "ternary", "binary"]
-Calibrator = Literal["rtn", "hqq", "gptq", "awq", "awq+hqq"]
+
+
+def _registered_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(FORMATS.unknown_message(fmt))
+    return fmt
+
+
+def _registered_calibrator(name: str) -> str:
+    from nnforge.compress.quantize.calibrate import CALIBRATORS
+
+    if name not in CALIBRATORS:
+        raise ValueError(CALIBRATORS.unknown_message(name))
+    return name
+
+
+Format = Annotated[str, AfterValidator(_registered_format)]
+"""The name of a registered weight format (:data:`~nnforge.compress.quantize.kernels.FORMATS`)."""
+Calibrator = Annotated[str, AfterValidator(_registered_calibrator)]
+"""The name of a registered calibrator (:data:`~nnforge.compress.quantize.calibrate.CALIBRATORS`)."""
 GroupSize = Literal[32, 64, 128, 256] | None
 
 
@@ -36,6 +56,7 @@ class WeightOnlyConfig(Config):
             as written by :func:`~nnforge.compress.quantize.mixed.allocate_bits`.
         kernel: every batch runs int8 per-row activations times the integer codes (the packed kernels on the
             CPU, as llama.cpp does; docs/kernels.md, "Numerics"); ``False`` always dequantizes and multiplies in fp32.
+        calibrator_options: options of a registered calibrator that has its own (passed to it as they are).
         damp: GPTQ's Hessian damping, as a fraction of the mean diagonal.
         act_order: GPTQ quantizes columns in order of decreasing Hessian diagonal (group scales from the
             original weight); on all-MiniLM-L6-v2 int4 g32 it lifts mean cosine from 0.989 to 0.991.
@@ -52,6 +73,7 @@ class WeightOnlyConfig(Config):
     embedding_symmetric: bool = True
     plan: dict[str, Format | Literal["fp32"]] = Field(default_factory=dict)
     kernel: bool = True
+    calibrator_options: dict[str, Any] = Field(default_factory=dict)
     damp: float = Field(0.01, gt=0.0, lt=1.0)
     act_order: bool = False
     act_quant: Literal["none", "dynamic"] = Field("none", description="'dynamic': int8 activations per token "
@@ -59,12 +81,17 @@ class WeightOnlyConfig(Config):
 
     @model_validator(mode="after")
     def _check(self) -> WeightOnlyConfig:
-        if not self.symmetric and self.fmt in ("int8", "ternary", "binary"):
-            raise ValueError(f"fmt {self.fmt!r} is symmetric only; set symmetric: true or use int4, int3 or int2")
-        if not self.embedding_symmetric and self.embedding_fmt in ("int8", "ternary", "binary"):
-            raise ValueError(f"embedding_fmt {self.embedding_fmt!r} is symmetric only; set embedding_symmetric: true "
-                             "or use int4, int3 or int2")
+        check_symmetric("fmt", self.fmt, self.symmetric)
+        check_symmetric("embedding_fmt", self.embedding_fmt, self.embedding_symmetric)
         return self
+
+
+def check_symmetric(field: str, fmt: str, symmetric: bool) -> None:
+    """``ValueError`` when ``symmetric`` is false for a format registered as symmetric only."""
+    if not symmetric and not format_spec(fmt).asymmetric_ok:
+        ok = ", ".join(name for name, spec in FORMATS.items() if spec.asymmetric_ok)
+        sym = "symmetric" if field == "fmt" else "embedding_symmetric"
+        raise ValueError(f"{field} {fmt!r} is symmetric only; set {sym}: true or use one of {ok}")
 
 
 @config_type("int8-weight-only")
