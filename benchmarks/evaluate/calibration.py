@@ -1,7 +1,8 @@
 """Benchmark: calibration of the fp32 fine-tuned quickstart model, before and after temperature scaling.
 
     python benchmarks/evaluate/calibration.py           # full: the quickstart's baselines + finetune as shipped
-    python benchmarks/evaluate/calibration.py --quick   # a small slice (under a minute), for smoke tests
+    python benchmarks/evaluate/calibration.py --quick   # a small slice (under a minute)
+    python benchmarks/evaluate/calibration.py --smoke   # 2 passages per play, 1 epoch; writes nothing
 
 The model: the built-in ``quickstart`` recipe (seed 0) run through ``nnforge.recipes`` in a temporary
 folder with its first two steps only (``baselines``, ``finetune``: LP-FT with LoRA on MiniLM, class-balanced
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,14 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import spread, write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, spread, write_results  # noqa: E402
 
 N_BINS = 15
 BOOTSTRAP = 1000
 QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1"]
+SMOKE = ["data.options.passages_per_play=2", "data.max_train=24", "steps[1].train.epochs=1"]
 
 
-def fine_tuned_model(quick: bool, workdir: Path) -> tuple[Any, Any, dict[str, Any]]:
+def fine_tuned_model(overrides: list[str], workdir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Run the quickstart's ``baselines`` + ``finetune`` steps; the fp32 model (via load_run) and the recipe."""
     import yaml
 
@@ -49,8 +52,7 @@ def fine_tuned_model(quick: bool, workdir: Path) -> tuple[Any, Any, dict[str, An
     if kept != ["baselines", "finetune"]:
         raise SystemExit(f"the quickstart recipe changed: its first steps are {kept}, not baselines, finetune")
     doc["steps"] = doc["steps"][:2]
-    if quick:
-        doc = apply_overrides(doc, QUICK)
+    doc = apply_overrides(doc, overrides)
     recipe = parse_recipe(doc, source=yaml.safe_dump(doc, sort_keys=False), path=str(path))
     result = run_recipe(recipe, runs_dir=workdir / "runs", ledger=Ledger.open(workdir / ".nnforge" / "ledger.db"))
     run = load_run(result.run_dir)
@@ -101,9 +103,10 @@ def bootstrap_ece(before: torch.Tensor, after: torch.Tensor, labels: torch.Tenso
         a.append(ea)
         r.append(ea / eb if eb > 0 else float("nan"))
     rs = sorted(x for x in r if x == x)  # NaN (a resample with ECE 0 before) dropped
-    q = [rs[int(0.025 * len(rs))], rs[max(0, int(0.975 * len(rs)) - 1)]] if rs else [float("nan")] * 2
-    return {"resamples": n, "ece_before": spread(b), "ece_after": spread(a), "ratio_after_over_before": spread(r),
-            "ratio_ci95": q, "fraction_reaching_0.7": sum(x <= 0.7 for x in r) / n}
+    q = [rs[int(0.025 * len(rs))], rs[max(0, int(0.975 * len(rs)) - 1)]] if rs else None
+    return {"resamples": n, "ece_before": spread(b), "ece_after": spread(a), "ratio_after_over_before": spread(rs) if rs else None,
+            "ratio_undefined_resamples": len(r) - len(rs), "ratio_ci95": q,
+            "fraction_reaching_0.7": sum(x <= 0.7 for x in r) / n}
 
 
 def vector_scaling(val_logits: torch.Tensor, val_labels: torch.Tensor, steps: int = 500) -> tuple[torch.Tensor,
@@ -129,10 +132,11 @@ def vector_scaling(val_logits: torch.Tensor, val_labels: torch.Tensor, steps: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a small slice instead of the full quickstart")
+    add_mode_args(ap)
     ap.add_argument("--keep", metavar="DIR", help="run in DIR and keep runs/ and .nnforge/ there")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    full = mode(args) == "full"
 
     from nnforge import data as data_mod
     from nnforge.evaluate.calibration import TemperatureScaling, plot_reliability, reliability_diagram
@@ -140,7 +144,7 @@ def main() -> int:
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="nnforge-calib-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model, recipe, run_metrics = fine_tuned_model(args.quick, workdir)
+    model, recipe, run_metrics = fine_tuned_model(pick(args, full=[], quick=QUICK, smoke=SMOKE), workdir)
     t_model = time.perf_counter() - t0
 
     dataset = data_mod.load(recipe.data.dataset, **recipe.data.options)
@@ -159,18 +163,21 @@ def main() -> int:
     p_vector = torch.softmax(z_test.double() * w + b, -1)
     vector_test = {k: v for k, v in measures(p_vector, y_test).items() if k != "reliability"}
     peer_vector = {"scale": w.tolist(), "bias": b.tolist(), "test": vector_test}
-    boot = bootstrap_ece(p_before, p_after, y_test, 200 if args.quick else BOOTSTRAP)
+    boot = bootstrap_ece(p_before, p_after, y_test, pick(args, full=BOOTSTRAP, quick=200, smoke=50))
 
-    # quick mode is a smoke test: its plot stays in the (temporary) work folder, never in the repository
-    img = (workdir / "calibration_reliability.png") if args.quick else (ROOT.parent / "docs" /
-                                                                         "calibration_reliability.png")
+    # only a full run's plot goes into the repository; others stay in the (temporary) work folder
+    img = (ROOT.parent / "docs" / "calibration_reliability.png") if full else (workdir / "calibration_reliability.png")
     plot_reliability({"fine-tuned, before": reliability_diagram(p_before, y_test, N_BINS),
                       f"temperature-scaled (T={ts.temperature:.3f})": reliability_diagram(p_after, y_test, N_BINS)},
                      img, title="quickstart fp32 model, test plays")
     seconds = time.perf_counter() - t0
 
-    summary = {"ece_before": test_before["ece"], "ece_after": test_after["ece"],
-               "ece_ratio": test_after["ece"] / test_before["ece"] if test_before["ece"] > 0 else None,
+    ece_ratio = test_after["ece"] / test_before["ece"] if test_before["ece"] > 0 else None
+    summary = {"ece_before": test_before["ece"], "ece_after": test_after["ece"], "ece_ratio": ece_ratio,
+               # paired test-set bootstrap (the same resampled passages before and after), widened to hold the
+               # point estimate should the percentile interval miss it
+               "ece_ratio_ci": [min(boot["ratio_ci95"][0], ece_ratio), max(boot["ratio_ci95"][1], ece_ratio)]
+               if ece_ratio is not None and boot["ratio_ci95"] else None,
                "temperature": ts.temperature, "nll_before": test_before["nll"], "nll_after": test_after["nll"],
                "brier_before": test_before["brier"], "brier_after": test_after["brier"],
                "accuracy_before": test_before["accuracy"], "accuracy_after": test_after["accuracy"],
@@ -182,12 +189,16 @@ def main() -> int:
                "run_metrics": run_metrics, "label_names": dataset.label_names,
                "logits": {"val": z_val.tolist(), "val_labels": y_val.tolist(), "test": z_test.tolist(),
                           "test_labels": y_test.tolist()}}
-    path = write_results("evaluate", "calibration", quick=args.quick, results=results, summary=summary,
+    no_ci = None if summary["ece_ratio_ci"] is not None else {"ece_ratio": "undefined: ECE before the scaling is 0"}
+    path = write_results("evaluate", "calibration", args=args, results=results, summary=summary, no_ci=no_ci,
                          packages=("transformers", "peft", "scikit-learn", "matplotlib"),
                          extra={"recipe": recipe.to_dict(), "setup": {"n_bins": N_BINS, "seed": recipe.seed,
                                                                       "steps_run": ["baselines", "finetune"],
-                                                                      "plot": str(img if args.quick else img.relative_to(ROOT.parent))}})
-    print(f"wrote {path} and {img}")
+                                                                      "plot": str(img.relative_to(ROOT.parent) if full else img)}})
+    if path:
+        print(f"wrote {path} and {img}")
+    if mode(args) == "smoke" and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
     for k, v in summary.items():
         print(f"  {k}: {v}")
     return 0

@@ -2,6 +2,7 @@
 
     python benchmarks/evaluate/ood_text.py           # full: 100 passages per play, 500 OOD passages per set (~30 min)
     python benchmarks/evaluate/ood_text.py --quick   # 8 passages per play, 40 OOD passages per set (a minute or two)
+    python benchmarks/evaluate/ood_text.py --smoke   # 2 passages per play, 10 OOD passages per set; writes nothing
 
 Four sets, each an in-distribution (ID) test split against an OOD one:
 
@@ -52,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import write_results  # noqa: E402
+from _common import add_mode_args, pick, write_results  # noqa: E402
 
 RECALL = 0.95
 ORDERS = (1, 2, 3, 4)
@@ -239,7 +240,8 @@ def supervised_reference(frozen3: dict[str, dict[str, torch.Tensor]], d3: Any) -
             "auroc": auroc(s[~torch.from_numpy(yte)], s[torch.from_numpy(yte)])}
 
 
-def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int, quick: bool) -> dict[str, Any]:
+def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int,
+                             sizes: tuple[int | None, int, int] = (None, 3000, 500)) -> dict[str, Any]:
     """Why ``histories`` stays near chance, measured (diagnostics, not detectors of the summary).
 
     - ``genre_transfer``: a TF-IDF logistic regression comedy-vs-tragedy trained on *every* passage of the
@@ -251,6 +253,8 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
       fitting), not passages of unseen plays; the same history passages as OOD.
     - ``stylometry``: style instead of content — Mahalanobis (one Gaussian) and 10-NN on standardised
       stylometric features (``style_features``) of every training passage; test plays vs histories.
+
+    ``sizes``: passages per play (None: all), passages fitted and ID test passages of ``same_plays_protocol``.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -258,7 +262,7 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
     from nnforge.data.shakespeare import genre_dataset
     from nnforge.explain import auroc, build_detector
 
-    cap = 300 if quick else None
+    cap, n_fit, n_test = sizes
     d2 = genre_dataset(passages_per_play=cap, genres=("comedy", "tragedy"))
     d3 = genre_dataset(passages_per_play=cap)
     out: dict[str, Any] = {}
@@ -278,7 +282,6 @@ def play_novelty_diagnostics(frozen_model: Any, histories: list[str], vocab: int
     out["supervised_history_vs_rest_tfidf"] = {"train_passages": len(tr3.texts), "auroc": auroc(s[~is_hist], s[is_hist])}
     pool = [t for sp in d2.splits.values() for t in sp.texts]
     perm = np.random.default_rng(0).permutation(len(pool))
-    n_fit, n_test = (600, 100) if quick else (3000, 500)
     texts = {"train": [pool[i] for i in perm[:n_fit]], "test": [pool[i] for i in perm[n_fit : n_fit + n_test]],
              "histories": histories}
     feats = {k: encode(frozen_model, v, layers=()) for k, v in texts.items()}
@@ -337,7 +340,7 @@ def style_features(texts: list[str]) -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    add_mode_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -351,7 +354,7 @@ def main() -> int:
 
     from nnforge.models.text import load_minilm
 
-    per_play, n_ood, epochs = (8, 40, 1) if args.quick else (100, 500, 2)
+    per_play, n_ood, epochs = pick(args, full=(100, 500, 2), quick=(8, 40, 1), smoke=(2, 10, 1))
     data = build_sets(per_play, n_ood)
     oods = data["ood"]
     tasks = {"3-genre": ["stdlib-code", "stdlib-docstrings", "poems"], "2-genre": ["histories"]}
@@ -403,7 +406,9 @@ def main() -> int:
             results["reference"] = {"supervised_history_vs_rest": supervised_reference(frozen, ds)}
         if task == "2-genre":
             t0 = time.perf_counter()
-            results["histories_diagnostics"] = play_novelty_diagnostics(frozen_model, oods["histories"], vocab, args.quick)
+            results["histories_diagnostics"] = play_novelty_diagnostics(
+                frozen_model, oods["histories"], vocab, pick(args, full=(None, 3000, 500), quick=(300, 600, 100),
+                                                             smoke=(8, 40, 10)))
             seconds["histories_diagnostics"] = time.perf_counter() - t0
             log(f"histories diagnostics: {results['histories_diagnostics']}")
         del model, tuned, frozen
@@ -414,9 +419,10 @@ def main() -> int:
                         "recall": RECALL, "fine_tune_epochs": epochs, "threads": args.threads,
                         "frozen_detectors": FROZEN, "fine_tuned_detectors": FINE_TUNED}
     summary = summarise(results["sets"])
-    path = write_results("evaluate", "ood_text", quick=args.quick, results=results, summary=summary,
+    path = write_results("evaluate", "ood_text", args=args, results=results, summary=summary,
                          packages=("transformers", "peft", "scikit-learn"))
-    log(f"wrote {path}")
+    if path:
+        log(f"wrote {path}")
     for part, sets in summary.items():
         for name, row in sets.items():
             print(f"  {part:4s} {name:18s} best {row['best_detector']:32s} AUROC {row['best_auroc']:.3f} "

@@ -3,6 +3,7 @@ and TRADES-trained (Zhang et al. 2019).
 
     python benchmarks/evaluate/robust_digits.py           # full: 3 seeds x 3 models, 3,000 steps each (~30 min)
     python benchmarks/evaluate/robust_digits.py --quick   # 1 seed, 150 steps (under a minute)
+    python benchmarks/evaluate/robust_digits.py --smoke   # 1 seed, 6 steps, 1 restart on 64 test rows; writes nothing
 
 Data: scikit-learn digits through ``nnforge.data.load("digits")`` (stratified 80/20 split, seed 0, pixels / 16
 in [0, 1]; the script checks that this is the split ``train_test_split`` gives). Model: ``build("digits-cnn")``.
@@ -37,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import spread, write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, spread, write_results  # noqa: E402
 
 BATCH = 64
 LR, BETAS, WEIGHT_DECAY = 4e-3, (0.9, 0.99), 0.1
@@ -109,10 +110,10 @@ def survives_restarts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return float(alive.float().mean())
 
 
-def evaluate(model: torch.nn.Module, data: Any, restarts: int) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: Any, restarts: int, rows: int | None = None) -> dict[str, float]:
     from nnforge.evaluate.robust import AttackConfig, robust_accuracy
 
-    x, y = (torch.from_numpy(a) for a in data.splits["test"])
+    x, y = (torch.from_numpy(a[:rows]) for a in data.splits["test"])
     out = {"clean": robust_accuracy(model, x, y, None)}
     for name, options in EVAL_ATTACKS.items():
         out[name] = robust_accuracy(model, x, y, AttackConfig(**options, seed=ATTACK_SEED), batch_size=512)
@@ -122,19 +123,20 @@ def evaluate(model: torch.nn.Module, data: Any, restarts: int) -> dict[str, floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    add_mode_args(ap)
     args = ap.parse_args()
     from nnforge.data import load
 
     torch.set_num_threads(1)  # tiny models: one intra-op thread is fastest on a shared CPU
     data = load("digits")
     split_ok = check_split(data)
-    seeds, steps, restarts = ([0], QUICK_STEPS, 2) if args.quick else ([0, 1, 2], STEPS, 5)
+    seeds, steps, restarts = pick(args, full=([0, 1, 2], STEPS, 5), quick=([0], QUICK_STEPS, 2), smoke=([0], 6, 1))
+    rows = 64 if mode(args) == "smoke" else None  # every test row but in smoke mode
     runs: list[dict[str, Any]] = []
     for seed in seeds:  # interleaved: standard, Madry, TRADES for each seed
         for kind in KINDS:
             model, seconds = train(data, seed, steps, kind)
-            accs = evaluate(model, data, restarts)
+            accs = evaluate(model, data, restarts, rows)
             runs.append({"model": kind, "seed": seed, "train_seconds": round(seconds, 2), "accuracy": accs})
             print(f"seed {seed} {kind:11s} {seconds:5.1f}s  " + "  ".join(f"{k} {v:.3f}" for k, v in accs.items()),
                   flush=True)
@@ -174,9 +176,9 @@ def main() -> int:
              "data": {"name": "digits", "split": "stratified 80/20, random_state 0", "pixels": "/ 16 in [0, 1]",
                       "matches_sklearn_split": split_ok,
                       "train_rows": int(len(data.splits["train"][1])), "test_rows": int(len(data.splits["test"][1]))}}
-    path = write_results("evaluate", "robust_digits", quick=args.quick, results=table, summary=summary,
+    path = write_results("evaluate", "robust_digits", args=args, results=table, summary=summary,
                          packages=("scikit-learn",), extra={"setup": setup, "runs": runs})
-    print(f"wrote {path}\n{summary}")
+    print(f"wrote {path}\n{summary}" if path else summary)
     return 0
 
 

@@ -3,6 +3,7 @@ check, for a deliberately damaged variant (2-bit RTN, per channel, no calibratio
 
     python benchmarks/evaluate/suite_gate.py           # full: the built-in quickstart recipe as shipped (+ int2)
     python benchmarks/evaluate/suite_gate.py --quick   # a small slice of it
+    python benchmarks/evaluate/suite_gate.py --smoke   # 2 passages per play, no gate or report step; writes nothing
     python benchmarks/evaluate/suite_gate.py --run DIR # judge an existing run that already has an int2 variant
 
 The run is the quickstart recipe with one more step, `quantize: {scheme: int2, calibrator: rtn,
@@ -18,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,16 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, write_results  # noqa: E402
 
 QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1", "steps[3].repeats=5"]
 # the recipe's own gate judges the latest variant (int2 here) and would stop the run before the report:
 # it records its verdict only; the three verdicts below come from `nnforge evaluate`
 NO_STOP = ["steps[4].enforce=false"]
+# smoke: the smallest slice; the recipe stops after its evaluate step (the verdicts come from `nnforge evaluate`)
+SMOKE = ["data.options.passages_per_play=2", "data.max_train=24", "steps[1].train.epochs=1", "steps[3].repeats=3",
+         "steps[3].ood=false", "steps[3].calibration=false", "steps[3].native=false"]
 DAMAGE = {"quantize": {"scheme": "int2", "calibrator": "rtn", "group_size": None, "variant": "int2"}}
 
 
-def make_run(workdir: Path, quick: bool) -> Path:
+def make_run(workdir: Path, overrides: list[str], smoke: bool = False) -> Path:
     import yaml
 
     from nnforge.ledger import Ledger
@@ -43,8 +48,8 @@ def make_run(workdir: Path, quick: bool) -> Path:
     from nnforge.recipes.schema import apply_overrides
 
     doc = yaml.safe_load((builtin_dir() / "quickstart.yaml").read_text(encoding="utf-8"))
-    doc = apply_overrides(doc, (QUICK if quick else []) + NO_STOP)
-    steps = doc["steps"]
+    doc = apply_overrides(doc, overrides + NO_STOP)
+    steps = doc["steps"][:4] if smoke else doc["steps"]
     at = next(i for i, s in enumerate(steps) if isinstance(s, dict) and "quantize" in s) + 1
     doc["steps"] = [*steps[:at], DAMAGE, *steps[at:]]
     text = yaml.safe_dump(doc, sort_keys=False)
@@ -64,6 +69,8 @@ def judge(run_dir: Path, variant: str) -> dict[str, object]:
                    "--junit", str(junit), "--json"])
     if rc not in (0, 1):  # 2: bad input (the error is on stderr); no verdict to record
         raise SystemExit(f"nnforge evaluate {run_dir} --variant {variant} exited {rc}: no verdict")
+    if not buf.getvalue().strip():
+        raise SystemExit(f"nnforge evaluate {run_dir} --variant {variant} exited {rc} without a verdict")
     result = json.loads(buf.getvalue())
     failures = [f.get("message") for f in ET.parse(junit).getroot().iter("failure")]
     return {"variant": variant, "exit_code": rc, "passed": result["passed"], "failed": result["failed"],
@@ -73,22 +80,26 @@ def judge(run_dir: Path, variant: str) -> dict[str, object]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    add_mode_args(ap)
     ap.add_argument("--run", help="an existing run folder with fp32, int8 and int2 variants")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="nnforge-gate-"))
-    run_dir = Path(args.run) if args.run else make_run(workdir, args.quick)
+    smoke = mode(args) == "smoke"
+    run_dir = Path(args.run) if args.run else make_run(workdir, pick(args, full=[], quick=QUICK, smoke=SMOKE), smoke)
     results = [judge(run_dir, v) for v in ("fp32", "int8", "int2")]
     by = {r["variant"]: r for r in results}
     summary = {"fp32_passed": by["fp32"]["passed"], "int8_passed": by["int8"]["passed"],
                "int2_passed": by["int2"]["passed"], "int2_exit_code": by["int2"]["exit_code"],
                "int2_failed_checks": by["int2"]["failed"], "int2_junit_failures": len(by["int2"]["junit_failures"]),
                "seconds": time.perf_counter() - t0}
-    path = write_results("evaluate", "suite_gate", quick=args.quick, results=results, summary=summary,
+    path = write_results("evaluate", "suite_gate", args=args, results=results, summary=summary,
                          extra={"run_dir": str(run_dir)})
-    print(f"wrote {path}")
+    if path:
+        print(f"wrote {path}")
+    if smoke:
+        shutil.rmtree(workdir, ignore_errors=True)
     for r in results:
         print(f"  {r['variant']}: exit {r['exit_code']}, failed: {r['failed'] or 'none'}")
     return 0
