@@ -64,6 +64,20 @@ def site(tmp_path):
             "run_dir": run_dir}
 
 
+def test_runs_show_their_status_and_a_damaged_config_is_named_by_file_and_field(site):
+    from nnforge import runs
+
+    c = _login(site)
+    runs.update_config(site["run_dir"], status="failed")
+    assert '<td class="status">failed</td>' in c.get("/").text
+    cfg = json.loads((site["run_dir"] / "config.json").read_text())
+    (site["run_dir"] / "config.json").write_text(json.dumps({**cfg, "label_names": "comedy"}))
+    assert '<td class="status">damaged</td>' in c.get("/").text
+    page = c.get(f"/runs/{RUN}")
+    assert page.status_code == 200
+    assert "config.json: field &#39;label_names&#39; must be a list of strings" in page.text
+
+
 def _client(site) -> TestClient:
     return TestClient(site["app"], base_url=BASE, follow_redirects=False)
 

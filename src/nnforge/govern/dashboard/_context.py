@@ -71,6 +71,7 @@ class RunFolders:
         return {"id": run_id, "created": str(config.get("created", ""))[:19].replace("T", " "),
                 "recipe": (recipe or {}).get("name") or "", "final_variant": final or "",
                 "accuracy": acc if isinstance(acc, (int, float)) else None,
+                "status": "damaged" if "_error" in config else str(config.get("status") or ""),
                 "has_report": self.file(run_id, run_schema.REPORT) is not None}
 
     def labels(self, run_id: str) -> list[str] | None:
