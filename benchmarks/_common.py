@@ -82,21 +82,18 @@ def _machine() -> dict[str, Any]:
     return facts
 
 
-def write_results(area: str, name: str, *, args: argparse.Namespace | None = None, quick: bool | None = None,
-                  results: Any, summary: Mapping[str, Any], peers: Mapping[str, Any] | None = None,
-                  no_ci: Mapping[str, str] | None = None, packages: Iterable[str] = (),
-                  extra: Mapping[str, Any] | None = None) -> Path | None:
+def write_results(area: str, name: str, *, args: argparse.Namespace, results: Any, summary: Mapping[str, Any],
+                  peers: Mapping[str, Any] | None = None, no_ci: Mapping[str, str] | None = None,
+                  packages: Iterable[str] = (), extra: Mapping[str, Any] | None = None) -> Path | None:
     """Check and write this script's results (:func:`nnforge.hardware.write_results`); None in smoke mode.
 
-    ``args`` are the parsed flags of :func:`add_mode_args` (mode and tag come from them); ``quick`` is the
-    older form, for scripts not yet on the mode flags.
+    ``args`` are the parsed flags of :func:`add_mode_args`: the mode and the tag come from them.
     """
     from nnforge.hardware import write_results as _write
 
-    run_mode = mode(args) if args is not None else "quick" if quick else "full"
-    path = _write(RESULTS, area, name, mode=run_mode, results=results, summary=summary,  # type: ignore[arg-type]
-                  script=_script(), argv=list(sys.argv), peers=peers, tag=tag(args) if args is not None else None,
-                  packages=tuple(packages), extra=extra, no_ci=no_ci, machine=_machine())
+    path = _write(RESULTS, area, name, mode=mode(args), results=results, summary=summary,  # type: ignore[arg-type]
+                  script=_script(), argv=list(sys.argv), peers=peers, tag=tag(args), packages=tuple(packages),
+                  extra=extra, no_ci=no_ci, machine=_machine())
     if path is None:
         print(f"smoke run of {area}/{name}: results match the schema; nothing written")
     return path
