@@ -1,4 +1,8 @@
-"""Every registered optimizer through one table: learns, round-trips its state, handles groups, zeros, None."""
+"""Every registered optimizer through one table: learns, round-trips its state, handles groups, zeros, None,
+declares the shape of every state tensor it keeps.
+
+The table is the registry (``optimizer_names()``): an optimizer registered anywhere is covered with no edit
+here; ``OPTIONS`` only tunes a few learning rates to the tiny problem (others run with their defaults)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnforge.optim import build_optimizer, optimizer_names
+from nnforge.optim import OPTIMIZERS, build_optimizer, optimizer_names
 
 # Options that suit the tiny problem below; an optimizer missing here runs with its defaults.
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -159,6 +163,45 @@ def test_a_parameter_with_no_entries_is_harmless(name: str) -> None:
     (w.sum() + empty.sum()).backward()
     opt.step()
     assert torch.isfinite(w).all() and empty.shape == (0, 8)
+
+
+class WithConv(nn.Module):
+    """1-D, 2-D and 4-D parameters: the shapes an optimizer's state rules must cover."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.conv = nn.Embedding(10, 8), nn.Conv2d(8, 4, 3, padding=1)
+        self.fc, self.out = nn.Linear(4, 6), nn.Linear(6, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids).permute(0, 2, 1)[..., None].expand(-1, -1, -1, 3)  # (B, 8, T, 3)
+        h = self.conv(x).mean((2, 3))  # (B, 4)
+        return self.out(torch.tanh(self.fc(h)))  # (B, 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_state_tensor_is_declared_in_the_registration_and_fits_it(name: str) -> None:
+    """A checkpoint's loader checks saved state against the optimizer's own declaration (``state=`` of
+    ``register_optimizer``): a tensor kept under an undeclared key would go unchecked, so it fails here."""
+    torch.manual_seed(0)
+    model = WithConv()
+    opt = _build(name, model)
+    assert opt.state_shapes == dict(OPTIMIZERS.get(name).state)  # type: ignore[attr-defined]
+    ids = torch.randint(0, 10, (4, 5))
+    for _ in range(3):
+        model(ids).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    rules = OPTIMIZERS.get(name).state
+    seen = set()
+    for param, st in opt.state.items():
+        for key, value in st.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            seen.add(key)
+            assert key in rules, f"{name}: state {key!r} is not declared in register_optimizer(state=...)"
+            assert tuple(value.shape) in set(rules[key](tuple(param.shape))), (name, key, param.shape, value.shape)
+    assert seen, f"{name} kept no tensor state"
 
 
 def test_one_tensor_instead_of_a_list_is_named() -> None:

@@ -1,14 +1,16 @@
 """The registry of optimizers and :func:`build_optimizer`, the one way to make one by name.
 
 Each optimizer module registers an :class:`OptimizerSpec`: its config class (validated options), a factory
-``factory(params, config) -> torch.optim.Optimizer``, the paper it implements, and whether it wants the
-parameters split into hidden matrices and the rest (:func:`~nnforge.optim.param_groups_for`).
+``factory(params, config) -> torch.optim.Optimizer``, the paper it implements, whether it wants the
+parameters split into hidden matrices and the rest (:func:`~nnforge.optim.param_groups_for`), and the
+shapes of its per-parameter state (which a checkpoint's loader checks). Every public module of this
+package is imported with it, so an optimizer is one new file that nothing else lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,10 +22,48 @@ from nnforge.optim._base import ComplexParameterError
 from nnforge.optim._groups import param_groups_for
 from nnforge.registry import Registry
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "ParamsT", "build_optimizer", "optimizer_names", "register_optimizer"]
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "ParamsT", "StateShape", "build_optimizer", "optimizer_names",
+           "register_optimizer", "like_param", "scalar", "rows_square", "cols_square", "ADAM_STATE"]
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 Factory = Callable[[list[Any], Any], torch.optim.Optimizer]
+StateShape = Callable[[tuple[int, ...]], Collection[tuple[int, ...]]]
+"""``rule(param_shape) -> the shapes`` one optimizer-state entry of that parameter may have."""
+
+
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    rows = shape[0] if shape else 1
+    n = 1
+    for d in shape:
+        n *= d
+    return rows, n // rows if rows else 0
+
+
+def like_param(shape: tuple[int, ...]) -> Collection[tuple[int, ...]]:
+    """The parameter's shape (moments, momentum), or its ``(rows, rest)`` matrix view for an N-D one."""
+    return {tuple(shape), _rows_cols(shape)} if len(shape) > 2 else {tuple(shape)}
+
+
+def scalar(shape: tuple[int, ...]) -> Collection[tuple[int, ...]]:
+    """A 0-d tensor (a step count)."""
+    return {()}
+
+
+def rows_square(shape: tuple[int, ...]) -> Collection[tuple[int, ...]]:
+    """``(rows, rows)``: a left preconditioner or its eigenbasis (SOAP)."""
+    rows, _ = _rows_cols(shape)
+    return {(rows, rows)}
+
+
+def cols_square(shape: tuple[int, ...]) -> Collection[tuple[int, ...]]:
+    """``(rest, rest)``: a right preconditioner or its eigenbasis (SOAP)."""
+    _, cols = _rows_cols(shape)
+    return {(cols, cols)}
+
+
+ADAM_STATE: Mapping[str, StateShape] = {"step": scalar, "exp_avg": like_param, "exp_avg_sq": like_param,
+                                        "max_exp_avg_sq": like_param}
+"""The per-parameter state of torch's Adam family."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +76,10 @@ class OptimizerSpec:
         factory: ``factory(params, config)`` builds the optimizer over a list of tensors or param groups.
         paper: the paper it implements, as "Authors (year), Title".
         matrix_aware: True when a model's parameters should be split by :func:`param_groups_for`.
+        state: ``{state key: shape rule}`` for every tensor it keeps per parameter (:data:`StateShape`;
+            :func:`like_param`, :func:`scalar`, … or its own). :func:`build_optimizer` hands it to the
+            optimizer as ``state_shapes``, which a training checkpoint's loader checks a saved state against;
+            the optimizer conformance test fails for a tensor kept under a key not declared here.
     """
 
     name: str
@@ -43,17 +87,18 @@ class OptimizerSpec:
     factory: Factory
     paper: str
     matrix_aware: bool = False
+    state: Mapping[str, StateShape] = field(default_factory=dict)
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
 
 
-def register_optimizer(name: str, config: type[Config], paper: str,
-                       matrix_aware: bool = False) -> Callable[[Factory], Factory]:
-    """Decorator registering ``factory`` under ``name`` with its config class and paper."""
+def register_optimizer(name: str, config: type[Config], paper: str, matrix_aware: bool = False, *,
+                       state: Mapping[str, StateShape] | None = None) -> Callable[[Factory], Factory]:
+    """Decorator registering ``factory`` under ``name`` with its config class, paper and state shapes."""
 
     def decorator(factory: Factory) -> Factory:
-        OPTIMIZERS.add(name, OptimizerSpec(name, config, factory, paper, matrix_aware))
+        OPTIMIZERS.add(name, OptimizerSpec(name, config, factory, paper, matrix_aware, dict(state or {})))
         return factory
 
     return decorator
@@ -107,10 +152,13 @@ def build_optimizer(name: str, model_or_params: nn.Module | ParamsT, **options: 
     if not params:
         raise ConfigError(f"optimizer {name!r}: no parameters to optimize")
     try:
-        return spec.factory(params, config)
+        optimizer = spec.factory(params, config)
     except ComplexParameterError as exc:
         if isinstance(model_or_params, nn.Module):  # name the model's parameter
             where = next((n for n, p in model_or_params.named_parameters() if p is exc.tensor), None)
             if where is not None:
                 raise ComplexParameterError(f"optimizer {name!r}: model parameter {where!r}: {exc}", exc.tensor) from None
         raise
+    # the checkpoint loader's protocol: which per-parameter state tensors must have which shapes
+    optimizer.state_shapes = dict(spec.state)  # type: ignore[attr-defined]
+    return optimizer

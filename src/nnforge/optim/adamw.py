@@ -12,7 +12,7 @@ from pydantic import Field
 
 from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, Eps, WeightDecay
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import ADAM_STATE, register_optimizer
 
 __all__ = ["AdamWConfig"]
 
@@ -28,7 +28,8 @@ class AdamWConfig(Config):
     fused: bool | None = Field(None, description="torch's fused kernel (None: torch decides)")
 
 
-@register_optimizer("adamw", AdamWConfig, "Loshchilov & Hutter (2019), Decoupled Weight Decay Regularization")
+@register_optimizer("adamw", AdamWConfig, "Loshchilov & Hutter (2019), Decoupled Weight Decay Regularization",
+                    state=ADAM_STATE)
 def build_adamw(params: list[Any], config: AdamWConfig) -> torch.optim.Optimizer:
     """torch.optim.AdamW with ``config``'s options."""
     return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.eps,

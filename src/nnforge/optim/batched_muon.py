@@ -48,7 +48,7 @@ from nnforge.optim._base import (
     with_grads,
 )
 from nnforge.optim._groups import MATRIX_KEY
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import ADAM_STATE, like_param, register_optimizer
 from nnforge.optim.soap import soap_update
 
 __all__ = ["BatchedMuon", "BatchedMuonConfig", "NorMuonConfig", "orthogonalize"]
@@ -249,9 +249,17 @@ class BatchedMuon(RealParamsOnly, torch.optim.Optimizer):
                             weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False, maximize=False)
 
 
+_STATE = {**ADAM_STATE, "momentum_buffer": like_param}  # AdamW (or SOAP) state on the non-matrix part
+
+
+def _row_sq(shape: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """NorMuon's second moment of each output row (neuron)."""
+    return {(shape[0], 1)}
+
+
 @register_optimizer("batched-muon", BatchedMuonConfig,
                     "Jordan et al. (2024), Muon: An optimizer for hidden layers in neural networks",
-                    matrix_aware=True)
+                    matrix_aware=True, state=_STATE)
 def build_batched_muon(params: list[Any], config: BatchedMuonConfig) -> torch.optim.Optimizer:
     """:class:`BatchedMuon` with ``config``'s options (``adamw_*`` apply to the non-matrix groups)."""
     groups = []
@@ -285,7 +293,7 @@ class NorMuonConfig(BatchedMuonConfig):
 
 @register_optimizer("normuon", NorMuonConfig,
                     "Li, Liu, Liang, Chen & Zhao (2025), NorMuon: Making Muon more efficient and scalable",
-                    matrix_aware=True)
+                    matrix_aware=True, state={**_STATE, "row_sq": _row_sq})
 def build_normuon(params: list[Any], config: NorMuonConfig) -> torch.optim.Optimizer:
     """:class:`BatchedMuon` with NorMuon's row normalisation (``config.row_norm``, True by default)."""
     return build_batched_muon(params, config)

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import like_param, register_optimizer
 
 __all__ = ["AdamWHD", "AdamWHDConfig"]
 
@@ -99,7 +99,8 @@ class AdamWHD(RealParamsOnly, torch.optim.Optimizer):
 
 
 @register_optimizer("adamw-hd", AdamWHDConfig,
-                    "Baydin et al. (2018), Online Learning Rate Adaptation with Hypergradient Descent")
+                    "Baydin et al. (2018), Online Learning Rate Adaptation with Hypergradient Descent",
+                    state={"exp_avg": like_param, "exp_avg_sq": like_param, "prev_update": like_param})
 def build_adamw_hd(params: list[Any], config: AdamWHDConfig) -> torch.optim.Optimizer:
     """:class:`AdamWHD` with ``config``'s options."""
     return AdamWHD(params, **config.model_dump())

@@ -15,7 +15,7 @@ import torch
 
 from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, RealParamsOnly, WeightDecay, run_closure, with_grads
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import like_param, register_optimizer
 
 __all__ = ["Lion", "LionConfig"]
 
@@ -55,7 +55,8 @@ class Lion(RealParamsOnly, torch.optim.Optimizer):
         return loss
 
 
-@register_optimizer("lion", LionConfig, "Chen et al. (2023), Symbolic Discovery of Optimization Algorithms")
+@register_optimizer("lion", LionConfig, "Chen et al. (2023), Symbolic Discovery of Optimization Algorithms",
+                    state={"exp_avg": like_param})
 def build_lion(params: list[Any], config: LionConfig) -> torch.optim.Optimizer:
     """:class:`Lion` with ``config``'s options."""
     return Lion(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)

@@ -25,7 +25,7 @@ from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, Eps, WeightDecay, run_closure, split_flag
 from nnforge.optim._groups import MATRIX_KEY
 from nnforge.optim._hybrid import HybridOptimizer
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import ADAM_STATE, like_param, register_optimizer
 
 __all__ = ["MuonConfig", "FlatMuon"]
 
@@ -79,7 +79,7 @@ class FlatMuon(torch.optim.Muon):
 
 @register_optimizer("muon", MuonConfig,
                     "Jordan et al. (2024), Muon: An optimizer for hidden layers in neural networks",
-                    matrix_aware=True)
+                    matrix_aware=True, state={**ADAM_STATE, "momentum_buffer": like_param})
 def build_muon(params: list[Any], config: MuonConfig) -> torch.optim.Optimizer:
     """torch's Muon update over the ``use_muon`` groups (N-D flattened) and torch.optim.AdamW over the others."""
     muon_groups, adam_groups = [], []

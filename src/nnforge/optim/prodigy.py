@@ -23,7 +23,7 @@ from pydantic import Field
 
 from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import like_param, register_optimizer
 
 __all__ = ["Prodigy", "ProdigyConfig"]
 
@@ -127,7 +127,8 @@ class Prodigy(RealParamsOnly, torch.optim.Optimizer):
 
 
 @register_optimizer("prodigy", ProdigyConfig,
-                    "Mishchenko & Defazio (2023), Prodigy: An Expeditiously Adaptive Parameter-Free Learner")
+                    "Mishchenko & Defazio (2023), Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
+                    state={"s": like_param, "p0": like_param, "exp_avg": like_param, "exp_avg_sq": like_param})
 def build_prodigy(params: list[Any], config: ProdigyConfig) -> torch.optim.Optimizer:
     """:class:`Prodigy` with ``config``'s options."""
     return Prodigy(params, **config.model_dump())

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from nnforge.config import Config, config_type
 from nnforge.errors import ConfigError, NnforgeError
 from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import like_param, register_optimizer
 
 __all__ = ["ScheduleFreeAdamW", "ScheduleFreeConfig"]
 
@@ -130,7 +130,7 @@ class ScheduleFreeAdamW(RealParamsOnly, torch.optim.Optimizer):
 
 
 @register_optimizer("schedule-free-adamw", ScheduleFreeConfig,
-                    "Defazio et al. (2024), The Road Less Scheduled")
+                    "Defazio et al. (2024), The Road Less Scheduled", state={"z": like_param, "exp_avg_sq": like_param})
 def build_schedule_free(params: list[Any], config: ScheduleFreeConfig) -> torch.optim.Optimizer:
     """:class:`ScheduleFreeAdamW` with ``config``'s options."""
     return ScheduleFreeAdamW(params, **config.model_dump())

@@ -28,7 +28,7 @@ from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, Eps, RealParamsOnly, WeightDecay, run_closure, with_grads
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import cols_square, like_param, register_optimizer, rows_square
 
 __all__ = ["SOAP", "SOAPConfig", "soap_update"]
 
@@ -156,7 +156,9 @@ def soap_update(p: torch.Tensor, grad: torch.Tensor, st: dict[str, Any], group: 
             _refresh(st)
 
 
-@register_optimizer("soap", SOAPConfig, "Vyas et al. (2024), SOAP: Improving and Stabilizing Shampoo using Adam")
+@register_optimizer("soap", SOAPConfig, "Vyas et al. (2024), SOAP: Improving and Stabilizing Shampoo using Adam",
+                    state={"exp_avg": like_param, "exp_avg_sq": like_param, "GGL": rows_square, "QL": rows_square,
+                           "GGR": cols_square, "QR": cols_square})
 def build_soap(params: list[Any], config: SOAPConfig) -> torch.optim.Optimizer:
     """:class:`SOAP` with ``config``'s options."""
     return SOAP(params, **config.model_dump())

@@ -31,7 +31,7 @@ from pydantic import Field, PositiveInt
 
 from nnforge.config import Config, config_type
 from nnforge.optim._base import LR, Beta, RealParamsOnly, WeightDecay, run_closure, with_grads
-from nnforge.optim._registry import register_optimizer
+from nnforge.optim._registry import like_param, register_optimizer
 
 __all__ = ["Sophia", "SophiaConfig"]
 
@@ -101,7 +101,7 @@ class Sophia(RealParamsOnly, torch.optim.Optimizer):
 
 @register_optimizer("sophia", SophiaConfig,
                     "Liu et al. (2023), Sophia: A Scalable Stochastic Second-order Optimizer for "
-                    "Language Model Pre-training")
+                    "Language Model Pre-training", state={"exp_avg": like_param, "hessian": like_param})
 def build_sophia(params: list[Any], config: SophiaConfig) -> torch.optim.Optimizer:
     """:class:`Sophia` with ``config``'s options."""
     return Sophia(params, **config.model_dump())

@@ -191,33 +191,36 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-# optimizer-state entries whose shape follows from their parameter's (``rows`` = shape[0], ``cols`` = the rest):
-# Adam-type moments, momentum buffers, Schedule-Free's z, Prodigy's p0/s, Sophia's hessian, SOAP's statistics
-_SAME_AS_PARAM = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "z", "p0", "s", "hessian",
-                  "prev_update"}
-_SQUARE = {"GGL": "rows", "QL": "rows", "GGR": "cols", "QR": "cols"}
+def _param_like(shape: tuple[int, ...]) -> set[tuple[int, ...]]:
+    rows = shape[0] if shape else 1
+    flat = (rows, int(torch.Size(shape).numel()) // rows if rows else 0)
+    return {tuple(shape), flat} if len(shape) > 2 else {tuple(shape)}
+
+
+# torch.optim's own optimizers (the loop's default AdamW, a caller's SGD with momentum) keep these per parameter
+# with its shape; an optimizer made by nnforge.optim.build_optimizer declares its own as ``state_shapes``
+_TORCH_STATE = {key: _param_like for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")}
 
 
 def _check_optimizer_shapes(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Refuse optimizer state whose tensors cannot belong to their parameter (a damaged or edited file
-    would otherwise load and fail at the next step inside torch)."""
+    would otherwise load and fail at the next step inside torch).
+
+    The shapes come from the optimizer: ``optimizer.state_shapes`` maps a state key to ``rule(param_shape)
+    -> allowed shapes`` (each optimizer registers its own in nnforge.optim); without it, torch's keys.
+    """
+    rules = getattr(optimizer, "state_shapes", None)
+    if not isinstance(rules, dict):
+        rules = _TORCH_STATE
     names = {id(p): n for n, p in model.named_parameters()}
     for param, st in optimizer.state.items():
         if not isinstance(param, torch.Tensor) or not isinstance(st, dict):
             continue
-        rows = param.shape[0] if param.dim() else 1
-        cols = param.numel() // rows if rows else 0
         for key, value in st.items():
-            if not isinstance(value, torch.Tensor):
+            rule = rules.get(key)
+            if rule is None or not isinstance(value, torch.Tensor):
                 continue
-            if key in _SAME_AS_PARAM:  # SOAP keeps exp_avg_sq of an N-D parameter as a (rows, cols) matrix
-                ok = value.shape == param.shape or (param.dim() > 2 and value.shape == (rows, cols))
-            elif key in _SQUARE:
-                n = rows if _SQUARE[key] == "rows" else cols
-                ok = value.shape == (n, n)
-            else:
-                continue
-            if not ok:
+            if tuple(value.shape) not in {tuple(s) for s in rule(tuple(param.shape))}:
                 raise IntegrityError(f"{path}: damaged checkpoint: optimizer state {key!r} of parameter "
                                      f"{names.get(id(param), '?')!r} has shape {tuple(value.shape)}, which does not "
                                      f"fit the parameter's shape {tuple(param.shape)}")
