@@ -59,15 +59,15 @@ from nnforge.errors import ConfigError, NnforgeError, check_output_path
 
 __all__ = ["export_onnx", "matmul_nbits_tensors"]
 
-_NBITS = {"int8": 8, "int4": 4, "int3": 4, "int2": 2, "ternary": 2, "binary": 2}
-
 
 def matmul_nbits_tensors(w: PackedWeight, block_size: int | None = None) -> dict[str, Any]:
     """The ``B``, ``scales`` and ``zero_points`` inputs and attributes of MatMulNBits for a packed weight.
 
     ``block_size`` defaults to the weight's group size (per-row scales: 128, the scale repeated per block).
     """
-    bits = _NBITS[w.fmt]
+    bits = w.spec.onnx_bits  # each registered format says how it exports
+    if bits is None:
+        raise ConfigError(f"weight format {w.fmt!r} has no ONNX export (its FormatSpec declares onnx_bits=None)")
     bs = block_size or w.group_size or 128
     K, N = w.K, w.N
     n_blocks = -(-K // bs)
@@ -79,9 +79,8 @@ def matmul_nbits_tensors(w: PackedWeight, block_size: int | None = None) -> dict
     zeros = (w.zeros.to(torch.int32) if w.zeros is not None
              else torch.full((N, ng), int(spec.z_symmetric), dtype=torch.int32))
     scales = w.scales.float()
-    if w.fmt == "binary":  # w = s (2u - 1) = s (c - 1) with c = 2u
-        u = 2 * u
-        zeros = torch.ones_like(zeros)
+    if spec.amul != 1:  # binary: w = s (2u - 1) = s (c - 1) with c = 2u and its symmetric zero point 1
+        u = int(spec.amul) * u
     block_first_col = torch.arange(n_blocks) * bs
     if bs > g and w.group_size is not None:
         raise ConfigError(f"block_size {bs} is larger than the weight's group size {g}")
