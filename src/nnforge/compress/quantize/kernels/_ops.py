@@ -116,10 +116,11 @@ def _qgemm_fake(x: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, zeros
                 n: int, k: int, group_size: int | None, isa: str, num_threads: int) -> torch.Tensor:
     torch._check(x.dtype.is_floating_point, lambda: f"qgemm: x must be floating point, got {x.dtype}")
     torch._check(x.shape[-1] == k, lambda: f"qgemm: x has {x.shape[-1]} features, the packed weight K={k}")
-    torch._check(data.dtype == torch.uint8 and data.dim() == 2 and data.shape[0] == n,
-                 lambda: f"qgemm: data must be uint8 (n={n}, bytes), got {data.dtype} {tuple(data.shape)}")
-    torch._check(scales.dtype == torch.float16 and scales.dim() == 2 and scales.shape[0] == n,
-                 lambda: f"qgemm: scales must be float16 (n={n}, groups), got {scales.dtype} {tuple(scales.shape)}")
+    spec, kp, g = _geometry(fmt, k, group_size)
+    torch._check(data.dtype == torch.uint8 and tuple(data.shape) == (n, kp * spec.bits // 8),
+                 lambda: f"qgemm: data must be uint8 {(n, kp * spec.bits // 8)}, got {data.dtype} {tuple(data.shape)}")
+    torch._check(scales.dtype == torch.float16 and tuple(scales.shape) == (n, kp // g),
+                 lambda: f"qgemm: scales must be float16 {(n, kp // g)}, got {scales.dtype} {tuple(scales.shape)}")
     torch._check(zeros is None or (zeros.dtype == torch.uint8 and zeros.shape == scales.shape),
                  lambda: "qgemm: zeros must be uint8 shaped like scales")
     torch._check(x.device == data.device == scales.device, lambda: "qgemm: x and the packed weight on one device")
