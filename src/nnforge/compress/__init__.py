@@ -22,8 +22,11 @@ from nnforge.compress._transform import (
     load_transform_config,
     needs_calibration,
     register_transform,
+    set_child,
+    tensor_bytes,
     transform_spec,
     transform_types,
+    weight_holders,
 )
 from nnforge.compress.quantize import (
     BinaryConfig,
@@ -62,6 +65,10 @@ __all__ = [
     "measure_verdicts",
     # registries: a method, weight format or calibrator registers itself from its own module
     "register_transform",
+    "ModuleFilter",
+    "set_child",
+    "tensor_bytes",
+    "weight_holders",
     "TransformSpec",
     "transform_spec",
     "transform_types",
