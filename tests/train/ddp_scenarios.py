@@ -74,6 +74,20 @@ def main(out: Path, rank: int) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(doc))
 
 
+def exit_without_finalizing() -> None:
+    """End a rank that used DDP with ``os._exit(0)``, after its files are written and its group destroyed.
+
+    DDP keeps the gloo process group referenced after ``destroy_process_group`` (torch 2.13), so the group's
+    worker threads outlive it and are never joined. A worker that finished the last collective drops its
+    tensors afterwards, which needs the GIL; if the interpreter is finalizing by then, Python ends that thread
+    inside a C++ destructor and the rank aborts with ``terminate called without an active exception``
+    (exit -6), as seen once in CI on an overloaded machine. Skipping finalization leaves no such window.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -81,3 +95,4 @@ if __name__ == "__main__":
         main(Path(sys.argv[1]), int(os.environ["RANK"]))
     finally:
         dist.destroy_process_group()
+    exit_without_finalizing()

@@ -52,3 +52,6 @@ def train(out_dir: str | Path, device: str = "cpu") -> dict:
 if __name__ == "__main__":
     torch.set_num_threads(1)  # a test script may set global state; the library never does
     train(sys.argv[1], device=sys.argv[2] if len(sys.argv) > 2 else "cpu")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter finalization beside gloo threads that DDP keeps alive (ddp_scenarios.py says why)

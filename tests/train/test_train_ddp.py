@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,40 @@ SRC = HERE.parents[1] / "src"
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def torchrun(script: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Two CPU ranks of ``script`` under torchrun; none outlives the call, whatever happens.
+
+    ``--standalone`` lets torchrun bind its own free port (a port picked here and bound later could be taken
+    in between). torchrun starts each rank in its own session, so killing torchrun alone would orphan them:
+    on a timeout it gets SIGTERM, which makes it kill its ranks, and any rank still there is killed after.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           str(HERE / script), str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ranks: list[int] = []
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            ranks = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        pytest.fail(f"{script} ran past {timeout:.0f} s under torchrun (ranks disagreed about stopping?)")
+    finally:
+        if proc.poll() is None:  # interrupted (pytest-timeout, Ctrl-C): the ranks go with torchrun
+            proc.terminate()
+            proc.wait(30)
+        for pid in ranks:  # each rank leads its own process group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def load_worker():
@@ -39,13 +70,9 @@ def load_worker():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_two_process_ddp_matches_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = torchrun("ddp_worker.py", tmp_path / "ddp", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single = load_worker().train(tmp_path / "single")
@@ -68,32 +95,27 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 def scenarios(tmp_path_factory) -> tuple[dict, dict]:
     """Both ranks' reports from one torchrun launch of ``ddp_scenarios.py``."""
     out = tmp_path_factory.mktemp("ddp_scenarios")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(HERE / "ddp_scenarios.py"), str(out)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the DDP scenarios hung (ranks disagreed about stopping?)")
+    proc = torchrun("ddp_scenarios.py", out, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tuple(json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))  # type: ignore[return-value]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_ddp_stop_asked_on_one_rank_at_any_event_stops_all(scenarios):
     for rank in scenarios:
         assert rank["stop_eval_end"] == 4 and rank["stop_checkpoint"] == 3
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_ddp_sophia_hessian_refresh_keeps_ranks_identical(scenarios):
     r0, r1 = scenarios
     assert r0["sophia_weights"] == r1["sophia_weights"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_ddp_batch_function_drawing_from_the_global_rng_is_the_same_on_every_rank(scenarios):
     r0, r1 = scenarios
     assert len(r0["random_batches"]) == 3 and r0["random_batches"] == r1["random_batches"]
