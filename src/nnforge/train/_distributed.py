@@ -55,10 +55,13 @@ class Distributed:
     def close(self, clean: bool = True) -> None:
         """Destroy the process group if :func:`setup` created it.
 
-        After a clean run every rank first meets at a barrier: a rank that tears gloo down while its peer
-        is still inside the last collective makes the peer's transport threads abort the process
-        (``terminate called without an active exception``, seen once in CI). After an error there is
-        no barrier, since the other ranks may never arrive.
+        After a clean run every rank first meets at a barrier, so none tears the group down while a peer is
+        still inside the last collective; after an error there is no barrier, since the other ranks may
+        never arrive. Destroying does not stop gloo's worker threads once DDP has wrapped a model (DDP keeps
+        the group referenced, torch 2.13); one that releases the last collective's tensors while the
+        interpreter is shutting down aborts the process (``terminate called without an active
+        exception``), so a torchrun script that must never abort ends with ``os._exit`` once its files are
+        written.
         """
         if self.owns_group and dist.is_initialized():
             if clean and self.world_size > 1:
