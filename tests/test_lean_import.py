@@ -14,7 +14,7 @@ def test_import_nnforge_imports_no_optional_dependency():
     code = ("import sys, json, nnforge, nnforge.errors, nnforge.config, nnforge.registry; "
             "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))")
     mods = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                         check=True).stdout))
+                                         check=True, timeout=120).stdout))
     assert not mods & set(OPTIONAL), f"imported at 'import nnforge': {sorted(mods & set(OPTIONAL))}"
 
 

@@ -379,7 +379,7 @@ def test_dashboard_package_import_is_lean():
     code = ("import sys, nnforge.ledger, nnforge.govern, nnforge.govern.dashboard; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn', 'jinja2'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ}).stdout.strip()
+                         env={**os.environ}, timeout=120).stdout.strip()
     assert out == "[]"
 
 

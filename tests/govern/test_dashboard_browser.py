@@ -99,6 +99,7 @@ def browser(tmp_path):
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
+@pytest.mark.timeout(300)  # the fixtures quit chromedriver and Chromium and stop the server however it ends
 def test_reviewer_logs_in_and_approves_an_item_in_chromium(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC

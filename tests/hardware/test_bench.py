@@ -129,7 +129,7 @@ def test_provenance_names_commit_dirty_hash_and_argv():
 
     assert p["script_sha256"] == hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
     assert p["argv"] == ["x.py", "--quick"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPT.parent, capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPT.parent, capture_output=True, text=True, timeout=60)
     assert p["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert isinstance(p["dirty"], bool) or p["commit"] is None
 

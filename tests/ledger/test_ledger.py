@@ -144,16 +144,23 @@ def _append_many(path: str, n: int, tag: int) -> None:
         led.append("concurrent", {"writer": tag, "i": i})
 
 
+@pytest.mark.timeout(300)
 def test_concurrent_processes_lose_nothing(location):
     path = location
     Ledger.open(path).close()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_append_many, args=(path, 150, k)) for k in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+    finally:  # a writer still running (hung, or the test interrupted) must not outlive the test
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     led = Ledger.open(path)
     result = led.verify()
     assert result.ok and result.events == 450
