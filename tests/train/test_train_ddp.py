@@ -38,26 +38,24 @@ def torchrun(script: str, out: Path, timeout: float) -> subprocess.CompletedProc
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            str(HERE / script), str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ranks: list[int] = []
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(OSError):
-            ranks = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
         pytest.fail(f"{script} ran past {timeout:.0f} s under torchrun (ranks disagreed about stopping?)")
     finally:
-        if proc.poll() is None:  # interrupted (pytest-timeout, Ctrl-C): the ranks go with torchrun
-            proc.terminate()
-            proc.wait(30)
-        for pid in ranks:  # each rank leads its own process group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        if proc.poll() is None:  # timed out or interrupted (pytest-timeout, Ctrl-C)
+            ranks: list[str] = []
+            with contextlib.suppress(OSError):
+                ranks = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            proc.terminate()  # torchrun kills its ranks on SIGTERM
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            for pid in ranks:  # each rank leads its own process group: kill whatever torchrun left
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(pid), signal.SIGKILL)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
