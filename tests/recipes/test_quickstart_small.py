@@ -26,6 +26,27 @@ def test_run_writes_every_artifact_and_metric(small_run):
     assert 0.0 <= m["fp32_acc"] <= 1.0
 
 
+def test_the_gain_over_the_frozen_probe_is_paired_on_the_same_test_items_and_said_in_words(small_run):
+    _, run_dir = small_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    preds = json.loads((run_dir / "predictions.json").read_text())
+    probe = preds["baselines"]["logreg"]
+    assert len(probe) == len(preds["labels"]) == len(preds["predictions"]["fp32"])
+    probe_right = [p == y for p, y in zip(probe, preds["labels"], strict=True)]
+    tuned_right = [p == y for p, y in zip(preds["predictions"]["fp32"], preds["labels"], strict=True)]
+    assert sum(probe_right) / len(probe) == pytest.approx(m["baseline_logreg_acc"], abs=1e-6)
+    assert m["finetune_gain"] == pytest.approx(m["fp32_acc"] - m["baseline_logreg_acc"], abs=1e-6)
+    low, high = m["finetune_gain_ci"]
+    assert low <= m["finetune_gain"] <= high
+    assert m["finetune_gain_significant"] == (low > 0 or high < 0)
+    sections = json.loads((run_dir / "sections.json").read_text())
+    assert sections["finetune_gain"]["mcnemar"]["b"] == sum(t and not p for t, p in zip(tuned_right, probe_right, strict=True))
+    assert m["finetune_gain_mcnemar_p"] == sections["finetune_gain"]["mcnemar"]["p_value"]
+    html = (run_dir / "report.html").read_text()
+    assert "Is fine-tuning worth it?" in html
+    assert sections["finetune_gain"]["verdict"] in html
+
+
 def test_report_gains_slices_flips_calibration_ood_and_the_gate(small_run):
     from nnforge.explain import OODGuard
 
