@@ -1,28 +1,37 @@
 # nnforge — the two commands a new user needs:  make demo  and  make test
 #
 # torch==2.13.0 is installed first, on its own, so that resolving the package's dependencies never
-# pulls a (multi-GB) CUDA build of torch. Installation is stamped by the hash of pyproject.toml, so
-# `make setup` is quick when nothing changed.
+# pulls a (multi-GB) CUDA build of torch. Both installs are constrained by constraints.txt, the versions
+# the tests last passed with (`make lock` rewrites it from .venv). Installation is stamped by the hash of
+# pyproject.toml, Makefile and constraints.txt, so `make setup` is quick when nothing changed.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile constraints.txt | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench-quick clean
+.PHONY: setup lock demo test lint bench-quick clean
 
 setup: $(STAMP)
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt $(TORCH)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# constraints.txt := the versions installed in .venv now (run it after an upgrade has passed `make test`)
+lock: setup
+	{ echo "# The versions \`make test\` passed with; \`make setup\` installs exactly these. Regenerate: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(nnforge|torch)=='; \
+	  echo "$(TORCH)"; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 demo: setup
 	$(BIN)/nnforge run quickstart
