@@ -96,6 +96,12 @@ def test_machine_facts_carry_l3_threads_and_load():
     assert facts["threads"] >= 1
 
 
+def test_machine_facts_record_the_l3_assumed_when_it_cannot_be_read(monkeypatch):
+    monkeypatch.setattr(_machine, "l3_cache_bytes", lambda: (None, None))
+    facts = _machine.machine_facts()
+    assert facts["l3_cache_mb"] is None and facts["l3_assumed_for_cold_mb"] == 536.871
+
+
 def test_interleave_times_every_callable_each_round_in_shuffled_orders():
     calls: list[str] = []
     fns = {k: (lambda k=k: calls.append(k)) for k in "abcd"}

@@ -20,16 +20,12 @@ from typing import Any
 import torch
 
 from nnforge.errors import ConfigError
-from nnforge.hardware._machine import l3_cache_bytes
+from nnforge.hardware._machine import UNKNOWN_L3_BYTES, l3_cache_bytes
 from nnforge.hardware._profile import bootstrap_median_ratio
 
 __all__ = ["UNKNOWN_L3_BYTES", "cold_copies", "interleave", "ratio_ci", "ratio_with_ci", "spread"]
 
 log = logging.getLogger(__name__)
-
-# What cold_copies assumes when the L3 size cannot be read: above every L3 this project has met (480 MB),
-# so "cold" errs towards more copies, never fewer. machine_facts() records l3_cache_mb None in that case.
-UNKNOWN_L3_BYTES = 512 * 2**20
 
 
 def cold_copies(nbytes: int, l3_bytes: int | None = None) -> int:

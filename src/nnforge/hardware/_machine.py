@@ -12,7 +12,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["machine_facts", "l3_cache_bytes"]
+__all__ = ["machine_facts", "l3_cache_bytes", "UNKNOWN_L3_BYTES"]
+
+# What cold timings assume when the L3 size cannot be read: above every L3 this project has met (480 MB), so
+# "cold" errs towards more copies, never fewer; machine_facts() records the assumption beside l3_cache_mb None.
+UNKNOWN_L3_BYTES = 512 * 2**20
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
 _UNIT = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -130,6 +134,7 @@ def machine_facts() -> dict[str, Any]:
         "l3_cache_mb": round(l3 / 1e6, 3) if l3 else None,  # MB = 10^6 bytes, as every size in results
         "l3_cache_bytes": l3,
         "l3_cache_source": l3_source,
+        **({} if l3 else {"l3_assumed_for_cold_mb": round(UNKNOWN_L3_BYTES / 1e6, 3)}),
         "threads": torch.get_num_threads(),
         "torch_threads": torch.get_num_threads(),  # the older name, kept for results files that read it
         "load_average": load,
