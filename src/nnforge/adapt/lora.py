@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field
 from torch import nn
 
-from nnforge.compress._transform import (
+from nnforge.compress import (
     ModuleChange,
     ModuleFilter,
     TransformReport,

@@ -52,8 +52,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from nnforge.compress import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
-from nnforge.compress._transform import set_child
+from nnforge.compress import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, set_child
 from nnforge.compress.quantize.kernels import PackedWeight
 from nnforge.errors import ConfigError, NnforgeError, check_output_path
 
