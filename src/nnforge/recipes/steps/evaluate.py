@@ -55,6 +55,8 @@ class EvaluateStepConfig(Config):
         description="out-of-distribution texts to score (poems: the Shakespeare poems, for play-trained models)")
     ood_samples: int = Field(300, ge=10, le=100_000, description="texts drawn (seeded) from each OOD set")
     ood_guard: str = Field("knn", description="the detector saved as the run's OOD guard (ood-guard.*)")
+    memory: bool = Field(True, description="peak serving memory of each saved variant, measured in a fresh process "
+                                           "per variant (nnforge.recipes.memory_probe); off: no '<name>_peak_memory_mb'")
     native: bool = Field(True, description="also evaluate each compressed variant the native runtime can run "
                                            "(nnforge.deploy.native: int8 BERT-family encoders) as '<name>-native'")
 
@@ -130,7 +132,7 @@ class Evaluate:
         costs = cost_side_by_side(variants, test.texts, repeats=config.repeats)
         for name, c in costs.items():
             metrics.update({f"{name}_{k}": v for k, v in c.items() if k != "peak_memory_mb"})
-            if name in ctx.variant_files:
+            if config.memory and name in ctx.variant_files:
                 metrics[f"{name}_peak_memory_mb"] = _served_memory_mb(ctx.run_dir / ctx.variant_files[name])
         if ctx.progress:
             ctx.progress("evaluate", total, total)
