@@ -477,10 +477,10 @@ def our_schemes(fp32: torch.nn.Module, calib: list[dict[str, torch.Tensor]],
 
 
 def _best_peer(rows: dict[str, dict[str, Any]], prefixes: tuple[str, ...]) -> dict[str, Any] | None:
-    """The most faithful peer whose name starts with one of ``prefixes`` (mean cosine, then NN agreement; of
-    equally faithful ones the fastest, so that a tie never hands ours a slow opponent)."""
+    """The most faithful peer whose name starts with one of ``prefixes`` (mean cosine to 3 decimals, then NN
+    agreement; of equally faithful ones the fastest, so that a near-tie never hands ours a slow opponent)."""
     cands = [r for n, r in rows.items() if r["kind"] == "peer" and n.startswith(prefixes)]
-    return max(cands, key=lambda r: (r["cos_mean"], r["nn_agree"], -r["latency_b1_ms"])) if cands else None
+    return max(cands, key=lambda r: (round(r["cos_mean"], 3), r["nn_agree"], -r["latency_b1_ms"])) if cands else None
 
 
 def _summary(rows: dict[str, dict[str, Any]], t1: dict[str, list[float]]) -> dict[str, Any]:
