@@ -2,7 +2,7 @@
 
     python benchmarks/evaluate/calibration.py           # full: the quickstart's baselines + finetune as shipped
     python benchmarks/evaluate/calibration.py --quick   # a small slice (under a minute)
-    python benchmarks/evaluate/calibration.py --smoke   # 2 passages per play, 1 epoch; writes nothing
+    python benchmarks/evaluate/calibration.py --smoke   # 1 passage per play, 1 epoch, LoRA on one layer; writes nothing
 
 The model: the built-in ``quickstart`` recipe (seed 0) run through ``nnforge.recipes`` in a temporary
 folder with its first two steps only (``baselines``, ``finetune``: LP-FT with LoRA on MiniLM, class-balanced
@@ -35,7 +35,7 @@ from _common import add_mode_args, mode, pick, spread, write_results  # noqa: E4
 N_BINS = 15
 BOOTSTRAP = 1000
 QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1"]
-SMOKE = ["data.options.passages_per_play=2", "data.max_train=24", "steps[1].train.epochs=1"]
+SMOKE = ["data.options.passages_per_play=1", "data.max_train=12", "steps[1].train.epochs=1", "steps[1].lora.layers=[5]"]
 
 
 def fine_tuned_model(overrides: list[str], workdir: Path) -> tuple[Any, Any, dict[str, Any]]:
