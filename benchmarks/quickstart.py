@@ -2,7 +2,7 @@
 
     python benchmarks/quickstart.py           # full: the built-in quickstart recipe as shipped
     python benchmarks/quickstart.py --quick   # a small slice (a minute or two)
-    python benchmarks/quickstart.py --smoke   # 2 passages per play, 1 epoch, no gate or report; writes nothing
+    python benchmarks/quickstart.py --smoke   # 1 passage per play, 1 epoch, LoRA on one layer, no gate or report; writes nothing
 
 Writes benchmarks/results/foundation_quickstart.json (full) or .quick.json: the run's metrics, and its
 report's out-of-distribution section (``ood``: AUROC, FPR at 95% TPR and the fraction flagged at the saved
@@ -39,8 +39,10 @@ SUMMARY_KEYS = ("baseline_majority_acc", "baseline_logreg_acc", "fp32_acc", "int
 QUICK = ["data.options.passages_per_play=8", "data.max_train=96", "steps[1].train.epochs=1", "steps[3].repeats=5",
          "steps[4].enforce=false"]  # a small slice cannot meet the suite's accuracy bars: record, do not stop
 # smoke: the smallest slice that still runs every step the summary reads (baselines, finetune, quantize, evaluate)
-SMOKE = ["data.options.passages_per_play=2", "data.max_train=24", "steps[1].train.epochs=1", "steps[3].repeats=3",
-         "steps[3].ood=false", "steps[3].calibration=false", "steps[3].native=false"]
+SMOKE = ["data.options.passages_per_play=1", "data.max_train=12", "steps[1].train.epochs=1", "steps[1].lora.layers=[5]",
+         "steps[3].repeats=3",
+         "steps[3].ood=false", "steps[3].calibration=false", "steps[3].native=false",
+         "steps[3].memory=false"]  # memory: one fresh process per variant, each importing torch and loading it
 SMOKE_STEPS = 4
 
 
