@@ -16,9 +16,10 @@ How each packed layer is written (nothing is dequantized to fp32 on the way, exc
 - with ``int8_matmul="integer"``, a dynamic W8A8 ``QuantizedLinear`` (int8, per-row scales,
   ``act_quant="dynamic"``) → the standard integer pattern that ONNX Runtime's own ``quantize_dynamic``
   writes: ``DynamicQuantizeLinear`` (uint8 activations, one scale per tensor) → ``MatMulInteger`` with
-  the int8 weight ``(K, N)`` → ``Cast`` → ``Mul`` by activation scale × per-column weight scales → ``Add``
-  bias. ONNX Runtime fuses it into
-  ``DynamicQuantizeMatMul`` (its fastest int8 CPU path); the SmoothQuant scale stays a ``Mul`` before it.
+  the weight ``(K, N)`` → ``Cast`` → ``Mul`` by activation scale × per-column weight scales → ``Add``
+  bias; ONNX Runtime fuses it into ``DynamicQuantizeMatMul``. The SmoothQuant scale stays a ``Mul`` before
+  it. The weight is uint8 (int8 codes + 128, zero point 128): ONNX Runtime's uint8 × int8 kernel on x86
+  CPUs without VNNI adds product pairs in int16, which saturates (outputs 10% off); uint8 × uint8 is exact.
   One activation scale per tensor is coarser than PyTorch's per-token rounding (and than MatMulNBits'
   per-block rounding at ``accuracy_level=4``): faster, less faithful — on MiniLM, the FFN down-projections
   (whose [CLS] token carries a 5-7x outlier channel) lose the most; a mapping such as
@@ -167,8 +168,8 @@ class _DynamicInt8MatMulFn(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, w_kn: Any, w_scale: Any, w_ref: Any) -> Any:
         xq, xs, xz = g.op("DynamicQuantizeLinear", x, outputs=3)
-        wz = g.op("Constant", value_t=torch.tensor(0, dtype=torch.int8))
-        acc = g.op("MatMulInteger", xq, w_kn, xz, wz)  # int32
+        wz = g.op("Constant", value_t=torch.tensor(128, dtype=torch.uint8))
+        acc = g.op("MatMulInteger", xq, w_kn, xz, wz)  # int32: uint8 x uint8, exact on every CPU (see w_kn)
         scale = g.op("Mul", xs, w_scale)  # (N,): activation scale × per-column weight scale
         return g.op("Mul", g.op("Cast", acc, to_i=1), scale)  # to float32
 
@@ -183,7 +184,8 @@ class _ExportDynamicInt8(nn.Module):
             sc = q.packed.scales.float()[:, 0]  # (N,) one scale per output channel
             codes.append(torch.round(q.packed.dequantize() / sc[:, None]).clamp(-128, 127))
             scales.append(sc)
-        self.register_buffer("w_kn", torch.cat(codes).to(torch.int8).T.contiguous())  # (K, N), as MatMulInteger wants
+        # (K, N) as MatMulInteger wants; uint8 (zero point 128): x86 without VNNI saturates uint8 x int8 in int16
+        self.register_buffer("w_kn", (torch.cat(codes) + 128).to(torch.uint8).T.contiguous())
         self.register_buffer("w_scale", torch.cat(scales).contiguous())
         self.w_ref = torch.cat([q.packed.dequantize() for q in qs])  # not a buffer: eager forward (tracing) only
         self.inv_scale = _shared_input_scale(qs)
