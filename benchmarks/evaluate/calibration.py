@@ -135,6 +135,10 @@ def main() -> int:
     add_mode_args(ap)
     ap.add_argument("--keep", metavar="DIR", help="run in DIR and keep runs/ and .nnforge/ there")
     args = ap.parse_args()
+    if mode(args) == "smoke":
+        # checks the code, not the speed: one thread, as quantize/minilm.py does (two spin against each other
+        # on a loaded machine: a third of the CPU time)
+        torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     full = mode(args) == "full"
 
