@@ -86,6 +86,12 @@ def main() -> int:
     add_mode_args(ap)
     ap.add_argument("--run", help="an existing run folder with fp32, int8 and int2 variants")
     args = ap.parse_args()
+    if mode(args) == "smoke":
+        # checks the code, not the speed: one thread, as quantize/minilm.py does (two spin against each other
+        # on a loaded machine: 44 CPU seconds instead of 15 for the quickstart's smoke run)
+        import torch
+
+        torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="nnforge-gate-"))
