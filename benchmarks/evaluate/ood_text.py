@@ -2,7 +2,7 @@
 
     python benchmarks/evaluate/ood_text.py           # full: 100 passages per play, 500 OOD passages per set (~30 min)
     python benchmarks/evaluate/ood_text.py --quick   # 8 passages per play, 40 OOD passages per set (a minute or two)
-    python benchmarks/evaluate/ood_text.py --smoke   # 2 passages per play, 10 OOD passages per set; writes nothing
+    python benchmarks/evaluate/ood_text.py --smoke   # 1 passage per play, 6 OOD passages per set, LoRA on one layer; writes nothing
 
 Four sets, each an in-distribution (ID) test split against an OOD one:
 
@@ -125,8 +125,9 @@ def probe_logits(frozen: dict[str, dict[str, torch.Tensor]], train: Any, val: An
     return probe, {"C": probe.C, "val_acc": probe.val_accuracy}
 
 
-def fine_tune(train: Any, val: Any, num_classes: int, epochs: int, log: Any) -> tuple[Any, dict[str, Any]]:
-    """MiniLM fine-tuned as the quickstart's finetune step does, for a fixed number of epochs."""
+def fine_tune(train: Any, val: Any, num_classes: int, epochs: int, log: Any,
+              layers: tuple[int, ...] = (3, 4, 5)) -> tuple[Any, dict[str, Any]]:
+    """MiniLM fine-tuned as the quickstart's finetune step does (LoRA on ``layers``), for a fixed number of epochs."""
     from nnforge.adapt import FinetuneConfig, LoraConfig, apply_lora_, finetune_classifier, merge_lora_
     from nnforge.adapt.finetune import predict_labels
     from nnforge.adapt.probe import fit_linear_probe
@@ -138,16 +139,16 @@ def fine_tune(train: Any, val: Any, num_classes: int, epochs: int, log: Any) -> 
     with torch.no_grad():
         model.head.weight.copy_(probe.weight)
         model.head.bias.copy_(probe.bias)
-    apply_lora_(model, LoraConfig(r=8, alpha=16, dropout=0.1, layers=(3, 4, 5)))
+    apply_lora_(model, LoraConfig(r=8, alpha=16, dropout=0.1, layers=layers))
     config = FinetuneConfig(epochs=epochs, batch_size=16, lr=5e-4, patience=2, class_weights="balanced", seed=0)
     # no validation texts: a fixed schedule (validation early stopping would keep epoch 0, the frozen probe)
-    result = finetune_classifier(model, train.texts, train.labels, [], [], config, frozen_layers=3)
+    result = finetune_classifier(model, train.texts, train.labels, [], [], config, frozen_layers=min(layers))
     merge_lora_(model)
     model.eval()
     val_acc = float((predict_labels(model, val.texts) == torch.tensor(val.labels)).float().mean())
     log(f"fine-tuned {num_classes}-class model in {result.seconds:.0f}s, val acc {val_acc:.3f}")
     losses = [round(h["train_loss"], 4) for h in result.history]
-    return model, {"seconds": result.seconds, "steps": result.steps, "epochs": epochs, "val_acc": val_acc,
+    return model, {"seconds": result.seconds, "steps": result.steps, "epochs": epochs, "lora_layers": list(layers), "val_acc": val_acc,
                    "train_loss_per_epoch": losses, "probe_val_acc": probe.val_accuracy}
 
 
@@ -341,11 +342,14 @@ def style_features(texts: list[str]) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode_args(ap)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch threads (default 2; --smoke: 1, it checks the code, not the "
+                                                "speed, and two threads spin against each other on a loaded machine)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads is None:
+        args.threads = pick(args, full=2, quick=2, smoke=1)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -354,7 +358,8 @@ def main() -> int:
 
     from nnforge.models.text import load_minilm
 
-    per_play, n_ood, epochs = pick(args, full=(100, 500, 2), quick=(8, 40, 1), smoke=(2, 10, 1))
+    per_play, n_ood, epochs = pick(args, full=(100, 500, 2), quick=(8, 40, 1), smoke=(1, 6, 1))
+    lora_layers = pick(args, full=(3, 4, 5), quick=(3, 4, 5), smoke=(5,))  # smoke: one layer trained, five cached
     data = build_sets(per_play, n_ood)
     oods = data["ood"]
     tasks = {"3-genre": ["stdlib-code", "stdlib-docstrings", "poems"], "2-genre": ["histories"]}
@@ -385,7 +390,7 @@ def main() -> int:
         frozen_res = evaluate_space(frozen, labels, FROZEN, order, vocab, set_names)
         log(f"{task}: frozen detectors done (token-ngram order {order})")
         t0 = time.perf_counter()
-        model, ft_info = fine_tune(splits["train"], splits["val"], ds.num_classes, epochs, log)
+        model, ft_info = fine_tune(splits["train"], splits["val"], ds.num_classes, epochs, log, lora_layers)
         seconds[f"{task}_fine_tune"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         tuned = {s: encode(model, t, layers=()) for s, t in texts.items()}
@@ -408,7 +413,7 @@ def main() -> int:
             t0 = time.perf_counter()
             results["histories_diagnostics"] = play_novelty_diagnostics(
                 frozen_model, oods["histories"], vocab, pick(args, full=(None, 3000, 500), quick=(300, 600, 100),
-                                                             smoke=(8, 40, 10)))
+                                                             smoke=(2, 12, 6)))
             seconds["histories_diagnostics"] = time.perf_counter() - t0
             log(f"histories diagnostics: {results['histories_diagnostics']}")
         del model, tuned, frozen
