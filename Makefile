@@ -22,7 +22,7 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev,peers]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
