@@ -16,8 +16,8 @@ needs (safetensors for nnforge in PyTorch, the .onnx file for ONNX, the state di
 Peers, each configured as its vendor recommends and recorded in the results' ``peers``: torch fp32; torch
 ``quantize_dynamic`` int8; ONNX Runtime fp32; ORT int8 after ``quant_pre_process`` with per-channel weights,
 in QOperator form (``quantize_dynamic``) and, calibrated on the calibration lines, ``quantize_static`` in QDQ
-and QOperator form (U8 activations, S8 weights, MinMax), plus the old per-tensor ``quantize_dynamic`` marked
-"(before)"; ORT MatMulNBits int4 (``MatMulNBitsQuantizer``) RTN and HQQ at block 32 and 128, every node at
+and QOperator form (U8 activations, S8 weights, MinMax), each also with ``reduce_range`` (7-bit weights) on
+CPUs without VNNI, as ORT advises there, plus the old per-tensor ``quantize_dynamic`` marked "(before)"; ORT MatMulNBits int4 (``MatMulNBitsQuantizer``) RTN and HQQ at block 32 and 128, every node at
 ``accuracy_level`` 4; torchao's CPU configurations (int8 weight-only, int8 dynamic-activation int8 weight,
 int4 weight-only HQQ at group 32 and 128; eager). The summary names the most faithful ORT configuration of
 each width (``ort_int8_variant``, ``ort_int4_variant``) and the most faithful peer of any vendor
@@ -37,6 +37,7 @@ import argparse
 import atexit
 import copy
 import functools
+import itertools
 import os
 import shutil
 import statistics
@@ -52,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import add_mode_args, mode, pick, spread, write_results  # noqa: E402
-from nnforge.hardware import interleave, ratio_with_ci  # noqa: E402
+from nnforge.hardware import interleave, machine_facts, ratio_with_ci  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -162,6 +163,13 @@ def file_mb(*paths: str | Path) -> float:
 
 
 # --- peers, each configured as its vendor recommends ---------------------------------------------------------
+def _has_vnni() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX-512 VNNI or AVX-VNNI) that ORT's U8S8 kernels use
+    instead of the saturating vpmaddubsw."""
+    flags = set(machine_facts().get("cpu_flags", []))
+    return bool(flags & {"avx512_vnni", "avx512vnni", "avx_vnni"})
+
+
 def ort_int8_peers(onnx_fp32: str, tmp: Path, calib: list[dict[str, torch.Tensor]],
                    static: bool) -> list[tuple[str, str, dict[str, Any]]]:
     """ONNX Runtime int8 (name, path, configuration): ``quant_pre_process`` first, then per-channel int8 weights
@@ -176,13 +184,17 @@ def ort_int8_peers(onnx_fp32: str, tmp: Path, calib: list[dict[str, torch.Tensor
     # cannot otherwise reconcile ("Incomplete symbolic shape inference"); ORT's documentation suggests it
     quant_pre_process(onnx_fp32, pre, auto_merge=True)
     out: list[tuple[str, str, dict[str, Any]]] = []
-    dynamic = [("ORT int8 dynamic per-channel QOperator", pre, True),
-               ("ORT int8 dynamic per-tensor QOperator (before)", onnx_fp32, False)]
-    for name, src, per_channel in dynamic if static else dynamic[:1]:
-        path = str(tmp / f"{name.split()[2]}_{'pc' if per_channel else 'pt'}.onnx")
-        quantize_dynamic(src, path, per_channel=per_channel, weight_type=QuantType.QInt8)
+    # ORT's advice for U8S8 on x86 without VNNI (AVX2, AVX-512 without VNNI): 7-bit weights (reduce_range), since
+    # vpmaddubsw saturates the int16 sums of u8 x s8 pairs; on such CPUs every U8S8 configuration is also run so
+    reduce = [False, True] if not _has_vnni() else [False]
+    dynamic = [("ORT int8 dynamic per-channel QOperator", pre, True, rr) for rr in reduce]
+    dynamic.append(("ORT int8 dynamic per-tensor QOperator (before)", onnx_fp32, False, False))
+    for name, src, per_channel, rr in dynamic if static else dynamic[:len(reduce)]:
+        name += " reduce_range" if rr else ""
+        path = str(tmp / f"dynamic_{'pc' if per_channel else 'pt'}{'_rr' if rr else ''}.onnx")
+        quantize_dynamic(src, path, per_channel=per_channel, reduce_range=rr, weight_type=QuantType.QInt8)
         out.append((name, path, {"tool": "quantize_dynamic", "quant_pre_process": "auto_merge" if src == pre else False,
-                                 "per_channel": per_channel,
+                                 "per_channel": per_channel, "reduce_range": rr,
                                  "weight_type": "QInt8", "format": "QOperator (DynamicQuantizeLinear + MatMulInteger)"}))
     if not static:
         return out
@@ -197,12 +209,16 @@ def ort_int8_peers(onnx_fp32: str, tmp: Path, calib: list[dict[str, torch.Tensor
     # every op ORT quantizes by default, and MatMul only (per-tensor activations of Add/Softmax/LayerNorm inputs
     # cost most: cos 0.45 against 0.93 in a 300-line quick run); Percentile/Entropy calibration needs batches of
     # one shape, which variable-length text does not give
-    for fmt, ops in ((QuantFormat.QDQ, None), (QuantFormat.QOperator, None), (QuantFormat.QDQ, ["MatMul"])):
-        name = f"ORT int8 static per-channel {fmt.name} U8S8" + (" MatMul only" if ops else "")
-        path = str(tmp / f"static_{fmt.name}{'_matmul' if ops else ''}.onnx")
-        quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops)
+    for (fmt, ops), rr in itertools.product(((QuantFormat.QDQ, None), (QuantFormat.QOperator, None),
+                                             (QuantFormat.QDQ, ["MatMul"])), reduce):
+        name = (f"ORT int8 static per-channel {fmt.name} U8S8" + (" MatMul only" if ops else "")
+                + (" reduce_range" if rr else ""))
+        path = str(tmp / f"static_{fmt.name}{'_matmul' if ops else ''}{'_rr' if rr else ''}.onnx")
+        quantize_static(pre, path, Reader(), quant_format=fmt, per_channel=True, reduce_range=rr,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops)
         out.append((name, path, {"tool": "quantize_static", "quant_pre_process": "auto_merge", "per_channel": True,
+                                 "reduce_range": rr,
                                  "format": fmt.name, "activation_type": "QUInt8", "weight_type": "QInt8",
                                  "op_types_to_quantize": ops or "ORT default", "calibrate_method": "MinMax",
                                  "calibration_batches": len(calib)}))
