@@ -10,7 +10,8 @@ Every script calls :func:`add_mode_args` on its parser and :func:`write_results`
   (the tag is ``--tag``, or ``only-A-B`` when not given).
 
 The file records provenance (commit, dirty tree, script sha256, argv), the machine (L3 size, threads, load
-average when the run started), versions, peers' configurations; every ratio in the summary needs ``<key>_ci``.
+average when the run started; the commit and script hash too, so a tree that moves during a long run is
+recorded as such), versions, peers' configurations; every ratio in the summary needs ``<key>_ci``.
 """
 
 from __future__ import annotations
@@ -29,16 +30,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 T = TypeVar("T")
 
 _START_LOAD: list[float] | None = None
+_START_PROVENANCE: dict[str, Any] | None = None
 
 
 def add_mode_args(ap: argparse.ArgumentParser, *, only: str | None = None) -> None:
     """``--smoke`` / ``--quick`` (full mode without either), ``--tag``, and ``--only`` where ``only`` describes
     what it selects (e.g. ``"optimizers to run, comma-separated"``); notes the load average at the start."""
-    global _START_LOAD
+    global _START_LOAD, _START_PROVENANCE
+    from nnforge.hardware import provenance
+
     try:
         _START_LOAD = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         _START_LOAD = None
+    # the commit and script the run starts from: a long run must not credit its figures to a later commit
+    _START_PROVENANCE = provenance(_script(), list(sys.argv))
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--smoke", action="store_true", help="tiny shapes, seconds; check the results, write nothing")
     group.add_argument("--quick", action="store_true", help="a small slice (about a minute); writes .quick.json")
@@ -93,7 +99,7 @@ def write_results(area: str, name: str, *, args: argparse.Namespace, results: An
 
     path = _write(RESULTS, area, name, mode=mode(args), results=results, summary=summary,  # type: ignore[arg-type]
                   script=_script(), argv=list(sys.argv), peers=peers, tag=tag(args), packages=tuple(packages),
-                  extra=extra, no_ci=no_ci, machine=_machine())
+                  extra=extra, no_ci=no_ci, machine=_machine(), started=_START_PROVENANCE)
     if path is None:
         print(f"smoke run of {area}/{name}: results match the schema; nothing written")
     return path

@@ -228,3 +228,17 @@ def test_import_of_the_harness_stays_cheap():
     code = "import sys, nnforge.hardware; print(sorted(m for m in ('transformers', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_provenance_is_the_start_of_the_run_and_a_moved_tree_is_recorded(tmp_path):
+    script = tmp_path / "b.py"
+    script.write_text("print(1)\n")
+    started = provenance(script, ["b.py"])
+    script.write_text("print(2)\n")  # the script changed while the run ran
+    doc = json.loads(write_results(tmp_path, "area", "bench", mode="full", results={}, summary={}, script=script,
+                                   argv=["b.py"], started=started).read_text())
+    assert doc["provenance"]["script_sha256"] == started["script_sha256"]
+    assert doc["provenance"]["script_sha256_at_write"] != started["script_sha256"]
+    same = json.loads(write_results(tmp_path, "area", "same", mode="full", results={}, summary={}, script=script,
+                                    argv=["b.py"], started=provenance(script, ["b.py"])).read_text())
+    assert set(same["provenance"]) == {"commit", "dirty", "script_sha256", "argv"}

@@ -57,6 +57,19 @@ def provenance(script: str | os.PathLike[str], argv: list[str]) -> dict[str, Any
             "script_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "argv": [str(a) for a in argv]}
 
 
+def _started(started: Mapping[str, Any] | None, script: str | os.PathLike[str], argv: list[str]) -> dict[str, Any]:
+    now = provenance(script, argv)
+    if started is None:
+        return now
+    out = dict(started)
+    if started.get("commit") != now["commit"] or started.get("dirty") != now["dirty"]:
+        # the tree moved while the run ran: the figures belong to the start commit; say so instead of hiding it
+        out["commit_at_write"], out["dirty_at_write"] = now["commit"], now["dirty"]
+    if started.get("script_sha256") != now["script_sha256"]:
+        out["script_sha256_at_write"] = now["script_sha256"]
+    return out
+
+
 def package_versions(*packages: str) -> dict[str, str | None]:
     """Installed versions of torch, nnforge, numpy and ``packages`` (None for a package not installed)."""
     out: dict[str, str | None] = {}
@@ -185,7 +198,8 @@ def write_results(directory: str | os.PathLike[str], area: str, name: str, *, mo
                   results: Any, summary: Mapping[str, Any], script: str | os.PathLike[str], argv: list[str],
                   peers: Mapping[str, Any] | None = None, tag: str | None = None, packages: Iterable[str] = (),
                   extra: Mapping[str, Any] | None = None, no_ci: Mapping[str, str] | None = None,
-                  machine: Mapping[str, Any] | None = None) -> Path | None:
+                  machine: Mapping[str, Any] | None = None,
+                  started: Mapping[str, Any] | None = None) -> Path | None:
     """Build, check and write one benchmark's results; the path written, or None in smoke mode.
 
     The file holds ``{mode, benchmark, date, provenance, machine, versions, peers, results, summary,
@@ -202,13 +216,15 @@ def write_results(directory: str | os.PathLike[str], area: str, name: str, *, mo
         packages: more packages whose versions to record.
         no_ci: summary ratios exempt from the interval rule, dotted key -> the reason (recorded in the file).
         machine: :func:`machine_facts` taken when the run started (its load average); taken now if None.
+        started: :func:`provenance` taken when the run started (the commit and script it ran, even if the tree
+            changed during a long run); taken now if None. Its script hash must match the script's now.
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}; got {mode!r}")
     path = results_path(directory, area, name, mode, tag)
     doc: dict[str, Any] = {
         "mode": mode, "benchmark": f"{area}/{name}", "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "provenance": provenance(script, argv), "machine": dict(machine if machine is not None else machine_facts()),
+        "provenance": _started(started, script, argv), "machine": dict(machine if machine is not None else machine_facts()),
         "versions": package_versions(*packages), "peers": dict(peers or {}),
     }
     if tag:
