@@ -1,4 +1,4 @@
-"""The web dashboard through FastAPI's TestClient: login with the token, sessions, CSRF and same-origin checks on
+"""The web dashboard through FastAPI's TestClient: login with a user's name and token, sessions, CSRF and same-origin checks on
 every POST, approving and overriding review items (recorded in the ledger), escaping of untrusted text, path
 traversal in run/artifact URLs, report CSP, and the ledger page showing a tampered chain. No model is run: each
 test builds a tiny ledger and run folder in tmp_path."""
@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from nnforge.cli import main  # noqa: E402
 from nnforge.govern import ReviewQueue  # noqa: E402
-from nnforge.govern.dashboard import check_token, create_app, new_token  # noqa: E402
+from nnforge.govern.dashboard import create_app  # noqa: E402
+from nnforge.govern.users import User, UserStore  # noqa: E402
 from nnforge.ledger import Ledger  # noqa: E402
 
 RUN = "20261128-053421-148a00"
@@ -31,8 +32,10 @@ PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAC
 
 
 @pytest.fixture
-def site(tmp_path):
-    """A ledger with one run's events and three review items, a run folder, a token, and a secret outside."""
+def site(tmp_path, monkeypatch):
+    """A ledger with one run's events and three review items, a run folder, users (root admin, ana reviewer,
+    carla approver) with their tokens, and a secret outside."""
+    monkeypatch.setenv("NNFORGE_SCRYPT_N", "1024")
     ledger_path = tmp_path / ".nnforge" / "ledger.db"
     run_dir = tmp_path / "runs" / RUN
     run_dir.mkdir(parents=True)
@@ -57,11 +60,15 @@ def site(tmp_path):
         q.enqueue(run=RUN, variant="int8", text=NASTY, label="comedy", confidence=0.30, reason="ood")
         q.enqueue(run="gone-run", variant="int8", text="A run whose folder is gone", label="comedy",
                   confidence=0.2, reason="audit")
-    token_file = tmp_path / ".nnforge" / "dashboard.token"
-    token = new_token(token_file)
-    app = create_app(ledger_path, tmp_path / "runs", token_file)
-    return {"app": app, "token": token, "token_file": token_file, "ledger": ledger_path, "tmp": tmp_path,
-            "run_dir": run_dir}
+    store = UserStore.for_ledger(ledger_path)
+    with Ledger.open(ledger_path) as led:
+        tokens = {"root": store.add("root", "admin", by=None, ledger=led)[1]}
+        root = store.authenticate(tokens["root"])
+        tokens["ana"] = store.add("ana", "reviewer", by=root, ledger=led)[1]
+        tokens["carla"] = store.add("carla", "approver", by=root, ledger=led)[1]
+    app = create_app(ledger_path, tmp_path / "runs")
+    return {"app": app, "token": tokens["ana"], "tokens": tokens, "store": store, "root": root,
+            "ledger": ledger_path, "tmp": tmp_path, "run_dir": run_dir}
 
 
 def test_runs_show_their_status_and_a_damaged_config_is_named_by_file_and_field(site):
@@ -82,9 +89,9 @@ def _client(site) -> TestClient:
     return TestClient(site["app"], base_url=BASE, follow_redirects=False)
 
 
-def _login(site) -> TestClient:
+def _login(site, who: str = "ana") -> TestClient:
     c = _client(site)
-    r = c.post("/login", data={"token": site["token"]}, headers=SAME)
+    r = c.post("/login", data={"username": who, "token": site["tokens"][who]}, headers=SAME)
     assert r.status_code == 303 and r.headers["location"] == "/"
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
@@ -108,13 +115,10 @@ def _decided(site) -> list:
 # --- token and login -------------------------------------------------------------------------------------------
 
 
-def test_token_file_holds_only_a_hash_with_mode_0600(site):
-    text = site["token_file"].read_text()
-    assert site["token"] not in text and len(json.loads(text)["sha256"]) == 64
-    assert (site["token_file"].stat().st_mode & 0o777) == 0o600
-    assert check_token(site["token_file"], site["token"])
-    assert not check_token(site["token_file"], site["token"][:-1] + ("A" if site["token"][-1] != "A" else "B"))
-    assert not check_token(site["token_file"], "")
+def test_the_user_store_holds_only_salted_hashes(site):
+    text = site["store"].path.read_text()
+    assert all(t.partition(":")[2] not in text for t in site["tokens"].values())
+    assert len(json.loads(text)["users"]["ana"]["hash"]) == 64 and json.loads(text)["users"]["ana"]["salt"]
 
 
 @pytest.mark.parametrize("path", ["/", "/review", "/review/1", "/ledger", "/lineage", f"/runs/{RUN}",
@@ -126,27 +130,35 @@ def test_every_page_needs_a_session(site, path):
 
 def test_wrong_missing_and_forged_tokens_are_refused(site):
     c = _client(site)
-    for bad in ["", "not-the-token", site["token"] + "x", site["token"].upper()]:
-        r = c.post("/login", data={"token": bad}, headers=SAME)
+    for who, bad in [("ana", ""), ("ana", "not-the-token"), ("ana", site["token"] + "x"),
+                     ("ana", site["token"].upper()), ("ana", site["tokens"]["carla"]), ("carla", site["token"]),
+                     ("", site["token"])]:
+        r = c.post("/login", data={"username": who, "token": bad}, headers=SAME)
         assert r.status_code == 401 and "set-cookie" not in r.headers and "not valid" in r.text
     # a forged session cookie is not a session
     c.cookies.set("nnforge_session", "forged-" + "A" * 40)
     assert c.get("/").status_code == 303
     # nor may a POST go through with it
-    r = c.post("/review/1/decide", data={"csrf": "x", "reviewer": "eve", "action": "approve"}, headers=SAME)
+    r = c.post("/review/1/decide", data={"csrf": "x", "action": "approve"}, headers=SAME)
     assert r.status_code == 403 and _decided(site) == []
     # a login from another origin is refused even with the right token
-    r = c.post("/login", data={"token": site["token"]}, headers={"Origin": "http://evil.example"})
+    r = c.post("/login", data={"username": "ana", "token": site["token"]}, headers={"Origin": "http://evil.example"})
     assert r.status_code == 403 and "set-cookie" not in r.headers
 
 
-def test_a_new_token_logs_out_sessions_of_the_old_one(site):
-    c = _login(site)
-    assert c.get("/").status_code == 200
-    new = new_token(site["token_file"])
+def test_a_new_token_or_a_removed_user_logs_out_their_sessions(site):
+    c, other = _login(site), _login(site, "carla")
+    assert c.get("/").status_code == 200 and 'id="whoami">ana (reviewer)<' in c.get("/").text
+    with Ledger.open(site["ledger"]) as led:
+        new = site["store"].rotate("ana", by=site["root"], ledger=led)
     assert c.get("/").status_code == 303  # old session gone
-    assert _client(site).post("/login", data={"token": site["token"]}, headers=SAME).status_code == 401
-    assert _client(site).post("/login", data={"token": new}, headers=SAME).status_code == 303
+    assert other.get("/").status_code == 200  # carla's is not
+    login = {"username": "ana", "token": site["token"]}
+    assert _client(site).post("/login", data=login, headers=SAME).status_code == 401
+    assert _client(site).post("/login", data={**login, "token": new}, headers=SAME).status_code == 303
+    with Ledger.open(site["ledger"]) as led:
+        site["store"].remove("carla", by=site["root"], ledger=led)
+    assert other.get("/").status_code == 303
 
 
 def test_sessions_end_when_idle_and_at_their_maximum_age_however_busy(monkeypatch):
@@ -155,23 +167,26 @@ def test_sessions_end_when_idle_and_at_their_maximum_age_however_busy(monkeypatc
     clock = [1000.0]
     monkeypatch.setattr(_security.time, "monotonic", lambda: clock[0])
     store = _security.SessionStore(idle_s=10.0, max_age_s=25.0)
-    busy, idle = store.create("fp"), store.create("fp")
+    ana = User("ana", "reviewer", via="session")
+    busy, idle = store.create(ana, "fp"), store.create(ana, "fp")
     for _ in range(4):  # busy is used every 6 s: never idle for 10 s
         clock[0] += 6.0
-        assert store.get(busy.id, "fp") is busy
-    assert store.get(idle.id, "fp") is None  # 24 s without a request
+        assert store.get(busy.id, lambda name: "fp") is busy
+    assert store.get(idle.id, lambda name: "fp") is None  # 24 s without a request
     clock[0] += 2.0  # 26 s after login
-    assert store.get(busy.id, "fp") is None
-    assert store.get(busy.id, "fp") is None  # forgotten, not revived
-    assert store.get(store.create("fp").id, "other-token") is None
+    assert store.get(busy.id, lambda name: "fp") is None
+    assert store.get(busy.id, lambda name: "fp") is None  # forgotten, not revived
+    assert store.get(store.create(ana, "fp").id, lambda name: "other-token") is None
+    assert store.get(store.create(ana, "fp").id, lambda name: None) is None  # the user was removed
 
 
 def test_repeated_failed_logins_are_throttled(site):
     c = _client(site)
-    codes = [c.post("/login", data={"token": f"guess{i}"}, headers=SAME).status_code for i in range(12)]
+    codes = [c.post("/login", data={"username": "ana", "token": f"ana:guess{i}"}, headers=SAME).status_code
+             for i in range(12)]
     assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
     # guesses cannot lock the token's owner out (the valid token got 429 too before)
-    assert c.post("/login", data={"token": site["token"]}, headers=SAME).status_code == 303
+    assert c.post("/login", data={"username": "ana", "token": site["token"]}, headers=SAME).status_code == 303
 
 
 def test_run_files_are_read_only_inside_the_run_folder(site):
@@ -191,11 +206,11 @@ def test_run_files_are_read_only_inside_the_run_folder(site):
 def test_oversized_bodies_ids_and_fields_are_refused(site):
     c = _login(site)
     csrf = _csrf(c)
-    big = c.post("/login", content=b"token=" + b"x" * (1 << 20), headers={**SAME,
+    big = c.post("/login", content=b"username=ana&token=" + b"x" * (1 << 20), headers={**SAME,
                  "Content-Type": "application/x-www-form-urlencoded"})
     assert big.status_code == 413 and big.headers["X-Content-Type-Options"] == "nosniff"
     assert c.get("/review/99999999999999999999999").status_code == 404  # an OverflowError (500) before
-    r = c.post("/review/1/decide", data={"csrf": csrf, "reviewer": "ana", "action": "approve", "note": "n" * 20_000},
+    r = c.post("/review/1/decide", data={"csrf": csrf, "action": "approve", "note": "n" * 20_000},
                headers=SAME)
     assert r.status_code == 400 and not _decided(site)
 
@@ -220,7 +235,7 @@ def test_foreign_host_header_is_refused(site):
 def test_post_without_or_with_wrong_csrf_or_origin_is_refused(site):
     c = _login(site)
     csrf = _csrf(c)
-    form = {"reviewer": "ana", "action": "approve"}
+    form = {"action": "approve"}
     assert c.post("/review/1/decide", data=form, headers=SAME).status_code == 403
     assert c.post("/review/1/decide", data={**form, "csrf": csrf[:-2] + "zz"}, headers=SAME).status_code == 403
     r = c.post("/review/1/decide", data={**form, "csrf": csrf}, headers={"Origin": "http://evil.example"})
@@ -236,7 +251,7 @@ def test_post_without_or_with_wrong_csrf_or_origin_is_refused(site):
 
 def test_approve_with_csrf_is_recorded_in_the_ledger_with_the_reviewer(site):
     c = _login(site)
-    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "reviewer": "ana", "action": "approve", "note": "fine"},
+    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "action": "approve", "note": "fine"},
                headers={"Referer": f"{BASE}/review"})  # Referer is accepted when a browser sends no Origin
     assert r.status_code == 303 and r.headers["location"] == "/review/1"
     page = c.get("/review/1").text
@@ -246,18 +261,16 @@ def test_approve_with_csrf_is_recorded_in_the_ledger_with_the_reviewer(site):
     assert events[0].actor == "ana" and events[0].data["reviewer"] == "ana" and events[0].data["item"] == 1
     assert events[0].data["decision"] == "approved" and events[0].run == RUN
     # a decision is final: a second one is refused with the reason
-    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "reviewer": "bob", "action": "approve"}, headers=SAME)
+    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "action": "approve"}, headers=SAME)
     assert r.status_code == 400 and "already decided" in r.text and len(_decided(site)) == 1
 
 
 def test_override_checks_the_label_against_the_run(site):
     c = _login(site)
     csrf = _csrf(c)
-    form = {"csrf": csrf, "reviewer": "ana", "action": "override"}
+    form = {"csrf": csrf, "action": "override"}
     r = c.post("/review/1/decide", data={**form, "override_label": "robot"}, headers=SAME)
     assert r.status_code == 400 and "not one of the run&#39;s labels" in r.text
-    assert c.post("/review/1/decide", data={**form, "reviewer": " ", "override_label": "comedy"},
-                  headers=SAME).status_code == 400
     assert c.post("/review/1/decide", data={**form, "action": "delete"}, headers=SAME).status_code == 400
     # the run of item 3 has no folder: its labels cannot be checked, so no override
     r = c.post("/review/3/decide", data={**form, "override_label": "comedy"}, headers=SAME)
@@ -273,13 +286,11 @@ def test_override_checks_the_label_against_the_run(site):
 def test_html_in_inputs_and_notes_is_escaped(site):
     c = _login(site)
     note = "</td><script>alert(document.cookie)</script>"
-    r = c.post("/review/2/decide", data={"csrf": _csrf(c), "reviewer": "<b>ana</b>", "action": "approve",
-                                         "note": note}, headers=SAME)
+    r = c.post("/review/2/decide", data={"csrf": _csrf(c), "action": "approve", "note": note}, headers=SAME)
     assert r.status_code == 303
     for page in (c.get("/review/2").text, c.get("/review?status=all").text):
-        assert "<script>" not in page and "<img src=x" not in page and "<b>ana</b>" not in page
+        assert "<script>" not in page and "<img src=x" not in page
         assert "&lt;script&gt;alert(document.cookie)&lt;/script&gt;" in page
-        assert "&lt;b&gt;ana&lt;/b&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in c.get("/review/2").text
     assert _decided(site)[0].data["note"] == note  # stored verbatim, escaped only when shown
 
@@ -291,6 +302,32 @@ def test_review_pages_list_and_filter(site):
     assert 'id="override-1"' in page and 'id="override-3"' not in page  # no labels for the missing run
     assert c.get("/review?status=bogus").status_code == 400
     assert c.get("/review/99").status_code == 404
+
+
+def test_the_queue_counts_are_numbers_not_a_method(site):
+    page = _login(site).get("/review").text
+    assert "3 items: 3 open" in page and "built-in method" not in page  # was '{{ t.items }}': dict.items
+
+
+def test_out_of_scope_and_escalate_then_only_an_approver_decides(site):
+    c = _login(site)
+    r = c.post("/review/1/decide", data={"csrf": _csrf(c), "action": "out-of-scope", "note": "not a play"},
+               headers=SAME)
+    assert r.status_code == 303 and 'id="status">out_of_scope<' in c.get("/review/1").text
+    assert c.post("/review/2/decide", data={"csrf": _csrf(c), "action": "escalate"}, headers=SAME).status_code == 303
+    page = c.get("/review/2").text
+    assert 'id="status">escalated<' in page and 'id="approve-2"' not in page  # a reviewer cannot decide it now
+    r = c.post("/review/2/decide", data={"csrf": _csrf(c), "action": "approve"}, headers=SAME)
+    assert r.status_code == 403 and "approver" in r.text
+    boss = _login(site, "carla")
+    assert 'id="approve-2"' in boss.get("/review/2").text
+    assert boss.post("/review/2/decide", data={"csrf": _csrf(boss), "action": "approve"},
+                     headers=SAME).status_code == 303
+    events = _decided(site)
+    assert [(e.data["item"], e.data["decision"], e.actor, e.data["user"]["via"], e.data["user"]["role"])
+            for e in events] == [(1, "out_of_scope", "ana", "session", "reviewer"),
+                                 (2, "escalated", "ana", "session", "reviewer"),
+                                 (2, "approved", "carla", "session", "approver")]
 
 
 # --- runs, files, reports --------------------------------------------------------------------------------------
@@ -362,17 +399,12 @@ def test_ledger_page_shows_a_tampered_chain(site):
 # --- command line and imports ----------------------------------------------------------------------------------
 
 
-def test_cli_token_and_serve_refusals(tmp_path, capsys):
-    token_file, led = tmp_path / "t.token", str(tmp_path / "audit.db")
-    assert main(["dashboard", "token", "--token-file", str(token_file), "--ledger", led, "--actor", "ops"]) == 0
-    printed = capsys.readouterr().out.strip()
-    assert check_token(token_file, printed)
-    (event,) = Ledger.open(led).events(kind="cli.dashboard.token")  # who made a token is on the record ...
-    assert event.actor == "ops" and printed not in json.dumps(event.data)  # ... the token itself is not
-    assert main(["dashboard", "serve", "--host", "0.0.0.0", "--token-file", str(token_file)]) == 2
+def test_serve_refusals(tmp_path, capsys):
+    led = str(tmp_path / "audit.db")
+    assert main(["dashboard", "serve", "--host", "0.0.0.0", "--ledger", led]) == 2
     assert "--allow-remote" in capsys.readouterr().err
-    assert main(["dashboard", "serve", "--token-file", str(tmp_path / "none.token")]) == 2
-    assert "nnforge dashboard token" in capsys.readouterr().err
+    assert main(["dashboard", "serve", "--ledger", led]) == 2  # nobody could log in
+    assert "nnforge users add NAME --role admin" in capsys.readouterr().err
 
 
 def test_dashboard_package_import_is_lean():
@@ -390,10 +422,11 @@ def test_serve_binds_the_bare_address_and_accepts_its_own_host_header(tmp_path, 
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    token_file = tmp_path / "t.token"
-    new_token(token_file)
-    assert main(["dashboard", "serve", "--host", host, "--token-file", str(token_file),
-                 "--ledger", str(tmp_path / "l.db"), "--runs-dir", str(tmp_path)]) == 0
+    monkeypatch.setenv("NNFORGE_SCRYPT_N", "1024")
+    with Ledger.open(tmp_path / "l.db") as led:
+        UserStore.for_ledger(tmp_path / "l.db").add("root", "admin", by=None, ledger=led)
+    assert main(["dashboard", "serve", "--host", host, "--ledger", str(tmp_path / "l.db"),
+                 "--runs-dir", str(tmp_path)]) == 0
     assert seen["host"] == bind  # "[::1]" failed to bind before
     client = TestClient(seen["app"], base_url=f"http://{header}", follow_redirects=False)
     assert client.get("/login").status_code == 200  # its own Host header was refused (400) before

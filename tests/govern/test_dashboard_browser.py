@@ -43,13 +43,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
     """A dashboard on a free 127.0.0.1 port (uvicorn in a thread) over a tiny ledger, queue and run folder."""
     _need_browser()
     import uvicorn
 
     from nnforge.govern import ReviewQueue
-    from nnforge.govern.dashboard import create_app, new_token
+    from nnforge.govern.dashboard import create_app
+    from nnforge.govern.users import UserStore
     from nnforge.ledger import Ledger
 
     ledger_path = tmp_path / "ledger.db"
@@ -62,10 +63,13 @@ def server(tmp_path):
     with ReviewQueue.open(ledger_path, actor="runner") as q:
         q.enqueue(run=RUN, variant="int8", text="Now is the winter of our discontent <script>x()</script>",
                   label="history", confidence=0.38, reason="low_confidence")
-    token_file = tmp_path / "dashboard.token"
-    token = new_token(token_file)
+    monkeypatch.setenv("NNFORGE_SCRYPT_N", "1024")
+    store = UserStore.for_ledger(ledger_path)
+    with Ledger.open(ledger_path) as led:
+        root = store.authenticate(store.add("root", "admin", by=None, ledger=led)[1])
+        token = store.add("ana", "reviewer", by=root, ledger=led)[1]
     port = _free_port()
-    config = uvicorn.Config(create_app(ledger_path, tmp_path / "runs", token_file), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(ledger_path, tmp_path / "runs"), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="off")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -116,9 +120,11 @@ def test_reviewer_logs_in_and_approves_an_item_in_chromium(server, browser, tmp_
     url = server["url"]
     browser.get(url + "/review")
     wait_for_url(url + "/login")  # no session: sent to the login form
+    browser.find_element(By.ID, "username").send_keys("ana")
     browser.find_element(By.ID, "token").send_keys("not-the-token")
     browser.find_element(By.ID, "login").click()
     assert "not valid" in browser.find_element(By.ID, "error").text
+    browser.find_element(By.ID, "username").send_keys("ana")
     browser.find_element(By.ID, "token").send_keys(server["token"])
     browser.find_element(By.ID, "login").click()
     wait_for_url(url + "/")
@@ -130,7 +136,6 @@ def test_reviewer_logs_in_and_approves_an_item_in_chromium(server, browser, tmp_
     row = browser.find_element(By.ID, "item-1")
     assert "<script>x()</script>" in row.text  # shown as text, not run
     form = browser.find_element(By.ID, "approve-1")
-    form.find_element(By.NAME, "reviewer").send_keys("ana")
     form.find_element(By.NAME, "note").send_keys("reads like Richard III")
     form.find_element(By.NAME, "approve").click()
 
@@ -149,6 +154,7 @@ def test_reviewer_logs_in_and_approves_an_item_in_chromium(server, browser, tmp_
     finally:
         led.close()
     assert ev.actor == "ana" and ev.data["decision"] == "approved" and ev.data["note"] == "reads like Richard III"
+    assert ev.data["user"] == {"name": "ana", "role": "reviewer", "via": "session", "key": None}
 
     browser.get(url + "/ledger")
     assert "Chain verified" in browser.find_element(By.ID, "verification").text

@@ -11,8 +11,12 @@ import pytest
 from nnforge.cli import main
 from nnforge.errors import ConfigError, DataError, IntegrityError
 from nnforge.govern import PromotionRefused, ReviewQueue, promote, promotions, review_rules, revoke
+from nnforge.govern.users import AccessDenied, User, UserStore
 from nnforge.ledger import Ledger
 
+# users as UserStore.authenticate returns them (the library trusts its caller; the CLI and dashboard authenticate)
+ANA, BOB, MALLORY = (User(n, "reviewer", via="token") for n in ("ana", "bob", "mallory"))
+CARLA = User("carla", "approver", via="token")
 NASTY = "<script>alert('x')</script> [red]boom[/red] \x1b[2Jcleared"
 
 
@@ -68,7 +72,7 @@ def test_enqueue_and_decide_write_ledger_events(queue):
     item = queue.enqueue(run="r1", variant="fp32", text="hello", label="comedy", confidence=0.4,
                          reason="low_confidence")
     assert item.status == "open" and item.input_sha256 == hashlib.sha256(b"hello").hexdigest()
-    done = queue.decide(item.id, reviewer="ana", approve=False, override_label="tragedy", note="act V",
+    done = queue.decide(item.id, reviewer=ANA, approve=False, override_label="tragedy", note="act V",
                         allowed_labels=["comedy", "tragedy"])
     assert done.status == "overridden" and done.final_label == "tragedy" and done.decision_seconds >= 0
     events = queue.ledger.events()
@@ -84,14 +88,14 @@ def test_enqueue_and_decide_write_ledger_events(queue):
 def test_second_decision_refused_and_bad_decisions(queue):
     item = queue.enqueue(run="r1", text="x", label="a", confidence=0.9, reason="audit")
     with pytest.raises(ConfigError, match="exactly one"):
-        queue.decide(item.id, reviewer="ana", approve=True, override_label="b")
+        queue.decide(item.id, reviewer=ANA, approve=True, override_label="b")
     with pytest.raises(ConfigError, match="not one of the run's labels"):
-        queue.decide(item.id, reviewer="ana", approve=False, override_label="zzz", allowed_labels=["a", "b"])
-    with pytest.raises(ConfigError, match="reviewer"):
-        queue.decide(item.id, reviewer=" ", approve=True)
-    queue.decide(item.id, reviewer="ana", approve=True)
+        queue.decide(item.id, reviewer=ANA, approve=False, override_label="zzz", allowed_labels=["a", "b"])
+    with pytest.raises(AccessDenied, match="no authenticated user"):
+        queue.decide(item.id, reviewer=User("ana", "reviewer"), approve=True)  # not authenticated (no via)
+    queue.decide(item.id, reviewer=ANA, approve=True)
     with pytest.raises(ConfigError, match="already decided"):
-        queue.decide(item.id, reviewer="bob", approve=False, override_label="b")
+        queue.decide(item.id, reviewer=BOB, approve=False, override_label="b")
     with pytest.raises(ConfigError, match="no such item"):
         queue.get(999)
     assert queue.get(item.id).reviewer == "ana"
@@ -103,9 +107,9 @@ def test_second_decision_refused_and_bad_decisions(queue):
 def test_stats_per_reviewer_and_reason(queue):
     ids = [queue.enqueue(run="r", text=str(i), label="a", confidence=0.3, reason=r).id
            for i, r in enumerate(["low_confidence", "low_confidence", "ood", "audit", "audit"])]
-    queue.decide(ids[0], reviewer="ana", approve=True)
-    queue.decide(ids[1], reviewer="ana", approve=False, override_label="b")
-    queue.decide(ids[2], reviewer="bob", approve=True)
+    queue.decide(ids[0], reviewer=ANA, approve=True)
+    queue.decide(ids[1], reviewer=ANA, approve=False, override_label="b")
+    queue.decide(ids[2], reviewer=BOB, approve=True)
     s = queue.stats()
     assert s["total"]["items"] == 5 and s["total"]["open"] == 2 and s["total"]["decided"] == 3
     assert s["by_reviewer"]["ana"]["approval_rate"] == 0.5 and s["by_reviewer"]["bob"]["approval_rate"] == 1.0
@@ -136,6 +140,25 @@ def fake_run(tmp_path):
     return run
 
 
+@pytest.fixture
+def tokens(tmp_path, monkeypatch):
+    """Users beside tmp_path/ledger.db: the tokens of root (admin), ana and bob (reviewers), carla and dan
+    (approvers); ``tokens.act(name)`` puts that user's token in NNFORGE_TOKEN."""
+    monkeypatch.setenv("NNFORGE_SCRYPT_N", "1024")
+    store = UserStore.for_ledger(tmp_path / "ledger.db")
+    with Ledger.open(tmp_path / "ledger.db") as led:
+        out = {"root": store.add("root", "admin", by=None, ledger=led)[1]}
+        root = store.authenticate(out["root"])
+        for name, role in (("ana", "reviewer"), ("bob", "reviewer"), ("carla", "approver"), ("dan", "approver")):
+            out[name] = store.add(name, role, by=root, ledger=led)[1]
+
+    class Tokens(dict):
+        def act(self, name):
+            monkeypatch.setenv("NNFORGE_TOKEN", self[name])
+
+    return Tokens(out)
+
+
 def _suite(run, name, passed, ledger, variant="int8", file=None):
     """A suite result file, recorded in the ledger the way 'nnforge evaluate' records it."""
     path = run / (file or f"suite-{name}.json")
@@ -148,13 +171,16 @@ def _suite(run, name, passed, ledger, variant="int8", file=None):
     led.close()
 
 
-def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
+def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys, tokens):
     led = str(tmp_path / "ledger.db")
     with ReviewQueue.open(led) as q:
         a = q.enqueue(run="run1", variant="int8", text=NASTY, label="comedy", confidence=0.3, reason="ood").id
         b = q.enqueue(run="run1", variant="int8", text="fine", label="comedy", confidence=0.9, reason="audit").id
     runs = str(tmp_path / "runs")
     common = ["--ledger", led, "--runs-dir", runs]
+    assert main(["review", "decide", str(a), "--approve", *common]) == 2  # no token
+    assert "no token given" in capsys.readouterr().err
+    tokens.act("ana")
     assert main(["review", "decide", str(a), "--approve", "--override", "tragedy", *common]) == 2
     assert main(["review", "decide", str(a), *common]) == 2
     assert main(["review", "decide", str(a), "--override", "history", *common]) == 2
@@ -162,10 +188,13 @@ def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
     assert "approve it instead" in capsys.readouterr().err
     assert main(["review", "decide", "99", "--approve", *common]) == 2
     capsys.readouterr()
+    assert main(["review", "decide", str(a), "--approve", "--reviewer", "bob", *common]) == 2  # not who ana is
+    assert "not the authenticated user" in capsys.readouterr().err
     assert main(["review", "decide", str(a), "--override", "tragedy", "--note", NASTY, "--reviewer", "ana",
                  *common]) == 0
-    assert main(["review", "decide", str(a), "--approve", "--reviewer", "bob", *common]) == 2
-    assert main(["review", "decide", str(b), "--approve", "--reviewer", "bob", *common]) == 0
+    tokens.act("bob")
+    assert main(["review", "decide", str(a), "--approve", *common]) == 2
+    assert main(["review", "decide", str(b), "--approve", *common]) == 0
     capsys.readouterr()
 
     with ReviewQueue.open(led) as q:
@@ -195,13 +224,17 @@ def test_cli_decide_show_list_stats_and_escaping(fake_run, tmp_path, capsys):
         (a, "ana", "overridden"), (b, "bob", "approved")]
 
 
-def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys):
+def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys, tokens):
     led = str(tmp_path / "ledger.db")
     args = ["promote", str(fake_run), "--to", "production", "--ledger", led]
     _suite(fake_run, "quick", True, led)
     _suite(fake_run, "strict", False, led)
-    assert main(args) == 2  # no approver
-    capsys.readouterr()
+    assert main(args) == 2  # no token
+    tokens.act("ana")
+    assert main(args) == 2  # a reviewer cannot promote
+    assert "needs the approver role" in capsys.readouterr().err
+    assert not Ledger.open(led).events(kind="model.promoted")
+    tokens.act("carla")
     assert main([*args, "--approver", "carla"]) == 1
     assert "strict" in capsys.readouterr().err
     assert main([*args, "--approver", "carla", "--suite", "missing"]) == 2
@@ -216,24 +249,26 @@ def test_promote_requires_approver_and_passing_suite(fake_run, tmp_path, capsys)
     assert d["suites"][0]["sha256"] == hashlib.sha256((fake_run / "suite-quick.json").read_bytes()).hexdigest()
 
 
-def test_a_reason_without_revoke_is_refused(fake_run, tmp_path, capsys):
+def test_a_reason_without_revoke_is_refused(fake_run, tmp_path, capsys, tokens):
+    tokens.act("carla")
     Ledger.open(tmp_path / "ledger.db").close()
     assert main(["promote", str(fake_run), "--approver", "carla", "--reason", "because",
                  "--ledger", str(tmp_path / "ledger.db")]) == 2
     assert "--reason goes with --revoke" in capsys.readouterr().err
 
 
-def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path):
+def test_promote_without_suites_then_revoke_keeps_the_record(fake_run, tmp_path, tokens):
     led = Ledger.open(tmp_path / "ledger.db")
     with pytest.raises(ConfigError, match="no standing promotion"):
-        revoke(led, fake_run, approver="carla", reason="oops")
-    ev = promote(led, fake_run, approver="carla", variant="fp32")
+        revoke(led, fake_run, approver=CARLA, reason="oops")
+    ev = promote(led, fake_run, approver=CARLA, variant="fp32")
     assert ev.data["no_suite"] and ev.data["suites"] == []
     _suite(fake_run, "strict", False, led.location)
     with pytest.raises(PromotionRefused, match="strict"):
-        promote(led, fake_run, approver="carla")
+        promote(led, fake_run, approver=CARLA)
     led.close()
     common = ["--ledger", str(tmp_path / "ledger.db")]
+    tokens.act("dan")
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", *common]) == 2  # no reason
     assert main(["promote", str(fake_run), "--revoke", "--approver", "dan", "--reason", "drift", *common]) == 0
     led = Ledger.open(tmp_path / "ledger.db")
@@ -250,16 +285,16 @@ def test_promotion_needs_a_recorded_suite_about_the_promoted_variant(fake_run, t
     led = Ledger.open(tmp_path / "ledger.db")
     _suite(fake_run, "quick", True, led.location, variant="int8")
     with pytest.raises(PromotionRefused, match="no regression suite evaluated variant 'fp32'"):
-        promote(led, fake_run, approver="carla", variant="fp32")  # int8 passing says nothing about fp32
-    assert promote(led, fake_run, approver="carla", variant="int8").data["suites"][0]["name"] == "quick"
+        promote(led, fake_run, approver=CARLA, variant="fp32")  # int8 passing says nothing about fp32
+    assert promote(led, fake_run, approver=CARLA, variant="int8").data["suites"][0]["name"] == "quick"
     _suite(fake_run, "strict", False, led.location)
     doc = json.loads((fake_run / "suite-strict.json").read_text())
     (fake_run / "suite-strict.json").write_text(json.dumps({**doc, "passed": True, "failed": []}))  # forged
     with pytest.raises(IntegrityError, match="not the one the ledger recorded"):
-        promote(led, fake_run, approver="carla")
+        promote(led, fake_run, approver=CARLA)
     (fake_run / "suite-strict.json").unlink()  # deleting the failed result does not open the gate either
     with pytest.raises(PromotionRefused, match="regression suite failed: strict"):
-        promote(led, fake_run, approver="carla")
+        promote(led, fake_run, approver=CARLA)
     led.close()
 
 
@@ -268,18 +303,18 @@ def test_the_gate_reads_the_ledger_not_the_folder(fake_run, tmp_path):
     _suite(fake_run, "quick", True, led.location)
     (fake_run / "model-int8.safetensors").write_bytes(b"other weights")  # replaced after the suite passed
     with pytest.raises(IntegrityError, match="not the bytes the run wrote"):
-        promote(led, fake_run, approver="carla")
+        promote(led, fake_run, approver=CARLA)
     (fake_run / "model-int8.safetensors").write_bytes(b"weights-int8")
     led.append("suite.evaluated", {"suite": "quick", "variant": "int8", "passed": True, "weights_sha256": "0" * 64,
                                    "outputs": {"json": "1" * 64}}, run="run1")
     with pytest.raises(IntegrityError, match="judged other weights"):
-        promote(led, fake_run, approver="carla")  # the newest verdict is about other bytes
+        promote(led, fake_run, approver=CARLA)  # the newest verdict is about other bytes
     stranger = tmp_path / "runs" / "stranger"
     stranger.mkdir()
     (stranger / "model.safetensors").write_bytes(b"garbage")
     (stranger / "config.json").write_text(json.dumps({"run_id": "stranger", "variants": {"fp32": "model.safetensors"}}))
     with pytest.raises(ConfigError, match="did not record run stranger"):
-        promote(led, stranger, approver="carla")  # a folder no ledger recorded
+        promote(led, stranger, approver=CARLA)  # a folder no ledger recorded
     led.close()
     import sqlite3
 
@@ -287,7 +322,7 @@ def test_the_gate_reads_the_ledger_not_the_folder(fake_run, tmp_path):
         body = db.execute("SELECT body FROM events WHERE seq = 4").fetchone()[0]
         db.execute("UPDATE events SET body = ? WHERE seq = 4", (body.replace('"passed":true', '"passed":false'),))
     with Ledger.open(tmp_path / "ledger.db") as led2, pytest.raises(IntegrityError, match="does not verify"):
-        promote(led2, fake_run, approver="carla")
+        promote(led2, fake_run, approver=CARLA)
 
 
 def test_each_variant_keeps_its_own_suite_result(fake_run, tmp_path):
@@ -296,12 +331,12 @@ def test_each_variant_keeps_its_own_suite_result(fake_run, tmp_path):
     led = Ledger.open(tmp_path / "ledger.db")
     _suite(fake_run, "quick", True, led.location, variant="int8")
     _suite(fake_run, "quick", False, led.location, variant="fp32", file="suite-quick@fp32.json")
-    assert [s["variant"] for s in promote(led, fake_run, approver="carla", suite="quick").data["suites"]] == ["int8"]
-    assert promote(led, fake_run, approver="carla").data["suites"][0]["variant"] == "int8"
+    assert [s["variant"] for s in promote(led, fake_run, approver=CARLA, suite="quick").data["suites"]] == ["int8"]
+    assert promote(led, fake_run, approver=CARLA).data["suites"][0]["variant"] == "int8"
     with pytest.raises(PromotionRefused, match="regression suite failed: quick"):
-        promote(led, fake_run, approver="carla", variant="fp32", suite="quick")
+        promote(led, fake_run, approver=CARLA, variant="fp32", suite="quick")
     with pytest.raises(ConfigError, match="plain name"):
-        promote(led, fake_run, approver="carla", suite="quick@fp32")
+        promote(led, fake_run, approver=CARLA, suite="quick@fp32")
     led.close()
 
 
@@ -323,7 +358,7 @@ def test_promotion_hashes_only_files_inside_the_run_folder(fake_run, tmp_path, c
     (fake_run / "config.json").write_text(json.dumps(cfg))
     led = Ledger.open(tmp_path / "ledger.db")
     with pytest.raises(IntegrityError, match="points outside the run folder"):
-        promote(led, fake_run, approver="carla", variant="int8")
+        promote(led, fake_run, approver=CARLA, variant="int8")
     assert not led.events(kind="model.promoted")
 
 
@@ -337,13 +372,13 @@ def test_a_decision_is_in_the_ledger_or_not_at_all(tmp_path, monkeypatch):
 
         monkeypatch.setattr(q.ledger, "append", locked)
         with pytest.raises(RuntimeError, match="locked"):
-            q.decide(item.id, reviewer="ana", approve=True)
+            q.decide(item.id, reviewer=ANA, approve=True)
         assert q.get(item.id).status == "open"  # the table change was taken back
         with pytest.raises(RuntimeError, match="locked"):
             q.enqueue(run="run1", text="y", label="comedy", confidence=0.2, reason="ood")
         assert [i.input_text for i in q.list()] == ["x"]
         monkeypatch.undo()
-        assert q.decide(item.id, reviewer="ana", approve=True).status == "approved"
+        assert q.decide(item.id, reviewer=ANA, approve=True).status == "approved"
 
 
 def test_the_review_table_cannot_reopen_or_invent_items(tmp_path, capsys):
@@ -353,7 +388,7 @@ def test_the_review_table_cannot_reopen_or_invent_items(tmp_path, capsys):
     with ReviewQueue.open(led) as q:
         a = q.enqueue(run="run1", text="x", label="comedy", confidence=0.3, reason="ood").id
         b = q.enqueue(run="run1", text="y", label="comedy", confidence=0.3, reason="ood").id
-        q.decide(a, reviewer="ana", approve=True)
+        q.decide(a, reviewer=ANA, approve=True)
     with sqlite3.connect(led) as db:
         db.execute("UPDATE review_items SET status = 'open', reviewer = NULL, decided = NULL WHERE id = ?", (a,))
         db.execute("UPDATE review_items SET input_text = 'edited' WHERE id = ?", (b,))
@@ -361,11 +396,11 @@ def test_the_review_table_cannot_reopen_or_invent_items(tmp_path, capsys):
                    "VALUES ('t', 'run1', ?, 'z', 'comedy', 0.1, 'ood')", (hashlib.sha256(b"z").hexdigest(),))
     with ReviewQueue.open(led) as q:
         with pytest.raises(ConfigError, match=r"already decided \(ledger event #\d+: approved by ana\)"):
-            q.decide(a, reviewer="mallory", approve=False, override_label="tragedy")
+            q.decide(a, reviewer=MALLORY, approve=False, override_label="tragedy")
         with pytest.raises(IntegrityError, match="no longer matches the sha256"):
-            q.decide(b, reviewer="mallory", approve=True)
+            q.decide(b, reviewer=MALLORY, approve=True)
         with pytest.raises(IntegrityError, match="no review.enqueued event"):
-            q.decide(b + 1, reviewer="mallory", approve=True)
+            q.decide(b + 1, reviewer=MALLORY, approve=True)
     assert [e.data["reviewer"] for e in Ledger.open(led).events(kind="review.decided")] == ["ana"]
     assert main(["review", "show", "99999999999999999999999", "--ledger", str(led)]) == 2
     assert "no such item" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``nnforge dashboard serve|token``: the web dashboard over the ledger, the runs and the review queue."""
+"""``nnforge dashboard serve``: the web dashboard over the ledger, the runs and the review queue. Each person
+logs in with their own name and token (``nnforge users add``); there is no shared dashboard token."""
 
 from __future__ import annotations
 
@@ -7,13 +8,11 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli._common import console, ledger_location, out, record_cli
+from nnforge.cli._common import console, ledger_location, record_cli
 
 app = typer.Typer(help="Web dashboard: runs, reports, lineage, ledger verification and the review queue.",
                   no_args_is_help=True)
 
-TokenOpt = Annotated[str | None, typer.Option("--token-file", help="Where the token's hash is kept "
-                                                                    "(default .nnforge/dashboard.token).")]
 LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
 
@@ -28,44 +27,31 @@ def _is_loopback(host: str) -> bool:
 
 
 @app.command()
-def token(token_file: TokenOpt = None, ledger: LedgerOpt = None, actor: ActorOpt = None) -> None:
-    """Create a new access token, print it once and store only its SHA-256 (mode 0600). The previous token and
-    every session opened with it stop working. Recorded in the ledger (who, when, the token's fingerprint)."""
-    from nnforge.govern.dashboard import DEFAULT_TOKEN_FILE, new_token, token_fingerprint
-
-    path = token_file or str(DEFAULT_TOKEN_FILE)
-    value = new_token(path)
-    record_cli("dashboard.token", {"token_file": path, "fingerprint": token_fingerprint(path)[:16]}, ledger=ledger,
-               actor=actor)
-    console.print(f"new dashboard token (shown once; its hash is in {path}):", markup=False)
-    out.print(value, markup=False, highlight=False)
-
-
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback only unless --allow-remote).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
     ledger: LedgerOpt = None,
     actor: ActorOpt = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of the run folders.")] = "runs",
-    token_file: TokenOpt = None,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Listen on a non-loopback address. The "
                                                                       "dashboard speaks plain HTTP: put it behind "
                                                                       "a TLS proxy first.")] = False,
 ) -> None:
-    """Serve the dashboard (log in with the token from 'nnforge dashboard token')."""
+    """Serve the dashboard; each user logs in with their name and the token from 'nnforge users add'."""
     from nnforge.errors import ConfigError, MissingDependencyError
-    from nnforge.govern.dashboard import DEFAULT_TOKEN_FILE, token_fingerprint
+    from nnforge.govern.users import UserStore
 
     if not _is_loopback(host) and not allow_remote:
         raise ConfigError(f"--host {host!r} is not a loopback address: the dashboard speaks plain HTTP, so the "
-                          "token and session cookie would cross the network unencrypted, and anyone who can reach "
+                          "tokens and session cookies would cross the network unencrypted, and anyone who can reach "
                           "the port can try tokens. Keep 127.0.0.1 (use an SSH tunnel), or put a TLS proxy in "
                           "front and pass --allow-remote")
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port}: must be in 1..65535")
-    tokens = token_file or str(DEFAULT_TOKEN_FILE)
-    token_fingerprint(tokens)  # fails now, with the fix, when no token was created
+    users = UserStore.for_ledger(ledger_location(ledger))
+    if not users.users():  # fails now, with the fix, when nobody could log in
+        raise ConfigError(f"no users in {users.path}: nobody could log in. Create the first admin with 'nnforge "
+                          "users add NAME --role admin' (same --ledger), then serve")
     try:
         import uvicorn
 
@@ -77,10 +63,10 @@ def serve(
     # the address served on is a Host header its own pages send (127.0.0.2 was refused by its own server)
     allowed = None if allow_remote else sorted({"127.0.0.1", "localhost", "[::1]", "::1", bind,
                                                 f"[{bind}]" if ":" in bind else bind})
-    web = create_app(ledger_location(ledger), runs_dir, tokens, allowed_hosts=allowed)
+    web = create_app(ledger_location(ledger), runs_dir, users.path, allowed_hosts=allowed)
     # who opened the ledger's data to a web server, where and for whom, is itself on the record
     record_cli("dashboard.serve", {"host": host, "port": port, "allow_remote": allow_remote, "runs_dir": runs_dir,
-                                   "token_file": tokens}, ledger=ledger, actor=actor)
+                                   "users_file": str(users.path)}, ledger=ledger, actor=actor)
     from nnforge.ledger import redact_url
 
     shown = f"[{bind}]" if ":" in bind else bind

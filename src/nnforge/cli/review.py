@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
+from nnforge.cli import users as users_cli
 from nnforge.cli._common import existing_ledger, ledger_location, out, print_json, read_text_lines, run_ledger, safe
+from nnforge.cli.users import KeyFileOpt, TokenFileOpt, current_user
 
 app = typer.Typer(help="Review queue: low-confidence, out-of-distribution and audit-sampled outputs.",
                   no_args_is_help=True)
@@ -92,7 +94,8 @@ def enqueue(
 
 @app.command("list")
 def list_(
-    status: Annotated[str | None, typer.Option(help="Only items with this status: open, approved, overridden.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only items with this status: open, approved, overridden, "
+                                                    "out_of_scope, escalated.")] = None,
     ledger: LedgerOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print items as JSON.")] = False,
 ) -> None:
@@ -149,19 +152,31 @@ def decide(
     item_id: Annotated[int, typer.Argument(metavar="ID", help="Review item id.")],
     approve: Annotated[bool, typer.Option("--approve", help="The model's output stands.")] = False,
     override: Annotated[str | None, typer.Option("--override", help="Replace the output with this label.")] = None,
+    out_of_scope: Annotated[bool, typer.Option("--out-of-scope", help="The input is outside what the model is "
+                                                                      "for (no label applies).")] = False,
+    escalate: Annotated[bool, typer.Option("--escalate", help="Pass the item to an approver, who decides it.")] = False,
     note: Annotated[str, typer.Option("--note", help="Why (stored verbatim, shown escaped).")] = "",
-    reviewer: Annotated[str | None, typer.Option(help="Who decides (default: the OS user).")] = None,
+    token_file: TokenFileOpt = None,
+    key_file: KeyFileOpt = None,
+    reviewer: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: checked against the "
+                                                                   "authenticated user.")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder where the item's run is looked up (label check).")] = "runs",
     ledger: LedgerOpt = None,
 ) -> None:
-    """Approve or override one item, once; the decision, reviewer and timing go to the ledger. Exit 2 for an
-    unknown id, a second decision, both or neither of --approve/--override, or a label the run does not have."""
+    """Decide one item, once, as the user whose token is in NNFORGE_TOKEN (or --token-file): approve, override,
+    mark out of scope, or escalate to an approver. The decision, the authenticated user (and a signature when the
+    user has a key) and the timing go to the ledger. Exit 2 for no or a bad token, a role too low, an unknown id,
+    a second decision, not exactly one decision, or a label the run does not have."""
     from nnforge.errors import ConfigError
-    from nnforge.ledger import default_actor
 
-    if approve == (override is not None):
-        raise ConfigError("review decide: give exactly one of --approve or --override LABEL")
-    q = _queue(ledger)
+    chosen = [d for d, on in (("approve", approve), ("override", override is not None),
+                              ("out-of-scope", out_of_scope), ("escalate", escalate)) if on]
+    if len(chosen) != 1:
+        raise ConfigError("review decide: give exactly one of --approve, --override LABEL, --out-of-scope or "
+                          "--escalate")
+    loc = existing_ledger(ledger)
+    user = current_user(loc, token_file, "review", reviewer)
+    q = _queue(loc)
     try:
         item = q.get(item_id)
         labels = None
@@ -175,8 +190,8 @@ def decide(
             if labels is None:
                 raise ConfigError(f"review decide: cannot check --override {override!r}: run {item.run} (its "
                                   f"config.json with label_names) is not under {runs_dir}/; pass --runs-dir")
-        done = q.decide(item_id, reviewer=reviewer or default_actor(), approve=approve, override_label=override,
-                        note=note, allowed_labels=labels)
+        done = q.decide(item_id, reviewer=user, decision=chosen[0], override_label=override, note=note,
+                        allowed_labels=labels, key_file=users_cli.key_file(key_file))
     finally:
         q.close()
     out.print(f"item {done.id} {done.status} by {safe(done.reviewer)}: {safe(done.final_label)} "
@@ -205,31 +220,42 @@ def stats(
         return "—" if x is None else format(x, spec)
 
     table = Table(show_header=True)
-    for col in ("group", "items", "open", "approved", "overridden", "approval rate", "median s"):
+    for col in ("group", "items", "open", "approved", "overridden", "out of scope", "escalated", "approval rate",
+                "median s"):
         table.add_column(col)
     rows = [("total", s["total"])] + [(f"reviewer {k}", v) for k, v in s["by_reviewer"].items()] + [
         (f"reason {k}", v) for k, v in s["by_reason"].items()]
     for name, v in rows:
         table.add_row(Text(safe(name)), str(v["items"]), str(v["open"]), str(v["approved"]), str(v["overridden"]),
-                      fmt(v["approval_rate"], ".0%"), fmt(v["median_decision_seconds"], ".1f"))
+                      str(v["out_of_scope"]), str(v["escalated"]), fmt(v["approval_rate"], ".0%"),
+                      fmt(v["median_decision_seconds"], ".1f"))
     out.print(table)
 
 
 def promote(
     run: Annotated[str, typer.Argument(help="Run folder or run id.")],
     to: Annotated[str, typer.Option("--to", help="Stage: production or staging.")] = "production",
-    approver: Annotated[str | None, typer.Option(help="Who approves (required, recorded).")] = None,
-    suite: Annotated[str | None, typer.Option(help="Require this suite's result (suite-SUITE.json) to pass; "
-                                                   "default: every suite-*.json in the run folder.")] = None,
+    suite: Annotated[str | None, typer.Option(help="Require this suite's verdict, as the ledger recorded it for the "
+                                                   "promoted variant (its newest suite.evaluated event), to pass; "
+                                                   "default: every suite the ledger recorded for that variant. "
+                                                   "Result files in the run folder are not read for the decision.")] = None,
     variant: Annotated[str | None, typer.Option(help="Model variant (default: the run's final one).")] = None,
     revoke: Annotated[bool, typer.Option("--revoke", help="Revoke the run's standing promotion instead.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why the promotion is revoked (with --revoke).")] = None,
+    token_file: TokenFileOpt = None,
+    key_file: KeyFileOpt = None,
+    approver: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: checked against the "
+                                                                   "authenticated user.")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder where run ids are looked up.")] = "runs",
     ledger: LedgerOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the ledger event as JSON.")] = False,
 ) -> None:
-    """Promote a run's model (a named approver and passing regression suites, both recorded; exit 1 when a suite
-    failed), or with --revoke record that a promotion is withdrawn (records are never deleted)."""
+    """Promote a run's model as the user whose token is in NNFORGE_TOKEN (or --token-file), an approver or admin.
+
+    The ledger must verify and have recorded the run and the variant's weights; every regression suite the ledger
+    recorded for the variant must have passed (exit 1 names a failed one), and a variant no suite evaluated is
+    refused when other variants' suites exist. With --revoke, record that the standing promotion is withdrawn
+    (nothing is deleted). Exit 2 for no or a bad token, a reviewer's token, and bad input."""
     from nnforge.errors import ConfigError
     from nnforge.govern import promotion as gate
     from nnforge.ledger import Ledger
@@ -238,21 +264,25 @@ def promote(
     if reason is not None and not revoke:
         raise ConfigError("--reason goes with --revoke (a promotion records its suites and approver, not a reason)")
     folder = find_run(run, runs_dir)
-    led = Ledger.open(run_ledger(ledger, folder))
+    loc = run_ledger(ledger, folder)
+    user = current_user(loc, token_file, "revoke" if revoke else "promote", approver, "--approver")
+    led = Ledger.open(loc)
     try:
         if revoke:
-            ev = gate.revoke(led, folder, approver=approver, reason=reason or "")
+            ev = gate.revoke(led, folder, approver=user, reason=reason or "", key_file=users_cli.key_file(key_file))
         else:
-            ev = gate.promote(led, folder, approver=approver, to=to, variant=variant, suite=suite)
+            ev = gate.promote(led, folder, approver=user, to=to, variant=variant, suite=suite,
+                              key_file=users_cli.key_file(key_file))
     finally:
         led.close()
+    signed = " (signed)" if ev.data.get("signature") else ""
     if json_:
         print_json(ev.to_dict())
     elif revoke:
         out.print(f"revoked promotion #{ev.data['promotion_seq']} of run {safe(ev.run)} ({safe(ev.data['variant'])}) by "
-                  f"{safe(ev.data['approver'])}: event #{ev.seq}", markup=False)
+                  f"{safe(ev.data['approver'])}{signed}: event #{ev.seq}", markup=False)
     else:
         suites = ", ".join(f"{safe(s['name'])} passed" for s in ev.data["suites"]) or "no regression suite defined"
         out.print(f"promoted run {safe(ev.run)} {safe(ev.data['variant'])} (sha256 {ev.data['weights_sha256'][:12]}…) to "
-                  f"{ev.data['stage']}, approved by {safe(ev.data['approver'])}; {suites}: event #{ev.seq}",
+                  f"{ev.data['stage']}, approved by {safe(ev.data['approver'])}{signed}; {suites}: event #{ev.seq}",
                   markup=False)

@@ -1,5 +1,9 @@
-"""The promotion gate: a run's model goes to a stage (``production``) only with a named approver and passing
-regression suites, and the ledger keeps both; a promotion can be revoked, never deleted.
+"""The promotion gate: a run's model goes to a stage (``production``) only with an authenticated approver and
+passing regression suites, and the ledger keeps both; a promotion can be revoked, never deleted.
+
+The approver is a :class:`nnforge.govern.users.User` authenticated by its token, with the ``approver`` or
+``admin`` role (a reviewer is refused before anything is read); the event records the user and, when they have
+a registered key, their signature over the event (:func:`nnforge.govern.users.decision_data`).
 
 The gate reads the ledger, not the run folder: the ledger must verify and must have recorded the run, the
 variant's weights must be the bytes the run recorded writing (``artifact.written``), and the verdicts are the
@@ -19,6 +23,7 @@ from typing import Any
 
 from nnforge import runs
 from nnforge.errors import ConfigError, IntegrityError, NnforgeError
+from nnforge.govern.users import User, decision_data, require
 from nnforge.ledger import Event, Ledger, file_sha256
 
 __all__ = ["STAGES", "PromotionRefused", "SuiteRecord", "promote", "revoke", "promotions"]
@@ -108,26 +113,24 @@ def _gate_weights(ledger: Ledger, events: list[Event], folder: Path, name: str, 
     return sha
 
 
-def _approver(approver: str | None) -> str:
-    name = (approver or "").strip()
-    if not name:
-        raise ConfigError("promotion: a named approver is required (--approver NAME)")
-    return name
-
-
-def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | None, to: str = "production",
-            variant: str | None = None, suite: str | None = None) -> Event:
+def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: User | None, to: str = "production",
+            variant: str | None = None, suite: str | None = None,
+            key_file: str | os.PathLike[str] | None = None) -> Event:
     """Record ``model.promoted`` for a run's model after checking the gate; returns the event.
 
+    ``approver`` is the authenticated user; ``key_file`` their private key when they have a registered one.
+
     Raises:
-        ConfigError: no approver, unknown stage or variant, a named suite never evaluated, a ledger that did not
+        AccessDenied: no authenticated user, a reviewer (promoting needs approver or admin), a missing or
+            foreign signing key.
+        ConfigError: unknown stage or variant, a named suite never evaluated, a ledger that did not
             record the run.
         PromotionRefused: a suite considered did not pass (the message names it and its failed checks), or
             every suite evaluated another variant than the one promoted.
         IntegrityError: the ledger does not verify; the weights are not the bytes the run wrote, or a suite
             judged other weights; a result file edited or replaced after it was recorded.
     """
-    who = _approver(approver)
+    who = require(approver, "promote")
     if to not in STAGES:
         raise ConfigError(f"promotion: stage {to!r} is not one of {list(STAGES)}")
     folder = Path(run_dir)
@@ -167,10 +170,11 @@ def promote(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | 
         detail = "; ".join(f"{s.name} ({', '.join(s.failed) or 'failed'})" for s in failed)
         raise PromotionRefused(f"{folder}: not promoted: regression suite failed: {detail}. Fix the model or the "
                                "suite, rerun 'nnforge evaluate', then promote again")
-    return ledger.append("model.promoted", {
+    data = decision_data(who, "promote", "model.promoted", run_id, {
         "stage": to, "variant": name, "weights": variants[name], "weights_sha256": weights_sha,
-        "approver": who, "suites": [s.to_dict() for s in suites], "suite_required": suite is not None,
-        "no_suite": not suites}, run=run_id, actor=who)
+        "approver": who.name, "suites": [s.to_dict() for s in suites], "suite_required": suite is not None,
+        "no_suite": not suites}, key_file)
+    return ledger.append("model.promoted", data, run=run_id, actor=who.name)
 
 
 def promotions(ledger: Ledger, run_id: str | None = None) -> list[dict[str, Any]]:
@@ -187,9 +191,11 @@ def promotions(ledger: Ledger, run_id: str | None = None) -> list[dict[str, Any]
     return out
 
 
-def revoke(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | None, reason: str) -> Event:
-    """Record ``model.revoked`` for the run's latest promotion that is still standing (nothing is deleted)."""
-    who = _approver(approver)
+def revoke(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: User | None, reason: str,
+           key_file: str | os.PathLike[str] | None = None) -> Event:
+    """Record ``model.revoked`` for the run's latest promotion that is still standing (nothing is deleted);
+    ``approver`` is the authenticated user (approver or admin)."""
+    who = require(approver, "revoke")
     if not (reason or "").strip():
         raise ConfigError("revoking a promotion needs a reason (--reason TEXT)")
     folder = Path(run_dir)
@@ -198,6 +204,7 @@ def revoke(ledger: Ledger, run_dir: str | os.PathLike[str], *, approver: str | N
     if not standing:
         raise ConfigError(f"run {run_id}: no standing promotion to revoke in {ledger.location}")
     p = standing[-1]
-    return ledger.append("model.revoked", {
+    data = decision_data(who, "revoke", "model.revoked", run_id, {
         "promotion_seq": p["seq"], "stage": p.get("stage"), "variant": p.get("variant"),
-        "weights_sha256": p.get("weights_sha256"), "approver": who, "reason": reason}, run=run_id, actor=who)
+        "weights_sha256": p.get("weights_sha256"), "approver": who.name, "reason": reason}, key_file)
+    return ledger.append("model.revoked", data, run=run_id, actor=who.name)

@@ -5,6 +5,11 @@ Items live in the ledger's own database (its SQLite file or its PostgreSQL datab
 ``review.decided`` event (reviewer, item, decision, seconds from enqueue to decision), so the hash chain
 proves who decided what and when even if the queue table itself were edited later.
 
+A decision is made by an authenticated user (:class:`nnforge.govern.users.User`, from
+:meth:`UserStore.authenticate <nnforge.govern.users.UserStore.authenticate>`) with at least the reviewer role:
+approve the model's label, override it with another, mark the input **out of scope** (the model should not have
+been asked) or **escalate** it to an approver, who then decides it (an escalated item stays pending).
+
 Which outputs go to review is decided by :func:`review_rules`: low confidence, flagged by an OOD guard
 (``nnforge.explain.OODGuard``), or drawn into a seeded random audit sample of the rest — the audit sample is
 what estimates the error rate of the outputs nobody would otherwise look at.
@@ -12,7 +17,8 @@ what estimates the error rate of the outputs nobody would otherwise look at.
 >>> q = ReviewQueue.open("/tmp/demo-ledger.db")  # doctest: +SKIP
 >>> item = q.enqueue(run="r1", variant="fp32", text="…", label="comedy", confidence=0.41,
 ...                  reason="low_confidence")  # doctest: +SKIP
->>> q.decide(item.id, reviewer="ana", approve=False, override_label="tragedy", note="act V").status  # doctest: +SKIP
+>>> ana = UserStore.for_ledger("/tmp/demo-ledger.db").authenticate(token)  # doctest: +SKIP
+>>> q.decide(item.id, reviewer=ana, approve=False, override_label="tragedy", note="act V").status  # doctest: +SKIP
 'overridden'
 """
 
@@ -30,12 +36,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nnforge.errors import ConfigError, DataError, IntegrityError
-from nnforge.ledger import Ledger
+from nnforge.govern.users import AccessDenied, User, decision_data, require
+from nnforge.ledger import Event, Ledger
 
-__all__ = ["REASONS", "STATUSES", "ReviewItem", "ReviewPick", "ReviewQueue", "review_rules"]
+__all__ = ["REASONS", "STATUSES", "DECISIONS", "ReviewItem", "ReviewPick", "ReviewQueue", "review_rules"]
 
 REASONS = ("low_confidence", "ood", "audit")
-STATUSES = ("open", "approved", "overridden")
+STATUSES = ("open", "approved", "overridden", "out_of_scope", "escalated")
+DECISIONS = ("approve", "override", "out-of-scope", "escalate")
+"""What a reviewer may decide; each gives the status of the same position in ``STATUSES[1:]``."""
+_FINAL = ("approved", "overridden", "out_of_scope")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_items (
@@ -161,13 +171,30 @@ def review_rules(predictions: Sequence[dict[str, Any]], *, min_confidence: float
 
 
 def _summary(items: list[ReviewItem]) -> dict[str, Any]:
-    decided = [i for i in items if i.status != "open"]
+    decided = [i for i in items if i.status in _FINAL]
     approved = sum(i.status == "approved" for i in decided)
     seconds = [s for i in decided if (s := i.decision_seconds) is not None]
-    return {"items": len(items), "open": len(items) - len(decided), "decided": len(decided), "approved": approved,
-            "overridden": len(decided) - approved,
+    return {"items": len(items), "open": sum(i.status == "open" for i in items), "decided": len(decided),
+            "approved": approved, "overridden": sum(i.status == "overridden" for i in decided),
+            "out_of_scope": sum(i.status == "out_of_scope" for i in decided),
+            "escalated": sum(i.status == "escalated" for i in items),
             "approval_rate": approved / len(decided) if decided else None,
             "median_decision_seconds": statistics.median(seconds) if seconds else None}
+
+
+def _decision(decision: str | None, approve: bool, override_label: str | None) -> str:
+    """The decision asked for: ``decision``, or the older ``approve=True`` / ``override_label=…`` form."""
+    if decision is None:
+        if approve == (override_label is not None):
+            raise ConfigError("review decision: give exactly one of approve or an override label (or a decision: "
+                              f"one of {list(DECISIONS)})")
+        return "approve" if approve else "override"
+    if decision not in DECISIONS:
+        raise ConfigError(f"review decision: {decision!r} is not one of {list(DECISIONS)}")
+    if approve or (override_label is not None) != (decision == "override"):
+        raise ConfigError(f"review decision: give exactly one decision ({decision!r} with approve="
+                          f"{approve}, override label {override_label!r})")
+    return decision
 
 
 class ReviewQueue:
@@ -244,13 +271,19 @@ class ReviewQueue:
             exc.add_note(f"and the review table could not be restored ({undo_exc}); run 'nnforge review list'")
 
     def _check_recorded(self, item: ReviewItem) -> None:
-        """The item must be the one the ledger recorded queueing (same input), and not decided there yet."""
+        """The item must be the one the ledger recorded queueing (same input), and not finally decided there."""
         if text_sha256(item.input_text) != item.input_sha256:
             raise IntegrityError(f"review item {item.id}: its input text no longer matches the sha256 recorded when "
                                  "it was queued (the review table was edited)")
         queued = decided = None
-        for e in self.ledger.events(run=item.run):
-            if e.data.get("item") == item.id and e.data.get("input_sha256") == item.input_sha256:
+        for seq, hash_, body in self.ledger.store.rows():
+            if item.input_sha256 not in body:  # only events about this input are parsed (a queue of thousands)
+                continue
+            try:
+                e = Event.from_row(seq, hash_, body)
+            except ValueError:
+                raise IntegrityError(f"ledger event #{seq} is not valid JSON; run 'nnforge ledger verify'") from None
+            if e.run == item.run and e.data.get("item") == item.id and e.data.get("input_sha256") == item.input_sha256:
                 if e.kind == "review.enqueued":
                     queued = e
                 elif e.kind == "review.decided":
@@ -258,24 +291,28 @@ class ReviewQueue:
         if queued is None:
             raise IntegrityError(f"review item {item.id}: the ledger at {self.location} holds no review.enqueued "
                                  "event for it (the review table was edited); it cannot be decided")
-        if decided is not None:
+        if decided is not None and decided.data.get("decision") != "escalated":
             raise ConfigError(f"review item {item.id} was already decided (ledger event #{decided.seq}: "
                               f"{decided.data.get('decision')} by {decided.data.get('reviewer')}); a decision "
                               "cannot be changed")
 
-    def decide(self, item_id: int, *, reviewer: str, approve: bool, override_label: str | None = None,
-               note: str = "", allowed_labels: Sequence[str] | None = None) -> ReviewItem:
-        """Approve the model's output or override it with another label; only once per item.
+    def decide(self, item_id: int, *, reviewer: User, decision: str | None = None, approve: bool = False,
+               override_label: str | None = None, note: str = "", allowed_labels: Sequence[str] | None = None,
+               key_file: str | os.PathLike[str] | None = None) -> ReviewItem:
+        """Decide one item, once: ``approve`` the model's output, ``override`` it with another label, mark the
+        input ``out-of-scope``, or ``escalate`` it (an approver or admin then decides it finally).
 
-        Records ``review.decided`` with the reviewer (also the event's actor), the decision, the labels and the
-        seconds from enqueue to decision. ``allowed_labels`` (the run's label names), when given, must contain
-        the override label.
+        ``reviewer`` is the authenticated user (role reviewer or higher; approver for an escalated item). Records
+        ``review.decided`` with the user (name, role, how authenticated; also the event's actor), a signature when
+        ``key_file`` is given (required for a token user with a registered key), the decision, the labels and
+        the seconds from enqueue to decision. ``allowed_labels`` (the run's label names), when given, must
+        contain the override label. The older form ``approve=True`` / ``override_label=…`` still works.
+
+        Raises:
+            AccessDenied: no authenticated user, a role too low, a missing or foreign signing key.
         """
-        reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise ConfigError("review decision: a named reviewer is required")
-        if approve == (override_label is not None):
-            raise ConfigError("review decision: give exactly one of approve or an override label")
+        require(reviewer, "review")
+        what = _decision(decision, approve, override_label)
         if override_label is not None:
             if not override_label:
                 raise ConfigError("review decision: the override label is empty")
@@ -286,26 +323,37 @@ class ReviewQueue:
         if override_label is not None and override_label == item.label:
             raise ConfigError(f"review decision: {override_label!r} is what the model said; approve it instead "
                               "(an override records a different label)")
-        if item.status != "open":
+        if item.status not in ("open", "escalated"):
             raise ConfigError(f"review item {item_id} was already decided ({item.status} by {item.reviewer} at "
                               f"{item.decided}); a decision cannot be changed")
+        if item.status == "escalated":
+            if what == "escalate":
+                raise ConfigError(f"review item {item_id} is already escalated (by {item.reviewer}); an approver "
+                                  "decides it now")
+            if not reviewer.can("promote"):
+                raise AccessDenied(f"review item {item_id} was escalated by {item.reviewer}: an approver or admin "
+                                   f"decides it, and {reviewer.name} is a {reviewer.role}")
         self._check_recorded(item)
-        status = "approved" if approve else "overridden"
+        status = STATUSES[1 + DECISIONS.index(what)]
         decided = _now().isoformat(timespec="microseconds")
+        data = {"item": item_id, "reviewer": reviewer.name, "decision": status, "reason": item.reason,
+                "label": item.label, "override_label": override_label, "note": note,
+                "input_sha256": item.input_sha256, "seconds": None}
         cur = self._sql(
             "UPDATE review_items SET status = ?, reviewer = ?, decided = ?, override_label = ?, note = ? "
-            "WHERE id = ? AND status = 'open'", (status, reviewer, decided, override_label, note, item_id))
+            "WHERE id = ? AND status = ?", (status, reviewer.name, decided, override_label, note, item_id,
+                                            item.status))
         if cur.rowcount != 1:  # another process decided it between our read and our write
             raise ConfigError(f"review item {item_id} was already decided; a decision cannot be changed")
         done = self.get(item_id)
         try:
-            self.ledger.append("review.decided", {
-                "item": item_id, "reviewer": reviewer, "decision": status, "reason": item.reason, "label": item.label,
-                "override_label": override_label, "note": note, "input_sha256": item.input_sha256,
-                "seconds": done.decision_seconds}, run=item.run, actor=reviewer)
-        except BaseException as exc:  # no decision in the table without its event: the item is open again
-            self._undo(exc, "UPDATE review_items SET status = 'open', reviewer = NULL, decided = NULL, "
-                            "override_label = NULL, note = '' WHERE id = ? AND decided = ?", (item_id, decided))
+            data["seconds"] = done.decision_seconds
+            signed = decision_data(reviewer, "review", "review.decided", item.run, data, key_file)
+            self.ledger.append("review.decided", signed, run=item.run, actor=reviewer.name)
+        except BaseException as exc:  # no decision in the table without its event: the item is as it was
+            self._undo(exc, "UPDATE review_items SET status = ?, reviewer = ?, decided = ?, override_label = ?, "
+                            "note = ? WHERE id = ? AND decided = ?",
+                       (item.status, item.reviewer, item.decided, item.override_label, item.note, item_id, decided))
             raise
         return done
 
@@ -322,7 +370,7 @@ class ReviewQueue:
         return ReviewItem(*row)
 
     def list(self, status: str | None = None) -> builtins.list[ReviewItem]:
-        """Items oldest first, optionally only those with ``status`` (open, approved, overridden)."""
+        """Items oldest first, optionally only those with ``status`` (one of :data:`STATUSES`)."""
         if status is not None and status not in STATUSES:
             raise ConfigError(f"review list: status {status!r} is not one of {list(STATUSES)}")
         sql = f"SELECT {', '.join(_COLUMNS)} FROM review_items"

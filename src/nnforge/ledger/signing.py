@@ -46,6 +46,10 @@ __all__ = [
     "verify_signed_head",
     "load_signed_head",
     "write_signed_head",
+    "public_key_pem",
+    "pem_fingerprint",
+    "sign_bytes",
+    "verify_bytes",
 ]
 
 SIGNED_EVENT_KIND = "ledger.signed"
@@ -299,3 +303,46 @@ def load_signed_head(path: str | os.PathLike[str]) -> SignedHead:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid JSON ({exc})") from None
     return SignedHead.from_dict(doc, where=str(p))
+
+
+# --- signatures by a person's key (decisions: reviews, promotions, revocations) ----------------------------
+
+
+def public_key_pem(path: str | os.PathLike[str]) -> str:
+    """The PEM text of the Ed25519 public key at ``path`` (checked to be one)."""
+    serialization, _ = _crypto()
+    pem: bytes = _load_public(path).public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem.decode("ascii")
+
+
+def pem_fingerprint(pem: str) -> str:
+    """``sha256:<hex>`` of the raw Ed25519 public key in ``pem`` (the same as :func:`key_fingerprint`)."""
+    serialization, ed25519 = _crypto()
+    try:
+        key = serialization.load_pem_public_key(pem.encode("ascii"))
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise ConfigError(f"not a PEM public key ({exc})") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ConfigError(f"a {type(key).__name__}, but decisions are signed with Ed25519 keys")
+    return key_fingerprint(key)
+
+
+def sign_bytes(private_key_path: str | os.PathLike[str], payload: bytes) -> tuple[str, str]:
+    """Sign ``payload`` with the Ed25519 private key at ``private_key_path``; returns ``(fingerprint, base64
+    signature)``."""
+    key = _load_private(private_key_path)
+    return key_fingerprint(key.public_key()), base64.b64encode(key.sign(payload)).decode("ascii")
+
+
+def verify_bytes(public_pem: str, payload: bytes, signature: str) -> bool:
+    """Whether ``signature`` (base64) is the Ed25519 signature of ``payload`` by the key in ``public_pem``."""
+    serialization, _ = _crypto()
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        key = serialization.load_pem_public_key(public_pem.encode("ascii"))
+        key.verify(base64.b64decode(signature, validate=True), payload)  # type: ignore[union-attr, call-arg]
+    except (InvalidSignature, binascii.Error, ValueError, TypeError, UnicodeEncodeError):
+        return False
+    return True

@@ -1,8 +1,9 @@
-"""The login and logout pages: the token logs in (a session cookie), failed guesses are rate-limited."""
+"""The login and logout pages: a user's name and token log in (a session cookie), failed tries are rate-limited."""
 
 from __future__ import annotations
 
 import collections
+import hmac
 import threading
 import time
 
@@ -10,7 +11,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from nnforge.govern.dashboard._context import COOKIE, Dashboard
-from nnforge.govern.dashboard._security import check_token, same_origin
+from nnforge.govern.dashboard._security import same_origin
+from nnforge.govern.users import AccessDenied
 
 __all__ = ["login_pages"]
 
@@ -31,19 +33,23 @@ def login_pages(d: Dashboard) -> APIRouter:
     def login_form(request: Request) -> Response:
         if d.session_of(request) is not None:
             return RedirectResponse("/", status_code=303)
-        return d.page(request, "login.j2", configured=d.fingerprint() is not None)
+        return d.page(request, "login.j2", configured=bool(d.users.users()))
 
     @router.post("/login", response_class=HTMLResponse)
-    def login(request: Request, token: str = Form("")) -> Response:
+    def login(request: Request, username: str = Form(""), token: str = Form("")) -> Response:
         if not same_origin(request.headers.get("origin"), request.headers.get("referer"),
                            request.headers.get("host"), request.url.scheme):
             return d.error(request, 403, "cross-origin login refused")
         now = time.monotonic()
-        fp = d.fingerprint()
-        if fp is None:
-            return d.error(request, 503, f"no dashboard token is configured ({d.tokens}): create one with "
-                                         "'nnforge dashboard token'")
-        if not check_token(d.tokens, token):  # a valid token always logs in: failed guesses cannot lock its owner out
+        if not d.users.users():
+            return d.error(request, 503, f"no users in {d.users.path}: create the first admin with "
+                                         "'nnforge users add NAME --role admin'")
+        try:  # a valid token always logs in: failed guesses cannot lock its owner out
+            user = d.users.authenticate(token, via="session")
+            ok = hmac.compare_digest(user.name.encode(), username.strip().encode())
+        except AccessDenied:
+            ok = False
+        if not ok:
             with failures_lock:
                 while failures and now - failures[0] > 60:
                     failures.popleft()
@@ -51,7 +57,7 @@ def login_pages(d: Dashboard) -> APIRouter:
                 if len(failures) > _LOGIN_FAILURES_PER_MINUTE:
                     return d.error(request, 429, "too many failed logins in the last minute; wait and try again")
             return d.page(request, "login.j2", 401, configured=True, failed=True)
-        s = d.sessions.create(fp)
+        s = d.sessions.create(user, d.users.credential_digest(user.name) or "")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, s.id, httponly=True, samesite="strict", secure=request.url.scheme == "https",
                             path="/")

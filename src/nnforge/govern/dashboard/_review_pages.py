@@ -1,4 +1,5 @@
-"""The review pages: the queue, one item, and its approve/override form."""
+"""The review pages: the queue, one item, and its decision forms (approve, override, out of scope, escalate), each
+decision made as the logged-in user."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from nnforge.errors import ConfigError, NnforgeError
 from nnforge.govern.dashboard._context import Dashboard
-from nnforge.govern.review import STATUSES
+from nnforge.govern.review import DECISIONS, STATUSES
+from nnforge.govern.users import AccessDenied
 
 __all__ = ["review_pages"]
 
-_MAX_REVIEWER, _MAX_NOTE = 200, 10_000
+_MAX_NOTE = 10_000
 
 
 def review_pages(d: Dashboard) -> APIRouter:
@@ -57,19 +59,18 @@ def review_pages(d: Dashboard) -> APIRouter:
         return d.page(request, "item.j2", session=s, item=item, labels=runs.labels(item.run))
 
     @router.post("/review/{item_id}/decide", response_class=HTMLResponse)
-    def decide(request: Request, item_id: int, csrf: str = Form(""), reviewer: str = Form(""),
-               action: str = Form(""), override_label: str = Form(""), note: str = Form("")) -> Response:
+    def decide(request: Request, item_id: int, csrf: str = Form(""), action: str = Form(""),
+               override_label: str = Form(""), note: str = Form("")) -> Response:
         s = d.session_of(request)
         refused = d.post_refusal(request, s, csrf)
         if refused is not None:
             return refused
-        if action not in ("approve", "override"):
-            return d.error(request, 400, f"action {action!r} is not one of ['approve', 'override']", s)
+        if action not in DECISIONS:
+            return d.error(request, 400, f"action {action!r} is not one of {list(DECISIONS)}", s)
         if not 1 <= item_id < 2**63:
             return d.error(request, 404, f"no review item {item_id}", s)
-        if len(reviewer) > _MAX_REVIEWER or len(note) > _MAX_NOTE:
-            return d.error(request, 400, f"a reviewer name holds at most {_MAX_REVIEWER} characters and a note "
-                                         f"at most {_MAX_NOTE}", s)
+        if len(note) > _MAX_NOTE:
+            return d.error(request, 400, f"a note holds at most {_MAX_NOTE} characters", s)
         q = d.open_queue(request, s)
         if isinstance(q, HTMLResponse):
             return q
@@ -81,9 +82,11 @@ def review_pages(d: Dashboard) -> APIRouter:
                 if labels is None:
                     raise ConfigError(f"cannot check the override label {override_label!r}: run {item.run} (its "
                                       f"config.json with label_names) is not under {runs.root}")
-            q.decide(item_id, reviewer=reviewer, approve=action == "approve",
+            q.decide(item_id, reviewer=s.user, decision=action,
                      override_label=override_label if action == "override" else None, note=note,
                      allowed_labels=labels)
+        except AccessDenied as exc:
+            return d.error(request, 403, str(exc), s)
         except NnforgeError as exc:
             return d.error(request, 400, str(exc), s)
         finally:

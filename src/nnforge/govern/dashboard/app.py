@@ -3,10 +3,10 @@
 Pages (all need a logged-in session): runs (``/``), one run (``/runs/{id}``) with its report
 (``/runs/{id}/report``) and files (``/runs/{id}/files/{name}``), lineage of an artifact (``/lineage``), ledger
 events and chain verification (``/ledger``), the review queue (``/review``) and one item (``/review/{id}``) with
-its approve/override form (``POST /review/{id}/decide``). Each group of pages is a router of its own
+its approve/override/out-of-scope/escalate forms (``POST /review/{id}/decide``), decided as the logged-in user. Each group of pages is a router of its own
 (``_login``, ``_run_pages``, ``_ledger_pages``, ``_review_pages``) over the shared :class:`Dashboard` state; this
 module wires them together with the request-size and security-header middleware. See
-:mod:`nnforge.govern.dashboard._security` for the token, session and CSRF rules.
+:mod:`nnforge.govern.dashboard._security` for the login, session and CSRF rules.
 
 Everything shown comes from the ledger and the run folders at request time; untrusted text (model inputs, notes,
 labels, file names) is HTML-escaped by Jinja2's autoescape. Only this package's modules import FastAPI.
@@ -36,7 +36,8 @@ from nnforge.govern.dashboard._ledger_pages import ledger_pages
 from nnforge.govern.dashboard._login import login_pages
 from nnforge.govern.dashboard._review_pages import review_pages
 from nnforge.govern.dashboard._run_pages import run_pages
-from nnforge.govern.dashboard._security import DEFAULT_TOKEN_FILE, SessionStore
+from nnforge.govern.dashboard._security import SessionStore
+from nnforge.govern.users import UserStore
 
 __all__ = ["create_app", "RUN_ID", "LOOPBACK_HOSTS", "COOKIE"]
 
@@ -49,15 +50,15 @@ _MAX_BODY_BYTES = 64 << 10
 
 
 def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs",
-               token_file: str | os.PathLike[str] = DEFAULT_TOKEN_FILE, *,
+               users_file: str | os.PathLike[str] | None = None, *,
                allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> Any:
     """Build the dashboard's FastAPI application.
 
     Args:
         ledger_location: the ledger (SQLite path); it also holds the review queue.
         runs_dir: the folder holding ``runs/<run-id>/``.
-        token_file: the hashed token written by ``nnforge dashboard token`` (read at every login and request,
-            so a new token takes effect at once and logs out sessions opened with the old one).
+        users_file: the user store (default: ``users.json`` beside the ledger, where ``nnforge users`` keeps
+            it); read at every login and request, so a rotated token or a removed user logs out at once.
         allowed_hosts: accepted ``Host`` header names (default: loopback names only, which stops DNS-rebinding
             pages from reaching a local dashboard); ``None`` accepts any host (``--allow-remote``).
 
@@ -66,7 +67,8 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
     """
     templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                             trim_blocks=True, lstrip_blocks=True)
-    d = Dashboard(str(ledger_location), RunFolders(Path(runs_dir)), Path(token_file), SessionStore(), templates)
+    users = UserStore(users_file) if users_file is not None else UserStore.for_ledger(ledger_location)
+    d = Dashboard(str(ledger_location), RunFolders(Path(runs_dir)), users, SessionStore(), templates)
 
     app = FastAPI(title="nnforge dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     if allowed_hosts is not None:
