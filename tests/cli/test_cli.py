@@ -107,7 +107,6 @@ def _ledger_with_events(path: str, n: int = 3) -> Ledger:
 
 @pytest.mark.parametrize("argv", [
     ["ledger", "export", "l.db", "--ledger", "l.db"],
-    ["dashboard", "token", "--token-file", "l.db", "--ledger", "l.db"],
     ["ledger", "export", "sub", "--ledger", "l.db"],
 ])
 def test_an_output_path_onto_the_ledger_or_a_folder_is_refused(workdir, capsys, argv):

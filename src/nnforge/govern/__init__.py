@@ -24,7 +24,8 @@ from nnforge.govern.documents import (
 )
 from nnforge.govern.promotion import STAGES, PromotionRefused, SuiteRecord, promote, promotions, revoke
 from nnforge.govern.report import RenderedReport, recorded_metrics, render_report, write_checked_report, write_report
-from nnforge.govern.review import REASONS, STATUSES, ReviewItem, ReviewPick, ReviewQueue, review_rules
+from nnforge.govern.review import DECISIONS, REASONS, STATUSES, ReviewItem, ReviewPick, ReviewQueue, review_rules
+from nnforge.govern.users import ROLES, AccessDenied, User, UserStore
 
 __all__ = [
     "ReviewQueue",
@@ -33,6 +34,11 @@ __all__ = [
     "review_rules",
     "REASONS",
     "STATUSES",
+    "DECISIONS",
+    "User",
+    "UserStore",
+    "ROLES",
+    "AccessDenied",
     "promote",
     "revoke",
     "promotions",

@@ -14,8 +14,9 @@ from jinja2 import Environment
 
 from nnforge import runs as run_schema
 from nnforge.errors import NnforgeError
-from nnforge.govern.dashboard._security import SessionStore, same_origin, token_fingerprint
+from nnforge.govern.dashboard._security import SessionStore, same_origin
 from nnforge.govern.review import ReviewQueue
+from nnforge.govern.users import UserStore
 
 __all__ = ["RUN_ID", "COOKIE", "RunFolders", "Dashboard"]
 
@@ -83,26 +84,18 @@ class RunFolders:
 
 @dataclass
 class Dashboard:
-    """One dashboard's state, handed to each group of pages: where the ledger and runs are, the token file,
+    """One dashboard's state, handed to each group of pages: where the ledger and runs are, the users,
     the open sessions and the page templates."""
 
     location: str
     runs: RunFolders
-    tokens: Path
+    users: UserStore
     sessions: SessionStore
     templates: Environment
 
-    def fingerprint(self) -> str | None:
-        """The configured token's fingerprint, or ``None`` when no token is configured (nobody can log in)."""
-        try:
-            return token_fingerprint(self.tokens)
-        except NnforgeError:
-            return None
-
     def session_of(self, request: Request) -> Any:
-        """The request's logged-in session, or ``None``."""
-        fp = self.fingerprint()
-        return self.sessions.get(request.cookies.get(COOKIE), fp) if fp else None
+        """The request's logged-in session (``session.user`` is who), or ``None``."""
+        return self.sessions.get(request.cookies.get(COOKIE), self.users.credential_digest)
 
     def page(self, request: Request, template: str, http_status: int = 200, session: Any = None,
              **ctx: Any) -> HTMLResponse:
@@ -119,7 +112,7 @@ class Dashboard:
     def post_refusal(self, request: Request, session: Any, csrf: str | None) -> HTMLResponse | None:
         """Why a state-changing request is refused (a 403 page), or ``None`` when it may go on."""
         if session is None:
-            return self.error(request, 403, "not logged in: log in with the dashboard token first")
+            return self.error(request, 403, "not logged in: log in with your name and token first")
         if not same_origin(request.headers.get("origin"), request.headers.get("referer"),
                            request.headers.get("host"), request.url.scheme):
             return self.error(request, 403, "cross-origin request refused: the form must be sent from the "
