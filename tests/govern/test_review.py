@@ -414,3 +414,21 @@ def test_run_and_variant_are_escaped_in_review_output(tmp_path, capsys):
         assert main([*command, "--ledger", str(led)]) == 0
         shown = capsys.readouterr().out
         assert "\x1b" not in shown and "\\x1b" in shown
+
+
+def test_promote_help_says_what_the_guide_says(capsys):
+    """issue 19: 'promote --help' said the gate read every suite-*.json in the run folder; the gate (and
+    docs/govern.md) use the verdicts the ledger recorded, and the approver is the token's user."""
+    from pathlib import Path
+
+    assert main(["promote", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "suite-*.json" not in shown and "--approver" not in shown
+    for claim in ("ledger recorded", "newest suite.evaluated event", "NNFORGE_TOKEN", "--token-file", "--key-file",
+                  "no_suite", "a reviewer's token"):
+        assert claim in shown, claim
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "govern.md").read_text(encoding="utf-8")
+    gate = guide[guide.index("### Promotion gate"):guide.index("## Web dashboard")]
+    for claim in ("NNFORGE_TOKEN", "--token-file", "the newest `suite.evaluated`", "`no_suite: true`", "--revoke",
+                  "--suite NAME"):
+        assert claim in gate, claim

@@ -238,7 +238,8 @@ def promote(
     suite: Annotated[str | None, typer.Option(help="Require this suite's verdict, as the ledger recorded it for the "
                                                    "promoted variant (its newest suite.evaluated event), to pass; "
                                                    "default: every suite the ledger recorded for that variant. "
-                                                   "Result files in the run folder are not read for the decision.")] = None,
+                                                   "A result file in the run folder that differs from the recorded "
+                                                   "one is refused; deleting one changes nothing.")] = None,
     variant: Annotated[str | None, typer.Option(help="Model variant (default: the run's final one).")] = None,
     revoke: Annotated[bool, typer.Option("--revoke", help="Revoke the run's standing promotion instead.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why the promotion is revoked (with --revoke).")] = None,
@@ -253,8 +254,9 @@ def promote(
     """Promote a run's model as the user whose token is in NNFORGE_TOKEN (or --token-file), an approver or admin.
 
     The ledger must verify and have recorded the run and the variant's weights; every regression suite the ledger
-    recorded for the variant must have passed (exit 1 names a failed one), and a variant no suite evaluated is
-    refused when other variants' suites exist. With --revoke, record that the standing promotion is withdrawn
+    recorded for the variant must have passed (exit 1 names a failed one); a variant no suite evaluated is
+    refused when other variants' suites exist, and a run with no suite at all is promoted with no_suite recorded.
+    With --revoke, record that the standing promotion is withdrawn
     (nothing is deleted). Exit 2 for no or a bad token, a reviewer's token, and bad input."""
     from nnforge.errors import ConfigError
     from nnforge.govern import promotion as gate
