@@ -323,6 +323,8 @@ def test_out_of_scope_and_escalate_then_only_an_approver_decides(site):
     assert 'id="approve-2"' in boss.get("/review/2").text
     assert boss.post("/review/2/decide", data={"csrf": _csrf(boss), "action": "approve"},
                      headers=SAME).status_code == 303
+    ledger_page = boss.get("/ledger", params={"kind": "review.decided"}).text
+    assert "carla (approver, session) <span class=\"muted\">unsigned</span>" in ledger_page
     events = _decided(site)
     assert [(e.data["item"], e.data["decision"], e.actor, e.data["user"]["via"], e.data["user"]["role"])
             for e in events] == [(1, "out_of_scope", "ana", "session", "reviewer"),

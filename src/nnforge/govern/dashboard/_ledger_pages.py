@@ -1,4 +1,5 @@
-"""The ledger pages: the lineage of an artifact and the ledger's events with the chain's verification."""
+"""The ledger pages: the lineage of an artifact and the ledger's events with the chain's verification; a decision's
+authenticated user and whether its signature verifies against the user's registered key are shown beside it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from nnforge.errors import IntegrityError, NnforgeError
 from nnforge.govern.dashboard._context import Dashboard
+from nnforge.govern.users import verify_decision
 from nnforge.ledger import Ledger, lineage
 
 __all__ = ["ledger_pages"]
@@ -58,7 +60,9 @@ def ledger_pages(d: Dashboard) -> APIRouter:
         finally:
             led.close()
         total = len(events)
-        return d.page(request, "ledger.j2", session=s, check=check, events=events[-_MAX_EVENTS_SHOWN:],
+        shown_events = events[-_MAX_EVENTS_SHOWN:]
+        proofs = {e.seq: verify_decision(e, d.users) for e in shown_events if isinstance(e.data.get("user"), dict)}
+        return d.page(request, "ledger.j2", session=s, check=check, events=shown_events, proofs=proofs,
                       total=total, events_error=events_error, run=run, kind=kind, location=shown)
 
     return router
