@@ -432,3 +432,26 @@ def test_promote_help_says_what_the_guide_says(capsys):
     for claim in ("NNFORGE_TOKEN", "--token-file", "the newest `suite.evaluated`", "`no_suite: true`", "--revoke",
                   "--suite NAME"):
         assert claim in gate, claim
+
+
+def test_cli_out_of_scope_and_escalate(fake_run, tmp_path, capsys, tokens):
+    led = str(tmp_path / "ledger.db")
+    with ReviewQueue.open(led) as q:
+        a, b = (q.enqueue(run="run1", text=t, label="comedy", confidence=0.3, reason="ood").id for t in "xy")
+    common = ["--ledger", led, "--runs-dir", str(tmp_path / "runs")]
+    tokens.act("ana")
+    assert main(["review", "decide", str(a), "--out-of-scope", "--escalate", *common]) == 2
+    assert main(["review", "decide", str(a), "--out-of-scope", "--note", "a recipe", *common]) == 0
+    assert "out_of_scope by ana: (out of scope)" in capsys.readouterr().out
+    assert main(["review", "decide", str(b), "--escalate", *common]) == 0
+    assert main(["review", "decide", str(b), "--approve", *common]) == 2  # a reviewer cannot decide it now
+    assert "an approver or admin decides it" in capsys.readouterr().err
+    tokens.act("carla")
+    assert main(["review", "decide", str(b), "--override", "tragedy", *common]) == 0
+    capsys.readouterr()
+    assert main(["review", "stats", "--ledger", led, "--json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert (total["out_of_scope"], total["overridden"], total["escalated"], total["open"]) == (1, 1, 0, 0)
+    decided = Ledger.open(led).events(kind="review.decided")
+    assert [(e.data["item"], e.data["decision"], e.data["user"]["name"]) for e in decided] == [
+        (a, "out_of_scope", "ana"), (b, "escalated", "ana"), (b, "overridden", "carla")]

@@ -102,7 +102,12 @@ class ReviewItem:
 
     @property
     def final_label(self) -> str:
-        """The label that stands after review (the override, else the model's)."""
+        """The label that stands after review (the override, else the model's); ``"(out of scope)"`` for an input
+        a reviewer marked out of scope, ``"(pending)"`` while open or escalated."""
+        if self.status == "out_of_scope":
+            return "(out of scope)"
+        if self.status in ("open", "escalated"):
+            return "(pending)"
         return self.override_label or self.label
 
     @property
