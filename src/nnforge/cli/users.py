@@ -101,6 +101,9 @@ def add(
         raise ConfigError("--key creates a key pair and --public-key registers one: give one of them")
     loc = ledger_location(ledger)
     by = _admin(loc, token_file, bootstrap_ok=True)
+    if any(u.name == name for u in UserStore.for_ledger(loc).users()):  # before any key file is written
+        raise ConfigError(f"user {name!r} already exists; remove it first or rotate its token with "
+                          f"'nnforge users token {name}'")
     pem = public_key_pem(public_key) if public_key is not None else None
     priv = None
     if key:
