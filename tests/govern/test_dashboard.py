@@ -53,6 +53,7 @@ def site(tmp_path, monkeypatch):
                                "run_dir": str(run_dir)}, run=RUN)
     led.append("artifact.written", {"name": "model:int8", "path": str(run_dir / "model-int8.safetensors"),
                                     "sha256": "cd" * 32}, run=RUN)
+    led.append("step.finished", {"step": "evaluate", "metrics": {"int8_acc": 0.465, "fp32_acc": 0.47}}, run=RUN)
     led.close()
     with ReviewQueue.open(ledger_path, actor="runner") as q:
         q.enqueue(run=RUN, variant="int8", text="To be, or not to be", label="tragedy", confidence=0.41,

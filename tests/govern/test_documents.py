@@ -3,6 +3,7 @@ by hand with the events a recipe run records (no recipe runs)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -43,8 +44,9 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
                                           "test": {"n": 20, "class_counts": [10, 10], "sha256": "22" * 32}}}, run=RUN)
     led.append("model.loaded", {"num_classes": 2, "parameters": 1234, "source": {"name": "minilm"}}, run=RUN)
     led.append("step.started", {"step": "finetune", "index": 0, "config": {"lr": 0.001}}, run=RUN)
-    led.append("artifact.written", {"name": "model:fp32", "path": "model.safetensors", "bytes": 999,
-                                    "sha256": "33" * 32}, run=RUN)
+    (run_dir / "model.safetensors").write_bytes(b"weights")  # the recorded bytes, so that the run verifies
+    led.append("artifact.written", {"name": "model:fp32", "path": "model.safetensors", "bytes": 7,
+                                    "sha256": hashlib.sha256(b"weights").hexdigest()}, run=RUN)
     led.append("step.finished", {"step": "finetune", "index": 0, "details": {}, "seconds": 3.0,
                                  "metrics": {"finetune_best_val_acc": 0.61, "finetune_steps": 12}}, run=RUN)
     led.append("step.started", {"step": "evaluate", "index": 1, "config": {"slices": ["class"]}}, run=RUN)
@@ -62,6 +64,8 @@ def run(tmp_path: Path) -> tuple[Path, Path]:
         {"slice": "class:b", "n": 10, "rare": False, "fp32": _slice(0.6)}]}}
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "sections.json").write_text(json.dumps(sections))
+    (run_dir / "metrics.json").write_text(json.dumps({"finetune_best_val_acc": 0.61, "finetune_steps": 12,
+                                                      "fp32_acc": 0.65, "fp32_macro_f1": 0.6, "fp32_ece": 0.12}))
     assert evaluate.seq == 9
     led.close()
     return run_dir, db
@@ -138,6 +142,6 @@ def test_cli_writes_and_fails_on_broken_chain(run: tuple[Path, Path], tmp_path: 
     assert main(["docs", str(tmp_path / "nope"), "--ledger", str(db)]) == 2
     assert main(["docs", str(run_dir), "--format", "pdf", "--ledger", str(db)]) == 2
     with sqlite3.connect(db) as con:  # tamper with an event body
-        con.execute("UPDATE events SET body = replace(body, '0.65', '0.95') WHERE seq = 9")
+        con.execute("UPDATE events SET body = replace(body, 'c0ffee', 'decade') WHERE seq = 2")
     assert main(["docs", str(run_dir), "--format", "html", "--out", str(out), "--ledger", str(db)]) == 1
     assert "THE LEDGER CHAIN DID NOT VERIFY" in (out / "model-card.html").read_text(encoding="utf-8")

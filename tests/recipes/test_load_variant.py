@@ -48,7 +48,9 @@ def test_a_run_reads_only_its_own_files(tmp_path):
     _write(run / "model.safetensors", SPEC)
     (run / "config.json").write_text(json.dumps({"run_id": "r1", "variants": {"fp32": "model.safetensors",
                                                                               "int8": "../../outside.safetensors"}}))
-    r = load_run(run)
+    with pytest.raises(IntegrityError, match="no ledger records run r1"):
+        load_run(run)  # nothing vouches for these files
+    r = load_run(run, allow_modified=True)
     assert type(r.model("fp32")).__name__ == "DigitsCNN"
     with pytest.raises(IntegrityError, match="points outside the run folder"):
         r.model("int8")

@@ -20,6 +20,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default: the run's own).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
 RunsDirOpt = Annotated[str, typer.Option(help="Folder where run ids are looked up.")]
+AllowModifiedOpt = Annotated[bool, typer.Option("--allow-modified", help="Use the run even if its files differ from what the ledger recorded (the choice is recorded).")]
 
 
 def _used(run: Run, variant: str | None) -> dict[str, object]:
@@ -52,14 +53,15 @@ def _texts(text: list[str] | None, file: Path | None) -> list[str]:
 
 def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
             file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
-            actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
+            actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs", allow_modified: AllowModifiedOpt = False) -> None:
     """Classify texts with a finished run's model (the call is recorded in the ledger)."""
     from collections import Counter
 
     from nnforge.recipes import load_run
 
-    loaded, texts = load_run(run, runs_dir), _texts(text, file)
-    rows = loaded.predict(texts, variant)
+    loaded = load_run(run, runs_dir, ledger=ledger, allow_modified=allow_modified, actor=actor, use="predict")
+    texts = _texts(text, file)
+    rows = loaded.predict(texts, variant, record=False)
     record_cli("predict", {**_used(loaded, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
                            "results": dict(Counter(row["label"] for row in rows))},
                ledger=run_ledger(ledger, loaded.path, create=True), actor=actor, run=loaded.run_id)
@@ -72,12 +74,13 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
 
 def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
           file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
-          actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs") -> None:
+          actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs", allow_modified: AllowModifiedOpt = False) -> None:
     """L2-normalised sentence embeddings from a finished run's encoder (the call is recorded in the ledger)."""
     from nnforge.recipes import load_run
 
-    r, texts = load_run(run, runs_dir), _texts(text, file)
-    vectors = r.embed(texts, variant)
+    r = load_run(run, runs_dir, ledger=ledger, allow_modified=allow_modified, actor=actor, use="embed")
+    texts = _texts(text, file)
+    vectors = r.embed(texts, variant, record=False)
     record_cli("embed", {**_used(r, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
                          "results": {"vectors": len(texts), "dims": int(vectors.shape[1])}},
                ledger=run_ledger(ledger, r.path, create=True), actor=actor, run=r.run_id)

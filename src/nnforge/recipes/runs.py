@@ -95,12 +95,18 @@ def load_variant(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any
 
 @dataclass
 class Run:
-    """A finished run: its folder, config, metrics and (lazily) its model variants."""
+    """A finished run: its folder, config, metrics and (lazily) its model variants.
+
+    ``ledger`` is the ledger that recorded the run (checked by :func:`load_run`); :meth:`predict` and
+    :meth:`embed` record each use there as a ``model.used`` event, as ``nnforge predict`` does.
+    """
 
     path: Path
     config: dict[str, Any]
     metrics: dict[str, Any]
     _models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    ledger: str | None = None
+    actor: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -150,25 +156,76 @@ class Run:
                 self._models[name] = fast
         return self._models[name]
 
-    def predict(self, texts: list[str], variant: str | None = None) -> list[dict[str, Any]]:
-        """Label and class probabilities for each text."""
+    def predict(self, texts: list[str], variant: str | None = None, *, record: bool = True) -> list[dict[str, Any]]:
+        """Label and class probabilities for each text; the use is recorded in the run's ledger (``model.used``;
+        ``record=False`` for a caller that records it itself, as the CLI does)."""
         model: Any = self.model(variant)
         if not hasattr(model, "predict_proba"):
             raise ModelError("this run's model is not a text classifier")
         probs = model.predict_proba(texts)
         names = self.label_names or [str(i) for i in range(probs.shape[1])]
-        return [{"text": t, "label": names[int(p.argmax())], "confidence": float(p.max()),
+        rows = [{"text": t, "label": names[int(p.argmax())], "confidence": float(p.max()),
                  "probabilities": {n: float(x) for n, x in zip(names, p.tolist(), strict=True)}}
                 for t, p in zip(texts, probs, strict=True)]
+        if record:
+            from collections import Counter
 
-    def embed(self, texts: list[str], variant: str | None = None) -> torch.Tensor:
+            self._record("predict", variant, texts, dict(Counter(str(r["label"]) for r in rows)))
+        return rows
+
+    def embed(self, texts: list[str], variant: str | None = None, *, record: bool = True) -> torch.Tensor:
+        """L2-normalised embeddings of ``texts`` (the use recorded as :meth:`predict`'s is)."""
         model: Any = self.model(variant)
         if not hasattr(model, "embed"):
             raise ModelError("this run's model has no embedding function")
-        return model.embed(texts)
+        vectors = model.embed(texts)
+        if record:
+            self._record("embed", variant, texts, {"vectors": len(texts), "dims": int(vectors.shape[-1])})
+        return vectors
+
+    def used(self, variant: str | None = None) -> dict[str, Any]:
+        """The run, variant and weights file (by sha256) a use of ``variant`` reads."""
+        from nnforge.ledger import file_sha256
+
+        name = variant or self.config.get("final_variant") or next(reversed(self.variants))
+        path = self.variant_file(name)
+        return {"run": self.run_id, "variant": name, "weights": str(path), "weights_sha256": file_sha256(path)}
+
+    def _record(self, call: str, variant: str | None, texts: list[str], results: dict[str, Any]) -> None:
+        if self.ledger is None:
+            return  # a run loaded with allow_modified and no ledger: there is no record to add to
+        import hashlib
+
+        from nnforge.ledger import Ledger
+
+        h = hashlib.sha256()
+        for t in texts:
+            h.update(t.encode("utf-8") + b"\0")
+        with Ledger.open(self.ledger, actor=self.actor) as led:
+            led.append("model.used", {"call": call, "via": "python", **self.used(variant),
+                                      "inputs": {"texts": len(texts), "sha256": h.hexdigest()}, "results": results},
+                       run=self.run_id)
 
 
-def load_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs") -> Run:
-    """Load a finished run from its folder or id (its files checked by :mod:`nnforge.runs`)."""
+def load_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs", *,
+             ledger: str | os.PathLike[str] | None = None, allow_modified: bool = False,
+             actor: str | None = None, use: str = "load") -> Run:
+    """Load a finished run from its folder or id, after checking every file it recorded against its ledger.
+
+    Args:
+        ledger: the ledger that recorded the run (default: ``NNFORGE_LEDGER``, ``.nnforge/ledger.db`` here, or
+            the one the run's config.json names — the first that recorded the run).
+        allow_modified: use the run even when a file differs from the record (or no ledger records the run);
+            the choice is recorded as an ``integrity.overridden`` event.
+        actor: who uses the run (recorded with each use; default: the OS user).
+        use: what the run is loaded for, as the refusal and the override event name it.
+
+    Raises:
+        IntegrityError: a recorded file (weights, metrics.json, …) is not the bytes the ledger recorded, or no
+            ledger records the run (see :mod:`nnforge.govern.integrity`).
+    """
+    from nnforge.govern.integrity import verify_run
+
     path = find_run(run, runs_dir)
-    return Run(path, read_config(path), read_metrics(path))
+    check = verify_run(path, use=use, ledger=ledger, allow_modified=allow_modified, actor=actor)
+    return Run(path, read_config(path), read_metrics(path), ledger=check.ledger, actor=actor)

@@ -30,6 +30,17 @@ class RunFolders:
 
     def __init__(self, runs_dir: Path) -> None:
         self.root = runs_dir.resolve()
+        self._hashes: dict[tuple[str, int, int], str] = {}
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256, cached by path, size and modification time (pages check weights on every view)."""
+        from nnforge.ledger import file_sha256
+
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(path)
+        return self._hashes[key]
 
     def folder(self, run_id: str) -> Path | None:
         """The folder of ``run_id``, or ``None`` when the id is malformed, escapes the root or does not exist."""
