@@ -132,8 +132,14 @@ class Ledger:
         return verify_chain(self.store.rows(), expect_head=head)
 
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:
-        """Write every event (with its hash) as one JSON object per line; returns the count."""
+        """Write every event (with its hash) as one JSON object per line; returns the count.
+
+        Raises:
+            ConfigError: the ledger holds no event (an empty file would not be an export anyone can verify).
+        """
         events = self.events()
+        if not events:
+            raise ConfigError(f"the ledger at {self.location} holds no events: nothing to export")
         atomic_write_text(path, "".join(json.dumps(e.to_dict(), sort_keys=True) + "\n" for e in events))
         return len(events)
 

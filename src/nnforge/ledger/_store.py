@@ -253,6 +253,27 @@ class JSONLStore:
         self.location = str(self.path)
         if not self.path.is_file():
             raise ConfigError(f"{self.path}: no such ledger export (write one with 'nnforge ledger export')")
+        self._check_is_export()
+
+    _FIELDS = frozenset({"seq", "run", "kind", "time", "actor", "data", "prev", "hash"})
+
+    def _check_is_export(self) -> None:
+        """Bad input (ConfigError), not tampering: an empty file, or one whose first event is not an export's
+        (a JSONL file of something else). A readable first event and broken lines after it are tampering, which
+        verification names."""
+        with self.path.open(encoding="utf-8", errors="replace") as f:
+            first = next((line for line in f if line.strip()), None)
+        if first is None:
+            raise ConfigError(f"{self.path}: an empty file, not a ledger export (an export holds at least one "
+                              "event). Pass the export 'nnforge ledger export' wrote, or the ledger database")
+        try:
+            doc = json.loads(first)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not self._FIELDS <= set(doc) or not isinstance(doc.get("seq"), int):
+            raise ConfigError(f"{self.path}: its first line is not a ledger event (expected a JSON object with "
+                              f"{', '.join(sorted(self._FIELDS))}): this file is not an nnforge ledger export. "
+                              "Pass the export 'nnforge ledger export' wrote")
 
     def rows(self, run: str | None = None) -> Iterator[tuple[int, str, str]]:
         from nnforge.ledger._events import make_body
