@@ -2,9 +2,9 @@
 
 A run folder ``runs/<run-id>/`` holds::
 
-    config.json      run_id, created, recipe, recipe_source, environment, ledger, label_names, status
-                     ("running" | "finished" | "failed"), variants {name: weights file}, final_variant,
-                     artifacts {name: file}
+    config.json      run_id, created, ended, recipe, recipe_source, environment, ledger, label_names, status
+                     ("running" | "finished" | "failed" | "interrupted"), folder, host, pid, pid_start (the
+                     process that runs it), variants {name: weights file}, final_variant, artifacts {name: file}
     metrics.json     {figure: value}, rewritten after every step (nothing is lost when a later step fails)
     sections.json    report sections contributed by steps and suites
     report.html, docs/, model-<variant>.safetensors, suite-<name>[@<variant>].json, …
@@ -35,10 +35,11 @@ from nnforge.ledger import atomic_write_text
 __all__ = ["CONFIG", "METRICS", "SECTIONS", "REPORT", "STATUSES", "NATIVE_SUFFIX", "MAX_JSON_BYTES",
            "is_run_folder", "find_run", "run_file", "read_config", "read_metrics", "read_sections",
            "write_config", "update_config", "write_metrics", "write_sections", "variant_path",
-           "with_runtime_columns"]
+           "with_runtime_columns", "TRASH", "process_facts", "status_of", "list_runs", "move_to_trash",
+           "copied_from"]
 
 CONFIG, METRICS, SECTIONS, REPORT = "config.json", "metrics.json", "sections.json", "report.html"
-STATUSES = ("running", "finished", "failed")
+STATUSES = ("running", "finished", "failed", "interrupted")
 NATIVE_SUFFIX = "-native"
 """A saved variant run by ``nnforge.deploy.native`` is named ``<variant>-native`` (``Run.model("int8-native")``);
 the report, the documents and the recipes share this one spelling."""
@@ -120,6 +121,11 @@ _CONFIG_FIELDS: dict[str, tuple[Any, str]] = {
     "ledger": (lambda v: isinstance(v, str), "a string (the ledger's path or redacted URL)"),
     "label_names": (_is_str_list, "a list of strings"),
     "status": (lambda v: v in STATUSES, f"one of {list(STATUSES)}"),
+    "ended": (lambda v: isinstance(v, str), "an ISO date string"),
+    "folder": (lambda v: isinstance(v, str), "a string (the absolute path the run was created at)"),
+    "host": (lambda v: isinstance(v, str), "a string (the machine's host name)"),
+    "pid": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+    "pid_start": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "variants": (_is_str_map, "an object of variant name → weights file name"),
     "final_variant": (lambda v: v is None or isinstance(v, str), "a variant name or null"),
     "artifacts": (_is_str_map, "an object of artifact name → file name"),
@@ -236,3 +242,98 @@ def write_metrics(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any]) -
 def write_sections(run_dir: str | os.PathLike[str], sections: Mapping[str, Any]) -> None:
     """Write ``sections.json`` atomically (values that are not JSON are written as their ``str``)."""
     atomic_write_text(Path(run_dir) / SECTIONS, json.dumps(dict(sections), indent=1, sort_keys=True, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a run's lifecycle: who runs it, whether it still runs, listing, moving to the trash
+
+TRASH = ".trash"
+"""``runs rm`` moves a run folder to ``<runs dir>/.trash/<run-id>``: the files stay until someone deletes them."""
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), to tell it from a later one with its id."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_facts(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a new run's config.json records about where it runs: its folder, host, process id and start."""
+    import socket
+
+    return {"folder": str(Path(run_dir).resolve()), "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid())}
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    except OSError:
+        return False
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+def status_of(config: Mapping[str, Any]) -> str:
+    """The run's status: as recorded, except that a "running" run whose process on this host is gone (killed,
+    the machine rebooted) is "interrupted". A run running on another host is taken at its word."""
+    import socket
+
+    status = config.get("status")
+    if not isinstance(status, str):
+        return "unknown"
+    pid = config.get("pid")
+    if status == "running" and isinstance(pid, int) and config.get("host") == socket.gethostname():
+        started = config.get("pid_start")
+        if not _alive(pid, started if isinstance(started, str) else None):
+            return "interrupted"
+    return status
+
+
+def list_runs(runs_dir: str | os.PathLike[str] = "runs") -> list[tuple[Path, dict[str, Any] | None, str]]:
+    """Every run folder under ``runs_dir`` (the trash left out), oldest first: ``(folder, config or None when
+    it cannot be read, status)``; an unreadable config.json gives status "unreadable"."""
+    folder = Path(runs_dir)
+    if not folder.is_dir():
+        return []
+    found: list[tuple[Path, dict[str, Any] | None, str]] = []
+    for path in sorted(p for p in folder.iterdir() if p.name != TRASH and is_run_folder(p)):
+        try:
+            config = read_config(path)
+        except (ConfigError, IntegrityError):
+            found.append((path, None, "unreadable"))
+            continue
+        found.append((path, config, status_of(config)))
+    found.sort(key=lambda row: (str((row[1] or {}).get("created", "")), row[0].name))
+    return found
+
+
+def move_to_trash(run_dir: str | os.PathLike[str]) -> Path:
+    """Move a run folder into the trash folder beside it (``<runs dir>/.trash/``); returns its new path. A
+    folder of the same name already there is kept: the new one gets a numbered name."""
+    src = Path(run_dir)
+    trash = src.parent / TRASH
+    trash.mkdir(exist_ok=True)
+    dest, n = trash / src.name, 1
+    while dest.exists():
+        dest, n = trash / f"{src.name}.{n}", n + 1
+    os.replace(src, dest)
+    return dest
+
+
+def copied_from(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Where a run folder was created when it now lies elsewhere (copied or moved), else ``None``."""
+    try:
+        folder = read_config(run_dir).get("folder")
+    except (ConfigError, IntegrityError):
+        return None
+    if not isinstance(folder, str) or Path(folder) == Path(run_dir).resolve():
+        return None
+    return Path(folder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -24,13 +26,16 @@ def run(
     """Run a recipe end to end; every step is recorded in the ledger."""
     from nnforge.ledger import Ledger
     from nnforge.recipes import load_recipe, run_recipe
+    from nnforge.recipes.runner import check_runs_dir, prepare
 
     rec = load_recipe(recipe, set_ or [])
-    led = Ledger.open(ledger_location(ledger), actor=actor)
     console.print(f"[bold]nnforge run[/] {rec.name}: {len(rec.steps)} steps "
                   f"({', '.join(s.name for s in rec.steps)}), seed {rec.seed}")
-    with progress_bars() as progress:
-        result = run_recipe(rec, runs_dir=runs_dir, ledger=led, progress=progress)
+    check_runs_dir(runs_dir)
+    prepared = prepare(rec)  # data, model and every step's preflight: bad input leaves no folder, no ledger
+    led = Ledger.open(ledger_location(ledger), actor=actor)
+    with progress_bars() as progress, _sigterm_as_interrupt():
+        result = run_recipe(rec, runs_dir=runs_dir, ledger=led, progress=progress, prepared=prepared)
     if json_:
         print_json({"run_id": result.run_id, "run_dir": str(result.run_dir), "metrics": result.metrics,
                     "report": str(result.report) if result.report else None, "ledger_head": result.head})
@@ -55,6 +60,27 @@ def train(
     if not any(s.name == "train" for s in rec.steps):
         raise ConfigError(f"recipe {rec.name!r} has no train step; use `nnforge run` for it")
     run(recipe, set_, runs_dir, ledger, actor, json_)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a recipe runs, SIGTERM (a scheduler stopping the job, ``kill``) stops it like Ctrl-C, so that the
+    run is marked interrupted and the ledger records why, instead of the process vanishing mid-step."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"terminated by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(metrics: dict[str, object]) -> None:

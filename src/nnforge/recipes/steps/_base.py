@@ -5,6 +5,13 @@ A step is a small class registered in :data:`STEPS` with a ``Config`` (validated
 model, named model variants, metrics, artifacts), does one thing through library calls, writes its
 artifacts with :meth:`RunContext.save_model` / :meth:`RunContext.write_json` (atomic, hashed into the
 ledger) and returns its metrics. Steps never reach into each other's internals.
+
+Before anything is written, the runner loads the data, builds the model and calls each step's optional
+``preflight(plan: Preflight, config) -> None``, which checks what it can against the data and the model
+(split names, layer indices, module names, the model's task) and raises
+:class:`~nnforge.errors.ConfigError` or :class:`~nnforge.errors.DataError`. A problem found there creates no
+run folder and no ledger event (exit 2 in the CLI). ``preflight`` must not change the model or the data, and
+must be cheap (no training, no forward pass over the whole dataset).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from nnforge.config import Config
 from nnforge.ledger import Ledger, atomic_write_text, file_sha256
 from nnforge.registry import Registry
 
-__all__ = ["Step", "STEPS", "RunContext", "StepResult", "ProgressFn", "NoOptions"]
+__all__ = ["Step", "STEPS", "RunContext", "StepResult", "ProgressFn", "NoOptions", "Preflight", "run_preflight"]
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -38,8 +45,49 @@ class StepResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """What a step's ``preflight`` may check its options against, before the run folder exists.
+
+    ``splits`` is what steps will read from ``ctx.data`` (text splits by role, or ``{"dataset": …}``);
+    ``model`` is the base model as built (not yet trained: read it, never change it); ``task`` is what the
+    model does as its registry says (``"text-classification"``, ``"array-classification"``, ``"char-lm"``, …),
+    or ``None`` when unknown.
+    """
+
+    recipe: Any  # nnforge.recipes.schema.Recipe
+    splits: dict[str, Any]
+    dataset: Any
+    model: Any
+    task: str | None
+
+
+def run_preflight(plan: Preflight, steps: Any) -> None:
+    """Call the ``preflight`` of every step that has one, in order; the first problem stops (raised as is).
+
+    ``steps`` are the recipe's :class:`~nnforge.recipes.schema.StepSpec` s; a problem is prefixed with the
+    step's position (``steps[2] (finetune): …``) so that the user knows which entry to fix.
+    """
+    from nnforge.errors import NnforgeError
+
+    for i, step in enumerate(steps):
+        check = getattr(STEPS.get(step.name), "preflight", None)
+        if check is None:
+            continue
+        try:
+            check(STEPS.get(step.name)(), plan, step.config)
+        except NnforgeError as exc:
+            exc.args = (f"steps[{i}] ({step.name}): {exc}", *exc.args[1:])
+            raise
+
+
 class Step(Protocol):
-    """A registered step: ``Config`` validates its options, ``run`` does its one thing."""
+    """A registered step: ``Config`` validates its options, ``run`` does its one thing.
+
+    A step may also define ``preflight(self, plan: Preflight, config) -> None`` (see the module docstring):
+    it raises ConfigError or DataError for an option the data or the model cannot satisfy, before any run
+    folder or ledger event exists.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[Config]]

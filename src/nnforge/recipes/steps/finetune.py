@@ -10,8 +10,8 @@ from pydantic import Field
 from nnforge.adapt import FinetuneConfig, LoraConfig, apply_lora_, finetune_classifier, merge_lora_
 from nnforge.adapt.probe import fit_linear_probe
 from nnforge.config import Config
-from nnforge.errors import StepFailedError
-from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
+from nnforge.errors import ConfigError, DataError, StepFailedError
+from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 
 
 class FinetuneStepConfig(Config):
@@ -27,6 +27,15 @@ class Finetune:
     name: ClassVar[str] = "finetune"
     Config: ClassVar[type[Config]] = FinetuneStepConfig
     description: ClassVar[str] = "LoRA fine-tuning (PEFT) with AdamW and early stopping; adapters merged after"
+
+    def preflight(self, plan: Preflight, config: Any) -> None:
+        """The model is a text classifier whose Linear modules include every LoRA target and layer named."""
+        if not hasattr(plan.model, "tokenize"):
+            raise ConfigError("the finetune step needs a text classifier (e.g. model: {name: minilm}); this "
+                              f"recipe's model is a {type(plan.model).__name__} ({plan.task or 'unknown task'})")
+        if "train" not in plan.splits:
+            raise DataError("the finetune step needs a train split; the data has " + str(sorted(plan.splits)))
+        check_lora_fits(plan.model, config.lora)
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         if not hasattr(ctx.model, "tokenize"):
@@ -58,3 +67,34 @@ class Finetune:
             details={"history": result.history, "lora_modules": len(lora_report.changed), "merged": merged,
                      "init_head": config.init_head, "probe_C": probe_C},
         )
+
+
+def _layer_index(name: str) -> int | None:
+    return next((int(part) for part in name.split(".") if part.isdigit()), None)
+
+
+def check_lora_fits(model: torch.nn.Module, lora: LoraConfig) -> None:
+    """Every ``lora.target_modules`` name, ``lora.layers`` index and ``lora.trainable`` submodule exists in
+    ``model`` (as :func:`~nnforge.adapt.apply_lora_` will look them up), checked without changing it.
+
+    Raises:
+        ConfigError: naming the option, what it named and what the model has.
+    """
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in linears})
+    unknown = [t for t in lora.target_modules if t not in suffixes]
+    if unknown:
+        raise ConfigError(f"lora.target_modules {unknown} name no Linear module of the model; its Linear module "
+                          f"names: {suffixes}")
+    if lora.layers is not None:
+        targets = [n for n in linears if n.rsplit(".", 1)[-1] in lora.target_modules]
+        have = sorted({i for n in targets if (i := _layer_index(n)) is not None})
+        bad = sorted(set(lora.layers) - set(have))
+        if bad or not lora.layers:
+            span = f"{have[0]}..{have[-1]}" if have else "none"
+            raise ConfigError(f"lora.layers {bad or list(lora.layers)} are not layer indices of the model's "
+                              f"{list(lora.target_modules)} modules (layers: {span})")
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in lora.trainable if not any(n == t or n.startswith(t + ".") for n in names)]
+    if missing:
+        raise ConfigError(f"lora.trainable {missing} are not submodules of the model")

@@ -7,6 +7,7 @@ import copy
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
+from torch import nn
 
 from nnforge.compress import (
     CALIBRATORS,
@@ -20,7 +21,7 @@ from nnforge.compress import (
 from nnforge.compress.quantize.weight_only.config import Calibrator, Format, GroupSize
 from nnforge.config import Config
 from nnforge.errors import ConfigError
-from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
+from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 from nnforge.recipes.steps._calibration import calibration_batches
 
 _SCHEMES = ("w8a8", "mixed")  # besides every registered weight format
@@ -119,6 +120,16 @@ class Quantize:
     description: ClassVar[str] = ("quantize a copy of the model: int8 … binary weights, W8A8, a mixed plan, or any "
                                   "registered method")
 
+    def preflight(self, plan: Preflight, config: Any) -> None:
+        """A mixed scheme follows a calibrate step with a budget; the model has modules the method quantizes;
+        every module a plan names exists."""
+        if config.scheme == "mixed" and config.config is None:
+            mine = next((i for i, s in enumerate(plan.recipe.steps) if s.config is config), len(plan.recipe.steps))
+            if not any(s.name == "calibrate" and s.config.budget is not None for s in plan.recipe.steps[:mine]):
+                raise ConfigError("scheme 'mixed' needs a 'calibrate' step with a budget before it (e.g. "
+                                  "- calibrate: {budget: 4})")
+        check_targets(plan.model, config.qconfig({}))
+
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         base = ctx.variants.get("fp32", ctx.model)
         if "fp32" not in ctx.variants:  # no training before: the base model is the fp32 reference
@@ -152,6 +163,26 @@ class Quantize:
                      f"{variant}_max_weight_rel_error": max(errors) if errors else 0.0},
             details={"skipped": report.skipped[:50]},
         )
+
+
+_KINDS = {"linear": (nn.Linear,), "embedding": (nn.Embedding,), "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d)}
+
+
+def check_targets(model: nn.Module, qcfg: Config) -> None:
+    """The model has a module the quantization config applies to, and every module its plan names.
+
+    Raises:
+        ConfigError: naming the option and what the model has.
+    """
+    kinds = tuple(getattr(qcfg, "modules", ("linear",)))
+    types = tuple(t for k in kinds for t in _KINDS.get(k, ()))
+    if types and not any(isinstance(m, types) for m in model.modules()):
+        raise ConfigError(f"quantize: the model has no {'/'.join(kinds)} module to quantize "
+                          f"({type(model).__name__}); quantization targets: {list(kinds)}")
+    names = {n for n, _ in model.named_modules()}
+    unknown = sorted(set(getattr(qcfg, "plan", None) or {}) - names)
+    if unknown:
+        raise ConfigError(f"quantize: plan names modules {unknown[:5]} the model does not have")
 
 
 def _candidate(name: str) -> str:

@@ -16,8 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 from nnforge.compress.quantize.qat import QATConfig, qat_callback
 from nnforge.config import Config, describe_validation_error
 from nnforge.data import ArrayClassification, CharCorpus
-from nnforge.errors import StepFailedError
-from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
+from nnforge.errors import ConfigError, DataError, StepFailedError
+from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, fit, hessian_refresh, on
 
 
@@ -63,6 +63,24 @@ class Train:
     name: ClassVar[str] = "train"
     Config: ClassVar[type[Config]] = TrainStepConfig
     description: ClassVar[str] = "train with nnforge's loop; optimizer (adamw, soap, muon, …) and schedule by name"
+
+    def preflight(self, plan: Preflight, config: Any) -> None:
+        """The data is a character corpus or an array dataset with train and test splits; a character LM's
+        ``block_size`` fits the model's context."""
+        dataset = plan.splits.get("dataset")
+        if isinstance(dataset, ArrayClassification):
+            missing = [s for s in ("train", "test") if s not in dataset.splits]
+            if missing:
+                raise DataError(f"the {self.name} step trains on split 'train' and evaluates on 'test'; dataset "
+                                f"{dataset.name!r} has no {missing} (it has {sorted(dataset.splits)})")
+        elif isinstance(dataset, CharCorpus):
+            have = getattr(getattr(plan.model, "config", None), "block_size", None)
+            if config.block_size is not None and isinstance(have, int) and config.block_size > have:
+                raise ConfigError(f"block_size {config.block_size} is longer than the model's context "
+                                  f"(block_size {have}); set it to at most {have} or leave it out")
+        else:
+            raise ConfigError(f"the {self.name} step trains on a character corpus or an array dataset (e.g. "
+                              f"shakespeare-char, digits); {plan.recipe.data.dataset!r} is neither")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         from nnforge.optim import build_optimizer
