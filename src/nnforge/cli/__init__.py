@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import dashboard, docs, evaluate, info, ledger, model, review, run, users
+from nnforge.cli import dashboard, docs, evaluate, info, ledger, model, review, run, runs, users
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -51,6 +51,7 @@ app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(review.app, name="review")
 app.add_typer(dashboard.app, name="dashboard")
+app.add_typer(runs.app, name="runs")
 app.add_typer(users.app, name="users")
 
 
