@@ -107,19 +107,21 @@ def test_every_table_number_cites_an_existing_event(run: tuple[Path, Path]) -> N
     led = Ledger.open(db)
     seqs = {e.seq for e in led.events()}
     md = render_document(build_documents(run_dir, led)[0], "md")  # the model card: metrics + slices
-    table_lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "[event #" in ln]
+    table_lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "[^" in ln]
     assert any("class:a" in ln for ln in table_lines)
     numbers = 0
     for ln in table_lines:
         for cell in ln.strip("| ").split(" | ")[1:]:  # the first cell is the row's label
-            for cite in re.finditer(r"\S+ \[event #(\d+)†?\]", cell):
+            for cite in re.finditer(r"[^\s\[]+\[\^(\d+)\]†?", cell):
                 numbers += 1
                 assert int(cite.group(1)) in seqs
-            rest = re.sub(r"\S+ \[event #\d+†?\]", "", cell)
+            rest = re.sub(r"[^\s\[]+\[\^\d+\]†?", "", cell)
             assert not re.search(r"\d", rest), f"a figure in {cell!r} has no event citation"
     assert numbers >= 10
+    # a footnote per figure, not "[event #N]" inline: tables stay readable; each footnote is defined at the end
+    assert "[event #" not in md and re.search(r"^\[\^9\]: ledger event #9 \(step.finished", md, re.M)
     # figures stored in an event cite it exactly; slice values only in sections.json are marked †
-    assert "0.650 [event #9]" in md and "0.700 [event #10]" in md and "0.600 [event #9†]" in md
+    assert "0.650[^9]" in md and "0.700[^10]" in md and "0.600[^9]†" in md
 
 
 def test_html_escapes_metadata_and_links_events(run: tuple[Path, Path]) -> None:
@@ -129,7 +131,7 @@ def test_html_escapes_metadata_and_links_events(run: tuple[Path, Path]) -> None:
         html = render_document(doc, "html")
         assert "<script>" not in html and "&lt;script&gt;" in html
         assert 'href="#event-9"' in html or doc.kind == "annex-iv" or 'href="#event-2"' in html
-        assert f'title="sha256 {led.events(run=RUN)[0].hash}' in html
+        assert f'title="sha256 {led.events(run=RUN)[0].hash}' in html and "[event #" not in html
         md = render_document(doc, "md")
         assert "<script>" not in md
 

@@ -183,4 +183,4 @@ def test_generated_documents_cite_every_slice_and_ood_figure_exactly(small_run, 
     assert "class:history" in card and "play:hamlet" in card
     if "int8-native_acc" in json.loads((run_dir / "metrics.json").read_text()):  # the runtime column is explained
         assert "int8-native: the int8 variant's weights file executed by nnforge's native runtime" in card
-    assert "†]" not in card and "†]" not in annex
+    assert "]†" not in card and "]†" not in annex

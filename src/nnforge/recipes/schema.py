@@ -24,10 +24,10 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from nnforge.config import Config, describe_validation_error
 from nnforge.errors import ConfigError, not_utf8
@@ -99,13 +99,27 @@ class DataSpec(_Strict):
         return self
 
 
-class Metadata(_Strict):
-    """Facts about purpose and responsibility, used by generated documentation."""
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)]
+_Item = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
-    intended_purpose: str = ""
-    owner: str = ""
-    risk_notes: list[str] = Field(default_factory=list)
-    contact: str = ""
+
+class Metadata(_Strict):
+    """Facts about purpose and responsibility that the run cannot measure; ``nnforge docs`` puts each one in the
+    model card, the instructions for use (Art. 13) and the Annex IV draft, cited to the run's start, and marks
+    what is left empty TO BE COMPLETED BY THE PROVIDER (docs/ledger.md lists where each field goes).
+
+    Every field is optional; texts are stripped, lists hold non-empty texts (at most 50).
+    """
+
+    intended_purpose: _Text = ""
+    owner: _Text = ""
+    contact: _Text = ""
+    licence: _Text = ""
+    intended_users: list[_Item] = Field(default_factory=list, max_length=50)
+    out_of_scope_uses: list[_Item] = Field(default_factory=list, max_length=50)
+    risk_notes: list[_Item] = Field(default_factory=list, max_length=50)
+    oversight_measures: list[_Item] = Field(default_factory=list, max_length=50)
+    post_market_monitoring: _Text = ""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from nnforge import runs
+from nnforge.govern.documents import _decisions
 from nnforge.govern.documents._facts import _Facts, _text_fact
 from nnforge.govern.documents._model import DOCUMENTS, Document, Section, Span, render_document
 from nnforge.govern.documents._sections import (
@@ -30,7 +31,7 @@ from nnforge.ledger import Ledger, Verification, atomic_write_text
 def _model_card(facts: _Facts, run_id: str, location: str) -> list[Section]:
     s = [Section("Model details")]
     _general(facts, s[0], run_id)
-    s[0].todo("model version naming, licence, citation, and where to send questions")
+    _decisions.licence(facts, s[0])
     _intended(facts, intended := Section("Intended use"))
     s.append(intended)
     factors = Section("Factors")
@@ -44,6 +45,7 @@ def _model_card(facts: _Facts, run_id: str, location: str) -> list[Section]:
     metrics = Section("Metrics")
     if not _metrics_table(facts, metrics):
         metrics.todo("the performance measures and why they were chosen")
+    _decisions.probe_result(facts, metrics)
     metrics.todo("why these measures fit the intended use, and decision thresholds if any")
     s.append(metrics)
     ev = Section("Evaluation data")
@@ -63,6 +65,7 @@ def _model_card(facts: _Facts, run_id: str, location: str) -> list[Section]:
     s.append(eth)
     cav = Section("Caveats and recommendations")
     _ood(facts, cav)
+    _decisions.guard(facts, cav)
     cav.todo("recommended and discouraged uses, and further testing the provider recommends")
     s.append(cav)
     return s
@@ -106,11 +109,7 @@ def _instructions(facts: _Facts, run_id: str, location: str) -> list[Section]:
     c.todo("changes to the system and its performance pre-determined by the provider at the initial assessment")
     s.append(c)
     h = Section("(d) Human oversight measures (Art. 14)")
-    guard = [e for e in facts.all("artifact.written") if str(e.data.get("name", "")).startswith("ood-guard")]
-    if guard:
-        h.para("An out-of-distribution guard was written with the run (", _text_fact(facts, guard[0].data.get("path"), guard[0]),
-               "); it can route unfamiliar inputs to a person instead of answering.")
-    h.todo("who oversees the system, their competence and authority, and how they can override or stop it")
+    _decisions.oversight(facts, h)
     s.append(h)
     e = Section("(e) Computational resources, expected lifetime and maintenance")
     _environment(facts, e)
@@ -158,8 +157,7 @@ def _annex_iv(facts: _Facts, run_id: str, location: str) -> list[Section]:
     three = Section("3. Monitoring, functioning and control")
     _risks(facts, three)
     _ood(facts, three)
-    three.sub("Human oversight measures").todo("the human oversight measures of Art. 14 and the technical measures "
-                                               "that help deployers interpret outputs")
+    _decisions.oversight(facts, three.sub("Human oversight measures"))
     _logs(facts, three.sub("Logging"), location)
     s.append(three)
     four = Section("4. Performance metrics and their appropriateness")
@@ -177,17 +175,16 @@ def _annex_iv(facts: _Facts, run_id: str, location: str) -> list[Section]:
     if others is not None and facts.events:
         six.para("Recipe file modified since its git commit at run start: ",
                  _text_fact(facts, "yes" if others else "no", facts.events[0]), ".")
-    six.todo("relevant changes made by the provider to the system through its lifecycle (earlier runs, retraining, "
-             "promotions)")
+    _decisions.lifecycle(facts, six)
     s.append(six)
     s.append(Section("7. Harmonised standards and other specifications applied").todo(
         "the harmonised standards applied (with references), or the other solutions adopted to meet Chapter III "
         "Section 2"))
     s.append(Section("8. EU declaration of conformity").todo(
         "attach or reference the EU declaration of conformity (Art. 47)"))
-    s.append(Section("9. Post-market monitoring plan").todo(
-        "the post-market monitoring plan (Art. 72): what is monitored in operation (e.g. ledger events, OOD-guard "
-        "rejection rate, review-queue outcomes), how often, by whom, and the thresholds that trigger action"))
+    nine = Section("9. Post-market monitoring plan")
+    _decisions.post_market(facts, nine)
+    s.append(nine)
     return s
 
 
@@ -197,7 +194,10 @@ _BUILDERS = {"model-card": _model_card, "instructions-for-use": _instructions, "
 
 
 def build_documents(run_dir: str | Path, ledger: Ledger) -> list[Document]:
-    """The three documents of the run in ``run_dir``, from its files and its ledger events."""
+    """The three documents of the run in ``run_dir``, from its files and its ledger events. A run that did not
+    finish, or whose files differ from what the ledger recorded, says so at the top of each document."""
+    from nnforge.govern.integrity import check_run
+
     run_dir = Path(run_dir)
     config = runs.read_config(run_dir)
     sections = runs.read_sections(run_dir)
@@ -208,6 +208,8 @@ def build_documents(run_dir: str | Path, ledger: Ledger) -> list[Document]:
     all_events = ledger.store.rows()
     head_seq = max((seq for seq, _, _ in all_events), default=0)
     generated = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    status, state = _decisions.run_state(_Facts(events, config, sections))
+    altered = check_run(run_dir, ledger, events=events).altered_files
     docs = []
     for kind in DOCUMENTS:
         facts = _Facts(events, config, sections)
@@ -219,7 +221,8 @@ def build_documents(run_dir: str | Path, ledger: Ledger) -> list[Document]:
                 if sub.is_empty():
                     sub.todo("no facts in the ledger cover this section")
         docs.append(Document(kind, _TITLES[kind], run_id, head, head_seq, verification, ledger.location, generated,
-                             secs, [facts.cited[k] for k in sorted(facts.cited)]))
+                             secs, [facts.cited[k] for k in sorted(facts.cited)], status=status, state=state,
+                             altered=altered))
     return docs
 
 

@@ -87,6 +87,9 @@ class Document:
     generated: str
     sections: list[Section]
     cited: list[Event]
+    status: str = "finished"  # the run's final state: finished, failed, interrupted, running
+    state: str = ""  # when it did not finish: where and why (said at the top of the document)
+    altered: list[str] = field(default_factory=list)  # run files that differ from what the ledger recorded
 
 
 def _s(p: Span | str) -> Span:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from nnforge.govern.documents._decisions import intended_users
 from nnforge.govern.documents._facts import _Facts, _metadata, _text_fact
 from nnforge.govern.documents._model import TODO, Section, Span, _num
 from nnforge.ledger import Event
@@ -42,6 +43,11 @@ def _general(facts: _Facts, sec: Section, run_id: str) -> None:
     fin = facts.first("run.finished")
     if fin is not None:
         items.append(["Final state: run finished at ", _text_fact(facts, fin.time[:19] + " UTC", fin)])
+    elif (failed := facts.first("run.failed")) is not None:
+        items.append(["Final state: run FAILED at ", _text_fact(facts, failed.time[:19] + " UTC", failed), ": ",
+                      _text_fact(facts, str(failed.data.get("error", ""))[:200], failed)])
+    else:
+        items.append(["Final state: not finished (no run.finished event)"])
     sec.bullets(items)
     if recipe.get("description"):
         sec.para("Description: ", _text_fact(facts, recipe["description"], rev))
@@ -53,7 +59,7 @@ def _intended(facts: _Facts, sec: Section) -> None:
         sec.para("Intended purpose (as declared in the recipe): ", _text_fact(facts, meta["intended_purpose"], rev))
     else:
         sec.todo("the intended purpose: task, users, setting, and the decisions the outputs feed into")
-    sec.todo("intended users and out-of-scope uses; the persons or groups the system is used on")
+    intended_users(facts, sec)
 
 
 def _data(facts: _Facts, sec: Section, split_names: tuple[str, ...] | None = None) -> None:
