@@ -29,7 +29,8 @@ def _build(tmp_path: Path, end: str = "run.finished", metadata: dict | None = No
     (run_dir / "ood-guard").mkdir(parents=True)
     (run_dir / "ood-guard" / "guard.json").write_text("{}")
     db = tmp_path / "ledger.db"
-    recipe = {"name": "tickets", "metadata": META if metadata is None else metadata}
+    recipe = {"name": "tickets", "description": "", "data": {"dataset": "tickets"},
+              "metadata": META if metadata is None else metadata}
     with Ledger.open(db, actor="tester") as led:
         led.append("run.started", {"recipe": recipe, "recipe_sha256": "ab" * 32, "seed": 0}, run=RUN)
         led.append("step.started", {"step": "evaluate", "index": 0, "config": {"ood_guard": "knn"}}, run=RUN)
@@ -50,7 +51,8 @@ def _build(tmp_path: Path, end: str = "run.finished", metadata: dict | None = No
             led.append("run.finished", {"metrics": METRICS}, run=RUN)
         else:
             led.append("run.failed", {"error": end}, run=RUN)
-    (run_dir / "config.json").write_text(json.dumps({"run_id": RUN, "recipe": recipe, "variants": {}}))
+    (run_dir / "config.json").write_text(json.dumps({"run_id": RUN, "recipe": recipe, "variants": {"fp32": "m.st"},
+                                                      "final_variant": "fp32", "recipe_source": ""}))
     (run_dir / "metrics.json").write_text(json.dumps(METRICS))
     return run_dir, db
 

@@ -119,6 +119,66 @@ def recorded_metrics(run_dir: Path, events: list[Event]) -> tuple[dict[str, Any]
     return recorded, altered
 
 
+def _num(value: Any, pattern: str = "{:.3f}") -> str | None:
+    return pattern.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def probe_sentence(metrics: dict[str, Any]) -> str | None:
+    """Whether fine-tuning beat the linear probe its head started from (``finetune_beats_probe``), in words."""
+    if "finetune_beats_probe" not in metrics:
+        return None
+    gain, ci = _num(metrics.get("finetune_probe_gain"), "{:+.3f}"), metrics.get("finetune_probe_gain_ci")
+    interval = (f" (95% interval {_num(ci[0], '{:+.3f}')} to {_num(ci[1], '{:+.3f}')})"
+                if isinstance(ci, list) and len(ci) == 2 and None not in (_num(ci[0]), _num(ci[1])) else "")
+    measured = f"accuracy gain {gain}{interval}" if gain is not None else "gain not recorded"
+    if metrics["finetune_beats_probe"] is True:
+        return f"Fine-tuning beat the linear probe its head started from: {measured}."
+    return (f"Fine-tuning did NOT beat the linear probe its head started from: {measured}; the fine-tuned model "
+            "is no better than the cheaper probe on these test items.")
+
+
+def summary_paragraph(config: dict[str, Any], metrics: dict[str, Any], status: str, altered: list[str],
+                      suites: list[Event]) -> str:
+    """One paragraph on what the run is and what it measured, from the recorded metrics and events only."""
+    recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
+    final = config.get("final_variant")
+    parts = [f"Run {config.get('run_id', '?')} of recipe '{(recipe or {}).get('name', '?')}' {status}."]
+    if status != "finished":
+        parts.append("Its figures are what it recorded before it stopped; its model did not complete the recipe.")
+    acc = _num(metrics.get(f"{final}_acc")) if final else None
+    if acc is not None:
+        others = [f"{v} {a}" for v in config.get("variants", {}) if v != final and (a := _num(metrics.get(f"{v}_acc")))]
+        parts.append(f"The final variant ({final}) scores test accuracy {acc}"
+                     + (f" ({', '.join(others)})" if others else "") + ".")
+    baselines = {k[len("baseline_"):-len("_acc")]: v for k, v in metrics.items()
+                 if k.startswith("baseline_") and k.endswith("_acc") and _num(v) is not None}
+    if baselines:
+        best = max(baselines, key=lambda k: baselines[k])
+        parts.append(f"The best baseline ({best}) scores {_num(baselines[best])}.")
+    probe = probe_sentence(metrics)
+    if probe:
+        parts.append(probe)
+    for e in suites:
+        verdict = "passed" if e.data.get("passed") else "FAILED (" + ", ".join(map(str, e.data.get("failed") or [])) + ")"
+        parts.append(f"Regression suite {e.data.get('suite')} on {e.data.get('variant')} {verdict}.")
+    size = _num(metrics.get(f"{final}_size_mb"), "{:.1f}") if final else None
+    if size is not None:
+        parts.append(f"It takes {size} MB on disk.")
+    if altered:
+        parts.append(f"metrics.json differs from the record ({', '.join(altered[:5])}): recorded values are shown.")
+    return " ".join(parts)
+
+
+def _confusion(events: list[Event], sections: dict[str, Any]) -> dict[str, Any]:
+    """The confusion matrices as the evaluate step recorded them in its ledger event (else from sections.json)."""
+    for e in reversed(events):
+        recorded = (e.data.get("details") or {}).get("confusion") if e.kind == "step.finished" else None
+        if isinstance(recorded, dict) and recorded:
+            return recorded
+    found = sections.get("confusion")
+    return found if isinstance(found, dict) else {}
+
+
 @dataclass(frozen=True)
 class RenderedReport:
     """A report and the two warnings it carries: the chain's verification and the metrics altered on disk."""
@@ -149,6 +209,10 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
     table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
              if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]
+    from nnforge.govern.integrity import run_status
+
+    status = run_status(events, config)
+    suites = [e for e in events if e.kind == "suite.evaluated"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     html = env.get_template("report.html.j2").render(
@@ -157,7 +221,8 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
         artifacts=[e for e in events if e.kind == "artifact.written"], verification=verification,
         head=ledger.head(), ledger_location=ledger.location,
         failure=next((str(e.data.get("error", "")) for e in events if e.kind == "run.failed"), None),
-        altered=altered,
+        altered=altered, status=status, confusion=_confusion(events, sections),
+        summary=summary_paragraph(config, metrics, status, altered, suites), probe=probe_sentence(metrics),
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
         fmt=_fmt,
