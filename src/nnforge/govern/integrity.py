@@ -94,7 +94,8 @@ class RunCheck:
 
 def run_status(events: list[Event], config: dict[str, Any] | None = None) -> str:
     """``finished``, ``failed``, ``interrupted`` (Ctrl-C or a stop signal) or ``running`` from the run's events
-    (the newest end event wins; the folder's own status when the ledger has none)."""
+    (the newest end event wins; the folder's own status when the ledger has none, a run whose process is gone
+    being ``interrupted``)."""
     for e in reversed(events):
         if e.kind == "run.finished":
             return "finished"
@@ -103,7 +104,7 @@ def run_status(events: list[Event], config: dict[str, Any] | None = None) -> str
             if e.data.get("interrupted") is True or error.startswith(("KeyboardInterrupt", "SystemExit")):
                 return "interrupted"
             return "failed"
-    status = str((config or {}).get("status") or "running")
+    status = runs.status_of(config) if config else "running"  # a dead process's "running" is "interrupted"
     return status if status in RUN_STATUSES else "running"
 
 
