@@ -78,3 +78,15 @@ def check_output_path(path: os.PathLike[str] | str) -> None:
         with open(path, "rb") as f:
             if f.read(16) == b"SQLite format 3\x00":
                 raise ConfigError(f"{path}: is a database (a ledger?); refusing to overwrite it, give another path")
+
+
+def follow_umask(path: os.PathLike[str] | str) -> None:
+    """Give a file the mode ``open()`` would have created it with (0666 less the process umask): writers that
+    create files 0600 (``tempfile.mkstemp``, safetensors) would otherwise hide a team's shared run files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:  # Linux: read without changing it
+            mask = int(next(ln.split()[1] for ln in f if ln.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, then put it back at once
+        os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
