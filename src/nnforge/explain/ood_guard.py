@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nnforge.errors import ConfigError, DataError, IntegrityError, MissingDependencyError, ModelError
+from nnforge.errors import ConfigError, DataError, IntegrityError, MissingDependencyError, ModelError, follow_umask
 from nnforge.explain.ood import OOD_DETECTORS, OODDetector
 from nnforge.explain.ood_metrics import threshold_at_recall
 from nnforge.ledger import atomic_write_text, file_sha256
@@ -120,6 +120,7 @@ class OODGuard:
         os.close(fd)
         try:
             save_file(self.detector.state(), tmp)
+            follow_umask(tmp)  # safetensors writes 0600
             os.replace(tmp, weights)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnforge.errors import IntegrityError, check_output_path
+from nnforge.errors import IntegrityError, check_output_path, follow_umask
 
 __all__ = ["save_weights", "load_weights", "read_spec"]
 
@@ -48,6 +48,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str], spec: dict[str,
     os.close(fd)
     try:
         save_file(_tensors(model), tmp, metadata={SPEC_KEY: json.dumps(spec, sort_keys=True)})
+        follow_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
