@@ -125,8 +125,18 @@ def test_cli_users_commands_and_tokens_from_env_or_file(tmp_path, monkeypatch, c
     assert main(["users", "add", "ana", "--role", "reviewer", "--ledger", led]) == 2  # no token now
     assert "no token given" in capsys.readouterr().err
     (tmp_path / "root.token").write_text(root_token + "\n")
+    (tmp_path / "root.token").chmod(0o644)
     common = ["--ledger", led, "--token-file", str(tmp_path / "root.token")]
     assert main(["users", "add", "ana", "--role", "reviewer", *common]) == 0
+    assert "can be read by other users (mode 644)" in capsys.readouterr().err
+    (tmp_path / "root.token").chmod(0o600)
+    assert main(["users", "add", "ben", "--role", "reviewer", *common]) == 0
+    ben_out = capsys.readouterr()
+    assert "can be read by other users" not in ben_out.err
+    assert main(["users", "remove", "ben", *common]) == 0
+    assert main(["users", "add", "ana", "--role", "reviewer", *common]) == 2  # exists
+    capsys.readouterr()
+    assert main(["users", "token", "ana", *common]) == 0
     ana_token = capsys.readouterr().out.strip()
     assert main(["users", "add", "carla", "--role", "approver", "--key", "--key-dir", str(tmp_path / "k"),
                  *common]) == 0
@@ -144,7 +154,8 @@ def test_cli_users_commands_and_tokens_from_env_or_file(tmp_path, monkeypatch, c
     listed = json.loads(capsys.readouterr().out)
     assert [(u["name"], u["role"]) for u in listed] == [("ana", "reviewer"), ("root", "admin")]
     kinds = [e.kind for e in Ledger.open(led).events()]
-    assert kinds == ["user.added", "user.added", "user.added", "user.token_rotated", "user.removed"]
+    assert kinds == ["user.added", "user.added", "user.added", "user.removed", "user.token_rotated", "user.added",
+                     "user.token_rotated", "user.removed"]
 
 
 def test_the_roles_figure(tmp_path):

@@ -36,8 +36,12 @@ def read_token(token_file: Path | None) -> str | None:
     if token_file is not None:
         try:
             lines = token_file.read_text(encoding="utf-8").strip().splitlines()
+            mode = token_file.stat().st_mode & 0o777
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--token-file {token_file}: cannot read it ({exc})") from None
+        if mode & 0o077:  # like ssh with a private key: say so, the token is as good as a password
+            console.print(f"warning: {token_file} can be read by other users (mode {mode:o}); 'chmod 600' it",
+                          markup=False)
         return lines[0].strip() if lines else None
     return os.environ.get(TOKEN_ENV) or None
 
