@@ -166,3 +166,21 @@ def test_the_roles_figure(tmp_path):
     assert fig["decisions"] == 200 and fig["decisions_with_authenticated_user"] == 200
     assert fig["forged_credentials_tried"] == 100 and fig["forged_credentials_refused"] == 100
     assert fig["decisions_signed"] > 0  # ben's decisions, signed with his registered key
+
+
+def test_cli_audit_names_who_decided_and_catches_an_edited_signed_decision(tmp_path, capsys):
+    import sqlite3
+
+    fig = simulate_review(tmp_path, decisions=6, forged=0)
+    assert fig["decisions"] == 6
+    led = str(tmp_path / "ledger.db")
+    assert main(["users", "audit", "--ledger", led, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["decisions"] == 6 and report["bad"] == 0 and report["none"] == 0 and report["signed"] >= 1
+    assert {r["user"] for r in report["events"]} == {"ana", "ben", "carla"}
+    seq = next(r["seq"] for r in report["events"] if r["signature"] == "signed")
+    with sqlite3.connect(led) as db:  # the signed decision's note is rewritten (the chain breaks too)
+        body = db.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()[0]
+        db.execute("UPDATE events SET body = ? WHERE seq = ?", (body.replace("simulated", "forged"), seq))
+    assert main(["users", "audit", "--ledger", led]) == 1
+    assert f"#{seq}" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``nnforge users add|list|remove|token``: named users with roles, and how every command that decides finds
+"""``nnforge users add|list|remove|token|audit``: named users with roles, and how every command that decides finds
 out who is acting.
 
 A command that decides (``review decide``, ``promote``, ``users …``) reads the user's token from the file named
@@ -191,3 +191,43 @@ def token(
     finally:
         led.close()
     _print_token(new, name)
+
+
+@app.command()
+def audit(
+    ledger: LedgerOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print every decision and the counts as JSON.")] = False,
+) -> None:
+    """Check every decision in the ledger (reviews, promotions, revocations): who made it, how they logged in, and
+    whether its signature verifies against their registered key. Exit 1 when a signature is bad."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from nnforge.cli._common import existing_ledger
+    from nnforge.govern.users import UserStore, audit_decisions
+    from nnforge.ledger import Ledger
+
+    loc = existing_ledger(ledger)
+    led = Ledger.open(loc)
+    try:
+        report = audit_decisions(led, UserStore.for_ledger(loc))
+    finally:
+        led.close()
+    if json_:
+        print_json(report)
+    else:
+        table = Table(show_header=True)
+        for col in ("#", "kind", "run", "user", "role", "via", "signature"):
+            table.add_column(col)
+        for r in report["events"]:
+            table.add_row(str(r["seq"]), r["kind"], Text(safe(r["run"])), Text(safe(r["user"] or "—")),
+                          r["role"] or "—", r["via"] or "—", r["signature"])
+        out.print(table)
+        out.print(f"{report['decisions']} decisions: {report['signed']} signed, {report['unsigned']} unsigned, "
+                  f"{report['none']} without an authenticated user, {report['bad']} with a bad signature",
+                  markup=False)
+    if report["bad"]:  # like a broken chain in 'nnforge ledger verify': the check ran and found tampering
+        bad = [str(r["seq"]) for r in report["events"] if r["signature"] == "bad"]
+        console.print(f"error: decision event(s) #{', #'.join(bad)} in {loc} do not verify against their user's "
+                      "registered key: edited after they were made, or the key was replaced", markup=False)
+        raise typer.Exit(1)

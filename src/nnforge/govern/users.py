@@ -45,7 +45,8 @@ from nnforge.ledger import Event, Ledger, canonical_json
 from nnforge.ledger.signing import pem_fingerprint, sign_bytes, verify_bytes
 
 __all__ = ["ROLES", "ACTIONS", "USERS_FILE", "SCRYPT_N", "SCRYPT_N_ENV", "AccessDenied", "User", "UserStore",
-           "require", "users_file", "decision_data", "verify_decision", "simulate_review"]
+           "require", "users_file", "decision_data", "verify_decision", "audit_decisions", "simulate_review",
+           "DECISION_KINDS"]
 
 ROLES = ("reviewer", "approver", "admin")
 ACTIONS = {"review": "reviewer", "promote": "approver", "revoke": "approver", "manage users": "admin"}
@@ -364,6 +365,28 @@ def verify_decision(event: Event, store: UserStore) -> str:
         return "bad"
     ok = verify_bytes(user.public_key, _payload(event.kind, event.run, event.data), str(sig.get("value")))
     return "signed" if ok else "bad"
+
+
+DECISION_KINDS = ("review.decided", "model.promoted", "model.revoked")
+
+
+def audit_decisions(ledger: Ledger, store: UserStore) -> dict[str, Any]:
+    """Every decision event of ``ledger`` checked for who made it: per event its user, how they authenticated and
+    its signature status (``signed``/``unsigned``/``bad``; ``none`` when no authenticated user is recorded, as in
+    events written before users existed), and the counts. A ``bad`` signature means the event's data or its
+    signature was changed after it was made, or the user's registered key was replaced."""
+    rows = []
+    for e in ledger.events():
+        if e.kind not in DECISION_KINDS:
+            continue
+        who = e.data.get("user") if isinstance(e.data.get("user"), dict) else None
+        status = verify_decision(e, store) if who else "none"
+        if who and who.get("name") != e.actor:
+            status = "bad"  # the recorded user is not the event's actor: edited
+        rows.append({"seq": e.seq, "kind": e.kind, "run": e.run, "actor": e.actor, "user": (who or {}).get("name"),
+                     "role": (who or {}).get("role"), "via": (who or {}).get("via"), "signature": status})
+    counts = {k: sum(r["signature"] == k for r in rows) for k in ("signed", "unsigned", "bad", "none")}
+    return {"decisions": len(rows), **counts, "events": rows}
 
 
 def simulate_review(workspace: str | os.PathLike[str], decisions: int = 200, forged: int = 100) -> dict[str, int]:
