@@ -50,6 +50,17 @@ def test_tokens_are_stored_as_salted_hashes_and_checked(ws):
     assert json.loads(store.path.read_text())["users"]["root"]["salt"] != rec["salt"]
 
 
+def test_the_store_file_follows_the_umask(ws):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        ws["store"].add("ana", "reviewer", by=ws["root"], ledger=ws["led"])
+    finally:
+        os.umask(old)
+    assert ws["store"].path.stat().st_mode & 0o777 == 0o640  # 0o666 & ~0o027: no hash is readable by others
+
+
 def test_bootstrap_only_on_an_empty_store_that_never_had_users(ws):
     store, led = ws["store"], ws["led"]
     with pytest.raises(AccessDenied, match="admin's token"):
