@@ -118,3 +118,14 @@ def test_an_edited_metrics_file_is_refused_as_altered(run):
     check = verify_run(run, use="look", allow_modified=True)
     assert check.status == "altered" and check.recorded_status == "finished"
     assert check.metrics_altered == ["val_accuracy"] and check.metrics["val_accuracy"] == metrics["val_accuracy"]
+
+
+def test_weights_changed_between_load_and_use_are_refused(run):
+    import nnforge
+
+    loaded = nnforge.load_run(run)
+    weights = run / "model-int8.safetensors"
+    flip(weights, at=weights.stat().st_size - 150)  # in the tensors, not the header: the file still loads
+    with pytest.raises(IntegrityError, match="changed since the run was loaded"):
+        loaded.model("int8")
+    assert type(nnforge.load_run(run, allow_modified=True).model("int8")).__name__ == "DigitsMLP"

@@ -69,6 +69,7 @@ class RunCheck:
     metrics_altered: list[str] = field(default_factory=list)
     checked: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)  # the figures as the ledger recorded them
+    recorded: dict[str, str] = field(default_factory=dict)  # each checked file (run folder / path) -> its sha256
 
     @property
     def ok(self) -> bool:
@@ -166,9 +167,11 @@ def check_run(run_dir: str | os.PathLike[str], ledger: Ledger | None, *, events:
         events = ledger.run_events(run_id)
     altered: list[AlteredFile] = []
     artifacts = _newest_artifacts(events)
+    recorded: dict[str, str] = {}
     for rel, e in artifacts.items():
         if os.path.isabs(rel):
             continue  # written outside the run folder (a --junit path): not the run's to vouch for
+        recorded[str(folder / rel)] = str(e.data.get("sha256"))
         path = runs.run_file(folder, rel)
         found = sha256(path) if path is not None else None
         if found != e.data.get("sha256"):
@@ -178,7 +181,7 @@ def check_run(run_dir: str | os.PathLike[str], ledger: Ledger | None, *, events:
     status = run_status(events, config)
     final = "altered" if altered or metrics_altered else status
     return RunCheck(run_id, folder, ledger.location, final, status, altered, metrics_altered, len(artifacts) + 1,
-                    metrics)
+                    metrics, recorded)
 
 
 def verify_run(run_dir: str | os.PathLike[str], *, use: str, ledger: str | os.PathLike[str] | Ledger | None = None,

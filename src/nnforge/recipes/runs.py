@@ -107,6 +107,7 @@ class Run:
     _models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     ledger: str | None = None
     actor: str | None = None
+    recorded: dict[str, str] = field(default_factory=dict, repr=False)  # weights file -> sha256 the ledger holds
 
     @property
     def run_id(self) -> str:
@@ -146,6 +147,7 @@ class Run:
         path = self.variant_file(name)
         if name not in self._models:
             if name in self.variants:
+                self._check_unchanged(path)
                 self._models[name] = load_variant(path)[0]
             else:
                 from nnforge.deploy.native import native_variant
@@ -155,6 +157,17 @@ class Run:
                     raise ConfigError(f"variant {name!r} of run {self.path}: {why}")
                 self._models[name] = fast
         return self._models[name]
+
+    def _check_unchanged(self, path: Path) -> None:
+        """The weights must still be the bytes :func:`load_run` checked (they may change between load and use)."""
+        want = self.recorded.get(str(path))
+        if want is None:
+            return
+        from nnforge.ledger import file_sha256
+
+        if file_sha256(path) != want:
+            raise IntegrityError(f"{path}: changed since the run was loaded (sha256 differs from the one the ledger "
+                                 "recorded); load the run again (allow_modified=True to use altered files)")
 
     def predict(self, texts: list[str], variant: str | None = None, *, record: bool = True) -> list[dict[str, Any]]:
         """Label and class probabilities for each text; the use is recorded in the run's ledger (``model.used``;
@@ -228,4 +241,5 @@ def load_run(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "ru
 
     path = find_run(run, runs_dir)
     check = verify_run(path, use=use, ledger=ledger, allow_modified=allow_modified, actor=actor)
-    return Run(path, read_config(path), read_metrics(path), ledger=check.ledger, actor=actor)
+    return Run(path, read_config(path), read_metrics(path), ledger=check.ledger, actor=actor,
+               recorded={} if allow_modified else check.recorded)
