@@ -28,6 +28,15 @@ def test_summary_confusion_matrix_and_the_probe_sentence(tmp_path):
     assert "<th>bug</th><td class=\"num\"><b>7</b></td><td class=\"num\">3</td>" in matrix and "0.900" in matrix
 
 
+def test_the_summary_states_the_gain_over_logistic_regression_when_recorded():
+    from nnforge.govern.report import summary_paragraph
+
+    config = {"run_id": "r", "recipe": {"name": "q"}, "final_variant": "int8", "variants": {"int8": "m"}}
+    text = summary_paragraph(config, {"finetune_gain": 0.031, "finetune_gain_ci": [-0.01, 0.07]}, "finished", [], [])
+    assert "fine-tuning changes accuracy by +0.031 (95% interval -0.010 to +0.070)" in text
+    assert "changes accuracy" not in summary_paragraph(config, {"finetune_gain": "?"}, "finished", [], [])
+
+
 def test_the_probe_sentence_reads_metrics_defensively():
     assert probe_sentence({}) is None
     assert probe_sentence({"finetune_beats_probe": True, "finetune_probe_gain": 0.05}).startswith(

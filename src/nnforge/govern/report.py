@@ -158,6 +158,12 @@ def summary_paragraph(config: dict[str, Any], metrics: dict[str, Any], status: s
     probe = probe_sentence(metrics)
     if probe:
         parts.append(probe)
+    gain, ci = _num(metrics.get("finetune_gain"), "{:+.3f}"), metrics.get("finetune_gain_ci")
+    if gain is not None:
+        interval = (f" (95% interval {_num(ci[0], '{:+.3f}')} to {_num(ci[1], '{:+.3f}')})"
+                    if isinstance(ci, list) and len(ci) == 2 and None not in (_num(ci[0]), _num(ci[1])) else "")
+        parts.append(f"Against the frozen-embedding logistic regression, fine-tuning changes accuracy by {gain}"
+                     f"{interval}.")
     for e in suites:
         verdict = "passed" if e.data.get("passed") else "FAILED (" + ", ".join(map(str, e.data.get("failed") or [])) + ")"
         parts.append(f"Regression suite {e.data.get('suite')} on {e.data.get('variant')} {verdict}.")
