@@ -109,8 +109,22 @@ def run_ledger(given: str | None, run_dir: os.PathLike[str] | str, *, create: bo
         here = ledger_location(None)
         if run_id and recorded and recorded != os.path.abspath(here) and not (
                 os.path.isfile(here) and _records_run(here, run_id)):
+            _warn_if_copied(run_dir, recorded)
             return recorded
+        if recorded and recorded == os.path.abspath(here):
+            _warn_if_copied(run_dir, recorded)
     return ledger_location(given) if create else existing_ledger(given)
+
+
+def _warn_if_copied(run_dir: os.PathLike[str] | str, ledger: str) -> None:
+    """A run folder copied elsewhere still names its original workspace's ledger: say so, naming both."""
+    from nnforge.runs import copied_from
+
+    origin = copied_from(run_dir)
+    if origin is not None:
+        logging.getLogger("nnforge.cli").warning(
+            "run folder %s is a copy of %s: its records go to the original workspace's ledger %s (pass --ledger "
+            "to record them elsewhere)", os.path.abspath(run_dir), origin, ledger)
 
 
 def record_cli(command: str, data: dict[str, Any], *, ledger: str | None, actor: str | None,
