@@ -18,17 +18,43 @@ ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+# the recipe is taken as a list so that a value given to a flag (`--json true quickstart`) is named as such
+# instead of being read as the recipe (or as an unexpected extra argument)
+RecipeArg = Annotated[list[str], typer.Argument(metavar="RECIPE", show_default=False,
+                                                help="A built-in recipe name (see `nnforge recipes`) or a YAML file.")]
+_FLAG_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def one_recipe(args: list[str] | str) -> str:
+    """The one recipe named on the command line; a flag value (``--json true``) is refused by name.
+
+    Raises:
+        ConfigError: a word like ``true`` that is no file, or more than one recipe.
+    """
+    from pathlib import Path
+
+    from nnforge.errors import ConfigError
+
+    given = [args] if isinstance(args, str) else list(args)
+    values = [a for a in given if a.lower() in _FLAG_VALUES and not Path(a).exists()]
+    if values:
+        raise ConfigError(f"{values[0]!r} is not a recipe: --json and the other flags take no value (write "
+                          f"`--json`, not `--json {values[0]}`)")
+    if len(given) != 1:
+        raise ConfigError(f"give one recipe; got {len(given)}: {' '.join(given)}")
+    return given[0]
+
+
 def run(
-    recipe: Annotated[str, typer.Argument(help="A built-in recipe name (see `nnforge recipes`) or a YAML file.")],
-    set_: SetOpt = None, runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None, actor: ActorOpt = None,
-    json_: JsonOpt = False,
+    recipe: RecipeArg, set_: SetOpt = None, runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None,
+    actor: ActorOpt = None, json_: JsonOpt = False,
 ) -> None:
     """Run a recipe end to end; every step is recorded in the ledger."""
     from nnforge.ledger import Ledger
     from nnforge.recipes import load_recipe, run_recipe
     from nnforge.recipes.runner import check_runs_dir, prepare
 
-    rec = load_recipe(recipe, set_ or [])
+    rec = load_recipe(one_recipe(recipe), set_ or [])
     console.print(f"[bold]nnforge run[/] {rec.name}: {len(rec.steps)} steps "
                   f"({', '.join(s.name for s in rec.steps)}), seed {rec.seed}")
     check_runs_dir(runs_dir)
@@ -48,15 +74,14 @@ def run(
 
 
 def train(
-    recipe: Annotated[str, typer.Argument(help="A recipe with a train step: a built-in name (digits, charlm) or a YAML file.")],
-    set_: SetOpt = None, runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None, actor: ActorOpt = None,
-    json_: JsonOpt = False,
+    recipe: RecipeArg, set_: SetOpt = None, runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None,
+    actor: ActorOpt = None, json_: JsonOpt = False,
 ) -> None:
     """Train a model as a recipe says (optimizer and schedule by name); like `run`, for recipes that train."""
     from nnforge.errors import ConfigError
     from nnforge.recipes import load_recipe
 
-    rec = load_recipe(recipe, set_ or [])
+    rec = load_recipe(one_recipe(recipe), set_ or [])
     if not any(s.name == "train" for s in rec.steps):
         raise ConfigError(f"recipe {rec.name!r} has no train step; use `nnforge run` for it")
     run(recipe, set_, runs_dir, ledger, actor, json_)

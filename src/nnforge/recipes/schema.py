@@ -205,6 +205,7 @@ def parse_recipe(doc: Any, *, source: str = "", path: str | None = None) -> Reci
             steps.append(StepSpec(name, config_cls.model_validate(cfg)))
         except ValidationError as exc:
             problems += describe_validation_error(exc, prefix=f"steps[{i}]")
+    problems += _number_problems(doc)
     if top is not None and not problems:
         problems += _model_fits_data(top.model, top.data)
     if problems or top is None:
@@ -212,6 +213,37 @@ def parse_recipe(doc: Any, *, source: str = "", path: str | None = None) -> Reci
         raise ConfigError(f"{head}the recipe has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return Recipe(top.name, top.description, top.seed, top.model, top.data, tuple(steps), top.metadata,
                   source, path)
+
+
+# the largest value a recipe may give: counts of steps, epochs, rows or repeats beyond these cannot finish (or
+# overflow the int64 they become in torch and SQLite); any other number must stay within MAX_NUMBER
+MAX_NUMBER = 10**12
+MAX_SEED = 2**63 - 1
+MAXIMA: dict[str, int] = {"seed": MAX_SEED, "max_steps": 10**8, "warmup_steps": 10**8, "eval_every": 10**8,
+                          "checkpoint_every": 10**8, "log_every": 10**8, "epochs": 10**5, "repeats": 10**5,
+                          "batch_size": 2**20, "max_train": 10**9, "passages_per_play": 10**6,
+                          "eval_batches": 10**6, "grad_accum": 10**4, "patience": 10**5}
+
+
+def _number_problems(doc: Any, where: str = "") -> list[str]:
+    """Numbers beyond what a run can use (``--set max_steps=10000000000000000000000000000000``), each named by its
+    path with the allowed range, in the form every parameter error takes."""
+    if isinstance(doc, dict):
+        if where.startswith("steps[") and where.endswith("]") and "." not in where and len(doc) == 1:
+            doc = next(iter(doc.values()))  # "- train: {...}": the options are named steps[i].<option>
+            return _number_problems(doc, where) if isinstance(doc, dict) else []
+        return [p for k, v in doc.items() for p in _number_problems(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in _number_problems(v, f"{where}[{i}]")]
+    if isinstance(doc, bool) or not isinstance(doc, (int, float)):
+        return []
+    name = where.rsplit(".", 1)[-1]
+    limit = MAXIMA.get(name, MAX_NUMBER)
+    if abs(doc) <= limit:  # NaN and infinity are the field's own validator's to refuse
+        return []
+    shown = f"{doc:.3g}" if len(str(doc)) > 20 else repr(doc)
+    return [f"The {where!r} parameter must be a number in the range [-{limit}, {limit}]. Got {shown} instead."
+            if name not in MAXIMA else f"The {where!r} parameter must be at most {limit}. Got {shown} instead."]
 
 
 def _model_fits_data(model: ModelSpec, data: DataSpec) -> list[str]:
