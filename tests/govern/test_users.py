@@ -195,3 +195,19 @@ def test_cli_audit_names_who_decided_and_catches_an_edited_signed_decision(tmp_p
         db.execute("UPDATE events SET body = ? WHERE seq = ?", (body.replace("simulated", "forged"), seq))
     assert main(["users", "audit", "--ledger", led]) == 1
     assert f"#{seq}" in capsys.readouterr().err
+
+
+def test_actor_is_no_longer_taken_on_trust(ws, monkeypatch, capsys):
+    from nnforge.cli.users import acting_name
+
+    led = str(ws["tmp"] / "ledger.db")
+    assert acting_name(led, None, None) is None  # a job without a token: recorded as the OS user, as before
+    with pytest.raises(AccessDenied, match="deprecated"):
+        acting_name(led, None, "ops")
+    monkeypatch.setenv("NNFORGE_TOKEN", ws["root_token"])
+    assert acting_name(led, None, None) == "root" and acting_name(led, None, "root") == "root"
+    with pytest.raises(AccessDenied, match="not the authenticated user"):
+        acting_name(led, None, "ops")
+    monkeypatch.delenv("NNFORGE_TOKEN")
+    assert main(["dashboard", "serve", "--ledger", led, "--actor", "ops"]) == 2  # refused before serving
+    assert "deprecated" in capsys.readouterr().err

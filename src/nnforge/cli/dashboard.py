@@ -4,6 +4,7 @@ logs in with their own name and token (``nnforge users add``); there is no share
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,7 +15,11 @@ app = typer.Typer(help="Web dashboard: runs, reports, lineage, ledger verificati
                   no_args_is_help=True)
 
 LedgerOpt = Annotated[str | None, typer.Option("--ledger", help="Ledger database (default .nnforge/ledger.db).")]
-ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
+ActorOpt = Annotated[str | None, typer.Option(hidden=True, help="Deprecated: checked against the authenticated "
+                                                                "user (NNFORGE_TOKEN or --token-file).")]
+TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="File holding your token (default: the "
+                                                                       "NNFORGE_TOKEN environment variable); who "
+                                                                       "served is recorded as its user.")]
 
 
 def _is_loopback(host: str) -> bool:
@@ -32,12 +37,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
     ledger: LedgerOpt = None,
     actor: ActorOpt = None,
+    token_file: TokenFileOpt = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of the run folders.")] = "runs",
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Listen on a non-loopback address. The "
                                                                       "dashboard speaks plain HTTP: put it behind "
                                                                       "a TLS proxy first.")] = False,
 ) -> None:
     """Serve the dashboard; each user logs in with their name and the token from 'nnforge users add'."""
+    from nnforge.cli.users import acting_name
     from nnforge.errors import ConfigError, MissingDependencyError
     from nnforge.govern.users import UserStore
 
@@ -52,6 +59,7 @@ def serve(
     if not users.users():  # fails now, with the fix, when nobody could log in
         raise ConfigError(f"no users in {users.path}: nobody could log in. Create the first admin with 'nnforge "
                           "users add NAME --role admin' (same --ledger), then serve")
+    actor = acting_name(ledger_location(ledger), token_file, actor)
     try:
         import uvicorn
 

@@ -50,10 +50,13 @@ def enqueue(
     ood: Annotated[bool, typer.Option("--ood", help="Also review inputs the run's ood-guard/ flags.")] = False,
     runs_dir: Annotated[str, typer.Option(help="Folder where run ids are looked up.")] = "runs",
     ledger: LedgerOpt = None,
-    actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
+    token_file: TokenFileOpt = None,
+    actor: Annotated[str | None, typer.Option(hidden=True, help="Deprecated: checked against the authenticated "
+                                                                "user.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the queued items as JSON.")] = False,
 ) -> None:
-    """Predict the texts with a run's model, apply the review rules and queue what needs a human."""
+    """Predict the texts with a run's model, apply the review rules and queue what needs a human. Recorded as the
+    user whose token is in NNFORGE_TOKEN (or --token-file) when there is one, else as the OS user (a job)."""
     from nnforge.errors import ConfigError, DataError
     from nnforge.govern.review import check_review_rates, review_rules
     from nnforge.recipes.runs import load_run
@@ -78,7 +81,8 @@ def enqueue(
         guard.featurizer = TextFeatures(r.model(guard_variant if guard_variant in r.variants else variant))
         flags = [bool(x) for x in guard(texts).is_ood.tolist()]
     picks = review_rules(preds, min_confidence=min_confidence, ood_flags=flags, audit_rate=audit_rate, seed=seed)
-    q = _queue(run_ledger(ledger, r.path, create=True), actor, create=True)
+    loc = run_ledger(ledger, r.path, create=True)
+    q = _queue(loc, users_cli.acting_name(loc, token_file, actor), create=True)
     try:
         items = [q.enqueue(run=r.run_id, variant=name, text=preds[p.index]["text"], label=preds[p.index]["label"],
                            confidence=preds[p.index]["confidence"], reason=p.reason) for p in picks]

@@ -64,6 +64,23 @@ def current_user(ledger: str, token_file: Path | None, action: str, claimed: str
     return user
 
 
+def acting_name(ledger: str, token_file: Path | None, claimed: str | None) -> str | None:
+    """Who a command that decides nothing (queueing, serving) is recorded as: the token's user when a token is
+    given, else ``None`` (the OS user). ``--actor`` is deprecated: it needs a token and must name its user."""
+    from nnforge.govern.users import AccessDenied, UserStore
+
+    token = read_token(token_file)
+    if token is None:
+        if claimed is not None:
+            raise AccessDenied(f"--actor {claimed!r} is deprecated and is not taken on trust: set NNFORGE_TOKEN (or "
+                               "--token-file) and the token's user is recorded")
+        return None
+    user = UserStore.for_ledger(ledger).authenticate(token)
+    if claimed is not None and claimed.strip() != user.name:
+        raise AccessDenied(f"--actor {claimed!r} is not the authenticated user {user.name!r}")
+    return user.name
+
+
 def _admin(ledger: str, token_file: Path | None, *, bootstrap_ok: bool) -> Any:
     """The authenticated admin, or ``None`` for the first admin of an empty store."""
     from nnforge.govern.users import UserStore
