@@ -13,7 +13,7 @@ import pytest
 
 from nnforge import runs
 from nnforge.cli import main
-from nnforge.ledger import Ledger
+from nnforge.ledger import Ledger, default_actor
 from nnforge.recipes.steps import STEPS
 
 TINY = ["--set", "steps[0].train={max_steps: 2, eval_every: 2}", "--ledger", "l.db", "--json"]
@@ -63,13 +63,16 @@ def test_list_show_compare_and_rm(two_runs, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", open(os.devnull))
     assert main(["runs", "rm", first["run_id"]]) == 2
     assert "pass --yes" in capsys.readouterr().err
-    assert main(["runs", "rm", first["run_id"], "--yes", "--actor", "ana", "--json"]) == 0
+    # a typed name is not taken on trust: without a token --actor is refused before anything moves
+    assert main(["runs", "rm", first["run_id"], "--yes", "--actor", "ana"]) == 2
+    assert "not taken on trust" in capsys.readouterr().err and runs.find_run(first["run_id"]).is_dir()
+    assert main(["runs", "rm", first["run_id"], "--yes", "--json"]) == 0
     [moved] = json.loads(capsys.readouterr().out)
     assert moved["trash"].endswith(f"runs/.trash/{first['run_id']}") and os.path.isdir(moved["trash"])
     assert not (runs.find_run(second["run_id"]) / "..").resolve().joinpath(first["run_id"]).exists()
     led = Ledger.open("l.db")
     [deleted] = led.events(kind="run.deleted")
-    assert deleted.run == first["run_id"] and deleted.actor == "ana"
+    assert deleted.run == first["run_id"] and deleted.actor == default_actor()  # no token: the OS user
     assert led.events(run=first["run_id"], kind="run.started")  # the run's events stay
     assert led.verify().ok
     led.close()

@@ -20,13 +20,19 @@ app = typer.Typer(help="List, inspect, compare and remove runs.", no_args_is_hel
 RunsDirOpt = Annotated[str, typer.Option("--runs-dir", help="Folder holding the runs (default runs).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database (default: the one that recorded the run).")]
-ActorOpt = Annotated[str | None, typer.Option(help="Who removes the runs (default: the OS user).")]
+ActorOpt = Annotated[str | None, typer.Option(help="Deprecated: checked against the authenticated user (a name "
+                                                   "is not taken on trust without a token).")]
+TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="File holding your token (default: the "
+                                                   "NNFORGE_TOKEN environment variable); its user is recorded.")]
 REMOVABLE = ("failed", "interrupted")  # what --failed selects
 
 
-def acting_user(given: str | None) -> str | None:
-    """Who acts, as recorded in the ledger (``None``: the ledger's default, the OS user)."""
-    return given
+def acting_user(ledger: str, token_file: Path | None, claimed: str | None) -> str | None:
+    """Who acts, as recorded in ``ledger``: the user whose token is given (NNFORGE_TOKEN or ``--token-file``),
+    else ``None`` (the ledger's default, the OS user); a claimed ``--actor`` must be the token's user."""
+    from nnforge.cli.users import acting_name
+
+    return acting_name(ledger, token_file, claimed)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -204,9 +210,11 @@ def rm(
     runs_: Annotated[list[str] | None, typer.Argument(metavar="[RUN]...", help="Run ids or folders.")] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Every failed or interrupted run.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (needed without a terminal).")] = False,
-    runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None, actor: ActorOpt = None, json_: JsonOpt = False,
+    runs_dir: RunsDirOpt = "runs", ledger: LedgerOpt = None, token_file: TokenFileOpt = None,
+    actor: ActorOpt = None, json_: JsonOpt = False,
 ) -> None:
-    """Move runs to the trash (runs/.trash/); their ledger events stay and a run.deleted event records who."""
+    """Move runs to the trash (runs/.trash/); their ledger events stay and a run.deleted event records who
+    (the user whose token is in NNFORGE_TOKEN or --token-file, else the OS user)."""
     from nnforge import runs
     from nnforge.ledger import Ledger
 
@@ -216,11 +224,14 @@ def rm(
         if json_:
             print_json([])
         return
+    # each run's ledger and who acts there, all settled before anything moves
+    where = [run_ledger(ledger, folder) for folder, _, _ in targets]
+    who = [acting_user(loc, token_file, actor) for loc in where]
     _confirm(len(targets), yes)
     done = []
-    for folder, config, status in targets:
+    for (folder, config, status), loc, name in zip(targets, where, who, strict=True):
         run_id = str(config.get("run_id", folder.name))
-        led = Ledger.open(run_ledger(ledger, folder), actor=acting_user(actor))
+        led = Ledger.open(loc, actor=name)
         try:
             dest = runs.move_to_trash(folder)
             try:
