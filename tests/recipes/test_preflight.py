@@ -21,6 +21,8 @@ def _files_recipe(train: str = "train.csv", test: str = "train.csv", extra: str 
     ("text,label\nhello,a\nbye,a\n", _files_recipe(), "one class"),
     (None, "model: {architecture: digits-cnn, safetensors: none.safetensors}\ndata: {dataset: digits}\n"
            "steps: [quantize]\n", "none.safetensors"),
+    ("text,label\nhello,a\nbye,b\n", _files_recipe().replace("val_split: null", "val_split: dev"),
+     "data.val_split: dataset 'files' has no split 'dev'; it has ['test', 'train']"),
     (None, "model: {architecture: digits-cnn}\ndata: {dataset: digits, test_split: val}\nsteps: [quantize]\n",
      "data.test_split: dataset 'digits' has no split 'val'"),
     (None, "model: {architecture: digits-cnn}\ndata: {dataset: digits}\n"
@@ -68,3 +70,15 @@ def test_the_train_step_refuses_data_it_cannot_train_on(workdir, capsys):
     assert main(["run", "r.yaml", "--ledger", "l.db"]) == 2
     assert "trains on a character corpus or an array dataset" in capsys.readouterr().err
     assert not (workdir / "runs").exists()
+
+
+def test_the_default_validation_split_is_optional(workdir):
+    """Your files may have no validation split: the default (val) is then left out, not an error."""
+    from nnforge.recipes import parse_recipe
+    from nnforge.recipes.runner import load_data
+
+    (workdir / "train.csv").write_text("text,label\nhello,a\nbye,b\n")
+    doc = {"model": {"name": "minilm"}, "steps": ["evaluate"],
+           "data": {"dataset": "files", "options": {"files": {"train": "train.csv", "test": "train.csv"}}}}
+    splits, _ = load_data(parse_recipe(doc))
+    assert sorted(splits) == ["test", "train"]

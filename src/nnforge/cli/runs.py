@@ -87,10 +87,12 @@ def list_(
         print_json(rows)
         return
     table = Table(show_header=True, title=f"runs in {safe(runs_dir)}")
-    for col in ("run", "created (UTC)", "recipe", "status", "final", "figure"):
+    table.add_column("run", no_wrap=True)  # an id is copied from here: never cut
+    for col in ("created (UTC)", "recipe", "status", "final", "figure"):
         table.add_column(col)
     for r in rows:
-        table.add_row(Text(safe(r["run_id"])), Text(safe(str(r["created"] or "")[:19])), Text(safe(r["recipe"])),
+        created = str(r["created"] or "")[:16].replace("T", " ")
+        table.add_row(Text(safe(r["run_id"])), Text(safe(created)), Text(safe(r["recipe"])),
                       r["status"], Text(safe(r["final_variant"])), _headline(r))
     out.print(table)
 

@@ -75,9 +75,15 @@ def load_data(recipe: Recipe) -> tuple[dict[str, Any], Any]:
     dataset = data_mod.load(spec.dataset, **spec.options)
     if not isinstance(dataset, data_mod.TextClassification):
         return {"dataset": dataset}, dataset
+    for role in ("train_split", "test_split", "val_split"):
+        name = getattr(spec, role)
+        # the default validation split is optional (your files may have none); one the recipe names is not
+        if name and name not in dataset.splits and (role != "val_split" or role in spec.model_fields_set):
+            raise DataError(f"data.{role}: dataset {spec.dataset!r} has no split {name!r}; it has "
+                            f"{sorted(dataset.splits)}")
     splits: dict[str, Any] = {"train": dataset.split(spec.train_split).take(spec.max_train, recipe.seed),
                               "test": dataset.split(spec.test_split)}
-    if spec.val_split:
+    if spec.val_split and spec.val_split in dataset.splits:
         splits["val"] = dataset.split(spec.val_split)
     return splits, dataset
 
