@@ -30,14 +30,18 @@ metadata: {intended_purpose: integrity tests, owner: tests}
 def tiny_run(tmp_path_factory):
     import os
 
+    import torch
+
     folder = tmp_path_factory.mktemp("tiny")
     (folder / "tiny.yaml").write_text(RECIPE)
-    old = os.getcwd()
+    old, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(folder)
+    torch.set_num_threads(1)  # two threads spin against each other on a loaded 2-core machine
     try:
         assert main(["run", "tiny.yaml", "--json"]) == 0
     finally:
         os.chdir(old)
+        torch.set_num_threads(threads)
     return folder
 
 
