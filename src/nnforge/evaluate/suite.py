@@ -13,9 +13,11 @@ A suite names the slices it cares about and lists checks, one line each::
       - ece <= 0.15                                        # calibration
       - latency_ms <= 50                                   # budgets
       - size_mb <= 30
+      - accuracy >= logreg                                 # vs the run's own logistic-regression baseline
 
 A check reads ``[slice:SLICE] METRIC[:PROBE] OP RHS`` with OP one of ``>= > <= <`` and RHS a number or
-``baseline``/``reference`` plus or minus a number. METRIC is any name in
+``baseline``/``reference``/``logreg`` plus or minus a number (``logreg``: the logistic regression the run's
+``baselines`` step fitted, predicting the same examples; accuracy and macro_f1 only). METRIC is any name in
 :data:`~nnforge.evaluate.metrics.METRICS`; PROBE a text perturbation (the metric is then computed on the
 perturbed inputs; a paired metric compares with the model's own clean predictions).
 
@@ -59,7 +61,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": opera
                                                    "<": operator.lt}
 _CHECK = re.compile(r"^\s*(?:slice:(?P<slice>\S+)\s+)?(?P<metric>[a-z][a-z0-9_]*)(?::(?P<probe>[a-z][a-z0-9_]*))?"
                     r"\s*(?P<op>>=|<=|>|<)\s*(?P<rhs>.+?)\s*$")
-_RHS = re.compile(r"^(?:(?P<num>[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)|(?P<ref>baseline|reference)"
+_RHS = re.compile(r"^(?:(?P<num>[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)|(?P<ref>baseline|reference|logreg)"
                   r"(?:\s*(?P<sign>[-+])\s*(?P<off>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))?)$")
 BUILTIN_DIR = Path(__file__).parent / "suites"
 
@@ -74,7 +76,7 @@ class CheckSpec:
     op: str
     slice: str = "all"
     probe: str | None = None
-    against: Literal["value", "baseline", "reference"] = "value"
+    against: Literal["value", "baseline", "reference", "logreg"] = "value"
     threshold: float = 0.0  # the number, or the offset added to the baseline/reference value
     decide: Literal["significant", "point"] = "significant"
 
@@ -105,6 +107,9 @@ def parse_check(raw: Any, where: str = "checks", decide: str = "significant") ->
         against, threshold = "value", float(r["num"])
     else:
         against = r["ref"]
+        if against == "logreg" and (m["metric"] not in ("accuracy", "macro_f1") or m["probe"]):
+            raise ConfigError(f"{where}: {raw!r}: the logreg baseline has predictions only, so it compares accuracy "
+                              "or macro_f1 on clean inputs")
         threshold = (-1 if r["sign"] == "-" else 1) * float(r["off"]) if r["off"] else 0.0
     if m["probe"]:
         from nnforge.evaluate.robust import TEXT_PERTURBATIONS
@@ -150,6 +155,7 @@ class Suite(Config):
         return {"reference": any(m.kind == "paired" and not c.probe for c, m in zip(checks, metrics, strict=True))
                 or any(c.against == "reference" for c in checks),
                 "baseline": any(c.against == "baseline" for c in checks),
+                "logreg": any(c.against == "logreg" for c in checks),
                 "probes": sorted({c.probe for c in checks if c.probe}),
                 "measured": sorted({m.name for m in metrics if m.kind == "measured"}),
                 "features": any(m.name == "cos_fidelity" for m in metrics)}
@@ -202,6 +208,7 @@ class SuiteInputs:
     measured: dict[str, float] = field(default_factory=dict)
     reference_measured: dict[str, float] = field(default_factory=dict)
     baseline_measured: dict[str, float] = field(default_factory=dict)
+    logreg: Outputs | None = None  # the run's logistic-regression baseline (its predictions, as one-hot outputs)
 
 
 @dataclass
@@ -294,7 +301,7 @@ def _check(spec: CheckSpec, suite: Suite, inputs: SuiteInputs, slices: dict[str,
         msg = f"{spec.metric} {_fmt(value)} [{_fmt(interval.low)}, {_fmt(interval.high)}] {spec.op} {_fmt(spec.threshold)}"
         return CheckResult(spec, ok, "pass" if ok else "fail", value, spec.threshold, len(idx), interval,
                            message=msg + ("" if not math.isnan(value) else " (undefined on this slice)"))
-    other_out = inputs.baseline if spec.against == "baseline" else inputs.reference
+    other_out = {"baseline": inputs.baseline, "logreg": inputs.logreg}.get(spec.against, inputs.reference)
     other_probes = inputs.baseline_probes if spec.against == "baseline" else {}
     if other_out is None:
         raise DataError(f"check {spec.text!r} compares with the {spec.against}, which was not given")
@@ -331,7 +338,7 @@ def _check(spec: CheckSpec, suite: Suite, inputs: SuiteInputs, slices: dict[str,
 def run_suite(suite: Suite, inputs: SuiteInputs, slice_metrics: Sequence[str] = ("accuracy",)) -> SuiteResult:
     """Evaluate every check of ``suite`` on ``inputs``; the result says which passed and why."""
     needs = suite.needs()
-    missing = [w for w in ("reference", "baseline") if needs[w] and getattr(inputs, w) is None]
+    missing = [w for w in ("reference", "baseline", "logreg") if needs[w] and getattr(inputs, w) is None]
     missing += [f"probe {p}" for p in needs["probes"] if p not in inputs.probes]
     missing += [f"measured {m}" for m in needs["measured"] if m not in inputs.measured]
     if missing:

@@ -33,7 +33,7 @@ from nnforge.evaluate import (
 from nnforge.hardware import file_size_mb, profile
 from nnforge.ledger import Ledger, atomic_write_text, file_sha256
 
-__all__ = ["SuiteTarget", "gather_inputs", "evaluate_run", "record_suite", "run_data"]
+__all__ = ["SuiteTarget", "check_suite_fits", "gather_inputs", "evaluate_run", "record_suite", "run_data"]
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -46,6 +46,7 @@ class SuiteTarget:
     files: dict[str, Path]
     split: Any  # a TextSplit, or (x, y) tensors
     label_names: list[str]
+    logreg: list[int] | None = None  # the run's logistic-regression predictions on this split (suite 'logreg' checks)
 
 
 def run_data(config: dict[str, Any], split: str) -> Any:
@@ -81,6 +82,18 @@ def _placeholder(split: Any, label_names: list[str]) -> Outputs:
     return Outputs(y.numpy(), np.full((len(y), k), 1 / k), [], None, label_names)
 
 
+def _labels(split: Any) -> np.ndarray:
+    return np.asarray(split.labels) if _is_text(split) else split[1].numpy()
+
+
+def _prediction_outputs(preds: list[int], split: Any, label_names: list[str]) -> Outputs:
+    """Outputs of a baseline known only by its predictions: one-hot probabilities (accuracy and F1 read them)."""
+    p = _placeholder(split, label_names)
+    one_hot = np.zeros_like(p.probs)
+    one_hot[np.arange(len(preds)), np.asarray(preds, dtype=np.int64)] = 1.0
+    return Outputs(p.labels, one_hot, p.meta, p.texts, p.label_names)
+
+
 def _outputs(model: Any, split: Any, label_names: list[str], features: bool, texts: list[str] | None = None) -> Outputs:
     if _is_text(split):
         if not hasattr(model, "predict_proba"):
@@ -111,12 +124,30 @@ def _preflight(suite: Suite, target: SuiteTarget, candidate: str, baseline: Suit
                               f"(it has {sorted(target.models)})")
     if needs["baseline"] and baseline is None:
         raise ConfigError(f"suite {suite.name!r} compares with a baseline: give one (--baseline RUN)")
+    if needs["logreg"] and target.logreg is None:
+        raise ConfigError(f"suite {suite.name!r} compares with the run's logistic-regression baseline ('logreg'), "
+                          f"which this run has no predictions of on split {suite.split!r}: add a 'baselines' step "
+                          "before the gate (and evaluate the recipe's test split)")
+    if needs["logreg"] and target.logreg is not None and len(target.logreg) != len(_labels(target.split)):
+        raise DataError(f"the run's logistic-regression baseline has {len(target.logreg)} predictions but split "
+                        f"{suite.split!r} has {len(_labels(target.split))} examples")
     if needs["probes"] and not _is_text(target.split):
         raise ConfigError(f"suite {suite.name!r} uses text perturbations ({', '.join(needs['probes'])}) on non-text data")
     if "size_mb" in needs["measured"] and candidate not in target.files:
         raise ConfigError(f"variant {candidate!r} has no weights file, so size_mb cannot be measured")
     suite.check_slices(_placeholder(target.split, target.label_names))
     return needs
+
+
+def check_suite_fits(suite: Suite, target: SuiteTarget, *, has_baseline: bool) -> None:
+    """What can be checked before any model exists (a recipe's preflight): a baseline run for 'baseline' checks,
+    text data for perturbation probes, the slices the checks name."""
+    needs = suite.needs()
+    if needs["baseline"] and not has_baseline:
+        raise ConfigError(f"suite {suite.name!r} compares with a baseline run: give one (gate: baseline: RUN)")
+    if needs["probes"] and not _is_text(target.split):
+        raise ConfigError(f"suite {suite.name!r} uses text perturbations ({', '.join(needs['probes'])}) on non-text data")
+    suite.check_slices(_placeholder(target.split, target.label_names))
 
 
 def gather_inputs(suite: Suite, target: SuiteTarget, candidate: str, *, baseline: SuiteTarget | None = None,
@@ -143,6 +174,8 @@ def gather_inputs(suite: Suite, target: SuiteTarget, candidate: str, *, baseline
     if needs["reference"] and suite.reference:
         inputs.reference = _outputs(target.models[suite.reference], target.split, target.label_names, feats)
         tick()
+    if needs["logreg"] and target.logreg is not None:
+        inputs.logreg = _prediction_outputs(target.logreg, target.split, target.label_names)
     if baseline is not None and base_variant is not None:
         inputs.baseline = _outputs(baseline.models[base_variant], target.split, target.label_names, feats)
         tick()
@@ -204,6 +237,24 @@ def record_suite(result: SuiteResult, run_dir: Path, ledger: Ledger, run_id: str
     return {"json": out_json, "junit": junit_path}
 
 
+def _saved_logreg(run: Any, split: str) -> list[int] | None:
+    """The logistic-regression predictions the run's evaluate step saved, if they are on ``split``."""
+    from nnforge.recipes.schema import parse_recipe
+
+    path = run.path / "predictions.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        source = run.config.get("recipe_source") or ""
+        recipe = parse_recipe(yaml.safe_load(source) if source else run.config.get("recipe"), source=source)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    on = saved.get("split", recipe.data.test_split)  # runs before the field: the evaluate step read the test split
+    preds = (saved.get("baselines") or {}).get("logreg")
+    return [int(p) for p in preds] if on == split and split == recipe.data.test_split and preds else None
+
+
 def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str | None = None,
                  baseline: str | Path | None = None, baseline_variant: str | None = None,
                  runs_dir: str | Path = "runs", junit: Path | None = None, suite_path: str = "",
@@ -221,7 +272,8 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
     files = {v: r.path / f for v, f in r.variants.items()}
     files[name] = r.variant_file(name)  # "int8-native": the int8 file, run by the native runtime
     split = run_data(r.config, suite.split)
-    placeholder = SuiteTarget({v: None for v in files}, files, split, r.label_names)
+    logreg = _saved_logreg(r, suite.split)
+    placeholder = SuiteTarget({v: None for v in files}, files, split, r.label_names, logreg)
     base_run = load_run(base_path) if base_path is not None else None
     base_placeholder = SuiteTarget({v: None for v in base_run.variants}, {}, split, base_run.label_names) \
         if base_run is not None else None
@@ -229,7 +281,7 @@ def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str 
         raise DataError(f"the baseline run's classes {base_run.label_names} differ from this run's {r.label_names}")
     needs = _preflight(suite, placeholder, name, base_placeholder)  # every name checked before any model loads
     wanted = {name} | ({suite.reference} if needs["reference"] and suite.reference else set())
-    target = SuiteTarget({v: r.model(v) for v in files if v in wanted}, files, split, r.label_names)
+    target = SuiteTarget({v: r.model(v) for v in files if v in wanted}, files, split, r.label_names, logreg)
     base_target = None
     if base_run is not None:
         bv = baseline_variant or base_run.config.get("final_variant") or next(reversed(base_run.variants))

@@ -1,4 +1,10 @@
-"""Step ``evaluate``: every model variant side by side on the test split — quality, cost, fidelity."""
+"""Step ``evaluate``: every model variant side by side on one split (the recipe's test split unless ``split`` names
+another) — quality, cost, fidelity.
+
+The model's task decides what is measured: text classifiers get slices by metadata, perturbation-free OOD detection
+and embedding cosines; classifiers over tensors (images, tables) get per-class accuracy, a confusion matrix, logit
+cosines and agreement with the reference (:mod:`nnforge.recipes.steps._classifier_eval`). A split the data lack, or
+a model that is not a classifier, is refused by :meth:`Evaluate.preflight` before the run folder exists."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import torch
 from pydantic import Field, field_validator
 
 from nnforge.config import Config
-from nnforge.errors import StepFailedError
+from nnforge.errors import ConfigError, StepFailedError
 from nnforge.evaluate import (
     METRICS,
     Outputs,
@@ -29,6 +35,15 @@ from nnforge.evaluate.slices import Slice, check_slice_specs
 from nnforge.hardware import file_size_mb, machine_facts
 from nnforge.recipes.runs import NATIVE_SUFFIX
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
+from nnforge.recipes.steps._classifier_eval import class_metrics, confusion_section, evaluate_arrays
+from nnforge.recipes.steps._eval_data import (
+    TEXT_TASK,
+    check_classifier,
+    check_split,
+    default_split,
+    read_split,
+    recipe_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +54,11 @@ OODSet = Literal["stdlib-code", "stdlib-docstrings", "poems"]
 class EvaluateStepConfig(Config):
     """Options of the ``evaluate`` step."""
 
+    split: str | None = Field(None, description="the split to evaluate on (default: the recipe's data.test_split)")
     repeats: int = Field(30, ge=3, le=10_000)
     reference: str = "fp32"
-    slices: list[Any] = Field(default_factory=lambda: ["class", {"meta": "play"}],
-                              description="slices of the test split (see nnforge.evaluate.slices)")
+    slices: list[Any] | None = Field(None, description="slices of the split (see nnforge.evaluate.slices); default: "
+                                                       "class and play for text, class for other data")
     rare_below: int = Field(30, ge=1, description="slices with fewer examples are flagged rare")
     calibration: bool = Field(True, description="ECE and temperature scaling (fitted on the validation split)")
     flip_examples: int = Field(10, ge=0, le=1000, description="changed examples listed per compressed variant")
@@ -60,7 +76,22 @@ class EvaluateStepConfig(Config):
     native: bool = Field(True, description="also evaluate each compressed variant the native runtime can run "
                                            "(nnforge.deploy.native: int8 BERT-family encoders) as '<name>-native'")
 
-    _slices = field_validator("slices")(classmethod(lambda cls, v: check_slice_specs(v)))
+    _slices = field_validator("slices")(classmethod(lambda cls, v: v if v is None else check_slice_specs(v)))
+
+
+def _slice_specs(config: Any, text: bool) -> list[Any]:
+    if config.slices is not None:
+        return list(config.slices)
+    return ["class", {"meta": "play"}] if text else ["class"]
+
+
+def _start_probe(recipe: Any) -> str | None:
+    """The baseline a ``finetune`` step started its head from (LP-FT): ``logreg`` or ``logreg_balanced``."""
+    for step in recipe.steps:
+        if step.name == "finetune" and getattr(step.config, "init_head", None) == "probe":
+            balanced = getattr(getattr(step.config, "train", None), "class_weights", None) == "balanced"
+            return "logreg_balanced" if balanced else "logreg"
+    return None
 
 
 def _served_memory_mb(weights: Path) -> float | None:
@@ -83,11 +114,34 @@ class Evaluate:
     Config: ClassVar[type[Config]] = EvaluateStepConfig
     description: ClassVar[str] = "accuracy, macro-F1, latency p50/p95, throughput, size, peak memory, fidelity"
 
+    def preflight(self, plan: Any, config: Any) -> None:
+        """The model is a classifier of the data's kind, the split exists, slices need only what the data carry."""
+        task = recipe_task(plan.recipe)
+        check_classifier("evaluate", task, plan.splits)
+        split = config.split or default_split(plan.recipe)
+        check_split("evaluate", "split", split, plan.recipe, plan.splits)
+        text = task == TEXT_TASK
+        meta = [s for s in _slice_specs(config, text) if isinstance(s, dict) and "meta" in s]
+        if meta and not text:
+            raise ConfigError(f"evaluate: slices {meta} read per-example metadata, which array data do not carry; "
+                              "use slices: [class]")
+        if config.ood and text and not config.ood_sets:
+            raise ConfigError("evaluate: ood is on but ood_sets is empty; name a set or set ood: false")
+
     def run(self, ctx: RunContext, config: Any) -> StepResult:
-        test = ctx.data["test"]
+        task = recipe_task(ctx.recipe)
+        check_classifier("evaluate", task, ctx.data)
+        split = config.split or default_split(ctx.recipe)
+        if task != TEXT_TASK:
+            return evaluate_arrays(
+                ctx, config, split,
+                lambda variants, outs, val: self._quality_sections(ctx, config, variants, outs, val, text=False),
+                lambda ref, preds, name: finetune_gain(ref, preds, name, what="Training",
+                                                       baseline="logistic regression on the raw inputs"))
+        test = read_split(ctx.data, ctx.recipe, split)
         variants = ctx.variants or {"model": ctx.model}
-        if not all(hasattr(m, "tokenize") for m in variants.values()):
-            raise StepFailedError("the evaluate step handles text classifiers in this version")
+        if not all(hasattr(m, "predict_proba") for m in variants.values()):
+            raise StepFailedError("evaluate: the model's task is text-classification but it has no predict_proba(texts)")
         # runtimes of a saved variant (its weights file, another engine) are evaluated like variants
         runtime_of = _native_variants(variants, config.reference) if config.native else {}
         variants = {**variants, **{name: model for name, (model, _, _) in runtime_of.items()}}
@@ -98,8 +152,7 @@ class Evaluate:
         outs: dict[str, Outputs] = {}
         for name, model in variants.items():
             outs[name] = text_outputs(model, test.texts, test.labels, test.meta, label_names)
-            metrics[f"{name}_acc"] = METRICS.get("accuracy")(outs[name])
-            metrics[f"{name}_macro_f1"] = METRICS.get("macro_f1")(outs[name])
+            metrics.update(class_metrics(name, outs[name]))
             source = runtime_of[name][1] if name in runtime_of else name
             if source in ctx.variant_files:
                 metrics[f"{name}_size_mb"] = file_size_mb(ctx.run_dir / ctx.variant_files[source])
@@ -107,14 +160,11 @@ class Evaluate:
             if ctx.progress:
                 ctx.progress("evaluate", done, total)
         preds = {name: o.preds.tolist() for name, o in outs.items()}
+        on_test = split == ctx.recipe.data.test_split  # the baselines' predictions are on the test split
         baseline_preds = {k: ctx.shared[f"baseline_{k}_test_preds"] for k in ("logreg", "logreg_balanced")
-                          if f"baseline_{k}_test_preds" in ctx.shared}
-        if "logreg" in baseline_preds and config.reference in outs:
-            gain = finetune_gain(outs[config.reference], baseline_preds["logreg"], config.reference)
-            ctx.sections["finetune_gain"] = gain
-            metrics.update({"finetune_gain": gain["estimate"], "finetune_gain_ci": [gain["low"], gain["high"]],
-                            "finetune_gain_mcnemar_p": gain["mcnemar"]["p_value"],
-                            "finetune_gain_significant": gain["significant"]})
+                          if on_test and f"baseline_{k}_test_preds" in ctx.shared}
+        metrics.update(self._gains(ctx, config, outs, baseline_preds))
+        ctx.sections["confusion"] = confusion_section(outs)
         ref = variants.get(config.reference)
         if ref is not None:
             ref_emb = ref.embed(test.texts)
@@ -126,9 +176,12 @@ class Evaluate:
                 done += 1
                 if ctx.progress:
                     ctx.progress("evaluate", done, total)
-        self._quality_sections(ctx, config, variants, outs, label_names)
+        val = ctx.data.get("val") if split != ctx.recipe.data.val_split else None
+        val_outs = {name: text_outputs(model, val.texts, val.labels, val.meta, label_names)
+                    for name, model in variants.items()} if config.calibration and val is not None and len(val) else None
+        self._quality_sections(ctx, config, variants, outs, val_outs, text=True)
         if config.ood and ref is not None:
-            self._ood_section(ctx, config, ref)
+            self._ood_section(ctx, config, ref, test)
         costs = cost_side_by_side(variants, test.texts, repeats=config.repeats)
         for name, c in costs.items():
             metrics.update({f"{name}_{k}": v for k, v in c.items() if k != "peak_memory_mb"})
@@ -136,7 +189,7 @@ class Evaluate:
                 metrics[f"{name}_peak_memory_mb"] = _served_memory_mb(ctx.run_dir / ctx.variant_files[name])
         if ctx.progress:
             ctx.progress("evaluate", total, total)
-        ctx.write_json("predictions", "predictions.json", {"labels": test.labels, "predictions": preds,
+        ctx.write_json("predictions", "predictions.json", {"split": split, "labels": test.labels, "predictions": preds,
                                                            "baselines": baseline_preds})
         ctx.sections["machine"] = machine_facts()
         metrics.update({f"{v}_ece": c["ece_before"] for v, c in ctx.sections.get("calibration", {}).items()})
@@ -144,24 +197,50 @@ class Evaluate:
                         for v, c in ctx.sections.get("calibration", {}).items()})
         # the figures behind the report's slice and OOD tables go into the step's ledger event, so generated
         # documents cite them exactly
-        details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood") if k in ctx.sections}
+        details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood", "confusion") if k in ctx.sections}
         if runtime_of:
             details["runtimes"] = {name: {"variant": src, "backend": backend}
                                    for name, (_, src, backend) in runtime_of.items()}
         return StepResult(metrics=metrics, details=details)
 
+    def _gains(self, ctx: RunContext, config: Any, outs: dict[str, Outputs],
+               baseline_preds: dict[str, list[int]]) -> dict[str, Any]:
+        """The fine-tuned model against the plain logistic regression (``finetune_gain``) and against the probe its
+        head started from (``finetune_beats_probe``, ``finetune_probe_gain``), paired on the same test items."""
+        metrics: dict[str, Any] = {}
+        tuned = outs.get(config.reference)
+        if tuned is None:
+            return metrics
+        if "logreg" in baseline_preds:
+            gain = finetune_gain(tuned, baseline_preds["logreg"], config.reference)
+            ctx.sections["finetune_gain"] = gain
+            metrics.update({"finetune_gain": gain["estimate"], "finetune_gain_ci": [gain["low"], gain["high"]],
+                            "finetune_gain_mcnemar_p": gain["mcnemar"]["p_value"],
+                            "finetune_gain_significant": gain["significant"]})
+        start = _start_probe(ctx.recipe)
+        if start is not None and start in baseline_preds:
+            probe = "class-balanced linear probe" if start.endswith("balanced") else "linear probe"
+            g = finetune_gain(tuned, baseline_preds[start], config.reference,
+                              baseline=f"the {probe} its head started from")
+            g["baseline"] = f"baseline_{start}"
+            # "beats" only when the paired interval lies above 0: a gain inside the noise is not claimed
+            beats = bool(g["significant"] and g["estimate"] > 0)
+            ctx.sections["finetune_vs_probe"] = {**g, "beats": beats}
+            metrics.update({"finetune_beats_probe": beats, "finetune_probe_gain": g["estimate"],
+                            "finetune_probe_gain_ci": [g["low"], g["high"]]})
+        return metrics
+
     def _quality_sections(self, ctx: RunContext, config: Any, variants: dict[str, Any], outs: dict[str, Outputs],
-                          label_names: list[str]) -> None:
-        """Slice table, compression flips and calibration, as report sections."""
+                          val_outs: dict[str, Outputs] | None, *, text: bool) -> None:
+        """Slice table, compression flips and calibration (fitted on ``val_outs``, when given), as report sections."""
         reference = outs.get(config.reference)
-        slices = build_slices(next(iter(outs.values())), config.slices, config.rare_below)
+        slices = build_slices(next(iter(outs.values())), _slice_specs(config, text), config.rare_below)
         ctx.sections["slices"] = _slice_section(outs, slices, config.reference, config.rare_below)
         if reference is not None:
             ctx.sections["flips"] = {name: flip_analysis(o, reference, slices, examples=config.flip_examples,
                                                          reference_name=config.reference)
                                      for name, o in outs.items() if name != config.reference}
-        val = ctx.data.get("val")
-        if config.calibration and val is not None and len(val):
+        if val_outs is not None:
             from nnforge.evaluate.calibration import (
                 TemperatureScaling,
                 expected_calibration_error,
@@ -170,12 +249,12 @@ class Evaluate:
             )
 
             section = {}
-            for name, model in variants.items():
-                val_probs = text_outputs(model, val.texts, val.labels, val.meta, label_names).probs
+            for name in variants:
+                val_probs, val_labels = val_outs[name].probs, val_outs[name].labels
                 test_probs = torch.from_numpy(outs[name].probs)
                 labels = torch.as_tensor(outs[name].labels)
                 ts = TemperatureScaling().fit(torch.from_numpy(val_probs).clamp_min(1e-12).log(),
-                                              torch.as_tensor(val.labels))
+                                              torch.as_tensor(val_labels))
                 after = ts.probs(test_probs.clamp_min(1e-12).log())
                 section[name] = {"ece_before": expected_calibration_error(test_probs, labels),
                                  "ece_after": expected_calibration_error(after, labels),
@@ -186,12 +265,12 @@ class Evaluate:
             ctx.sections["calibration"] = section
 
 
-    def _ood_section(self, ctx: RunContext, config: Any, model: Any) -> None:
+    def _ood_section(self, ctx: RunContext, config: Any, model: Any, test: Any) -> None:
         """Fit OOD detectors on the training split's features, threshold at 95 % recall on the validation split,
         score the test split against each OOD set; save the chosen detector as the run's OOD guard."""
         from nnforge.explain import OODGuard, TextFeatures, auroc, build_detector, fpr_at_tpr, threshold_at_recall
 
-        train, val, test = ctx.data["train"], ctx.data.get("val"), ctx.data["test"]
+        train, val = ctx.data["train"], ctx.data.get("val")
         if val is None or not len(val):
             return
         sets = _ood_texts(config.ood_sets, config.ood_samples, ctx.seed)
@@ -221,7 +300,8 @@ class Evaluate:
 
 
 def finetune_gain(tuned: Outputs, baseline_preds: list[int], name: str = "fp32", confidence: float = 0.95,
-                  resamples: int = 2000) -> dict[str, Any]:
+                  resamples: int = 2000, *, what: str = "Fine-tuning",
+                  baseline: str = "logistic regression on frozen embeddings") -> dict[str, Any]:
     """Fine-tuned minus frozen-probe accuracy on the same test items: a paired bootstrap interval and McNemar's
     exact test (the probe's predictions are paired with the model's item by item), with a sentence saying
     whether the difference is significant at ``confidence``."""
@@ -235,14 +315,15 @@ def finetune_gain(tuned: Outputs, baseline_preds: list[int], name: str = "fp32",
     test = mcnemar(a.astype(bool), b.astype(bool))
     significant = bool(iv.low > 0 or iv.high < 0)
     pct = f"{confidence:.0%}"
+    subject = "the fine-tuned model" if what == "Fine-tuning" else "the trained model"
     if significant:
         direction = "better" if iv.estimate > 0 else "worse"
-        verdict = (f"Fine-tuning made a significant difference at {pct}: the fine-tuned model ({name}) is {direction} "
-                   f"than logistic regression on frozen embeddings by {iv.estimate:+.3f} accuracy "
+        verdict = (f"{what} made a significant difference at {pct}: {subject} ({name}) is {direction} "
+                   f"than {baseline} by {iv.estimate:+.3f} accuracy "
                    f"({pct} paired bootstrap interval [{iv.low:+.3f}, {iv.high:+.3f}], McNemar p = {test['p_value']:.3g}).")
     else:
-        verdict = (f"Fine-tuning made no significant difference at {pct}: the fine-tuned model ({name}) differs from "
-                   f"logistic regression on frozen embeddings by {iv.estimate:+.3f} accuracy, and the {pct} paired "
+        verdict = (f"{what} made no significant difference at {pct}: {subject} ({name}) differs from "
+                   f"{baseline} by {iv.estimate:+.3f} accuracy, and the {pct} paired "
                    f"bootstrap interval [{iv.low:+.3f}, {iv.high:+.3f}] contains 0 (McNemar p = {test['p_value']:.3g}).")
     return {**iv.to_dict(), "variant": name, "baseline": "baseline_logreg", "n": len(a), "mcnemar": test,
             "significant": significant, "verdict": verdict}
