@@ -228,7 +228,8 @@ def run_recipe(recipe: Recipe, *, runs_dir: str | Path = "runs", ledger: Ledger 
     """Run every step of ``recipe``; returns the run's id, folder, metrics and report path.
 
     The data and the model are loaded and every step's preflight runs first (:func:`prepare`, or pass its
-    result as ``prepared``): bad input found there creates no run folder and no ledger event.
+    result as ``prepared``, once: the run trains its model in place): bad input found there creates no run
+    folder and no ledger event.
 
     Raises:
         NnforgeError: bad input (exit 2 in the CLI) or a failed step (exit 1); the ledger records

@@ -128,7 +128,10 @@ class Quantize:
             if not any(s.name == "calibrate" and s.config.budget is not None for s in plan.recipe.steps[:mine]):
                 raise ConfigError("scheme 'mixed' needs a 'calibrate' step with a budget before it (e.g. "
                                   "- calibrate: {budget: 4})")
-        check_targets(plan.model, config.qconfig({}))
+        qcfg = config.qconfig({})
+        check_targets(plan.model, qcfg)
+        if needs_calibration(qcfg):
+            check_calibration_data(plan, f"quantize ({qcfg.type_name})")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         base = ctx.variants.get("fp32", ctx.model)
@@ -185,6 +188,18 @@ def check_targets(model: nn.Module, qcfg: Config) -> None:
         raise ConfigError(f"quantize: plan names modules {unknown[:5]} the model does not have")
 
 
+def check_calibration_data(plan: Preflight, what: str) -> None:
+    """Calibration batches can be drawn from the run's data (what ``calibration_batches`` reads)."""
+    from nnforge.data import ArrayClassification, CharCorpus
+
+    texts = hasattr(plan.model, "tokenize") and hasattr(plan.splits.get("train"), "texts")
+    dataset = plan.splits.get("dataset")
+    if not (texts or isinstance(dataset, (CharCorpus, ArrayClassification))):
+        raise ConfigError(f"{what} needs calibration data: a text classifier on text data, a character corpus or "
+                          f"an array dataset; dataset {plan.recipe.data.dataset!r} with a {type(plan.model).__name__} "
+                          "is none of these")
+
+
 def _candidate(name: str) -> str:
     return name if name == "fp32" else _registered(FORMATS, name)
 
@@ -222,6 +237,11 @@ class Calibrate:
     name: ClassVar[str] = "calibrate"
     Config: ClassVar[type[Config]] = CalibrateStepConfig
     description: ClassVar[str] = "per-layer sensitivity per format on calibration data; a mixed-precision plan"
+
+    def preflight(self, plan: Preflight, config: Any) -> None:
+        """The model has Linear modules to measure, and calibration data can be drawn."""
+        check_targets(plan.model, WeightOnlyConfig(modules=("linear",)))
+        check_calibration_data(plan, "calibrate")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         from nnforge.compress.quantize.mixed import allocate_bits, layer_sensitivity
