@@ -126,8 +126,8 @@ def _preflight(suite: Suite, target: SuiteTarget, candidate: str, baseline: Suit
         raise ConfigError(f"suite {suite.name!r} compares with a baseline: give one (--baseline RUN)")
     if needs["logreg"] and target.logreg is None:
         raise ConfigError(f"suite {suite.name!r} compares with the run's logistic-regression baseline ('logreg'), "
-                          f"which this run has no predictions of on split {suite.split!r}: add a 'baselines' step "
-                          "before the gate (and evaluate the recipe's test split)")
+                          f"which this run has no predictions of on split {suite.split!r}: its recipe needs a 'baselines' "
+                          "step (before evaluate and gate), and the suite the recipe's test split")
     if needs["logreg"] and target.logreg is not None and len(target.logreg) != len(_labels(target.split)):
         raise DataError(f"the run's logistic-regression baseline has {len(target.logreg)} predictions but split "
                         f"{suite.split!r} has {len(_labels(target.split))} examples")
