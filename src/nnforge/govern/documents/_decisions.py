@@ -31,7 +31,8 @@ def run_state(facts: _Facts) -> tuple[str, str]:
     why = f": {str(failed.data.get('error', ''))[:300]} (ledger event #{failed.seq})" if failed is not None else \
         " (no run.finished or run.failed event: the run is still going, or its process was killed)"
     steps = ", ".join(done) if done else "none"
-    return status, f"This run {status.upper()}{where}{why}. Steps that finished: {steps}. The model it left " \
+    said = {"failed": "FAILED", "interrupted": "was INTERRUPTED"}.get(status, "has NOT FINISHED")
+    return status, f"This run {said}{where}{why}. Steps that finished: {steps}. The model it left " \
                    "did not complete its recipe: do not deploy it on the strength of this document."
 
 
