@@ -32,7 +32,8 @@ def _outs(correct: np.ndarray) -> Outputs:
 
 
 def test_a_model_significantly_worse_than_logreg_fails_and_noise_passes():
-    suite = load_suite("quickstart").model_copy(update={"checks": ["accuracy >= logreg"], "slices": ["class"]})
+    suite = load_suite("quickstart").model_copy(update={"checks": ["accuracy >= logreg"], "slices": ["class"],
+                                                       "resamples": 300})
     rng = np.random.default_rng(0)
     base = rng.random(600) < 0.6
     worse = run_suite(suite, SuiteInputs(_outs(base & (rng.random(600) < 0.7)), logreg=_outs(base)))
