@@ -133,3 +133,13 @@ def test_weights_changed_between_load_and_use_are_refused(run):
     with pytest.raises(IntegrityError, match="changed since the run was loaded"):
         loaded.model("int8")
     assert type(nnforge.load_run(run, allow_modified=True).model("int8")).__name__ == "DigitsMLP"
+
+
+def test_evaluate_with_allow_modified_runs_and_is_recorded(run, capsys):
+    (run.parent.parent / "tiny-suite.yaml").write_text("name: tiny\nchecks:\n  - size_mb <= 100\n")
+    weights = run / "model-int8.safetensors"
+    flip(weights, at=weights.stat().st_size - 150)
+    assert main(["evaluate", str(run), "--suite", "tiny-suite.yaml"]) == 2
+    assert main(["evaluate", str(run), "--suite", "tiny-suite.yaml", "--allow-modified"]) == 0
+    capsys.readouterr()
+    assert [o.data["use"] for o in _kinds("integrity.overridden")] == ["evaluate"]

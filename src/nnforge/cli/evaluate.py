@@ -21,6 +21,7 @@ def evaluate(
     ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the one the run wrote to).")] = None,
     actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    allow_modified: Annotated[bool, typer.Option("--allow-modified", help="Evaluate even if a run file differs from what the ledger recorded (the choice is recorded).")] = False,
 ) -> None:
     """Run a regression suite on a finished run; writes JSON, JUnit XML and a report section, records the
     suite's sha256 in the ledger, and exits 1 when a check fails."""
@@ -37,7 +38,7 @@ def evaluate(
     with progress_bars() as progress:
         result, files = evaluate_run(run, s, ledger=led, variant=variant, baseline=baseline,
                                      baseline_variant=baseline_variant, runs_dir=runs_dir, junit=junit,
-                                     suite_path=suite, progress=progress)
+                                     suite_path=suite, progress=progress, allow_modified=allow_modified)
     if json_:
         print_json({**result.to_dict(), "files": {k: str(v) for k, v in files.items()}})
     else:

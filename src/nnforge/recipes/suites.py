@@ -258,11 +258,11 @@ def _saved_logreg(run: Any, split: str) -> list[int] | None:
 def evaluate_run(run: str | Path, suite: Suite, *, ledger: Ledger, variant: str | None = None,
                  baseline: str | Path | None = None, baseline_variant: str | None = None,
                  runs_dir: str | Path = "runs", junit: Path | None = None, suite_path: str = "",
-                 progress: ProgressFn | None = None) -> tuple[SuiteResult, dict[str, Path]]:
+                 progress: ProgressFn | None = None, allow_modified: bool = False) -> tuple[SuiteResult, dict[str, Path]]:
     """Judge a finished run's model with ``suite``; writes the results into the run folder and the ledger."""
     from nnforge.recipes.runs import find_run, load_run
 
-    r = load_run(run, runs_dir)
+    r = load_run(run, runs_dir, allow_modified=allow_modified, use="evaluate")  # files checked against the ledger
     ledger.run_events(r.run_id)  # the ledger must be the run's: its report is re-rendered from it at the end
     base_path = find_run(baseline, runs_dir) if baseline is not None else None  # a missing baseline fails here
     if not r.variants:
