@@ -342,6 +342,12 @@ def _native_variants(variants: dict[str, Any], reference: str) -> dict[str, tupl
         if fast is None:
             log.info("variant %s is not evaluated natively: %s", name, backend)
             continue
+        if backend == "native-scalar":
+            # the portable C++ path (no AVX-512 VNNI here) is many times slower than PyTorch: evaluating it would
+            # multiply the step's time (90 ms a passage for MiniLM on AVX2) to measure a runtime nobody should use here
+            log.info("variant %s is not evaluated natively: this CPU has no SIMD path of the native runtime "
+                     "(native-scalar, slower than PyTorch here)", name)
+            continue
         out[f"{name}{NATIVE_SUFFIX}"] = (fast, name, backend)
     return out
 
