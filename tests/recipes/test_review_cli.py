@@ -53,8 +53,9 @@ def test_enqueue_predicts_applies_the_rules_and_records_hashes_only(copied, caps
 @pytest.mark.parametrize(("setup", "args", "message"), [
     (lambda w: (w / "empty.txt").write_text("\n\n"), ["--file", "empty.txt"], "no texts"),
     (lambda w: None, ["--file", "missing.txt"], "no such file"),
+    # a recorded guard that was deleted is a modified run: refused by the integrity check, naming the file
     (lambda w: shutil.rmtree(next((w / "runs").iterdir()) / "ood-guard"), ["--file", "texts.txt", "--ood"],
-     "--ood needs a saved guard"),
+     "ood-guard/detector.safetensors"),
     (lambda w: None, ["--file", "texts.txt", "--audit-rate", "1.5"], "--audit-rate must be in [0, 1]"),
 ])
 def test_enqueue_bad_input_exits_2_and_queues_nothing(copied, capsys, setup, args, message):
