@@ -83,32 +83,18 @@ def _run_facts(run_dir: os.PathLike[str] | str) -> tuple[str | None, str | None]
             loc if isinstance(loc, str) and "://" not in loc and os.path.isfile(loc) else None)
 
 
-def _records_run(location: str, run_id: str) -> bool:
-    from nnforge.errors import NnforgeError
-    from nnforge.ledger import Ledger
-
-    try:
-        led = Ledger.open(location)
-    except NnforgeError:
-        return False
-    try:
-        return bool(led.events(run=run_id, kind="run.started"))
-    except NnforgeError:
-        return False
-    finally:
-        led.close()
-
-
 def run_ledger(given: str | None, run_dir: os.PathLike[str] | str, *, create: bool = False) -> str:
     """The ledger for a command on a finished run: ``--ledger`` or ``NNFORGE_LEDGER`` when given; else the
     default ``.nnforge/ledger.db`` here when it recorded the run; else the ledger the run recorded (so a command
     run from another folder still finds it); else the default. Only commands that write new records
     (``create``) may start a new ledger."""
     if not given and not os.environ.get("NNFORGE_LEDGER"):
+        from nnforge.govern.integrity import records_run
+
         run_id, recorded = _run_facts(run_dir)
         here = ledger_location(None)
         if run_id and recorded and recorded != os.path.abspath(here) and not (
-                os.path.isfile(here) and _records_run(here, run_id)):
+                os.path.isfile(here) and records_run(here, run_id)):
             _warn_if_copied(run_dir, recorded)
             return recorded
         if recorded and recorded == os.path.abspath(here):

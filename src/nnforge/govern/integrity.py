@@ -26,7 +26,7 @@ from nnforge import runs
 from nnforge.errors import IntegrityError, NnforgeError
 from nnforge.ledger import Event, Ledger, file_sha256
 
-__all__ = ["AlteredFile", "RunCheck", "run_status", "find_ledger", "check_run", "verify_run", "OVERRIDE_EVENT",
+__all__ = ["AlteredFile", "RunCheck", "run_status", "records_run", "find_ledger", "check_run", "verify_run", "OVERRIDE_EVENT",
            "RUN_STATUSES"]
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def run_status(events: list[Event], config: dict[str, Any] | None = None) -> str
     return status if status in RUN_STATUSES else "running"
 
 
-def _records(location: str, run_id: str) -> bool:
+def records_run(location: str, run_id: str) -> bool:
+    """Whether the ledger at ``location`` records ``run_id`` as started (False when it cannot be opened)."""
     try:
         led = Ledger.open(location)
     except NnforgeError:
@@ -131,7 +132,7 @@ def find_ledger(run_dir: str | os.PathLike[str], ledger: str | os.PathLike[str] 
     candidates = [str(ledger) if ledger is not None else None, os.environ.get("NNFORGE_LEDGER"),
                   os.path.join(".nnforge", "ledger.db"), recorded if isinstance(recorded, str) else None]
     for loc in dict.fromkeys(c for c in candidates if c):
-        if ("://" in loc or os.path.isfile(loc)) and _records(loc, run_id):
+        if ("://" in loc or os.path.isfile(loc)) and records_run(loc, run_id):
             return loc
     return None
 
