@@ -1,4 +1,4 @@
-"""Compression: quantization (and, later, pruning) as in-place transforms driven by config objects.
+"""Compression: quantization and pruning as in-place transforms driven by config objects.
 
 >>> from nnforge.compress import quantize_, Int4WeightOnlyConfig
 >>> report = quantize_(model, Int4WeightOnlyConfig(group_size=64))  # doctest: +SKIP
@@ -28,6 +28,7 @@ from nnforge.compress._transform import (
     transform_types,
     weight_holders,
 )
+from nnforge.compress.prune import NMConfig, UnstructuredConfig
 from nnforge.compress.quantize import (
     BinaryConfig,
     Int2WeightOnlyConfig,
@@ -45,9 +46,13 @@ from nnforge.compress.quantize import (
 from nnforge.compress.quantize.calibrate import CALIBRATORS, CalibrationJob, CalibratorSpec, register_calibrator
 from nnforge.compress.quantize.kernels._format import FORMATS, FormatSpec, register_format
 from nnforge.config import Config
+from nnforge.errors import ConfigError
 
 __all__ = [
     "quantize_",
+    "prune_",
+    "UnstructuredConfig",
+    "NMConfig",
     "apply_",
     "TransformReport",
     "ModuleChange",
@@ -94,6 +99,34 @@ def quantize_(model: nn.Module, config: Config, filter: ModuleFilter | None = No
             run as ``forward(model, batch)`` (default ``model(batch)``, or ``model(*batch)`` for a tuple).
         progress: ``progress(done, total)`` after each layer.
     """
+    inputs: dict[str, Any] = {}
+    if calibration is not None:
+        inputs.update(calibration=calibration, forward=forward)
+    if progress is not None:
+        inputs["progress"] = progress
+    return apply_(model, config, filter, **inputs)
+
+
+def prune_(model: nn.Module, config: Config, filter: ModuleFilter | None = None, *,
+           calibration: Iterable[Any] | None = None, forward: Callable[[nn.Module, Any], Any] | None = None,
+           progress: Callable[[int, int], None] | None = None) -> TransformReport:
+    """Prune ``model`` in place as ``config`` (a transform of kind ``"prune"``) says; see :func:`apply_`.
+
+    Args:
+        calibration: batches for data-driven criteria (Wanda, SparseGPT); each is run as
+            ``forward(model, batch)`` (default ``model(batch)``, or ``model(*batch)`` for a tuple).
+        progress: ``progress(done, total)`` after each layer.
+
+    Raises:
+        ConfigError: ``config`` is not a pruning config (quantize with :func:`quantize_`).
+    """
+    from nnforge.compress._transform import transform_spec
+
+    kind = transform_spec(config).kind
+    if kind != "prune":
+        raise ConfigError(f"prune_ takes a pruning config (one of {', '.join(transform_types('prune'))}); "
+                          f"{type(config).__name__} is a {kind!r} transform: apply it with "
+                          f"{'quantize_' if kind == 'quantize' else 'apply_'}")
     inputs: dict[str, Any] = {}
     if calibration is not None:
         inputs.update(calibration=calibration, forward=forward)
