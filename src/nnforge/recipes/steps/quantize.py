@@ -134,9 +134,10 @@ class Quantize:
             check_calibration_data(plan, f"quantize ({qcfg.type_name})")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
-        base = ctx.variants.get("fp32", ctx.model)
         if "fp32" not in ctx.variants:  # no training before: the base model is the fp32 reference
-            ctx.save_model("fp32", base, {**ctx.model_spec, "transforms": []})
+            ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
+        start = ctx.shared.get("compress_base", "fp32")  # after a prune step: its pruned variant (prune, then quantize)
+        base = ctx.variants[start]
         plan = None
         if config.scheme == "mixed":
             plan = ctx.shared.get("mixed_plan")
@@ -154,8 +155,9 @@ class Quantize:
         report = quantize_(model, qcfg, **inputs,
                            progress=(lambda d, t: progress("quantize", d, t)) if progress else None)
         variant = config.variant or (qcfg.type_name if config.config is not None else config.scheme)
-        spec = {**ctx.variant_specs["fp32"],
-                "transforms": [*ctx.variant_specs["fp32"].get("transforms", []), qcfg.to_dict()]}
+        variant = variant if config.variant or start == "fp32" else f"{start}-{variant}"
+        spec = {**ctx.variant_specs[start],
+                "transforms": [*ctx.variant_specs[start].get("transforms", []), qcfg.to_dict()]}
         ctx.save_model(variant, model, spec)
         ctx.model = model
         ctx.sections.setdefault("quantize", {})[variant] = report.to_dict()

@@ -1,0 +1,88 @@
+"""Recipe step ``prune``: any registered pruning config by name, preflight before the run starts, a saved
+variant that reloads, every decision in the ledger, a report section, and prune-then-quantize in one recipe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nnforge.cli import main
+from nnforge.errors import ConfigError
+from nnforge.recipes import load_recipe
+
+RECIPE = """
+name: digits-prune
+seed: 0
+model: {architecture: digits-mlp}
+data: {dataset: digits}
+steps:
+  - prune: {config: {type: unstructured, data: {sparsity: 0.5}}, exclude: [net.6], latency_repeats: 4}
+  - quantize: {scheme: int8}
+  - report
+metadata: {intended_purpose: test}
+"""
+
+
+def _events(kind):
+    from nnforge.ledger import Ledger
+
+    with Ledger.open(".nnforge/ledger.db") as led:
+        return [e for e in led.events() if e.kind == kind]
+
+
+def test_prune_then_quantize_saves_reloadable_variants_and_records_every_decision(workdir, capsys):
+    (workdir / "r.yaml").write_text(RECIPE, encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = out["metrics"]
+    assert m["pruned-unstructured_modules_pruned"] == 2 and m["pruned-unstructured_sparsity"] == 0.5
+    assert m["pruned-unstructured_flops_ratio"] == 1.0  # zeros in a dense matrix are still multiplied
+    import nnforge
+
+    run = nnforge.load_run(out["run_dir"])
+    assert {"fp32", "pruned-unstructured", "pruned-unstructured-int8"} <= set(run.variants)
+    pruned, dense = run.model("pruned-unstructured"), run.model("fp32")
+    assert float((pruned.net[0].weight == 0).float().mean()) == 0.5
+    assert float((pruned.net[3].weight == 0).float().mean()) == 0.5
+    assert torch.equal(pruned.net[6].weight, dense.net[6].weight)  # excluded: left dense
+    quantized = run.model("pruned-unstructured-int8")  # quantized from the pruned variant, zeros kept
+    assert type(quantized.net[0]).__name__ == "QuantizedLinear"
+    assert float((quantized.net[0].dequantize() == 0).float().mean()) == 0.5
+
+    layers = _events("prune.layer")
+    assert [e.data["module"] for e in layers] == ["net.0", "net.3"]
+    assert all(e.data["sparsity"] == 0.5 and e.data["criterion"] == "magnitude" for e in layers)
+    assert layers[0].data["shape_before"] == layers[0].data["shape_after"] == [128, 64]
+    assert layers[0].data["flops_before"] == layers[0].data["flops_after"] > 0
+    assert "executed dense" in layers[0].data["verdict"]
+    (applied,) = _events("prune.applied")
+    assert applied.data["nonzero_after"] == applied.data["params_before"] // 2
+    assert {"module": "net.6", "reason": "left out by the step's modules/exclude patterns: not pruned"} \
+        in applied.data["skipped"]
+    assert applied.data["latency_b1"]["verdict"] in ("faster", "slower", "not significant")
+    html = (workdir / out["run_dir"] / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Pruning</h2>" in html and "zeros kept in dense matrices save nothing" in html
+    assert "<code>net.3</code>" in html and "data:image/png;base64," in html
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ("{config: {type: unstructred}}", "did you mean 'unstructured'"),
+    ("{config: {type: int8}}", "not a registered prune method"),
+    ("{config: {type: unstructured, data: {sparsity: 1.5}}}", "sparsity"),
+])
+def test_prune_step_options_are_validated_when_the_recipe_is_read(step, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("digits", [f"steps=[{{prune: {step}}}]"])
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ("{config: {type: unstructured}, exclude: [blocks.0]}", "pattern 'blocks.0' matches no module"),
+    ("{config: {type: unstructured}, modules: ['net.1']}", "no module with a weight matrix is left"),
+    ("{config: {type: nm}, base: pruned-x}", "base 'pruned-x' is not a variant an earlier prune step saves"),
+])
+def test_prune_step_preflight_refuses_before_anything_is_written(workdir, step, message):
+    (workdir / "r.yaml").write_text(RECIPE.replace(RECIPE.splitlines()[6], f"  - prune: {step}"), encoding="utf-8")
+    assert main(["run", "r.yaml"]) == 2
+    assert not (workdir / "runs").exists() and not (workdir / ".nnforge").exists()
