@@ -131,8 +131,8 @@ def _plan_blocks(blocks: list[Structure], config: StructuredPruneConfig, influen
     if n_remove > 0 and skeleton:
         raise ConfigError("blocks: which blocks were removed depends on the data, and this config does not name them; "
                           "rebuild from the config in the pruning report (report.config), whose 'shapes' does")
-    gone = set(sorted(free, key=lambda s: influence[s.name])[:n_remove]) if n_remove > 0 else set()
-    plan.update({s.name: torch.arange(0 if s in gone else 1) for s in free})
+    gone = {s.name for s in sorted(free, key=lambda s: influence[s.name])[:n_remove]} if n_remove > 0 else set()
+    plan.update({s.name: torch.arange(0 if s.name in gone else 1) for s in free})
     return plan
 
 
@@ -176,3 +176,69 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mod
     if note:
         skipped.append(("", note))
     return structures, plan, skipped
+
+
+# --- the transform ----------------------------------------------------------------------------------------
+
+def _weight_norm(mod: nn.Module) -> float:
+    w = getattr(mod, "weight", None)
+    return float(w.detach().float().norm()) if isinstance(w, torch.Tensor) else 0.0
+
+
+@register_transform(StructuredPruneConfig, kind="prune", needs_data=_needs_data)
+def apply_structured(model: nn.Module, config: StructuredPruneConfig, filter: ModuleFilter | None = None, *,
+                     calibration: Iterable[Any] | None = None, forward: Forward | None = None,
+                     skeleton: bool = False, progress: Callable[[int, int], None] | None = None) -> TransformReport:
+    """Remove the lowest-ranked heads, FFN neurons, conv channels and blocks of ``model``, physically.
+
+    Every cut layer is replaced by a smaller one (the consumer's input shrinks with the producer's output; a
+    BatchNorm between them too; a char-GPT attention module becomes a :class:`PrunedCausalSelfAttention` with
+    fewer heads; a removed block a :class:`RemovedBlock`), so the model needs no mask and computes what the
+    dense model computes with the removed units' outputs set to zero. The report's ``config`` names the kept
+    count of every structure (``shapes``): a variant saved with it is rebuilt at the pruned shapes.
+
+    With ``criterion='wanda'``, the consumers' input norms are measured on ``calibration`` in one pass, together
+    with the blocks' influence, on the model before any cut.
+    """
+    structures, plan, skipped = plan_structured(model, config, filter, calibration=calibration, forward=forward,
+                                                skeleton=skeleton)
+    shapes = {name: len(keep) for name, keep in plan.items()}
+    resolved = config.replace(shapes={**config.shapes, **shapes})
+    report = TransformReport(f"structured:{config.criterion}", resolved.to_dict())
+    by_name = {s.name: s for s in structures}
+    cut = [by_name[n] for n in plan if len(plan[n]) < by_name[n].units]
+    touched = list(dict.fromkeys(m for s in cut for m in s.modules))
+    before = {m: (_module_bytes(model.get_submodule(m)), _weight_norm(model.get_submodule(m))) for m in touched}
+    details: dict[str, list[str]] = {m: [] for m in touched}
+    for i, s in enumerate(cut):
+        keep = plan[s.name]
+        what = f"{s.kind} {s.units} → {len(keep)} ({1 - len(keep) / s.units:.0%} removed, {config.criterion})"
+        if s.kind == "block":
+            details[s.name].append("block removed whole (its input passes through unchanged)")
+        else:
+            for p in s.producers:
+                details[p].append(f"{what}: output rows")
+            for n in s.norms:
+                details[n].append(f"{what}: channels of {s.name}")
+            details[s.consumer].append(f"{what}: input columns, for {s.name}")
+        s.cut(model, keep)
+        if progress:
+            progress(i + 1, len(cut))
+    for m in touched:
+        after = _module_bytes(model.get_submodule(m))
+        b, n = before[m]
+        err = 1.0 if not after else math.sqrt(max(0.0, 1 - (_weight_norm(model.get_submodule(m)) / n) ** 2)) if n else 0.0
+        report.changed.append(ModuleChange(m, type(model.get_submodule(m)).__name__, b, after, 0.0 if skeleton else err,
+                                           "; ".join(details[m]) + "; physically removed (smaller matrices, no mask)"))
+    done = set(touched)
+    for name, reason in skipped:
+        report.skipped.append((name, reason))
+    left = {n for n, _ in skipped}
+    for name, mod in model.named_modules():
+        if name and name not in done and name not in left and any(True for _ in mod.parameters(recurse=False)) \
+                and not any(name.startswith(f"{t}.") for t in done):
+            inside = next((s for s in structures if name in s.modules and s.name in plan), None)
+            report.skipped.append((name, f"in {inside.name}, kept whole (its fraction keeps every unit)" if inside
+                                   else "not part of a structure this pruner removes units from (heads, FFN neurons, "
+                                        "conv channels, blocks): left as is"))
+    return report

@@ -15,6 +15,8 @@ __all__ = ["StructuredPruneConfig"]
 class StructuredPruneConfig(Config):
     """Remove a fraction of the units of every prunable structure: the pruned layers are smaller matrices.
 
+    The default removes half of the heads, FFN neurons and conv channels, and no block.
+
     Each fraction is of the units of one structure (per attention module, per FFN, per conv), not global; the
     kept count is ``round(units * (1 - fraction))``, at least one, rounded up to a multiple of ``multiple_of``.
 
@@ -38,9 +40,9 @@ class StructuredPruneConfig(Config):
             ``rebuild`` makes the pruned shapes again with no mask.
     """
 
-    heads: float = Field(0.0, ge=0.0, lt=1.0)
-    ffn: float = Field(0.0, ge=0.0, lt=1.0)
-    channels: float = Field(0.0, ge=0.0, lt=1.0)
+    heads: float = Field(0.5, ge=0.0, lt=1.0)
+    ffn: float = Field(0.5, ge=0.0, lt=1.0)
+    channels: float = Field(0.5, ge=0.0, lt=1.0)
     blocks: float = Field(0.0, ge=0.0, lt=1.0)
     criterion: Literal["magnitude", "wanda"] = "magnitude"
     multiple_of: int = Field(1, ge=1, le=256)
