@@ -152,11 +152,19 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# transformers imports torchao when it is installed (a benchmark peer here), which warns about CUDA libraries a CPU
+# machine lacks and about Triton; torch warns about torchao's deprecated pytree registrations
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if STATE["debug"] else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    if not STATE["debug"]:  # import-time noise nobody can act on; --debug shows it
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
