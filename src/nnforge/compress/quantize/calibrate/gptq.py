@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from nnforge.compress.quantize.calibrate._common import (
@@ -18,11 +20,13 @@ from nnforge.compress.quantize.calibrate._registry import CalibrationJob, regist
 from nnforge.compress.quantize.kernels import PackedWeight
 from nnforge.errors import ConfigError
 
-__all__ = ["gptq"]
+__all__ = ["gptq", "upper_cholesky_of_inverse", "obs_sweep"]
 
 
-def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
-    """``U`` with ``Uᵀ U = (H + damp * mean(diag H) * I)⁻¹`` (float64), or a :class:`ConfigError`."""
+def upper_cholesky_of_inverse(H: torch.Tensor, damp: float, what: str = "GPTQ") -> torch.Tensor:
+    """``U`` with ``Uᵀ U = (H + damp * mean(diag H) * I)⁻¹`` (float64), or a :class:`ConfigError` naming ``what``.
+
+    The factor that drives the error feedback of GPTQ and of SparseGPT (both from the OBS framework)."""
     K = H.shape[0]
     damping = damp * float(torch.diagonal(H).mean())
     Hd = H.clone()
@@ -32,7 +36,7 @@ def _upper_cholesky_of_inverse(H: torch.Tensor, damp: float) -> torch.Tensor:
     if int(info) == 0:
         U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
     if int(info) != 0 or not bool(torch.isfinite(U).all()):
-        raise ConfigError(f"GPTQ: the Hessian ({K}x{K}) is singular or not positive definite even after damping "
+        raise ConfigError(f"{what}: the Hessian ({K}x{K}) is singular or not positive definite even after damping "
                           f"with damp={damp} (adding {damping:.3g} = damp * mean diagonal to the diagonal); the "
                           "Cholesky factorisation failed. Use a larger 'damp' (e.g. 0.01-0.1) or more calibration "
                           "data (more tokens than input features).")
@@ -92,34 +96,52 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(K)
     W = W[:, perm]
     H = H[perm][:, perm]
-    Hinv = _upper_cholesky_of_inverse(H, damp).to(torch.float32)
+    Hinv = upper_cholesky_of_inverse(H, damp).to(torch.float32)
     group_of = perm // G  # group (in the original column order) of each permuted column
 
     Q = torch.zeros(N, K)
-    block = G * max(1, block_size // G) if group_size is not None else block_size
+
+    def column(W1: torch.Tensor, Hinv1: torch.Tensor, i: int, col: int) -> torch.Tensor:
+        g = int(group_of[col])
+        if not static and col % G == 0:
+            sg, zg = rtn_params(W1[:, i : i + G].unsqueeze(1), grid)
+            S[:, g] = sg[:, 0]
+            if Z is not None and zg is not None:
+                Z[:, g] = zg[:, 0]
+        q, deq = quantize(W1[:, i : i + 1], S[:, g], Z[:, g] if Z is not None else None, grid)
+        Q[:, col] = q[:, 0]
+        return deq[:, 0]
+
+    obs_sweep(W, Hinv, G * max(1, block_size // G) if group_size is not None else block_size, column)
+    Q = Q[:, torch.argsort(perm)]
+    return pack_groups(Q.view(N, ng, G), S, Z, grid, group_size)
+
+
+def obs_sweep(W: torch.Tensor, Hinv: torch.Tensor, block: int,
+              column: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]) -> None:
+    """The column sweep GPTQ and SparseGPT share: replace each column of ``W`` (N, K), left to right, by
+    ``column(W1, Hinv1, i, col)`` and spread its error over the columns not yet replaced (in place).
+
+    ``Hinv`` is :func:`upper_cholesky_of_inverse` (K, K). Columns go in blocks of ``block``: ``W1`` is the
+    current block with the error feedback so far (``i`` the column within it, ``col`` in ``W``), ``Hinv1`` its
+    diagonal block of ``Hinv``; a block's errors reach the later columns lazily, in one matmul, when it ends.
+    ``W`` ends holding exactly the values ``column`` returned.
+    """
+    K = W.shape[1]
     for i1 in range(0, K, block):
         i2 = min(i1 + block, K)
         W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            g = int(group_of[col])
-            if not static and col % G == 0:
-                sg, zg = rtn_params(W1[:, i : i + G].unsqueeze(1), grid)
-                S[:, g] = sg[:, 0]
-                if Z is not None and zg is not None:
-                    Z[:, g] = zg[:, 0]
-            s = S[:, g]
-            z = Z[:, g] if Z is not None else None
-            q, deq = quantize(W1[:, i : i + 1], s, z, grid)
-            Q[:, col] = q[:, 0]
-            err = (W1[:, i] - deq[:, 0]) / Hinv1[i, i]
+            q = column(W1, Hinv1, i, i1 + i)
+            Q1[:, i] = q
+            err = (W1[:, i] - q) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
+        W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    Q = Q[:, torch.argsort(perm)]
-    return pack_groups(Q.view(N, ng, G), S, Z, grid, group_size)
 
 
 @register_calibrator("gptq", needs_data=True, summary="second-order error feedback from the input Hessian")
