@@ -1,0 +1,170 @@
+"""Benchmark: structured pruning of the quickstart's MiniLM (40% of heads, 40% of FFN neurons) + recovery.
+
+    python benchmarks/prune/minilm.py           # full: the quickstart as shipped, then prune + 2 recovery epochs
+    python benchmarks/prune/minilm.py --quick   # the quickstart's quick slice, 1 recovery epoch
+    python benchmarks/prune/minilm.py --smoke   # the quickstart's smoke slice, 1 epoch on 12 passages; writes nothing
+
+Protocol: the quickstart recipe (``baselines``, ``finetune``, ``quantize``; its LoRA-fine-tuned MiniLM with the
+adapters merged) gives the unpruned model, its fp32 variant as saved. ``StructuredPruneConfig(heads=0.4,
+ffn=0.4, criterion="wanda")`` removes 40% of the attention heads (12 → 7 per layer) and of the FFN neurons
+(1536 → 922 per layer) of every layer, ranked by Wanda scores on 64 training passages, physically (smaller
+matrices, no mask). Recovery: full fine-tuning of the pruned model on the training plays
+(``finetune_classifier``: AdamW, class-balanced loss, early stopping and WiSE-FT on the validation plays).
+Test plays: accuracy of both on the same passages with the paired bootstrap interval of the drop; embedding
+fidelity (cosine of pruned to unpruned sentence embeddings); safetensors size; batch-1 latency of both in
+PyTorch (fp32, eval, the same process, interleaved rounds) with the ratio's bootstrap interval.
+
+Writes benchmarks/results/prune_minilm.json (full) or prune_minilm.quick.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# benchmarks/ on the path, and not this folder: a sibling script named like a package (kernels.py) would hide
+# that package from transformers, which imports `kernels`
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from _common import add_mode_args, mode, pick, ratio_with_ci, spread, write_results  # noqa: E402
+from quickstart import QUICK, SMOKE  # noqa: E402
+
+PRUNE = {"heads": 0.4, "ffn": 0.4, "channels": 0.0, "criterion": "wanda"}
+CALIBRATION_PASSAGES, CALIBRATION_BATCH = 64, 16
+RECOVERY = {"lr": 5e-5, "batch_size": 16, "patience": 2, "seed": 0}
+
+
+def quickstart_model(args: argparse.Namespace, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """The quickstart's fine-tuned model (fp32 variant) and the data its recipe used."""
+    import yaml
+
+    from nnforge.ledger import Ledger
+    from nnforge.recipes import builtin_dir, parse_recipe, run_recipe
+    from nnforge.recipes.runner import prepare
+    from nnforge.recipes.runs import load_run, load_variant
+    from nnforge.recipes.schema import apply_overrides
+
+    path = builtin_dir() / "quickstart.yaml"
+    overrides = pick(args, full=[], quick=QUICK, smoke=SMOKE)
+    doc = apply_overrides(yaml.safe_load(path.read_text(encoding="utf-8")), overrides)
+    doc["steps"] = doc["steps"][:3]  # baselines, finetune, quantize (which saves the fp32 variant)
+    recipe = parse_recipe(doc, source=yaml.safe_dump(doc, sort_keys=False), path=str(path))
+    prepared = prepare(recipe)
+    result = run_recipe(recipe, runs_dir=workdir / "runs", ledger=Ledger.open(workdir / "ledger.db"),
+                        prepared=prepared)
+    run = load_run(result.run_dir, ledger=workdir / "ledger.db")
+    model, _ = load_variant(run.variant_file("fp32"))
+    return model.eval(), prepared.plan.splits  # the splits the recipe trained and tested on
+
+
+def split(splits: dict[str, Any], name: str) -> tuple[list[str], list[int]]:
+    return list(splits[name].texts), list(splits[name].labels)
+
+
+def predictions(model: Any, texts: list[str]) -> torch.Tensor:
+    return model.predict_proba(texts).argmax(-1)
+
+
+def file_mb(model: torch.nn.Module, tmp: Path, name: str) -> float:
+    from safetensors.torch import save_file
+
+    from nnforge.hardware import file_size_mb
+
+    path = tmp / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return file_size_mb(path)
+
+
+def fidelity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_args(ap)
+    args = ap.parse_args()
+    if mode(args) == "smoke":
+        torch.set_num_threads(1)  # checks the code, not the speed (as quickstart.py)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from nnforge.adapt import FinetuneConfig
+    from nnforge.adapt.finetune import finetune_classifier
+    from nnforge.compress import prune_
+    from nnforge.compress.prune.structured import StructuredPruneConfig
+    from nnforge.evaluate.stats import paired_bootstrap_diff_ci
+    from nnforge.hardware import interleave
+
+    workdir = Path(tempfile.mkdtemp(prefix="nnforge-prune-minilm-"))
+    try:
+        dense, splits = quickstart_model(args, workdir)
+        train_x, train_y = split(splits, "train")
+        val_x, val_y = split(splits, "val")
+        test_x, test_y = split(splits, "test")
+        n_test = pick(args, full=len(test_x), quick=len(test_x), smoke=24)
+        test_x, test_y = test_x[:n_test], test_y[:n_test]
+        calib_texts = train_x[:CALIBRATION_PASSAGES]
+        calibration = [{k: v for k, v in dense.tokenize(calib_texts[i:i + CALIBRATION_BATCH]).items()
+                        if k in ("input_ids", "attention_mask")}
+                       for i in range(0, len(calib_texts), CALIBRATION_BATCH)]
+        pruned = copy.deepcopy(dense)
+        report = prune_(pruned, StructuredPruneConfig(**PRUNE), calibration=calibration)
+        emb_dense = dense.embed(test_x)
+        no_recovery = {"acc": float((predictions(pruned, test_x) == torch.tensor(test_y)).float().mean()),
+                       **fidelity(pruned.embed(test_x), emb_dense)}
+        for p in pruned.parameters():
+            p.requires_grad_(True)
+        epochs = pick(args, full=2, quick=1, smoke=1)
+        history = finetune_classifier(pruned, train_x, train_y, val_x, val_y,
+                                      FinetuneConfig(epochs=epochs, **RECOVERY)).history
+        pruned.eval()
+        y = torch.tensor(test_y)
+        ok_dense, ok_pruned = predictions(dense, test_x) == y, predictions(pruned, test_x) == y
+        drop = paired_bootstrap_diff_ci(ok_dense.tolist(), ok_pruned.tolist())
+        one = {k: v for k, v in dense.tokenize(test_x[:1]).items() if k in ("input_ids", "attention_mask")}
+        rounds = pick(args, full=60, quick=20, smoke=3)
+        t = interleave({"unpruned": lambda: dense(**one), "pruned": lambda: pruned(**one)}, rounds=rounds,
+                       calls_per_round=pick(args, full=5, quick=3, smoke=1), warmup=2)
+        ratio, ratio_ci = ratio_with_ci(t["pruned"], t["unpruned"])
+        size_dense, size_pruned = file_mb(dense, workdir, "dense"), file_mb(pruned, workdir, "pruned")
+        fid = fidelity(pruned.embed(test_x), emb_dense)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    params = (sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in pruned.parameters()))
+    summary = {"acc_unpruned": float(ok_dense.float().mean()), "acc_pruned": float(ok_pruned.float().mean()),
+               "acc_drop": drop["diff"], "acc_drop_ci": drop["ci"], "acc_drop_mcnemar_p": drop["mcnemar_p"],
+               "latency_ratio": ratio, "latency_ratio_ci": list(ratio_ci),
+               "unpruned_latency_b1_ms": spread(t["unpruned"])["median"],
+               "pruned_latency_b1_ms": spread(t["pruned"])["median"],
+               "fidelity_cos_mean": fid["cos_mean"], "fidelity_cos_min": fid["cos_min"],
+               "unpruned_size_mb": size_dense, "pruned_size_mb": size_pruned, "size_ratio": size_pruned / size_dense,
+               "params_ratio": params[1] / params[0], "acc_pruned_before_recovery": no_recovery["acc"],
+               "n_test": len(test_y)}
+    results = {"no_recovery": no_recovery, "recovery_history": history, "timings_ms": {k: spread(v) for k, v in t.items()},
+               "shapes": report.config["data"]["shapes"], "params": {"unpruned": params[0], "pruned": params[1]},
+               "prune_report": {"bytes_before": report.bytes_before, "bytes_after": report.bytes_after}}
+    path = write_results("prune", "minilm", args=args, results=results, summary=summary,
+                         no_ci={"size_ratio": "a ratio of file sizes in bytes: exact, not sampled",
+                                "params_ratio": "a ratio of parameter counts: exact, not sampled"},
+                         packages=("transformers", "peft"),
+                         extra={"setup": {"prune": PRUNE, "recovery": {**RECOVERY, "epochs": epochs},
+                                          "calibration_passages": CALIBRATION_PASSAGES,
+                                          "runtime": "PyTorch eager, fp32, batch 1", "recipe_overrides": pick(
+                                              args, full=[], quick=QUICK, smoke=SMOKE)}})
+    print(f"wrote {path}" if path else "")
+    for k, v in summary.items():
+        print(f"  {k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
