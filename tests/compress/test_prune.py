@@ -19,6 +19,8 @@ from nnforge.compress import (
 from nnforge.compress.prune import sparsity_of
 from nnforge.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only wait on a busy machine
+
 
 class Net(nn.Module):
     def __init__(self) -> None:

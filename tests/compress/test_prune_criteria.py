@@ -14,6 +14,8 @@ from nnforge.errors import ConfigError
 
 K, N = 64, 32
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only wait on a busy machine
+
 
 def _problem(kind: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(w, x)``: ``outliers`` has 8 loud input features whose weights are small (magnitude drops exactly the

@@ -1,0 +1,85 @@
+"""Gradual pruning as a training callback: the cubic schedule, masks that hold through training, recovery, and
+movement scores choosing differently from magnitude on a planted problem."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from nnforge.compress import UnstructuredConfig, prune_
+from nnforge.compress.prune.gradual import GradualPruneConfig, cubic_sparsity, gradual_pruning_callback
+from nnforge.errors import ConfigError
+from nnforge.train import TrainConfig, fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only wait on a busy machine
+
+
+def test_cubic_schedule_follows_zhu_and_gupta() -> None:
+    cfg = GradualPruneConfig(final_sparsity=0.8, start_step=10, end_step=110, every=10)
+    assert cubic_sparsity(5, cfg) == 0.0 and cubic_sparsity(10, cfg) == 0.0
+    assert cubic_sparsity(60, cfg) == pytest.approx(0.8 - 0.8 * 0.5**3)
+    assert cubic_sparsity(65, cfg) == cubic_sparsity(60, cfg)  # held between pruning events
+    assert cubic_sparsity(110, cfg) == pytest.approx(0.8) and cubic_sparsity(500, cfg) == pytest.approx(0.8)
+    with pytest.raises(ConfigError, match="end_step"):
+        GradualPruneConfig(start_step=10, end_step=10)
+
+
+def _regression(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 16, generator=g)
+    teacher = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        y = teacher(x)
+    torch.manual_seed(seed + 1)
+    return x, y, nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+
+def _mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x) - y).square().mean())
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, callbacks: list, lr: float = 1e-2,
+         weight_decay: float = 0.0) -> None:
+    fit(model, lambda i: (x, y), config=TrainConfig(max_steps=steps, lr=lr, weight_decay=weight_decay, log_every=10_000,
+                                                    device="cpu"),
+        loss_fn=lambda m, b: (m(b[0]) - b[1]).square().mean(), callbacks=callbacks)
+
+
+def test_gradual_pruning_with_recovery_beats_one_shot_at_the_same_sparsity() -> None:
+    x, y, model = _regression()
+    _fit(model, x, y, 120, [])
+    one_shot = copy.deepcopy(model)
+    prune_(one_shot, UnstructuredConfig(sparsity=0.8))
+    cb = gradual_pruning_callback(GradualPruneConfig(final_sparsity=0.8, end_step=60, every=15))
+    _fit(model, x, y, 100, [cb], weight_decay=0.1)  # decay and momentum must not revive a pruned weight
+    for layer in (model[0], model[2]):
+        assert float((layer.weight == 0).float().mean()) == pytest.approx(0.8, abs=1 / layer.weight.numel())
+    levels = [s for _, s in cb.history]
+    assert levels == sorted(levels) and levels[-1] == pytest.approx(0.8)
+    assert _mse(model, x, y) < 0.5 * _mse(one_shot, x, y), (_mse(model, x, y), _mse(one_shot, x, y))
+    assert cb.report is not None and {c.name for c in cb.report.changed} == {"0", "2"}
+    assert "sparsity 0.7998 (819 of 1024" in cb.report.changed[0].detail and "cubic schedule" in cb.report.changed[0].detail
+    assert cb.final_config().sparsity == 0.8
+
+
+def test_movement_drops_weights_moving_to_zero_where_magnitude_drops_growing_ones() -> None:
+    """Features 0-7 matter (teacher weight 1) but start small (0.3); features 8-15 do not (teacher weight 0)
+    but start large (1.0). Pruned to 50% after 10 steps, magnitude keeps the wrong half, movement the right one."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=g)
+    y = x[:, :8].sum(1, keepdim=True)
+    kept = {}
+    for criterion in ("magnitude", "movement"):
+        model = nn.Sequential(nn.Linear(16, 1, bias=False))
+        with torch.no_grad():
+            model[0].weight.copy_(torch.cat([torch.full((8,), 0.3), torch.full((8,), 1.0)]).unsqueeze(0))
+        cb = gradual_pruning_callback(GradualPruneConfig(final_sparsity=0.5, end_step=10, every=10, criterion=criterion))
+        _fit(model, x, y, 60, [cb], lr=2e-2)
+        kept[criterion] = (model[0].weight[0] != 0).nonzero().flatten().tolist()
+        kept[criterion + "_loss"] = _mse(model, x, y)
+    assert kept["movement"] == list(range(8)) and kept["magnitude"] == list(range(8, 16))
+    assert kept["movement_loss"] < 0.1 * kept["magnitude_loss"]
