@@ -59,21 +59,29 @@ def run_sparse_mm(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, 
                   scales: torch.Tensor | None, fmt: str, n: int, k: int, isa: str = "",
                   num_threads: int = 0) -> torch.Tensor:
     """What ``torch.ops.nnforge.sparse_mm`` computes (its implementation, callable without the dispatcher)."""
-    w = _weight(values, indices, row_ptr, scales, fmt, n, k)  # contiguous, shapes checked: the kernel reads raw memory
+    return _run(x, _weight(values, indices, row_ptr, scales, fmt, n, k), isa, num_threads)
+
+
+def _run(x: torch.Tensor, w: SparseWeight, isa: str, num_threads: int) -> torch.Tensor:
+    """The kernel (or the torch fallback) on a checked :class:`SparseWeight` (its shapes were checked when built)."""
+    n, k = w.N, w.K
     x2 = x.detach().reshape(-1, k)
     lib = _library(isa)[0] if x.device.type == "cpu" and x2.shape[0] and w.values.device.type == "cpu" else None
     if lib is None:
         return reference_sparse_mm(x2, w).reshape(*x.shape[:-1], n)
     x2 = x2.to(torch.float32).contiguous()
     y = torch.empty(x2.shape[0], n, dtype=torch.float32)
-    ptr = (lambda t: t.data_ptr() if t is not None else None)  # noqa: E731
-    rc = lib.nnf_sparse_mm(w.spec.code, x2.data_ptr(), x2.shape[0], k, w.Kp, n, w.values.data_ptr(),
-                           w.indices.data_ptr(), ptr(w.row_ptr), ptr(w.scales), y.data_ptr(),
-                           num_threads or torch.get_num_threads())
+    # a strided view read as dense would be wrong: contiguous() is free for the contiguous tensors callers pass
+    vals, idx = w.values.contiguous(), w.indices.contiguous()
+    rp = w.row_ptr.contiguous() if w.row_ptr is not None else None
+    sc = w.scales.contiguous() if w.scales is not None else None
+    rc = lib.nnf_sparse_mm(w.spec.code, x2.data_ptr(), x2.shape[0], k, w.Kp, n, vals.data_ptr(), idx.data_ptr(),
+                           rp.data_ptr() if rp is not None else None, sc.data_ptr() if sc is not None else None,
+                           y.data_ptr(), num_threads or torch.get_num_threads())
     if rc == 1:  # an int8 format met NaN or inf: the reference computes those rows in fp32, where they propagate
         return reference_sparse_mm(x2, w).reshape(*x.shape[:-1], n)
     if rc != 0:
-        raise NnforgeError(f"sparse_mm kernel rejected its arguments (code {rc}) for {fmt} N={n} K={k}: "
+        raise NnforgeError(f"sparse_mm kernel rejected its arguments (code {rc}) for {w.fmt} N={n} K={k}: "
                            "report this with the shapes.")
     return y.reshape(*x.shape[:-1], n)
 
@@ -142,8 +150,7 @@ def sparse_mm(x: torch.Tensor, w: SparseWeight, *, isa: str | None = None, num_t
         ConfigError: ``x`` is not floating point, its last dimension is not ``w.K``, or it is on another device.
     """
     check_input(x, w)
-    args = (x, w.values, w.indices, w.row_ptr, w.scales, w.fmt, w.N, w.K, isa or "", num_threads or 0)
     if torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
-        return sparse_mm_op(*args)
-    return run_sparse_mm(*args)  # eager without autograd: the op's implementation without ~100 us of dispatch
+        return sparse_mm_op(x, w.values, w.indices, w.row_ptr, w.scales, w.fmt, w.N, w.K, isa or "", num_threads or 0)
+    return _run(x, w, isa or "", num_threads or 0)  # eager without autograd: the op's arithmetic, no dispatch
 

@@ -68,6 +68,7 @@ class SparseLinear(nn.Module):
         self.verdicts: dict[int, dict[str, Any]] = {}  # the timings behind ``execution`` (when measured here)
         self.forced: str | None = None
         self._dense: tuple[Any, Any] | None = None  # (values tensor it was built from, dense weight or packed int8)
+        self._view: tuple[tuple[int, ...], SparseWeight] | None = None
 
     @classmethod
     def from_sparse(cls, w: SparseWeight, bias: torch.Tensor | None = None, *,
@@ -88,9 +89,14 @@ class SparseLinear(nn.Module):
 
     @property
     def sparse(self) -> SparseWeight:
+        """The :class:`SparseWeight` view of the buffers (rebuilt, and checked, when a buffer was replaced)."""
         b = self._buffers
-        return SparseWeight(self.fmt, b["values"], b["indices"], b.get("row_ptr"), b.get("scales"),  # type: ignore[arg-type]
-                            self.out_features, self.in_features)
+        key = tuple(id(b.get(name)) for name in _WEIGHT_BUFFERS)
+        if self._view is None or self._view[0] != key:
+            w = SparseWeight(self.fmt, b["values"], b["indices"], b.get("row_ptr"), b.get("scales"),  # type: ignore[arg-type]
+                             self.out_features, self.in_features)
+            self._view = (key, w)
+        return self._view[1]
 
     # ------------------------------------------------------------ execution
 
