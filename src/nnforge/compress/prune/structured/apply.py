@@ -11,7 +11,7 @@ from torch import nn
 
 from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, register_transform, tensor_bytes
 from nnforge.compress.prune.structured.config import StructuredPruneConfig
-from nnforge.compress.prune.structured.structures import Structure, find_structures
+from nnforge.compress.prune.structured.structures import Structure, find_structures, weight_of
 from nnforge.errors import ConfigError, DataError
 
 __all__ = ["apply_structured", "plan_structured"]
@@ -52,14 +52,13 @@ def _unit_index(s: Structure, parts: int, width: int) -> torch.Tensor:
 
 def _scores(model: nn.Module, s: Structure, criterion: str, norms: dict[str, torch.Tensor]) -> torch.Tensor:
     """How much each unit matters: the higher, the later it is removed."""
-    consumer = model.get_submodule(s.consumer).weight  # type: ignore[union-attr]
+    consumer = weight_of(model, s.consumer)
     cols = _grouped(consumer, _unit_index(s, 1, s.cons_width), 1)  # (units, out · width · k)
     if criterion == "wanda":  # Wanda's |W_ij| · ||X_j||, summed over the unit's columns of the consumer
         x = norms[s.consumer].float().cpu()[_unit_index(s, 1, s.cons_width)]  # (units, width)
         w = consumer.detach().float().abs().movedim(1, 0).reshape(consumer.shape[1], -1).sum(1).cpu()
         return (w[_unit_index(s, 1, s.cons_width)] * x).sum(1)
-    rows = torch.cat([_grouped(model.get_submodule(p).weight, _unit_index(s, s.parts, s.width), 0)  # type: ignore[arg-type]
-                      for p in s.producers], dim=1)
+    rows = torch.cat([_grouped(weight_of(model, p), _unit_index(s, s.parts, s.width), 0) for p in s.producers], dim=1)
     return (rows.norm(dim=1) * cols.norm(dim=1)).cpu()
 
 
@@ -226,9 +225,9 @@ def apply_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mo
             progress(i + 1, len(cut))
     for m in touched:
         after = _module_bytes(model.get_submodule(m))
-        b, n = before[m]
-        err = 1.0 if not after else math.sqrt(max(0.0, 1 - (_weight_norm(model.get_submodule(m)) / n) ** 2)) if n else 0.0
-        report.changed.append(ModuleChange(m, type(model.get_submodule(m)).__name__, b, after, 0.0 if skeleton else err,
+        size, norm = before[m]
+        err = 1.0 if not after else math.sqrt(max(0.0, 1 - (_weight_norm(model.get_submodule(m)) / norm) ** 2)) if norm else 0.0
+        report.changed.append(ModuleChange(m, type(model.get_submodule(m)).__name__, size, after, 0.0 if skeleton else err,
                                            "; ".join(details[m]) + "; physically removed (smaller matrices, no mask)"))
     done = set(touched)
     for name, reason in skipped:

@@ -25,9 +25,16 @@ from torch import nn
 from nnforge.compress._transform import set_child
 from nnforge.compress.prune.structured.layer import PrunedCausalSelfAttention, RemovedBlock
 
-__all__ = ["Structure", "find_structures", "slice_module"]
+__all__ = ["Structure", "find_structures", "slice_module", "weight_of"]
 
 log = logging.getLogger(__name__)
+
+
+def weight_of(model: nn.Module, name: str) -> torch.Tensor:
+    """The ``weight`` parameter of submodule ``name``."""
+    w = model.get_submodule(name).weight
+    assert isinstance(w, torch.Tensor)  # every producer, norm and consumer is a Linear, Conv2d or BatchNorm
+    return w
 
 
 @dataclass
@@ -91,7 +98,7 @@ class Structure:
     def mask(self, model: nn.Module, keep: torch.Tensor) -> None:
         """Zero the consumer's input columns of the units not in ``keep`` (the dense, masked equivalent of
         :meth:`cut`: what a mask-only pruner would store)."""
-        w = model.get_submodule(self.consumer).weight
+        w = weight_of(model, self.consumer)
         drop = torch.ones(w.shape[1], dtype=torch.bool)
         drop[self.cols(keep)] = False
         with torch.no_grad():
@@ -120,7 +127,8 @@ def slice_module(mod: nn.Module, *, out_idx: torch.Tensor | None = None, in_idx:
         w = w[o] if o is not None else w
         w = w[:, i] if i is not None else w
         new = nn.Conv2d(w.shape[1], w.shape[0], mod.kernel_size, mod.stride, mod.padding,  # type: ignore[arg-type]
-                        mod.dilation, 1, bias=mod.bias is not None, padding_mode=mod.padding_mode, device="meta")
+                        mod.dilation, 1, bias=mod.bias is not None,  # type: ignore[arg-type]
+                        padding_mode=mod.padding_mode, device="meta")
         new.weight = nn.Parameter(w.clone(), requires_grad=mod.weight.requires_grad)
         if mod.bias is not None:
             b = mod.bias.detach()
@@ -194,7 +202,8 @@ def _blocks(model: nn.Module) -> list[Structure]:
         if not isinstance(m, nn.ModuleList):
             continue
         for i, child in enumerate(m):
-            is_gpt = _is_gpt_attention(getattr(child, "attn", None)) and hasattr(child, "mlp")
+            attn = getattr(child, "attn", None)
+            is_gpt = isinstance(attn, nn.Module) and _is_gpt_attention(attn) and hasattr(child, "mlp")
             if is_gpt or _is_bert_layer(child) or isinstance(child, RemovedBlock):
                 out.append(Structure(f"{name}.{i}", "block", 0 if isinstance(child, RemovedBlock) else 1))
     return out
@@ -254,7 +263,7 @@ def _follow(model: nn.Module, node: Any, calls: dict[str, int]) -> Structure | N
     """The chain from producer ``node`` to its one consumer, or None when it branches or meets anything else."""
     prod_name: str = node.target
     prod = model.get_submodule(prod_name)
-    units = prod.out_features if isinstance(prod, nn.Linear) else prod.out_channels  # type: ignore[union-attr]
+    units = int(prod.out_features if isinstance(prod, nn.Linear) else prod.out_channels)  # type: ignore[arg-type]
     norms: list[str] = []
     flattened = False
     while len(node.users) == 1:
