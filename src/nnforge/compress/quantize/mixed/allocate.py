@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nnforge.compress._allocate import greedy_allocate
 from nnforge.compress.quantize.mixed.sensitivity import LayerOption
 from nnforge.errors import ConfigError
 
@@ -41,7 +42,8 @@ def allocate_bits(sensitivity: dict[str, list[LayerOption]], budget: float, kind
     """Pick a format per layer so that the budget holds with the least total error (greedy).
 
     Every layer starts at its most expensive option; the step with the smallest error increase per unit of
-    budget saved is taken until the total fits. ``budget`` is average bits per weight (``avg_bits``), total
+    budget saved is taken until the total fits (:func:`nnforge.compress._allocate.greedy_allocate`, which
+    pruning's allocator shares). ``budget`` is average bits per weight (``avg_bits``), total
     bytes (``bytes``) or the summed batch-1 latency of the layers (``latency_ms``). A slower low-bit option
     is never chosen over a faster, more precise one under a latency budget.
 
@@ -60,33 +62,11 @@ def allocate_bits(sensitivity: dict[str, list[LayerOption]], budget: float, kind
     params = sum(opts[0].params for opts in sensitivity.values())
     limit = budget * params / 8.0 if kind == "avg_bits" else budget
     ckind: Budget = "bytes" if kind == "avg_bits" else kind
-    ladders = {}
-    for name, opts in sensitivity.items():
-        # the Pareto frontier: from the cheapest up, an option stays only if it is more precise than all cheaper ones
-        frontier: list[LayerOption] = []
-        for o in sorted(opts, key=lambda o: (_cost(o, ckind), o.error)):
-            if not frontier or o.error < frontier[-1].error:
-                frontier.append(o)
-        ladder = frontier[::-1]  # most expensive (most precise) first
-        ladders[name] = ladder
-    pick = dict.fromkeys(ladders, 0)
-    total = sum(_cost(ladders[n][0], ckind) for n in ladders)
-    while total > limit:
-        best, best_rate = None, float("inf")
-        for n, i in pick.items():
-            if i + 1 < len(ladders[n]):
-                cur, nxt = ladders[n][i], ladders[n][i + 1]
-                saved = _cost(cur, ckind) - _cost(nxt, ckind)
-                rate = (nxt.error - cur.error) / max(saved, 1e-12)
-                if saved > 0 and rate < best_rate:
-                    best, best_rate = n, rate
-        if best is None:
-            cheapest = sum(_cost(ladders[n][-1], ckind) for n in ladders)
-            shown = cheapest * 8.0 / params if kind == "avg_bits" else cheapest
-            raise ConfigError(f"no format assignment meets {kind} <= {budget}: the cheapest reaches {shown:.4g}")
-        total -= _cost(ladders[best][pick[best]], ckind) - _cost(ladders[best][pick[best] + 1], ckind)
-        pick[best] += 1
-    chosen = {n: ladders[n][i] for n, i in pick.items()}
+    chosen = greedy_allocate(sensitivity, lambda o: _cost(o, ckind), limit)
+    if chosen is None:
+        cheapest = sum(min(_cost(o, ckind) for o in opts) for opts in sensitivity.values())
+        shown = cheapest * 8.0 / params if kind == "avg_bits" else cheapest
+        raise ConfigError(f"no format assignment meets {kind} <= {budget}: the cheapest reaches {shown:.4g}")
     nbytes = sum(o.nbytes for o in chosen.values())
     lat = [o.latency_ms for o in chosen.values()]
     return Plan(formats={n: o.fmt for n, o in chosen.items()}, total_error=sum(o.error for o in chosen.values()),
