@@ -44,7 +44,8 @@ class SparseLinear(nn.Module):
     A call of ``m`` rows runs the sparse kernel if the verdict measured at the smallest batch size ``>= m``
     says sparse is faster (``execution`` buffer), otherwise the dense execution of the same arithmetic: fp32
     ``F.linear`` for fp32 formats, the dense int8 kernel (:func:`~nnforge.compress.quantize.kernels.qgemv`,
-    the same int8 codes and scales) for int8 formats. Beyond the largest measured batch size it runs dense.
+    the same int8 codes and scales) for int8 formats. Beyond the largest measured batch size it runs dense,
+    and off the CPU always (the kernels and their verdicts are the CPU's).
     fp32 formats: sparse and dense differ only by float summation order (within 1e-5 of a row's largest
     output); int8 formats: both sum the same exact integer products.
     """
@@ -127,7 +128,9 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         rows = x.numel() // self.in_features if x.dim() else 0
-        y = sparse_mm(x, self.sparse).to(dtype) if self.runs_sparse(rows) else self.dense_matmul(x)
+        # the kernels and their verdicts are the CPU's; elsewhere (a GPU) the dense execution runs
+        sparse = x.device.type == "cpu" and self.runs_sparse(rows)
+        y = sparse_mm(x, self.sparse).to(dtype) if sparse else self.dense_matmul(x)
         return y + self.bias.to(dtype) if self.bias is not None else y
 
     def measure(self, repeats: int = 20, alpha: float = 0.05) -> dict[int, dict[str, Any]]:
