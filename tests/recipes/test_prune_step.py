@@ -86,3 +86,53 @@ def test_prune_step_preflight_refuses_before_anything_is_written(workdir, step, 
     (workdir / "r.yaml").write_text(RECIPE.replace(RECIPE.splitlines()[6], f"  - prune: {step}"), encoding="utf-8")
     assert main(["run", "r.yaml"]) == 2
     assert not (workdir / "runs").exists() and not (workdir / ".nnforge").exists()
+
+
+SPARSE = """
+name: digits-sparse
+seed: 0
+model: {architecture: digits-mlp}
+data: {dataset: digits}
+steps:
+  - prune: {config: {type: unstructured, data: {sparsity: 0.9}}, latency_repeats: 0}
+  - prune: {config: {type: sparsify, data: {batch_sizes: [1], repeats: 4}}, latency_repeats: 4}
+metadata: {intended_purpose: test}
+"""
+
+
+def test_prune_steps_compose_and_a_sparse_layer_records_its_own_measured_verdict(workdir, capsys):
+    (workdir / "r.yaml").write_text(SPARSE, encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["pruned-sparsify_file_ratio"] < 0.5  # only what is kept is stored
+    import nnforge
+
+    run = nnforge.load_run(out["run_dir"])
+    dense, sparse = run.model("pruned-unstructured"), run.model("pruned-sparsify")  # rebuilt: unstructured, then sparse
+    assert type(sparse.net[0]).__name__ == "SparseLinear"
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(sparse(x), dense(x), rtol=1e-4, atol=1e-5)
+    layers = [e.data for e in _events("prune.layer") if e.data["variant"] == "pruned-sparsify"]
+    assert [x["module"] for x in layers] == ["net.0", "net.3", "net.6"]
+    for layer in layers:
+        assert abs(layer["sparsity"] - 0.9) < 1e-3 and layer["bytes_after"] < layer["bytes_before"]
+        assert layer["verdict"].startswith("batch 1: ")  # the layer's own measured sparse-vs-dense verdict
+    (applied,) = [e.data for e in _events("prune.applied") if e.data["variant"] == "pruned-sparsify"]
+    assert applied["base"] == "pruned-unstructured"
+
+
+def test_the_report_sentence_says_when_pruning_saves_memory_but_not_time():
+    from nnforge.govern._report_prune import prune_sentence
+
+    base = {"variant": "v", "method": "m", "modules": 2, "base": "fp32", "sparsity": 0.5, "params_before": 100,
+            "params_after": 100, "base_file_bytes": 2_000_000, "file_bytes": 1_000_000}
+    timing = {"speedup": 0.98, "speedup_ci": [0.9, 1.05], "pruned_ms": 1.02, "base_ms": 1.0,
+              "verdict": "not significant"}
+    smaller = prune_sentence({**base, "bytes_before": 400, "bytes_after": 100, "latency_b1": timing})
+    assert "NOT faster at batch 1" in smaller and "sparsity saves memory here, not time" in smaller
+    dense = prune_sentence({**base, "bytes_before": 400, "bytes_after": 400, "latency_b1": timing})
+    assert "zeros kept in dense matrices save nothing" in dense
+    fast = prune_sentence({**base, "bytes_before": 400, "bytes_after": 100,
+                           "latency_b1": {**timing, "speedup": 1.8, "speedup_ci": [1.6, 2.0], "verdict": "faster"}})
+    assert "Measured FASTER at batch 1: 1.80×" in fast and "NOT" not in fast
+    assert "not measured" in prune_sentence({**base, "bytes_before": 1, "bytes_after": 1, "latency_b1": None})

@@ -72,8 +72,19 @@ def count_flops(model: nn.Module, batch: Any, forward: Forward | None) -> dict[s
 
 
 def _weight(module: nn.Module | None) -> torch.Tensor | None:
-    w = None if module is None else getattr(module, "weight", None)
-    return w if isinstance(w, torch.Tensor) else None
+    """The module's weight as a dense tensor: ``.weight``, or what a packed or sparse layer stores, densified."""
+    if module is None:
+        return None
+    w = getattr(module, "weight", None)
+    if isinstance(w, torch.Tensor):
+        return w
+    with torch.no_grad():
+        if callable(getattr(module, "dequantize", None)):  # a quantized layer
+            return module.dequantize()  # type: ignore[operator,no-any-return]
+        sparse = getattr(module, "sparse", None)  # a sparse layer (SparseLinear)
+        if callable(getattr(sparse, "dense", None)):
+            return sparse.dense()  # type: ignore[union-attr,no-any-return]
+    return None
 
 
 def layer_verdict(shape_smaller: bool, sparsity: float, flops_before: int | None, flops_after: int | None,
@@ -111,6 +122,8 @@ def layer_decisions(base: nn.Module, pruned: nn.Module, report: TransformReport,
         sparsity = 1.0 - nonzero / numel if numel and nonzero is not None else None
         smaller = numel is not None and stored is not None and stored < numel
         fb, fa = flops_before.get(c.name), flops_after.get(c.name, 0 if after_mod is None else None)
+        if fb and fa == 0 and after_mod is not None:
+            fa = None  # a custom kernel (a sparse matmul) the FLOP counter does not see: not counted, not zero
         out.append({"module": c.name, "kind": c.kind, **method,
                     "shape_before": list(before.shape) if before is not None else None,
                     "shape_after": list(after.shape) if after is not None else None,
@@ -141,9 +154,13 @@ def totals(layers: list[dict[str, Any]], report: TransformReport) -> dict[str, A
             "bytes_before": report.bytes_before, "bytes_after": report.bytes_after}
 
 
-def model_flops(summary: dict[str, Any], flops_before: dict[str, int], flops_after: dict[str, int]) -> None:
-    """Add the whole model's FLOPs per batch (before, after, ratio) to ``summary``."""
+def model_flops(summary: dict[str, Any], layers: list[dict[str, Any]], flops_before: dict[str, int],
+                flops_after: dict[str, int]) -> None:
+    """Add the whole model's FLOPs per batch (before, after, ratio) to ``summary`` (after: ``None`` when a
+    layer's kernel is not counted)."""
     fb, fa = flops_before.get(""), flops_after.get("")
+    if any(x["flops_after"] is None and x["flops_before"] for x in layers):
+        fa = None
     summary.update(flops_before=fb, flops_after=fa, flops_ratio=fa / fb if fb and fa is not None else None)
 
 

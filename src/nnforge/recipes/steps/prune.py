@@ -124,8 +124,8 @@ class Prune:
         model = copy.deepcopy(base)
         batches: list[Any] = []
         forward: Any = None
-        try:
-            batches, forward = calibration_batches(ctx, config.calibration_batches)
+        try:  # a data-free method still runs one batch: the FLOP count and the batch-1 timing read it
+            batches, forward = calibration_batches(ctx, config.calibration_batches if needs_calibration(pcfg) else 1)
         except StepFailedError:
             if needs_calibration(pcfg):
                 raise
@@ -151,7 +151,7 @@ class Prune:
                    "base_file_bytes": base_file.stat().st_size, "latency_b1": latency,
                    "skipped": [*({"module": n, "reason": r} for n, r in report.skipped),
                                *_left_out(base, config)]}
-        model_flops(summary, *flops)
+        model_flops(summary, layers, *flops)
         record_decisions(ctx, summary, layers)
         ctx.sections.setdefault("prune", {})[variant] = {**summary, "layers": layers}
         return StepResult(metrics=_metrics(variant, summary), details={"skipped": report.skipped[:50]})
