@@ -56,7 +56,7 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("criterion", ["magnitude", "wanda"])
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
 def test_char_gpt_pruned_equals_masked_dense_and_has_the_expected_size(criterion: str) -> None:
     model = _gpt()
     cfg = StructuredPruneConfig(heads=0.5, ffn=0.5, criterion=criterion)
@@ -128,12 +128,13 @@ def test_shapes_give_non_uniform_counts_and_bad_names_are_refused() -> None:
 
 
 def test_wanda_keeps_the_neuron_that_carries_the_signal() -> None:
-    """A planted FFN: neuron 0 has small weights but the only large input; magnitude drops it, Wanda keeps it."""
+    """A planted FFN: neuron 0 has small outgoing weights but the only large activation; magnitude drops it,
+    Wanda keeps it."""
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     with torch.no_grad():
-        model[0].weight.copy_(torch.diag(torch.tensor([0.1, 1.0, 1.0, 1.0])))
+        model[0].weight.copy_(torch.eye(4))
         model[0].bias.zero_()
-        model[2].weight.fill_(1.0)
+        model[2].weight.copy_(torch.tensor([[0.1, 1.0, 1.0, 1.0]] * 2))
     x = torch.zeros(16, 4)
     x[:, 0] = 100.0
     x[:, 1:] = 0.01
@@ -161,6 +162,7 @@ def _bert_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+@pytest.mark.slow  # the first BertModel built in a process imports most of transformers
 def test_bert_heads_ffn_and_blocks_are_removed_exactly_and_export_to_onnx(tmp_path) -> None:
     model = _tiny_bert()
     batch = _bert_batch()

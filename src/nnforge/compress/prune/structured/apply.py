@@ -20,7 +20,9 @@ Forward = Callable[[nn.Module, Any], Any]
 
 
 def _needs_data(config: StructuredPruneConfig) -> bool:
-    return config.criterion == "wanda" or config.blocks > 0
+    from nnforge.compress.prune.criteria import CRITERIA
+
+    return CRITERIA.get(config.criterion).needs_data or config.blocks > 0
 
 
 def _run(model: nn.Module, batch: Any) -> Any:
@@ -37,44 +39,36 @@ def _module_bytes(mod: nn.Module) -> int:
 
 # --- scores -----------------------------------------------------------------------------------------------
 
-def _grouped(w: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
-    """``w``'s slices ``idx`` (units, width) along ``dim``, as (units, everything else) in fp32."""
-    t = w.detach().float().index_select(dim, idx.flatten().to(w.device)).movedim(dim, 0)
-    return t.reshape(idx.shape[0], -1)
+def _scores(model: nn.Module, s: Structure, criterion: str, stats: dict[str, Any]) -> torch.Tensor:
+    """How much each unit matters (the higher, the later it is removed): the criterion's score of every weight
+    of the consumer, summed over each unit's input columns."""
+    from nnforge.compress.prune.criteria import CRITERIA, Pattern, PruneJob
+
+    w = weight_of(model, s.consumer).detach().float().cpu()
+    w2 = w.reshape(w.shape[0], -1)  # a conv's (out, in · kh · kw), as the criteria take it
+    scores = CRITERIA.get(criterion).score(PruneJob(w2, Pattern(), stats.get(s.consumer)))
+    per_column = scores.reshape(w.shape[0], w.shape[1], -1).sum((0, 2))  # (in,)
+    return per_column[s.cols(torch.arange(s.units)).reshape(s.units, s.cons_width)].sum(1)
 
 
-def _unit_index(s: Structure, parts: int, width: int) -> torch.Tensor:
-    """(units, parts · width) indices of each unit's rows (or columns)."""
-    u = torch.arange(s.units)[:, None, None]
-    p = torch.arange(parts)[None, :, None] * s.units * width
-    return (p + u * width + torch.arange(width)[None, None, :]).reshape(s.units, -1)
+def _consumer_stats(model: nn.Module, chosen: list[Structure], config: StructuredPruneConfig,
+                    batches: Iterable[Any], forward: Forward | None) -> dict[str, Any]:
+    """The consumers' input statistics (GPTQ's Hessian machinery), for a criterion that reads them."""
+    from nnforge.compress.quantize.calibrate import collect_stats
+
+    convs = [s.consumer for s in chosen if not isinstance(model.get_submodule(s.consumer), nn.Linear)]
+    if convs:
+        raise ConfigError(f"criterion {config.criterion!r} reads the statistics of Linear inputs, and {convs[0]} is "
+                          f"a {type(model.get_submodule(convs[0])).__name__}: rank conv channels with criterion "
+                          "'magnitude', or leave them whole with channels=0")
+    return collect_stats(model, batches, modules=sorted({s.consumer for s in chosen}), forward=forward, sample_rows=0)
 
 
-def _scores(model: nn.Module, s: Structure, criterion: str, norms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """How much each unit matters: the higher, the later it is removed."""
-    consumer = weight_of(model, s.consumer)
-    cols = _grouped(consumer, _unit_index(s, 1, s.cons_width), 1)  # (units, out · width · k)
-    if criterion == "wanda":  # Wanda's |W_ij| · ||X_j||, summed over the unit's columns of the consumer
-        x = norms[s.consumer].float().cpu()[_unit_index(s, 1, s.cons_width)]  # (units, width)
-        w = consumer.detach().float().abs().movedim(1, 0).reshape(consumer.shape[1], -1).sum(1).cpu()
-        return (w[_unit_index(s, 1, s.cons_width)] * x).sum(1)
-    rows = torch.cat([_grouped(weight_of(model, p), _unit_index(s, s.parts, s.width), 0) for p in s.producers], dim=1)
-    return (rows.norm(dim=1) * cols.norm(dim=1)).cpu()
-
-
-def _calibrate(model: nn.Module, structures: list[Structure], batches: Iterable[Any], forward: Forward | None,
-               want_norms: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """One pass over ``batches``: per-channel input norms of the consumers and each block's influence
-    (mean ``1 - cos`` between its input and output tokens)."""
-    sq: dict[str, torch.Tensor] = {}
+def _influence(model: nn.Module, blocks: list[Structure], batches: Iterable[Any],
+               forward: Forward | None) -> dict[str, float]:
+    """Each block's influence on ``batches``: the mean ``1 - cos`` between its input and output tokens (ShortGPT's
+    Block Influence); the least influential blocks are removed first."""
     influence: dict[str, list[float]] = {}
-
-    def norm_hook(name: str) -> Callable[..., None]:
-        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().float()
-            v = x.pow(2).sum((0, 2, 3)) if isinstance(mod, nn.Conv2d) else x.reshape(-1, x.shape[-1]).pow(2).sum(0)
-            sq[name] = sq[name] + v if name in sq else v
-        return hook
 
     def block_hook(name: str) -> Callable[..., None]:
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
@@ -86,12 +80,8 @@ def _calibrate(model: nn.Module, structures: list[Structure], batches: Iterable[
             acc[1] += cos.numel()
         return hook
 
-    handles = []
-    for s in structures:
-        if s.kind == "block" and s.units:
-            handles.append(model.get_submodule(s.name).register_forward_hook(block_hook(s.name), with_kwargs=True))
-        elif s.kind != "block" and want_norms:
-            handles.append(model.get_submodule(s.consumer).register_forward_pre_hook(norm_hook(s.consumer)))
+    handles = [model.get_submodule(s.name).register_forward_hook(block_hook(s.name), with_kwargs=True)
+               for s in blocks if s.units]
     run = forward or _run
     try:
         with torch.no_grad():
@@ -100,10 +90,11 @@ def _calibrate(model: nn.Module, structures: list[Structure], batches: Iterable[
     finally:
         for h in handles:
             h.remove()
-    if want_norms and not sq and any(s.kind != "block" for s in structures):
-        raise DataError("structured pruning with criterion 'wanda': no calibration batch reached the pruned layers; "
-                        "pass batches that run through the model (calibration=[...])")
-    return {k: v.sqrt() for k, v in sq.items()}, {k: a / max(n, 1.0) for k, (a, n) in influence.items()}
+    missing = [s.name for s in blocks if s.units and s.name not in influence]
+    if missing:
+        raise DataError(f"structured pruning of blocks: no calibration batch ran through {missing[0]}; pass batches "
+                        "that run through the model (calibration=[...])")
+    return {k: a / max(n, 1.0) for k, (a, n) in influence.items()}
 
 
 # --- the plan ---------------------------------------------------------------------------------------------
@@ -153,17 +144,19 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mod
                if filter is not None and not filter(s.name, model.get_submodule(s.name))]
     chosen = [s for s in structures if s.name not in dict(skipped)]
     blocks = [s for s in chosen if s.kind == "block"]
-    want_norms = config.criterion == "wanda" and not skeleton
+    from nnforge.compress.prune.criteria import CRITERIA
+
+    data_criterion = CRITERIA.get(config.criterion).needs_data and not skeleton
     needs_blocks = any(s.name not in config.shapes for s in blocks) and config.blocks > 0 and not skeleton
-    norms: dict[str, torch.Tensor] = {}
-    influence: dict[str, float] = {}
-    if want_norms or needs_blocks:
+    if data_criterion or needs_blocks:
         if calibration is None:
-            raise ConfigError("structured pruning with criterion 'wanda' or blocks > 0 needs calibration data: "
-                              "prune_(model, config, calibration=batches)")
-        norms, influence = _calibrate(model, chosen, calibration, forward, want_norms)
+            raise ConfigError(f"structured pruning with criterion {config.criterion!r} or blocks > 0 needs calibration "
+                              "data: prune_(model, config, calibration=batches)")
+        calibration = list(calibration)  # read twice: the blocks' influence, then the layers' statistics
+    influence = _influence(model, blocks, calibration or [], forward) if needs_blocks else {}
     plan = _plan_blocks(blocks, config, influence, skeleton)
     removed = [n for n, keep in plan.items() if len(keep) == 0]
+    ranked: list[tuple[Structure, int]] = []
     for s in chosen:
         if s.kind == "block" or any(s.name.startswith(f"{b}.") for b in removed):
             continue
@@ -171,7 +164,11 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mod
         if skeleton or k == s.units:
             plan[s.name] = torch.arange(k)
         else:
-            plan[s.name] = torch.topk(_scores(model, s, config.criterion, norms), k).indices.sort().values
+            ranked.append((s, k))
+    stats = (_consumer_stats(model, [s for s, _ in ranked], config, calibration or [], forward)
+             if data_criterion and ranked else {})
+    for s, k in ranked:
+        plan[s.name] = torch.topk(_scores(model, s, config.criterion, stats), k).indices.sort().values
     if note:
         skipped.append(("", note))
     return structures, plan, skipped
@@ -196,8 +193,8 @@ def apply_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mo
     dense model computes with the removed units' outputs set to zero. The report's ``config`` names the kept
     count of every structure (``shapes``): a variant saved with it is rebuilt at the pruned shapes.
 
-    With ``criterion='wanda'``, the consumers' input norms are measured on ``calibration`` in one pass, together
-    with the blocks' influence, on the model before any cut.
+    A data-driven criterion (``wanda``, ``sparsegpt``) reads the consumers' input statistics, and ``blocks`` the
+    blocks' influence, both measured on ``calibration`` with the model as it is before any cut.
     """
     structures, plan, skipped = plan_structured(model, config, filter, calibration=calibration, forward=forward,
                                                 skeleton=skeleton)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from nnforge.config import Config, config_type
@@ -28,9 +26,11 @@ class StructuredPruneConfig(Config):
             through a flatten, a Linear (a BatchNorm between them is cut to match).
         blocks: fraction of transformer blocks removed whole: those that change their input least (angular
             distance between a block's input and output on the calibration batches, as in ShortGPT).
-        criterion: how units are ranked: ``magnitude`` (norm of the unit's input weights times that of its
-            output weights) or ``wanda`` (Wanda's ``|W| * ||X||`` summed over the unit's output weights, with
-            ``||X||`` from calibration batches).
+        criterion: how units are ranked: a registered criterion
+            (:data:`~nnforge.compress.prune.criteria.CRITERIA`) scores each weight of the layer reading the
+            units, and a unit's score is the sum over its input columns there (its outgoing weights):
+            ``magnitude`` (``|W|``, no data), ``wanda`` (``|W| * ||X||``) or ``sparsegpt`` (the OBS saliency),
+            the last two from ``calibration=`` batches (statistics of Linear inputs: not for conv channels).
         multiple_of: kept counts of FFN neurons and channels are rounded up to a multiple of this (8 or 16
             keeps matrix widths friendly to SIMD kernels).
         shapes: kept units per structure, by module name (heads for an attention module, neurons for an FFN's
@@ -44,9 +44,17 @@ class StructuredPruneConfig(Config):
     ffn: float = Field(0.5, ge=0.0, lt=1.0)
     channels: float = Field(0.5, ge=0.0, lt=1.0)
     blocks: float = Field(0.0, ge=0.0, lt=1.0)
-    criterion: Literal["magnitude", "wanda"] = "magnitude"
+    criterion: str = "magnitude"
     multiple_of: int = Field(1, ge=1, le=256)
     shapes: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("criterion")
+    @classmethod
+    def _registered_criterion(cls, v: str) -> str:
+        from nnforge.compress.prune.criteria import CRITERIA
+
+        CRITERIA.get(v, where="criterion")  # unknown: "did you mean …" with the known names
+        return v
 
     @field_validator("shapes")
     @classmethod
