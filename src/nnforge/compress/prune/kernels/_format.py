@@ -116,8 +116,8 @@ def _unpack_positions(idx: torch.Tensor, spec: SparseFormatSpec, nb: int) -> tor
     b = idx.to(torch.int64).view(N, nb, -1)
     if spec.values == "fp32":
         word = b[..., 0] | (b[..., 1] << 8)
-        return (word.unsqueeze(-1) >> (2 * torch.arange(8))) & 3
-    return ((b.unsqueeze(2) >> (2 * torch.arange(4)).view(1, 1, 4, 1)) & 3).reshape(N, nb, 32)
+        return (word.unsqueeze(-1) >> (2 * torch.arange(8, device=b.device))) & 3
+    return ((b.unsqueeze(2) >> (2 * torch.arange(4, device=b.device)).view(1, 1, 4, 1)) & 3).reshape(N, nb, 32)
 
 
 # ---------------------------------------------------------------- the weight
@@ -183,8 +183,9 @@ class SparseWeight:
             group, _, gpb = _order(spec)
             nb = self.Kp // (4 * gpb)
             pos = _unpack_positions(self.indices, spec, nb)  # (N, nb, values per block)
-            col = 4 * gpb * torch.arange(nb).view(1, nb, 1) + 4 * group.view(1, 1, -1) + pos
-            out.scatter_add_(1, col.reshape(N, -1).to(out.device), vals.reshape(N, -1))
+            blocks = torch.arange(nb, device=pos.device).view(1, nb, 1)
+            col = 4 * gpb * blocks + 4 * group.to(pos.device).view(1, 1, -1) + pos
+            out.scatter_add_(1, col.reshape(N, -1), vals.reshape(N, -1))
         else:
             rows, cols = self._rows()[0], self.indices.to(torch.int64) & 0xFFFF
             out.index_put_((rows, cols), vals, accumulate=True)
@@ -195,7 +196,7 @@ class SparseWeight:
         assert self.row_ptr is not None  # noqa: S101 - CSR formats always carry row_ptr (checked in __post_init__)
         counts = (self.row_ptr[1:] - self.row_ptr[:-1]).to(torch.int64)
         rows = torch.repeat_interleave(torch.arange(self.N, device=counts.device), counts)
-        scale = self.scales.float()[rows] if self.scales is not None else torch.ones(rows.numel())
+        scale = self.scales.float()[rows] if self.scales is not None else torch.ones(rows.numel(), device=rows.device)
         return rows, scale
 
     def metadata(self) -> dict[str, str]:

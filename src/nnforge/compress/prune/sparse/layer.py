@@ -19,7 +19,7 @@ from torch import nn
 
 from nnforge.compress.prune.kernels import SparseWeight, sparse_format, sparse_mm
 from nnforge.compress.prune.kernels._format import SPARSE_LAYOUT_VERSION, check_shapes, sparse_format_of_code
-from nnforge.compress.quantize.kernels import from_int, qgemv
+from nnforge.compress.quantize.kernels import PackedWeight, from_int, qgemv
 
 __all__ = ["SparseLinear"]
 
@@ -106,15 +106,16 @@ class SparseLinear(nn.Module):
         return _decide(tuple(map(tuple, self.execution.tolist())), rows)
 
     def _dense_path(self) -> Any:
-        values = self._buffers["values"]
+        values = self.get_buffer("values")
         if self._dense is None or self._dense[0] is not values:
             w = self.sparse
             if w.spec.values == "fp32":
                 dense: Any = w.dense()
             else:  # the same int8 codes and fp16-exact row scales in the dense int8 kernel's layout
                 assert w.scales is not None  # noqa: S101 - int8 formats carry scales
-                codes = torch.round(w.dense() / w.scales[:, None]).to(torch.int8)
-                dense = from_int(codes, w.scales[:, None], "int8", None)
+                codes = torch.round(w.dense() / w.scales[:, None]).to(torch.int8).cpu()
+                p = from_int(codes, w.scales[:, None].cpu(), "int8", None)  # packs on the CPU; qgemv runs anywhere
+                dense = PackedWeight(p.fmt, p.data.to(values.device), p.scales.to(values.device), None, p.N, p.K, None)
             self._dense = (values, dense)
         return self._dense[1]
 
