@@ -187,14 +187,15 @@ def test_bert_heads_ffn_and_blocks_are_removed_exactly_and_export_to_onnx(tmp_pa
     assert torch.equal(_out(skeleton, batch), _out(pruned, batch))
 
 
-def test_digits_cnn_pruned_exports_to_onnx(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["digits-cnn", "char-gpt"])
+def test_a_pruned_model_exports_to_onnx_and_runs_as_in_pytorch(name: str, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     from nnforge.deploy.onnx import export_onnx
 
     torch.manual_seed(0)
-    model = build("digits-cnn").eval()
-    prune_(model, StructuredPruneConfig(channels=0.5, ffn=0.5))
-    x = torch.rand(2, 1, 8, 8)
-    path = export_onnx(model, tmp_path / "cnn.onnx", (x,), input_names=["x"])
+    model = build("digits-cnn").eval() if name == "digits-cnn" else _gpt()
+    prune_(model, StructuredPruneConfig(channels=0.5, ffn=0.5, heads=0.5))
+    x = torch.rand(2, 1, 8, 8) if name == "digits-cnn" else _ids()
+    path = export_onnx(model, tmp_path / "m.onnx", (x,), input_names=["x"])
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     assert abs(out - _out(model, x).numpy()).max() < 1e-5
