@@ -3,6 +3,8 @@ reference implementation of its OBS update (explicit inverses, no blocks, no Cho
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -125,3 +127,25 @@ def test_global_scope_works_with_data_criteria() -> None:
     prune_(model, UnstructuredConfig(sparsity=0.5, criterion="sparsegpt", scope="global"), calibration=[x])
     zeros = sum(int((m.weight == 0).sum()) for m in (model[0], model[2]))
     assert zeros == round(0.5 * (K * N + N * 16))
+
+
+def test_sequential_calibrates_each_layer_on_the_pruned_inputs() -> None:
+    """On a 3-layer MLP with correlated inputs (measured: 0.293 vs 0.305 output error at 60%), SparseGPT calibrated
+    layer by layer on what the pruned layers before produce repairs more than one calibration pass."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16))
+    x = torch.randn(1024, 32, generator=g) @ (torch.eye(32) + 0.5 * torch.randn(32, 32, generator=g))
+    with torch.no_grad():
+        ref = model(x)
+    errors, masks = {}, {}
+    for sequential in (False, True):
+        m = copy.deepcopy(model)
+        prune_(m, UnstructuredConfig(sparsity=0.6, criterion="sparsegpt", sequential=sequential),
+               calibration=[x[i : i + 256] for i in range(0, 1024, 256)])
+        with torch.no_grad():
+            errors[sequential] = float((m(x) - ref).square().sum() / ref.square().sum())
+        masks[sequential] = [layer.weight == 0 for layer in (m[0], m[2], m[4])]
+    assert torch.equal(masks[True][0], masks[False][0])  # the first layer sees the same inputs either way
+    assert not torch.equal(masks[True][2], masks[False][2])
+    assert errors[True] < errors[False], errors

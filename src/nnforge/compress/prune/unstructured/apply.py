@@ -111,6 +111,9 @@ def prune_layers(model: nn.Module, config: _PruneOptions, filter: ModuleFilter |
             report.changed.append(ModuleChange(name, type(mod).__name__, nbytes, nbytes, 0.0,
                                                "skeleton: shapes unchanged" + alias_note(others), list(others)))
         return report
+    sequential = config.sequential and spec.needs_data
+    if sequential and calibration is not None:
+        calibration = list(calibration)  # read once per layer
     stats = _stats(model, spec, targets, calibration, forward)
     options = {"damp": config.damp, "block_size": config.block_size}
     chosen = patterns(targets, stats)
@@ -126,6 +129,8 @@ def prune_layers(model: nn.Module, config: _PruneOptions, filter: ModuleFilter |
             report.skipped.append((name, f"{w.shape[1]} inputs are not a multiple of {pattern.m}: no "
                                          f"{pattern.describe()} pattern fits, left dense"))
             continue
+        if sequential and i:  # this layer's inputs as the layers pruned before it now make them
+            stats.update(_stats(model, spec, [(name, mod, others)], calibration, forward))
         new = spec.prune(PruneJob(w.clone(), pattern, stats.get(name), options))
         with torch.no_grad():
             mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))

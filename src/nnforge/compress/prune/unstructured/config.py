@@ -32,6 +32,9 @@ class _PruneOptions(Config):
         modules: which layer types to prune: ``linear`` and ``conv`` (Conv2d, data-free criteria only).
         skip: module names (exact, or a prefix ending in ``.``) left dense, e.g. the LM head.
         damp / block_size: SparseGPT's relative diagonal damping and column block (as GPTQ's).
+        sequential: for a data-driven criterion, prune the layers one at a time in the model's order, each
+            calibrated on the inputs the layers pruned before it produce (as the Wanda and SparseGPT reference
+            implementations do block by block); one calibration pass per layer instead of one in all.
     """
 
     criterion: Criterion = "magnitude"
@@ -39,6 +42,7 @@ class _PruneOptions(Config):
     skip: tuple[str, ...] = Field(default_factory=tuple)
     damp: float = Field(0.01, gt=0.0, lt=1.0)
     block_size: int = Field(128, ge=1)
+    sequential: bool = False
 
 
 @config_type("unstructured")
