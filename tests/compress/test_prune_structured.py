@@ -42,7 +42,7 @@ def _out(model: nn.Module, x: Any) -> torch.Tensor:
 
 
 def _masked_and_pruned(model: nn.Module, cfg: StructuredPruneConfig, **inputs: Any) -> tuple[nn.Module, nn.Module, Any]:
-    structures, plan, _ = plan_structured(model, cfg, **inputs)
+    structures, plan, _, _ = plan_structured(model, cfg, **inputs)
     masked = copy.deepcopy(model)
     for s in structures:
         if s.name in plan:
@@ -140,8 +140,8 @@ def test_wanda_keeps_the_neuron_that_carries_the_signal() -> None:
     x[:, 1:] = 0.01
     kept = {}
     for criterion in ("magnitude", "wanda"):
-        _, plan, _ = plan_structured(model, StructuredPruneConfig(ffn=0.75, criterion=criterion), calibration=[x])
-        kept[criterion] = plan["0"].tolist()
+        plan = plan_structured(model, StructuredPruneConfig(ffn=0.75, criterion=criterion), calibration=[x])
+        kept[criterion] = plan.keep["0"].tolist()
     assert 0 not in kept["magnitude"] and kept["wanda"] == [0]
 
 

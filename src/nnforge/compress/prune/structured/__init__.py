@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nnforge.compress.prune.structured.apply import apply_structured, plan_structured
+from nnforge.compress.prune.structured.apply import StructuredPlan, apply_structured, plan_structured
 from nnforge.compress.prune.structured.config import StructuredPruneConfig
 from nnforge.compress.prune.structured.layer import PrunedCausalSelfAttention, RemovedBlock
 from nnforge.compress.prune.structured.structures import Structure, find_structures
 
-__all__ = ["StructuredPruneConfig", "apply_structured", "plan_structured", "PrunedCausalSelfAttention",
+__all__ = ["StructuredPruneConfig", "StructuredPlan", "apply_structured", "plan_structured", "PrunedCausalSelfAttention",
            "RemovedBlock", "Structure", "find_structures"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from nnforge.compress.prune.structured.config import StructuredPruneConfig
 from nnforge.compress.prune.structured.structures import Structure, find_structures, weight_of
 from nnforge.errors import ConfigError, DataError
 
-__all__ = ["apply_structured", "plan_structured"]
+__all__ = ["StructuredPlan", "apply_structured", "plan_structured"]
 
 Forward = Callable[[nn.Module, Any], Any]
 
@@ -126,14 +126,27 @@ def _plan_blocks(blocks: list[Structure], config: StructuredPruneConfig, influen
     return plan
 
 
+class StructuredPlan(NamedTuple):
+    """What structured pruning keeps.
+
+    Args:
+        structures: every structure found in the model.
+        keep: ``{structure name: sorted indices of the units kept}`` (a block: ``[0]`` kept, ``[]`` removed) for
+            every structure the filter admits (not those inside a removed block).
+        skipped: ``(structure name, reason)`` of those the filter left out.
+        note: why some layers could not be searched ("" when all could).
+    """
+
+    structures: list[Structure]
+    keep: dict[str, torch.Tensor]
+    skipped: list[tuple[str, str]]
+    note: str
+
+
 def plan_structured(model: nn.Module, config: StructuredPruneConfig, filter: ModuleFilter | None = None, *,
                     calibration: Iterable[Any] | None = None, forward: Forward | None = None,
-                    skeleton: bool = False) -> tuple[list[Structure], dict[str, torch.Tensor], list[tuple[str, str]]]:
-    """What :func:`apply_structured` would remove, without changing ``model``.
-
-    Returns the structures found, ``{structure name: sorted indices of the units kept}`` (a block: ``[0]`` kept,
-    ``[]`` removed) for every structure the filter admits, and the ``(name, reason)`` of those left alone.
-    """
+                    skeleton: bool = False) -> StructuredPlan:
+    """What :func:`apply_structured` would remove, without changing ``model``."""
     structures, note = find_structures(model)
     known = {s.name for s in structures}
     unknown = sorted(set(config.shapes) - known)
@@ -169,9 +182,7 @@ def plan_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mod
              if data_criterion and ranked else {})
     for s, k in ranked:
         plan[s.name] = torch.topk(_scores(model, s, config.criterion, stats), k).indices.sort().values
-    if note:
-        skipped.append(("", note))
-    return structures, plan, skipped
+    return StructuredPlan(structures, plan, skipped, note)
 
 
 # --- the transform ----------------------------------------------------------------------------------------
@@ -196,8 +207,8 @@ def apply_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mo
     A data-driven criterion (``wanda``, ``sparsegpt``) reads the consumers' input statistics, and ``blocks`` the
     blocks' influence, both measured on ``calibration`` with the model as it is before any cut.
     """
-    structures, plan, skipped = plan_structured(model, config, filter, calibration=calibration, forward=forward,
-                                                skeleton=skeleton)
+    structures, plan, skipped, note = plan_structured(model, config, filter, calibration=calibration,
+                                                      forward=forward, skeleton=skeleton)
     shapes = {name: len(keep) for name, keep in plan.items()}
     resolved = config.replace(shapes={**config.shapes, **shapes})
     report = TransformReport(f"structured:{config.criterion}", resolved.to_dict())
@@ -236,5 +247,5 @@ def apply_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mo
             inside = next((s for s in structures if name in s.modules and s.name in plan), None)
             report.skipped.append((name, f"in {inside.name}, kept whole (its fraction keeps every unit)" if inside
                                    else "not part of a structure this pruner removes units from (heads, FFN neurons, "
-                                        "conv channels, blocks): left as is"))
+                                        "conv channels, blocks): left as is" + (f"; {note}" if note else "")))
     return report
