@@ -133,22 +133,23 @@ class Prune:
         progress = ctx.progress
         report = prune_(model, pcfg, module_filter(config.modules, config.exclude), **inputs,
                         progress=(lambda d, t: progress("prune", d, t)) if progress else None)
-        base_spec = ctx.variant_specs[base_name]
-        spec = {**base_spec, "transforms": [*base_spec.get("transforms", []), report.config]}
-        path = ctx.save_model(variant, model, spec)
-        ctx.model = model
-        ctx.shared[COMPRESS_BASE] = variant
+        # measured before anything is saved: a failure here leaves no weights file the ledger would vouch for
         example = batches[0] if batches else None
         flops = (count_flops(base, example, forward), count_flops(model, example, forward)) if example is not None \
             else ({}, {})
         layers = layer_decisions(base, model, report, *flops)
         latency = speed_verdict_b1(model, base, example, forward, config.latency_repeats) if example is not None \
             else None
-        base_file = ctx.run_dir / ctx.variant_files[base_name]
+        base_spec = ctx.variant_specs[base_name]
+        path = ctx.save_model(variant, model, {**base_spec, "transforms": [*base_spec.get("transforms", []),
+                                                                           report.config]})
+        ctx.model = model
+        ctx.shared[COMPRESS_BASE] = variant
         summary = {"variant": variant, "base": base_name, "method": report.method, "config": report.config,
                    "filter": {"modules": list(config.modules), "exclude": list(config.exclude)},
                    **totals(layers, report), "file_bytes": path.stat().st_size,
-                   "base_file_bytes": base_file.stat().st_size, "latency_b1": latency,
+                   "base_file_bytes": (ctx.run_dir / ctx.variant_files[base_name]).stat().st_size,
+                   "latency_b1": latency,
                    "skipped": [*({"module": n, "reason": r} for n, r in report.skipped),
                                *_left_out(base, config)]}
         model_flops(summary, layers, *flops)
