@@ -199,3 +199,31 @@ def test_a_pruned_model_exports_to_onnx_and_runs_as_in_pytorch(name: str, tmp_pa
     path = export_onnx(model, tmp_path / "m.onnx", (x,), input_names=["x"])
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     assert abs(out - _out(model, x).numpy()).max() < 1e-5
+
+
+class _Residual(nn.Module):
+    """conv1's output feeds a residual sum (its channels cannot go); conv2 → bn → relu → conv3 is a chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        return h + self.conv3(torch.relu(self.bn(self.conv2(h))))
+
+
+def test_a_branching_output_is_left_whole_and_the_filter_is_obeyed() -> None:
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    report = prune_(copy.deepcopy(model), StructuredPruneConfig(channels=0.5))
+    assert report.config["data"]["shapes"] == {"conv2": 4}
+    skipped = dict(report.skipped)
+    assert "not part of a structure" in skipped["conv1"] and {c.name for c in report.changed} == {"conv2", "bn", "conv3"}
+    kept = prune_(model, StructuredPruneConfig(channels=0.5), filter=lambda name, mod: name != "conv2")
+    assert not kept.changed and dict(kept.skipped)["conv2"] == "left out by the filter"
+    assert dict(kept.skipped)["conv3"] == "in conv2, left out by the filter"
+    assert model.conv2.out_channels == 8

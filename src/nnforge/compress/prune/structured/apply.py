@@ -244,8 +244,9 @@ def apply_structured(model: nn.Module, config: StructuredPruneConfig, filter: Mo
     for name, mod in model.named_modules():
         if name and name not in done and name not in left and any(True for _ in mod.parameters(recurse=False)) \
                 and not any(name.startswith(f"{t}.") for t in done):
-            inside = next((s for s in structures if name in s.modules and s.name in plan), None)
-            report.skipped.append((name, f"in {inside.name}, kept whole (its fraction keeps every unit)" if inside
+            inside = next((s.name for s in structures if name in s.modules), None)
+            report.skipped.append((name, f"in {inside}, left out by the filter" if inside in left
+                                   else f"in {inside}, kept whole (its fraction keeps every unit)" if inside
                                    else "not part of a structure this pruner removes units from (heads, FFN neurons, "
                                         "conv channels, blocks): left as is" + (f"; {note}" if note else "")))
     return report
