@@ -11,6 +11,7 @@ from torch import nn
 
 from nnforge.compress._transform import set_child
 from nnforge.compress.prune.criteria import CRITERIA, Pattern, PruneJob
+from nnforge.compress.prune.unstructured import weight_of
 from nnforge.errors import ConfigError
 
 __all__ = ["SparsityOption", "prune_sensitivity"]
@@ -38,14 +39,14 @@ class SparsityOption:
 
 def _loss_with(model: nn.Module, name: str, layer: nn.Module, weight: torch.Tensor,
                loss_fn: Callable[[nn.Module], float]) -> float:
-    original = layer.weight.detach().clone()
+    original = weight_of(layer).detach().clone()
     with torch.no_grad():
-        layer.weight.copy_(weight.reshape(original.shape).to(original.dtype))
+        weight_of(layer).copy_(weight.reshape(original.shape).to(original.dtype))
     try:
         return float(loss_fn(model))
     finally:
         with torch.no_grad():
-            layer.weight.copy_(original)
+            weight_of(layer).copy_(original)
 
 
 def prune_sensitivity(model: nn.Module, calibration: Iterable[Any], *, levels: Sequence[float] = LEVELS,
@@ -77,7 +78,7 @@ def prune_sensitivity(model: nn.Module, calibration: Iterable[Any], *, levels: S
     out: dict[str, list[SparsityOption]] = {}
     for name in names:
         layer = model.get_submodule(name)
-        w = layer.weight.detach().float().cpu().clone()
+        w = weight_of(layer).detach().float().cpu().clone()
         x = stats[name].sample
         ref = x @ w.T
         rows = stats[name].n / max(1, len(batches))
@@ -103,7 +104,7 @@ def _latency(model: nn.Module, name: str, layer: nn.Module, weight: torch.Tensor
 
     probe = copy.deepcopy(layer)
     with torch.no_grad():
-        probe.weight.copy_(weight.reshape(probe.weight.shape).to(probe.weight.dtype))
+        weight_of(probe).copy_(weight.reshape(weight_of(probe).shape).to(weight_of(probe).dtype))
     set_child(model, name, probe)
     try:
         return float(latency_fn(probe))

@@ -11,7 +11,7 @@ from torch import nn
 from nnforge.compress._transform import ModuleChange, TransformReport, relative_error, tensor_bytes
 from nnforge.compress.prune.criteria import Pattern, keep_mask
 from nnforge.compress.prune.gradual.config import GradualPruneConfig
-from nnforge.compress.prune.unstructured import UnstructuredConfig, prune_targets
+from nnforge.compress.prune.unstructured import UnstructuredConfig, prune_targets, weight_of
 
 __all__ = ["cubic_sparsity", "GradualPruning", "gradual_pruning_callback"]
 
@@ -59,7 +59,7 @@ class GradualPruning:
         self.layers = {n: m for n, m, _ in prune_targets(state.model, probe, None, report)}
         self._skipped = report.skipped
         for name, mod in self.layers.items():
-            w = mod.weight.detach()
+            w = weight_of(mod).detach()
             self.masks[name] = w != 0
             self._dense[name] = w.float().cpu().clone()
             if cfg.criterion == "movement":
@@ -69,11 +69,11 @@ class GradualPruning:
     def before_optimizer_step(self, state: Any) -> None:
         with torch.no_grad():
             for name, mod in self.layers.items():
-                grad = mod.weight.grad
+                grad = weight_of(mod).grad
                 if grad is None:
                     continue
                 if self.config.criterion == "movement":
-                    self.scores[name] -= (mod.weight.detach() * grad).float()
+                    self.scores[name] -= (weight_of(mod).detach() * grad).float()
                 grad.mul_(self.masks[name])
 
     def step_end(self, state: Any) -> None:
@@ -91,7 +91,7 @@ class GradualPruning:
     def _importance(self, name: str) -> torch.Tensor:
         """Larger kept; weights already pruned rank lowest, so masks only grow."""
         mod = self.layers[name]
-        score = self.scores[name] if self.config.criterion == "movement" else mod.weight.detach().abs().float()
+        score = self.scores[name] if self.config.criterion == "movement" else weight_of(mod).detach().abs().float()
         return torch.where(self.masks[name], score, torch.tensor(float("-inf"), device=score.device))
 
     def _prune_to(self, sparsity: float, step: int) -> None:
@@ -117,16 +117,16 @@ class GradualPruning:
     def _apply_masks(self) -> None:
         with torch.no_grad():
             for name, mod in self.layers.items():
-                mod.weight.mul_(self.masks[name])
+                weight_of(mod).mul_(self.masks[name])
 
     def _report(self) -> TransformReport:
         cfg = self.config
         report = TransformReport(f"prune:gradual:{cfg.criterion}:{cfg.scope}", cfg.to_dict(),
                                  skipped=list(self._skipped))
         for name, mod in self.layers.items():
-            w = mod.weight.detach()
+            w = weight_of(mod).detach()
             zeros, total = int((w == 0).sum()), w.numel()
-            nbytes = tensor_bytes(mod.weight, getattr(mod, "bias", None))
+            nbytes = tensor_bytes(weight_of(mod), getattr(mod, "bias", None))
             detail = (f"sparsity {zeros / total:.4f} ({zeros} of {total} weights zero), unstructured "
                       f"({cfg.scope}-wise), criterion {cfg.criterion}, cubic schedule to {cfg.final_sparsity} by step "
                       f"{cfg.end_step}; stored dense: the zeros save no bytes or time until a sparse format stores "

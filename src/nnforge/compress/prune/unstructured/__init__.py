@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from nnforge.compress.prune.unstructured.apply import apply_nm, apply_unstructured, prune_targets, sparsity_of
+from nnforge.compress.prune.unstructured.apply import (
+    apply_nm,
+    apply_unstructured,
+    prune_targets,
+    sparsity_of,
+    weight_of,
+)
 from nnforge.compress.prune.unstructured.config import NMConfig, UnstructuredConfig
 
-__all__ = ["UnstructuredConfig", "NMConfig", "apply_unstructured", "apply_nm", "prune_targets", "sparsity_of"]
+__all__ = ["UnstructuredConfig", "NMConfig", "apply_unstructured", "apply_nm", "prune_targets", "sparsity_of",
+           "weight_of"]

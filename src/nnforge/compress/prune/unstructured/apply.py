@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from nnforge.compress.prune.criteria import CRITERIA, CriterionSpec, Pattern, Pr
 from nnforge.compress.prune.unstructured.config import NMConfig, UnstructuredConfig, _PruneOptions
 from nnforge.errors import ConfigError
 
-__all__ = ["apply_unstructured", "apply_nm", "prune_targets", "sparsity_of"]
+__all__ = ["apply_unstructured", "apply_nm", "prune_targets", "sparsity_of", "weight_of"]
 
 Target = tuple[str, nn.Module, list[str]]
 
@@ -67,8 +67,13 @@ def prune_targets(model: nn.Module, config: _PruneOptions, filter: ModuleFilter 
     return keep
 
 
+def weight_of(mod: nn.Module) -> torch.Tensor:
+    """The ``weight`` of a Linear or Conv2d, typed (``nn.Module.__getattr__`` is typed as returning anything)."""
+    return cast(torch.Tensor, mod.weight)
+
+
 def _matrix(mod: nn.Module) -> torch.Tensor:
-    w = mod.weight.detach()
+    w = weight_of(mod).detach()
     return w.float().cpu().reshape(w.shape[0], -1).clone()  # a copy: the weight is overwritten in place later
 
 
@@ -132,8 +137,9 @@ def prune_layers(model: nn.Module, config: _PruneOptions, filter: ModuleFilter |
         if sequential and i:  # this layer's inputs as the layers pruned before it now make them
             stats.update(_stats(model, spec, [(name, mod, others)], calibration, forward))
         new = spec.prune(PruneJob(w.clone(), pattern, stats.get(name), options))
+        weight = weight_of(mod)
         with torch.no_grad():
-            mod.weight.copy_(new.reshape(mod.weight.shape).to(mod.weight.dtype))
+            weight.copy_(new.reshape(weight.shape).to(weight.dtype))
         zeros, total = int((new == 0).sum()), new.numel()
         nbytes = tensor_bytes(mod.weight, mod.bias)
         detail = (f"sparsity {zeros / total:.4f} ({zeros} of {total} weights zero), {pattern.describe()}, "
@@ -191,5 +197,5 @@ def apply_nm(model: nn.Module, config: NMConfig, filter: ModuleFilter | None = N
 
 def sparsity_of(model: nn.Module, modules: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)) -> dict[str, float]:
     """The fraction of exact zeros in the weight of every ``modules`` layer, as measured now."""
-    return {n: float((m.weight == 0).float().mean()) for n, m in model.named_modules()
+    return {n: float((weight_of(m) == 0).float().mean()) for n, m in model.named_modules()
             if isinstance(m, modules) and isinstance(getattr(m, "weight", None), torch.Tensor)}
