@@ -83,3 +83,27 @@ def test_movement_drops_weights_moving_to_zero_where_magnitude_drops_growing_one
         kept[criterion + "_loss"] = _mse(model, x, y)
     assert kept["movement"] == list(range(8)) and kept["magnitude"] == list(range(8, 16))
     assert kept["movement_loss"] < 0.1 * kept["magnitude_loss"]
+
+
+def test_global_scope_and_resume_keep_the_schedule_overall() -> None:
+    """Driven event by event (no training): a global schedule spares the layer of large weights; a new callback
+    on the pruned model (a resumed run) counts the zeros already there as pruned."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 8))
+    with torch.no_grad():
+        model[1].weight.mul_(10.0)
+    cfg = GradualPruneConfig(final_sparsity=0.5, end_step=20, every=10, scope="global")
+    cb = gradual_pruning_callback(cfg)
+    state = SimpleNamespace(model=model, step=0)
+    cb.fit_start(state)
+    for step in (10, 20):
+        state.step = step
+        cb.step_end(state)
+    zeros = [int((m.weight == 0).sum()) for m in (model[0], model[1])]
+    assert sum(zeros) == 384 and zeros[0] > 0.5 * 512 > zeros[1]  # half of 512 + 256 weights, mostly layer 0
+    again = gradual_pruning_callback(cfg)
+    state.step = 15
+    again.fit_start(state)
+    assert [int((~again.masks[n]).sum()) for n in ("0", "1")] == zeros
