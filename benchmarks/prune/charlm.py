@@ -130,7 +130,7 @@ def latency(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, block: 
 def structured(q: Any, dense: torch.nn.Module, fraction: float, corpus: Any, calib: list[Any], val: list[Any],
                recovery_steps: int, offset: int, rounds: int) -> dict[str, Any]:
     from nnforge.compress import prune_
-    from nnforge.compress.prune.structured.config import StructuredPruneConfig
+    from nnforge.compress.prune.structured import StructuredPruneConfig
 
     model = copy.deepcopy(dense)
     report = prune_(model, StructuredPruneConfig(heads=fraction, ffn=fraction, channels=0.0),
