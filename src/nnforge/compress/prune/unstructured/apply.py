@@ -124,32 +124,38 @@ def prune_layers(model: nn.Module, config: _PruneOptions, filter: ModuleFilter |
     chosen = patterns(targets, stats)
     for i, (name, mod, others) in enumerate(targets):
         pattern = chosen.get(name)
-        if pattern is None or pattern.target == 0.0:
-            report.skipped.append((name, "its planned sparsity is 0: left dense"))
-            continue
-        w = _matrix(mod)
-        if not torch.isfinite(w).all():
-            raise ConfigError(f"{name}: the weight holds NaN or infinite values; nothing was pruned")
-        if pattern.m is not None and w.shape[1] % pattern.m:
-            report.skipped.append((name, f"{w.shape[1]} inputs are not a multiple of {pattern.m}: no "
-                                         f"{pattern.describe()} pattern fits, left dense"))
-            continue
-        if sequential and i:  # this layer's inputs as the layers pruned before it now make them
+        if sequential and i and pattern is not None:  # this layer's inputs as the pruned layers before it make them
             stats.update(_stats(model, spec, [(name, mod, others)], calibration, forward))
-        new = spec.prune(PruneJob(w.clone(), pattern, stats.get(name), options))
-        weight = weight_of(mod)
-        with torch.no_grad():
-            weight.copy_(new.reshape(weight.shape).to(weight.dtype))
-        zeros, total = int((new == 0).sum()), new.numel()
-        nbytes = tensor_bytes(mod.weight, mod.bias)
-        detail = (f"sparsity {zeros / total:.4f} ({zeros} of {total} weights zero), {pattern.describe()}, "
-                  f"criterion {spec.name}; stored dense: the zeros save no bytes or time until a sparse format "
-                  "stores and runs them" + alias_note(others))
-        report.changed.append(ModuleChange(name, type(mod).__name__, nbytes, nbytes, relative_error(w, new), detail,
-                                           list(others)))
+        outcome = _prune_one(name, mod, others, spec, pattern, stats.get(name), options)
+        if isinstance(outcome, str):
+            report.skipped.append((name, outcome))
+        else:
+            report.changed.append(outcome)
         if progress:
             progress(i + 1, len(targets))
     return report
+
+
+def _prune_one(name: str, mod: nn.Module, others: list[str], spec: CriterionSpec, pattern: Pattern | None,
+               stats: Any, options: dict[str, Any]) -> ModuleChange | str:
+    """Prune one layer in place; its :class:`ModuleChange`, or why it was left dense."""
+    if pattern is None or pattern.target == 0.0:
+        return "its planned sparsity is 0: left dense"
+    w = _matrix(mod)
+    if not torch.isfinite(w).all():
+        raise ConfigError(f"{name}: the weight holds NaN or infinite values; nothing was pruned")
+    if pattern.m is not None and w.shape[1] % pattern.m:
+        return f"{w.shape[1]} inputs are not a multiple of {pattern.m}: no {pattern.describe()} pattern fits, left dense"
+    new = spec.prune(PruneJob(w.clone(), pattern, stats, options))
+    weight = weight_of(mod)
+    with torch.no_grad():
+        weight.copy_(new.reshape(weight.shape).to(weight.dtype))
+    zeros, total = int((new == 0).sum()), new.numel()
+    nbytes = tensor_bytes(weight, getattr(mod, "bias", None))
+    detail = (f"sparsity {zeros / total:.4f} ({zeros} of {total} weights zero), {pattern.describe()}, "
+              f"criterion {spec.name}; stored dense: the zeros save no bytes or time until a sparse format "
+              "stores and runs them" + alias_note(others))
+    return ModuleChange(name, type(mod).__name__, nbytes, nbytes, relative_error(w, new), detail, list(others))
 
 
 def _compare(config: UnstructuredConfig, spec: CriterionSpec) -> Any:
