@@ -123,6 +123,8 @@ def test_configs_are_validated_and_load_by_name() -> None:
         UnstructuredConfig(sparsity=1.0)
     with pytest.raises(ConfigError, match="plan"):
         UnstructuredConfig(scope="global", plan={"fc1": 0.1})
+    with pytest.raises(ConfigError, match="compare"):
+        UnstructuredConfig(scope="global", compare="row")
     cfg = load_transform_config({"type": "nm", "data": {"n": 4, "m": 8}}, "prune")
     assert cfg == NMConfig(n=4, m=8)
 

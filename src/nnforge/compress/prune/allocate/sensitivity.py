@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnforge.compress._transform import set_child
 from nnforge.compress.prune.criteria import CRITERIA, Pattern, PruneJob
 from nnforge.compress.prune.unstructured import weight_of
 from nnforge.errors import ConfigError
@@ -93,20 +93,14 @@ def prune_sensitivity(model: nn.Module, calibration: Iterable[Any], *, levels: S
             kept = int((pruned != 0).sum())
             options.append(SparsityOption(level, error, w.numel(), kept, kept * rows))
             if latency_fn is not None:
-                options[-1].latency_ms = _latency(model, name, layer, pruned, latency_fn)
+                options[-1].latency_ms = _latency(layer, pruned, latency_fn)
         out[name] = options
     return out
 
 
-def _latency(model: nn.Module, name: str, layer: nn.Module, weight: torch.Tensor,
-             latency_fn: Callable[[nn.Module], float]) -> float:
-    import copy
-
+def _latency(layer: nn.Module, weight: torch.Tensor, latency_fn: Callable[[nn.Module], float]) -> float:
+    """``latency_fn`` of a copy of ``layer`` holding ``weight`` (the model is not touched)."""
     probe = copy.deepcopy(layer)
     with torch.no_grad():
         weight_of(probe).copy_(weight.reshape(weight_of(probe).shape).to(weight_of(probe).dtype))
-    set_child(model, name, probe)
-    try:
-        return float(latency_fn(probe))
-    finally:
-        set_child(model, name, layer)
+    return float(latency_fn(probe))

@@ -72,6 +72,9 @@ class UnstructuredConfig(_PruneOptions):
         if self.scope == "global" and self.plan:
             raise ConfigError("UnstructuredConfig: scope='global' chooses every layer's ratio itself, so it cannot "
                               "take a 'plan' too; give either scope='global' or a plan with scope='layer'")
+        if self.scope == "global" and self.compare != "auto":
+            raise ConfigError(f"UnstructuredConfig: compare={self.compare!r} ranks within one layer or row, and "
+                              "scope='global' ranks all layers' weights together; leave compare='auto' for global scope")
         return self
 
 
