@@ -150,3 +150,27 @@ def test_saved_pruned_model_reloads_through_a_skeleton(tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(skeleton(ids), model(ids))
     assert sparsity_of(skeleton, (nn.Linear,))["fc1"] == pytest.approx(0.7, abs=1e-3)
+
+
+def test_char_gpt_pruned_by_wanda_then_quantized_rebuilds_from_its_spec() -> None:
+    """The real reference model: its LM head shares the token embedding (left dense, with the reason), every
+    block Linear is pruned, int8 keeps the zeros, and ``rebuild`` reloads the variant from the two configs."""
+    from nnforge.compress import Int8WeightOnlyConfig, quantize_
+    from nnforge.models import build
+    from nnforge.recipes.runs import rebuild
+
+    options = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16}
+    torch.manual_seed(0)
+    model = build("char-gpt", **options).eval()
+    ids = [torch.randint(0, 84, (4, 16), generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    report = prune_(model, NMConfig(criterion="wanda"), calibration=ids, forward=lambda m, b: m(b))
+    assert "tied with transformer.wte" in dict(report.skipped)["lm_head"]
+    assert {c.name for c in report.changed} == {n for n, m in model.named_modules()
+                                                if isinstance(m, nn.Linear) and n != "lm_head"}
+    q = quantize_(model, Int8WeightOnlyConfig(modules=("linear",)))
+    spec = {"base": {"architecture": "char-gpt", "options": options}, "transforms": [report.config, q.config]}
+    again = rebuild(spec, {k: v.contiguous() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        assert torch.equal(again(ids[0])[0], model(ids[0])[0])
+        dense = model.transformer.h[0].mlp.c_fc.dequantize()
+    assert ((dense.reshape(dense.shape[0], -1, 4) != 0).sum(-1) <= 2).all()  # int8 rounding keeps 2:4
