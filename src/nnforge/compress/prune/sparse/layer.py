@@ -146,7 +146,7 @@ class SparseLinear(nn.Module):
         rows = []
         with torch.inference_mode():
             for b, _ in self.execution.tolist():
-                x = torch.randn(b, self.in_features)
+                x = torch.randn(b, self.in_features, generator=torch.Generator().manual_seed(b))  # global RNG untouched
                 v = time_verdict(functools.partial(sparse_mm, x, w), functools.partial(self.dense_matmul, x),
                                  warmup=1, repeats=repeats, alpha=alpha)
                 self.verdicts[b] = {"sparse_ms": v.pop("candidate_ms"), "dense_ms": v.pop("baseline_ms"), **v}
