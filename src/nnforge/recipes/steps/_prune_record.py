@@ -1,8 +1,9 @@
 """What the ``prune`` step records per pruned module: measured from the models, not taken on trust.
 
 Shapes, parameters and non-zero weights come from the base and the pruned module themselves; FLOPs are
-counted by ``torch.utils.flop_counter`` on one real batch, as the model executes (a masked layer still
-multiplies its zeros, so its FLOPs do not drop; a structurally pruned one has smaller matrices); bytes are
+counted on one real batch, per layer with a weight, as the model executes it (zeros in a dense matrix are
+still multiplied, so their FLOPs do not drop; a structurally pruned layer has smaller matrices; a sparse layer
+running its sparse kernel multiplies only what it stores); bytes are
 what the method's report says the stored form needs; the model's speed verdict is an interleaved batch-1
 timing against its base (:func:`nnforge.hardware.time_verdict`).
 """
@@ -50,25 +51,53 @@ def _run(model: nn.Module, batch: Any, forward: Forward | None) -> Any:
     return model(*batch) if isinstance(batch, tuple) else model(batch)
 
 
-def count_flops(model: nn.Module, batch: Any, forward: Forward | None) -> dict[str, int]:
-    """FLOPs of one forward pass over ``batch``, per module name (``""``: the whole model), as executed."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _layer_flops(module: nn.Module, x: torch.Tensor, out: Any) -> int:
+    """FLOPs (a multiply-add is 2) of one call of a layer with a weight, as it executes: a sparse layer that runs
+    its sparse kernel multiplies its stored values only."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(out, torch.Tensor):
+        per_output = module.in_channels // module.groups * int(torch.tensor(module.kernel_size).prod())
+        return 2 * out.numel() * per_output
+    k, n = int(module.in_features), int(module.out_features)  # type: ignore[arg-type]
+    rows = x.numel() // k if k else 0
+    runs_sparse = getattr(module, "runs_sparse", None)
+    if callable(runs_sparse) and runs_sparse(rows):
+        return 2 * rows * int(module.sparse.values.numel())  # type: ignore[union-attr,operator]
+    return 2 * rows * k * n
 
+
+def _counted(module: nn.Module) -> bool:
+    """A layer with a weight whose FLOPs are counted: a Linear or conv, or a packed/sparse layer standing in for one."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        return True
+    return not any(True for _ in module.children()) and hasattr(module, "in_features") \
+        and hasattr(module, "out_features")
+
+
+def count_flops(model: nn.Module, batch: Any, forward: Forward | None) -> dict[str, int]:
+    """FLOPs of one forward pass over ``batch`` per layer with a weight (Linear, conv, and the packed or sparse layers
+    that replace them), as executed, and their sum under ``""``. Counted by hooks on those layers: the products of
+    activations with each other (attention scores) are not counted."""
+    counts: dict[str, int] = {}
+
+    def hook(name: str) -> Any:
+        def count(module: nn.Module, inputs: tuple[Any, ...], out: Any) -> None:
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if x is not None:
+                counts[name] = counts.get(name, 0) + _layer_flops(module, x, out)
+        return count
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and _counted(m)]
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
             _run(model, batch, forward)
     finally:
         model.train(was)
-    root = type(model).__name__
-    out: dict[str, int] = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key == root:
-            out[""] = int(sum(ops.values()))
-        elif key.startswith(root + "."):
-            out[key[len(root) + 1:]] = int(sum(ops.values()))
-    return out
+        for h in handles:
+            h.remove()
+    counts[""] = sum(counts.values())
+    return counts
 
 
 def _weight(module: nn.Module | None) -> torch.Tensor | None:
@@ -122,8 +151,6 @@ def layer_decisions(base: nn.Module, pruned: nn.Module, report: TransformReport,
         sparsity = 1.0 - nonzero / numel if numel and nonzero is not None else None
         smaller = numel is not None and stored is not None and stored < numel
         fb, fa = flops_before.get(c.name), flops_after.get(c.name, 0 if after_mod is None else None)
-        if fb and fa == 0 and after_mod is not None:
-            fa = None  # a custom kernel (a sparse matmul) the FLOP counter does not see: not counted, not zero
         out.append({"module": c.name, "kind": c.kind, **method,
                     "shape_before": list(before.shape) if before is not None else None,
                     "shape_after": list(after.shape) if after is not None else None,
@@ -154,13 +181,9 @@ def totals(layers: list[dict[str, Any]], report: TransformReport) -> dict[str, A
             "bytes_before": report.bytes_before, "bytes_after": report.bytes_after}
 
 
-def model_flops(summary: dict[str, Any], layers: list[dict[str, Any]], flops_before: dict[str, int],
-                flops_after: dict[str, int]) -> None:
-    """Add the whole model's FLOPs per batch (before, after, ratio) to ``summary`` (after: ``None`` when a
-    layer's kernel is not counted)."""
+def model_flops(summary: dict[str, Any], flops_before: dict[str, int], flops_after: dict[str, int]) -> None:
+    """Add the whole model's FLOPs per batch (before, after, ratio) to ``summary``."""
     fb, fa = flops_before.get(""), flops_after.get("")
-    if any(x["flops_after"] is None and x["flops_before"] for x in layers):
-        fa = None
     summary.update(flops_before=fb, flops_after=fa, flops_ratio=fa / fb if fb and fa is not None else None)
 
 

@@ -152,7 +152,7 @@ class Prune:
                    "latency_b1": latency,
                    "skipped": [*({"module": n, "reason": r} for n, r in report.skipped),
                                *_left_out(base, config)]}
-        model_flops(summary, layers, *flops)
+        model_flops(summary, *flops)
         record_decisions(ctx, summary, layers)
         ctx.sections.setdefault("prune", {})[variant] = {**summary, "layers": layers}
         return StepResult(metrics=_metrics(variant, summary), details={"skipped": report.skipped[:50]})
