@@ -138,6 +138,7 @@ def test_custom_op_passes_opcheck_and_has_the_gradient_of_x(fmt: str) -> None:
     sw = sparsify_weight(pruned(64, 128, fmt), fmt)
     x = torch.randn(2, 128, requires_grad=True)
     args = (x, sw.values, sw.indices, sw.row_ptr, sw.scales, sw.fmt, sw.N, sw.K, "", 0)
+    # (the first opcheck of a process spends ~20 s warming up torch's tracing; test_numerics' pays it in the suite)
     torch.library.opcheck(torch.ops.nnforge.sparse_mm.default, args)
     y = sparse_mm_op(*args)
     g = torch.randn_like(y)

@@ -194,8 +194,9 @@ class SparseWeight:
     def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """CSR: the row of every stored value, and that row's scale (int8) or 1."""
         assert self.row_ptr is not None  # noqa: S101 - CSR formats always carry row_ptr (checked in __post_init__)
-        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).to(torch.int64)
-        rows = torch.repeat_interleave(torch.arange(self.N, device=counts.device), counts)
+        # row of stored value i: the number of row ends <= i (a static length: traceable, unlike repeat_interleave)
+        index = torch.arange(self.values.numel(), device=self.row_ptr.device)
+        rows = torch.searchsorted(self.row_ptr[1:].contiguous(), index, right=True)
         scale = self.scales.float()[rows] if self.scales is not None else torch.ones(rows.numel(), device=rows.device)
         return rows, scale
 
