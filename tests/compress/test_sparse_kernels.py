@@ -98,6 +98,9 @@ def test_2_4_refuses_a_denser_weight_and_wide_k() -> None:
         sparsify_weight(w, "2:4")
     with pytest.raises(ConfigError, match="65536"):
         sparsify_weight(torch.zeros(1, 65537), "csr")
+    csr = sparsify_weight(pruned(4, 64, "csr", density=0.5), "csr")
+    with pytest.raises(ConfigError, match="column index"):  # a corrupted file never reaches the kernel
+        SparseWeight("csr", csr.values, csr.indices + 64, csr.row_ptr, None, 4, 64)
     with pytest.raises(ConfigError, match="values must be"):
         SparseWeight("2:4", torch.zeros(4, 32, dtype=torch.int8), torch.zeros(4, 8, dtype=torch.uint8), None, None, 4, 64)
 

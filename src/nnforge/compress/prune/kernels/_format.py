@@ -243,6 +243,8 @@ def check_shapes(spec: SparseFormatSpec, N: int, K: int, values: torch.Tensor, i
     if not _is_fake(row_ptr) and (int(row_ptr[0]) != 0 or int(row_ptr[-1]) != values.numel()
                                          or bool((row_ptr[1:] < row_ptr[:-1]).any())):
         return f"row_ptr must rise from 0 to nnz={values.numel()}"
+    if not _is_fake(indices) and indices.numel() and int((indices.to(torch.int32) & 0xFFFF).max()) >= K:
+        return f"a column index is >= K={K} (the kernel would read outside x)"
     return ""
 
 
