@@ -17,7 +17,9 @@
 Val loss: mean over 200 fixed validation batches (as quantize_charlm). Size: the variant's safetensors file
 (``safetensors.torch.save_model``). Latency: dense and pruned in the same runtime, PyTorch eager fp32 (the
 fastest nnforge offers for this model today), at batch 1 x 64 and batch 12 x 64 (full block), interleaved
-rounds, ratio pruned/dense of medians with its bootstrap 95% interval.
+rounds, ratio pruned/dense of medians with its bootstrap 95% interval. The best 50% unstructured and the best
+2:4 model are also timed with their zeros stored sparse (``SparsifyConfig``: each layer runs its sparse kernel
+only at the row counts where its own interleaved timing said faster), beside their file size.
 """
 
 from __future__ import annotations
@@ -85,7 +87,26 @@ def unstructured(q: Any, dense: torch.nn.Module, kind: str, criterion: str, cali
     total = sum(model.get_submodule(n).weight.numel() for n in block_linears(model))
     return {"variant": kind, "criterion": criterion, "val_loss": q.val_loss(model, val), "prune_seconds": seconds,
             "block_sparsity": zeros / total, "modules_pruned": len(report.changed), "params": params(model),
-            "file_mb": file_mb(model)}
+            "file_mb": file_mb(model), "_model": model}
+
+
+def sparse_runtime(q: Any, dense: torch.nn.Module, row: dict[str, Any], val: list[Any], rounds: int,
+                   repeats: int) -> dict[str, Any]:
+    """The pruned model with its zeros stored sparse (SparsifyConfig: 2:4 or CSR per layer, each layer run sparse
+    only at the row counts where its own timing says faster), timed against dense as the structured rows are."""
+    from nnforge.compress import prune_
+    from nnforge.compress.prune.sparse.config import SparsifyConfig
+
+    block = dense.config.block_size
+    model = copy.deepcopy(row["_model"])
+    report = prune_(model, SparsifyConfig(batch_sizes=(block, 12 * block), repeats=repeats), in_blocks)
+    sparse_layers = sum(1 for m in model.modules() if callable(getattr(m, "runs_sparse", None)))
+    runs_sparse = {b: sum(1 for m in model.modules() if callable(getattr(m, "runs_sparse", None)) and m.runs_sparse(b))
+                   for b in (block, 12 * block)}
+    return {"variant": f"{row['variant']} {row['criterion']} sparse", "val_loss": q.val_loss(model, val),
+            "file_mb": file_mb(model), "sparse_layers": sparse_layers, "layers_run_sparse_by_rows": runs_sparse,
+            "layer_verdicts": {c.name: c.detail for c in report.changed},
+            "latency_b1": latency(dense, model, 1, block, rounds), "latency_b12": latency(dense, model, 12, block, rounds)}
 
 
 def torch_masks(q: Any, dense: torch.nn.Module, val: list[Any]) -> dict[str, Any]:
@@ -183,6 +204,15 @@ def main() -> int:
               f"b1 x{r['latency_b1']['latency_ratio']:.2f}; file {r['file_mb']:.2f} MB", flush=True)
     u50 = [r for r in rows if r["variant"] == "unstructured50"]
     best = min((r for r in u50 if r["criterion"] != "magnitude"), key=lambda r: r["val_loss"])
+    best24 = min((r for r in rows if r["variant"] == "2:4"), key=lambda r: r["val_loss"])
+    sparse = {key: sparse_runtime(q, dense, r, val, rounds, pick(args, full=20, quick=5, smoke=4))
+              for key, r in (("unstructured50", best), ("sparse24", best24))}
+    for r in rows:
+        r.pop("_model", None)
+    for r in sparse.values():
+        rows.append(r)
+        print(f"{r['variant']}: latency b12 x{r['latency_b12']['latency_ratio']:.2f}, b1 x{r['latency_b1']['latency_ratio']:.2f};"
+              f" file {r['file_mb']:.2f} MB; layers run sparse by rows {r['layers_run_sparse_by_rows']}", flush=True)
     s50 = next(r for r in rows if r["variant"] == "structured50")
     summary = {
         "dense_val_loss": dense_loss,
@@ -198,12 +228,19 @@ def main() -> int:
         "structured50_size_ratio": s50["file_mb"] / dense_row["file_mb"],
         "structured50_params_ratio": s50["params"] / dense_row["params"],
     }
+    for key, r in sparse.items():  # the unstructured / 2:4 models in nnforge's sparse runtime, against dense
+        summary[f"{key}_sparse_latency_ratio"] = r["latency_b12"]["latency_ratio"]
+        summary[f"{key}_sparse_latency_ratio_ci"] = r["latency_b12"]["latency_ratio_ci"]
+        summary[f"{key}_sparse_latency_ratio_b1"] = r["latency_b1"]["latency_ratio"]
+        summary[f"{key}_sparse_latency_ratio_b1_ci"] = r["latency_b1"]["latency_ratio_ci"]
+        summary[f"{key}_sparse_size_ratio"] = r["file_mb"] / dense_row["file_mb"]
     exact = "a ratio of file sizes / parameter counts: exact, not a measurement with noise"
     path = write_results(
         "prune", "charlm", args=args, results=rows, summary=summary,
         peers={"torch.nn.utils.prune.l1_unstructured": {**peer, "configuration": "amount=0.5 on every Linear of the "
                                                         "blocks, masks kept (weight_orig + weight_mask)"}},
-        no_ci={"structured50_size_ratio": exact, "structured50_params_ratio": exact},
+        no_ci={"structured50_size_ratio": exact, "structured50_params_ratio": exact,
+               "unstructured50_sparse_size_ratio": exact, "sparse24_sparse_size_ratio": exact},
         extra={"setup": {"steps": steps, "val_batches": n_val, "calibration_batches": n_calib,
                          "recovery_steps": recovery_steps, "recovery_lr": RECOVERY_LR, "dense_lr": DENSE_LR,
                          "latency_rounds": rounds, "runtime": "PyTorch eager fp32", "threads": torch.get_num_threads(),
