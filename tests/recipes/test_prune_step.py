@@ -18,7 +18,11 @@ seed: 0
 model: {architecture: digits-mlp}
 data: {dataset: digits}
 steps:
-  - prune: {config: {type: unstructured, data: {sparsity: 0.5}}, exclude: [net.6], latency_repeats: 4}
+  - prune:
+      config: {type: unstructured, data: {sparsity: 0.5}}
+      exclude: [net.6]
+      latency_repeats: 4
+      recovery: {batch_size: 64, optimizer_options: {lr: 0.001}, train: {max_steps: 6, eval_every: 6}}
   - quantize: {scheme: int8}
   - report
 metadata: {intended_purpose: test}
@@ -39,6 +43,7 @@ def test_prune_then_quantize_saves_reloadable_variants_and_records_every_decisio
     m = out["metrics"]
     assert m["pruned-unstructured_modules_pruned"] == 2 and m["pruned-unstructured_sparsity"] == 0.5
     assert m["pruned-unstructured_flops_ratio"] == 1.0  # zeros in a dense matrix are still multiplied
+    assert m["pruned-unstructured_recovery_steps"] == 6 and "pruned-unstructured_recovery_val_loss" in m
     import nnforge
 
     run = nnforge.load_run(out["run_dir"])
@@ -46,7 +51,9 @@ def test_prune_then_quantize_saves_reloadable_variants_and_records_every_decisio
     pruned, dense = run.model("pruned-unstructured"), run.model("fp32")
     assert float((pruned.net[0].weight == 0).float().mean()) == 0.5
     assert float((pruned.net[3].weight == 0).float().mean()) == 0.5
-    assert torch.equal(pruned.net[6].weight, dense.net[6].weight)  # excluded: left dense
+    kept = pruned.net[0].weight != 0
+    assert not torch.equal(pruned.net[0].weight[kept], dense.net[0].weight[kept])  # recovery trained the kept weights
+    assert (pruned.net[6].weight != 0).all()  # excluded: left dense (and trained)
     quantized = run.model("pruned-unstructured-int8")  # quantized from the pruned variant, zeros kept
     assert type(quantized.net[0]).__name__ == "QuantizedLinear"
     assert float((quantized.net[0].dequantize() == 0).float().mean()) == 0.5
@@ -81,9 +88,12 @@ def test_prune_step_options_are_validated_when_the_recipe_is_read(step, message)
     ("{config: {type: unstructured}, exclude: [blocks.0]}", "pattern 'blocks.0' matches no module"),
     ("{config: {type: unstructured}, modules: ['net.1']}", "no module with a weight matrix is left"),
     ("{config: {type: nm}, base: pruned-x}", "base 'pruned-x' is not a variant an earlier prune step saves"),
+    ("{config: {type: nm}}\n  - train: {train: {max_steps: 5}}", "a train step after a prune step would train"),
 ])
 def test_prune_step_preflight_refuses_before_anything_is_written(workdir, step, message):
-    (workdir / "r.yaml").write_text(RECIPE.replace(RECIPE.splitlines()[6], f"  - prune: {step}"), encoding="utf-8")
+    recipe = RECIPE.splitlines()
+    recipe[6:11] = [f"  - prune: {step}"]
+    (workdir / "r.yaml").write_text("\n".join(recipe), encoding="utf-8")
     assert main(["run", "r.yaml"]) == 2
     assert not (workdir / "runs").exists() and not (workdir / ".nnforge").exists()
 

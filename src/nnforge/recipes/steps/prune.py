@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 from typing import Any, ClassVar
 
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -44,6 +45,7 @@ from nnforge.recipes.steps._prune_record import (
     unmatched_patterns,
 )
 from nnforge.recipes.steps.quantize import check_calibration_data
+from nnforge.recipes.steps.train import Train, TrainStepConfig
 
 __all__ = ["PruneStepConfig", "Prune", "COMPRESS_BASE"]
 
@@ -58,7 +60,8 @@ class PruneStepConfig(Config):
     0.5}}``. ``modules`` and ``exclude`` are name patterns (``fnmatch``: ``blocks.*.mlp.*``, ``lm_head``); a
     pattern that names a module also names everything inside it. ``base`` is the variant to prune (default:
     the newest pruned variant, else fp32). ``latency_repeats`` interleaved batch-1 timings of the pruned model
-    against its base give the model's speed verdict (0: not timed).
+    against its base give the model's speed verdict (0: not timed). ``recovery`` trains the pruned model with the
+    ``train`` step's options (character corpora and array datasets), weights the method zeroed held at zero.
     """
 
     config: dict[str, Any] = Field(description="a registered pruning method: {type, data}")
@@ -68,6 +71,8 @@ class PruneStepConfig(Config):
     base: str | None = Field(None, description="variant to prune; default: the newest pruned one, else fp32")
     variant: str | None = Field(None, description="name of the saved variant; default: pruned-<method>")
     latency_repeats: int = Field(20, ge=0, le=1000)
+    recovery: TrainStepConfig | None = Field(None, description="recovery training of the pruned model (the train "
+                                             "step's options); zeros the method left stay zero")
 
     @model_validator(mode="after")
     def _check(self) -> PruneStepConfig:
@@ -111,6 +116,15 @@ class Prune:
         pcfg = config.pconfig()
         if needs_calibration(pcfg):
             check_calibration_data(plan, f"prune ({pcfg.type_name})")
+        if config.recovery is not None:
+            Train().preflight(plan, config.recovery)
+        at = next((i for i, s in enumerate(plan.recipe.steps) if s.config is config), None)
+        later = [s.name for s in plan.recipe.steps[at + 1:]] if at is not None else []
+        for name in ("train", "finetune"):
+            if name in later:
+                raise ConfigError(f"prune: a {name} step after a prune step would train the pruned model and save it as "
+                                  "the fp32 variant (its spec has no pruning): train before pruning, and give the "
+                                  "prune step recovery: {train: {max_steps: 300}} to train the pruned model")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         base_name = config.base or ctx.shared.get(COMPRESS_BASE, "fp32")
@@ -133,6 +147,7 @@ class Prune:
         progress = ctx.progress
         report = prune_(model, pcfg, module_filter(config.modules, config.exclude), **inputs,
                         progress=(lambda d, t: progress("prune", d, t)) if progress else None)
+        recovered = _recover(ctx, model, config.recovery) if config.recovery is not None else {}
         # measured before anything is saved: a failure here leaves no weights file the ledger would vouch for
         example = batches[0] if batches else None
         flops = (count_flops(base, example, forward), count_flops(model, example, forward)) if example is not None \
@@ -155,7 +170,10 @@ class Prune:
         model_flops(summary, *flops)
         record_decisions(ctx, summary, layers)
         ctx.sections.setdefault("prune", {})[variant] = {**summary, "layers": layers}
-        return StepResult(metrics=_metrics(variant, summary), details={"skipped": report.skipped[:50]})
+        summary["recovery"] = recovered or None
+        return StepResult(metrics={**_metrics(variant, summary), **{f"{variant}_recovery_{k}": v
+                                                                   for k, v in recovered.items()}},
+                          details={"skipped": report.skipped[:50]})
 
 
 def record_decisions(ctx: RunContext, summary: dict[str, Any], layers: list[dict[str, Any]]) -> None:
@@ -176,6 +194,41 @@ def _metrics(variant: str, s: dict[str, Any]) -> dict[str, Any]:
         out[f"{variant}_speedup_b1"] = s["latency_b1"]["speedup"]
         out[f"{variant}_speedup_b1_ci"] = list(s["latency_b1"]["speedup_ci"])
     return out
+
+
+class _Recovery(Train):
+    """The ``train`` step on the pruned model: the zeros pruning left are put back after every optimizer step, and
+    nothing is saved (the prune step saves the recovered model as its variant)."""
+
+    name: ClassVar[str] = "prune-recovery"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.masks = [(p, p.detach() != 0) for p in model.parameters() if p.dim() >= 2 and bool((p == 0).any())]
+
+    def callbacks(self, config: Any) -> list[Any]:
+        from nnforge.train import Event, on
+
+        def keep_zeros(state: Any) -> None:
+            with torch.no_grad():
+                for p, mask in self.masks:
+                    p.mul_(mask)
+
+        return [on(Event.STEP_END, keep_zeros)]
+
+    def save(self, ctx: RunContext, config: Any) -> None:
+        return None
+
+
+def _recover(ctx: RunContext, model: nn.Module, config: Any) -> dict[str, Any]:
+    """Train the pruned ``model`` in place as ``config`` (the train step's options) says; its figures."""
+    current = ctx.model
+    ctx.model = model
+    try:
+        result = _Recovery(model).run(ctx, config)
+    finally:
+        ctx.model = current
+        ctx.sections.pop(_Recovery.name, None)
+    return {k.removeprefix("train_"): v for k, v in result.metrics.items() if isinstance(v, (int, float))}
 
 
 def _left_out(model: nn.Module, config: Any) -> list[dict[str, str]]:
