@@ -101,7 +101,7 @@ def _order(spec: SparseFormatSpec) -> tuple[torch.Tensor, torch.Tensor, int]:
 def _pack_positions(pos: torch.Tensor, spec: SparseFormatSpec) -> torch.Tensor:
     """2-bit positions in storage order ``(N, blocks, values per block)`` -> index bytes ``(N, blocks * bytes)``."""
     N, nb, nv = pos.shape
-    p = pos.to(torch.int64)
+    p = pos.to(torch.int32)
     if spec.values == "fp32":  # value e at bits 2e of a uint16
         word = (p << (2 * torch.arange(8))).sum(-1)  # (N, nb)
         out = torch.stack([word & 0xFF, word >> 8], -1)
@@ -301,9 +301,11 @@ def sparsify_weight(w: torch.Tensor, fmt: str) -> SparseWeight:
     if too_dense:
         raise ConfigError(f"format {fmt!r} keeps 2 of every 4 weights, but {too_dense} groups of 4 in this weight hold "
                           "3 or 4 non-zeros: prune it 2:4 first (an N:M 2:4 pruning config)")
-    # the 2 kept positions of each group: its non-zeros first, then the lowest free positions; lower first
-    key = (~nz).to(torch.int64) * 4 + torch.arange(4)
-    pos = torch.sort(torch.sort(key, dim=-1).indices[..., :2], dim=-1).values  # (N, Kp/4, 2)
+    # the 2 kept positions of each group: its non-zeros, then the lowest free positions; the lower one first
+    free_rank = torch.cumsum(~nz, dim=-1, dtype=torch.int8)  # 1, 2, ... along each group's zeros
+    keep = (nz | (free_rank <= (2 - nz.sum(-1, dtype=torch.int8)).unsqueeze(-1))).to(torch.uint8)
+    first = keep.argmax(-1)
+    pos = torch.stack([first, 3 - keep.flip(-1).argmax(-1)], -1)  # (N, Kp/4, 2)
     vals = torch.gather(g, 2, pos)
     group, slot, gpb = _order(spec)
     nb = Kp // (4 * gpb)
