@@ -6,8 +6,10 @@
     python benchmarks/optim/digits.py --only adamw,soap   # a partial sweep: writes optim_digits_only-adamw-soap.json
 
 Same protocol as charlm.py: each optimizer gets the same number of learning rates around its default,
-runs interleaved, test loss every 50 steps, training seconds without evaluation; the summary says which
-reach the best AdamW's final test loss, in how many steps and seconds.
+runs interleaved, test loss every 50 steps, training seconds without evaluation; whenever an optimizer's best
+lr sits at an edge of those tried, one more lr beyond that edge is run, round after round (interleaved), until
+the best is strictly inside or MAX_EXTENSIONS points were added (``summary.best_lr_inside_grid`` says which);
+the summary says which reach the best AdamW's final test loss, in how many steps and seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from charlm import grid_for, summarise, timed_callbacks, timing  # noqa: E402
+from charlm import MAX_EXTENSIONS, grid_for, next_lr, summarise, timed_callbacks, timing  # noqa: E402
 
 from _common import add_mode_args, mode, pick, write_results  # noqa: E402
 
@@ -75,6 +77,12 @@ def main() -> int:
         for name in names:
             lrs, options = grids[name]
             runs.append(run_one(data, name, lrs[len(lrs) // 2] if one_lr else lrs[i], options, steps, eval_every))
+    for _ in range(0 if one_lr else MAX_EXTENSIONS):  # bracket each best lr, one new point per optimizer per round
+        todo = {n: lr for n in names if (lr := next_lr([r for r in runs if r["optimizer"] == n])) is not None}
+        if not todo:
+            break
+        for name, lr in todo.items():
+            runs.append(run_one(data, name, lr, grids[name][1], steps, eval_every))
     table, summary = summarise(runs)
     for row in table:
         run = next(r for r in runs if r["optimizer"] == row["optimizer"] and r["lr"] == row["lr"])
@@ -83,7 +91,8 @@ def main() -> int:
     path = write_results("optim", "digits", args=args, results=table, summary=summary,
                          peers={n: {"lrs_tried": sorted(r["lr"] for r in runs if r["optimizer"] == n),
                                     "options": grids[n][1]} for n in names},
-                         extra={"runs": runs, "setup": {"steps": steps, "batch": BATCH, "model": "digits-cnn"}})
+                         extra={"runs": runs, "setup": {"steps": steps, "batch": BATCH, "model": "digits-cnn",
+                                                        "max_extensions": MAX_EXTENSIONS}})
     print(f"wrote {path}\n{summary}" if path else summary)
     return 0
 
