@@ -30,11 +30,7 @@ from typing import Any
 
 import torch
 
-# benchmarks/ on the path, and not this folder: a sibling script named like a package (kernels.py) would hide
-# that package from transformers, which imports `kernels`
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import add_mode_args, mode, pick, ratio_with_ci, spread, write_results  # noqa: E402
 from quickstart import QUICK, SMOKE  # noqa: E402

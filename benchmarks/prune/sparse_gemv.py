@@ -1,8 +1,8 @@
 """Sparse GEMV kernels (2:4 fp32 / int8, CSR at 50/70/90% fp32 / int8) against dense fp32 and torch.sparse CSR, batch 1.
 
-    PYTHONPATH=src python benchmarks/prune/kernels.py --smoke   # seconds, tiny shape, writes nothing
-    PYTHONPATH=src python benchmarks/prune/kernels.py --quick   # about a minute, prune_kernels.quick.json
-    PYTHONPATH=src python benchmarks/prune/kernels.py           # full run, benchmarks/results/prune_kernels.json
+    PYTHONPATH=src python benchmarks/prune/sparse_gemv.py --smoke   # seconds, tiny shape, writes nothing
+    PYTHONPATH=src python benchmarks/prune/sparse_gemv.py --quick   # about a minute, prune_kernels.quick.json
+    PYTHONPATH=src python benchmarks/prune/sparse_gemv.py           # full run, benchmarks/results/prune_kernels.json
 
 The weight is a standard normal 11008 x 4096 matrix (a LLaMA-7B FFN projection) pruned 2:4 (the 2 largest of
 every 4) or unstructured (a uniformly random mask at 50/70/90% sparsity: for a Gaussian matrix the same as
