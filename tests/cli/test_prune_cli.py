@@ -101,12 +101,13 @@ def test_bad_input_on_a_run_exits_2_and_writes_nothing(untouched_run, argv):
 def test_prune_a_recipe_inserts_the_step_after_training(workdir, capsys):
     (workdir / "r.yaml").write_text(RECIPE, encoding="utf-8")
     assert main(["prune", "r.yaml", "--method", "structured", "-o", "ffn=0.5", "--latency-repeats", "2",
-                 "--json"]) == 0
+                 "--recovery-steps", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     config = json.loads((workdir / out["run_dir"] / "config.json").read_text())
     assert [s["name"] for s in config["recipe"]["steps"]] == ["train", "prune", "report"]
     m = out["metrics"]
     assert m["pruned-structured_params_ratio"] < 0.75 and m["pruned-structured_flops_ratio"] < 0.75
+    assert m["pruned-structured_recovery_steps"] == 3  # the pruned model trained at its new shapes
     import nnforge
 
     pruned = nnforge.load_run(out["run_dir"]).model("pruned-structured")  # smaller matrices, no mask

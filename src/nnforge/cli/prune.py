@@ -20,7 +20,8 @@ _TRAINING_STEPS = ("train", "finetune", "qat")
 
 
 def _step_options(method: str | None, option: list[str], modules: list[str], exclude: list[str], base: str | None,
-                  variant: str | None, calibration_batches: int | None, latency_repeats: int | None) -> dict[str, Any]:
+                  variant: str | None, calibration_batches: int | None, latency_repeats: int | None,
+                  recovery_steps: int | None = None) -> dict[str, Any]:
     """The ``prune`` step's options the command line gave (nothing for an option left out)."""
     import yaml
 
@@ -40,6 +41,8 @@ def _step_options(method: str | None, option: list[str], modules: list[str], exc
     step = {k: v for k, v in given.items() if v not in (None, [])}
     if method is not None or data:
         step["config"] = {"type": method or "unstructured", "data": data}
+    if recovery_steps:
+        step["recovery"] = {"train": {"max_steps": recovery_steps, "eval_every": recovery_steps}}
     return step
 
 
@@ -102,6 +105,8 @@ def prune(
     calibration_batches: Annotated[int | None, typer.Option(help="Batches for data-driven criteria (default 16).")] = None,
     latency_repeats: Annotated[int | None, typer.Option(help="Interleaved batch-1 timings against the base (0: none; "
                                                         "default 20).")] = None,
+    recovery_steps: Annotated[int | None, typer.Option(help="Recovery training steps of the pruned model (the train "
+                                                       "step's defaults; zeros stay zero).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: key=value.")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder of runs (run ids are looked up, new runs land here).")] = "runs",
     ledger: Annotated[str | None, typer.Option(help="Ledger database (default: the run's, or .nnforge/ledger.db).")] = None,
@@ -115,7 +120,7 @@ def prune(
     from nnforge.errors import ConfigError
 
     step = _step_options(method, option or [], modules or [], exclude or [], base, variant, calibration_batches,
-                         latency_repeats)
+                         latency_repeats, recovery_steps)
     if _is_run(target, runs_dir):
         if set_:
             raise ConfigError("--set changes a recipe; a finished run is pruned with the prune options "
@@ -178,7 +183,8 @@ def _table(metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
     keys = [k for k in metrics if k.endswith(("_sparsity", "_params_ratio", "_flops_ratio", "_file_ratio",
-                                              "_speedup_b1", "_modules_pruned", "_modules_skipped"))]
+                                              "_speedup_b1", "_modules_pruned", "_modules_skipped",
+                                              "_recovery_steps", "_recovery_val_loss", "_recovery_val_accuracy"))]
     table = Table(title="pruning", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
