@@ -239,3 +239,16 @@ def test_explicit_format_skips_layers_that_do_not_fit() -> None:
     assert "not 2:4 sparse" in dict(report.skipped)["2"]
     with pytest.raises(ConfigError, match="plan"):
         apply_(model_with_pruned_layers(), SparsifyConfig(), skeleton=True)
+
+
+def test_a_later_transform_lists_sparse_layers_as_left_alone() -> None:
+    # a SparseLinear holds buffers, not parameters: without its transform_note a later quantize_ or prune_
+    # would neither convert it nor say so
+    from nnforge.compress import Int8WeightOnlyConfig, quantize_
+
+    m = model_with_pruned_layers()
+    apply_(m, SparsifyConfig(execute="sparse"))
+    report = quantize_(m, Int8WeightOnlyConfig())
+    skipped = dict(report.skipped)
+    assert skipped["0"].startswith("SparseLinear: stored sparse by sparsify") and "2" in skipped
+    assert [c.name for c in report.changed] == ["4"]  # the Linear sparsify left dense is quantized

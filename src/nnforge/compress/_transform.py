@@ -155,8 +155,10 @@ def candidates(model: nn.Module, filter: ModuleFilter | None, report: TransformR
     """``(name, module, other names)`` for every submodule, once, that a transform may replace.
 
     Raises ``ConfigError`` when the model itself is one of the ``handled`` layer types (a root module cannot be
-    replaced in place). A module the ``filter`` admits under some of its names but not all, or one whose parent
-    reads its weight directly (the out_proj of ``nn.MultiheadAttention``), is reported as skipped.
+    replaced in place). A module the ``filter`` admits under some of its names but not all, one whose parent
+    reads its weight directly (the out_proj of ``nn.MultiheadAttention``), or a layer class with a
+    ``transform_note`` (an already-compressed layer whose weight is a buffer, which no parameter scan would
+    notice) that the transform does not handle, is reported as skipped.
     """
     if isinstance(model, handled):
         raise ConfigError(f"{what}: the model itself is a {type(model).__name__}, and a root module cannot be "
@@ -178,6 +180,10 @@ def candidates(model: nn.Module, filter: ModuleFilter | None, report: TransformR
                 continue
         if id(mod) in direct and isinstance(mod, handled):
             report.skipped.append((name, direct[id(mod)]))
+            continue
+        note = getattr(type(mod), "transform_note", None)
+        if note and not isinstance(mod, handled):  # an already-compressed layer holds buffers, not parameters
+            report.skipped.append((name, f"{type(mod).__name__}: {note}"))
             continue
         out.append((name, mod, others))
     return out

@@ -50,6 +50,9 @@ class SparseLinear(nn.Module):
     output); int8 formats: both sum the same exact integer products.
     """
 
+    transform_note = ("stored sparse by sparsify, left as is (quantize or prune before sparsify; its int8 formats "
+                      "quantize the kept values)")
+
     bias: torch.Tensor | None
     execution: torch.Tensor
 
