@@ -130,7 +130,7 @@ def test_spread_accepts_zeros():
 
 def test_provenance_names_commit_dirty_hash_and_argv():
     p = provenance(SCRIPT, ["x.py", "--quick"])
-    assert set(p) == {"commit", "dirty", "script_sha256", "argv"}
+    assert set(p) == {"commit", "dirty", "script_sha256", "argv"} | ({"dirty_files"} if p["dirty"] else set())
     import hashlib
 
     assert p["script_sha256"] == hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
@@ -138,6 +138,23 @@ def test_provenance_names_commit_dirty_hash_and_argv():
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPT.parent, capture_output=True, text=True, timeout=60)
     assert p["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert isinstance(p["dirty"], bool) or p["commit"] is None
+
+
+def test_a_dirty_tree_names_its_changed_files(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    git("init", "-q")
+    (tmp_path / "b.py").write_text("print(1)\n")
+    (tmp_path / "other.json").write_text("{}\n")
+    git("add", "b.py", "other.json")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    clean = provenance(tmp_path / "b.py", [])
+    assert clean["dirty"] is False and "dirty_files" not in clean
+    (tmp_path / "other.json").write_text('{"a": 1}\n')  # e.g. another benchmark's fresh results
+    (tmp_path / "new.txt").write_text("untracked files do not count\n")
+    dirty = provenance(tmp_path / "b.py", [])
+    assert dirty["dirty"] is True and dirty["dirty_files"] == ["other.json"]
 
 
 def test_provenance_outside_git_has_no_commit(tmp_path):

@@ -47,14 +47,19 @@ def provenance(script: str | os.PathLike[str], argv: list[str]) -> dict[str, Any
 
     ``commit`` is ``git rev-parse HEAD`` of the repository holding ``script`` (None outside git);
     ``dirty`` is True when a tracked file differs from it (``git status --porcelain --untracked-files=no``),
-    None outside git; ``script_sha256`` hashes the script's bytes; ``argv`` is the command line as given.
+    None outside git, with ``dirty_files`` naming the changed files (at most 50) when True; ``script_sha256``
+    hashes the script's bytes; ``argv`` is the command line as given.
     """
     path = Path(script).resolve()
     where = path.parent
     commit = _git(["rev-parse", "HEAD"], where)
     status = _git(["status", "--porcelain", "--untracked-files=no"], where) if commit is not None else None
-    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None,
-            "script_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "argv": [str(a) for a in argv]}
+    out: dict[str, Any] = {
+        "commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None,
+        "script_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "argv": [str(a) for a in argv]}
+    if out["dirty"]:  # which files: another benchmark's fresh results file is not a code change
+        out["dirty_files"] = sorted(line[3:] for line in status.splitlines() if line.strip())[:50]  # type: ignore[union-attr]
+    return out
 
 
 def _started(started: Mapping[str, Any] | None, script: str | os.PathLike[str], argv: list[str]) -> dict[str, Any]:
