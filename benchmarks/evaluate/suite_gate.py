@@ -1,5 +1,9 @@
-"""Benchmark: the shipped quickstart suite passes for the fp32 quickstart model and fails, naming the
-check, for a deliberately damaged variant (2-bit RTN, per channel, no calibration).
+"""Benchmark: the shipped quickstart suite judges the quickstart's fp32 and int8 models and a deliberately
+damaged variant (2-bit RTN, per channel, no calibration), naming every check each one fails.
+
+Since the suite checks per-genre accuracy against chance (issue 19), the shipped fp32 and int8 models fail
+it on one check (tragedy below chance - 0.03); the damaged variant fails most of them. The results record
+each verdict as measured; nothing here expects a pass.
 
     python benchmarks/evaluate/suite_gate.py           # full: the built-in quickstart recipe as shipped (+ int2)
     python benchmarks/evaluate/suite_gate.py --quick   # a small slice of it
