@@ -322,3 +322,17 @@ def test_non_finite_weights_and_calibration_are_named_and_nothing_changes():
         quantize_(mk(), W8A8Config(activations="static"), calibration=[torch.zeros(4, 15)])
     with pytest.raises(ConfigError, match="every calibration input of this layer was zero"):
         quantize_(mk(), W8A8Config(activations="static", smoothing="none"), calibration=[torch.zeros(4, 16)])
+
+
+@pytest.mark.parametrize(("fmt", "symmetric", "act_order"), [("int8", True, False), ("int4", True, True),
+                                                             ("int4", False, False), ("ternary", True, False)])
+def test_gptq_keeps_the_zeros_of_a_pruned_weight(fmt: str, symmetric: bool, act_order: bool) -> None:
+    # prune, then quantize: the error feedback must not turn pruned weights back into non-zeros
+    g = torch.Generator().manual_seed(3)
+    pruned = W * (torch.rand(W.shape, generator=g) < 0.5)
+    Wq = gptq(pruned, H, fmt, 64, symmetric=symmetric, act_order=act_order).dequantize()
+    assert bool((Wq[pruned == 0] == 0).all())
+    def err(w_hat: torch.Tensor) -> float:
+        return float((X_TEST @ pruned.T - X_TEST @ w_hat.T).norm())
+
+    assert err(Wq) < err(rtn(pruned, fmt, 64, symmetric=symmetric).dequantize())  # and still better than RTN

@@ -59,6 +59,11 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
     is rounded to a multiple of the group size. Scales are rounded to fp16 before the codes are chosen, so
     ``dequantize()`` is exactly the weight GPTQ optimised.
 
+    Weights that are exactly zero (left by a pruning step) stay at the grid's code for zero (0 itself wherever
+    the format can represent it, i.e. every format but binary): the error feedback still flows through them, but
+    they never turn back into non-zeros, so prune-then-quantize keeps its sparsity; group scales come from the
+    kept weights. A weight without zeros is quantised exactly as before.
+
     ``act_order`` quantises columns in order of decreasing ``H_jj``; since the packed format groups
     consecutive columns, group scales are then computed up front from the original weight ("static
     groups"). A Hessian that stays singular after damping raises a :class:`ConfigError` that says so.
@@ -80,6 +85,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
     if not isinstance(act_order, bool):
         raise ConfigError(f"The 'act_order' parameter must be True or False. Got {act_order!r} instead.")
 
+    pruned = W == 0  # zeros a pruning step left: kept zero (the error feedback would fill them in)
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -95,6 +101,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
             Z.copy_(z0)
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(K)
     W = W[:, perm]
+    pruned = pruned[:, perm] if bool(pruned.any()) else None
     H = H[perm][:, perm]
     Hinv = upper_cholesky_of_inverse(H, damp).to(torch.float32)
     group_of = perm // G  # group (in the original column order) of each permuted column
@@ -103,12 +110,21 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
 
     def column(W1: torch.Tensor, Hinv1: torch.Tensor, i: int, col: int) -> torch.Tensor:
         g = int(group_of[col])
+        z = Z[:, g] if Z is not None else None
         if not static and col % G == 0:
-            sg, zg = rtn_params(W1[:, i : i + G].unsqueeze(1), grid)
+            block = W1[:, i : i + G]
+            if pruned is not None:  # (not static: columns in their own order) scales from the kept weights
+                block = block.masked_fill(pruned[:, col : col + G], 0.0)
+            sg, zg = rtn_params(block.unsqueeze(1), grid)
             S[:, g] = sg[:, 0]
             if Z is not None and zg is not None:
                 Z[:, g] = zg[:, 0]
-        q, deq = quantize(W1[:, i : i + 1], S[:, g], Z[:, g] if Z is not None else None, grid)
+                z = Z[:, g]
+        q, deq = quantize(W1[:, i : i + 1], S[:, g], z, grid)
+        if pruned is not None and bool(pruned[:, col].any()):
+            q0, deq0 = quantize(torch.zeros_like(W1[:, i : i + 1]), S[:, g], z, grid)  # the grid's code for 0
+            keep = pruned[:, col : col + 1]
+            q, deq = torch.where(keep, q0, q), torch.where(keep, deq0, deq)
         Q[:, col] = q[:, 0]
         return deq[:, 0]
 
