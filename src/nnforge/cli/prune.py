@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import console, ledger_location, out, print_json, progress_bars, run_ledger
+from nnforge.cli._common import console, out, print_json, progress_bars, run_ledger
 
 _TRAINING_STEPS = ("train", "finetune", "qat")
 
@@ -156,27 +156,11 @@ def _prune_run(target: str, config: Any, runs_dir: str, ledger: str | None, acto
 
 def _run_recipe(target: str, overrides: list[str], step: dict[str, Any], runs_dir: str, ledger: str | None,
                 actor: str | None, json_: bool) -> None:
-    from nnforge.cli.run import _sigterm_as_interrupt
-    from nnforge.ledger import Ledger
-    from nnforge.recipes import run_recipe
-    from nnforge.recipes.runner import check_runs_dir, prepare
+    from nnforge.cli.run import execute
 
     rec = _with_prune_step(target, overrides, step)
     console.print(f"[bold]nnforge prune[/] {rec.name}: {len(rec.steps)} steps ({', '.join(s.name for s in rec.steps)})")
-    check_runs_dir(runs_dir)
-    prepared = prepare(rec)  # data, model and every step's preflight: bad input leaves no folder, no ledger
-    led = Ledger.open(ledger_location(ledger), actor=actor)
-    with progress_bars() as progress, _sigterm_as_interrupt():
-        result = run_recipe(rec, runs_dir=runs_dir, ledger=led, progress=progress, prepared=prepared)
-    if json_:
-        print_json({"run_id": result.run_id, "run_dir": str(result.run_dir), "metrics": result.metrics,
-                    "report": str(result.report) if result.report else None, "ledger_head": result.head})
-        return
-    _table(result.metrics)
-    out.print(f"run: {result.run_dir}")
-    if result.report:
-        out.print(f"report: {result.report}")
-    out.print(f"ledger head: {result.head}")
+    execute(rec, runs_dir=runs_dir, ledger=ledger, actor=actor, json_=json_, summary=_table)
 
 
 def _table(metrics: dict[str, Any]) -> None:

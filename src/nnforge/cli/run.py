@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,13 +50,23 @@ def run(
     actor: ActorOpt = None, json_: JsonOpt = False,
 ) -> None:
     """Run a recipe end to end; every step is recorded in the ledger."""
-    from nnforge.ledger import Ledger
-    from nnforge.recipes import load_recipe, run_recipe
-    from nnforge.recipes.runner import check_runs_dir, prepare
+    from nnforge.recipes import load_recipe
 
     rec = load_recipe(one_recipe(recipe), set_ or [])
     console.print(f"[bold]nnforge run[/] {rec.name}: {len(rec.steps)} steps "
                   f"({', '.join(s.name for s in rec.steps)}), seed {rec.seed}")
+    execute(rec, runs_dir=runs_dir, ledger=ledger, actor=actor, json_=json_, summary=_summary)
+
+
+def execute(rec: Any, *, runs_dir: str, ledger: str | None, actor: str | None, json_: bool,
+            summary: Callable[[dict[str, Any]], None]) -> None:
+    """Run a parsed recipe as ``nnforge run`` does (``nnforge prune RECIPE`` too): every step's preflight before
+    any run folder or ledger event, progress bars, SIGTERM as an interrupt; then the result as JSON or as
+    ``summary(metrics)`` and the run's paths."""
+    from nnforge.ledger import Ledger
+    from nnforge.recipes import run_recipe
+    from nnforge.recipes.runner import check_runs_dir, prepare
+
     check_runs_dir(runs_dir)
     prepared = prepare(rec)  # data, model and every step's preflight: bad input leaves no folder, no ledger
     led = Ledger.open(ledger_location(ledger), actor=actor)
@@ -66,7 +76,7 @@ def run(
         print_json({"run_id": result.run_id, "run_dir": str(result.run_dir), "metrics": result.metrics,
                     "report": str(result.report) if result.report else None, "ledger_head": result.head})
         return
-    _summary(result.metrics)
+    summary(result.metrics)
     out.print(f"run: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")

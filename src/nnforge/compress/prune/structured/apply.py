@@ -12,6 +12,7 @@ from torch import nn
 from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, register_transform, tensor_bytes
 from nnforge.compress.prune.structured.config import StructuredPruneConfig
 from nnforge.compress.prune.structured.structures import Structure, find_structures, weight_of
+from nnforge.compress.quantize.calibrate.stats import run_batch
 from nnforge.errors import ConfigError, DataError
 
 __all__ = ["StructuredPlan", "apply_structured", "plan_structured"]
@@ -23,14 +24,6 @@ def _needs_data(config: StructuredPruneConfig) -> bool:
     from nnforge.compress.prune.criteria import CRITERIA
 
     return CRITERIA.get(config.criterion).needs_data or config.blocks > 0
-
-
-def _run(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, tuple | list):
-        return model(*batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    return model(batch)
 
 
 def _module_bytes(mod: nn.Module) -> int:
@@ -82,7 +75,7 @@ def _influence(model: nn.Module, blocks: list[Structure], batches: Iterable[Any]
 
     handles = [model.get_submodule(s.name).register_forward_hook(block_hook(s.name), with_kwargs=True)
                for s in blocks if s.units]
-    run = forward or _run
+    run = forward or run_batch
     try:
         with torch.no_grad():
             for batch in batches:

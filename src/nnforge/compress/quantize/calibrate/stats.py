@@ -15,7 +15,7 @@ from torch import nn
 from nnforge.compress.quantize.calibrate._common import check_int
 from nnforge.errors import ConfigError, DataError
 
-__all__ = ["LayerStats", "collect_stats"]
+__all__ = ["LayerStats", "collect_stats", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class _Accumulator:
                           self.rows.contiguous())
 
 
-def _run(model: nn.Module, batch: Any) -> Any:
+def run_batch(model: nn.Module, batch: Any) -> Any:
+    """The default calibration forward: ``model(*batch)`` for a tuple or list, ``model(**batch)`` for a dict,
+    else ``model(batch)``."""
     if isinstance(batch, tuple | list):
         return model(*batch)
     if isinstance(batch, dict):
@@ -129,7 +131,7 @@ def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence
         chosen = {name: linears[name] for name in modules}
     if not chosen:
         raise ConfigError("The model has no nn.Linear module to collect statistics for (or 'modules' is empty).")
-    run = forward if forward is not None else _run
+    run = forward if forward is not None else run_batch
     generator = torch.Generator().manual_seed(seed)
     accs = {name: _Accumulator(m.in_features, sample_rows, generator) for name, m in chosen.items()}
 
