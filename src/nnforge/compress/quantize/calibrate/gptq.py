@@ -85,7 +85,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
     if not isinstance(act_order, bool):
         raise ConfigError(f"The 'act_order' parameter must be True or False. Got {act_order!r} instead.")
 
-    pruned = W == 0  # zeros a pruning step left: kept zero (the error feedback would fill them in)
+    zeros = W == 0  # zeros a pruning step left: kept zero (the error feedback would fill them in)
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -101,7 +101,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, fmt: str, group_size: int | Non
             Z.copy_(z0)
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(K)
     W = W[:, perm]
-    pruned = pruned[:, perm] if bool(pruned.any()) else None
+    pruned = zeros[:, perm] if bool(zeros.any()) else None
     H = H[perm][:, perm]
     Hinv = upper_cholesky_of_inverse(H, damp).to(torch.float32)
     group_of = perm // G  # group (in the original column order) of each permuted column
