@@ -72,3 +72,28 @@ class EmbConvNet(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.fc1(self.emb(ids)))  # (B, T, 64)
         return self.fc2(self.conv(h[:, None]).mean(2).flatten(1))  # conv: (B, 4, T, 64)
+
+
+class Tiny(nn.Module):
+    """The conformance tests' model: Embedding → LayerNorm → Linear → Linear, plus a Conv1d that no
+    weight-only or pruning method handles (it must be reported as skipped, as must the LayerNorm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(40, 64)
+        self.norm = nn.LayerNorm(64)
+        self.fc1 = nn.Linear(64, 128)
+        self.fc2 = nn.Linear(128, 32)
+        self.conv = nn.Conv1d(4, 4, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.norm(self.emb(ids)))))  # (B, T, 32)
+
+
+def conformance_model(seed: int = 0) -> Tiny:
+    torch.manual_seed(seed)
+    return Tiny()
+
+
+def conformance_ids(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 40, (batch, 3), generator=torch.Generator().manual_seed(seed))

@@ -21,6 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from _tiny import Tiny
+from _tiny import conformance_ids as _ids
+from _tiny import conformance_model as _model
 from nnforge.compress import (
     CALIBRATORS,
     FORMATS,
@@ -33,31 +36,6 @@ from nnforge.compress import (
 from nnforge.compress.quantize.kernels import PackedWeight
 from nnforge.compress.quantize.weight_only import quantize_matrix
 from nnforge.config import CONFIG_TYPES, Config
-
-
-class Tiny(nn.Module):
-    """Embedding → LayerNorm → Linear → Linear, plus a Conv1d no weight-only method handles (it must be
-    reported as skipped, as must the LayerNorm)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(40, 64)
-        self.norm = nn.LayerNorm(64)
-        self.fc1 = nn.Linear(64, 128)
-        self.fc2 = nn.Linear(128, 32)
-        self.conv = nn.Conv1d(4, 4, 1)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(self.norm(self.emb(ids)))))  # (B, T, 32)
-
-
-def _model(seed: int = 0) -> Tiny:
-    torch.manual_seed(seed)
-    return Tiny()
-
-
-def _ids(batch: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 40, (batch, 3), generator=torch.Generator().manual_seed(seed))
 
 
 def _cases() -> list[Any]:
