@@ -34,6 +34,7 @@ class CharGPTConfig(Config):
     n_layer: PositiveInt = 4
     n_head: PositiveInt = 4
     n_embd: PositiveInt = 128
+    mlp_ratio: PositiveInt = Field(4, description="the MLP's hidden width as a multiple of n_embd")
     block_size: PositiveInt = Field(64, description="longest context, in characters")
     vocab_size: PositiveInt = 84
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -83,13 +84,14 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: C → 4C → GELU → C."""
+    """Position-wise feed-forward: C → rC → GELU → C (r = ``mlp_ratio``, 4 in nanoGPT)."""
 
     def __init__(self, config: CharGPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
