@@ -1,0 +1,110 @@
+"""search() with one worker on a journal file: exact trial counts, resume, constraints, Pareto fronts, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nnforge.errors import ConfigError
+from nnforge.search import Objective, Param, SearchConfig, search
+from nnforge.search._result import TrialRecord, best_trials
+
+pytest.importorskip("optuna")
+
+XY = {"x": Param(kind="float", low=-5, high=5), "y": Param(kind="float", low=-5, high=5)}
+
+
+def bowl(ctx):
+    x, y = ctx.params["x"], ctx.params["y"]
+    return {"loss": (x - 1) ** 2 + (y + 2) ** 2, "size_mb": abs(x) + abs(y)}
+
+
+def test_tpe_finds_the_planted_optimum(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=40, sampler="tpe", seed=1)
+    result = search(bowl, config, storage=tmp_path / "s.journal")
+    assert result.count("complete") == 40 and len(result.trials) == 40
+    assert sorted(t.number for t in result.trials) == list(range(40))
+    best = result.best_trial
+    assert best is not None and best.values == [best.metrics["loss"]]
+    assert best.metrics["loss"] == min(t.metrics["loss"] for t in result.trials)
+    assert best.metrics["loss"] < 0.5  # optimum 0 at (1, -2); one uniform draw lands this close with p = 0.016
+    assert abs(best.params["x"] - 1) < 1 and abs(best.params["y"] + 2) < 1
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_resume_on_the_same_storage_adds_only_the_missing_trials(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=6, sampler="random")
+    first = search(bowl, config, storage=tmp_path / "s.journal")
+    again = search(bowl, config, storage=tmp_path / "s.journal")
+    assert [t.params for t in again.trials] == [t.params for t in first.trials]  # nothing re-run
+    more = search(bowl, config.replace(trials=9), storage=tmp_path / "s.journal")
+    assert more.count("complete") == 9 and [t.number for t in more.trials] == list(range(9))
+    assert len({(t.params["x"], t.params["y"]) for t in more.trials}) == 9  # the resumed sampler draws new points
+
+
+def test_constraints_mark_trials_infeasible_and_the_best_is_feasible(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], constraints=["size_mb <= 1.5"],
+                          trials=25, sampler="tpe", seed=0)
+    result = search(bowl, config, storage=tmp_path / "s.journal")
+    for t in result.trials:
+        assert t.feasible == (t.metrics["size_mb"] <= 1.5)  # kept with true metrics, marked, never penalised
+        assert t.values == [t.metrics["loss"]]
+    feasible = [t for t in result.trials if t.feasible]
+    assert feasible and len(feasible) < len(result.trials)
+    assert result.best_trial == min(feasible, key=lambda t: t.metrics["loss"])
+
+
+def test_pareto_front_of_two_objectives_is_exactly_the_nondominated_feasible_trials(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss"), Objective(metric="size_mb")],
+                          trials=16, sampler="nsga2", sampler_options={"population_size": 8})
+    result = search(bowl, config, storage=tmp_path / "s.journal")
+    pts = [(t.metrics["loss"], t.metrics["size_mb"]) for t in result.trials]
+    front = {t.number for t in result.trials
+             if not any(a <= t.metrics["loss"] and b <= t.metrics["size_mb"] and (a, b) != (t.metrics["loss"],
+                        t.metrics["size_mb"]) for a, b in pts)}
+    assert {t.number for t in result.best} == front and len(front) >= 1
+
+
+def test_best_of_a_maximised_objective_and_pareto_with_mixed_directions():
+    def rec(n, values, feasible=True):
+        return TrialRecord(number=n, state="complete", params={}, metrics={}, values=values, duration_s=0.0,
+                           feasible=feasible)
+
+    trials = [rec(0, [0.9]), rec(1, [0.95], feasible=False), rec(2, [0.7])]
+    assert [t.number for t in best_trials(trials, [Objective(metric="acc", direction="maximize")])] == [0]
+    two = [rec(0, [0.9, 5.0]), rec(1, [0.8, 3.0]), rec(2, [0.8, 6.0]), rec(3, [0.95, 9.0])]
+    objs = [Objective(metric="acc", direction="maximize"), Objective(metric="ms")]
+    assert [t.number for t in best_trials(two, objs)] == [3, 0, 1]
+
+
+def failing_on_odd(ctx):
+    if ctx.number % 2:
+        raise RuntimeError("diverged")
+    return bowl(ctx)
+
+
+def test_a_raising_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=6, sampler="random")
+    result = search(failing_on_odd, config, storage=tmp_path / "s.journal")
+    assert [t.state for t in result.trials] == ["complete", "failed"] * 3
+    assert result.trials[1].error == "RuntimeError: diverged" and result.trials[1].feasible is None
+
+
+def test_contract_errors_name_the_metric_or_option(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="accuracy")], trials=3, sampler="random")
+    with pytest.raises(ConfigError, match="needs metric 'accuracy' but the trial function returned"):
+        search(bowl, config, storage=tmp_path / "a.journal")
+    with pytest.raises(ConfigError, match="needs metric 'latency_b1_ms'"):
+        search(bowl, config.replace(objectives=[Objective(metric="loss")], constraints=["latency_b1_ms <= 3"]),
+               storage=tmp_path / "b.journal")
+    with pytest.raises(ConfigError, match="did you mean 'tpe'"):
+        SearchConfig(space=XY, objectives=[Objective(metric="loss")], sampler="tpee")
+    with pytest.raises(ConfigError, match="has no option"):
+        search(bowl, config.replace(sampler_options={"n_startup": 3}), storage=tmp_path / "c.journal")
+    with pytest.raises(ConfigError, match="'sqlite' URLs are not supported"):
+        search(bowl, config, storage="sqlite:///x.db")
+    with pytest.raises(ConfigError, match="no storage"):
+        search(bowl, config)
+    with pytest.raises(ConfigError, match="constraints\\[0\\]: cannot read constraint"):
+        SearchConfig(space=XY, objectives=[Objective(metric="loss")], constraints=["size < 3"])
