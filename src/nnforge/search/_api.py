@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -154,23 +155,26 @@ def _progress(study: Any, config: SearchConfig) -> SearchProgress:
 
 
 def _worker_main(trial_fn: TrialFn, config: SearchConfig, target: str, worker: int, deadline: float | None,
-                 threads: int) -> None:
-    """A worker process: its own torch thread count (the process is ours), the same study, trials until none left."""
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)
-    study = _open(config, target, worker=worker)
-    remaining = None if deadline is None else deadline - time.time()
-    work(study, lambda trial: run_trial(study, trial, trial_fn, config),
-         deadline=None if remaining is None else time.monotonic() + remaining)
+                 threads: int, errors: Any) -> None:
+    """A worker process: the same study, trials until none is left; its error goes back to the parent."""
+    torch = sys.modules.get("torch")  # imported with trial_fn's module if the trials use it
+    if torch is not None:
+        torch.set_num_threads(threads)  # this process is ours: share the cores instead of oversubscribing them
+    try:
+        study = _open(config, target, worker=worker)
+        work(study, lambda trial: run_trial(study, trial, trial_fn, config),
+             deadline=None if deadline is None else time.monotonic() + (deadline - time.time()))
+    except BaseException as exc:
+        errors.put((isinstance(exc, ConfigError), f"{type(exc).__name__}: {exc}"))
+        raise
 
 
 def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, study: Any, workers: int,
                  deadline: float | None, progress: ProgressFn | None) -> None:
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
+    errors = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=_worker_main, args=(trial_fn, config, target, i + 1, deadline, threads),
+    procs = [ctx.Process(target=_worker_main, args=(trial_fn, config, target, i + 1, deadline, threads, errors),
                          name=f"nnforge-search-worker-{i + 1}") for i in range(workers)]
     for p in procs:
         p.start()
@@ -188,10 +192,16 @@ def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, study: An
             if p.is_alive():  # interrupted: stop the workers; their trials are retried on resume
                 p.terminate()
             p.join()
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    if any(is_config for is_config, _ in reported):
+        raise ConfigError(next(msg for is_config, msg in reported if is_config))
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
     if bad:
-        raise StepFailedError(f"search workers failed: {', '.join(f'{n} (exit code {c})' for n, c in bad)}; "
-                              f"their errors are logged above. The study is kept: run the search again to resume")
+        why = "; ".join(msg for _, msg in reported) or "see the log above"
+        raise StepFailedError(f"search workers failed: {', '.join(f'{n} (exit code {c})' for n, c in bad)}: {why}. "
+                              f"The study is kept: run the search again to resume it")
 
 
 def search(trial_fn: TrialFn, config: SearchConfig, *, storage: str | os.PathLike[str] | None = None,

@@ -63,9 +63,11 @@ def open_storage(target: str | os.PathLike[str]) -> Any:
                               f"machine) or a postgresql:// URL (many machines)")
         url = "postgresql+psycopg://" + text.split("://", 1)[1]  # psycopg 3, the driver nnforge[postgres] installs
         mod = optuna()
-        return mod.storages.RDBStorage(
-            url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=_retry_callback())
+        with warnings.catch_warnings():  # the heartbeat is marked experimental; it is how RDB workers are watched
+            warnings.simplefilter("ignore", mod.exceptions.ExperimentalWarning)
+            return mod.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=_retry_callback())
     path = Path(text)
     if not path.parent.is_dir():
         raise ConfigError(f"storage: folder {str(path.parent)!r} does not exist; create it or give another path")
