@@ -108,3 +108,31 @@ def test_contract_errors_name_the_metric_or_option(tmp_path):
         search(bowl, config)
     with pytest.raises(ConfigError, match="constraints\\[0\\]: cannot read constraint"):
         SearchConfig(space=XY, objectives=[Objective(metric="loss")], constraints=["size < 3"])
+
+
+def only_x_matters(ctx):
+    return {"loss": (ctx.params["x"] - 1) ** 2 + 1e-3 * ctx.params["y"]}
+
+
+def test_importances_single_out_the_parameter_that_drives_the_objective(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=20, sampler="random", seed=0)
+    result = search(only_x_matters, config, storage=tmp_path / "s.journal")
+    imp = result.importances["loss"]
+    assert set(imp) == {"x", "y"} and sum(imp.values()) == pytest.approx(1.0)
+    assert imp["x"] > 0.9
+
+
+def slow(ctx):
+    import time
+
+    time.sleep(0.3)
+    return bowl(ctx)
+
+
+def test_timeout_stops_claiming_and_a_later_call_finishes_the_study(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=8, sampler="random",
+                          timeout_s=0.5)
+    first = search(slow, config, storage=tmp_path / "s.journal")
+    assert 1 <= first.count("complete") < 8 and first.count("complete") + first.count("waiting") == 8
+    rest = search(slow, config.replace(timeout_s=None), storage=tmp_path / "s.journal")
+    assert rest.count("complete") == 8 and len(rest.trials) == 8

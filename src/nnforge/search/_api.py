@@ -32,7 +32,7 @@ from nnforge.search._objectives import Constraint, Objective
 from nnforge.search._optuna import optuna
 from nnforge.search._result import SearchProgress, SearchResult, best_trials, importances, records
 from nnforge.search._space import Param, check_space
-from nnforge.search._study import open_storage, open_study, storage_label, work
+from nnforge.search._study import open_pruning_study, open_storage, open_study, storage_label, work
 from nnforge.search._trial import TrialFn, run_trial
 from nnforge.search.pruners import PRUNERS
 from nnforge.search.samplers import SAMPLERS, SamplerContext
@@ -50,7 +50,8 @@ class SearchConfig(Config):
 
     ``sampler`` names an entry of :data:`~nnforge.search.SAMPLERS` (``random``, ``tpe``, ``nsga2``, …) and
     ``pruner`` one of :data:`~nnforge.search.PRUNERS` (``none``, ``median``, ``successive-halving``,
-    ``hyperband``); their ``*_options`` go to the Optuna class as keyword arguments. ``storage`` is a journal
+    ``hyperband``); their ``*_options`` go to the Optuna class as keyword arguments. With several objectives a
+    pruner ranks the intermediate values of the first (Optuna's pruners know one direction). ``storage`` is a journal
     file path or a ``postgresql://`` URL (``search(storage=...)`` overrides it). A study with the same
     ``study_name`` on the same storage resumes.
     """
@@ -135,7 +136,8 @@ def _build(config: SearchConfig, *, worker: int, done: int) -> tuple[Any, Any]:
     return sampler, pruner
 
 
-def _open(config: SearchConfig, target: str, *, worker: int) -> Any:
+def _open(config: SearchConfig, target: str, *, worker: int) -> tuple[Any, Any | None]:
+    """The study (with this worker's sampler) and, for several objectives with a pruner, its pruning twin."""
     storage = open_storage(target)
     probe_sampler, pruner = _build(config, worker=worker, done=0)
     study = open_study(storage, config.study_name, config.directions, config.trials, sampler=probe_sampler,
@@ -144,7 +146,14 @@ def _open(config: SearchConfig, target: str, *, worker: int) -> Any:
         s for s in optuna().trial.TrialState if s.is_finished())))
     if done or worker:
         study.sampler = _build(config, worker=worker, done=done)[0]
-    return study
+    twin = None
+    if len(config.objectives) > 1 and config.pruner != "none":
+        twin = open_pruning_study(storage, config.study_name, config.directions[0], pruner)
+    return study, twin
+
+
+def _runner(study: Any, twin: Any | None, trial_fn: TrialFn, config: SearchConfig) -> Callable[[Any], None]:
+    return lambda trial: run_trial(study, trial, trial_fn, config, pruning_study=twin)
 
 
 def _progress(study: Any, config: SearchConfig) -> SearchProgress:
@@ -161,8 +170,8 @@ def _worker_main(trial_fn: TrialFn, config: SearchConfig, target: str, worker: i
     if torch is not None:
         torch.set_num_threads(threads)  # this process is ours: share the cores instead of oversubscribing them
     try:
-        study = _open(config, target, worker=worker)
-        work(study, lambda trial: run_trial(study, trial, trial_fn, config),
+        study, twin = _open(config, target, worker=worker)
+        work(study, _runner(study, twin, trial_fn, config),
              deadline=None if deadline is None else time.monotonic() + (deadline - time.time()))
     except BaseException as exc:
         errors.put((isinstance(exc, ConfigError), f"{type(exc).__name__}: {exc}"))
@@ -232,13 +241,13 @@ def search(trial_fn: TrialFn, config: SearchConfig, *, storage: str | os.PathLik
         raise ConfigError(f"The 'workers' parameter of search must be an int >= 1. Got {workers} instead.")
     target = os.fspath(target)
     deadline = None if config.timeout_s is None else time.time() + config.timeout_s
-    study = _open(config, target, worker=0)
+    study, twin = _open(config, target, worker=0)
     if workers == 1:
         def after() -> None:
             if progress is not None:
                 progress(_progress(study, config))
 
-        work(study, lambda trial: run_trial(study, trial, trial_fn, config), on_finished=after,
+        work(study, _runner(study, twin, trial_fn, config), on_finished=after,
              deadline=None if config.timeout_s is None else time.monotonic() + config.timeout_s)
     else:
         _run_workers(trial_fn, config, target, study, workers, deadline, progress)

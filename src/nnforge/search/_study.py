@@ -31,7 +31,7 @@ from nnforge.errors import ConfigError, check_output_path
 from nnforge.search._optuna import optuna
 
 __all__ = ["open_storage", "storage_label", "open_study", "claim", "fail_dead_trials", "unfinished_work",
-           "heartbeat", "superseded", "WORKER_KEY", "BUDGET_KEY", "CONFIG_KEY"]
+           "heartbeat", "superseded", "trial_storage", "open_pruning_study", "WORKER_KEY", "BUDGET_KEY", "CONFIG_KEY"]
 
 log = logging.getLogger("nnforge.search")
 
@@ -142,6 +142,13 @@ def open_study(storage: Any, name: str, directions: list[str], trials: int, *, s
     return study
 
 
+def open_pruning_study(storage: Any, name: str, direction: str, pruner: Any) -> Any:
+    """The single-objective twin of a multi-objective study, where a pruner ranks the first objective's curves."""
+    mod = optuna()
+    return mod.create_study(study_name=f"{name}:pruning", storage=storage, pruner=pruner, direction=direction,
+                            sampler=mod.samplers.RandomSampler(seed=0), load_if_exists=True)
+
+
 def _add_tickets(study: Any, n: int) -> None:
     for _ in range(n):
         study.enqueue_trial({}, skip_if_exists=False)
@@ -177,7 +184,7 @@ def _is_dead(worker: dict[str, Any]) -> bool:
     return token is None or (token != "alive" and token != worker.get("start"))
 
 
-def _storage(study: Any) -> Any:
+def trial_storage(study: Any) -> Any:
     # Optuna wraps an RDB storage in a cache when it opens the study; state changes must go through the
     # same object the study reads from, which is study._storage.
     return study._storage
@@ -186,7 +193,7 @@ def _storage(study: Any) -> Any:
 def fail_dead_trials(study: Any) -> int:
     """Fail the RUNNING trials of dead workers and enqueue a retry of each; returns how many."""
     mod = optuna()
-    storage = _storage(study)
+    storage = trial_storage(study)
     retry = _retry_callback()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(mod.trial.TrialState.RUNNING,)):
@@ -210,7 +217,7 @@ def fail_dead_trials(study: Any) -> int:
 def claim(study: Any) -> Any | None:
     """Claim a WAITING trial (a ticket or a retry) for this process; None when there is none left."""
     mod = optuna()
-    storage = _storage(study)
+    storage = trial_storage(study)
     for frozen in study.get_trials(deepcopy=False, states=(mod.trial.TrialState.WAITING,)):
         try:
             if not storage.set_trial_state_values(frozen._trial_id, state=mod.trial.TrialState.RUNNING):
@@ -232,7 +239,7 @@ def unfinished_work(study: Any) -> bool:
 @contextmanager
 def heartbeat(study: Any, trial: Any) -> Iterator[None]:
     """Record the trial's heartbeat while it runs (PostgreSQL only; a journal's workers are checked by pid)."""
-    storage = _storage(study)
+    storage = trial_storage(study)
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
         yield

@@ -17,6 +17,7 @@ from nnforge.errors import ConfigError
 from nnforge.search._objectives import constraint_violations, objective_values
 from nnforge.search._optuna import optuna
 from nnforge.search._space import suggest
+from nnforge.search._study import trial_storage
 
 if TYPE_CHECKING:
     from nnforge.search._api import SearchConfig
@@ -29,7 +30,8 @@ log = logging.getLogger("nnforge.search")
 METRICS_KEY = "metrics"  # trial user attrs the search writes
 FEASIBLE_KEY = "feasible"
 ERROR_KEY = "error"
-RESERVED_KEYS = (METRICS_KEY, FEASIBLE_KEY, ERROR_KEY)
+CURVE_KEY = "intermediate"  # several objectives: the reported curve (Optuna keeps one only for one objective)
+RESERVED_KEYS = (METRICS_KEY, FEASIBLE_KEY, ERROR_KEY, CURVE_KEY)
 
 
 class TrialContext:
@@ -41,13 +43,13 @@ class TrialContext:
         pruned: set once the pruner has stopped this trial (the trial is recorded as pruned).
     """
 
-    def __init__(self, trial: Any, params: dict[str, Any], n_objectives: int) -> None:
+    def __init__(self, trial: Any, params: dict[str, Any], *, pruning_trial: Any | None) -> None:
         self._trial = trial
+        self._pruning = pruning_trial
         self.number: int = trial.number
         self.params = params
         self.pruned = False
-        self._single = n_objectives == 1
-        self._intermediate: dict[int, float] = {}
+        self._curve: dict[int, float] = {}
 
     def report(self, step: int, value: float) -> None:
         """Report an intermediate value of the (first) objective at ``step`` (e.g. a validation loss).
@@ -57,12 +59,13 @@ class TrialContext:
                 the trial as pruned) or catch it to clean up first.
         """
         value = float(value)
-        self._intermediate[int(step)] = value
-        if not self._single:  # Optuna's pruners rank one objective; several objectives only keep the curve
-            self._trial.set_user_attr("intermediate", {str(k): v for k, v in self._intermediate.items()})
+        self._curve[int(step)] = value
+        if self._pruning is not self._trial:  # several objectives: Optuna keeps no curve, so the search does
+            self._trial.set_user_attr(CURVE_KEY, {str(k): v for k, v in sorted(self._curve.items())})
+        if self._pruning is None:
             return
-        self._trial.report(value, int(step))
-        if self._trial.should_prune():
+        self._pruning.report(value, int(step))
+        if self._pruning.should_prune():
             self.pruned = True
             raise optuna().TrialPruned(f"trial {self.number} pruned at step {step} (value {value:.6g})")
 
@@ -119,18 +122,45 @@ def _clean_metrics(raw: Any, number: int) -> dict[str, float]:
     return metrics
 
 
-def run_trial(study: Any, trial: Any, trial_fn: TrialFn, config: SearchConfig) -> None:
+def run_trial(study: Any, trial: Any, trial_fn: TrialFn, config: SearchConfig, *,
+              pruning_study: Any | None = None) -> None:
     """Run ``trial_fn`` on a claimed trial and tell the study the outcome (complete, pruned or failed).
 
     A trial function that raises fails its trial (logged, the search goes on). A trial that breaks the
     contract (no dict, a missing objective or constraint metric) is failed and the ConfigError raised.
+
+    Args:
+        pruning_study: several objectives with a pruner: the single-objective study of the first objective's
+            intermediate values that the pruner ranks (Optuna's pruners need one direction); each trial gets a
+            twin there.
     """
+    twin = pruning_study.ask() if pruning_study is not None else None
+    if twin is not None:
+        twin.set_user_attr("trial", trial.number)
+    try:
+        _run(study, trial, trial_fn, config, twin)
+    finally:
+        if twin is not None:
+            _tell_twin(pruning_study, twin, trial_storage(study).get_trial(trial._trial_id))
+
+
+def _tell_twin(pruning_study: Any, twin: Any, frozen: Any) -> None:
+    mod = optuna()
+    state = frozen.state if frozen.state.is_finished() else mod.trial.TrialState.FAIL
+    if state == mod.trial.TrialState.COMPLETE:
+        pruning_study.tell(twin, frozen.values[0])
+    else:
+        pruning_study.tell(twin, state=state)
+
+
+def _run(study: Any, trial: Any, trial_fn: TrialFn, config: SearchConfig, twin: Any | None) -> None:
     mod = optuna()
     state, values, metrics, error = mod.trial.TrialState.COMPLETE, None, {}, None
     ctx: TrialContext | None = None
     t0 = time.perf_counter()
+    pruning = trial if len(config.objectives) == 1 else twin
     try:
-        ctx = TrialContext(trial, suggest(trial, config.space), len(config.objectives))
+        ctx = TrialContext(trial, suggest(trial, config.space), pruning_trial=pruning)
         metrics = _clean_metrics(trial_fn(ctx), trial.number)
         if ctx.pruned:
             state = mod.trial.TrialState.PRUNED
