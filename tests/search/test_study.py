@@ -136,3 +136,32 @@ def test_timeout_stops_claiming_and_a_later_call_finishes_the_study(tmp_path):
     assert 1 <= first.count("complete") < 8 and first.count("complete") + first.count("waiting") == 8
     rest = search(slow, config.replace(timeout_s=None), storage=tmp_path / "s.journal")
     assert rest.count("complete") == 8 and len(rest.trials) == 8
+
+
+def interrupted_at_2(ctx):
+    if ctx.number == 2 and not ctx.params.get("resumed"):
+        raise KeyboardInterrupt
+    return bowl(ctx)
+
+
+def test_an_interrupted_trial_runs_again_when_the_same_process_resumes(tmp_path):
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=4, sampler="random")
+    with pytest.raises(KeyboardInterrupt):
+        search(interrupted_at_2, config, storage=tmp_path / "s.journal")
+    result = search(bowl, config, storage=tmp_path / "s.journal")
+    assert [t.state for t in result.trials] == ["complete", "complete", "retried", "complete", "complete"]
+    assert result.trials[4].params == result.trials[2].params
+
+
+def test_config_round_trips_and_a_seeded_study_repeats(tmp_path):
+    from nnforge.config import load_config
+
+    config = SearchConfig(space={**XY, "opt": Param(kind="categorical", choices=["a", "b"]),
+                                 "m": Param(kind="float", low=0.5, high=0.9, when={"opt": ["b"]})},
+                          objectives=[Objective(metric="loss")], constraints=["size_mb <= 4"], trials=5,
+                          sampler="random", seed=7)
+    assert load_config(config.to_dict()) == config
+    one = search(bowl, config, storage=tmp_path / "a.journal")
+    two = search(bowl, config, storage=tmp_path / "b.journal")
+    assert [t.params for t in one.trials] == [t.params for t in two.trials]
+    assert all(("m" in t.params) == (t.params["opt"] == "b") for t in one.trials)

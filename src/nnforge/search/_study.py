@@ -31,7 +31,7 @@ from nnforge.errors import ConfigError, check_output_path
 from nnforge.search._optuna import optuna
 
 __all__ = ["open_storage", "storage_label", "open_study", "claim", "fail_dead_trials", "unfinished_work",
-           "heartbeat", "superseded", "trial_storage", "open_pruning_study", "WORKER_KEY", "BUDGET_KEY", "CONFIG_KEY"]
+           "heartbeat", "superseded", "abandon", "trial_storage", "open_pruning_study", "WORKER_KEY", "BUDGET_KEY", "CONFIG_KEY"]
 
 log = logging.getLogger("nnforge.search")
 
@@ -212,6 +212,17 @@ def fail_dead_trials(study: Any) -> int:
         warnings.simplefilter("ignore", mod.exceptions.ExperimentalWarning)
         mod.storages.fail_stale_trials(study)  # PostgreSQL: trials whose heartbeat stopped (no-op for a journal)
     return failed
+
+
+def abandon(study: Any, trial: Any) -> None:
+    """Fail a trial this process is giving up (interrupted) and enqueue it again, as for a dead worker."""
+    mod = optuna()
+    storage = trial_storage(study)
+    try:
+        if storage.set_trial_state_values(trial._trial_id, state=mod.trial.TrialState.FAIL):
+            _retry_callback()(study, storage.get_trial(trial._trial_id))
+    except mod.exceptions.UpdateFinishedTrialError:
+        pass
 
 
 def claim(study: Any) -> Any | None:

@@ -17,7 +17,7 @@ from nnforge.errors import ConfigError
 from nnforge.search._objectives import constraint_violations, objective_values
 from nnforge.search._optuna import optuna
 from nnforge.search._space import suggest
-from nnforge.search._study import trial_storage
+from nnforge.search._study import abandon, trial_storage
 
 if TYPE_CHECKING:
     from nnforge.search._api import SearchConfig
@@ -178,6 +178,9 @@ def _run(study: Any, trial: Any, trial_fn: TrialFn, config: SearchConfig, twin: 
     except Exception as exc:  # a failing trial is a result (diverged, out of memory), not the end of the study
         state, error = mod.trial.TrialState.FAIL, f"{type(exc).__name__}: {exc}"
         log.warning("trial %d failed after %.1f s: %s", trial.number, time.perf_counter() - t0, error)
+    except KeyboardInterrupt:
+        abandon(study, trial)  # not the trial's fault: it runs again when the search resumes
+        raise
     _tell(study, trial, state, values, metrics, error, config)
 
 
