@@ -90,7 +90,7 @@ def _mse(model: nn.Module, batch) -> torch.Tensor:
     return F.mse_loss(model(batch[0]), batch[1])
 
 
-def test_pbt_end_to_end_with_optimizer_options_after_resume(tmp_path):
+def test_pbt_end_to_end_with_optimizer_options_after_resume(tmp_path, one_torch_thread):
     train, val = _regression()
     space = {"lr": Param(kind="float", low=1e-3, high=0.2, log=True),
              "momentum": Param(kind="float", low=0.0, high=0.95)}
