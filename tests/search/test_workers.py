@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 
 from nnforge.search import Objective, Param, SearchConfig, search
+from nnforge.search._study import open_storage
 
 optuna = pytest.importorskip("optuna")
 
@@ -58,8 +59,8 @@ def test_two_workers_on_one_journal_complete_exactly_40_trials(tmp_path):
     assert seen and seen[-1].complete == 40 and seen[-1].running == 0
 
 
-def _wait_running(storage_path, name, number, timeout_s=60.0):
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage_path)))
+def _wait_running(target, name, number, timeout_s=120.0):
+    storage = open_storage(target)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -73,10 +74,17 @@ def _wait_running(storage_path, name, number, timeout_s=60.0):
     raise AssertionError(f"trial {number} never started")
 
 
-def test_a_killed_workers_study_resumes_with_its_trial_retried(tmp_path):
-    path = tmp_path / "s.journal"
+@pytest.fixture(params=["journal", "postgresql"])
+def storage_target(request, tmp_path):
+    if request.param == "journal":
+        return str(tmp_path / "s.journal")
+    return request.getfixturevalue("postgres_url")
+
+
+def test_a_killed_workers_study_resumes_with_its_trial_retried(storage_target):
+    path = storage_target
     config = SearchConfig(space=SPACE, objectives=[Objective(metric="loss")], trials=6, sampler="random", seed=5)
-    proc = multiprocessing.get_context("spawn").Process(target=_run_and_block, args=(config, str(path)))
+    proc = multiprocessing.get_context("spawn").Process(target=_run_and_block, args=(config, path))
     proc.start()
     try:
         stuck = _wait_running(path, config.study_name, 2)
