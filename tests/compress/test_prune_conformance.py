@@ -51,9 +51,24 @@ def _pruned(cfg: Config, pre_pruned: bool) -> tuple[Tiny, Any]:
         model = _model()
         if pre_pruned:
             prune_(model, NMConfig())
-        inputs = {"calibration": [_ids(8, seed=s) for s in range(4)]} if needs_calibration(cfg) else {}
+        inputs: dict[str, Any] = {"calibration": [_ids(8, seed=s) for s in range(4)]} if needs_calibration(cfg) else {}
+        if getattr(type(cfg), "prunes_during_training", False):  # gradual: its schedule run through, no training
+            inputs["train"] = lambda m, callbacks: _run_events(m, callbacks, getattr(cfg, "end_step", 1))
         _DONE[key] = model, prune_(model, cfg, **inputs)
     return _DONE[key]
+
+
+def _run_events(model: torch.nn.Module, callbacks: list[Any], steps: int) -> None:
+    """The training loop's events for ``steps`` steps, without the training (the schedule is what is checked)."""
+    from types import SimpleNamespace
+
+    from nnforge.train import Event
+
+    state = SimpleNamespace(model=model, step=0)
+    for event in (Event.FIT_START, *[Event.STEP_END] * steps, Event.FIT_END):
+        state.step += event == Event.STEP_END
+        for cb in callbacks:
+            cb(event, state)
 
 
 @pytest.mark.parametrize(("cfg", "pre_pruned"), _cases())

@@ -89,6 +89,8 @@ def test_prune_step_options_are_validated_when_the_recipe_is_read(step, message)
     ("{config: {type: unstructured}, modules: ['net.1']}", "no module with a weight matrix is left"),
     ("{config: {type: nm}, base: pruned-x}", "base 'pruned-x' is not a variant an earlier prune step saves"),
     ("{config: {type: nm}}\n  - train: {train: {max_steps: 5}}", "a train step after a prune step would train"),
+    ("{config: {type: gradual_prune, data: {end_step: 10}}}", "prunes while the model trains"),
+    ("{config: {type: gradual_prune, data: {end_step: 10}}, recovery: {train: {max_steps: 5}}}", "end_step"),
 ])
 def test_prune_step_preflight_refuses_before_anything_is_written(workdir, step, message):
     recipe = RECIPE.splitlines()
@@ -129,6 +131,25 @@ def test_prune_steps_compose_and_a_sparse_layer_records_its_own_measured_verdict
         assert layer["verdict"].startswith("batch 1: ")  # the layer's own measured sparse-vs-dense verdict
     (applied,) = [e.data for e in _events("prune.applied") if e.data["variant"] == "pruned-sparsify"]
     assert applied["base"] == "pruned-unstructured"
+
+
+def test_a_gradual_schedule_prunes_during_the_steps_recovery_training_and_reloads(workdir, capsys):
+    recipe = RECIPE.replace("{type: unstructured, data: {sparsity: 0.5}}",
+                            "{type: gradual_prune, data: {n: 2, m: 4, end_step: 6, every: 2}}")
+    recipe = recipe.replace("max_steps: 6, eval_every: 6", "max_steps: 8, eval_every: 8")
+    (workdir / "r.yaml").write_text(recipe, encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["metrics"]
+    assert m["pruned-gradual_prune_sparsity"] == 0.5 and m["pruned-gradual_prune_recovery_steps"] == 8
+    import nnforge
+
+    run = nnforge.load_run(next((workdir / "runs").iterdir()))
+    pruned = run.model("pruned-gradual_prune")  # rebuilt from its spec (the gradual config, skeleton: dense shapes)
+    for i in (0, 3):
+        assert ((pruned.net[i].weight.reshape(pruned.net[i].out_features, -1, 4) != 0).sum(-1) == 2).all()
+    assert (pruned.net[6].weight != 0).all()  # excluded
+    layers = _events("prune.layer")
+    assert [e.data["module"] for e in layers] == ["net.0", "net.3"] and all(e.data["sparsity"] == 0.5 for e in layers)
 
 
 def test_the_report_sentence_says_when_pruning_saves_memory_but_not_time():

@@ -109,13 +109,16 @@ def quantize_(model: nn.Module, config: Config, filter: ModuleFilter | None = No
 
 def prune_(model: nn.Module, config: Config, filter: ModuleFilter | None = None, *,
            calibration: Iterable[Any] | None = None, forward: Callable[[nn.Module, Any], Any] | None = None,
-           progress: Callable[[int, int], None] | None = None) -> TransformReport:
+           progress: Callable[[int, int], None] | None = None,
+           train: Callable[[nn.Module, list[Any]], Any] | None = None) -> TransformReport:
     """Prune ``model`` in place as ``config`` (a transform of kind ``"prune"``) says; see :func:`apply_`.
 
     Args:
         calibration: batches for data-driven criteria (Wanda, SparseGPT); each is run as
             ``forward(model, batch)`` (default ``model(batch)``, or ``model(*batch)`` for a tuple).
         progress: ``progress(done, total)`` after each layer.
+        train: for a method that prunes while the model trains (``GradualPruneConfig``): ``train(model,
+            callbacks)`` runs the training with those :func:`nnforge.train.fit` callbacks.
 
     Raises:
         ConfigError: ``config`` is not a pruning config (quantize with :func:`quantize_`).
@@ -132,4 +135,6 @@ def prune_(model: nn.Module, config: Config, filter: ModuleFilter | None = None,
         inputs.update(calibration=calibration, forward=forward)
     if progress is not None:
         inputs["progress"] = progress
+    if train is not None:
+        inputs["train"] = train
     return apply_(model, config, filter, **inputs)

@@ -116,6 +116,12 @@ class Prune:
         pcfg = config.pconfig()
         if needs_calibration(pcfg):
             check_calibration_data(plan, f"prune ({pcfg.type_name})")
+        if _prunes_during_training(pcfg):
+            end = getattr(pcfg, "end_step", 0)
+            if config.recovery is None or config.recovery.train.max_steps < end:
+                raise ConfigError(f"prune: {pcfg.type_name} prunes while the model trains, in the step's recovery "
+                                  f"training: give recovery: {{train: {{max_steps: N}}}} with N >= its end_step "
+                                  f"({end})")
         if config.recovery is not None:
             Train().preflight(plan, config.recovery)
         at = next((i for i, s in enumerate(plan.recipe.steps) if s.config is config), None)
@@ -145,9 +151,16 @@ class Prune:
                 raise
         inputs: dict[str, Any] = {"calibration": batches, "forward": forward} if needs_calibration(pcfg) else {}
         progress = ctx.progress
+        recovered: dict[str, Any] = {}
+        if _prunes_during_training(pcfg):  # gradual: it prunes while the recovery training runs
+            def train(m: nn.Module, callbacks: list[Any]) -> None:
+                recovered.update(_recover(ctx, m, config.recovery, callbacks))
+
+            inputs["train"] = train
         report = prune_(model, pcfg, module_filter(config.modules, config.exclude), **inputs,
                         progress=(lambda d, t: progress("prune", d, t)) if progress else None)
-        recovered = _recover(ctx, model, config.recovery) if config.recovery is not None else {}
+        if config.recovery is not None and not _prunes_during_training(pcfg):
+            recovered = _recover(ctx, model, config.recovery)
         # measured before anything is saved: a failure here leaves no weights file the ledger would vouch for
         example = batches[0] if batches else None
         flops = (count_flops(base, example, forward), count_flops(model, example, forward)) if example is not None \
@@ -202,8 +215,9 @@ class _Recovery(Train):
 
     name: ClassVar[str] = "prune-recovery"
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, extra: list[Any] | None = None) -> None:
         self.masks = [(p, p.detach() != 0) for p in model.parameters() if p.dim() >= 2 and bool((p == 0).any())]
+        self.extra = list(extra or [])  # a method pruning during training (gradual) brings its callback
 
     def callbacks(self, config: Any) -> list[Any]:
         from nnforge.train import Event, on
@@ -213,18 +227,24 @@ class _Recovery(Train):
                 for p, mask in self.masks:
                     p.mul_(mask)
 
-        return [on(Event.STEP_END, keep_zeros)]
+        return [on(Event.STEP_END, keep_zeros), *self.extra]
 
     def save(self, ctx: RunContext, config: Any) -> None:
         return None
 
 
-def _recover(ctx: RunContext, model: nn.Module, config: Any) -> dict[str, Any]:
-    """Train the pruned ``model`` in place as ``config`` (the train step's options) says; its figures."""
+def _prunes_during_training(pcfg: Config) -> bool:
+    """A method that prunes while the model trains (``prunes_during_training``: gradual) instead of before."""
+    return bool(getattr(type(pcfg), "prunes_during_training", False))
+
+
+def _recover(ctx: RunContext, model: nn.Module, config: Any, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train the pruned ``model`` in place as ``config`` (the train step's options) says, with the extra
+    ``callbacks``; its figures."""
     current = ctx.model
     ctx.model = model
     try:
-        result = _Recovery(model).run(ctx, config)
+        result = _Recovery(model, callbacks).run(ctx, config)
     finally:
         ctx.model = current
         ctx.sections.pop(_Recovery.name, None)

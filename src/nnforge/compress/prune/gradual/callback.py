@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnforge.compress._transform import ModuleChange, TransformReport, relative_error, tensor_bytes
+from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, relative_error, tensor_bytes
 from nnforge.compress.prune.criteria import Pattern, keep_mask
 from nnforge.compress.prune.gradual.config import GradualPruneConfig
-from nnforge.compress.prune.unstructured import UnstructuredConfig, prune_targets, weight_of
+from nnforge.compress.prune.unstructured import NMConfig, UnstructuredConfig, prune_targets, weight_of
 
-__all__ = ["cubic_sparsity", "GradualPruning", "gradual_pruning_callback"]
+__all__ = ["cubic_sparsity", "GradualPruning", "gradual_pruning_callback", "nm_capped_keep"]
 
 
 def cubic_sparsity(step: int, config: GradualPruneConfig) -> float:
@@ -23,6 +23,30 @@ def cubic_sparsity(step: int, config: GradualPruneConfig) -> float:
     span = config.end_step - config.start_step
     t = min(((step - config.start_step) // config.every) * config.every, span)  # the last pruning event
     return config.final_sparsity + (config.initial_sparsity - config.final_sparsity) * (1.0 - t / span) ** 3
+
+
+def _nm_droppable(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """The ``m - n`` lowest of every ``m`` consecutive entries of each row (the ones an N:M cap lets go)."""
+    R, K = scores.shape
+    groups = scores.reshape(R, K // m, m)
+    rank = torch.argsort(torch.argsort(groups, dim=-1, stable=True), dim=-1)  # 0 = lowest of its group
+    return (rank < m - n).reshape(R, K)
+
+
+def nm_capped_keep(scores: torch.Tensor, drop: torch.Tensor | int, n: int, m: int) -> torch.Tensor:
+    """The boolean mask keeping all but the ``drop`` lowest ``scores`` of each row of ``scores`` (``(R, K)``;
+    one row for a layer-wide comparison), never more than ``m - n`` of any ``m`` consecutive entries dropped.
+
+    ``drop`` may be one count or one per row. At ``drop = K (m - n) / m`` exactly ``n`` of every ``m`` stay:
+    the N:M pattern. Ties go by position, so the result is deterministic.
+    """
+    R, K = scores.shape
+    eligible = _nm_droppable(scores, n, m)
+    candidates = torch.where(eligible, scores, torch.tensor(float("inf")))
+    order = torch.argsort(candidates, dim=1, stable=True)
+    counts = torch.as_tensor(drop).reshape(-1, 1).expand(R, 1)
+    dropped = torch.arange(K).unsqueeze(0) < counts  # the first `drop` of each row's order
+    return torch.ones_like(scores, dtype=torch.bool).scatter_(1, order, ~dropped)
 
 
 class GradualPruning:
@@ -36,8 +60,9 @@ class GradualPruning:
     reloads the saved model.
     """
 
-    def __init__(self, config: GradualPruneConfig) -> None:
+    def __init__(self, config: GradualPruneConfig, filter: ModuleFilter | None = None) -> None:
         self.config = config
+        self.filter = filter  # filter(name, module) -> bool: the modules it may prune, as prune_'s
         self.masks: dict[str, torch.Tensor] = {}
         self.scores: dict[str, torch.Tensor] = {}
         self.layers: dict[str, nn.Module] = {}
@@ -56,7 +81,12 @@ class GradualPruning:
         cfg = self.config
         probe = UnstructuredConfig(modules=cfg.modules, skip=cfg.skip)
         report = TransformReport("probe", {})
-        self.layers = {n: m for n, m, _ in prune_targets(state.model, probe, None, report)}
+        self.layers = {n: m for n, m, _ in prune_targets(state.model, probe, self.filter, report)}
+        if cfg.m is not None:  # an N:M pattern fits only rows whose inputs are a multiple of m
+            for name in [n for n, mod in self.layers.items() if weight_of(mod)[0].numel() % cfg.m]:
+                inputs = weight_of(self.layers.pop(name))[0].numel()
+                report.skipped.append((name, f"{inputs} inputs are not a multiple of {cfg.m}: no {cfg.pattern} "
+                                             "pattern fits, left dense"))
         self._skipped = report.skipped
         for name, mod in self.layers.items():
             w = weight_of(mod).detach()
@@ -98,7 +128,9 @@ class GradualPruning:
         if sparsity <= 0.0 or not self.layers:
             return
         scores = {n: self._importance(n).reshape(self.masks[n].shape[0], -1) for n in self.layers}
-        if self.config.scope == "global":
+        if self.config.n is not None and self.config.m is not None:
+            self._prune_nm(scores, sparsity)
+        elif self.config.scope == "global":
             flat = torch.cat([s.reshape(-1).cpu() for s in scores.values()])
             drop = round(sparsity * flat.numel())
             threshold = torch.sort(flat, stable=True).values[drop - 1] if drop else None
@@ -114,6 +146,24 @@ class GradualPruning:
         self.history.append((step, sparsity))
         self._apply_masks()
 
+    def _prune_nm(self, scores: dict[str, torch.Tensor], sparsity: float) -> None:
+        """Drop ``sparsity`` of the weights (of each layer, or of all layers for global scope), at most
+        ``m - n`` of every ``m`` consecutive inputs of a row: the last event leaves the N:M pattern."""
+        n, m = self.config.n or 0, self.config.m or 1  # set: the caller checked
+        flat = {name: s.cpu().reshape(1, -1) for name, s in scores.items()}
+        drops = {name: round(sparsity * f.numel()) for name, f in flat.items()}
+        if self.config.scope == "global":  # one threshold among the weights the caps let go, shared by all layers
+            eligible = {name: _nm_droppable(f, n, m) for name, f in flat.items()}
+            pool = torch.cat([f[eligible[name]] for name, f in flat.items()])
+            total = round(sparsity * sum(f.numel() for f in flat.values()))
+            lowest = torch.zeros(pool.numel(), dtype=torch.bool)
+            lowest[torch.argsort(pool, stable=True)[:total]] = True
+            for name, part in zip(flat, torch.split(lowest, [int(e.sum()) for e in eligible.values()]), strict=True):
+                drops[name] = int(part.sum())
+        for name, f in flat.items():
+            keep = nm_capped_keep(f, drops[name], n, m).reshape(self.masks[name].shape)
+            self.masks[name] &= keep.to(self.masks[name].device)
+
     def _apply_masks(self) -> None:
         with torch.no_grad():
             for name, mod in self.layers.items():
@@ -127,7 +177,8 @@ class GradualPruning:
             w = weight_of(mod).detach()
             zeros, total = int((w == 0).sum()), w.numel()
             nbytes = tensor_bytes(weight_of(mod), getattr(mod, "bias", None))
-            detail = (f"sparsity {zeros / total:.4f} ({zeros} of {total} weights zero), unstructured "
+            kind = cfg.pattern if cfg.n is not None else "unstructured"
+            detail = (f"sparsity {zeros / total:.4f} ({zeros} of {total} weights zero), {kind} "
                       f"({cfg.scope}-wise), criterion {cfg.criterion}, cubic schedule to {cfg.final_sparsity} by step "
                       f"{cfg.end_step}; stored dense: the zeros save no bytes or time until a sparse format stores "
                       "and runs them")
@@ -135,10 +186,12 @@ class GradualPruning:
                                                relative_error(self._dense[name], w.float().cpu()), detail))
         return report
 
-    def final_config(self) -> UnstructuredConfig:
+    def final_config(self) -> UnstructuredConfig | NMConfig:
         """The one-shot config that stands for this run in a saved model's spec (its skeleton build reshapes
         nothing: the zeros are in the saved weights)."""
         cfg = self.config
+        if cfg.n is not None and cfg.m is not None:
+            return NMConfig(n=cfg.n, m=cfg.m, modules=cfg.modules, skip=cfg.skip)
         return UnstructuredConfig(sparsity=cfg.final_sparsity, scope=cfg.scope, modules=cfg.modules, skip=cfg.skip)
 
 
