@@ -109,14 +109,92 @@ def test_wanda_compares_within_rows_by_default() -> None:
     assert CRITERIA.get("wanda").compare == "row" and CRITERIA.get("magnitude").compare == "layer"
 
 
-def test_data_criteria_need_calibration_and_leave_convs_alone() -> None:
+def test_data_criteria_need_calibration_and_leave_grouped_convs_alone() -> None:
     model = nn.Sequential(nn.Linear(8, 8))
     with pytest.raises(ConfigError, match="calibration"):
         prune_(model, UnstructuredConfig(criterion="sparsegpt"))
-    conv = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Flatten(), nn.Linear(16, 4))
+    conv = nn.Sequential(nn.Conv2d(2, 4, 1, groups=2), nn.Flatten(), nn.Linear(16, 4))
     report = prune_(conv, UnstructuredConfig(criterion="wanda", modules=("linear", "conv")),
                     calibration=[torch.randn(3, 2, 2, 2)])
-    assert [c.name for c in report.changed] == ["2"] and "Linear layers only" in dict(report.skipped)["0"]
+    assert [c.name for c in report.changed] == ["2"] and "groups=2" in dict(report.skipped)["0"]
+
+
+# --- Conv2d: the (out, in·kh·kw) matrix and its im2col inputs --------------------------------------------
+
+CONVS = [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=2, dilation=(1, 2), padding=(2, 1)),
+    dict(kernel_size=3, padding="same", padding_mode="reflect", dilation=2),
+    dict(kernel_size=2, padding="valid", bias=False),
+]
+
+
+@pytest.mark.parametrize("options", CONVS, ids=["pad1", "stride-dilation", "same-reflect", "valid"])
+def test_im2col_patches_times_the_kernel_matrix_is_the_conv(options: dict) -> None:
+    from nnforge.compress.prune.unstructured.im2col import conv_patches
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, **options)
+    x = torch.randn(2, 3, 9, 8)
+    with torch.no_grad():
+        y = conv(x)  # (B, out, H', W')
+        rows = conv_patches(conv, x) @ conv.weight.reshape(5, -1).T  # (B·H'·W', out)
+        if conv.bias is not None:
+            rows = rows + conv.bias
+    torch.testing.assert_close(rows, y.permute(0, 2, 3, 1).reshape(-1, 5), rtol=1e-5, atol=1e-5)
+
+
+def _conv_and_its_linear(options: dict, x: torch.Tensor) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """A conv model, the Linear that computes the same on unfolded patches, and those patches (the reference:
+    pruning the conv must prune exactly what pruning the Linear on the patches prunes)."""
+    from nnforge.compress.prune.unstructured.im2col import conv_patches
+
+    torch.manual_seed(1)
+    conv = nn.Sequential(nn.Conv2d(4, 8, **options))  # 4 channels: in·kh·kw a multiple of 4, for 2:4
+    linear = nn.Sequential(nn.Linear(conv[0].weight[0].numel(), 8, bias=conv[0].bias is not None))
+    with torch.no_grad():
+        linear[0].weight.copy_(conv[0].weight.reshape(8, -1))
+        if conv[0].bias is not None:
+            linear[0].bias.copy_(conv[0].bias)
+    return conv, linear, conv_patches(conv[0], x)
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("options", CONVS[:3], ids=["pad1", "stride-dilation", "same-reflect"])
+def test_data_criteria_prune_a_conv_as_the_linear_on_its_patches(criterion: str, options: dict) -> None:
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 4, 10, 10, generator=g) for _ in range(2)]
+    xs[0][:, 1] *= 10.0  # a loud input channel: Wanda's and SparseGPT's choices differ from magnitude's
+    for cfg in (UnstructuredConfig(sparsity=0.5, criterion=criterion, modules=("conv",)),
+                NMConfig(n=2, m=4, criterion=criterion, modules=("conv",))):
+        conv, linear, _ = _conv_and_its_linear(options, xs[0])
+        patches = [_conv_and_its_linear(options, x)[2] for x in xs]
+        report = prune_(conv, cfg, calibration=xs)
+        prune_(linear, cfg.replace(modules=("linear",)), calibration=patches)
+        assert [c.name for c in report.changed] == ["0"]
+        torch.testing.assert_close(conv[0].weight.reshape(8, -1), linear[0].weight, rtol=1e-4, atol=1e-5)
+        assert torch.equal(conv[0].weight.reshape(8, -1) == 0, linear[0].weight == 0)  # the same zeros
+    magnitude = _conv_and_its_linear(options, xs[0])[0]
+    prune_(magnitude, UnstructuredConfig(sparsity=0.5, modules=("conv",)))
+    assert not torch.equal(magnitude[0].weight == 0, conv[0].weight == 0)  # the data changed the choice
+
+
+def test_sparsegpt_repairs_a_conv_better_than_magnitude() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 10, 10, generator=g)
+    x = x + x.roll(1, dims=2)  # neighbouring pixels correlated: what the reconstruction exploits
+    torch.manual_seed(2)
+    dense = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
+    with torch.no_grad():
+        ref = dense(x)
+    errors = {}
+    for criterion in ("magnitude", "wanda", "sparsegpt"):
+        model = copy.deepcopy(dense)
+        prune_(model, UnstructuredConfig(sparsity=0.6, criterion=criterion, modules=("conv",)), calibration=[x])
+        assert all(float((m.weight == 0).float().mean()) == pytest.approx(0.6, abs=0.01) for m in (model[0], model[2]))
+        with torch.no_grad():
+            errors[criterion] = float((model(x) - ref).square().sum() / ref.square().sum())
+    assert errors["sparsegpt"] < 0.7 * errors["magnitude"], errors
 
 
 def test_global_scope_works_with_data_criteria() -> None:

@@ -49,9 +49,9 @@ def prune_targets(model: nn.Module, config: _PruneOptions, filter: ModuleFilter 
             continue
         if any(_skipped(n, config.skip) for n in (name, *others)):
             report.skipped.append((name, "listed in the config's skip: left dense"))
-        elif spec.needs_data and not isinstance(mod, nn.Linear):
-            report.skipped.append((name, f"criterion {spec.name} reads the input statistics of Linear layers only: "
-                                         f"this {type(mod).__name__} is left dense (prune it with criterion "
+        elif spec.needs_data and isinstance(mod, nn.Conv2d) and mod.groups != 1:
+            report.skipped.append((name, f"criterion {spec.name} reads a conv's inputs as one matrix of patches, and "
+                                         f"this Conv2d has groups={mod.groups}: left dense (prune it with criterion "
                                          "'magnitude' in a second call)"))
         else:
             found.append((name, mod, others))
@@ -84,9 +84,17 @@ def _stats(model: nn.Module, spec: CriterionSpec, targets: list[Target], calibra
     if calibration is None:
         raise ConfigError(f"pruning criterion {spec.name!r} needs calibration data: "
                           f"prune_(model, config, calibration=batches) (or use criterion='magnitude')")
+    from nnforge.compress.prune.unstructured.im2col import collect_conv_stats
     from nnforge.compress.quantize.calibrate import collect_stats
 
-    return collect_stats(model, calibration, modules=[t[0] for t in targets], forward=forward)
+    linears = [t[0] for t in targets if isinstance(t[1], nn.Linear)]
+    convs = {t[0]: cast(nn.Conv2d, t[1]) for t in targets if isinstance(t[1], nn.Conv2d)}
+    if convs:  # a conv is pruned as its (out, in·kh·kw) matrix, its inputs unfolded into patches (im2col)
+        calibration = list(calibration)  # read twice: the linears' pass and the convs'
+    stats: dict[str, Any] = collect_stats(model, calibration, modules=linears, forward=forward) if linears else {}
+    if convs:
+        stats.update(collect_conv_stats(model, calibration, convs, forward=forward))
+    return stats
 
 
 def _global_sparsities(spec: CriterionSpec, targets: list[Target], stats: dict[str, Any], sparsity: float,

@@ -29,7 +29,8 @@ class _PruneOptions(Config):
     Args:
         criterion: a registered criterion (:data:`~nnforge.compress.prune.criteria.CRITERIA`): ``magnitude``
             (no data), ``wanda`` or ``sparsegpt`` (both need ``calibration=`` batches).
-        modules: which layer types to prune: ``linear`` and ``conv`` (Conv2d, data-free criteria only).
+        modules: which layer types to prune: ``linear`` and ``conv`` (Conv2d; data-driven criteria see its
+            kernel as the ``(out, in·kh·kw)`` matrix and its inputs as im2col patches, groups=1 only).
         skip: module names (exact, or a prefix ending in ``.``) left dense, e.g. the LM head.
         damp / block_size: SparseGPT's relative diagonal damping and column block (as GPTQ's).
         sequential: for a data-driven criterion, prune the layers one at a time in the model's order, each
