@@ -73,7 +73,7 @@ class SearchConfig(Config):
     @classmethod
     def _space(cls, space: dict[str, Param]) -> dict[str, Param]:
         try:
-            check_space(space)
+            check_space(space, where="")  # pydantic puts 'space: ' in front
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return space

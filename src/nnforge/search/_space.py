@@ -86,22 +86,25 @@ def check_space(space: Mapping[str, Param], *, where: str = "space") -> None:
     Raises:
         ConfigError: one line per problem, each naming the parameter.
     """
+    def at(path: str) -> str:
+        return f"{where}.{path}" if where else path
+
     if not space:
-        raise ConfigError(f"{where}: the search space is empty; declare at least one parameter")
+        raise ConfigError(f"{where + ': ' if where else ''}the search space is empty; declare at least one parameter")
     problems = []
     for name, param in space.items():
         for parent, values in param.when.items():
             if parent == name:
-                problems.append(f"{where}.{name}.when: a parameter cannot depend on itself")
+                problems.append(f"{at(name)}.when: a parameter cannot depend on itself")
             elif parent not in space:
-                problems.append(f"{where}.{name}.when: {parent!r} is not a parameter of the space "
+                problems.append(f"{at(name)}.when: {parent!r} is not a parameter of the space "
                                 f"(parameters: {', '.join(sorted(space))})")
             elif not values:
-                problems.append(f"{where}.{name}.when.{parent}: list the values of {parent!r} that enable {name!r}")
+                problems.append(f"{at(name)}.when.{parent}: list the values of {parent!r} that enable {name!r}")
             else:
                 bad = [v for v in values if not space[parent].allows(v)]
                 if bad:
-                    problems.append(f"{where}.{name}.when.{parent}: {bad} can never be taken by {parent!r}")
+                    problems.append(f"{at(name)}.when.{parent}: {bad} can never be taken by {parent!r}")
     if problems:
         raise ConfigError("\n".join(problems))
     order(space, where=where)
@@ -118,7 +121,7 @@ def order(space: Mapping[str, Param], *, where: str = "space") -> list[str]:
     while pending:
         ready = [n for n in pending if all(p in done or p not in space for p in space[n].when)]
         if not ready:
-            raise ConfigError(f"{where}: the 'when' conditions of {', '.join(pending)} form a cycle")
+            raise ConfigError(f"{where + ': ' if where else ''}the 'when' conditions of {', '.join(pending)} form a cycle")
         done += ready
         pending = [n for n in pending if n not in ready]
     return done
