@@ -38,7 +38,10 @@ def test_resume_on_the_same_storage_adds_only_the_missing_trials(tmp_path):
     first = search(bowl, config, storage=tmp_path / "s.journal")
     again = search(bowl, config, storage=tmp_path / "s.journal")
     assert [t.params for t in again.trials] == [t.params for t in first.trials]  # nothing re-run
-    more = search(bowl, config.replace(trials=9), storage=tmp_path / "s.journal")
+    seen = []
+    more = search(bowl, config.replace(trials=9), storage=tmp_path / "s.journal", progress=seen.append)
+    assert [[t.number for t in snap.new] for snap in seen] == [[6], [7], [8]]  # only this run's trials, once each
+    assert [snap.complete for snap in seen] == [7, 8, 9] and seen[-1].best == more.best
     assert more.count("complete") == 9 and [t.number for t in more.trials] == list(range(9))
     assert len({(t.params["x"], t.params["y"]) for t in more.trials}) == 9  # the resumed sampler draws new points
 

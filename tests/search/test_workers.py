@@ -57,6 +57,8 @@ def test_two_workers_on_one_journal_complete_exactly_40_trials(tmp_path):
     assert len(pids) == 2 and os.getpid() not in pids  # both workers ran trials; the caller only watched
     assert len({(t.params["x"], t.params["k"]) for t in done}) == 40  # the workers' samplers draw different points
     assert seen and seen[-1].complete == 40 and seen[-1].running == 0
+    reported = [t.number for snap in seen for t in snap.new]
+    assert sorted(reported) == list(range(40))  # every trial announced once, as it finished
 
 
 def _wait_running(target, name, number, timeout_s=120.0):

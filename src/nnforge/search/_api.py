@@ -156,11 +156,31 @@ def _runner(study: Any, twin: Any | None, trial_fn: TrialFn, config: SearchConfi
     return lambda trial: run_trial(study, trial, trial_fn, config, pruning_study=twin)
 
 
-def _progress(study: Any, config: SearchConfig) -> SearchProgress:
-    recs = records(study)
-    return SearchProgress(total=config.trials, complete=sum(r.state == "complete" for r in recs),
-                          pruned=sum(r.state == "pruned" for r in recs), failed=sum(r.state == "failed" for r in recs),
-                          running=sum(r.state == "running" for r in recs), best=best_trials(recs, config.objectives))
+_FINISHED = ("complete", "pruned", "failed")
+
+
+class _Progress:
+    """Snapshots for the caller's progress function; each trial appears in exactly one snapshot's ``new``."""
+
+    def __init__(self, study: Any, config: SearchConfig, fn: ProgressFn | None) -> None:
+        self.study, self.config, self.fn = study, config, fn
+        self.reported: set[int] = set()  # earlier runs' trials (a resumed study) are not new
+        if fn is not None:
+            self.reported = {r.number for r in records(study) if r.state in _FINISHED}
+        self.seen: tuple[int, int] | None = None
+
+    def __call__(self) -> None:
+        if self.fn is None:
+            return
+        recs = records(self.study)
+        new = [r for r in recs if r.state in _FINISHED and r.number not in self.reported]
+        count = {s: sum(r.state == s for r in recs) for s in ("complete", "pruned", "failed", "running")}
+        if not new and self.seen == (len(self.reported), count["running"]):
+            return
+        self.reported |= {r.number for r in new}
+        self.seen = (len(self.reported), count["running"])
+        self.fn(SearchProgress(total=self.config.trials, **count, best=best_trials(recs, self.config.objectives),
+                               new=new))
 
 
 def _worker_main(trial_fn: TrialFn, config: SearchConfig, target: str, worker: int, deadline: float | None,
@@ -178,8 +198,8 @@ def _worker_main(trial_fn: TrialFn, config: SearchConfig, target: str, worker: i
         raise
 
 
-def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, study: Any, workers: int,
-                 deadline: float | None, progress: ProgressFn | None) -> None:
+def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, workers: int, deadline: float | None,
+                 progress: Callable[[], None]) -> None:
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
     errors = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -187,15 +207,10 @@ def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, study: An
                          name=f"nnforge-search-worker-{i + 1}") for i in range(workers)]
     for p in procs:
         p.start()
-    seen = None
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(0.5)
-            if progress is not None:
-                snap = _progress(study, config)
-                if seen != (snap.finished, snap.running):
-                    seen = (snap.finished, snap.running)
-                    progress(snap)
+            progress()
     finally:
         for p in procs:
             if p.is_alive():  # interrupted: stop the workers; their trials are retried on resume
@@ -223,7 +238,9 @@ def search(trial_fn: TrialFn, config: SearchConfig, *, storage: str | os.PathLik
         config: the study.
         storage: a journal file path or a ``postgresql://`` URL; default ``config.storage``.
         workers: processes running trials at once on the storage (1: in this process).
-        progress: called with a :class:`SearchProgress` after each finished trial.
+        progress: called with a :class:`SearchProgress` after each finished trial (with several workers, on
+            each change seen by polling the storage); trials finished by earlier runs of a resumed study are
+            not ``new``.
 
     Returns:
         every trial of the study (earlier runs' too, when resumed), the best, and parameter importances.
@@ -242,15 +259,13 @@ def search(trial_fn: TrialFn, config: SearchConfig, *, storage: str | os.PathLik
     target = os.fspath(target)
     deadline = None if config.timeout_s is None else time.time() + config.timeout_s
     study, twin = _open(config, target, worker=0)
+    report = _Progress(study, config, progress)
     if workers == 1:
-        def after() -> None:
-            if progress is not None:
-                progress(_progress(study, config))
-
-        work(study, _runner(study, twin, trial_fn, config), on_finished=after,
+        work(study, _runner(study, twin, trial_fn, config), on_finished=report,
              deadline=None if config.timeout_s is None else time.monotonic() + config.timeout_s)
     else:
-        _run_workers(trial_fn, config, target, study, workers, deadline, progress)
+        _run_workers(trial_fn, config, target, workers, deadline, report)
+    report()
     recs = records(study)
     best = best_trials(recs, config.objectives)
     return SearchResult(study_name=config.study_name, storage=storage_label(target), objectives=list(config.objectives),

@@ -47,7 +47,8 @@ class TrialRecord:
 
 @dataclass(frozen=True)
 class SearchProgress:
-    """A snapshot for progress displays: counts by state and the best trial(s) so far."""
+    """A snapshot for progress displays: counts by state, the best trial(s) so far, and the trials that
+    finished since the previous snapshot (``new``: e.g. to record each trial as it ends)."""
 
     total: int
     complete: int
@@ -55,6 +56,7 @@ class SearchProgress:
     failed: int
     running: int
     best: list[TrialRecord]
+    new: list[TrialRecord] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
