@@ -2,8 +2,9 @@
 
 Storage is a journal file by default (Optuna's ``JournalFileBackend``: an append-only log under a file lock,
 safe for several processes on one machine) or PostgreSQL by ``postgresql://`` URL (Optuna's RDB storage, for
-many machines). SQLite is not offered: its locking fails under several writers, which is what Optuna's own docs
-moved to the journal file for.
+many machines). SQLite is not offered: handing out enqueued trials, which the tickets below rely on, is not
+safe on SQLite with parallel workers (Optuna's maintainers in optuna/optuna#4002), and Optuna's parallelization
+guide points to a file storage for several processes on one machine and an RDB server for several machines.
 
 Exactly ``trials`` trials, none lost or duplicated, with any number of workers: the process that creates the
 study enqueues ``trials`` *tickets* (empty WAITING trials) before anyone runs; a worker claims a ticket by
