@@ -168,3 +168,15 @@ def test_config_round_trips_and_a_seeded_study_repeats(tmp_path):
     two = search(bowl, config, storage=tmp_path / "b.journal")
     assert [t.params for t in one.trials] == [t.params for t in two.trials]
     assert all(("m" in t.params) == (t.params["opt"] == "b") for t in one.trials)
+
+
+def test_importing_search_loads_no_optuna_and_using_it_without_optuna_names_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; import nnforge.search as s; assert 'optuna' not in sys.modules, 'optuna imported'; "
+            "sys.modules['optuna'] = None; "
+            "c = s.SearchConfig(space={'x': s.Param(kind='int', low=0, high=1)}, objectives=[s.Objective(metric='y')]); "
+            f"s.search(lambda ctx: {{'y': 0.0}}, c, storage={str(tmp_path / 'x.journal')!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "MissingDependencyError: search needs Optuna: pip install 'nnforge[search]'" in proc.stderr, proc.stderr
