@@ -22,7 +22,8 @@ TIMEOUT_S = 120
 # (quickstart 18, calibration 15, ood_text 24, suite_gate 25), CPU seconds being about an idle machine's wall time
 TIMEOUTS_S = {"quickstart.py": 90, "evaluate/calibration.py": 90, "evaluate/ood_text.py": 120,
               "evaluate/suite_gate.py": 120,
-              "prune/minilm.py": 120}  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
+              "prune/minilm.py": 120,
+              "search/plan_minilm.py": 120}  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
 
 
 def _committed_results() -> dict[str, str]:
