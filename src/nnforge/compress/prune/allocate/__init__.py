@@ -13,6 +13,6 @@ taken until the budget holds.
 from __future__ import annotations
 
 from nnforge.compress.prune.allocate.allocate import SparsityPlan, allocate_sparsity
-from nnforge.compress.prune.allocate.sensitivity import SparsityOption, prune_sensitivity
+from nnforge.compress.prune.allocate.sensitivity import SparseExecution, SparsityOption, prune_sensitivity
 
-__all__ = ["SparsityOption", "prune_sensitivity", "SparsityPlan", "allocate_sparsity"]
+__all__ = ["SparsityOption", "SparseExecution", "prune_sensitivity", "SparsityPlan", "allocate_sparsity"]

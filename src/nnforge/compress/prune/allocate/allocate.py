@@ -33,7 +33,8 @@ class SparsityPlan:
 def _cost(option: SparsityOption, kind: Budget) -> float:
     if kind == "latency_ms":
         if option.latency_ms is None:
-            raise ConfigError("a latency budget needs measured latencies: prune_sensitivity(..., latency_fn=...)")
+            raise ConfigError("a latency budget needs measured latencies: prune_sensitivity(..., "
+                              "sparse_execution=SparseExecution()) or prune_sensitivity(..., latency_fn=...)")
         return option.latency_ms
     return float(option.kept) if kind == "sparsity" else option.flops
 
@@ -46,7 +47,9 @@ def allocate_sparsity(sensitivity: dict[str, list[SparsityOption]], budget: floa
     Args:
         budget: ``sparsity``: the overall fraction of zeros to reach at least, in (0, 1); ``flops``: the
             fraction of the dense multiply-adds to keep at most, in (0, 1]; ``latency_ms``: the summed
-            measured time of the layers at most.
+            measured time of the layers at most (measured by ``prune_sensitivity(latency_fn=...)``, or with
+            ``sparse_execution=SparseExecution()`` as each layer would run: sparse only where its kernel's
+            verdict says faster; ``per_layer`` then says which).
 
     Returns a :class:`SparsityPlan`; ``UnstructuredConfig(plan=plan.ratios)`` prunes as planned.
 
@@ -78,4 +81,5 @@ def allocate_sparsity(sensitivity: dict[str, list[SparsityOption]], budget: floa
                         flops=sum(o.flops for o in chosen.values()),
                         latency_ms=sum(v for v in lat if v is not None) if all(v is not None for v in lat) else None,
                         per_layer=[{"module": n, "sparsity": o.sparsity, "error": o.error, "kept": o.kept,
-                                    "flops": o.flops, "latency_ms": o.latency_ms} for n, o in chosen.items()])
+                                    "flops": o.flops, "latency_ms": o.latency_ms, "execution": o.execution}
+                                   for n, o in chosen.items()])
