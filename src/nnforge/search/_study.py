@@ -73,9 +73,8 @@ def open_storage(target: str | os.PathLike[str]) -> Any:
     if not path.parent.is_dir():
         raise ConfigError(f"storage: folder {str(path.parent)!r} does not exist; create it or give another path")
     check_output_path(path)
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna().storages.JournalStorage(JournalFileBackend(str(path)))
+    mod = optuna()
+    return mod.storages.JournalStorage(mod.storages.journal.JournalFileBackend(str(path)))
 
 
 def _retry_callback() -> Any:
