@@ -224,12 +224,12 @@ def check_runs_dir(runs_dir: str | Path) -> None:
 
 def run_recipe(recipe: Recipe, *, runs_dir: str | Path = "runs", ledger: Ledger | None = None,
                progress: ProgressFn | None = None, run_id: str | None = None,
-               prepared: Prepared | None = None) -> RunResult:
+               prepared: Prepared | None = None, shared: dict[str, Any] | None = None) -> RunResult:
     """Run every step of ``recipe``; returns the run's id, folder, metrics and report path.
 
     The data and the model are loaded and every step's preflight runs first (:func:`prepare`, or pass its
     result as ``prepared``, once: the run trains its model in place): bad input found there creates no run
-    folder and no ledger event.
+    folder and no ledger event. ``shared`` seeds ``ctx.shared`` (e.g. extra training callbacks for a search trial).
 
     Raises:
         NnforgeError: bad input (exit 2 in the CLI) or a failed step (exit 1); the ledger records
@@ -246,6 +246,7 @@ def run_recipe(recipe: Recipe, *, runs_dir: str | Path = "runs", ledger: Ledger 
         torch.set_rng_state(prepared.rng_state)
         try:
             ctx = _context(prepared, run_dir, ledger, run_id, progress)
+            ctx.shared.update(shared or {})
             for i, step in enumerate(recipe.steps):
                 _run_step(ctx, i, step)
         except BaseException as exc:

@@ -20,6 +20,10 @@ from nnforge.errors import ConfigError, DataError, StepFailedError
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, fit, hessian_refresh, on
 
+TRAIN_CALLBACKS = "train_callbacks"
+"""``ctx.shared`` key: extra :mod:`nnforge.train` callbacks every training step's ``fit`` receives (a search trial's
+pruning reporter, for instance)."""
+
 
 class TrainStepConfig(Config):
     """Options of the ``train`` step."""
@@ -103,7 +107,7 @@ class Train:
         else:
             raise StepFailedError("the train step trains on shakespeare-char or digits-like array datasets")
         optimizer = build_optimizer(config.optimizer, ctx.model, **config.optimizer_options)
-        callbacks = self.callbacks(config)
+        callbacks = [*self.callbacks(config), *ctx.shared.get(TRAIN_CALLBACKS, ())]
         if hasattr(optimizer, "update_hessian"):
             callbacks.append(hessian_refresh(optimizer))
         if ctx.progress:
