@@ -216,6 +216,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
              if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]
     from nnforge.govern._report_prune import prune_sections
+    from nnforge.govern._report_search import search_sections
     from nnforge.govern.integrity import run_status
 
     status = run_status(events, config)
@@ -229,7 +230,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
         head=ledger.head(), ledger_location=ledger.location,
         failure=next((str(e.data.get("error", "")) for e in events if e.kind == "run.failed"), None),
         altered=altered, status=status, confusion=_confusion(events, sections),
-        pruning=prune_sections(events, _png),
+        pruning=prune_sections(events, _png), searches=search_sections(events, _png),
         summary=summary_paragraph(config, metrics, status, altered, suites), probe=probe_sentence(metrics),
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),

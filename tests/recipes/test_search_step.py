@@ -1,0 +1,197 @@
+"""Recipe step ``search``: each trial runs the trial steps as a run of its own with the sampled values set at their
+paths, measured on its final model; every trial in the ledger; constraints mark trials infeasible; the best trials
+written as recipes that ``nnforge run`` accepts unchanged and that reproduce the trial; the best trial's model
+becomes the run's; the pruner stops trials through the train step; bad input is refused before anything is
+written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from nnforge.cli import main
+
+RECIPE = """
+name: digits-search
+seed: 0
+model: {architecture: digits-mlp, options: {hidden: [32, 16]}}
+data: {dataset: digits}
+steps:
+  - search:
+      space:
+        model.options.hidden[0]: {kind: categorical, choices: [8, 48]}
+        steps[0].optimizer_options.lr: {kind: float, low: 0.001, high: 0.03, log: true}
+      objectives: [{metric: val_accuracy, direction: maximize}]
+      constraints: ["parameters <= 2000"]
+      sampler: random
+      seed: 3
+      trials: 4
+      latency_repeats: 3
+      best_recipes: 2
+      trial_steps:
+        - train: {batch_size: 64, train: {max_steps: 8, eval_every: 4}}
+  - report
+metadata: {intended_purpose: test}
+"""
+
+
+def _events(kind, folder="."):
+    from nnforge.ledger import Ledger
+
+    with Ledger.open(os.path.join(folder, ".nnforge/ledger.db")) as led:
+        return [e for e in led.events() if e.kind == kind]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("search-step")
+    (folder / "r.yaml").write_text(RECIPE, encoding="utf-8")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(["run", "r.yaml", "--json"]) == 0
+    finally:
+        os.chdir(old)
+    return folder, json.loads(buf.getvalue())
+
+
+def test_every_trial_is_a_measured_run_in_the_ledger_and_constraints_mark_infeasible(searched):
+    folder, out = searched
+    trials = sorted((e.data for e in _events("search.trial", folder)), key=lambda d: d["number"])
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert out["metrics"]["search_trials"] == 4 and out["metrics"]["search_complete"] == 4
+    (started,), (finished,) = _events("search.started", folder), _events("search.finished", folder)
+    assert started.data["sampler"] == "random" and started.data["constraints"] == ["parameters <= 2000"]
+    feasible = {t["number"]: t["feasible"] for t in finished.data["trials"]}
+    for t in trials:
+        assert t["state"] == "complete" and t["trial_run"] == f"{out['run_id']}-t{t['number']:04d}"
+        assert set(t["params"]) == {"model.options.hidden[0]", "steps[0].optimizer_options.lr"}
+        m = t["metrics"]
+        assert m["latency_b1_ms"] > 0 and m["energy_j_per_inference"] > 0 and t["energy_source"] in ("rapl", "estimate")
+        assert m["train_steps"] == 8 and 0 <= m["val_accuracy"] <= 1
+        # the parameters of [h, 16] hidden layers on 64 inputs and 10 classes: the sampled width was built
+        h = t["params"]["model.options.hidden[0]"]
+        assert m["parameters"] == 64 * h + h + h * 16 + 16 + 16 * 10 + 10
+        assert feasible[t["number"]] is (m["parameters"] <= 2000)  # a constraint, not a penalty: metrics kept
+        assert m["size_mb"] == os.path.getsize(folder / out["run_dir"] / "trials" / t["trial_run"]
+                                               / "model.safetensors") / 1e6
+    assert {True, False} <= set(feasible.values())  # both widths were sampled (seed 3)
+    ok = [t for t in trials if feasible[t["number"]]]
+    best = max(ok, key=lambda t: (t["metrics"]["val_accuracy"], -t["number"]))
+    assert out["metrics"]["search_best_trial"] == best["number"]
+    assert out["metrics"]["search_best_val_accuracy"] == best["metrics"]["val_accuracy"]
+    assert out["metrics"]["search_infeasible"] == sum(not f for f in feasible.values())
+
+
+def test_best_recipes_run_unchanged_and_reproduce_their_trial(searched, tmp_path, monkeypatch):
+    folder, out = searched
+    run_dir = folder / out["run_dir"]
+    trials = {e.data["number"]: e.data for e in _events("search.trial", folder)}
+    (finished,) = _events("search.finished", folder)
+    n_feasible = sum(bool(t["feasible"]) for t in finished.data["trials"])
+    assert finished.data["recipes"] == [f"best-{k}.yaml" for k in range(1, min(2, n_feasible) + 1)]
+    best = trials[out["metrics"]["search_best_trial"]]
+    doc = yaml.safe_load((run_dir / "best-1.yaml").read_text())
+    assert doc["model"]["options"]["hidden"] == [best["params"]["model.options.hidden[0]"], 16]
+    assert doc["steps"] == [{"train": {"batch_size": 64, "train": {"max_steps": 8, "eval_every": 4},
+                                       "optimizer_options": {"lr": best["params"]["steps[0].optimizer_options.lr"]}}}]
+    # the run's model is the best trial's
+    from safetensors.torch import load_file
+
+    mine = load_file(run_dir / "model.safetensors")
+    theirs = load_file(run_dir / "trials" / best["trial_run"] / "model.safetensors")
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    report = (run_dir / "report.html").read_text()
+    assert "<h2>Search</h2>" in report and 'href="best-1.yaml"' in report
+    # nnforge run accepts it unchanged, and the trial's figures come back
+    shutil.copy(run_dir / "best-1.yaml", tmp_path / "best-1.yaml")
+    monkeypatch.chdir(tmp_path)
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["run", "best-1.yaml", "--json"]) == 0
+    again = json.loads(buf.getvalue())["metrics"]
+    assert again["val_accuracy"] == best["metrics"]["val_accuracy"]
+    assert again["val_loss"] == best["metrics"]["val_loss"]
+
+
+PRUNED = """
+name: digits-prune-search
+seed: 0
+model: {architecture: digits-mlp, options: {hidden: [16]}}
+data: {dataset: digits}
+steps:
+  - search:
+      space:
+        steps[0].optimizer_options.lr: {kind: categorical, choices: [0.05, 0.0000001]}
+      objectives: [{metric: val_loss}]
+      sampler: random
+      seed: 6                       # samples 0.05, 0.05, then 1e-7
+      pruner: median
+      pruner_options: {n_startup_trials: 1, n_warmup_steps: 0}
+      trials: 3
+      latency_repeats: 2
+      trial_steps:
+        - train: {batch_size: 64, train: {max_steps: 12, eval_every: 3}}
+"""
+
+
+def test_the_pruner_stops_poor_trials_through_the_train_step(workdir, capsys):
+    (workdir / "r.yaml").write_text(PRUNED, encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    trials = {e.data["number"]: e.data for e in _events("search.trial")}
+    pruned = [t for t in trials.values() if t["state"] == "pruned"]
+    assert pruned and out["metrics"]["search_pruned"] == len(pruned)
+    for t in pruned:  # stopped at an evaluation before the last step, at the learning rate that cannot learn
+        assert t["params"]["steps[0].optimizer_options.lr"] == 0.0000001
+        assert t["metrics"]["train_steps"] < 12 and "latency_b1_ms" not in t["metrics"]
+    complete = [t for t in trials.values() if t["state"] == "complete"]
+    assert complete and all(t["metrics"]["train_steps"] == 12 for t in complete)
+
+
+def _bad(option_lines: str, space: str = "steps[0].optimizer_options.lr: {kind: float, low: 0.001, high: 0.01}",
+         objective: str = "val_accuracy") -> str:
+    return f"""
+name: bad
+model: {{architecture: digits-mlp}}
+data: {{dataset: digits}}
+steps:
+  - search:
+      space:
+        {space}
+      objectives: [{{metric: {objective}, direction: maximize}}]
+      trials: 2
+      trial_steps: [{{train: {{train: {{max_steps: 2, eval_every: 2}}}}}}]
+{option_lines}
+"""
+
+
+@pytest.mark.parametrize(("recipe", "message"), [
+    (_bad("", space="steps[0].optimizer_options.lrr: {kind: float, low: 0.001, high: 0.01}"), "lrr"),
+    (_bad("", space="steps[1].batch_size: {kind: int, low: 8, high: 64}"), "index [1] does not exist"),
+    (_bad("", space="model.options.widths: {kind: int, low: 8, high: 64}"), "widths"),
+    (_bad("", space="model.options.dropout: {kind: float, low: 0.5, high: 1.5}"), "dropout"),
+    (_bad("", objective="val_acc"), "the objective metric 'val_acc' is not one a trial produces"),
+    (_bad("      constraints: ['latency_ms <= 3']"), "the constraint metric 'latency_ms'"),
+    (_bad("      storage: no/such/folder/study.journal"), "does not exist"),
+    (_bad("      trial_steps: [{search: {}}]"), "cannot run a search step"),
+    (_bad("      pruner: hyperband", objective="latency_b1_ms"), "measured only after it"),
+])
+def test_bad_search_options_are_refused_before_anything_is_written(workdir, capsys, recipe, message):
+    (workdir / "r.yaml").write_text(recipe, encoding="utf-8")
+    assert main(["run", "r.yaml"]) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert not (workdir / "runs").exists() and not (workdir / ".nnforge").exists()
