@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -59,10 +59,11 @@ def run(
 
 
 def execute(rec: Any, *, runs_dir: str, ledger: str | None, actor: str | None, json_: bool,
-            summary: Callable[[dict[str, Any]], None]) -> None:
+            summary: Callable[[dict[str, Any]], None],
+            bars: Callable[[], AbstractContextManager[Any]] = progress_bars) -> None:
     """Run a parsed recipe as ``nnforge run`` does (``nnforge prune RECIPE`` too): every step's preflight before
-    any run folder or ledger event, progress bars, SIGTERM as an interrupt; then the result as JSON or as
-    ``summary(metrics)`` and the run's paths."""
+    any run folder or ledger event, progress bars (``bars``: another display, e.g. ``nnforge search``'s trials),
+    SIGTERM as an interrupt; then the result as JSON or as ``summary(metrics)`` and the run's paths."""
     from nnforge.ledger import Ledger
     from nnforge.recipes import run_recipe
     from nnforge.recipes.runner import check_runs_dir, prepare
@@ -70,7 +71,7 @@ def execute(rec: Any, *, runs_dir: str, ledger: str | None, actor: str | None, j
     check_runs_dir(runs_dir)
     prepared = prepare(rec)  # data, model and every step's preflight: bad input leaves no folder, no ledger
     led = Ledger.open(ledger_location(ledger), actor=actor)
-    with progress_bars() as progress, _sigterm_as_interrupt():
+    with bars() as progress, _sigterm_as_interrupt():
         result = run_recipe(rec, runs_dir=runs_dir, ledger=led, progress=progress, prepared=prepared)
     if json_:
         print_json({"run_id": result.run_id, "run_dir": str(result.run_dir), "metrics": result.metrics,
