@@ -109,6 +109,8 @@ def test_contract_errors_name_the_metric_or_option(tmp_path):
         search(bowl, config, storage="sqlite:///x.db")
     with pytest.raises(ConfigError, match="no storage"):
         search(bowl, config)
+    with pytest.raises(ConfigError, match="must be importable by the worker processes"):
+        search(lambda ctx: {"loss": 0.0}, config, storage=tmp_path / "d.journal", workers=2)
     with pytest.raises(ConfigError, match="constraints\\[0\\]: cannot read constraint"):
         SearchConfig(space=XY, objectives=[Objective(metric="loss")], constraints=["size < 3"])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -198,6 +199,14 @@ def _worker_main(trial_fn: TrialFn, config: SearchConfig, target: str, worker: i
         raise
 
 
+def _check_picklable(trial_fn: TrialFn) -> None:
+    try:
+        pickle.dumps(trial_fn)  # what spawning does to it; a lambda or a nested function fails here, clearly
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"search: with workers > 1 the trial function must be importable by the worker processes "
+                          f"(a module-level function or a picklable object); {trial_fn!r} is not ({exc})") from None
+
+
 def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, workers: int, deadline: float | None,
                  progress: Callable[[], None]) -> None:
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
@@ -256,6 +265,8 @@ def search(trial_fn: TrialFn, config: SearchConfig, *, storage: str | os.PathLik
                           "or set SearchConfig.storage")
     if workers < 1:
         raise ConfigError(f"The 'workers' parameter of search must be an int >= 1. Got {workers} instead.")
+    if workers > 1:
+        _check_picklable(trial_fn)
     target = os.fspath(target)
     deadline = None if config.timeout_s is None else time.time() + config.timeout_s
     study, twin = _open(config, target, worker=0)
