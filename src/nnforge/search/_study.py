@@ -138,6 +138,9 @@ def open_study(storage: Any, name: str, directions: list[str], trials: int, *, s
     if missing > 0:
         _add_tickets(study, missing)
         study.set_user_attr(BUDGET_KEY, trials)
+    elif missing < 0:
+        log.warning("study %r already has %d trials, more than trials=%d: a study grows on resume but does not "
+                    "shrink; its queued trials still run", name, trials - missing, trials)
     log.info("study %r resumed: %d trials, %d added", name, trials, max(missing, 0))
     return study
 
