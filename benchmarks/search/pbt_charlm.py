@@ -81,6 +81,7 @@ class Setup:
 
 
 def run_random(setup: Setup, seed: int, population: int, workdir: Path) -> dict[str, Any]:
+    from nnforge.hardware import EnergyMeter
     from nnforge.search import Objective, Param, SearchConfig, search
     from nnforge.train import fit
 
@@ -95,11 +96,13 @@ def run_random(setup: Setup, seed: int, population: int, workdir: Path) -> dict[
         return {"val_loss": float(result.evals[-1]["loss"]), "report_loss": report_loss(model, setup.report)}
 
     t0 = time.perf_counter()
-    result = search(trial, config, storage=workdir / f"random-{seed}.journal")
+    with EnergyMeter() as meter:
+        result = search(trial, config, storage=workdir / f"random-{seed}.journal")
     best = result.best_trial
     if best is None:
         raise RuntimeError(f"every random-search trial failed (seed {seed})")
-    return {"seconds": time.perf_counter() - t0, "best_params": best.params,
+    return {"seconds": time.perf_counter() - t0, "energy_j": meter.reading.joules,
+            "energy_source": meter.reading.source, "best_params": best.params,
             "best_select_loss": best.metrics["val_loss"], "best_report_loss": best.metrics["report_loss"],
             "trials": [{"params": t.params, "select_loss": t.metrics.get("val_loss"),
                         "report_loss": t.metrics.get("report_loss"), "state": t.state} for t in result.trials]}
@@ -120,7 +123,8 @@ def run_pbt(setup: Setup, seed: int, population: int, interval: int, workdir: Pa
     best = result.best
     model = setup.model_fn(seed)()
     load_checkpoint(result.best_checkpoint, model=model, restore_rng=False)  # type: ignore[arg-type]
-    return {"seconds": seconds, "best_params": best.params, "best_select_loss": best.metric,
+    return {"seconds": seconds, "energy_j": result.energy_j, "energy_source": result.energy_source,
+            "best_params": best.params, "best_select_loss": best.metric,
             "best_report_loss": report_loss(model, setup.report), "best_member": best.index,
             "exploits": len(result.events), "total_train_steps": result.total_train_steps,
             "members": [m.to_dict() for m in result.members],

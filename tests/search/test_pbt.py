@@ -123,4 +123,7 @@ def test_pbt_end_to_end_with_optimizer_options_after_resume(tmp_path, one_torch_
         assert opt.param_groups[0]["momentum"] == pytest.approx(m.params["momentum"])
     best = result.best
     assert best.metric == min(m.metric for m in result.members) and math.isfinite(best.metric)
-    assert result.to_dict()["best_member"] == best.index
+    doc = result.to_dict()
+    assert doc["best_member"] == best.index
+    assert doc["energy_source"] in ("rapl", "estimate") and doc["energy_j"] == sum(m.energy_j for m in result.members)
+    assert all(m.energy_j > 0 for m in result.members)  # each member's training was metered

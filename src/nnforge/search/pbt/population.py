@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from nnforge.errors import ConfigError
+from nnforge.hardware import EnergyMeter, energy_source
 from nnforge.search._space import Param, suggest
 from nnforge.search.pbt.config import MANAGED_TRAIN_FIELDS, PBTConfig
 from nnforge.search.pbt.explore import explore
@@ -65,10 +66,12 @@ class PBTMember:
     metric: float = math.nan
     history: list[dict[str, Any]] = field(default_factory=list)  # {"step", "metric", "params"} per ready point
     diverged_at: list[int] = field(default_factory=list)
+    energy_j: float = 0.0  # over every interval this member trained (EnergyMeter; the source is the result's)
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "params": self.params, "metric": self.metric, "history": self.history,
-                "diverged_at": self.diverged_at, "checkpoint_dir": str(self.checkpoint_dir)}
+                "diverged_at": self.diverged_at, "checkpoint_dir": str(self.checkpoint_dir),
+                "energy_j": self.energy_j}
 
 
 @dataclass
@@ -79,6 +82,12 @@ class PBTResult:
     members: list[PBTMember]
     events: list[PBTEvent]
     total_train_steps: int  # optimizer steps over all members (population × total_steps)
+    energy_source: str = "estimate"  # "rapl" or "estimate" (nnforge.hardware.EnergyMeter)
+
+    @property
+    def energy_j(self) -> float:
+        """Energy of the whole population's training (labelled by ``energy_source``)."""
+        return sum(m.energy_j for m in self.members)
 
     @property
     def best(self) -> PBTMember:
@@ -93,6 +102,7 @@ class PBTResult:
         best = self.best
         return {"config": self.config.to_dict(), "best_member": best.index, "best_metric": best.metric,
                 "best_params": best.params, "total_train_steps": self.total_train_steps,
+                "energy_j": self.energy_j, "energy_source": self.energy_source,
                 "members": [m.to_dict() for m in self.members], "events": [asdict(e) for e in self.events]}
 
 
@@ -147,6 +157,7 @@ def _train_interval(member: PBTMember, until: int, config: PBTConfig, model_fn: 
     model = model_fn()
     optimizer = (lambda m: optimizer_fn(m, dict(member.params))) if optimizer_fn else None
     resume = latest_checkpoint(member.checkpoint_dir)
+    meter = EnergyMeter().start()
     try:
         result = fit(model, train_data, config=train, optimizer=optimizer, eval_data=eval_data,
                      callbacks=[*fit_kwargs.pop("callbacks", ()), _set_group_options(group_options), _stop_at(until)],
@@ -155,6 +166,8 @@ def _train_interval(member: PBTMember, until: int, config: PBTConfig, model_fn: 
         log.warning("PBT member %d diverged before step %d: %s", member.index, until, exc)
         member.diverged_at.append(until)
         return math.inf if config.direction == "minimize" else -math.inf
+    finally:
+        member.energy_j += meter.stop().joules
     if not result.evals or config.metric not in result.evals[-1]:
         raise ConfigError(f"PBT ranks members by the evaluation metric {config.metric!r}, but the evaluation gave "
                           f"{sorted(result.evals[-1]) if result.evals else 'nothing (pass eval_data)'}; pass a "
@@ -237,4 +250,4 @@ def pbt(model_fn: ModelFn, train_data: Any, config: PBTConfig, *, workdir: str |
             m.history.append({"step": step, "metric": m.metric, "params": dict(m.params)})
         if step != ready[-1]:
             events += _exploit_explore(members, step, config, rng, fresh)
-    return PBTResult(config, members, events, config.population * config.total_steps)
+    return PBTResult(config, members, events, config.population * config.total_steps, energy_source())
