@@ -27,7 +27,7 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
         (dh, dw), (kh, kw) = conv.dilation, conv.kernel_size
         th, tw = dh * (kh - 1), dw * (kw - 1)
         return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-    ph, pw = conv.padding  # type: ignore[misc]
+    ph, pw = (int(p) for p in conv.padding)  # a pair of ints once the strings are handled
     return (pw, pw, ph, ph)
 
 
