@@ -22,7 +22,7 @@ TIMEOUT_S = 120
 # (quickstart 18, calibration 15, ood_text 24, suite_gate 25), CPU seconds being about an idle machine's wall time
 TIMEOUTS_S = {"quickstart.py": 90, "evaluate/calibration.py": 90, "evaluate/ood_text.py": 120,
               "evaluate/suite_gate.py": 120,
-              "prune/minilm.py": 120,
+              "prune/minilm.py": 150,  # + both models exported to ONNX and timed in ONNX Runtime: 23 CPU s
               "search/plan_minilm.py": 120}  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
 
 
