@@ -42,6 +42,7 @@ def train_trial(ctx):
 
 
 # rungs below MAX_STEPS only (hyperband 2, 6; successive halving 2, 4, 8), so a pruned run stops early
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner,options", [
     ("hyperband", {"min_resource": 2, "max_resource": MAX_STEPS, "reduction_factor": 3}),
     ("successive-halving", {"min_resource": 2, "reduction_factor": 2}),

@@ -17,6 +17,7 @@ from nnforge.search import Objective, Param, SearchConfig, search
 from nnforge.search._study import open_storage
 
 optuna = pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow  # worker processes each import torch and Optuna
 
 SPACE = {"x": Param(kind="float", low=-5, high=5), "k": Param(kind="int", low=0, high=3)}
 BLOCK_ENV = "NNFORGE_TEST_BLOCK_TRIAL"
