@@ -195,3 +195,14 @@ def test_bad_search_options_are_refused_before_anything_is_written(workdir, caps
     assert main(["run", "r.yaml"]) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
     assert not (workdir / "runs").exists() and not (workdir / ".nnforge").exists()
+
+
+def test_the_builtin_search_recipe_passes_every_check():
+    from nnforge.recipes import load_recipe
+    from nnforge.recipes.runner import prepare
+
+    recipe = load_recipe("charlm-search")
+    prepare(recipe)  # every space path builds a char-GPT, the train step fits the corpus, the metrics exist
+    (step,) = [s for s in recipe.steps if s.name == "search"]
+    assert [o.metric for o in step.config.objectives] == ["val_loss", "latency_b1_ms"]
+    assert step.config.pruner == "hyperband"
