@@ -125,6 +125,14 @@ def test_importances_single_out_the_parameter_that_drives_the_objective(tmp_path
     imp = result.importances["loss"]
     assert set(imp) == {"x", "y"} and sum(imp.values()) == pytest.approx(1.0)
     assert imp["x"] > 0.9
+    import optuna
+
+    from nnforge.search._result import importances
+    from nnforge.search._study import open_storage
+
+    study = optuna.load_study(study_name="search", storage=open_storage(tmp_path / "s.journal"))
+    ped = importances(study, config.objectives, method="ped-anova")["loss"]  # the estimator without scikit-learn
+    assert set(ped) == {"x", "y"} and ped["x"] > ped["y"]
 
 
 def slow(ctx):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import warnings
@@ -69,8 +70,8 @@ class SearchResult:
 
     ``best`` is the best feasible trial in a one-element list for one objective, the Pareto front of the
     feasible complete trials (sorted by the first objective) for several; empty when no trial is feasible.
-    ``importances`` maps each objective's metric to ``{parameter: importance}`` (fANOVA, summing to 1), empty
-    when too few trials completed to estimate them.
+    ``importances`` maps each objective's metric to ``{parameter: importance}`` (fANOVA, or PED-ANOVA without
+    scikit-learn; summing to 1), empty when too few trials completed to estimate them.
     """
 
     study_name: str
@@ -142,22 +143,30 @@ def best_trials(trials: Sequence[TrialRecord], objectives: Sequence[Objective]) 
     return sorted(front, key=lambda t: ((t.values or [0.0])[0] * signs[0], t.number))
 
 
-def importances(study: Any, objectives: Sequence[Objective]) -> dict[str, dict[str, float]]:
-    """Optuna's fANOVA parameter importances per objective; {} when they cannot be estimated yet."""
+def importances(study: Any, objectives: Sequence[Objective], *, method: str | None = None) -> dict[str, dict[str, float]]:
+    """Parameter importances per objective (normalised to sum to 1); {} when they cannot be estimated yet.
+
+    Args:
+        method: ``"fanova"`` (Optuna's fANOVA; needs scikit-learn) or ``"ped-anova"`` (Optuna's PED-ANOVA, no
+            extra dependency); None: fANOVA where scikit-learn is installed, else PED-ANOVA.
+    """
     mod = optuna()
+    if method is None:
+        method = "fanova" if importlib.util.find_spec("sklearn") is not None else "ped-anova"
     complete = study.get_trials(deepcopy=False, states=(mod.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}
     out: dict[str, dict[str, float]] = {}
     for i, obj in enumerate(objectives):
+        evaluator = (mod.importance.FanovaImportanceEvaluator(seed=0) if method == "fanova"
+                     else mod.importance.PedAnovaImportanceEvaluator())
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                evaluator = mod.importance.FanovaImportanceEvaluator(seed=0)
                 found = mod.importance.get_param_importances(
                     study, evaluator=evaluator, target=lambda t, i=i: t.values[i], normalize=True)
-        except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied across the complete trials
-            log.info("parameter importances for %r not estimated: %s", obj.metric, exc)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no parameter varied
+            log.info("parameter importances (%s) for %r not estimated: %s", method, obj.metric, exc)
             continue
         out[obj.metric] = {k: float(v) for k, v in found.items()}
     return out
