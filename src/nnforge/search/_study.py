@@ -17,6 +17,7 @@ resumes where it stopped when ``search`` is called again on the same storage and
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nnforge.errors import ConfigError, check_output_path
+from nnforge.errors import ConfigError, MissingDependencyError, check_output_path
 from nnforge.search._optuna import optuna
 
 __all__ = ["open_storage", "storage_label", "open_study", "claim", "fail_dead_trials", "unfinished_work",
@@ -64,6 +65,8 @@ def open_storage(target: str | os.PathLike[str]) -> Any:
                               f"machine) or a postgresql:// URL (many machines)")
         url = "postgresql+psycopg://" + text.split("://", 1)[1]  # psycopg 3, the driver nnforge[postgres] installs
         mod = optuna()
+        if importlib.util.find_spec("psycopg") is None:
+            raise MissingDependencyError("a PostgreSQL storage needs psycopg: pip install 'nnforge[postgres]'")
         with warnings.catch_warnings():  # the heartbeat is marked experimental; it is how RDB workers are watched
             warnings.simplefilter("ignore", mod.exceptions.ExperimentalWarning)
             return mod.storages.RDBStorage(
