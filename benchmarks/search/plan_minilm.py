@@ -8,10 +8,10 @@ Texts and fidelity are those of ``benchmarks/quantize/minilm.py``: Shakespeare l
 L2-normalised, mean cosine (and min cosine, nearest-neighbour agreement) to torch fp32 over the evaluation lines
 (2,000 sampled with seed 0); GPTQ calibrates on its 256 calibration lines (16 batches of 16, seed 1, disjoint).
 
-The search (``nnforge.search.plan.plan_search``, Optuna TPE, seed 0) gives every encoder Linear a format in
-{int8, int4, int3} and every embedding table one in {int8, int4}; each plan is one ``quantize_`` call (GPTQ with
-act-order, groups of 32, asymmetric, asymmetric int4 word embeddings: the most faithful uniform int4 recipe of
-quantize_minilm) and is scored by mean cosine on ``selection`` lines taken after the calibration lines (disjoint
+The search (``nnforge.search.plan.plan_search``, Optuna TPE, seed 0) gives every encoder Linear a choice of
+int8 per row, int4 in groups of 32 or 128, int3 in groups of 32, and every embedding table one of int8 per row,
+int4 g32 or g128; each plan is ``quantize_`` calls, one per group size (GPTQ with act-order, asymmetric,
+asymmetric int4 embeddings: the most faithful uniform int4 recipe of quantize_minilm) and is scored by mean cosine on ``selection`` lines taken after the calibration lines (disjoint
 from the evaluation and calibration lines) and by ``measure_model``'s size and batch-1 latency, with the
 constraint ``size_mb <= 15``. The chosen plan is the most faithful feasible trial on the selection lines; only
 it and the uniform baseline are then measured on the evaluation lines. Baseline: uniform int4 g32 GPTQ, the
@@ -76,8 +76,8 @@ def configs(run_mode: str, encoder: torch.nn.Module, trials: int) -> tuple[Any, 
     linears = [n for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n]
     embeddings = [n for n, m in encoder.named_modules() if isinstance(m, torch.nn.Embedding)]
     modules = [*embeddings, *linears] if run_mode != "smoke" else [embeddings[0], *linears[:2]]
-    config = PlanSearchConfig(formats=["int8", "int4", "int3"], embedding_formats=["int8", "int4"], group_sizes=[32],
-                              modules=modules, quantize=base,
+    config = PlanSearchConfig(formats=["int8/row", "int4/g32", "int4/g128", "int3/g32"],
+                              embedding_formats=["int8/row", "int4/g32", "int4/g128"], modules=modules, quantize=base,
                               objectives=[Objective(metric="cos_mean", direction="maximize"), Objective(metric="size_mb"),
                                           Objective(metric="latency_b1_ms")],
                               constraints=[f"size_mb <= {size_limit(run_mode)}"], sampler="tpe",
@@ -136,7 +136,7 @@ def main() -> int:
         result = plan_search(fp32, one, selection_fidelity, config, storage=Path(tmp) / "plans.journal",
                              calibration=calib, forward=_forward, measure=measure)
     trials = [{"number": t.number, "state": t.state, "feasible": t.feasible, **t.metrics,
-               "plan": plan_from_params(t.params, config)[0]} for t in result.trials if t.state == "complete"]
+               "plan": plan_from_params(t.params)} for t in result.trials if t.state == "complete"]
     feasible = [t for t in trials if t["feasible"]]
     chosen = max(feasible, key=lambda t: t["cos_mean"]) if feasible else None
     print(f"{len(trials)} trials, {len(feasible)} within {size_limit(run_mode)} MB", flush=True)

@@ -13,7 +13,15 @@ from nnforge.compress import WeightOnlyConfig, quantize_
 from nnforge.compress.quantize import QuantizedEmbedding, QuantizedLinear
 from nnforge.errors import ConfigError
 from nnforge.search import Objective
-from nnforge.search.plan import PlanSearchConfig, apply_plan, measure_plan, plan_from_params, plan_search, plan_space
+from nnforge.search.plan import (
+    PlanSearchConfig,
+    apply_plan,
+    measure_plan,
+    parse_choice,
+    plan_from_params,
+    plan_search,
+    plan_space,
+)
 
 
 class Tiny(nn.Module):
@@ -48,18 +56,29 @@ def _cos(ref: torch.Tensor):
 
 
 def test_space_has_one_parameter_per_module():
-    config = PlanSearchConfig(formats=["fp32", "int8", "int4"], embedding_formats=["int8", "int4"],
-                              group_sizes=[32, 64], quantize=RTN)
+    config = PlanSearchConfig(formats=["fp32", "int8/row", "int4/g32", "int4"], embedding_formats=["int8", "int4/g64"],
+                              quantize=RTN)
     space = plan_space(_model(), config)
-    assert sorted(space) == ["group_size", "plan:down", "plan:emb", "plan:up"]
-    assert space["plan:up"].choices == ["fp32", "int8", "int4"] and space["plan:emb"].choices == ["int8", "int4"]
-    assert space["group_size"].choices == [32, 64]
-    assert plan_from_params({"plan:up": "int4", "plan:emb": "int8", "group_size": 64}, config) == (
-        {"up": "int4", "emb": "int8"}, 64)
+    assert sorted(space) == ["plan:down", "plan:emb", "plan:up"]
+    assert space["plan:up"].choices == ["fp32", "int8/row", "int4/g32", "int4"]
+    assert space["plan:emb"].choices == ["int8", "int4/g64"]
+    assert plan_from_params({"plan:up": "int4/g32", "plan:emb": "int8", "other": 1}) == {"up": "int4/g32", "emb": "int8"}
+    assert parse_choice("int4/g128") == ("int4", 128) and parse_choice("int8/row") == ("int8", None)
+    assert parse_choice("int4") == ("int4", "default")
     with pytest.raises(ConfigError, match="not Linear/Embedding modules"):
         plan_space(_model(), PlanSearchConfig(modules=["norm"], quantize=RTN))
     with pytest.raises(ConfigError, match="lists a format twice"):
         PlanSearchConfig(formats=["int4", "int4"])
+    with pytest.raises(ConfigError, match="group suffix"):
+        PlanSearchConfig(formats=["int4/g48"])
+
+
+def test_a_plan_gives_each_layer_its_own_group_size(one_torch_thread):
+    got = apply_plan(_model(), {"emb": "int4/row", "up": "int8/row", "down": "int4/g64"},
+                     PlanSearchConfig(quantize=RTN))  # RTN's own group sizes are 32 for both kinds
+    assert (got.up.fmt, got.up.group_size) == ("int8", None)
+    assert (got.down.fmt, got.down.group_size) == ("int4", 64)
+    assert (got.emb.fmt, got.emb.group_size) == ("int4", None)
 
 
 def test_apply_plan_matches_quantize_with_the_same_plan(one_torch_thread):
@@ -91,12 +110,12 @@ def test_study_finds_the_most_faithful_plan_under_the_size_constraint(tmp_path, 
     optimum = max(feasible, key=lambda k: feasible[k]["cos_mean"])
     config = PlanSearchConfig(formats=["int8", "int4"], embedding_formats=["int8", "int4"], quantize=RTN,
                               objectives=[Objective(metric="cos_mean", direction="maximize")],
-                              constraints=[f"size_mb <= {limit}"], sampler="random", trials=20, seed=0)
+                              constraints=[f"size_mb <= {limit}"], sampler="random", trials=12, seed=0)
     result = plan_search(model, IDS[:1], fidelity, config, storage=tmp_path / "plans.journal",
                          measure={"repeats": 1, "warmup": 0})
-    assert len(result.trials) == 20 and all(t.state == "complete" for t in result.trials)
+    assert len(result.trials) == 12 and all(t.state == "complete" for t in result.trials)
     for t in result.trials:  # each trial's figures are those of its plan measured directly
-        plan, _ = plan_from_params(t.params, config)
+        plan = plan_from_params(t.params)
         key = (plan["emb"], plan["up"], plan["down"])
         assert t.metrics["size_mb"] == pytest.approx(measured[key]["size_mb"])
         assert t.metrics["cos_mean"] == pytest.approx(measured[key]["cos_mean"], abs=1e-6)
@@ -104,5 +123,5 @@ def test_study_finds_the_most_faithful_plan_under_the_size_constraint(tmp_path, 
         assert t.attrs["energy_source"] in ("rapl", "estimate")
     best = result.best_trial
     assert best is not None
-    plan, _ = plan_from_params(best.params, config)
+    plan = plan_from_params(best.params)
     assert (plan["emb"], plan["up"], plan["down"]) == optimum

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from nnforge.compress.quantize import WeightOnlyConfig
-from nnforge.compress.quantize.weight_only.config import GroupSize
 from nnforge.config import Config, config_type
 from nnforge.search._api import SearchConfig
 from nnforge.search._objectives import Objective
 from nnforge.search._space import Param
 
-__all__ = ["PlanSearchConfig", "PLAN_PREFIX", "GROUP_SIZE_KEY"]
+__all__ = ["PlanSearchConfig", "PLAN_PREFIX", "parse_choice"]
 
-PLAN_PREFIX = "plan:"  # space keys "plan:<module name>" hold a module's format
-GROUP_SIZE_KEY = "group_size"  # the Linear layers' group size, when several are searched
+PLAN_PREFIX = "plan:"  # space keys "plan:<module name>" hold a module's choice
+_GROUPS = {"g32": 32, "g64": 64, "g128": 128, "g256": 256, "row": None}
+
+
+def parse_choice(choice: str) -> tuple[str, int | None | Literal["default"]]:
+    """``"int4/g128"`` -> ``("int4", 128)``; ``"int8/row"`` -> ``("int8", None)`` (one scale per row);
+    ``"int4"`` -> ``("int4", "default")`` (the quantize config's group size); ``"fp32"`` keeps the module.
+
+    Raises:
+        ValueError: an unknown group suffix.
+    """
+    fmt, _, group = choice.partition("/")
+    if not group:
+        return fmt, "default"
+    if group not in _GROUPS:
+        raise ValueError(f"{choice!r}: the group suffix must be one of {', '.join('/' + g for g in _GROUPS)}")
+    return fmt, _GROUPS[group]
 
 
 @config_type("search.plan")
@@ -24,9 +38,10 @@ class PlanSearchConfig(Config):
     """A compression-plan search: one format per layer (``"fp32"`` keeps a layer), scored by measured objectives.
 
     Args:
-        formats: the formats a Linear (or Conv2d) layer may take, e.g. ``["int8", "int4"]`` (``"fp32"`` allowed).
-        embedding_formats: the formats an Embedding table may take.
-        group_sizes: the Linear layers' group sizes tried (one per plan; ``None``: one scale per row).
+        formats: the choices of a Linear (or Conv2d) layer: a format, optionally with its group size
+            (``"int8"``, ``"int4/g32"``, ``"int4/g128"``, ``"int8/row"``; ``"fp32"`` keeps the layer). A bare
+            format uses ``quantize.group_size``.
+        embedding_formats: the choices of an Embedding table (a bare format uses ``quantize.embedding_group_size``).
         modules: the module names searched (default: every Linear and Embedding the quantizer handles); other
             modules are left in floating point.
         quantize: the weight-only quantization every plan uses (calibrator, symmetry, embedding group size, …);
@@ -38,7 +53,6 @@ class PlanSearchConfig(Config):
 
     formats: list[str] = Field(default_factory=lambda: ["int8", "int4"], min_length=1)
     embedding_formats: list[str] = Field(default_factory=lambda: ["int8", "int4"], min_length=1)
-    group_sizes: list[GroupSize] = Field(default_factory=lambda: list[GroupSize]([32]), min_length=1)
     modules: list[str] | None = None
     quantize: WeightOnlyConfig = Field(default_factory=lambda: WeightOnlyConfig(
         fmt="int4", group_size=32, symmetric=False, calibrator="gptq", embedding_fmt="int4", embedding_group_size=32,
@@ -59,7 +73,10 @@ class PlanSearchConfig(Config):
             values = getattr(self, field)
             if len(set(values)) != len(values):
                 raise ValueError(f"{field} lists a format twice: {values}")
-            for fmt in values:  # every format must be one WeightOnlyConfig accepts (or fp32)
+            for choice in values:  # every format must be one WeightOnlyConfig accepts (or fp32)
+                fmt, group = parse_choice(choice)
+                if fmt == "fp32" and group != "default":
+                    raise ValueError(f"{field}: {choice!r}: fp32 has no group size; write 'fp32'")
                 if fmt != "fp32":
                     WeightOnlyConfig(fmt=fmt, symmetric=True)
         return self

@@ -29,7 +29,7 @@ FidelityFn = Callable[[nn.Module], Mapping[str, float]]  # e.g. {"cos_mean": 0.9
 
 
 def measure_plan(model: nn.Module, plan: Mapping[str, str], config: PlanSearchConfig, example_inputs: Any,
-                 fidelity_fn: FidelityFn, *, group_size: int | None = None, calibration: Iterable[Any] | None = None,
+                 fidelity_fn: FidelityFn, *, calibration: Iterable[Any] | None = None,
                  forward: Callable[[nn.Module, Any], Any] | None = None,
                  measure: Mapping[str, Any] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Quantize a copy of ``model`` by ``plan`` and measure it: (numeric metrics, labels such as energy_source).
@@ -37,7 +37,7 @@ def measure_plan(model: nn.Module, plan: Mapping[str, str], config: PlanSearchCo
     The metrics are ``fidelity_fn``'s plus :func:`~nnforge.hardware.measure_model`'s figures (``size_mb`` is the
     quantized model's safetensors file, ``latency_b1_ms`` its batch-1 median, …).
     """
-    quantized = apply_plan(model, plan, config, group_size=group_size, calibration=calibration, forward=forward)
+    quantized = apply_plan(model, plan, config, calibration=calibration, forward=forward)
     fidelity = {k: float(v) for k, v in fidelity_fn(quantized).items()}
     hw = measure_model(quantized, example_inputs, **dict(measure or {}))
     clash = sorted(set(fidelity) & set(MEASURED_METRICS))
@@ -45,14 +45,14 @@ def measure_plan(model: nn.Module, plan: Mapping[str, str], config: PlanSearchCo
         raise ConfigError(f"the fidelity function returns {clash}, names of measured hardware figures; rename them")
     metrics = {**fidelity, **{k: float(hw[k]) for k in MEASURED_METRICS if hw.get(k) is not None}}
     labels = {"energy_source": hw["energy_source"], "energy_watts_per_core": hw["energy_watts_per_core"],
-              "bits_per_weight": _bits(plan)}
+              "choices": _count(plan)}
     return metrics, labels
 
 
-def _bits(plan: Mapping[str, str]) -> dict[str, int]:
+def _count(plan: Mapping[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for fmt in plan.values():
-        counts[fmt] = counts.get(fmt, 0) + 1
+    for choice in plan.values():
+        counts[choice] = counts.get(choice, 0) + 1
     return counts
 
 
@@ -83,9 +83,9 @@ def plan_search(model: nn.Module, example_inputs: Any, fidelity_fn: FidelityFn, 
     calib = list(calibration) if calibration is not None else None  # every trial calibrates on the same batches
 
     def trial(ctx: Any) -> dict[str, float]:
-        plan, group = plan_from_params(ctx.params, config)
-        metrics, labels = measure_plan(model, plan, config, example_inputs, fidelity_fn, group_size=group,
-                                       calibration=calib, forward=forward, measure=measure)
+        plan = plan_from_params(ctx.params)
+        metrics, labels = measure_plan(model, plan, config, example_inputs, fidelity_fn, calibration=calib,
+                                       forward=forward, measure=measure)
         for key, value in labels.items():
             ctx.set_attr(key, value)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
