@@ -52,6 +52,18 @@ def test_two_workers_share_one_study_and_a_second_search_resumes_it(workdir, cap
     mine = [e.data["number"] for e in _trial_events() if e.run == second["run_id"]]
     assert sorted(mine) == [3, 4]
     assert len(list((workdir / second["run_dir"] / "trials").iterdir())) == 2
+    # the run's model is the best trial's, found in whichever run's folder that trial ran
+    from safetensors.torch import load_file
+
+    from nnforge.ledger import Ledger
+
+    with Ledger.open(".nnforge/ledger.db") as led:
+        (finished,) = led.events(run=second["run_id"], kind="search.finished")
+    trial_run = finished.data["best"][0]["trial_run"]
+    owner = first if trial_run.startswith(first["run_id"]) else second
+    mine = load_file(workdir / second["run_dir"] / "model.safetensors")
+    theirs = load_file(workdir / owner["run_dir"] / "trials" / trial_run / "model.safetensors")
+    assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
 
 
 @pytest.mark.parametrize(("args", "message"), [

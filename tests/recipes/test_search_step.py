@@ -206,3 +206,27 @@ def test_the_builtin_search_recipe_passes_every_check():
     (step,) = [s for s in recipe.steps if s.name == "search"]
     assert [o.metric for o in step.config.objectives] == ["val_loss", "latency_b1_ms"]
     assert step.config.pruner == "hyperband"
+
+
+def test_the_progress_display_gets_trials_done_the_best_so_far_and_the_pruned_and_failed_counts():
+    from types import SimpleNamespace
+
+    from nnforge.recipes.steps.search import _progress
+    from nnforge.search import Objective, SearchProgress, TrialRecord
+
+    seen = []
+
+    class Display:
+        def __call__(self, task, done, total):
+            seen.append((task, done, total))
+
+        def describe(self, task, text):
+            seen.append((task, text))
+
+    best = TrialRecord(number=2, state="complete", params={}, metrics={"val_loss": 1.2345, "latency_b1_ms": 0.5},
+                       values=[1.2345, 0.5], duration_s=1.0, feasible=True)
+    update = _progress(SimpleNamespace(progress=Display()), [Objective(metric="val_loss"),
+                                                              Objective(metric="latency_b1_ms")])
+    update(SearchProgress(total=8, complete=3, pruned=2, failed=1, running=1, best=[best]))
+    assert seen == [("trials", 6, 8), ("trials", "best val_loss 1.234, latency_b1_ms 0.5 (front of 1) · 2 pruned · "
+                                                  "1 failed")]

@@ -31,8 +31,12 @@ def search(
 ) -> None:
     """Search a recipe's space (hyperparameters, architecture, any recipe value) on Optuna; every trial is
     recorded in the ledger, the best trials are written as ready-to-run recipes."""
+    import logging
+
     from nnforge.cli.run import execute
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # Optuna logs every trial at INFO: --verbose shows it
+        logging.getLogger("optuna").setLevel(logging.WARNING)
     rec = with_search_options(one_recipe(recipe), set_ or [], workers=workers, storage=storage, trials=trials)
     console.print(f"[bold]nnforge search[/] {safe(rec.name)}: {len(rec.steps)} steps "
                   f"({', '.join(s.name for s in rec.steps)}), seed {rec.seed}")

@@ -238,7 +238,9 @@ class RecipeTrial:
                             shared={TRAIN_CALLBACKS: callbacks})
         metrics = {k: float(v) for k, v in result.metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}
-        facts: dict[str, Any] = {"trial_dir": str(result.run_dir)}
+        facts: dict[str, Any] = {"trial_dir": str(Path(result.run_dir).resolve())}
+        trial.set_attr("trial_run", run_id)  # kept in the study: a resumed search finds an earlier run's trials
+        trial.set_attr("trial_dir", facts["trial_dir"])
         if not trial.pruned:
             measured, more = measure_final_model(result.run_dir, prepared.plan.splits, recipe.seed,
                                                  self.latency_repeats)

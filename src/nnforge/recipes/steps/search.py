@@ -157,7 +157,7 @@ class Search:
         best = _best(result, config.best_recipes)
         recipes = [_write_recipe(ctx, trial_fn, t, k) for k, t in enumerate(best, 1)]
         if best:
-            adopt_trial_model(ctx, Path(ctx.run_dir / "trials" / f"{ctx.run_id}-t{best[0]['number']:04d}"))
+            adopt_trial_model(ctx, Path(best[0]["attrs"]["trial_dir"]))
         finished = _finished(result, best, recipes)
         ctx.ledger.append("search.finished", finished, run=ctx.run_id)
         ctx.sections["search"] = {"study_name": result.study_name, "best": [t["number"] for t in best],
@@ -197,7 +197,8 @@ def _write_recipe(ctx: RunContext, trial_fn: RecipeTrial, trial: dict[str, Any],
     doc = trial_fn.document(trial["number"], trial["params"])
     figures = ", ".join(f"{m} {v:.6g}" for m, v in sorted((trial.get("metrics") or {}).items())
                         if isinstance(v, int | float))
-    head = (f"# Trial {trial['number']} of search run {ctx.run_id} (best {k}): run it again with\n"
+    head = (f"# Trial {trial['number']} (its run: {trial['attrs'].get('trial_run')}), best {k} of search run "
+            f"{ctx.run_id}: run it again with\n"
             f"#   nnforge run best-{k}.yaml\n# params: {trial['params']}\n# measured: {figures}\n")
     path = ctx.run_dir / f"best-{k}.yaml"
     atomic_write_text(path, head + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
@@ -230,7 +231,8 @@ def _finished(result: Any, best: list[dict[str, Any]], recipes: list[str]) -> di
     trials = [{k: t.get(k) for k in ("number", "state", "feasible", "values", "duration_s", "error")}
               for t in data["trials"]]
     return {"study_name": data["study_name"], "storage": data["storage"], "counts": data["counts"], "trials": trials,
-            "best": [{"number": t["number"], "params": t["params"], "metrics": t["metrics"]} for t in best],
+            "best": [{"number": t["number"], "params": t["params"], "metrics": t["metrics"],
+                      "trial_run": t["attrs"].get("trial_run")} for t in best],
             "importances": data["importances"], "recipes": recipes}
 
 
