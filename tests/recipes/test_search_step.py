@@ -230,3 +230,34 @@ def test_the_progress_display_gets_trials_done_the_best_so_far_and_the_pruned_an
     update(SearchProgress(total=8, complete=3, pruned=2, failed=1, running=1, best=[best]))
     assert seen == [("trials", 6, 8), ("trials", "best val_loss 1.234, latency_b1_ms 0.5 (front of 1) · 2 pruned · "
                                                   "1 failed")]
+
+
+DIVERGING = """
+name: digits-diverge
+seed: 0
+model: {architecture: digits-mlp, options: {hidden: [16]}}
+data: {dataset: digits}
+steps:
+  - search:
+      space:
+        steps[0].optimizer_options.lr: {kind: categorical, choices: [0.01, 1.0e+11]}
+      objectives: [{metric: val_loss}]
+      sampler: random
+      trials: 3
+      latency_repeats: 2
+      trial_steps:
+        - train: {batch_size: 64, train: {max_steps: 6, eval_every: 3}}
+"""
+
+
+def test_a_failing_trial_is_recorded_with_its_error_and_the_study_goes_on(workdir, capsys):
+    (workdir / "r.yaml").write_text(DIVERGING, encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    trials = [e.data for e in _events("search.trial")]
+    failed = [t for t in trials if t["state"] == "failed"]
+    assert len(trials) == 3 and out["metrics"]["search_failed"] == len(failed) >= 1
+    for t in failed:  # the lr that diverges; the trial's own run recorded why it stopped
+        assert t["params"]["steps[0].optimizer_options.lr"] == 1.0e11 and "TrainingDivergedError" in t["error"]
+    (best,) = [t for t in trials if t["number"] == out["metrics"]["search_best_trial"]]
+    assert best["state"] == "complete" and best["params"]["steps[0].optimizer_options.lr"] == 0.01
