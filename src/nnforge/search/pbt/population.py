@@ -147,7 +147,8 @@ def _stop_at(step: int) -> CallbackFn:
 
 
 def _train_interval(member: PBTMember, until: int, config: PBTConfig, model_fn: ModelFn, train_data: Any,
-                    eval_data: Any, fit_kwargs: dict[str, Any], optimizer_fn: OptimizerFn | None) -> float:
+                    eval_data: Any, fit_kwargs: dict[str, Any], callbacks: Sequence[CallbackFn],
+                    optimizer_fn: OptimizerFn | None) -> float:
     """Train ``member`` from its newest checkpoint to step ``until``; the evaluation metric there (inf if the
     loss diverged: such a member is the first to be replaced)."""
     train_fields, group_options = _split(member.params)
@@ -160,7 +161,7 @@ def _train_interval(member: PBTMember, until: int, config: PBTConfig, model_fn: 
     meter = EnergyMeter().start()
     try:
         result = fit(model, train_data, config=train, optimizer=optimizer, eval_data=eval_data,
-                     callbacks=[*fit_kwargs.pop("callbacks", ()), _set_group_options(group_options), _stop_at(until)],
+                     callbacks=[*callbacks, _set_group_options(group_options), _stop_at(until)],
                      resume_from=resume, **fit_kwargs)
     except TrainingDivergedError as exc:
         log.warning("PBT member %d diverged before step %d: %s", member.index, until, exc)
@@ -245,8 +246,8 @@ def pbt(model_fn: ModelFn, train_data: Any, config: PBTConfig, *, workdir: str |
     ready = config.ready_steps
     for step in ready:
         for m in members:
-            m.metric = _train_interval(m, step, config, model_fn, train_data, eval_data,
-                                       {**fit_kwargs, "callbacks": list(callbacks)}, optimizer_fn)
+            m.metric = _train_interval(m, step, config, model_fn, train_data, eval_data, fit_kwargs, callbacks,
+                                       optimizer_fn)
             m.history.append({"step": step, "metric": m.metric, "params": dict(m.params)})
         if step != ready[-1]:
             events += _exploit_explore(members, step, config, rng, fresh)
