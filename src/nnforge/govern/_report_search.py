@@ -66,13 +66,14 @@ def search_sentence(s: dict[str, Any]) -> str:
     what = ", ".join(f"{o.get('direction', 'minimize')} {o.get('metric')}" for o in objectives)
     trials = s.get("trials", [])
     states = [str(t.get("state", "")).lower() for t in trials]
-    infeasible = sum(1 for t in trials if t.get("feasible") is False)
+    infeasible = sum(1 for t in trials if t.get("feasible") is False and str(t.get("state", "")).lower() == "complete")
     pruner = "no pruner" if s.get("pruner") in (None, "none") else f"{s.get('pruner')} pruner"
     parts = [f"Study {s.get('study_name')!r} ({s.get('sampler')} sampler, {pruner}) searched "
              f"{len(s.get('space') or {})} parameters to {what or 'its objectives'}"
              + (f" under {', '.join(s.get('constraints') or [])}" if s.get("constraints") else "") + "."]
     parts.append(f"{len(trials)} trials: {states.count('complete')} complete, {states.count('pruned')} pruned, "
-                 f"{states.count('failed') + states.count('fail')} failed; {infeasible} broke a constraint.")
+                 f"{states.count('failed') + states.count('fail')} failed; {infeasible} of the complete broke a "
+                 "constraint.")
     result = s.get("result")
     if result is None:
         parts.append("The study did not finish (no search.finished record): the run stopped during it.")
@@ -84,8 +85,9 @@ def search_sentence(s: dict[str, Any]) -> str:
     first = best[0]
     figures = ", ".join(f"{o.get('metric')} {_fmt((first.get('metrics') or {}).get(o.get('metric')))}"
                         for o in objectives)
-    kept = (f"the {len(best)} trials of the Pareto front (at most best_recipes)" if len(objectives) > 1
-            else f"the {len(best)} best")
+    n = len(best)
+    kept = (f"the Pareto front's {n} trial{'s' if n != 1 else ''} (at most best_recipes)" if len(objectives) > 1
+            else f"the {n} best")
     parts.append(f"Best: trial {first.get('number')} ({figures}); {kept} written as ready-to-run recipes. The "
                  f"run's model is trial {first.get('number')}'s.")
     return " ".join(parts)
@@ -143,8 +145,9 @@ def _pareto_plot(entry: dict[str, Any], png: Callable[[Any], str]) -> str | None
 
 def _importance_plot(entry: dict[str, Any], png: Callable[[Any], str]) -> str | None:
     importances = (entry.get("result") or {}).get("importances") or {}
+    target = ""
     if isinstance(importances, dict) and importances and all(isinstance(v, dict) for v in importances.values()):
-        importances = next(iter(importances.values()))  # per objective: the first objective's
+        target, importances = next(iter(importances.items()))  # per objective: the first objective's
     rows = [(k, v) for k, v in importances.items() if _finite(v)]
     plt = _pyplot()
     if plt is None or not rows:
@@ -152,7 +155,7 @@ def _importance_plot(entry: dict[str, Any], png: Callable[[Any], str]) -> str | 
     rows.sort(key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(5.5, 0.6 + 0.3 * len(rows)))
     ax.barh([k for k, _ in rows], [v for _, v in rows], color="tab:green")
-    ax.set_xlabel("importance (fANOVA, share of the objective's variance)"), ax.set_title("parameter importances")
+    ax.set_xlabel("importance (fANOVA, share of the objective's variance)"), ax.set_title(f"parameter importances for {target}" if target else "parameter importances")
     ax.tick_params(axis="y", labelsize=7)
     src = png(fig)
     plt.close(fig)
