@@ -3,6 +3,7 @@
     python benchmarks/optim/charlm.py            # full: 2,000 steps, every registered optimizer, lr bracketed (2-3 h)
     python benchmarks/optim/charlm.py --quick    # 100 steps, two optimizers, one lr (under a minute)
     python benchmarks/optim/charlm.py --smoke    # 4 steps, adamw and torch muon, seconds; writes nothing
+    python benchmarks/optim/charlm.py --sweep-only   # the lr sweep alone (hours, any load); then run it plain, quietly
     python benchmarks/optim/charlm.py --only adamw,muon   # -> optim_charlm_only-adamw-muon.json, never the main file
     python benchmarks/optim/charlm.py --only adamw,soap --tag soap   # -> optim_charlm_soap.json
 
@@ -12,7 +13,13 @@ starts from three learning rates (a factor of 2 apart) around its best so far; w
 an edge of the lrs tried, one more lr beyond that edge is run, until the best is strictly inside (or
 MAX_EXTENSIONS points were added: ``summary.best_lr_inside_grid`` says which). Runs are interleaved
 (lr 1 of every optimizer, then lr 2, …, then one extension of each) so that machine noise spreads evenly. Val loss is the mean over
-200 fixed validation batches every 100 steps; training seconds exclude evaluation.
+200 fixed validation batches every 100 steps.
+
+Time is measured apart from the sweep: the sweep's runs take hours, so their wall clocks see different machine
+loads. After it, a timing phase trains every optimizer at its best lr side by side, 20 steps each per round in a
+shuffled order, 15 rounds after a warm-up round (``nnforge.hardware.interleave``), and "seconds to AdamW's final
+loss" is the sweep's steps to it x that phase's median ms/step; the winner's ratio to torch Muon carries the
+bootstrap interval of the ms/step ratio. The sweep's own step times stay in the file (``sweep_*``) for reference.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import add_mode_args, mode, pick, spread, tag, write_results  # noqa: E402
+from _common import add_mode_args, mode, pick, ratio_with_ci, spread, tag, write_results  # noqa: E402
 
 # optimizer → (starting learning rates, geometric, around its best so far; fixed options); any registered
 # optimizer missing here starts at half, once and twice its config's default lr. Each grid is extended
@@ -51,6 +58,7 @@ GRID: dict[str, tuple[list[float], dict[str, Any]]] = {
     "sophia": ([3e-4, 6e-4, 1.2e-3], {"weight_decay": 0.1, "batch_tokens": 12 * 64}),
     "adamw-hd": ([4e-3, 8e-3, 1.6e-2], {"weight_decay": 0.1}),  # best was at the top of 2e-3..8e-3
 }
+TIMING = (15, 20)  # timing phase: rounds, training steps per optimizer per round (full mode)
 MAX_EXTENSIONS = 4  # points added beyond an edge per optimizer before giving up (reported as not bracketed)
 TORCH_OWN = {"adamw", "muon", "adafactor"}
 
@@ -108,6 +116,40 @@ def timing(step_times: list[float], curve: dict[str, float | None]) -> dict[str,
             "finite": finite}
 
 
+def timing_phase(corpus: Any, best: dict[str, dict[str, Any]], model: dict[str, Any], rounds: int,
+                 steps: int) -> dict[str, list[float]]:
+    """Seconds per training step of each optimizer at its best lr, measured side by side: ms per step, per round.
+
+    One char-GPT and optimizer per optimizer is kept alive; each round trains every one of them ``steps`` more
+    steps through ``fit`` (Sophia with its Hessian refresh, as in the sweep), in a fresh shuffled order
+    (``nnforge.hardware.interleave``), after one untimed warm-up round. Machine noise so reaches every optimizer
+    alike, which the sweep's long runs, hours apart, cannot promise.
+    """
+    from nnforge.hardware import interleave
+    from nnforge.models import build
+    from nnforge.optim import build_optimizer
+    from nnforge.train import TrainConfig, fit, hessian_refresh
+
+    def trainer(name: str, run: dict[str, Any]) -> Any:
+        torch.manual_seed(0)
+        net = build("char-gpt", **model)
+        optimizer = build_optimizer(name, net, lr=run["lr"], **grid_for(name)[1])
+        callbacks = [hessian_refresh(optimizer)] if hasattr(optimizer, "update_hessian") else []
+        config = TrainConfig(max_steps=steps, lr=run["lr"], schedule="constant", clip_norm=1.0, log_every=10_000,
+                             seed=0)
+        gen = torch.Generator().manual_seed(7)
+
+        def train(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return corpus.batch("train", 12, 64, gen)
+
+        return lambda: fit(net, train, config=config, optimizer=optimizer,
+                           loss_fn=lambda m, b: m(b[0], b[1])[1], callbacks=callbacks)
+
+    fns = {name: trainer(name, run) for name, run in best.items()}
+    ms = interleave(fns, rounds=rounds, warmup=1, inference_mode=False)
+    return {name: [t / steps for t in samples] for name, samples in ms.items()}
+
+
 def first_reach(run: dict[str, Any], target: float) -> tuple[int | None, float | None]:
     for step, loss in sorted(run["val_loss"].items(), key=lambda kv: int(kv[0])):
         if loss is not None and loss <= target:
@@ -115,20 +157,33 @@ def first_reach(run: dict[str, Any], target: float) -> tuple[int | None, float |
     return None, None
 
 
-def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    final = final_loss
+def best_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each optimizer's run with the lowest final val loss."""
     best: dict[str, dict[str, Any]] = {}
     for r in runs:
-        if r["optimizer"] not in best or final(r) < final(best[r["optimizer"]]):
+        if r["optimizer"] not in best or final_loss(r) < final_loss(best[r["optimizer"]]):
             best[r["optimizer"]] = r
+    return best
+
+
+def summarise(runs: list[dict[str, Any]],
+              step_ms: dict[str, list[float]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per optimizer: steps to AdamW's final loss (from the sweep) and seconds to it = those steps x the median
+    ms/step of the interleaved timing phase; the winner's seconds over torch Muon's with a bootstrap interval."""
+    final = final_loss
+    best = best_runs(runs)
     target = final(best["adamw"]) if "adamw" in best else min(final(r) for r in runs)
     table = []
     for name, r in best.items():
-        steps, seconds = first_reach(r, target)
+        steps, sweep_seconds = first_reach(r, target)
+        ms = spread(step_ms[name])["median"]
+        seconds = steps * ms / 1e3 if steps is not None else None
         lrs = sorted(x["lr"] for x in runs if x["optimizer"] == name)
         table.append({"optimizer": name, "lr": r["lr"], "val_loss": r["val_loss"],
                       "final_val_loss": final(r) if math.isfinite(final(r)) else None,
-                      "steps_to_adamw_final": steps, "seconds_to_adamw_final": seconds, "s_per_step": r["s_per_step"],
+                      "steps_to_adamw_final": steps, "seconds_to_adamw_final": seconds, "ms_per_step": ms,
+                      "ms_per_step_samples": step_ms[name], "sweep_seconds_to_adamw_final": sweep_seconds,
+                      "sweep_s_per_step": r["s_per_step"],
                       "train_seconds": r["train_seconds"], "nnforge_implementation": name not in TORCH_OWN,
                       "lrs_tried": lrs, "best_lr_inside_grid": lrs[0] < r["lr"] < lrs[-1],
                       "loses_to_adamw": final(r) > target})
@@ -141,6 +196,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
                "best_steps_to_adamw_final": winner["steps_to_adamw_final"] if winner else None,
                "best_seconds_to_adamw_final": winner["seconds_to_adamw_final"] if winner else None,
                "torch_muon_seconds_to_adamw_final": muon["seconds_to_adamw_final"] if muon else None,
+               **_vs_muon(winner, muon, step_ms),
                "all_finite": all(r["finite"] for r in runs),
                "lose_to_adamw": sorted(t["optimizer"] for t in table if t["loses_to_adamw"]),
                # the best lr strictly inside the lrs tried: the sweep found each optimizer's optimum, not an edge
@@ -148,6 +204,16 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
                "best_lr_inside_grid": {t["optimizer"]: t["best_lr_inside_grid"] for t in table},
                "final_val_loss": {t["optimizer"]: t["final_val_loss"] for t in table}}
     return table, summary
+
+
+def _vs_muon(winner: dict[str, Any] | None, muon: dict[str, Any] | None,
+             step_ms: dict[str, list[float]]) -> dict[str, Any]:
+    """The winner's seconds to AdamW's final loss over torch Muon's, with the interval of the ms/step ratio."""
+    if not winner or not muon or muon["steps_to_adamw_final"] is None:
+        return {"best_over_torch_muon_seconds": None, "best_over_torch_muon_seconds_ci": None}
+    steps = winner["steps_to_adamw_final"] / muon["steps_to_adamw_final"]
+    ratio, (lo, hi) = ratio_with_ci(step_ms[winner["optimizer"]], step_ms["muon"])
+    return {"best_over_torch_muon_seconds": steps * ratio, "best_over_torch_muon_seconds_ci": [steps * lo, steps * hi]}
 
 
 def plot(table: list[dict[str, Any]], path: Path) -> None:
@@ -211,6 +277,7 @@ class Sweep:
         self.corpus, self.steps, self.eval_every, self.val, self.progress = corpus, steps, eval_every, val, progress
         self.model = model
         self.done = _load_progress(progress, steps, len(val)) if progress else {}
+        self.resumed = len(self.done)  # runs a previous invocation finished (the progress file's)
         self.runs: dict[str, list[dict[str, Any]]] = {}
 
     def run(self, name: str, lr: float) -> None:
@@ -240,6 +307,9 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_mode_args(ap, only="optimizers, comma-separated")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="run (or finish) the lr sweep into the progress file and stop before the timing phase; run "
+                         "again without it, on a quiet machine, to time and write the results")
     args = ap.parse_args()
     unknown = sorted(set(args.only or ()) - set(optimizer_names()))
     if unknown:
@@ -269,14 +339,21 @@ def main() -> int:
                 sweep.run(name, grids[name][i])
     sweep.bracket(names, pick(args, full=MAX_EXTENSIONS, quick=0, smoke=1))
     runs = [r for n in names for r in sweep.runs[n]]
-    table, summary = summarise(runs)
+    if args.sweep_only:
+        print(f"sweep done: {len(runs)} runs in {progress}; run again without --sweep-only to time and write", flush=True)
+        return 0
+    rounds, per_round = pick(args, full=TIMING, quick=(3, 5), smoke=(2, 2))
+    step_ms = timing_phase(corpus, best_runs(runs), model, rounds, per_round)
+    table, summary = summarise(runs, step_ms)
     path = write_results("optim", "charlm", args=args, results=table, summary=summary,
                          peers={n: {"lrs_tried": sorted(r["lr"] for r in sweep.runs[n]), "options": grid_for(n)[1],
                                     "implementation": "torch" if n in TORCH_OWN else "nnforge"} for n in names},
                          extra={"runs": runs, "setup": {"steps": steps, "eval_every": eval_every, "val_batches": n_val,
                                                         "batch": 12, "block": 64, "model": "char-gpt 4x4x128",
                                                         "model_options": model,
-                                                        "max_extensions": MAX_EXTENSIONS}})
+                                                        "max_extensions": MAX_EXTENSIONS,
+                                                        "sweep_runs_resumed": sweep.resumed,
+                                                        "timing_rounds": rounds, "timing_steps_per_round": per_round}})
     if run_mode == "full":
         plot(table, Path(__file__).resolve().parents[2] / "docs" / f"optim_charlm{suffix}.png")
     if progress is not None:
