@@ -189,6 +189,8 @@ steps:
     (_bad("      storage: no/such/folder/study.journal"), "does not exist"),
     (_bad("      trial_steps: [{search: {}}]"), "cannot run a search step"),
     (_bad("      pruner: hyperband", objective="latency_b1_ms"), "measured only after it"),
+    (_bad("      sampler_options: {n_startup_trial: 3}"), "n_startup_trial"),
+    (_bad("      pruner: median\n      pruner_options: {warmup: 3}"), "warmup"),
 ])
 def test_bad_search_options_are_refused_before_anything_is_written(workdir, capsys, recipe, message):
     (workdir / "r.yaml").write_text(recipe, encoding="utf-8")

@@ -95,6 +95,15 @@ class SearchStepConfig(SearchConfig):
         return SearchConfig.model_validate({k: getattr(self, k) for k in SearchConfig.model_fields})
 
 
+def _check_sampler_and_pruner(config: Any) -> None:
+    """Build the sampler and the pruner once, so that an option Optuna refuses is found before the run starts."""
+    from nnforge.search import PRUNERS, SAMPLERS, SamplerContext
+
+    SAMPLERS.get(config.sampler)(dict(config.sampler_options),
+                                 SamplerContext(seed=config.seed, directions=config.directions, space=config.space))
+    PRUNERS.get(config.pruner)(dict(config.pruner_options))
+
+
 def _prune_metric(config: Any) -> str | None:
     """The training evaluation reported to the pruner: the first objective when it is a validation metric of the
     training loop (``val_loss``, ``val_accuracy``); otherwise none (nothing to compare before a trial ends)."""
@@ -117,6 +126,7 @@ class Search:
         from nnforge.recipes.schema import parse_recipe
 
         check_storage(config.storage)
+        _check_sampler_and_pruner(config)
         base = trial_base_document(plan.recipe, config.trial_steps)
         check_space_paths(base, config.space, plan)
         trial = parse_recipe(trial_document(base, {}))
