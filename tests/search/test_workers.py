@@ -35,6 +35,28 @@ def blocking(ctx):
     return quadratic(ctx)
 
 
+KILL_ENV = "NNFORGE_TEST_KILL_MARK"
+
+
+def dies_once(ctx):
+    """The first worker to reach trial 3 kills its own process (SIGKILL: no cleanup, like the OOM killer)."""
+    mark = os.environ[KILL_ENV]
+    if ctx.number == 3 and not os.path.exists(mark):
+        open(mark, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return quadratic(ctx)
+
+
+def test_the_surviving_worker_retries_a_dead_workers_trial_and_finishes_the_study(tmp_path, monkeypatch):
+    monkeypatch.setenv(KILL_ENV, str(tmp_path / "killed"))  # the spawned workers inherit it
+    config = SearchConfig(space=SPACE, objectives=[Objective(metric="loss")], trials=8, sampler="random", seed=2)
+    result = search(dies_once, config, storage=tmp_path / "s.journal", workers=2)  # no error: the study is whole
+    assert (tmp_path / "killed").exists()
+    done = _assert_exactly(result, 8)
+    assert [t.number for t in result.trials if t.state == "retried"] == [3]
+    assert [t.params for t in done if t.number > 7] == [result.trials[3].params]  # the retry, same parameters
+
+
 def _run_and_block(config, storage):
     os.environ[BLOCK_ENV] = "2"  # this child process only
     search(blocking, config, storage=storage)

@@ -207,8 +207,13 @@ def _check_picklable(trial_fn: TrialFn) -> None:
                           f"(a module-level function or a picklable object); {trial_fn!r} is not ({exc})") from None
 
 
-def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, workers: int, deadline: float | None,
-                 progress: Callable[[], None]) -> None:
+def _pending(study: Any) -> bool:
+    states = optuna().trial.TrialState
+    return bool(study.get_trials(deepcopy=False, states=(states.WAITING, states.RUNNING)))
+
+
+def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, study: Any, workers: int,
+                 deadline: float | None, progress: Callable[[], None]) -> None:
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
     errors = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -231,6 +236,10 @@ def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, workers: 
     if any(is_config for is_config, _ in reported):
         raise ConfigError(next(msg for is_config, msg in reported if is_config))
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if bad and not reported and not _pending(study):  # killed, and the others retried its trial and finished
+        log.warning("search workers died (%s); the other workers retried their trials and finished the study",
+                    ", ".join(f"{n}, exit code {c}" for n, c in bad))
+        return
     if bad:
         why = "; ".join(msg for _, msg in reported) or "see the log above"
         raise StepFailedError(f"search workers failed: {', '.join(f'{n} (exit code {c})' for n, c in bad)}: {why}. "
@@ -275,7 +284,7 @@ def search(trial_fn: TrialFn, config: SearchConfig, *, storage: str | os.PathLik
         work(study, _runner(study, twin, trial_fn, config), on_finished=report,
              deadline=None if config.timeout_s is None else time.monotonic() + config.timeout_s)
     else:
-        _run_workers(trial_fn, config, target, workers, deadline, report)
+        _run_workers(trial_fn, config, target, study, workers, deadline, report)
     report()
     recs = records(study)
     best = best_trials(recs, config.objectives)
