@@ -14,6 +14,7 @@ from nnforge.compress.quantize import QuantizedEmbedding, QuantizedLinear
 from nnforge.errors import ConfigError
 from nnforge.search import Objective
 from nnforge.search.plan import (
+    PlanQuantizer,
     PlanSearchConfig,
     apply_plan,
     measure_plan,
@@ -92,6 +93,12 @@ def test_apply_plan_matches_quantize_with_the_same_plan(one_torch_thread):
     ref = _model()
     quantize_(ref, RTN.model_copy(update={"plan": plan}))
     assert torch.equal(got(IDS), ref(IDS))
+    gptq = RTN.model_copy(update={"calibrator": "gptq", "act_order": True})  # statistics from the float model
+    got = apply_plan(model, {"up": "int4", "down": "int8"}, PlanSearchConfig(quantize=gptq), calibration=[IDS])
+    ref = _model()
+    quantize_(ref, WeightOnlyConfig(**{**gptq.model_dump(), "plan": {"up": "int4", "down": "int8"}}),
+              lambda name, _: name in ("up", "down"), calibration=[IDS])
+    assert torch.equal(got(IDS), ref(IDS))
 
 
 def test_study_finds_the_most_faithful_plan_under_the_size_constraint(tmp_path, one_torch_thread):
@@ -99,10 +106,11 @@ def test_study_finds_the_most_faithful_plan_under_the_size_constraint(tmp_path, 
     with torch.inference_mode():
         fidelity = _cos(model(IDS))
     base = PlanSearchConfig(formats=["int8", "int4"], embedding_formats=["int8", "int4"], quantize=RTN)
+    quantizer = PlanQuantizer(model, base)
     measured = {}  # every plan, measured directly
     for fmts in itertools.product(["int8", "int4"], repeat=3):
         plan = dict(zip(["emb", "up", "down"], fmts, strict=True))
-        metrics, _ = measure_plan(model, plan, base, IDS[:1], fidelity, measure={"repeats": 1, "warmup": 0})
+        metrics, _ = measure_plan(quantizer, plan, IDS[:1], fidelity, measure={"repeats": 1, "warmup": 0})
         measured[fmts] = metrics
     sizes = sorted({round(m["size_mb"], 6) for m in measured.values()})
     limit = sizes[len(sizes) // 2]  # about half the plans fit

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from nnforge.search.plan.apply import apply_plan, plan_from_params, plan_modules, plan_space
 from nnforge.search.plan.config import PLAN_PREFIX, PlanSearchConfig, parse_choice
+from nnforge.search.plan.layers import PlanQuantizer
 from nnforge.search.plan.run import measure_plan, plan_search
 
-__all__ = ["PlanSearchConfig", "plan_search", "measure_plan", "apply_plan", "plan_space", "plan_modules",
+__all__ = ["PlanSearchConfig", "PlanQuantizer", "plan_search", "measure_plan", "apply_plan", "plan_space", "plan_modules",
            "plan_from_params", "parse_choice", "PLAN_PREFIX"]

@@ -1,18 +1,15 @@
-"""A compression plan as a search space, and a plan applied: ``quantize_`` with per-module formats, one call per
-group size the plan uses."""
+"""A compression plan as a search space, and a plan applied to a copy of the model."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
-from nnforge.compress import quantize_
 from nnforge.errors import ConfigError
 from nnforge.search._space import Param
-from nnforge.search.plan.config import PLAN_PREFIX, PlanSearchConfig, parse_choice
+from nnforge.search.plan.config import PLAN_PREFIX, PlanSearchConfig
 
 __all__ = ["plan_modules", "plan_space", "plan_from_params", "apply_plan"]
 
@@ -52,42 +49,14 @@ def plan_from_params(params: Mapping[str, Any]) -> dict[str, str]:
     return {k[len(PLAN_PREFIX):]: str(v) for k, v in params.items() if k.startswith(PLAN_PREFIX)}
 
 
-def _by_group(plan: Mapping[str, str], config: PlanSearchConfig,
-              kinds: Mapping[str, str]) -> dict[tuple[int | None, int | None], dict[str, str]]:
-    """The plan split by (Linear group size, Embedding group size): one ``quantize_`` call each."""
-    q = config.quantize
-    calls: dict[tuple[int | None, int | None], dict[str, str]] = {}
-    for name, choice in plan.items():
-        fmt, group = parse_choice(choice)
-        key: tuple[int | None, int | None]
-        if kinds.get(name) == "embedding":
-            key = (q.group_size, q.embedding_group_size if group == "default" else group)
-        else:
-            key = (q.group_size if group == "default" else group, q.embedding_group_size)
-        calls.setdefault(key, {})[name] = fmt
-    return calls
-
-
 def apply_plan(model: nn.Module, plan: Mapping[str, str], config: PlanSearchConfig, *,
                calibration: Iterable[Any] | None = None,
                forward: Callable[[nn.Module, Any], Any] | None = None) -> nn.Module:
     """A quantized copy of ``model`` (the original is untouched): ``config.quantize`` with ``plan``'s choices,
-    modules outside the plan left in floating point.
+    modules outside the plan left in floating point. Every layer is quantized from the float model's
+    calibration statistics, as one ``quantize_`` call with this plan would (also when the plan mixes group
+    sizes, which one ``quantize_`` call cannot)."""
+    from nnforge.search.plan.layers import PlanQuantizer
 
-    A plan with one group size is one ``quantize_`` call; with several, one call per group size, in a fixed
-    order (calibration statistics of a later call then see the layers an earlier call quantized, as
-    layer-by-layer GPTQ does).
-    """
-    kinds = plan_modules(model, config.model_copy(update={"modules": None}))
-    unknown = sorted(set(plan) - set(kinds))
-    if unknown:
-        raise ConfigError(f"the plan names {unknown}, which are not Linear/Embedding modules of this model")
-    quantized = copy.deepcopy(model)
-    calib = list(calibration) if calibration is not None else None
-    for (group, emb_group), formats in sorted(_by_group(plan, config, kinds).items(), key=lambda kv: str(kv[0])):
-        cfg = type(config.quantize)(**{**config.quantize.model_dump(), "plan": formats, "group_size": group,
-                                      "embedding_group_size": emb_group})
-        names = set(formats)
-        quantize_(quantized, cfg, lambda name, _, names=names: name in names,  # type: ignore[misc]
-                  calibration=calib, forward=forward)
-    return quantized
+    return PlanQuantizer(model, config.model_copy(update={"modules": list(plan)}), calibration=calibration,
+                         forward=forward).build(plan)

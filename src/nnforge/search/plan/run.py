@@ -18,8 +18,9 @@ from torch import nn
 from nnforge.errors import ConfigError
 from nnforge.hardware import MEASURED_METRICS, measure_model
 from nnforge.search._result import SearchResult
-from nnforge.search.plan.apply import apply_plan, plan_from_params, plan_space
+from nnforge.search.plan.apply import plan_from_params, plan_space
 from nnforge.search.plan.config import PlanSearchConfig
+from nnforge.search.plan.layers import PlanQuantizer
 
 __all__ = ["plan_search", "measure_plan"]
 
@@ -28,16 +29,14 @@ log = logging.getLogger(__name__)
 FidelityFn = Callable[[nn.Module], Mapping[str, float]]  # e.g. {"cos_mean": 0.996} against the float model
 
 
-def measure_plan(model: nn.Module, plan: Mapping[str, str], config: PlanSearchConfig, example_inputs: Any,
-                 fidelity_fn: FidelityFn, *, calibration: Iterable[Any] | None = None,
-                 forward: Callable[[nn.Module, Any], Any] | None = None,
+def measure_plan(quantizer: PlanQuantizer, plan: Mapping[str, str], example_inputs: Any, fidelity_fn: FidelityFn, *,
                  measure: Mapping[str, Any] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
-    """Quantize a copy of ``model`` by ``plan`` and measure it: (numeric metrics, labels such as energy_source).
+    """Build ``plan``'s model from ``quantizer`` and measure it: (numeric metrics, labels such as energy_source).
 
     The metrics are ``fidelity_fn``'s plus :func:`~nnforge.hardware.measure_model`'s figures (``size_mb`` is the
     quantized model's safetensors file, ``latency_b1_ms`` its batch-1 median, …).
     """
-    quantized = apply_plan(model, plan, config, calibration=calibration, forward=forward)
+    quantized = quantizer.build(plan)
     fidelity = {k: float(v) for k, v in fidelity_fn(quantized).items()}
     hw = measure_model(quantized, example_inputs, **dict(measure or {}))
     clash = sorted(set(fidelity) & set(MEASURED_METRICS))
@@ -69,7 +68,8 @@ def plan_search(model: nn.Module, example_inputs: Any, fidelity_fn: FidelityFn, 
             or accuracy), measured on data the final figures are not reported on.
         config: formats, quantization and the study.
         storage: the study's journal file or ``postgresql://`` URL (a study resumes there).
-        calibration, forward: calibration batches (GPTQ/AWQ) and how to run one, as ``quantize_`` takes them.
+        calibration, forward: calibration batches (GPTQ/AWQ) and how to run one, as ``quantize_`` takes them;
+            statistics are collected once and each (layer, choice) is quantized once (:class:`PlanQuantizer`).
         measure: options of ``measure_model`` (``repeats``, ``warmup``, ``artifact_paths`` is not allowed).
 
     Returns:
@@ -80,12 +80,11 @@ def plan_search(model: nn.Module, example_inputs: Any, fidelity_fn: FidelityFn, 
     if measure and "artifact_paths" in measure:
         raise ConfigError("plan_search measures each plan's own safetensors file; remove 'artifact_paths'")
     space = plan_space(model, config)
-    calib = list(calibration) if calibration is not None else None  # every trial calibrates on the same batches
+    quantizer = PlanQuantizer(model, config, calibration=calibration, forward=forward)  # statistics once
 
     def trial(ctx: Any) -> dict[str, float]:
         plan = plan_from_params(ctx.params)
-        metrics, labels = measure_plan(model, plan, config, example_inputs, fidelity_fn, calibration=calib,
-                                       forward=forward, measure=measure)
+        metrics, labels = measure_plan(quantizer, plan, example_inputs, fidelity_fn, measure=measure)
         for key, value in labels.items():
             ctx.set_attr(key, value)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
