@@ -190,3 +190,18 @@ def test_importing_search_loads_no_optuna_and_using_it_without_optuna_names_the_
             f"s.search(lambda ctx: {{'y': 0.0}}, c, storage={str(tmp_path / 'x.journal')!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "MissingDependencyError: search needs Optuna: pip install 'nnforge[search]'" in proc.stderr, proc.stderr
+
+
+def test_a_study_whose_creator_died_while_queueing_is_topped_up_to_exactly_the_trials(tmp_path, monkeypatch):
+    import optuna
+
+    from nnforge.search import _study
+
+    monkeypatch.setattr(_study, "_BUDGET_WAIT_S", 0.3)  # how long a joiner waits for the creator's tickets
+    storage = _study.open_storage(tmp_path / "s.journal")
+    half = optuna.create_study(study_name="search", storage=storage)  # created, 2 of 5 tickets queued, then died
+    for _ in range(2):
+        half.enqueue_trial({}, skip_if_exists=False)
+    config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=5, sampler="random")
+    result = search(bowl, config, storage=tmp_path / "s.journal")
+    assert [t.state for t in result.trials] == ["complete"] * 5
