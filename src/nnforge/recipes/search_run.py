@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -179,6 +179,8 @@ class RecipeTrial:
         run_id: the search run's id; ``search.trial`` events go to it, trial run ids start with it.
         prune_metric: the training evaluation metric reported to the pruner (None: no pruning reports).
         latency_repeats: timed batch-1 calls of ``measure_model``.
+        progress: the run's progress callback for the trial's own steps (in-process trials only: a callback does
+            not travel to worker processes).
     """
 
     base: dict[str, Any]
@@ -188,6 +190,7 @@ class RecipeTrial:
     actor: str | None = None
     prune_metric: str | None = None
     latency_repeats: int = 20
+    progress: Any = field(default=None, compare=False, repr=False)
 
     def document(self, number: int, params: Mapping[str, Any]) -> dict[str, Any]:
         """The trial recipe trial ``number`` runs, values set."""
@@ -235,7 +238,7 @@ class RecipeTrial:
         prepared = prepare(recipe)
         callbacks = [trial.train_callback(self.prune_metric)] if self.prune_metric else []
         result = run_recipe(recipe, runs_dir=self.trials_dir, ledger=led, run_id=run_id, prepared=prepared,
-                            shared={TRAIN_CALLBACKS: callbacks})
+                            shared={TRAIN_CALLBACKS: callbacks}, progress=self.progress)
         metrics = {k: float(v) for k, v in result.metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}
         facts: dict[str, Any] = {"trial_dir": str(Path(result.run_dir).resolve())}

@@ -37,6 +37,7 @@ the run's, so that later ``quantize``, ``evaluate`` or ``report`` steps work on 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +58,8 @@ from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 from nnforge.search import SearchConfig
 
 __all__ = ["SearchStepConfig", "Search"]
+
+log = logging.getLogger(__name__)
 
 
 class SearchStepConfig(SearchConfig):
@@ -160,14 +163,18 @@ class Search:
                                str((ctx.run_dir / "trials").resolve()),
                                location if "://" in location else os.path.abspath(location), ctx.run_id,
                                actor=ctx.ledger.actor, prune_metric=_prune_metric(scfg),
-                               latency_repeats=config.latency_repeats)
+                               latency_repeats=config.latency_repeats,
+                               progress=ctx.progress if config.workers == 1 else None)
         ctx.ledger.append("search.started", _started(scfg, config, storage), run=ctx.run_id)
         result = search(trial_fn, scfg, storage=storage, workers=config.workers,
                         progress=_progress(ctx, list(scfg.objectives)))
         best = _best(result, config.best_recipes)
         recipes = [_write_recipe(ctx, trial_fn, t, k) for k, t in enumerate(best, 1)]
-        if best:
+        if best and best[0]["attrs"].get("trial_dir"):
             adopt_trial_model(ctx, Path(best[0]["attrs"]["trial_dir"]))
+        elif best:  # a trial of the same study run by something other than a recipe search: no folder to adopt
+            log.warning("search: the best trial %d has no trial folder; the run's model is left as it was",
+                        best[0]["number"])
         finished = _finished(result, best, recipes)
         ctx.ledger.append("search.finished", finished, run=ctx.run_id)
         ctx.sections["search"] = {"study_name": result.study_name, "best": [t["number"] for t in best],
