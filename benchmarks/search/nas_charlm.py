@@ -195,24 +195,16 @@ def dominance_pruner(latency: float, curves: list[tuple[float, dict[int, float]]
 
 
 def nas_trial(ctx: Any) -> dict[str, float]:
-    """Screen by predicted latency, measure, train short with dominance pruning; (val loss, latency)."""
+    """Measure, then train short with dominance pruning; (val loss, latency). Runs behind the predictor's screen."""
     from nnforge.search._optuna import optuna
-    from nnforge.search.predictor import architecture_features
 
     s, vocab, limit = STATE["settings"], STATE["vocab"], STATE["limit_ms"]
     block = s["block_size"]
-    untrained = math.log(vocab)  # what a uniform guess scores: the val loss of a candidate never trained
-    predicted = STATE["predictor"].predict(architecture_features(STATE["space"], ctx.params, block_size=block,
-                                                                 vocab_size=vocab))
-    ctx.set_attr("predicted_latency_b1_ms", predicted)
-    if predicted > limit:
-        ctx.set_attr("screened", "predicted over the latency limit: not built, not trained")
-        return {"val_loss": untrained, "latency_b1_ms": predicted}
     model = build(ctx.params, block, vocab)
     latency = latency_ms(model, block, s["repeats"])
     if latency > limit:
         ctx.set_attr("screened", "measured over the latency limit: not trained")
-        return {"val_loss": untrained, "latency_b1_ms": latency}
+        return {"val_loss": math.log(vocab), "latency_b1_ms": latency}
     STATE["pruned"] = False
     curve = train(model, STATE["corpus"], s["trial_steps"], s["eval_every"], STATE["val"], block,
                   [dominance_pruner(latency, STATE["curves"])])
@@ -236,15 +228,21 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 
 def run_study(sampler: str, seed: int, s: dict[str, Any], folder: Path) -> dict[str, Any]:
     from nnforge.search import Objective, SearchConfig, search
+    from nnforge.search.predictor import ScreenedTrial
 
     STATE["curves"] = []
+    vocab = STATE["vocab"]
+    # a candidate predicted over the limit is not built or trained; its val loss is a uniform guess's, ln(vocab)
+    trial = ScreenedTrial(nas_trial, STATE["predictor"], STATE["space"], STATE["limit_ms"],
+                          skipped={"val_loss": math.log(vocab)}, fixed={"block_size": s["block_size"],
+                                                                         "vocab_size": vocab})
     config = SearchConfig(space=STATE["space"].space(), objectives=[Objective(metric="val_loss"),
                                                                     Objective(metric="latency_b1_ms")],
                           constraints=[f"latency_b1_ms <= {STATE['limit_ms']:.6g}"], sampler=sampler,
                           sampler_options=SAMPLER_OPTIONS.get(sampler, {}), trials=s["study_trials"],
                           timeout_s=s["study_s"], seed=seed, study_name=f"nas-{sampler}-{seed}")
     t0 = time.perf_counter()
-    result = search(nas_trial, config, storage=folder / f"{sampler}-{seed}.journal")
+    result = search(trial, config, storage=folder / f"{sampler}-{seed}.journal")
     wall = time.perf_counter() - t0
     trials = [t.to_dict() for t in result.trials if t.state not in ("waiting", "running")]  # unused tickets
     points = [(t.metrics["val_loss"], t.metrics["latency_b1_ms"]) for t in result.trials
