@@ -97,26 +97,29 @@ def stand_in_trial(ctx) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 
 def test_screened_candidates_are_skipped_untrained_and_infeasible(tmp_path) -> None:
-    from nnforge.search import Objective, SearchConfig, search
+    from nnforge.search import Objective, Param, SearchConfig, search
+    from nnforge.search.nas import ArchitectureSpace
     from nnforge.search.predictor import PREDICTED_ATTR, SCREENED_ATTR, ScreenedTrial
 
-    space = SPACES.get("char-gpt")
-    known = [{"n_layer": d, "n_embd": 64, "n_head": 2, "mlp_ratio": 1} for d in (1, 2, 3)]
-    mflops = [architecture_features(space, p, block_size=8)["flops"] / 1e6 for p in known]
-    predictor = fit_latency_predictor([architecture_features(space, p, block_size=8) for p in known], mflops,
-                                      names=["flops"], ridge=0.0)  # planted: 1 ms per MFLOP
-    limit = 10.0  # MFLOPs at 8 tokens: 1 to 75 in this space
-    trial = ScreenedTrial(stand_in_trial, predictor, space, limit, skipped={"val_loss": 99.0},
-                          fixed={"block_size": 8})
+    gpt = SPACES.get("char-gpt")  # a small slice of it, so that building candidates takes no time
+    space = ArchitectureSpace(name="small-gpt", architecture="char-gpt", example_input=gpt.example_input,
+                              params={"n_layer": Param(kind="int", low=1, high=4),
+                                      "n_embd": Param(kind="categorical", choices=[32, 64])},
+                              base_options={"n_head": 2, "block_size": 8})
+    known = [architecture_features(space, {"n_layer": d, "n_embd": 64}) for d in (1, 2, 3)]
+    predictor = fit_latency_predictor(known, [f["flops"] / 1e6 for f in known], names=["flops"],
+                                      ridge=0.0)  # planted: 1 ms per MFLOP
+    limit = 1.5  # MFLOPs at 8 tokens: 0.25 to 3.3 in this space
+    trial = ScreenedTrial(stand_in_trial, predictor, space, limit, skipped={"val_loss": 99.0})
     config = SearchConfig(space=space.space(), objectives=[Objective(metric="val_loss")],
-                          constraints=[f"latency_b1_ms <= {limit}"], sampler="random", trials=8, seed=0)
+                          constraints=[f"latency_b1_ms <= {limit}"], sampler="random", trials=6, seed=0)
     TRAINED.clear()
     result = search(trial, config, storage=tmp_path / "screen.journal")
     screened = [t for t in result.trials if SCREENED_ATTR in t.attrs]
-    assert screened and len(screened) < 8
+    assert screened and len(screened) < 6
     assert sorted(TRAINED) == sorted(t.number for t in result.trials if SCREENED_ATTR not in t.attrs)
     for t in result.trials:
-        predicted = architecture_features(space, t.params, block_size=8)["flops"] / 1e6
+        predicted = architecture_features(space, t.params)["flops"] / 1e6
         assert t.attrs[PREDICTED_ATTR] == pytest.approx(predicted, rel=1e-6)
         assert (SCREENED_ATTR in t.attrs) == (predicted > limit)
     assert all(t.feasible is False and t.metrics == {"val_loss": 99.0, "latency_b1_ms": t.attrs[PREDICTED_ATTR]}
