@@ -155,7 +155,7 @@ def _importance_plot(entry: dict[str, Any], png: Callable[[Any], str]) -> str | 
     rows.sort(key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(5.5, 0.6 + 0.3 * len(rows)))
     ax.barh([k for k, _ in rows], [v for _, v in rows], color="tab:green")
-    ax.set_xlabel("importance (fANOVA, share of the objective's variance)"), ax.set_title(f"parameter importances for {target}" if target else "parameter importances")
+    ax.set_xlabel("importance (Optuna's fANOVA or PED-ANOVA, normalised to sum 1)"), ax.set_title(f"parameter importances for {target}" if target else "parameter importances")
     ax.tick_params(axis="y", labelsize=7)
     src = png(fig)
     plt.close(fig)
