@@ -7,13 +7,14 @@
 What it does, in order (every setting below is fixed before any measurement):
 
 1. **Latency predictor.** Random distinct architectures of the ``char-gpt`` space are timed (batch-1 p50 on
-   one 64-token context, interleaved 20 at a time); the predictor (FLOPs, module calls, parameters) is fitted
-   on the first half and its median relative absolute error reported on the other half (40 held out in full).
+   one 64-token context, one thread, interleaved 20 at a time); the predictor (FLOPs, module calls,
+   parameters) is fitted on the first half and its median relative absolute error reported on the other half
+   (40 held out in full). Every batch-1 latency here is timed on one thread (``LATENCY_THREADS``).
 2. **Baseline.** nanoGPT's CPU config (4 layers, 4 heads, 128 wide, MLP ratio 4) is trained for the trial
    length and measured. The hypervolume's reference point is 1.1x its (val loss, latency).
-3. **Studies.** Random search, TPE and regularized evolution, 3 seeds each, each study 10 minutes of wall clock
-   (``timeout_s``) on 2 threads, objectives (val loss after the trial's steps, batch-1 latency), constraint
-   ``latency_b1_ms <= 1.1 x baseline`` (the reference point: a slower model adds no hypervolume). Every
+3. **Studies.** Random search, TPE and regularized evolution, 3 seeds each, each study 10 minutes of wall
+   clock (``timeout_s``), training on 2 threads, objectives (val loss after the trial's steps, batch-1
+   latency), constraint ``latency_b1_ms <= 1.1 x baseline`` (the reference point: a slower model adds no hypervolume). Every
    trial is screened first: predicted over the limit, it is not built or trained and is recorded as
    infeasible (val loss = ln(vocabulary), a uniform guess; ``screened``); measured over the limit, it is
    not trained either. Trials are pruned by dominance: at each evaluation, a trial stops when an earlier
@@ -34,12 +35,13 @@ Training as in ``benchmarks/optim/charlm.py``: batch 12, context 64, AdamW lr 8e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,9 @@ REF_FACTOR = 1.1  # the hypervolume's reference point, x the baseline's values (
 LR, BATCH = 8e-3, 12
 # batch-1 latency = fixed cost per module call (Python, dispatch) + arithmetic + reading the weights
 PREDICTOR_FEATURES = ("flops", "module_calls", "params")
+# batch-1 inference on one thread: the usual CPU serving setup, and OpenMP's barriers make multi-threaded
+# timings of small matmuls on a shared 2-core machine both noisy and far from linear in the FLOPs
+LATENCY_THREADS = 1
 GROUP = 20  # architectures timed interleaved at once for the predictor (their weights fit in memory together)
 
 # --- settings -----------------------------------------------------------------------------------------------
@@ -87,11 +92,22 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 # --- measuring and training ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def latency_threads() -> Iterator[None]:
+    """Batch-1 latency is timed on ``LATENCY_THREADS`` threads (training uses the mode's ``threads``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def latency_ms(model: torch.nn.Module, block: int, repeats: int) -> float:
     """Batch-1 p50 latency on one full context (``hardware.measure_model``, under inference mode)."""
     from nnforge.hardware import measure_model
 
-    with torch.inference_mode():
+    with torch.inference_mode(), latency_threads():
         return float(measure_model(model, torch.zeros(1, block, dtype=torch.long), repeats=repeats)["latency_b1_ms"])
 
 
@@ -159,7 +175,9 @@ def predictor_study(s: dict[str, Any], vocab: int) -> tuple[Any, dict[str, Any]]
     lats: list[float] = []
     for start in range(0, len(archs), GROUP):
         models = {str(i): build(p, block, vocab).eval() for i, p in enumerate(archs[start:start + GROUP])}
-        times = interleave({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds=s["latency_rounds"], warmup=3)
+        with latency_threads():
+            times = interleave({k: (lambda m=m: m(x)) for k, m in models.items()}, rounds=s["latency_rounds"],
+                               warmup=3)
         lats += [spread(times[str(i)])["median"] for i in range(len(models))]
     k = s["predictor_fit"]
     predictor = fit_latency_predictor(feats[:k], lats[:k], names=PREDICTOR_FEATURES)
@@ -288,7 +306,8 @@ def confirm(winner: dict[str, Any] | None, baseline: dict[str, Any], s: dict[str
         losses[name] = curve[max(curve)]
         print(f"{name} at {s['full_steps']} steps: val loss {losses[name]:.4f}", flush=True)
     x = torch.zeros(1, block, dtype=torch.long)
-    times = interleave({n: (lambda m=m: m(x)) for n, m in models.items()}, rounds=s["latency_rounds"], warmup=3)
+    with latency_threads():
+        times = interleave({n: (lambda m=m: m(x)) for n, m in models.items()}, rounds=s["latency_rounds"], warmup=3)
     out: dict[str, Any] = {"steps": s["full_steps"], "val_batches": s["full_val_batches"], "val_loss": losses,
                            "latency_b1_ms": {n: spread(t) for n, t in times.items()}}
     if "winner" in models:
@@ -354,7 +373,7 @@ def main() -> int:
              "baseline_params": baseline, "trial_baseline": {"val_loss": base[0], "latency_b1_ms": base[1],
                                                             "val_curve": {str(k): v for k, v in base_curve.items()}},
              "reference_point": list(STATE["ref"]), "latency_limit_ms": STATE["limit_ms"],
-             "torch_threads": torch.get_num_threads()}
+             "torch_threads": torch.get_num_threads(), "latency_threads": LATENCY_THREADS}
     path = write_results("search", "nas_charlm", args=args,
                          results={"studies": [{k: v for k, v in x.items()} for x in studies],
                                   "winner": winner, "confirmation": confirmation},
