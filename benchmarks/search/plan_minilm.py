@@ -10,8 +10,9 @@ L2-normalised, mean cosine (and min cosine, nearest-neighbour agreement) to torc
 
 The search (``nnforge.search.plan.plan_search``, Optuna TPE, seed 0) gives every encoder Linear a choice of
 int8 per row, int4 in groups of 32 or 128, int3 in groups of 32, and every embedding table one of int8 per row,
-int4 g32 or g128; each plan is ``quantize_`` calls, one per group size (GPTQ with act-order, asymmetric,
-asymmetric int4 embeddings: the most faithful uniform int4 recipe of quantize_minilm) and is scored by mean cosine on ``selection`` lines taken after the calibration lines (disjoint
+int4 g32 or g128; every (layer, choice) is quantized once from the float model's calibration statistics,
+exactly as ``quantize_`` quantizes it (``PlanQuantizer``; GPTQ with act-order, asymmetric, asymmetric int4
+embeddings: the most faithful uniform int4 recipe of quantize_minilm), and a plan puts its layers together and is scored by mean cosine on ``selection`` lines taken after the calibration lines (disjoint
 from the evaluation and calibration lines) and by ``measure_model``'s size and batch-1 latency, with the
 constraint ``size_mb <= 15``. The chosen plan is the most faithful feasible trial on the selection lines; only
 it and the uniform baseline are then measured on the evaluation lines. Baseline: uniform int4 g32 GPTQ, the
