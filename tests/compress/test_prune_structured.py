@@ -127,6 +127,16 @@ def test_shapes_give_non_uniform_counts_and_bad_names_are_refused() -> None:
         prune_(_gpt(), StructuredPruneConfig(shapes={"transformer.h.0.attn": 5}))
 
 
+@pytest.mark.parametrize(("multiple_of", "rounding", "kept"), [(1, "up", 77), (16, "up", 80), (16, "down", 64),
+                                                              (128, "down", 77)])
+def test_kept_ffn_counts_round_to_a_multiple_up_or_down(multiple_of: int, rounding: str, kept: int) -> None:
+    # 128 neurons, 40% removed: round(76.8) = 77 kept; up -> 80 (37.5% removed), down -> 64 (at least 40%);
+    # a count under one multiple is left as it is
+    model = _gpt()
+    prune_(model, StructuredPruneConfig(heads=0.0, ffn=0.4, multiple_of=multiple_of, rounding=rounding))
+    assert [model.get_submodule(f"transformer.h.{i}.mlp.c_proj").in_features for i in range(2)] == [kept, kept]
+
+
 def test_wanda_keeps_the_neuron_that_carries_the_signal() -> None:
     """A planted FFN: neuron 0 has small outgoing weights but the only large activation; magnitude drops it,
     Wanda keeps it."""

@@ -102,7 +102,11 @@ def _kept(s: Structure, config: StructuredPruneConfig) -> int:
     fraction = {"heads": config.heads, "ffn": config.ffn, "channels": config.channels}[s.kind]
     k = max(1, round(s.units * (1.0 - fraction)))
     if s.kind != "heads" and fraction > 0:
-        k = min(s.units, math.ceil(k / config.multiple_of) * config.multiple_of)
+        m = config.multiple_of
+        if config.rounding == "down":  # prune at least the fraction; a count under one multiple stays
+            k = (k // m) * m if k >= m else k
+        else:
+            k = min(s.units, math.ceil(k / m) * m)
     return k
 
 

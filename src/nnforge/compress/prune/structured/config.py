@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from nnforge.config import Config, config_type
@@ -16,7 +18,7 @@ class StructuredPruneConfig(Config):
     The default removes half of the heads, FFN neurons and conv channels, and no block.
 
     Each fraction is of the units of one structure (per attention module, per FFN, per conv), not global; the
-    kept count is ``round(units * (1 - fraction))``, at least one, rounded up to a multiple of ``multiple_of``.
+    kept count is ``round(units * (1 - fraction))``, at least one, rounded to a multiple of ``multiple_of`` (up unless ``rounding="down"``).
 
     Args:
         heads: fraction of attention heads removed in every attention module (char-GPT, BERT-family).
@@ -31,8 +33,11 @@ class StructuredPruneConfig(Config):
             units, and a unit's score is the sum over its input columns there (its outgoing weights):
             ``magnitude`` (``|W|``, no data), ``wanda`` (``|W| * ||X||``) or ``sparsegpt`` (the OBS saliency),
             the last two from ``calibration=`` batches (statistics of Linear inputs: not for conv channels).
-        multiple_of: kept counts of FFN neurons and channels are rounded up to a multiple of this (8 or 16
-            keeps matrix widths friendly to SIMD kernels).
+        multiple_of: kept counts of FFN neurons and channels are rounded to a multiple of this (8, 16 or 32
+            keeps matrix widths friendly to SIMD and GEMM kernels: an FFN of 922 neurons can run slower than
+            one of 896).
+        rounding: ``"up"`` keeps the next multiple (removes at most the fraction), ``"down"`` the one below
+            (removes at least the fraction; a count under one multiple stays as it is).
         shapes: kept units per structure, by module name (heads for an attention module, neurons for an FFN's
             first Linear, channels for a conv, 1 or 0 for a block). A named structure is pruned to that count
             (non-uniform ratios, e.g. from an allocator); the others follow the fractions. ``prune_`` fills it
@@ -46,6 +51,7 @@ class StructuredPruneConfig(Config):
     blocks: float = Field(0.0, ge=0.0, lt=1.0)
     criterion: str = "magnitude"
     multiple_of: int = Field(1, ge=1, le=256)
+    rounding: Literal["up", "down"] = "up"
     shapes: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("criterion")
