@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -182,3 +182,18 @@ def progress_bars() -> Iterator[Any]:
             bars.update(tasks[task], completed=done, total=total)
 
         yield progress
+
+
+def metrics_table(title: str, metrics: Mapping[str, object], keys: Sequence[str]) -> None:
+    """Print ``keys`` of ``metrics`` as a two-column table (floats to 4 decimals) on stdout; nothing if no key."""
+    from rich.table import Table
+
+    if not keys:
+        return
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in keys:
+        v = metrics[k]
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out.print(table)

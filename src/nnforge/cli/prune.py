@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import console, out, print_json, progress_bars, run_ledger
+from nnforge.cli._common import console, metrics_table, out, print_json, progress_bars, run_ledger
 
 _TRAINING_STEPS = ("train", "finetune", "qat")
 
@@ -164,15 +164,7 @@ def _run_recipe(target: str, overrides: list[str], step: dict[str, Any], runs_di
 
 
 def _table(metrics: dict[str, Any]) -> None:
-    from rich.table import Table
-
     keys = [k for k in metrics if k.endswith(("_sparsity", "_params_ratio", "_flops_ratio", "_file_ratio",
                                               "_speedup_b1", "_modules_pruned", "_modules_skipped",
                                               "_recovery_steps", "_recovery_val_loss", "_recovery_val_accuracy"))]
-    table = Table(title="pruning", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in keys:
-        v = metrics[k]
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    out.print(table)
+    metrics_table("pruning", metrics, keys)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import console, ledger_location, out, print_json, progress_bars
+from nnforge.cli._common import console, ledger_location, metrics_table, out, print_json, progress_bars
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: key=value (YAML value), "
                                                 "e.g. --set steps[1].train.epochs=2")]
@@ -120,19 +120,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _summary(metrics: dict[str, object]) -> None:
-    from rich.table import Table
-
     keys = [k for k in ("baseline_majority_acc", "baseline_logreg_acc", "baseline_logreg_balanced_acc", "fp32_acc",
                         "int8_acc", "fp32_size_mb", "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms",
                         "int8_latency_b1_ms", "int8-native_acc", "int8-native_cos_mean", "int8-native_latency_b1_ms",
                         "gate_quickstart_passed", "train_steps", "train_seconds", "val_loss", "val_accuracy")
             if k in metrics]
-    if not keys:
-        return
-    table = Table(title="results", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in keys:
-        v = metrics[k]
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    out.print(table)
+    metrics_table("results", metrics, keys)

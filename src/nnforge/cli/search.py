@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import console, out, safe
+from nnforge.cli._common import console, metrics_table, safe
 from nnforge.cli.run import ActorOpt, JsonOpt, LedgerOpt, RecipeArg, RunsDirOpt, SetOpt, one_recipe
 
 
@@ -101,15 +101,5 @@ def trial_progress() -> Iterator[Any]:
 
 
 def _table(metrics: dict[str, Any]) -> None:
-    from rich.table import Table
-
     keys = [k for k in metrics if k.startswith("search_")]
-    if not keys:
-        return
-    table = Table(title="search", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in keys:
-        v = metrics[k]
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    out.print(table)
+    metrics_table("search", metrics, keys)
