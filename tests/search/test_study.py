@@ -205,3 +205,27 @@ def test_a_study_whose_creator_died_while_queueing_is_topped_up_to_exactly_the_t
     config = SearchConfig(space=XY, objectives=[Objective(metric="loss")], trials=5, sampler="random")
     result = search(bowl, config, storage=tmp_path / "s.journal")
     assert [t.state for t in result.trials] == ["complete"] * 5
+
+
+def test_a_dead_worker_not_yet_reaped_counts_as_dead():
+    # a SIGKILLed worker stays a zombie until its parent reaps it; its /proc entry (and start time) remain, so a
+    # start-time check alone took it for alive and the other workers waited forever to retry its trial
+    import subprocess
+    import sys
+    import time
+
+    from nnforge.search._study import _is_dead, _me
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(200):
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            break
+        time.sleep(0.05)
+    assert fields[0] == "Z"
+    worker = {**_me(), "pid": proc.pid, "start": fields[19]}  # as the worker recorded itself when it claimed
+    assert _is_dead(worker)
+    proc.wait()
+    assert _is_dead(worker)
+    assert not _is_dead(_me())

@@ -222,7 +222,9 @@ def _run_workers(trial_fn: TrialFn, config: SearchConfig, target: str, study: An
     for p in procs:
         p.start()
     try:
-        while any(p.is_alive() for p in procs):
+        # every process is polled each round (is_alive reaps a dead one): with any()'s short cut, a dead worker
+        # behind a live one stayed a zombie, which looked alive to the others waiting to retry its trial
+        while any([p.is_alive() for p in procs]):
             time.sleep(0.5)
             progress()
     finally:

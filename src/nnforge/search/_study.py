@@ -163,10 +163,12 @@ def _add_tickets(study: Any, n: int) -> None:
 # --- workers -----------------------------------------------------------------------------------------------------
 
 def _process_start(pid: int) -> str | None:
-    """A token that changes when ``pid`` is reused: its start time from ``/proc`` (None: no such process)."""
+    """A token that changes when ``pid`` is reused: its start time from ``/proc`` (None: no such process, or a
+    dead one its parent has not reaped yet: a zombie keeps its ``/proc`` entry but runs nothing)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except FileNotFoundError:
         return None
     except (OSError, IndexError):
