@@ -167,22 +167,23 @@ def best_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def summarise(runs: list[dict[str, Any]],
-              step_ms: dict[str, list[float]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              step_ms: dict[str, list[float]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per optimizer: steps to AdamW's final loss (from the sweep) and seconds to it = those steps x the median
-    ms/step of the interleaved timing phase; the winner's seconds over torch Muon's with a bootstrap interval."""
+    ms/step of the interleaved timing phase; the winner's seconds over torch Muon's with a bootstrap interval.
+    Without ``step_ms`` (optim/digits.py, no timing phase) the seconds are the sweep's own clocks."""
     final = final_loss
     best = best_runs(runs)
     target = final(best["adamw"]) if "adamw" in best else min(final(r) for r in runs)
     table = []
     for name, r in best.items():
         steps, sweep_seconds = first_reach(r, target)
-        ms = spread(step_ms[name])["median"]
-        seconds = steps * ms / 1e3 if steps is not None else None
+        ms = spread(step_ms[name])["median"] if step_ms else r["s_per_step"] * 1e3
+        seconds = (steps * ms / 1e3 if step_ms else sweep_seconds) if steps is not None else None
         lrs = sorted(x["lr"] for x in runs if x["optimizer"] == name)
         table.append({"optimizer": name, "lr": r["lr"], "val_loss": r["val_loss"],
                       "final_val_loss": final(r) if math.isfinite(final(r)) else None,
                       "steps_to_adamw_final": steps, "seconds_to_adamw_final": seconds, "ms_per_step": ms,
-                      "ms_per_step_samples": step_ms[name], "sweep_seconds_to_adamw_final": sweep_seconds,
+                      "ms_per_step_samples": step_ms[name] if step_ms else None, "sweep_seconds_to_adamw_final": sweep_seconds,
                       "sweep_s_per_step": r["s_per_step"],
                       "train_seconds": r["train_seconds"], "nnforge_implementation": name not in TORCH_OWN,
                       "lrs_tried": lrs, "best_lr_inside_grid": lrs[0] < r["lr"] < lrs[-1],
@@ -207,9 +208,9 @@ def summarise(runs: list[dict[str, Any]],
 
 
 def _vs_muon(winner: dict[str, Any] | None, muon: dict[str, Any] | None,
-             step_ms: dict[str, list[float]]) -> dict[str, Any]:
+             step_ms: dict[str, list[float]] | None) -> dict[str, Any]:
     """The winner's seconds to AdamW's final loss over torch Muon's, with the interval of the ms/step ratio."""
-    if not winner or not muon or muon["steps_to_adamw_final"] is None:
+    if not winner or not muon or muon["steps_to_adamw_final"] is None or not step_ms:
         return {"best_over_torch_muon_seconds": None, "best_over_torch_muon_seconds_ci": None}
     steps = winner["steps_to_adamw_final"] / muon["steps_to_adamw_final"]
     ratio, (lo, hi) = ratio_with_ci(step_ms[winner["optimizer"]], step_ms["muon"])
