@@ -12,7 +12,7 @@ from torch import nn
 from nnforge.compress._transform import ModuleChange, ModuleFilter, TransformReport, register_transform, tensor_bytes
 from nnforge.compress.prune.structured.config import StructuredPruneConfig
 from nnforge.compress.prune.structured.structures import Structure, find_structures, weight_of
-from nnforge.compress.quantize.calibrate.stats import run_batch
+from nnforge.compress.quantize.calibrate.stats import run_hooked
 from nnforge.errors import ConfigError, DataError
 
 __all__ = ["StructuredPlan", "apply_structured", "plan_structured"]
@@ -75,14 +75,7 @@ def _influence(model: nn.Module, blocks: list[Structure], batches: Iterable[Any]
 
     handles = [model.get_submodule(s.name).register_forward_hook(block_hook(s.name), with_kwargs=True)
                for s in blocks if s.units]
-    run = forward or run_batch
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                run(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, handles, batches, forward)
     missing = [s.name for s in blocks if s.units and s.name not in influence]
     if missing:
         raise DataError(f"structured pruning of blocks: no calibration batch ran through {missing[0]}; pass batches "

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnforge.compress.quantize.calibrate import LayerStats
-from nnforge.compress.quantize.calibrate.stats import run_batch
+from nnforge.compress.quantize.calibrate.stats import run_hooked
 from nnforge.errors import ConfigError, DataError
 
 __all__ = ["conv_patches", "collect_conv_stats"]
@@ -50,7 +50,6 @@ def collect_conv_stats(model: nn.Module, batches: Iterable[Any], convs: dict[str
     """:class:`LayerStats` of each conv's patches over the calibration batches (the Hessian ``XᵀX / n`` of
     the im2col rows, ``mean |x|`` and ``max |x|`` per patch entry; no row sample), as ``collect_stats`` gives
     for a Linear's inputs."""
-    run = forward if forward is not None else run_batch
     sums: dict[str, list[Any]] = {name: [None, None, None, 0] for name in convs}  # xtx, abs_sum, abs_max, n
 
     def hook_for(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -68,13 +67,7 @@ def collect_conv_stats(model: nn.Module, batches: Iterable[Any], convs: dict[str
         return hook
 
     handles = [conv.register_forward_pre_hook(hook_for(name)) for name, conv in convs.items()]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                run(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, handles, batches, forward)
     silent = [name for name, acc in sums.items() if not acc[3]]
     if silent:
         raise ConfigError(f"No calibration inputs reached {silent}: pass at least one batch that runs through them.")

@@ -93,6 +93,20 @@ def run_batch(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
+def run_hooked(model: nn.Module, handles: Sequence[Any], batches: Iterable[Any],
+               forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
+    """Run ``batches`` through ``model`` without gradients (``forward`` or :func:`run_batch`), then remove the
+    hook ``handles`` registered to observe them, also when a batch fails."""
+    run = forward if forward is not None else run_batch
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def collect_stats(model: nn.Module, batches: Iterable[Any], *, modules: Sequence[str] | None = None,
                   forward: Callable[[nn.Module, Any], Any] | None = None, sample_rows: int = 512,
                   progress: bool = False, seed: int = 0) -> dict[str, LayerStats]:
