@@ -101,6 +101,19 @@ def test_measure_model_figures():
         assert m["energy_watts_per_core"] == 5.0
 
 
+def test_peak_memory_counts_weights_and_live_activations():
+    # 256 -> 1024 -> ReLU -> 10 at batch 64: the linear's and the ReLU's outputs (64 x 1024 floats each) are alive
+    # together; the resident-memory mark reads 0 here when the allocator reuses pages it holds
+    model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    m = measure_model(model, torch.randn(64, 256), repeats=2, warmup=1)
+    assert m["peak_memory_source"] == "tensors"
+    acts = 2 * 64 * 1024 * 4
+    assert (weights + acts) / 1e6 <= m["peak_memory_mb"] <= (weights + acts + 64 * 256 * 4 + 64 * 10 * 4 + 8192) / 1e6
+    wide = nn.Sequential(nn.Linear(256, 2048), nn.ReLU(), nn.Linear(2048, 10))
+    assert measure_model(wide, torch.randn(64, 256), repeats=2, warmup=1)["peak_memory_mb"] > m["peak_memory_mb"]
+
+
 def test_measure_model_keyword_inputs_batch_throughput_and_artifacts(tmp_path):
     class KW(nn.Module):
         def __init__(self) -> None:
@@ -126,3 +139,41 @@ def test_measure_model_keyword_inputs_batch_throughput_and_artifacts(tmp_path):
         measure_model(model, inputs, throughput_batch=0)
     with pytest.raises(ConfigError, match="example_inputs must be"):
         measure_model(model, "text")
+
+
+def test_energy_per_call_divides_one_metered_block(monkeypatch):
+    from nnforge.hardware import energy_label, energy_method, energy_per_call
+
+    monkeypatch.delenv("NNFORGE_WATTS_PER_CORE", raising=False)
+    calls = []
+    r = energy_per_call(lambda: (calls.append(1), _busy(0.01)), calls=5, watts_per_core=4.0)
+    assert len(calls) == 5
+    if r.source == "estimate":
+        assert r.watts_per_core == 4.0 and r.joules == pytest.approx(r.cpu_s * 4.0)
+        assert 0.005 < r.cpu_s < 0.05  # per call, not the block's total
+        assert energy_label(r) == "estimate: CPU time x 4 W per busy core"
+    assert energy_method()["label"] == energy_label(energy_method())
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="'calls' parameter of energy_per_call"):
+            energy_per_call(lambda: None, calls=bad)
+
+
+def test_a_long_block_is_polled_in_the_background_across_counter_wraps(tmp_path, monkeypatch):
+    import nnforge.hardware._energy as energy
+
+    counter = _zone(tmp_path, "intel-rapl:0", "package-0", 900, max_uj=1000)
+    monkeypatch.setattr(energy, "POLL_S", 0.01)
+    meter = EnergyMeter(rapl_root=str(tmp_path)).start()
+    total = 0
+    value = 900
+    for _ in range(5):  # five wraps of a 1000 uJ counter: 700 uJ each, seen only through the background polls
+        for _ in range(2):
+            value = (value + 350) % 1001
+            total += 350
+            tmp = counter.with_suffix(".tmp")
+            tmp.write_text(f"{value}\n")
+            tmp.replace(counter)  # as sysfs: a reader never sees a half-written value
+            time.sleep(0.1)
+    reading = meter.stop()
+    assert reading.source == "rapl" and reading.joules == pytest.approx(total / 1e6)
+    assert not [t for t in __import__("threading").enumerate() if t.name == "nnforge-energy"]

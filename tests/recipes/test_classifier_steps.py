@@ -63,6 +63,28 @@ def digits_run(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+def test_training_and_inference_energy_are_recorded_labelled_and_reported(digits_run):
+    import json
+
+    from nnforge.govern import render_report
+
+    m = digits_run.metrics
+    assert m["train_energy_j"] > 0 and m["fp32_energy_j_per_inference"] > 0 and m["int8_energy_j_per_inference"] > 0
+    sections = json.loads((digits_run.run_dir / "sections.json").read_text())
+    train = sections["train"]["energy"]
+    assert train["joules"] == m["train_energy_j"] and train["cpu_s"] > 0
+    assert train["source"] in ("rapl", "estimate") and train["label"] == sections["energy"]["label"]
+    if train["source"] == "estimate":  # the figure is CPU time x the power figure, and says so
+        assert train["joules"] == pytest.approx(train["cpu_s"] * train["watts_per_core"])
+        assert "estimate: CPU time x" in train["label"]
+    with Ledger.open(str(digits_run.run_dir.parent.parent / "ledger.db")) as led:
+        finished = {e.data["step"]: e.data for e in led.run_events(digits_run.run_id) if e.kind == "step.finished"}
+        html = render_report(digits_run.run_dir, led)
+    assert finished["train"]["details"]["energy"]["joules"] == m["train_energy_j"]
+    assert finished["evaluate"]["metrics"]["int8_energy_j_per_inference"] == m["int8_energy_j_per_inference"]
+    assert "Energy of training" in html and f"energy per batch-1 inference (mJ; {sections['energy']['label']})" in html
+
+
 def test_evaluate_measures_a_digits_classifier_per_class(digits_run):
     import json
 

@@ -22,6 +22,7 @@ def test_run_writes_every_artifact_and_metric(small_run):
                 "int8_size_mb", "int8_cos_mean", "fp32_latency_b1_ms", "int8_latency_b1_ms"):
         assert isinstance(m[key], float), key
     assert m["int8_size_mb"] <= 0.30 * m["fp32_size_mb"]
+    assert m["finetune_energy_j"] > 0 and m["int8_energy_j_per_inference"] > 0  # training and inference energy
     assert m["int8_cos_mean"] >= 0.995
     assert 0.0 <= m["fp32_acc"] <= 1.0
 

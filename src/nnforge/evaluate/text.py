@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from nnforge.hardware import compare, peak_memory_mb, profile
+from nnforge.hardware import compare, energy_per_call, peak_memory_mb, profile
 
 __all__ = ["cost", "cost_side_by_side", "latency_b1_ms"]
 
@@ -39,7 +39,9 @@ def cost(model: Any, texts: list[str], repeats: int = 30) -> dict[str, Any]:
 
 
 def cost_side_by_side(models: dict[str, Any], texts: list[str], repeats: int = 30) -> dict[str, dict[str, Any]]:
-    """:func:`cost` for several models, timed interleaved (A B A B …) so that noise hits all alike."""
+    """:func:`cost` for several models, timed interleaved (A B A B …) so that noise hits all alike, plus each
+    one's ``energy_j_per_inference`` (batch 1; :func:`~nnforge.hardware.energy_per_call`: RAPL counters where
+    readable, else an estimate from CPU time, as :func:`~nnforge.hardware.energy_source` says)."""
     fns = {k: _forward_fns(m.eval(), texts) for k, m in models.items()}
     p1 = compare({k: f[0] for k, f in fns.items()}, warmup=5, repeats=repeats)
     p32 = compare({k: f[1] for k, f in fns.items()}, warmup=2, repeats=max(5, repeats // 3))
@@ -47,5 +49,11 @@ def cost_side_by_side(models: dict[str, Any], texts: list[str], repeats: int = 3
     for k, (_, b32, n) in fns.items():
         out[k] = {"latency_b1_ms": p1[k].median_ms, "latency_b1_p95_ms": p1[k].p95_ms,
                   "latency_b1_iqr_ms": p1[k].iqr_ms, "throughput_b32": n / (p32[k].median_ms / 1e3),
-                  "peak_memory_mb": peak_memory_mb(b32)}
+                  "peak_memory_mb": peak_memory_mb(b32),
+                  "energy_j_per_inference": _joules(fns[k][0], repeats)}
     return out
+
+
+def _joules(fn: Callable[[], Any], calls: int) -> float:
+    with torch.inference_mode():
+        return energy_per_call(fn, calls=calls).joules

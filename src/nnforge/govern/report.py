@@ -31,6 +31,16 @@ _FIGURE_ROWS = [
 ]
 
 
+def _scaled(value: Any, factor: float) -> Any:
+    return value * factor if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def training_energy(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training steps' energy readings (``train``, ``qat``, ``finetune`` sections), for the report."""
+    return [{"step": name, **s["energy"]} for name, s in sections.items()
+            if isinstance(s, dict) and isinstance(s.get("energy"), dict) and "joules" in s["energy"]]
+
+
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -212,8 +222,12 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
     verification = ledger.verify()
     metrics, altered = recorded_metrics(run_dir, events)
     variants = runs.with_runtime_columns(list(config.get("variants", {})), metrics)
-    table = [(label, [_fmt(metrics.get(f"{v}_{key}"), pat) for v in variants]) for label, key, pat in _FIGURE_ROWS
-             if any(f"{v}_{key}" in metrics for v in variants)]
+    energy = sections.get("energy") or {}
+    rows = [*_FIGURE_ROWS, (f"energy per batch-1 inference (mJ; {energy.get('label', 'how: not recorded')})",
+                            "energy_j_per_inference", "{:.3g}")]
+    scale = {"energy_j_per_inference": 1e3}  # recorded in joules, shown in millijoules
+    table = [(label, [_fmt(_scaled(metrics.get(f"{v}_{key}"), scale.get(key, 1.0)), pat) for v in variants])
+             for label, key, pat in rows if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]
     from nnforge.govern._report_prune import prune_sections
     from nnforge.govern._report_search import search_sections
@@ -231,6 +245,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
         failure=next((str(e.data.get("error", "")) for e in events if e.kind == "run.failed"), None),
         altered=altered, status=status, confusion=_confusion(events, sections),
         pruning=prune_sections(events, _png), searches=search_sections(events, _png),
+        training_energy=training_energy(sections),
         summary=summary_paragraph(config, metrics, status, altered, suites), probe=probe_sentence(metrics),
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),

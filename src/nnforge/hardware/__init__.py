@@ -18,7 +18,15 @@ RAPL counters where readable, otherwise an estimate labelled ``"estimate"``.
 from __future__ import annotations
 
 from nnforge.hardware._bench import UNKNOWN_L3_BYTES, cold_copies, interleave, ratio_ci, ratio_with_ci, spread
-from nnforge.hardware._energy import DEFAULT_WATTS_PER_CORE, EnergyMeter, EnergyReading, energy_source
+from nnforge.hardware._energy import (
+    DEFAULT_WATTS_PER_CORE,
+    EnergyMeter,
+    EnergyReading,
+    energy_label,
+    energy_method,
+    energy_per_call,
+    energy_source,
+)
 from nnforge.hardware._machine import l3_cache_bytes, machine_facts
 from nnforge.hardware._measure import MEASURED_METRICS, measure_model, state_dict_size_mb
 from nnforge.hardware._profile import (
@@ -43,4 +51,5 @@ __all__ = ["Profile", "profile", "compare", "speed_verdict", "time_verdict", "ma
            "peak_memory_mb", "file_size_mb", "interleave", "cold_copies", "UNKNOWN_L3_BYTES", "ratio_ci",
            "ratio_with_ci", "spread", "MODES", "provenance", "package_versions", "results_path", "validate_results",
            "write_results", "measure_model", "MEASURED_METRICS", "state_dict_size_mb", "EnergyMeter", "EnergyReading",
-           "energy_source", "DEFAULT_WATTS_PER_CORE"]
+           "energy_source", "DEFAULT_WATTS_PER_CORE", "energy_per_call", "energy_label",
+           "energy_method"]

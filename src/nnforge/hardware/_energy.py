@@ -21,14 +21,17 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from nnforge.errors import ConfigError
 
 __all__ = ["DEFAULT_WATTS_PER_CORE", "RAPL_ROOT", "ENERGY_SOURCES", "EnergyReading", "EnergyMeter", "energy_source",
-           "rapl_domains", "counter_delta_uj"]
+           "rapl_domains", "counter_delta_uj", "energy_per_call", "energy_label",
+           "energy_method"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ RAPL_ROOT = "/sys/class/powercap"
 DEFAULT_WATTS_PER_CORE = 6.0
 WATTS_ENV = "NNFORGE_WATTS_PER_CORE"
 ENERGY_SOURCES = ("rapl", "estimate")
+POLL_S = 10.0  # RAPL counters wrap after max_energy_range_uj (about 60 s at 1 kW for a 2^32 uJ range)
 
 
 @dataclass(frozen=True)
@@ -151,21 +155,45 @@ class EnergyMeter:
         self._uj = 0
         self._t0 = self._cpu0 = 0.0
         self._reading: EnergyReading | None = None
+        self._lock = threading.Lock()
+        self._stop_polling: threading.Event | None = None
+        self._poller: threading.Thread | None = None
 
     def start(self) -> EnergyMeter:
         self._reading = None
         self._uj = 0
         self._last = [d.read_uj() for d in self._domains]
         self._t0, self._cpu0 = time.perf_counter(), time.process_time()
+        if self._domains and self._stop_polling is None:
+            # a background poll every POLL_S folds the counters in, so a block longer than a counter's wrap
+            # period (minutes at high power) is still measured right without the caller polling
+            stop = self._stop_polling = threading.Event()
+            self._poller = threading.Thread(target=self._poll_until, args=(stop,), name="nnforge-energy", daemon=True)
+            self._poller.start()
         return self
 
+    def _poll_until(self, stop: threading.Event) -> None:
+        while not stop.wait(POLL_S):
+            try:
+                self.poll()
+            except (OSError, ValueError) as exc:  # a counter unreadable for a moment: the next poll catches up
+                log.debug("energy counter poll failed: %s", exc)
+
     def poll(self) -> None:
-        """Fold the counters' progress since the last reading in (call at least once per wrap period)."""
-        now = [d.read_uj() for d in self._domains]
-        self._uj += sum(counter_delta_uj(b, a, d.max_uj) for b, a, d in zip(self._last, now, self._domains, strict=True))
-        self._last = now
+        """Fold the counters' progress since the last reading in (a background thread does this every
+        ``POLL_S`` seconds while the meter runs; calling it more often does no harm)."""
+        with self._lock:
+            now = [d.read_uj() for d in self._domains]
+            self._uj += sum(counter_delta_uj(b, a, d.max_uj)
+                            for b, a, d in zip(self._last, now, self._domains, strict=True))
+            self._last = now
 
     def stop(self) -> EnergyReading:
+        if self._stop_polling is not None:
+            self._stop_polling.set()
+            if self._poller is not None:
+                self._poller.join()
+            self._stop_polling = self._poller = None
         self.poll()
         wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._cpu0
         joules = self._uj / 1e6 if self.source == "rapl" else cpu * (self.watts_per_core or 0.0)
@@ -184,3 +212,31 @@ class EnergyMeter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def energy_per_call(fn: Callable[[], Any], calls: int = 20, *, watts_per_core: float | None = None) -> EnergyReading:
+    """The energy of one call of ``fn``: ``calls`` calls in a row under an :class:`EnergyMeter`, divided by
+    ``calls`` (``joules``, ``wall_s`` and ``cpu_s`` of the returned reading are per call)."""
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise ConfigError(f"The 'calls' parameter of energy_per_call must be an int in the range [1, inf). "
+                          f"Got {calls!r} instead.")
+    with EnergyMeter(watts_per_core=watts_per_core) as meter:
+        for _ in range(calls):
+            fn()
+    r = meter.reading
+    return EnergyReading(r.joules / calls, r.source, r.wall_s / calls, r.cpu_s / calls, r.watts_per_core, r.domains)
+
+
+def energy_method(*, watts_per_core: float | None = None) -> dict[str, Any]:
+    """How energy is measured on this machine now: ``{"source", "watts_per_core", "label"}`` (a report's note)."""
+    meter = EnergyMeter(watts_per_core=watts_per_core)
+    facts: dict[str, Any] = {"source": meter.source, "watts_per_core": meter.watts_per_core}
+    return {**facts, "label": energy_label(facts)}
+
+
+def energy_label(reading: EnergyReading | dict[str, Any]) -> str:
+    """How a reading was obtained, for a report: ``"RAPL counters"`` or ``"estimate: CPU time x 6 W per busy core"``."""
+    r = reading if isinstance(reading, dict) else reading.to_dict()
+    if r.get("source") == "rapl":
+        return "RAPL counters"
+    return f"estimate: CPU time x {r.get('watts_per_core'):g} W per busy core"

@@ -20,7 +20,7 @@ from nnforge.errors import ConfigError
 from nnforge.hardware._energy import EnergyMeter
 from nnforge.hardware._profile import file_size_mb, peak_memory_mb, profile
 
-__all__ = ["measure_model", "MEASURED_METRICS", "state_dict_size_mb"]
+__all__ = ["measure_model", "MEASURED_METRICS", "state_dict_size_mb", "tensor_peak_memory_mb"]
 
 # the numeric figures measure_model returns (energy_source is a label beside them)
 MEASURED_METRICS = ("latency_b1_ms", "throughput_per_s", "peak_memory_mb", "size_mb", "energy_j_per_inference")
@@ -66,6 +66,36 @@ def state_dict_size_mb(model: nn.Module) -> float:
         return file_size_mb(path)
 
 
+def tensor_peak_memory_mb(fn: Callable[[], Any], model: nn.Module, inputs: Any) -> float | None:
+    """Peak MB of live tensors during ``fn()``: the model's parameters and buffers, its inputs and every
+    activation alive at the same moment, counted tensor by tensor (torch's ``MemTracker``).
+
+    Unlike the process's resident-memory mark this does not read 0 when the allocator reuses pages it already
+    holds, so two small models compare. None where the tracker cannot follow the model (a kernel it cannot
+    see into); the caller then falls back to resident memory.
+    """
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:  # a torch build without distributed
+        return None
+    try:
+        tracker = MemTracker()
+        tracker.track_external(model, *[t for t in _tensors(inputs)])
+        with torch.inference_mode(), tracker:
+            fn()
+        total = sum(float(d.get("Total", 0)) for d in tracker.get_tracker_snapshot("peak").values())
+    except Exception:  # noqa: BLE001 -- the tracker is an instrument; a model it cannot follow still runs
+        return None
+    return total / 1e6 if total > 0 else None
+
+
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    values = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (list, tuple)) else []
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
 def measure_model(model: nn.Module, example_inputs: Any, *, repeats: int = 20, warmup: int = 3,
                   min_time_s: float = 0.0, throughput_batch: int | None = None,
                   artifact_paths: Sequence[str | os.PathLike[str]] | None = None,
@@ -85,7 +115,10 @@ def measure_model(model: nn.Module, example_inputs: Any, *, repeats: int = 20, w
 
     Returns:
         ``latency_b1_ms`` (median), ``latency_b1_p95_ms``, ``latency_b1_iqr_ms``, ``throughput_per_s``
-        (inferences per second), ``throughput_batch``, ``peak_memory_mb`` (None where it cannot be read),
+        (inferences per second), ``throughput_batch``, ``peak_memory_mb`` (weights + inputs + live activations
+        at the peak of one batch-1 call, :func:`tensor_peak_memory_mb`; where that tracker cannot follow the
+        model, the extra resident memory of the call), ``peak_memory_source`` (``"tensors"`` or ``"rss"``),
+        ``peak_rss_extra_mb`` (resident memory above what the process held before, None where unreadable),
         ``size_mb``, ``energy_j_per_inference`` over the timed calls, ``energy_source`` (``"rapl"`` or
         ``"estimate"``), ``energy_watts_per_core`` (the figure an estimate used, else None), ``repeats``.
     """
@@ -108,7 +141,8 @@ def measure_model(model: nn.Module, example_inputs: Any, *, repeats: int = 20, w
         else:
             batched = _caller(model, _batched(example_inputs, throughput_batch))
             throughput = throughput_batch * 1e3 / profile(batched, warmup=1, repeats=max(3, repeats // 4)).median_ms
-        peak = peak_memory_mb(fn)
+        rss_extra = peak_memory_mb(fn)
+        peak = tensor_peak_memory_mb(fn, model, example_inputs)
     finally:
         model.train(was_training)
     size = file_size_mb(artifact_paths) if artifact_paths else state_dict_size_mb(model)
@@ -118,7 +152,9 @@ def measure_model(model: nn.Module, example_inputs: Any, *, repeats: int = 20, w
         "latency_b1_iqr_ms": prof.iqr_ms,
         "throughput_per_s": throughput,
         "throughput_batch": throughput_batch or 1,
-        "peak_memory_mb": peak,
+        "peak_memory_mb": peak if peak is not None else rss_extra,
+        "peak_memory_source": "tensors" if peak is not None else "rss",
+        "peak_rss_extra_mb": rss_extra,
         "size_mb": size,
         "energy_j_per_inference": energy.joules / prof.repeats,
         "energy_source": energy.source,

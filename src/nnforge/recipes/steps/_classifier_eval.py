@@ -18,7 +18,7 @@ import torch
 
 from nnforge.errors import DataError, ModelError
 from nnforge.evaluate import METRICS, Outputs
-from nnforge.hardware import compare, file_size_mb
+from nnforge.hardware import compare, energy_method, energy_per_call, file_size_mb
 from nnforge.recipes.steps._base import RunContext, StepResult
 from nnforge.recipes.steps._eval_data import read_split
 
@@ -83,14 +83,21 @@ def class_metrics(name: str, out: Outputs) -> dict[str, Any]:
 
 
 def _costs(variants: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
-    """Batch-1 latency (p50/p95, ms) and batch-32 throughput (examples/s), timed interleaved across variants."""
+    """Batch-1 latency (p50/p95, ms) and batch-32 throughput (examples/s), timed interleaved across variants, and
+    batch-1 energy per inference (J; RAPL where readable, else the labelled estimate)."""
     one, batch = x[:1], x[:32]
     for m in variants.values():
         m.eval()
     p1 = compare({k: partial(m, one) for k, m in variants.items()}, warmup=3, repeats=repeats)
     p32 = compare({k: partial(m, batch) for k, m in variants.items()}, warmup=2, repeats=max(3, repeats // 3))
     return {k: {"latency_b1_ms": p1[k].median_ms, "latency_b1_p95_ms": p1[k].p95_ms, "latency_b1_iqr_ms": p1[k].iqr_ms,
-                "throughput_b32": len(batch) / (p32[k].median_ms / 1e3)} for k in variants}
+                "throughput_b32": len(batch) / (p32[k].median_ms / 1e3),
+                "energy_j_per_inference": _joules(partial(variants[k], one), repeats)} for k in variants}
+
+
+def _joules(fn: Callable[[], Any], calls: int) -> float:
+    with torch.inference_mode():
+        return energy_per_call(fn, calls=calls).joules
 
 
 def evaluate_arrays(ctx: RunContext, config: Any, split: str,
@@ -133,12 +140,13 @@ def evaluate_arrays(ctx: RunContext, config: Any, split: str,
                         "logreg_gain_mcnemar_p": g["mcnemar"]["p_value"], "logreg_gain_significant": g["significant"]})
     for name, c in _costs(variants, x, config.repeats).items():
         metrics.update({f"{name}_{k}": v for k, v in c.items()})
+    ctx.sections["energy"] = energy_method()
     if ctx.progress:
         ctx.progress("evaluate", len(variants) + 1, len(variants) + 1)
     ctx.write_json("predictions", "predictions.json", {
         "split": split, "labels": y.tolist(), "predictions": {n: o.preds.tolist() for n, o in outs.items()},
         "baselines": baseline_preds})
-    details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "confusion") if k in ctx.sections}
+    details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "confusion", "energy") if k in ctx.sections}
     return StepResult(metrics=metrics, details=details)
 
 

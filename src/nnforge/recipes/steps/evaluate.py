@@ -32,7 +32,7 @@ from nnforge.evaluate import (
     text_outputs,
 )
 from nnforge.evaluate.slices import Slice, check_slice_specs
-from nnforge.hardware import file_size_mb, machine_facts
+from nnforge.hardware import energy_method, file_size_mb, machine_facts
 from nnforge.recipes.runs import NATIVE_SUFFIX
 from nnforge.recipes.steps._base import STEPS, RunContext, StepResult
 from nnforge.recipes.steps._classifier_eval import class_metrics, confusion_section, evaluate_arrays
@@ -192,12 +192,13 @@ class Evaluate:
         ctx.write_json("predictions", "predictions.json", {"split": split, "labels": test.labels, "predictions": preds,
                                                            "baselines": baseline_preds})
         ctx.sections["machine"] = machine_facts()
+        ctx.sections["energy"] = energy_method()
         metrics.update({f"{v}_ece": c["ece_before"] for v, c in ctx.sections.get("calibration", {}).items()})
         metrics.update({f"{v}_ece_temperature_scaled": c["ece_after"]
                         for v, c in ctx.sections.get("calibration", {}).items()})
         # the figures behind the report's slice and OOD tables go into the step's ledger event, so generated
         # documents cite them exactly
-        details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood", "confusion") if k in ctx.sections}
+        details: dict[str, Any] = {k: ctx.sections[k] for k in ("slices", "ood", "confusion", "energy") if k in ctx.sections}
         if runtime_of:
             details["runtimes"] = {name: {"variant": src, "backend": backend}
                                    for name, (_, src, backend) in runtime_of.items()}

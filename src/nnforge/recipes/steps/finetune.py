@@ -11,6 +11,7 @@ from nnforge.adapt import FinetuneConfig, LoraConfig, apply_lora_, finetune_clas
 from nnforge.adapt.probe import fit_linear_probe
 from nnforge.config import Config
 from nnforge.errors import ConfigError, DataError, StepFailedError
+from nnforge.hardware import EnergyMeter, energy_label
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 
 
@@ -54,18 +55,20 @@ class Finetune:
             probe_C = probe.C
         lora_report = apply_lora_(ctx.model, config.lora, None)
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
-        result = finetune_classifier(ctx.model, train.texts, train.labels, val.texts if val else [],
-                                     val.labels if val else [], train_cfg, progress=ctx.progress,
-                                     frozen_layers=min(config.lora.layers) if config.lora.layers else 0)
+        with EnergyMeter() as meter:  # RAPL counters where readable, else the labelled CPU-time estimate
+            result = finetune_classifier(ctx.model, train.texts, train.labels, val.texts if val else [],
+                                         val.labels if val else [], train_cfg, progress=ctx.progress,
+                                         frozen_layers=min(config.lora.layers) if config.lora.layers else 0)
+        energy = {**meter.reading.to_dict(), "label": energy_label(meter.reading)}
         merged = merge_lora_(ctx.model)
         ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
-        ctx.sections["finetune"] = result.to_dict()
+        ctx.sections["finetune"] = {**result.to_dict(), "energy": energy}
         return StepResult(
             metrics={"finetune_best_val_acc": result.best_val_acc, "finetune_best_epoch": result.best_epoch,
                      "finetune_seconds": result.seconds, "finetune_steps": result.steps,
-                     "finetune_wise_alpha": result.wise_alpha},
+                     "finetune_wise_alpha": result.wise_alpha, "finetune_energy_j": energy["joules"]},
             details={"history": result.history, "lora_modules": len(lora_report.changed), "merged": merged,
-                     "init_head": config.init_head, "probe_C": probe_C},
+                     "init_head": config.init_head, "probe_C": probe_C, "energy": energy},
         )
 
 

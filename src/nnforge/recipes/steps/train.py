@@ -17,6 +17,7 @@ from nnforge.compress.quantize.qat import QATConfig, qat_callback
 from nnforge.config import Config, describe_validation_error
 from nnforge.data import ArrayClassification, CharCorpus
 from nnforge.errors import ConfigError, DataError, StepFailedError
+from nnforge.hardware import EnergyMeter, energy_label
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, fit, hessian_refresh, on
 
@@ -115,15 +116,20 @@ class Train:
             total = config.train.max_steps
             callbacks.append(on(Event.STEP_END, lambda s: progress(self.name, s.step, total)))
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
-        result = fit(ctx.model, train_data, config=train_cfg, optimizer=optimizer, eval_data=eval_data,
-                     loss_fn=loss_fn, metric_fn=metric_fn, callbacks=callbacks)
+        # the training run's energy: RAPL counters where readable, else the labelled CPU-time estimate
+        meter = EnergyMeter()
+        with meter:
+            result = fit(ctx.model, train_data, config=train_cfg, optimizer=optimizer, eval_data=eval_data,
+                         loss_fn=loss_fn, metric_fn=metric_fn, callbacks=callbacks)
+        energy = {**meter.reading.to_dict(), "label": energy_label(meter.reading)}
         self.save(ctx, config)
-        ctx.sections[self.name] = {"evals": result.evals, "optimizer": config.optimizer}
+        ctx.sections[self.name] = {"evals": result.evals, "optimizer": config.optimizer, "energy": energy}
         final = result.evals[-1] if result.evals else {}
         metrics = {"train_steps": result.steps, "train_seconds": result.seconds,
-                   "train_final_loss": result.losses[-1] if result.losses else float("nan")}
+                   "train_final_loss": result.losses[-1] if result.losses else float("nan"),
+                   "train_energy_j": energy["joules"]}
         metrics.update({f"val_{k}": v for k, v in final.items() if isinstance(v, (int, float)) and k != "step"})
-        return StepResult(metrics=metrics, details={"evals": result.evals})
+        return StepResult(metrics=metrics, details={"evals": result.evals, "energy": energy})
 
     def callbacks(self, config: Any) -> list[Any]:
         return []
