@@ -162,6 +162,44 @@ def test_the_pruner_stops_poor_trials_through_the_train_step(workdir, capsys):
     assert complete and all(t["metrics"]["train_steps"] == 12 for t in complete)
 
 
+FINETUNE = """
+name: text-search
+seed: 0
+model: {name: minilm}
+data: {dataset: shakespeare-genre, options: {passages_per_play: 6, path: TEXTS}, max_train: 48}
+steps:
+  - search:
+      space:
+        steps[0].train.lr: {kind: categorical, choices: [0.0005, 0.002]}
+      objectives: [{metric: val_accuracy, direction: maximize}]
+      sampler: random
+      pruner: median
+      pruner_options: {n_startup_trials: 5}  # reports, never prunes: the curves are what this test reads
+      trials: 2
+      latency_repeats: 2
+      trial_steps:
+        - finetune: {lora: {r: 2, layers: [5]}, train: {epochs: 2, batch_size: 16, patience: 5}}
+"""
+
+
+def test_the_finetune_step_reports_each_epoch_to_the_pruner(workdir, capsys, shakespeare_texts):
+    import optuna
+
+    (workdir / "r.yaml").write_text(FINETUNE.replace("TEXTS", str(shakespeare_texts)), encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    trials = {e.data["number"]: e.data for e in _events("search.trial")}
+    assert len(trials) == 2 and all(t["state"] == "complete" for t in trials.values())
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        os.path.join(out["run_dir"], "search.journal")))
+    (study,) = optuna.get_all_study_summaries(storage)
+    for trial in optuna.load_study(study_name=study.study_name, storage=storage).trials:
+        steps_per_epoch = trials[trial.number]["metrics"]["finetune_steps"] / 2
+        assert sorted(trial.intermediate_values) == [steps_per_epoch, 2 * steps_per_epoch]  # one report per epoch
+        m = trials[trial.number]["metrics"]
+        assert trial.value == m["val_accuracy"] and m["finetune_energy_j"] > 0
+
+
 def _bad(option_lines: str, space: str = "steps[0].optimizer_options.lr: {kind: float, low: 0.001, high: 0.01}",
          objective: str = "val_accuracy") -> str:
     return f"""

@@ -58,10 +58,13 @@ class FinetuneResult:
     seconds: float = 0.0
     steps: int = 0
     wise_alpha: float | None = None
+    final_val_acc: float = float("nan")  # the returned model's (the best epoch's, or its WiSE interpolation's)
+    stop_reason: str | None = None  # why training ended before its epochs (early stopping, ``on_eval``)
 
     def to_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
-                "seconds": round(self.seconds, 2), "steps": self.steps, "wise_alpha": self.wise_alpha}
+                "seconds": round(self.seconds, 2), "steps": self.steps, "wise_alpha": self.wise_alpha,
+                "final_val_acc": self.final_val_acc, "stop_reason": self.stop_reason}
 
 
 @torch.inference_mode()
@@ -106,8 +109,8 @@ def _interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], a
 
 
 def _choose_interpolation(model: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
-                          alphas: tuple[float, ...], score: Callable[[], float]) -> float:
-    """Load the interpolation with the best validation score (ties: the larger alpha) and return alpha."""
+                          alphas: tuple[float, ...], score: Callable[[], float]) -> tuple[float, float]:
+    """Load the interpolation with the best validation score (ties: the larger alpha); return alpha and score."""
     best_alpha, best_score = 1.0, -1.0
     for alpha in sorted(alphas, reverse=True):
         model.load_state_dict(_interpolate(start, end, alpha), strict=False)
@@ -116,7 +119,7 @@ def _choose_interpolation(model: nn.Module, start: dict[str, torch.Tensor], end:
         if value > best_score:
             best_alpha, best_score = alpha, value
     model.load_state_dict(_interpolate(start, end, best_alpha), strict=False)
-    return best_alpha
+    return best_alpha, best_score
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -198,10 +201,14 @@ def _check_frozen(model: Any, k: int) -> None:
 
 def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[int], val_texts: list[str],
                         val_labels: list[int], config: FinetuneConfig, progress: ProgressFn | None = None,
-                        frozen_layers: int = 0) -> FinetuneResult:
+                        frozen_layers: int = 0,
+                        on_eval: Callable[[int, dict[str, float]], bool] | None = None) -> FinetuneResult:
     """Train the trainable parameters of ``model`` (adapters, head) and keep the best epoch's weights.
 
     Args:
+        on_eval: called after each epoch's validation with the steps so far and ``{"accuracy": …,
+            "epoch": …}``; returning True ends training there (a search's pruner stops a poor trial so). The
+            best epoch so far is still the one kept.
         frozen_layers: when the bottom ``frozen_layers`` encoder layers hold nothing trainable, their
             outputs are computed once and cached (``model.hidden_at``/``forward_from``): each step then
             runs only the top layers. The result equals training the whole model with those layers frozen,
@@ -272,14 +279,20 @@ def finetune_classifier(model: Any, train_texts: list[str], train_labels: list[i
         else:
             bad_epochs += 1
             if bad_epochs >= config.patience:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, result.best_epoch)
-                if progress:
-                    progress("fine-tune", total, total)
-                break
+                result.stop_reason = f"early stopping after epoch {epoch + 1} (best epoch {result.best_epoch})"
+        if on_eval is not None and on_eval(result.steps, {"accuracy": val_acc, "epoch": float(epoch + 1)}):
+            result.stop_reason = f"stopped after epoch {epoch + 1} by on_eval (best epoch {result.best_epoch})"
+        if result.stop_reason is not None:
+            log.info("%s", result.stop_reason)
+            if progress:
+                progress("fine-tune", total, total)
+            break
     model.load_state_dict(best_state, strict=False)
+    result.final_val_acc = result.best_val_acc
     if config.wise_alphas and val_texts:
-        result.wise_alpha = _choose_interpolation(model, start_state, best_state, config.wise_alphas,
-                                                  lambda: _val_accuracy(model, val_texts, val_labels, val_cache))
+        result.wise_alpha, result.final_val_acc = _choose_interpolation(
+            model, start_state, best_state, config.wise_alphas,
+            lambda: _val_accuracy(model, val_texts, val_labels, val_cache))
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result

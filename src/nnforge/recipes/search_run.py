@@ -8,7 +8,7 @@ The ``search`` step (:mod:`nnforge.recipes.steps.search`) hands :class:`RecipeTr
    ``steps[0].optimizer_options.lr``: the ``--set`` paths, ``steps`` meaning the trial steps);
 2. runs it in-process as a run of its own (``run_recipe``: preflight, its own run id and folder under the
    search run's ``trials/``, every step in the ledger), the train steps' evaluations reaching the pruner
-   through ``ctx.shared[TRAIN_CALLBACKS]``;
+   through ``ctx.shared[TRAIN_CALLBACKS]``, the finetune step's epochs through ``ctx.shared[EVAL_REPORTERS]``;
 3. measures the trial's final model with :func:`nnforge.hardware.measure_model` (batch-1 latency, throughput,
    peak memory, file size of its weights, energy per inference) and the energy the whole trial took;
 4. returns the steps' numeric metrics and those measurements, and records a ``search.trial`` event
@@ -45,10 +45,10 @@ HARDWARE_METRICS = ("latency_b1_ms", "throughput_per_s", "peak_memory_mb", "size
 """What every trial measures on its final model (``measure_model``), beside the steps' metrics."""
 
 STEP_METRICS: dict[str, tuple[str, ...]] = {
-    "train": ("train_steps", "train_seconds", "train_final_loss", "val_loss"),
-    "qat": ("train_steps", "train_seconds", "train_final_loss", "val_loss"),
+    "train": ("train_steps", "train_seconds", "train_final_loss", "train_energy_j", "val_loss"),
+    "qat": ("train_steps", "train_seconds", "train_final_loss", "train_energy_j", "val_loss"),
     "finetune": ("finetune_best_val_acc", "finetune_best_epoch", "finetune_seconds", "finetune_steps",
-                 "finetune_wise_alpha"),
+                 "finetune_wise_alpha", "finetune_energy_j", "val_accuracy"),
 }
 """The metrics a step reports, for the steps whose metrics are known before they run (others: any name)."""
 
@@ -231,14 +231,16 @@ class RecipeTrial:
 
         from nnforge.recipes.runner import prepare, run_recipe
         from nnforge.recipes.schema import parse_recipe
+        from nnforge.recipes.steps._base import EVAL_REPORTERS
         from nnforge.recipes.steps.train import TRAIN_CALLBACKS
 
         doc = self.document(trial.number, trial.params)
         recipe = parse_recipe(doc, source=yaml.safe_dump(doc, sort_keys=False))
         prepared = prepare(recipe)
         callbacks = [trial.train_callback(self.prune_metric)] if self.prune_metric else []
+        reporters = [trial.eval_reporter(self.prune_metric)] if self.prune_metric else []
         result = run_recipe(recipe, runs_dir=self.trials_dir, ledger=led, run_id=run_id, prepared=prepared,
-                            shared={TRAIN_CALLBACKS: callbacks}, progress=self.progress)
+                            shared={TRAIN_CALLBACKS: callbacks, EVAL_REPORTERS: reporters}, progress=self.progress)
         metrics = {k: float(v) for k, v in result.metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)}
         facts: dict[str, Any] = {"trial_dir": str(Path(result.run_dir).resolve())}

@@ -79,18 +79,32 @@ class TrialContext:
         """
         from nnforge.train import Event
 
+        report = self.eval_reporter(metric)
+
         def callback(event: Event, state: TrainState) -> None:
-            if event is not Event.EVAL_END or self.pruned:
-                return
-            value = _eval_metric(state.metrics, metric)
-            try:
-                self.report(state.step, value)
-            except optuna().TrialPruned:
+            if event is Event.EVAL_END and report(state.step, state.metrics):
                 state.stop_training = True
                 state.stop_reason = f"pruned by the search at step {state.step}"
 
         callback.__name__ = f"report_{metric}"
         return callback
+
+    def eval_reporter(self, metric: str = "val_loss") -> Callable[[int, Mapping[str, float]], bool]:
+        """``report(step, metrics) -> stop``: for any loop that evaluates (``finetune_classifier``'s ``on_eval``,
+        your own): reports ``metric`` (looked up as :meth:`train_callback` does) and returns True once the
+        pruner has stopped the trial, instead of raising."""
+
+        def report(step: int, metrics: Mapping[str, float]) -> bool:
+            if self.pruned:
+                return True
+            try:
+                self.report(step, _eval_metric(metrics, metric))
+            except optuna().TrialPruned:
+                return True
+            return False
+
+        report.__name__ = f"report_{metric}"
+        return report
 
     def set_attr(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value with the trial (shown in results and reports)."""

@@ -27,7 +27,14 @@ from nnforge.config import Config
 from nnforge.ledger import Ledger, atomic_write_text, file_sha256
 from nnforge.registry import Registry
 
-__all__ = ["Step", "STEPS", "RunContext", "StepResult", "ProgressFn", "NoOptions", "Preflight", "run_preflight"]
+__all__ = ["Step", "STEPS", "RunContext", "StepResult", "ProgressFn", "NoOptions", "Preflight", "run_preflight",
+           "EVAL_REPORTERS"]
+
+EVAL_REPORTERS = "eval_reporters"
+"""``ctx.shared`` key: ``report(step, metrics) -> stop`` functions that a step with its own evaluation loop (the
+``finetune`` step, per epoch) calls after each evaluation, and stops training when one returns True (a search
+trial's pruner: :meth:`nnforge.search.TrialContext.eval_reporter`). ``fit``-based steps take callbacks instead
+(``TRAIN_CALLBACKS``)."""
 
 ProgressFn = Callable[[str, int, int], None]
 

@@ -12,7 +12,7 @@ from nnforge.adapt.probe import fit_linear_probe
 from nnforge.config import Config
 from nnforge.errors import ConfigError, DataError, StepFailedError
 from nnforge.hardware import EnergyMeter, energy_label
-from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
+from nnforge.recipes.steps._base import EVAL_REPORTERS, STEPS, Preflight, RunContext, StepResult
 
 
 class FinetuneStepConfig(Config):
@@ -55,10 +55,16 @@ class Finetune:
             probe_C = probe.C
         lora_report = apply_lora_(ctx.model, config.lora, None)
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
+        reporters = list(ctx.shared.get(EVAL_REPORTERS, ()))  # a search trial's pruner, fed each epoch's accuracy
+
+        def on_eval(step: int, metrics: dict[str, float]) -> bool:
+            return any([report(step, metrics) for report in reporters])  # every reporter hears every epoch
+
         with EnergyMeter() as meter:  # RAPL counters where readable, else the labelled CPU-time estimate
             result = finetune_classifier(ctx.model, train.texts, train.labels, val.texts if val else [],
                                          val.labels if val else [], train_cfg, progress=ctx.progress,
-                                         frozen_layers=min(config.lora.layers) if config.lora.layers else 0)
+                                         frozen_layers=min(config.lora.layers) if config.lora.layers else 0,
+                                         on_eval=on_eval if reporters else None)
         energy = {**meter.reading.to_dict(), "label": energy_label(meter.reading)}
         merged = merge_lora_(ctx.model)
         ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
@@ -66,7 +72,8 @@ class Finetune:
         return StepResult(
             metrics={"finetune_best_val_acc": result.best_val_acc, "finetune_best_epoch": result.best_epoch,
                      "finetune_seconds": result.seconds, "finetune_steps": result.steps,
-                     "finetune_wise_alpha": result.wise_alpha, "finetune_energy_j": energy["joules"]},
+                     "finetune_wise_alpha": result.wise_alpha, "finetune_energy_j": energy["joules"],
+                     "val_accuracy": result.final_val_acc},
             details={"history": result.history, "lora_modules": len(lora_report.changed), "merged": merged,
                      "init_head": config.init_head, "probe_C": probe_C, "energy": energy},
         )
