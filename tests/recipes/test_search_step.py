@@ -200,6 +200,48 @@ def test_the_finetune_step_reports_each_epoch_to_the_pruner(workdir, capsys, sha
         assert trial.value == m["val_accuracy"] and m["finetune_energy_j"] > 0
 
 
+SCREENED = """
+name: digits-screen
+seed: 0
+model: {architecture: digits-mlp, options: {hidden: [16]}}
+data: {dataset: digits}
+steps:
+  - search:
+      space:
+        model.options.hidden[0]: {kind: int, low: 8, high: 512, log: true}
+      objectives: [{metric: val_accuracy, direction: maximize}]
+      constraints: ["latency_b1_ms <= LIMIT"]
+      sampler: random
+      trials: 3
+      latency_repeats: 2
+      screen: {measure: 6, held_out: 2, repeats: 3}
+      trial_steps:
+        - train: {batch_size: 64, train: {max_steps: 4, eval_every: 4}}
+"""
+
+
+@pytest.mark.parametrize(("limit", "screened"), [("0.000001", True), ("100000", False)])
+def test_screening_predicts_every_trial_and_skips_those_over_the_latency_limit(workdir, capsys, limit, screened):
+    (workdir / "r.yaml").write_text(SCREENED.replace("LIMIT", limit), encoding="utf-8")
+    assert main(["run", "r.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (fitted,) = _events("search.screen")
+    assert fitted.data["measured"] == 6 and fitted.data["held_out"] == 2 and len(fitted.data["pairs"]) == 6
+    assert all(p["latency_b1_ms"] > 0 and 8 <= p["params"]["model.options.hidden[0]"] <= 512 for p in fitted.data["pairs"])
+    assert out["metrics"]["search_screen_median_abs_err"] == fitted.data["median_abs_err"] >= 0
+    trials = [e.data for e in _events("search.trial")]
+    assert len(trials) == 3
+    (finished,) = _events("search.finished")
+    attrs = {t["number"]: t for t in finished.data["trials"]}
+    assert all(a["predicted_latency_b1_ms"] > 0 for a in attrs.values())  # every trial was predicted
+    if screened:  # all predicted over 1 ns: pruned before training, no trial run folder trained anything
+        assert all(t["state"] == "pruned" and t["pruned_reason"].startswith("screened: predicted") for t in trials)
+        assert out["metrics"]["search_screened"] == 3 and all("screened" in a for a in attrs.values())
+        assert not _events("step.finished") or all(e.data["step"] != "train" for e in _events("step.finished"))
+    else:
+        assert all(t["state"] == "complete" for t in trials) and out["metrics"]["search_screened"] == 0
+
+
 def _bad(option_lines: str, space: str = "steps[0].optimizer_options.lr: {kind: float, low: 0.001, high: 0.01}",
          objective: str = "val_accuracy") -> str:
     return f"""
@@ -229,6 +271,14 @@ steps:
     (_bad("      pruner: hyperband", objective="latency_b1_ms"), "measured only after it"),
     (_bad("      sampler_options: {n_startup_trial: 3}"), "n_startup_trial"),
     (_bad("      pruner: median\n      pruner_options: {warmup: 3}"), "warmup"),
+    (_bad("      screen: {measure: 8, held_out: 2}", space="model.options.dropout: {kind: float, low: 0.0, high: 0.3}"),
+     "there is none; add one"),
+    (_bad("      constraints: ['latency_b1_ms <= 3']\n      screen: {measure: 8, held_out: 2}"), "no space path is a model value"),
+    (_bad("      constraints: ['latency_b1_ms <= 3']\n      screen: {measure: 5, held_out: 3}",
+          space="model.options.dropout: {kind: float, low: 0.0, high: 0.3}"), "must exceed held_out"),
+    (_bad("      constraints: ['latency_b1_ms <= 3']\n      screen: {measure: 8, held_out: 2}\n"
+          "      trial_steps: [{train: {train: {max_steps: 2, eval_every: 2}}}, {quantize: {scheme: int8}}]",
+          space="model.options.dropout: {kind: float, low: 0.0, high: 0.3}"), "change it after training"),
 ])
 def test_bad_search_options_are_refused_before_anything_is_written(workdir, capsys, recipe, message):
     (workdir / "r.yaml").write_text(recipe, encoding="utf-8")

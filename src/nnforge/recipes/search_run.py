@@ -181,6 +181,9 @@ class RecipeTrial:
         latency_repeats: timed batch-1 calls of ``measure_model``.
         progress: the run's progress callback for the trial's own steps (in-process trials only: a callback does
             not travel to worker processes).
+        screen_predictor, screen_limit_ms: a fitted latency predictor (``LatencyPredictor.to_dict()``) and the
+            limit: each trial's model is built and predicted first, and one over the limit is pruned untrained
+            (:mod:`nnforge.recipes.search_screen`).
     """
 
     base: dict[str, Any]
@@ -191,6 +194,8 @@ class RecipeTrial:
     prune_metric: str | None = None
     latency_repeats: int = 20
     progress: Any = field(default=None, compare=False, repr=False)
+    screen_predictor: dict[str, Any] | None = None
+    screen_limit_ms: float | None = None
 
     def document(self, number: int, params: Mapping[str, Any]) -> dict[str, Any]:
         """The trial recipe trial ``number`` runs, values set."""
@@ -216,7 +221,8 @@ class RecipeTrial:
         except Exception as exc:
             pruned = _pruned(exc)
             record.update(state="pruned" if pruned is not None else "failed", trial_seconds=time.perf_counter() - t0,
-                          error=None if pruned is not None else f"{type(exc).__name__}: {exc}")
+                          error=None if pruned is not None else f"{type(exc).__name__}: {exc}",
+                          pruned_reason=str(pruned) if pruned is not None else None)
             led.append("search.trial", record, run=self.run_id)
             if pruned is not None:
                 raise pruned from None
@@ -237,6 +243,11 @@ class RecipeTrial:
         doc = self.document(trial.number, trial.params)
         recipe = parse_recipe(doc, source=yaml.safe_dump(doc, sort_keys=False))
         prepared = prepare(recipe)
+        if self.screen_predictor is not None and self.screen_limit_ms is not None:
+            from nnforge.recipes.search_screen import screen_trial
+
+            screen_trial(trial, self.screen_predictor, self.screen_limit_ms, prepared.plan.model,
+                         prepared.plan.splits, recipe.seed)
         callbacks = [trial.train_callback(self.prune_metric)] if self.prune_metric else []
         reporters = [trial.eval_reporter(self.prune_metric)] if self.prune_metric else []
         result = run_recipe(recipe, runs_dir=self.trials_dir, ledger=led, run_id=run_id, prepared=prepared,

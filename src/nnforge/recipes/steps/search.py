@@ -54,6 +54,7 @@ from nnforge.recipes.search_run import (
     trial_document,
     trial_metric_names,
 )
+from nnforge.recipes.search_screen import ScreenOptions, check_screen, fit_recipe_screen
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult, run_preflight
 from nnforge.search import SearchConfig
 
@@ -69,6 +70,8 @@ class SearchStepConfig(SearchConfig):
     workers: int = Field(1, ge=1, le=256, description="processes running trials on the study's storage")
     latency_repeats: int = Field(20, ge=1, le=10_000, description="timed batch-1 calls per trial (measure_model)")
     best_recipes: int = Field(3, ge=1, le=100, description="best trials written as ready-to-run recipes")
+    screen: ScreenOptions | None = Field(None, description="fit a latency predictor on untrained candidates first and "
+                                                           "skip trials predicted over the latency constraint")
 
     @model_validator(mode="after")
     def _check_trial_steps(self) -> SearchStepConfig:
@@ -141,6 +144,11 @@ class Search:
             raise ConfigError(f"search: pruner {config.pruner!r} compares trials by the first objective's values during "
                               f"training, but {config.objectives[0].metric!r} is measured only after it; put a training "
                               "evaluation first (val_loss, val_accuracy) or set pruner: none")
+        if config.screen is not None:
+            from nnforge.recipes.schema import _step_entry
+
+            names = [_step_entry(i, e)[0] or "" for i, e in enumerate(config.trial_steps)]
+            check_screen(config.space, names, config.parsed_constraints)
         known = trial_metric_names(config.trial_steps, plan)
         if known is None:
             return
@@ -159,12 +167,21 @@ class Search:
             scfg = scfg.replace(study_name=ctx.recipe.name)
         storage = scfg.storage or str(ctx.run_dir / "search.journal")
         location = ctx.ledger.location
-        trial_fn = RecipeTrial(trial_base_document(ctx.recipe, config.trial_steps),
+        base = trial_base_document(ctx.recipe, config.trial_steps)
+        screen = None
+        if config.screen is not None:
+            screen = fit_recipe_screen(base, config.space, ctx.data, num_classes=ctx.model_spec.get("num_classes"),
+                                       seed=scfg.seed or 0, limit_ms=check_screen(config.space, [], scfg.parsed_constraints),
+                                       options=config.screen, progress=ctx.progress)
+            ctx.ledger.append("search.screen", {**screen.summary(), "pairs": screen.measured}, run=ctx.run_id)
+        trial_fn = RecipeTrial(base,
                                str((ctx.run_dir / "trials").resolve()),
                                location if "://" in location else os.path.abspath(location), ctx.run_id,
                                actor=ctx.ledger.actor, prune_metric=_prune_metric(scfg),
                                latency_repeats=config.latency_repeats,
-                               progress=ctx.progress if config.workers == 1 else None)
+                               progress=ctx.progress if config.workers == 1 else None,
+                               screen_predictor=screen.predictor if screen else None,
+                               screen_limit_ms=screen.limit_ms if screen else None)
         ctx.ledger.append("search.started", _started(scfg, config, storage), run=ctx.run_id)
         result = search(trial_fn, scfg, storage=storage, workers=config.workers,
                         progress=_progress(ctx, list(scfg.objectives)))
@@ -178,9 +195,14 @@ class Search:
         finished = _finished(result, best, recipes)
         ctx.ledger.append("search.finished", finished, run=ctx.run_id)
         ctx.sections["search"] = {"study_name": result.study_name, "best": [t["number"] for t in best],
-                                  "recipes": recipes}
-        return StepResult(metrics=_metrics(result, best, scfg), artifacts={f"best-{k}": r for k, r in
-                                                                          enumerate(recipes, 1)})
+                                  "recipes": recipes, "screen": screen.summary() if screen else None}
+        metrics = _metrics(result, best, scfg)
+        if screen is not None:
+            from nnforge.search.predictor import SCREENED_ATTR
+
+            metrics["search_screen_median_abs_err"] = screen.median_abs_err
+            metrics["search_screened"] = sum(1 for t in result.trials if t.attrs.get(SCREENED_ATTR))
+        return StepResult(metrics=metrics, artifacts={f"best-{k}": r for k, r in enumerate(recipes, 1)})
 
 
 # --- what the step records --------------------------------------------------------------------------------------
@@ -245,7 +267,10 @@ def adopt_trial_model(ctx: RunContext, trial_dir: Path) -> None:
 
 def _finished(result: Any, best: list[dict[str, Any]], recipes: list[str]) -> dict[str, Any]:
     data = result.to_dict()
-    trials = [{k: t.get(k) for k in ("number", "state", "feasible", "values", "duration_s", "error")}
+    from nnforge.search.predictor import PREDICTED_ATTR, SCREENED_ATTR
+
+    trials = [{**{k: t.get(k) for k in ("number", "state", "feasible", "values", "duration_s", "error")},
+               **{k: t["attrs"][k] for k in (PREDICTED_ATTR, SCREENED_ATTR) if k in t.get("attrs", {})}}
               for t in data["trials"]]
     return {"study_name": data["study_name"], "storage": data["storage"], "counts": data["counts"], "trials": trials,
             "best": [{"number": t["number"], "params": t["params"], "metrics": t["metrics"],
