@@ -127,7 +127,7 @@ def fit_recipe_screen(base: Mapping[str, Any], space: Mapping[str, Any], splits:
     from nnforge.recipes.runs import build_base
     from nnforge.recipes.schema import parse_recipe
     from nnforge.recipes.search_run import trial_document
-    from nnforge.search._space import suggest
+    from nnforge.search import suggest
     from nnforge.search.predictor import fit_latency_predictor
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed + 1))
@@ -154,7 +154,8 @@ def screen_trial(trial: Any, predictor: Mapping[str, Any], limit_ms: float, mode
                  seed: int) -> None:
     """Predict a built trial model's latency (kept as the trial's ``predicted_latency_b1_ms``); above the limit,
     mark it ``screened`` and raise ``optuna.TrialPruned``: it is not trained."""
-    from nnforge.search._optuna import optuna
+    import optuna
+
     from nnforge.search.predictor import PREDICTED_ATTR, SCREENED_ATTR, LatencyPredictor
 
     predicted = LatencyPredictor.from_dict(predictor).predict(
@@ -163,4 +164,4 @@ def screen_trial(trial: Any, predictor: Mapping[str, Any], limit_ms: float, mode
     if predicted > limit_ms:
         reason = f"screened: predicted {predicted:.4g} ms > {limit_ms:.4g} ms, not trained"
         trial.set_attr(SCREENED_ATTR, reason)
-        raise optuna().TrialPruned(reason)
+        raise optuna.TrialPruned(reason)
