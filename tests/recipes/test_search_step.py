@@ -234,6 +234,13 @@ def test_screening_predicts_every_trial_and_skips_those_over_the_latency_limit(w
     (finished,) = _events("search.finished")
     attrs = {t["number"]: t for t in finished.data["trials"]}
     assert all(a["predicted_latency_b1_ms"] > 0 for a in attrs.values())  # every trial was predicted
+    from nnforge.govern import render_report
+    from nnforge.ledger import Ledger
+
+    with Ledger.open(".nnforge/ledger.db") as led:
+        html = render_report(out["run_dir"], led)
+    assert "Screening: 6 candidates built untrained and timed" in html
+    assert f"pruned before training ({3 if screened else 0})" in html
     if screened:  # all predicted over 1 ns: pruned before training, no trial run folder trained anything
         assert all(t["state"] == "pruned" and t["pruned_reason"].startswith("screened: predicted") for t in trials)
         assert out["metrics"]["search_screened"] == 3 and all("screened" in a for a in attrs.values())

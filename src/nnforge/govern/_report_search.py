@@ -29,6 +29,8 @@ def search_sections(events: list[Event], png: Callable[[Any], str] | None = None
         if e.kind == "search.started":
             current = {**e.data, "trials": [], "result": None, "seq": e.seq}
             out.append(current)
+        elif e.kind == "search.screen" and current is not None:
+            current["screen"] = {k: v for k, v in e.data.items() if k != "pairs"}
         elif e.kind == "search.trial" and current is not None:
             current["trials"].append(dict(e.data))
         elif e.kind == "search.finished" and current is not None:
@@ -38,6 +40,9 @@ def search_sections(events: list[Event], png: Callable[[Any], str] | None = None
     for entry in out:
         entry["trials"].sort(key=lambda t: t.get("number", 0))
         entry["sentence"] = search_sentence(entry)
+        if entry.get("screen") is not None:
+            entry["screen"]["screened"] = sum(1 for t in entry["trials"]
+                                              if str(t.get("pruned_reason") or "").startswith("screened"))
         if png is not None:
             entry["pareto_plot"] = _pareto_plot(entry, png)
             entry["importance_plot"] = _importance_plot(entry, png)

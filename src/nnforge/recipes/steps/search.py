@@ -168,6 +168,7 @@ class Search:
         storage = scfg.storage or str(ctx.run_dir / "search.journal")
         location = ctx.ledger.location
         base = trial_base_document(ctx.recipe, config.trial_steps)
+        ctx.ledger.append("search.started", _started(scfg, config, storage), run=ctx.run_id)
         screen = None
         if config.screen is not None:
             screen = fit_recipe_screen(base, config.space, ctx.data, num_classes=ctx.model_spec.get("num_classes"),
@@ -182,7 +183,6 @@ class Search:
                                progress=ctx.progress if config.workers == 1 else None,
                                screen_predictor=screen.predictor if screen else None,
                                screen_limit_ms=screen.limit_ms if screen else None)
-        ctx.ledger.append("search.started", _started(scfg, config, storage), run=ctx.run_id)
         result = search(trial_fn, scfg, storage=storage, workers=config.workers,
                         progress=_progress(ctx, list(scfg.objectives)))
         best = _best(result, config.best_recipes)
