@@ -1,0 +1,22 @@
+"""Mixture-of-experts: the ``MoE`` layer, registered routers, balancing, dispatch and routing diagnostics.
+
+>>> import torch
+>>> from nnforge.moe import MoE, MoEConfig, collect_routing
+>>> layer = MoE(32, MoEConfig(num_experts=4, hidden=16, router_options={"k": 2}))
+>>> with collect_routing(layer) as routing:
+...     y = layer(torch.randn(2, 5, 32))
+>>> y.shape, len(routing.reports), routing.reports[0].tokens
+(torch.Size([2, 5, 32]), 1, 10)
+"""
+
+from __future__ import annotations
+
+from nnforge.moe._experts import DISPATCHES, Experts
+from nnforge.moe._layer import MoE, MoEConfig
+from nnforge.moe._report import RoutingCollector, RoutingReport, balancing_losses, collect_routing, routing_report
+from nnforge.moe._routing import Routing, sort_assignments
+from nnforge.moe.routers import ROUTERS, RouterOptions, register_router
+
+__all__ = ["MoE", "MoEConfig", "Experts", "DISPATCHES", "Routing", "sort_assignments", "ROUTERS", "RouterOptions",
+           "register_router", "RoutingReport", "RoutingCollector", "collect_routing", "routing_report",
+           "balancing_losses"]

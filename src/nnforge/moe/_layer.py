@@ -1,0 +1,95 @@
+"""The ``MoE`` layer: a router, ``E`` experts and optional shared experts, in place of a transformer's FFN.
+
+``MoE(d_model, MoEConfig(...))(x)`` takes and returns ``(..., d_model)``, so it drops in where the dense FFN was.
+Balancing (``MoEConfig.balance``):
+
+* ``"aux-loss"`` — the Switch/GShard auxiliary loss (weight ``aux_loss_weight``) and the router z-loss (weight
+  ``z_loss_weight``) go to every :func:`collect_routing` block, whose ``loss`` the training loss adds;
+* ``"aux-free"`` — DeepSeek-V3: no auxiliary loss; after each training forward the top-k router's selection bias
+  moves by ``bias_update_rate`` towards the under-loaded experts (the z-loss still applies);
+* ``"none"`` — neither (the collapse the diagnostics are there to catch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from nnforge.config import Config, config_type
+from nnforge.moe._experts import Experts
+from nnforge.moe._report import active_collectors, balancing_losses
+from nnforge.moe.routers import ROUTERS
+
+__all__ = ["MoE", "MoEConfig"]
+
+
+@config_type("moe")
+class MoEConfig(Config):
+    """An MoE layer's shape, router, balancing and dispatch."""
+
+    num_experts: int = Field(8, ge=1, le=4096)
+    hidden: int = Field(256, ge=1, description="each expert's FFN width")
+    router: str = Field("top-k", description="a registered router (nnforge.moe.ROUTERS)")
+    router_options: dict[str, Any] = Field(default_factory=dict, description="the router's Options")
+    shared_experts: int = Field(0, ge=0, le=64, description="dense experts every token goes through (DeepSeekMoE)")
+    shared_hidden: int | None = Field(None, ge=1, description="width of each shared expert (default: hidden)")
+    balance: Literal["aux-loss", "aux-free", "none"] = "aux-loss"
+    aux_loss_weight: float = Field(0.01, ge=0)
+    z_loss_weight: float = Field(1e-3, ge=0)
+    bias_update_rate: float = Field(1e-3, ge=0, description="aux-free: bias step per training forward")
+    dispatch: Literal["grouped", "padded", "reference"] = "grouped"
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    bias: bool = Field(True, description="biases in the experts' linears")
+
+    @model_validator(mode="after")
+    def _router_known(self) -> MoEConfig:
+        cls = ROUTERS.get(self.router, where="MoEConfig.router")
+        cls.Options.model_validate(self.router_options)
+        if self.balance == "aux-free" and not hasattr(cls, "update_bias"):
+            raise ValueError(f"balance 'aux-free' moves a selection bias that the {self.router!r} router does not "
+                             "have; use the top-k router or another balance")
+        return self
+
+    def router_config(self) -> Any:
+        return ROUTERS.get(self.router).Options.model_validate(self.router_options)
+
+
+class MoE(nn.Module):
+    """Mixture-of-experts FFN: ``x (..., d) → (..., d)``; see the module docstring for balancing."""
+
+    def __init__(self, d_model: int, config: MoEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MoEConfig()
+        self.d_model = d_model
+        self.router = ROUTERS.get(config.router)(d_model, config.num_experts, config.router_config())
+        self.experts = Experts(config.num_experts, d_model, config.hidden, activation=config.activation,
+                               bias=config.bias)
+        self.shared = (Experts(config.shared_experts, d_model, config.shared_hidden or config.hidden,
+                               activation=config.activation, bias=config.bias) if config.shared_experts else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, self.d_model)  # (N, d)
+        routing = self.router(flat)
+        out = self.experts(flat, routing, self.config.dispatch)
+        if self.shared is not None:
+            for e in range(self.shared.num_experts):
+                out = out + self.shared.expert(e, flat)
+        collectors = active_collectors()
+        if collectors:
+            aux, z = balancing_losses(routing)
+            c = self.config
+            loss = c.z_loss_weight * z + (c.aux_loss_weight * aux if c.balance == "aux-loss" else 0.0)
+            for collector in collectors:
+                collector.add(self, routing, (aux, z), loss if c.balance != "none" else None)
+        if self.training and self.config.balance == "aux-free" and torch.is_grad_enabled():
+            self.router.update_bias(routing.counts, self.config.bias_update_rate)
+        return out.reshape(shape)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"d_model={self.d_model}, experts={c.num_experts}x{c.hidden}, router={c.router}, "
+                f"shared={c.shared_experts}, balance={c.balance}, dispatch={c.dispatch}")
