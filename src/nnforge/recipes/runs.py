@@ -39,6 +39,8 @@ def build_base(source: dict[str, Any], num_classes: int | None, seed: int = 0) -
         check_options(load_hf_dir, opts, "model.options of an hf_dir model", fixed=("path", "num_classes", "seed"))
         return load_hf_dir(source["hf_dir"], num_classes or 2, seed=seed, **opts)
     if source.get("architecture"):
+        import nnforge.moe  # noqa: F401  (registers "moe-gpt")
+
         model = models.build(source["architecture"], **opts)
         if source.get("safetensors"):
             from nnforge.models.checkpoint import load_weights

@@ -59,6 +59,7 @@ class ModelSpec(_Strict):
                              f"(got {given or 'none'})")
         # names are checked here, so that a typo fails before a run folder or ledger event exists
         if self.architecture:
+            import nnforge.moe  # noqa: F401  (registers "moe-gpt": models cannot import the moe capability)
             from nnforge.models import ARCHITECTURES
 
             if self.architecture not in ARCHITECTURES:
