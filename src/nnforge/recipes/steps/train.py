@@ -35,6 +35,8 @@ class TrainStepConfig(Config):
     batch_size: int = Field(12, ge=1)
     block_size: int | None = Field(None, ge=2, description="character LM context; default: the model's")
     eval_batches: int = Field(50, ge=1)
+    routing_every: int | None = Field(None, ge=1, description="MoE models: sample the routing every N steps "
+                                                               "(default: about 50 samples per run)")
 
     @model_validator(mode="after")
     def _known_optimizer(self) -> TrainStepConfig:
@@ -116,6 +118,9 @@ class Train:
             total = config.train.max_steps
             callbacks.append(on(Event.STEP_END, lambda s: progress(self.name, s.step, total)))
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
+        monitor = _routing_monitor(ctx, config)
+        if monitor is not None:
+            callbacks.append(monitor)
         # the training run's energy: RAPL counters where readable, else the labelled CPU-time estimate
         meter = EnergyMeter()
         with meter:
@@ -129,6 +134,13 @@ class Train:
                    "train_final_loss": result.losses[-1] if result.losses else float("nan"),
                    "train_energy_j": energy["joules"]}
         metrics.update({f"val_{k}": v for k, v in final.items() if isinstance(v, (int, float)) and k != "step"})
+        if monitor is not None:
+            ctx.sections["moe"] = {"history": monitor.history, "alarms": [a.to_dict() for a in monitor.alarms],
+                                   "step": self.name}
+            last = monitor.last()
+            metrics.update({"moe_max_imbalance": max((r["imbalance"] for r in last.values()), default=float("nan")),
+                            "moe_dead_experts": sum(len(r["dead"]) for r in last.values()),
+                            "moe_alarms": len(monitor.alarms)})
         return StepResult(metrics=metrics, details={"evals": result.evals, "energy": energy})
 
     def callbacks(self, config: Any) -> list[Any]:
@@ -136,6 +148,20 @@ class Train:
 
     def save(self, ctx: RunContext, config: Any) -> None:
         ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
+
+
+def _routing_monitor(ctx: RunContext, config: Any) -> Any:
+    """A routing monitor for a model with MoE layers (None otherwise); its alarms become ``moe.alarm`` events."""
+    from nnforge.moe import MoE
+    from nnforge.moe.diagnostics import RoutingMonitor
+
+    if not any(isinstance(m, MoE) for m in ctx.model.modules()):
+        return None
+    def record(alarm: Any) -> None:
+        ctx.ledger.append("moe.alarm", alarm.to_dict(), run=ctx.run_id)
+
+    every = config.routing_every or max(1, config.train.max_steps // 50)
+    return RoutingMonitor(ctx.model, every=every, on_alarm=record)
 
 
 class QATStepConfig(TrainStepConfig):
