@@ -142,7 +142,7 @@ def test_aux_free_bias_updates_even_out_a_skewed_router():
             layer(x)
     with collect_routing(layer) as after:
         layer.eval()(x)
-    assert before.reports[0].imbalance == 4.0  # collapsed: every token on one expert
+    assert before.reports[0].imbalance > 3.9  # collapsed: (nearly) every token on one expert
     assert after.reports[0].imbalance < 1.5 < before.reports[0].imbalance
     assert layer.router.bias[0] < 0 and not layer.router.bias.requires_grad
     frozen = layer.router.bias.clone()
@@ -153,8 +153,8 @@ def test_aux_free_bias_updates_even_out_a_skewed_router():
 def test_shared_experts_see_every_token():
     layer = _layer("top-k", {"k": 1}, "grouped", shared_experts=1, shared_hidden=6)
     x = torch.randn(5, 8, dtype=torch.float64)
-    routed = layer.experts(x, layer.router(x))
-    torch.testing.assert_close(layer(x), routed + layer.shared.expert(0, x))
+    routed = layer.experts.dispatch(x, layer.router(x))
+    torch.testing.assert_close(layer(x), routed + layer.shared[0](x))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

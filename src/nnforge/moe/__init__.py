@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from nnforge.moe._experts import DISPATCHES, Experts
+from nnforge.moe._experts import DISPATCHES, ExpertFFN, Experts
 from nnforge.moe._layer import MoE, MoEConfig
 from nnforge.moe._report import RoutingCollector, RoutingReport, balancing_losses, collect_routing, routing_report
 from nnforge.moe._routing import Routing, sort_assignments
@@ -19,6 +19,6 @@ from nnforge.moe.gpt import MoEGPT, MoEGPTConfig, build_moe_gpt
 from nnforge.moe.routers import ROUTERS, RouterOptions, register_router
 from nnforge.moe.upcycle import UpcycleConfig, UpcycleReport, upcycle_
 
-__all__ = ["MoE", "MoEConfig", "Experts", "DISPATCHES", "Routing", "sort_assignments", "ROUTERS", "RouterOptions",
+__all__ = ["MoE", "MoEConfig", "Experts", "ExpertFFN", "DISPATCHES", "Routing", "sort_assignments", "ROUTERS", "RouterOptions",
            "register_router", "RoutingReport", "RoutingCollector", "collect_routing", "routing_report",
            "balancing_losses", "MoEGPT", "MoEGPTConfig", "build_moe_gpt", "UpcycleConfig", "UpcycleReport", "upcycle_"]

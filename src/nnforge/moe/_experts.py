@@ -1,20 +1,23 @@
-"""The experts: ``E`` feed-forward networks in stacked weights, and the dispatch that runs them.
+"""The experts: ``E`` feed-forward networks, each ``c_proj(act(c_fc(x)))`` with ``nn.Linear`` projections, and
+the dispatch that runs them.
 
-Each expert is ``w2 · act(w1 · x + b1) + b2`` (the dense FFN of a transformer block, so a dense checkpoint can
-seed them: :func:`nnforge.moe.upcycle_`). Three dispatches compute the same thing (tested equal, forward and
-backward):
+Each expert is an ordinary module (``experts.0.c_fc`` …), so everything that works on Linears works per expert:
+``quantize_`` quantizes each expert's projections, PEFT puts LoRA on them by name, a dense FFN's Linears seed
+them (:func:`nnforge.moe.upcycle_`). Three dispatches compute the same thing (tested equal, forward and backward):
 
 * ``grouped`` — the tokens gathered once in expert order (the router already sorted its assignments), each expert
-  run on its one contiguous block, the weighted outputs added back with one ``index_add_``;
-* ``padded`` — the blocks padded to the largest and run as two batched matmuls (``bmm``) over all experts;
+  run on its one contiguous block, the weighted outputs added back with one ``index_add_``; works with any
+  expert module (a quantized one too);
+* ``padded`` — the blocks padded to the largest and run as two batched matmuls (``bmm``) over all experts (plain
+  fp32 Linears only: their weights are stacked);
 * ``reference`` — the Mixtral-style loop: each expert finds its tokens with ``torch.where``, gathers them and
   scatters its outputs back; kept as the test reference and the benchmark's baseline.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,71 +25,89 @@ from torch import nn
 
 from nnforge.moe._routing import Routing
 
-__all__ = ["Experts", "DISPATCHES"]
+__all__ = ["Experts", "ExpertFFN", "DISPATCHES"]
 
 DISPATCHES = ("grouped", "padded", "reference")
 Dispatch = Literal["grouped", "padded", "reference"]
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 
 
-class Experts(nn.Module):
-    """``num_experts`` FFNs ``d_model → hidden → d_model`` in stacked weights (Linear layout: ``(out, in)``)."""
+class ExpertFFN(nn.Module):
+    """One expert: ``c_proj(act(c_fc(x)))`` (the char-GPT's MLP names)."""
+
+    def __init__(self, d_model: int, hidden: int, activation: str = "gelu", bias: bool = True) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"The 'activation' parameter of ExpertFFN must be one of {', '.join(_ACTIVATIONS)}. "
+                             f"Got {activation!r} instead.")
+        self.activation = activation
+        self.c_fc = nn.Linear(d_model, hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(_ACTIVATIONS[self.activation](self.c_fc(x)))
+
+
+class Experts(nn.ModuleList):
+    """``num_experts`` :class:`ExpertFFN` modules ``d_model → hidden → d_model`` and their dispatch."""
 
     def __init__(self, num_experts: int, d_model: int, hidden: int, *, activation: str = "gelu",
                  bias: bool = True) -> None:
-        super().__init__()
-        if activation not in ("gelu", "relu", "silu"):
-            raise ValueError(f"The 'activation' parameter of Experts must be one of 'gelu', 'relu', 'silu'. "
-                             f"Got {activation!r} instead.")
+        super().__init__(ExpertFFN(d_model, hidden, activation, bias) for _ in range(num_experts))
         self.num_experts, self.d_model, self.hidden, self.activation = num_experts, d_model, hidden, activation
-        self.w1 = nn.Parameter(torch.empty(num_experts, hidden, d_model))
-        self.w2 = nn.Parameter(torch.empty(num_experts, d_model, hidden))
-        self.b1 = nn.Parameter(torch.zeros(num_experts, hidden)) if bias else None
-        self.b2 = nn.Parameter(torch.zeros(num_experts, d_model)) if bias else None
-        for w in (self.w1, self.w2):  # as nn.Linear initialises each expert's weights
-            for e in range(num_experts):
-                nn.init.kaiming_uniform_(w[e], a=math.sqrt(5))
 
-    def _act(self, h: torch.Tensor) -> torch.Tensor:
-        return F.gelu(h) if self.activation == "gelu" else F.relu(h) if self.activation == "relu" else F.silu(h)
+    def expert(self, e: int) -> ExpertFFN:
+        """Expert ``e`` (typed; ``experts[e]`` works too)."""
+        return cast(ExpertFFN, self[e])
 
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert ``e`` on ``x`` (n, d)."""
-        h = self._act(F.linear(x, self.w1[e], None if self.b1 is None else self.b1[e]))
-        return F.linear(h, self.w2[e], None if self.b2 is None else self.b2[e])
+    def members(self) -> list[ExpertFFN]:
+        """The experts in order (typed)."""
+        return [self.expert(e) for e in range(len(self))]
 
-    def forward(self, x: torch.Tensor, routing: Routing, dispatch: Dispatch = "grouped") -> torch.Tensor:
+    def dispatch(self, x: torch.Tensor, routing: Routing, how: Dispatch = "grouped") -> torch.Tensor:
         """The weighted sum of each token's experts' outputs, (N, d); a token with no assignment gets zeros."""
-        if dispatch == "grouped":
+        if how == "grouped":
             return self._grouped(x, routing)
-        if dispatch == "padded":
+        if how == "padded":
             return self._padded(x, routing)
-        if dispatch == "reference":
+        if how == "reference":
             return self._reference(x, routing)
-        raise ValueError(f"unknown dispatch {dispatch!r}; one of {', '.join(DISPATCHES)}")
+        raise ValueError(f"unknown dispatch {how!r}; one of {', '.join(DISPATCHES)}")
 
     # --- the three dispatches ---------------------------------------------------------------------------------
 
     def _grouped(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         xs = x[r.token]  # (A, d) in expert order
         blocks = xs.split(r.counts.tolist())
-        ys = torch.cat([self.expert(e, b) for e, b in enumerate(blocks)]) if len(xs) else xs
+        ys = torch.cat([self.expert(e)(b) for e, b in enumerate(blocks) if len(b)]) if len(xs) else xs
         return torch.zeros_like(x).index_add_(0, r.token, ys * r.weight.unsqueeze(-1).to(ys.dtype))
+
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        fcs = [e.c_fc for e in self.members()]
+        projs = [e.c_proj for e in self.members()]
+        if not all(type(m) is nn.Linear for m in (*fcs, *projs)):
+            raise ValueError("the padded dispatch stacks the experts' weights, so it needs plain nn.Linear experts "
+                             "(these are quantized or adapted); use dispatch 'grouped'")
+        b1 = torch.stack([m.bias for m in fcs]) if fcs[0].bias is not None else None
+        b2 = torch.stack([m.bias for m in projs]) if projs[0].bias is not None else None
+        return torch.stack([m.weight for m in fcs]), b1, torch.stack([m.weight for m in projs]), b2
 
     def _padded(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         counts = r.counts.tolist()
         cmax = max(counts, default=0)
         if cmax == 0:
             return torch.zeros_like(x)
+        w1, b1, w2, b2 = self._stacked()  # (E, h, d), (E, h), (E, d, h), (E, d)
         starts = torch.cumsum(r.counts, 0) - r.counts
         slot = torch.arange(len(r.token), device=x.device) - starts[r.expert]  # position within its expert
         padded = x.new_zeros(self.num_experts, cmax, self.d_model)
         padded[r.expert, slot] = x[r.token]
-        h = torch.bmm(padded, self.w1.transpose(1, 2))  # (E, C, h)
-        if self.b1 is not None:
-            h = h + self.b1.unsqueeze(1)
-        y = torch.bmm(self._act(h), self.w2.transpose(1, 2))  # (E, C, d)
-        if self.b2 is not None:
-            y = y + self.b2.unsqueeze(1)
+        h = torch.bmm(padded, w1.transpose(1, 2))  # (E, C, h)
+        if b1 is not None:
+            h = h + b1.unsqueeze(1)
+        y = torch.bmm(_ACTIVATIONS[self.activation](h), w2.transpose(1, 2))  # (E, C, d)
+        if b2 is not None:
+            y = y + b2.unsqueeze(1)
         ys = y[r.expert, slot]  # (A, d)
         return torch.zeros_like(x).index_add_(0, r.token, ys * r.weight.unsqueeze(-1).to(ys.dtype))
 
@@ -97,5 +118,5 @@ class Experts(nn.Module):
             if len(where) == 0:
                 continue
             tokens = r.token[where]
-            out.index_add_(0, tokens, self.expert(e, x[tokens]) * r.weight[where].unsqueeze(-1))
+            out.index_add_(0, tokens, self.expert(e)(x[tokens]) * r.weight[where].unsqueeze(-1))
         return out

@@ -74,10 +74,10 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, self.d_model)  # (N, d)
         routing = self.router(flat)
-        out = self.experts(flat, routing, self.config.dispatch)
+        out = self.experts.dispatch(flat, routing, self.config.dispatch)
         if self.shared is not None:
-            for e in range(self.shared.num_experts):
-                out = out + self.shared.expert(e, flat)
+            for expert in self.shared:
+                out = out + expert(flat)
         collectors = active_collectors()
         if collectors:
             aux, z = balancing_losses(routing)

@@ -64,11 +64,12 @@ class MoEGPT(CharGPT):
 def _init_like_gpt(moe: MoE, n_layer: int) -> None:
     """GPT-2 initialisation for the experts and router (normal 0.02; the output projections scaled by depth)."""
     with torch.no_grad():
-        for experts in (moe.experts, moe.shared):
-            if experts is None:
-                continue
-            nn.init.normal_(experts.w1, std=0.02)
-            nn.init.normal_(experts.w2, std=0.02 / math.sqrt(2 * n_layer))
+        for expert in [*moe.experts.members(), *(moe.shared.members() if moe.shared is not None else [])]:
+            nn.init.normal_(expert.c_fc.weight, std=0.02)
+            nn.init.normal_(expert.c_proj.weight, std=0.02 / math.sqrt(2 * n_layer))
+            for linear in (expert.c_fc, expert.c_proj):
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
         nn.init.normal_(moe.router.gate.weight, std=0.02)
 
 

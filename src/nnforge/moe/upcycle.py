@@ -98,17 +98,17 @@ def _from_dense(fc_in: nn.Linear, fc_out: nn.Linear, config: UpcycleConfig, gen:
         width = h
     moe_cfg = config.moe.model_copy(update={"hidden": width, "bias": bias, "activation": config.activation})
     moe = MoE(d, moe_cfg).to(fc_in.weight.dtype)
-    for i in range(e):
+    for i, expert in enumerate(moe.experts.members()):
         rows = torch.arange(i, h, e) if config.init == "partition" else torch.arange(h)
         scale = float(e) if config.init == "partition" else 1.0
         w1, w2 = fc_in.weight[rows], fc_out.weight[:, rows] * scale
         if config.noise and config.init == "copy":
             w1 = w1 + torch.randn(w1.shape, generator=gen) * w1.std() * config.noise
             w2 = w2 + torch.randn(w2.shape, generator=gen) * w2.std() * config.noise
-        moe.experts.w1[i].copy_(w1)
-        moe.experts.w2[i].copy_(w2)
-        if bias and moe.experts.b1 is not None and moe.experts.b2 is not None:
-            moe.experts.b1[i].copy_(fc_in.bias[rows])
-            moe.experts.b2[i].copy_(fc_out.bias)  # the combine weights sum to 1: the bias once
+        expert.c_fc.weight.copy_(w1)
+        expert.c_proj.weight.copy_(w2)
+        if bias and fc_in.bias is not None and fc_out.bias is not None:
+            expert.c_fc.bias.copy_(fc_in.bias[rows])
+            expert.c_proj.bias.copy_(fc_out.bias)  # the combine weights sum to 1: the bias once
     moe.router.gate.weight.zero_()
     return moe.to(fc_in.weight.device)

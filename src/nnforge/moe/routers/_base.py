@@ -7,17 +7,35 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from nnforge.config import Config
 from nnforge.registry import Registry
 
-__all__ = ["ROUTERS", "RouterOptions", "register_router", "capacity"]
+__all__ = ["ROUTERS", "RouterOptions", "register_router", "capacity", "RouterGate"]
 
 ROUTERS: Registry[Any] = Registry("router")
 
 
 class RouterOptions(Config):
     """Options every router accepts (none so far); a router's own ``Options`` subclass this."""
+
+
+class RouterGate(nn.Module):
+    """The router's logits ``x · weightᵀ`` (no bias), initialised as ``nn.Linear``.
+
+    Deliberately not an ``nn.Linear``: ``quantize_`` and LoRA leave the routing in full precision (it is tiny, and
+    rounding it moves tokens between experts) and list it as skipped instead.
+    """
+
+    def __init__(self, d_model: int, num_experts: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, d_model))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
 
 
 def register_router(name: str) -> Callable[[Any], Any]:

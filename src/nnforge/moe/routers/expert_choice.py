@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import nn
 
 from nnforge.moe._routing import Routing
-from nnforge.moe.routers._base import RouterOptions, capacity, register_router
+from nnforge.moe.routers._base import RouterGate, RouterOptions, capacity, register_router
 
 __all__ = ["ExpertChoiceRouter", "ExpertChoiceOptions"]
 
@@ -29,7 +29,7 @@ class ExpertChoiceRouter(nn.Module):
     def __init__(self, d_model: int, num_experts: int, options: ExpertChoiceOptions) -> None:
         super().__init__()
         self.options, self.num_experts = options, num_experts
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = RouterGate(d_model, num_experts)
 
     def forward(self, x: torch.Tensor) -> Routing:
         n = x.shape[0]

@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from nnforge.moe._routing import Routing, sort_assignments
-from nnforge.moe.routers._base import RouterOptions, capacity, keep_within_capacity, register_router
+from nnforge.moe.routers._base import RouterGate, RouterOptions, capacity, keep_within_capacity, register_router
 
 __all__ = ["TopKRouter", "TopKOptions"]
 
@@ -40,7 +40,7 @@ class TopKRouter(nn.Module):
             raise ValueError(f"The 'k' option of the top-k router must be at most num_experts ({num_experts}). "
                              f"Got {options.k} instead.")
         self.options, self.num_experts = options, num_experts
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.gate = RouterGate(d_model, num_experts)
         self.register_buffer("bias", torch.zeros(num_experts))  # selection-only bias (aux-loss-free balancing)
 
     def forward(self, x: torch.Tensor) -> Routing:
