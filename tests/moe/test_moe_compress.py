@@ -39,3 +39,19 @@ def test_quantize_reaches_every_expert_and_the_model_still_routes():
 def test_moe_config_round_trips_through_its_dict():
     cfg = MoEConfig(num_experts=4, router_options={"k": 1, "score": "sigmoid"}, balance="aux-free")
     assert MoEConfig.model_validate(cfg.model_dump()) == cfg
+
+
+def test_lora_through_peft_reaches_each_expert_and_trains_only_the_adapters():
+    from nnforge.adapt import LoraConfig, apply_lora_
+
+    torch.manual_seed(0)
+    model = build_moe_gpt(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=20,
+                          moe={"num_experts": 4, "hidden": 64, "router_options": {"k": 2}})
+    report = apply_lora_(model, LoraConfig(r=2, target_modules=("c_fc",), trainable=()))
+    assert {c.name for c in report.changed} == {f"transformer.h.0.mlp.experts.{e}.c_fc" for e in range(4)}
+    idx = torch.randint(0, 20, (2, 16))
+    _, loss = model(idx, idx)
+    loss.backward()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "experts.0.c_fc.lora_B" in n)
