@@ -50,10 +50,6 @@ def cost_side_by_side(models: dict[str, Any], texts: list[str], repeats: int = 3
         out[k] = {"latency_b1_ms": p1[k].median_ms, "latency_b1_p95_ms": p1[k].p95_ms,
                   "latency_b1_iqr_ms": p1[k].iqr_ms, "throughput_b32": n / (p32[k].median_ms / 1e3),
                   "peak_memory_mb": peak_memory_mb(b32),
-                  "energy_j_per_inference": _joules(fns[k][0], repeats)}
+                  "energy_j_per_inference": energy_per_call(fns[k][0], calls=repeats).joules}
     return out
 
-
-def _joules(fn: Callable[[], Any], calls: int) -> float:
-    with torch.inference_mode():
-        return energy_per_call(fn, calls=calls).joules

@@ -214,13 +214,17 @@ class EnergyMeter:
         self.stop()
 
 
-def energy_per_call(fn: Callable[[], Any], calls: int = 20, *, watts_per_core: float | None = None) -> EnergyReading:
+def energy_per_call(fn: Callable[[], Any], calls: int = 20, *, watts_per_core: float | None = None,
+                    inference_mode: bool = True) -> EnergyReading:
     """The energy of one call of ``fn``: ``calls`` calls in a row under an :class:`EnergyMeter`, divided by
-    ``calls`` (``joules``, ``wall_s`` and ``cpu_s`` of the returned reading are per call)."""
+    ``calls`` (``joules``, ``wall_s`` and ``cpu_s`` of the returned reading are per call). The calls run under
+    ``torch.inference_mode()``, as deployed inference, unless ``inference_mode=False``."""
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
         raise ConfigError(f"The 'calls' parameter of energy_per_call must be an int in the range [1, inf). "
                           f"Got {calls!r} instead.")
-    with EnergyMeter(watts_per_core=watts_per_core) as meter:
+    import torch
+
+    with torch.inference_mode(inference_mode), EnergyMeter(watts_per_core=watts_per_core) as meter:
         for _ in range(calls):
             fn()
     r = meter.reading

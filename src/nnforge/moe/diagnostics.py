@@ -91,27 +91,23 @@ class RoutingMonitor(Callback):
         self._close()  # the step's forwards are done: stop collecting before anything else runs a forward
 
     def step_end(self, state: TrainState) -> None:
-        collector = self._close()
+        self._close()
+        collector, self._collector = self._collector, None
         if collector is not None and collector.reports:
             self._record(state.step, collector)
 
     def fit_end(self, state: TrainState) -> None:
         self._close()
+        self._collector = None
 
-    def _close(self) -> RoutingCollector | None:
-        if self._block is None:
-            return self._collector if self._collector is not None and self._pending() else None
-        self._block.close()
-        self._block = None
-        return self._collector
-
-    def _pending(self) -> bool:
-        return bool(self._collector and self._collector.reports)
+    def _close(self) -> None:
+        if self._block is not None:
+            self._block.close()
+            self._block = None
 
     # --- what is recorded -----------------------------------------------------------------------------------
 
     def _record(self, step: int, collector: RoutingCollector) -> None:
-        self._collector = None
         for layer, reports in collector.by_layer().items():
             row = {"step": step, "layer": layer, **_merge(reports)}
             self.history.append(row)

@@ -273,8 +273,6 @@ def measure_final_model(run_dir: str | Path, splits: Mapping[str, Any], seed: in
     from nnforge.hardware import measure_model
     from nnforge.models.checkpoint import load_weights
     from nnforge.recipes.runs import rebuild
-    from nnforge.recipes.steps._calibration import calibration_batches
-
     config = runs.read_config(run_dir)
     variant = config.get("final_variant")
     if not variant:
@@ -283,16 +281,23 @@ def measure_final_model(run_dir: str | Path, splits: Mapping[str, Any], seed: in
     path = Path(run_dir) / config["variants"][variant]
     tensors, spec = load_weights(path)
     model = rebuild(spec, tensors)
-    ctx = SimpleNamespace(model=model, data=dict(splits), seed=seed, shared={})
-    batches, _ = calibration_batches(ctx, 1, batch_size=1)
-    example = batches[0]
-    if isinstance(example, Mapping):  # a text classifier: forward(input_ids, attention_mask)
-        example = (example["input_ids"], example["attention_mask"])
-    hw = measure_model(model, example, repeats=repeats, artifact_paths=[path])
+    hw = measure_model(model, example_input(model, splits, seed), repeats=repeats, artifact_paths=[path])
     measured = {k: float(hw[k]) for k in ("latency_b1_ms", "throughput_per_s", "peak_memory_mb", "size_mb",
                                           "energy_j_per_inference") if hw.get(k) is not None}
     measured["parameters"] = float(sum(p.numel() for p in model.parameters()))
     return measured, {"variant": variant, "energy_source": hw.get("energy_source")}
+
+
+def example_input(model: Any, splits: Mapping[str, Any], seed: int) -> Any:
+    """One batch-1 input of the data, as the model's forward takes it (a text classifier: ids and mask)."""
+    from nnforge.recipes.steps._calibration import calibration_batches
+
+    batches, _ = calibration_batches(SimpleNamespace(model=model, data=dict(splits), seed=seed, shared={}), 1,
+                                     batch_size=1)
+    example = batches[0]
+    if isinstance(example, Mapping):  # a text classifier: forward(input_ids, attention_mask)
+        example = (example["input_ids"], example["attention_mask"])
+    return example
 
 
 def _pruned(exc: BaseException) -> BaseException | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -91,18 +90,6 @@ def candidate_features(model: Any, example: Any, params: Mapping[str, Any]) -> d
     return features
 
 
-def example_input(model: Any, splits: Mapping[str, Any], seed: int) -> Any:
-    """One batch-1 input of the data, as the model's forward takes it (a text classifier: ids and mask)."""
-    from nnforge.recipes.steps._calibration import calibration_batches
-
-    batches, _ = calibration_batches(SimpleNamespace(model=model, data=dict(splits), seed=seed, shared={}), 1,
-                                     batch_size=1)
-    example = batches[0]
-    if isinstance(example, Mapping):
-        example = (example["input_ids"], example["attention_mask"])
-    return example
-
-
 @dataclass(frozen=True)
 class RecipeScreen:
     """A fitted screen: the predictor (as a dict: it travels to worker processes), the limit, its held-out error."""
@@ -126,7 +113,7 @@ def fit_recipe_screen(base: Mapping[str, Any], space: Mapping[str, Any], splits:
     from nnforge.hardware import measure_model
     from nnforge.recipes.runs import build_base
     from nnforge.recipes.schema import parse_recipe
-    from nnforge.recipes.search_run import trial_document
+    from nnforge.recipes.search_run import example_input, trial_document
     from nnforge.search import suggest
     from nnforge.search.predictor import fit_latency_predictor
 
@@ -156,6 +143,7 @@ def screen_trial(trial: Any, predictor: Mapping[str, Any], limit_ms: float, mode
     mark it ``screened`` and raise ``optuna.TrialPruned``: it is not trained."""
     import optuna
 
+    from nnforge.recipes.search_run import example_input
     from nnforge.search.predictor import PREDICTED_ATTR, SCREENED_ATTR, LatencyPredictor
 
     predicted = LatencyPredictor.from_dict(predictor).predict(

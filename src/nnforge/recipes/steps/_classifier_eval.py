@@ -92,12 +92,8 @@ def _costs(variants: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) 
     p32 = compare({k: partial(m, batch) for k, m in variants.items()}, warmup=2, repeats=max(3, repeats // 3))
     return {k: {"latency_b1_ms": p1[k].median_ms, "latency_b1_p95_ms": p1[k].p95_ms, "latency_b1_iqr_ms": p1[k].iqr_ms,
                 "throughput_b32": len(batch) / (p32[k].median_ms / 1e3),
-                "energy_j_per_inference": _joules(partial(variants[k], one), repeats)} for k in variants}
+                "energy_j_per_inference": energy_per_call(partial(variants[k], one), calls=repeats).joules} for k in variants}
 
-
-def _joules(fn: Callable[[], Any], calls: int) -> float:
-    with torch.inference_mode():
-        return energy_per_call(fn, calls=calls).joules
 
 
 def evaluate_arrays(ctx: RunContext, config: Any, split: str,
