@@ -31,7 +31,7 @@ def test_every_router_is_covered_here():
 
 
 @pytest.mark.parametrize(("router", "options"), ROUTINGS)
-@pytest.mark.parametrize("dispatch", ["grouped", "padded"])
+@pytest.mark.parametrize("dispatch", ["fused", "grouped", "padded"])
 def test_dispatch_equals_the_reference_loop_forward_and_backward(router, options, dispatch):
     x = torch.randn(3, 7, 8, dtype=torch.float64)
     results = []
@@ -49,6 +49,47 @@ def test_dispatch_equals_the_reference_loop_forward_and_backward(router, options
     assert g.keys() == g_ref.keys() and "router.gate.weight" in g  # the router learns through the combine weights
     for name in g:
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_fused_dispatch_without_biases_and_with_an_idle_expert_equals_the_loop(activation):
+    """Other activations, no biases, and an expert that gets no token (its weights get no gradient, as in autograd)."""
+    from nnforge.moe import Routing, sort_assignments
+    from nnforge.moe._experts import Experts
+
+    torch.manual_seed(0)
+    experts = Experts(3, 5, 7, activation=activation, bias=False).double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    token = torch.arange(6).repeat_interleave(2)
+    expert = torch.tensor([0, 2] * 6)  # expert 1 idle
+    weight = torch.rand(12, dtype=torch.float64, requires_grad=True)
+    out = []
+    for how in ("fused", "reference"):
+        tok, exp, w, counts = sort_assignments(token, expert, weight, 3)
+        r = Routing(tok, exp, w, counts, torch.zeros(6, 3), torch.zeros(6, 3), None)
+        xi = x.clone().requires_grad_(True)
+        experts.zero_grad(set_to_none=True)
+        weight.grad = None
+        y = experts.dispatch(xi, r, how)
+        (y * torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        out.append((y.detach(), xi.grad, weight.grad, [None if p.grad is None else p.grad.clone()
+                                                       for p in experts.parameters()]))
+    (y, gx, gw, gp), (y_ref, gx_ref, gw_ref, gp_ref) = out
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-12)
+    assert [g is None for g in gp] == [g is None for g in gp_ref] == [False, False, True, True, False, False]
+    for g, g_ref in zip(gp, gp_ref, strict=True):
+        if g is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_dispatch_falls_back_to_grouped_for_other_dtypes_and_fused_says_why():
+    layer = _layer("top-k", {"k": 2}, "auto")
+    x = torch.randn(4, 8, dtype=torch.float32)
+    assert not layer.experts._fusable(x) and layer.experts._fusable(x.double())
+    with pytest.raises(ValueError, match="fused dispatch needs plain nn.Linear"):
+        layer.experts.dispatch(x, layer.router.float()(x), "fused")
 
 
 @pytest.mark.parametrize(("router", "options"), ROUTINGS)

@@ -3,8 +3,11 @@ the dispatch that runs them.
 
 Each expert is an ordinary module (``experts.0.c_fc`` …), so everything that works on Linears works per expert:
 ``quantize_`` quantizes each expert's projections, PEFT puts LoRA on them by name, a dense FFN's Linears seed
-them (:func:`nnforge.moe.upcycle_`). Three dispatches compute the same thing (tested equal, forward and backward):
+them (:func:`nnforge.moe.upcycle_`). Four dispatches compute the same thing (tested equal, forward and backward):
 
+* ``fused`` — the grouped computation as one autograd node with a hand-written backward (``_fused.py``): six
+  matmuls per expert and a few passes over all rows, nothing per expert that autograd would record; plain
+  ``nn.Linear`` experts in the input's dtype only;
 * ``grouped`` — the tokens gathered once in expert order (the router already sorted its assignments), each expert
   run on its one contiguous block, the weighted outputs added back with one ``index_add_``; works with any
   expert module (a quantized one too);
@@ -23,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnforge.moe._fused import fused_experts
 from nnforge.moe._routing import Routing
 
 __all__ = ["Experts", "ExpertFFN", "DISPATCHES"]
 
-DISPATCHES = ("grouped", "padded", "reference")
-Dispatch = Literal["grouped", "padded", "reference"]
+DISPATCHES = ("auto", "fused", "grouped", "padded", "reference")
+Dispatch = Literal["auto", "fused", "grouped", "padded", "reference"]
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 
 
@@ -64,8 +68,16 @@ class Experts(nn.ModuleList):
         """The experts in order (typed)."""
         return [self.expert(e) for e in range(len(self))]
 
-    def dispatch(self, x: torch.Tensor, routing: Routing, how: Dispatch = "grouped") -> torch.Tensor:
-        """The weighted sum of each token's experts' outputs, (N, d); a token with no assignment gets zeros."""
+    def dispatch(self, x: torch.Tensor, routing: Routing, how: Dispatch = "auto") -> torch.Tensor:
+        """The weighted sum of each token's experts' outputs, (N, d); a token with no assignment gets zeros.
+
+        ``auto`` is ``fused`` where it applies (plain Linear experts in ``x``'s dtype, no autocast) and ``grouped``
+        otherwise.
+        """
+        if how == "auto":
+            how = "fused" if self._fusable(x) else "grouped"
+        if how == "fused":
+            return self._fused(x, routing)
         if how == "grouped":
             return self._grouped(x, routing)
         if how == "padded":
@@ -74,7 +86,21 @@ class Experts(nn.ModuleList):
             return self._reference(x, routing)
         raise ValueError(f"unknown dispatch {how!r}; one of {', '.join(DISPATCHES)}")
 
-    # --- the three dispatches ---------------------------------------------------------------------------------
+    # --- the dispatches -----------------------------------------------------------------------------------------
+
+    def _plain(self) -> bool:
+        return all(type(m) is nn.Linear for e in self.members() for m in (e.c_fc, e.c_proj))
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return (self._plain() and not torch.is_autocast_enabled(x.device.type)
+                and all(p.dtype == x.dtype and p.device == x.device for p in self.parameters()))
+
+    def _fused(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+        if not self._fusable(x):
+            raise ValueError("the fused dispatch needs plain nn.Linear experts in the input's dtype and device and no "
+                             "autocast (these are quantized, adapted or in another dtype); use dispatch 'grouped'")
+        params = [(e.c_fc.weight, e.c_fc.bias, e.c_proj.weight, e.c_proj.bias) for e in self.members()]
+        return fused_experts(x, r.token, r.weight, r.counts.tolist(), self.activation, params)
 
     def _grouped(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         xs = x[r.token]  # (A, d) in expert order
@@ -85,7 +111,7 @@ class Experts(nn.ModuleList):
     def _stacked(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         fcs = [e.c_fc for e in self.members()]
         projs = [e.c_proj for e in self.members()]
-        if not all(type(m) is nn.Linear for m in (*fcs, *projs)):
+        if not self._plain():
             raise ValueError("the padded dispatch stacks the experts' weights, so it needs plain nn.Linear experts "
                              "(these are quantized or adapted); use dispatch 'grouped'")
         b1 = torch.stack([m.bias for m in fcs]) if fcs[0].bias is not None else None

@@ -40,7 +40,8 @@ class MoEConfig(Config):
     aux_loss_weight: float = Field(0.01, ge=0)
     z_loss_weight: float = Field(1e-3, ge=0)
     bias_update_rate: float = Field(1e-3, ge=0, description="aux-free: bias step per training forward")
-    dispatch: Literal["grouped", "padded", "reference"] = "grouped"
+    dispatch: Literal["auto", "fused", "grouped", "padded", "reference"] = Field(
+        "auto", description="auto: fused for plain Linear experts, else grouped")
     activation: Literal["gelu", "relu", "silu"] = "gelu"
     bias: bool = Field(True, description="biases in the experts' linears")
 
