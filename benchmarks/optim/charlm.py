@@ -25,10 +25,8 @@ bootstrap interval of the ms/step ratio. The sweep's own step times stay in the 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import add_mode_args, mode, pick, ratio_with_ci, spread, tag, write_results  # noqa: E402
+from _sweep import LrSweep, final_loss, next_lr, timed_callbacks, timing  # noqa: E402,F401  (digits.py imports them here)
 
 # optimizer → (starting learning rates, geometric, around its best so far; fixed options); any registered
 # optimizer missing here starts at half, once and twice its config's default lr. Each grid is extended
@@ -90,30 +89,6 @@ def run_one(corpus: Any, name: str, lr: float, options: dict[str, Any], steps: i
     # a diverged run's NaN/inf losses are null (JSON has no NaN); such a run is not finite
     curve = {str(int(e["step"])): (float(e["loss"]) if math.isfinite(float(e["loss"])) else None) for e in result.evals}
     return {"optimizer": name, "lr": lr, "options": options, "val_loss": curve, **timing(step_times, curve)}
-
-
-def timed_callbacks(optimizer: Any) -> tuple[list[Any], list[float]]:
-    """Callbacks that time each training step (evaluation excluded) and refresh Sophia's Hessian."""
-    from nnforge.train import Event, hessian_refresh, on
-
-    step_times: list[float] = []
-    marks: dict[str, float] = {}
-    callbacks: list[Any] = [hessian_refresh(optimizer)] if hasattr(optimizer, "update_hessian") else []
-    callbacks += [on(Event.STEP_START, lambda s: marks.__setitem__("t", time.perf_counter())),
-                  on(Event.STEP_END, lambda s: step_times.append(time.perf_counter() - marks["t"]))]
-    return callbacks, step_times
-
-
-def timing(step_times: list[float], curve: dict[str, float | None]) -> dict[str, Any]:
-    """Training seconds in total and at each evaluated step, median s/step, and whether the curve is finite."""
-    seconds_at, total = {}, 0.0
-    for i, t in enumerate(step_times, start=1):
-        total += t
-        if str(i) in curve:
-            seconds_at[str(i)] = total
-    finite = all(v is not None for v in curve.values())
-    return {"train_seconds": total, "seconds_at": seconds_at, "s_per_step": spread(step_times)["median"],
-            "finite": finite}
 
 
 def timing_phase(corpus: Any, best: dict[str, dict[str, Any]], model: dict[str, Any], rounds: int,
@@ -242,67 +217,6 @@ def grid_for(name: str) -> tuple[list[float], dict[str, Any]]:
     return [lr / 2, lr, 2 * lr], {}
 
 
-def final_loss(run: dict[str, Any]) -> float:
-    last = max(run["val_loss"], key=int)
-    return run["val_loss"][last] if run["finite"] else float("inf")
-
-
-def next_lr(runs: list[dict[str, Any]]) -> float | None:
-    """One more lr beyond the edge where an optimizer's best sits, or None when the best is strictly inside."""
-    lrs = sorted(r["lr"] for r in runs)
-    best = min(runs, key=final_loss)["lr"]
-    if len(lrs) < 2:
-        return None
-    if best == lrs[0]:
-        return float(f"{lrs[0] * lrs[0] / lrs[1]:.6g}")  # 6 digits: 1.25e-3, not 0.0012500000000000002
-    if best == lrs[-1]:
-        return float(f"{lrs[-1] * lrs[-1] / lrs[-2]:.6g}")
-    return None
-
-
-def _load_progress(path: Path, steps: int, n_val: int) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            doc = json.loads(line)
-            if doc["steps"] == steps and doc["val_batches"] == n_val:
-                done[f"{doc['run']['optimizer']}@{doc['run']['lr']:g}"] = doc["run"]
-    return done
-
-
-class Sweep:
-    """Runs (optimizer, lr) pairs once each, reusing finished runs from the progress file (None in smoke mode)."""
-
-    def __init__(self, corpus: Any, steps: int, eval_every: int, val: list[Any], progress: Path | None,
-                 model: dict[str, Any]) -> None:
-        self.corpus, self.steps, self.eval_every, self.val, self.progress = corpus, steps, eval_every, val, progress
-        self.model = model
-        self.done = _load_progress(progress, steps, len(val)) if progress else {}
-        self.resumed = len(self.done)  # runs a previous invocation finished (the progress file's)
-        self.runs: dict[str, list[dict[str, Any]]] = {}
-
-    def run(self, name: str, lr: float) -> None:
-        key = f"{name}@{lr:g}"
-        if key not in self.done:
-            self.done[key] = run_one(self.corpus, name, lr, grid_for(name)[1], self.steps, self.eval_every, self.val,
-                                     self.model)
-            if self.progress is not None:
-                with open(self.progress, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"steps": self.steps, "val_batches": len(self.val), "run": self.done[key]}) + "\n")
-            r = self.done[key]
-            print(f"{name:22s} lr {lr:<8g} final val {final_loss(r):.4f} {r['s_per_step'] * 1e3:.1f} ms/step", flush=True)
-        self.runs.setdefault(name, []).append(self.done[key])
-
-    def bracket(self, names: list[str], max_extensions: int) -> None:
-        """Add one lr beyond the edge for every optimizer whose best is at an edge, round after round."""
-        for _ in range(max_extensions):
-            todo = {n: lr for n in names if (lr := next_lr(self.runs[n])) is not None}
-            if not todo:
-                return
-            for name, lr in todo.items():  # interleaved: one new point of each optimizer per round
-                self.run(name, lr)
-
-
 def main() -> int:
     from nnforge.optim import optimizer_names
 
@@ -330,14 +244,12 @@ def main() -> int:
     model = pick(args, full={}, quick={}, smoke={"n_layer": 1, "n_head": 2, "n_embd": 32})
     if run_mode == "smoke":
         torch.set_num_threads(1)
-    sweep = Sweep(corpus, steps, eval_every, val, progress, model)
+    sweep = LrSweep(lambda name, lr: run_one(corpus, name, lr, grid_for(name)[1], steps, eval_every, val, model),
+                    progress, {"steps": steps, "val_batches": n_val}, key="optimizer")
     grids = {n: grid_for(n)[0] for n in names}
     if run_mode == "quick":  # one lr each: a check that the loop runs, not a sweep (nothing is bracketed)
         grids = {n: [g[1]] for n, g in grids.items()}
-    for i in range(max(len(g) for g in grids.values())):  # interleaved: lr i of every optimizer, then lr i+1
-        for name in names:
-            if i < len(grids[name]):
-                sweep.run(name, grids[name][i])
+    sweep.grid(grids)
     sweep.bracket(names, pick(args, full=MAX_EXTENSIONS, quick=0, smoke=1))
     runs = [r for n in names for r in sweep.runs[n]]
     if args.sweep_only:
