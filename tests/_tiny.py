@@ -90,9 +90,24 @@ class Tiny(nn.Module):
         return self.fc2(torch.relu(self.fc1(self.norm(self.emb(ids)))))  # (B, T, 32)
 
 
-def conformance_model(seed: int = 0) -> Tiny:
+class TinyMoE(Tiny):
+    """:class:`Tiny` with a mixture-of-experts layer after ``fc2`` (4 experts, top-2, a residual around it), so that
+    every quantization and pruning method is checked on experts too, and expert removal has experts to remove."""
+
+    def __init__(self) -> None:
+        from nnforge.moe import MoE, MoEConfig
+
+        super().__init__()
+        self.moe = MoE(32, MoEConfig(num_experts=4, hidden=64, router_options={"k": 2}, balance="none"))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = super().forward(ids)
+        return x + self.moe(x)
+
+
+def conformance_model(seed: int = 0) -> TinyMoE:
     torch.manual_seed(seed)
-    return Tiny()
+    return TinyMoE()
 
 
 def conformance_ids(batch: int, seed: int = 1) -> torch.Tensor:

@@ -69,20 +69,12 @@ def build_variant(variant: str, model: dict[str, Any]) -> torch.nn.Module:
 
 
 def lm_loss(m: torch.nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Training: the LM loss plus every MoE layer's balancing losses (an upcycled char-GPT's too). Evaluation: the
-    cross-entropy alone, so that dense and MoE val losses compare the same quantity."""
-    import torch.nn.functional as F
+    """Training: the LM loss plus every MoE layer's balancing losses (an upcycled char-GPT's too, through
+    ``add_balancing_loss``). Evaluation: the cross-entropy alone (``moe-gpt`` adds nothing in evaluation mode), so
+    that dense and MoE val losses compare the same quantity."""
+    from nnforge.moe import add_balancing_loss
 
-    from nnforge.moe import MoEGPT, collect_routing
-
-    if not m.training:
-        logits = m(b[0])[0]
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), b[1].reshape(-1))
-    if isinstance(m, MoEGPT):  # its forward adds its layers' balancing losses itself
-        return m(b[0], b[1])[1]
-    with collect_routing(m) as routing:
-        loss = m(b[0], b[1])[1]
-    return loss + routing.loss if isinstance(routing.loss, torch.Tensor) else loss
+    return add_balancing_loss(m, lambda: m(b[0], b[1])[1])
 
 
 def train(net: torch.nn.Module, corpus: Any, lr: float, steps: int, eval_every: int, val: list[Any],

@@ -31,7 +31,7 @@ def test_every_router_is_covered_here():
 
 
 @pytest.mark.parametrize(("router", "options"), ROUTINGS)
-@pytest.mark.parametrize("dispatch", ["fused", "grouped", "padded"])
+@pytest.mark.parametrize("dispatch", ["fused", "grouped", "padded", "dense"])
 def test_dispatch_equals_the_reference_loop_forward_and_backward(router, options, dispatch):
     x = torch.randn(3, 7, 8, dtype=torch.float64)
     results = []
@@ -212,3 +212,16 @@ def test_bad_configs_are_refused_with_the_field_named(kwargs, message):
 def test_k_above_the_number_of_experts_is_refused():
     with pytest.raises(ValueError, match="'k' option of the top-k router must be at most num_experts"):
         MoE(8, MoEConfig(num_experts=2, router_options={"k": 3}))
+
+
+def test_auto_dispatch_calls_the_expert_modules_when_a_hook_observes_them():
+    layer = _layer("top-k", {"k": 2}, "auto")
+    x = torch.randn(6, 8, dtype=torch.float64)
+    seen = []
+    handle = layer.experts.expert(0).c_fc.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        assert not layer.experts._fusable(x)
+        layer(x)
+    finally:
+        handle.remove()
+    assert seen and layer.experts._fusable(x)  # the hook saw expert 0's tokens; without it, fused again

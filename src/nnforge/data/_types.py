@@ -81,10 +81,64 @@ class CharCorpus:
     val: torch.Tensor  # (N_val,) int64
     vocab: str
     source: dict[str, Any] = field(default_factory=dict)
+    # where each document lies in the whole stream (train then val): name -> (start, end); and named groups of
+    # documents (shakespeare-char: comedy, tragedy, history, poems), for domain slices and domain fine-tuning
+    documents: dict[str, tuple[int, int]] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    def _check_groups(self, groups: Any, where: str) -> list[str]:
+        if isinstance(groups, str) or not groups:
+            raise DataError(f"{where}: a non-empty list of document groups of {self.name}, e.g. [tragedy]; got "
+                            f"{groups!r}")
+        unknown = [g for g in groups if g not in self.groups]
+        if unknown:
+            have = ", ".join(sorted(self.groups)) or "none (this corpus has no document groups)"
+            raise DataError(f"{where}: {self.name} has no document group {unknown[0]!r}; its groups: {have}")
+        return list(groups)
+
+    def _stream(self) -> torch.Tensor:
+        return torch.cat([self.train, self.val])
+
+    def restrict(self, groups: list[str], val_fraction: float = 0.1) -> CharCorpus:
+        """The documents of ``groups`` only, as a corpus with the same vocabulary (a model trained on the whole
+        corpus reads it unchanged), split 90/10 by position like the whole."""
+        groups = self._check_groups(groups, "restrict")
+        stream = self._stream()
+        names = [d for g in groups for d in self.groups[g]]
+        names = sorted(set(names), key=names.index)
+        parts = [stream[slice(*self.documents[d])] for d in names]
+        ids = torch.cat(parts)
+        offsets, start = {}, 0
+        for d, part in zip(names, parts, strict=True):
+            offsets[d] = (start, start + len(part))
+            start += len(part)
+        n = int(len(ids) * (1 - val_fraction))
+        return CharCorpus(f"{self.name}[{','.join(groups)}]", ids[:n].clone(), ids[n:].clone(), self.vocab,
+                          {**self.source, "restricted_to": groups}, offsets, {g: self.groups[g] for g in groups})
+
+    def group_batches(self, group: str, n: int, batch_size: int, block_size: int,
+                      generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``n`` batches of (x, y) windows drawn from the documents of ``group`` (both splits; each document
+        weighted by its length), for measuring how a model treats that domain."""
+        (group,) = self._check_groups([group], "group_batches")
+        stream = self._stream()
+        spans = [self.documents[d] for d in self.groups[group] if self.documents[d][1] - self.documents[d][0]
+                 > block_size + 1]
+        if not spans:
+            raise DataError(f"group {group!r} of {self.name} has no document longer than {block_size + 1} tokens")
+        lengths = torch.tensor([e - s - block_size - 1 for s, e in spans], dtype=torch.float64)
+        out = []
+        for _ in range(n):
+            doc = torch.multinomial(lengths, batch_size, replacement=True, generator=generator)
+            offs = (torch.rand(batch_size, generator=generator, dtype=torch.float64) * lengths[doc]).long()
+            starts = [spans[int(d)][0] + int(o) for d, o in zip(doc, offs, strict=True)]
+            out.append((torch.stack([stream[i : i + block_size] for i in starts]),
+                        torch.stack([stream[i + 1 : i + 1 + block_size] for i in starts])))
+        return out
 
     def encode(self, text: str) -> torch.Tensor:
         index = {c: i for i, c in enumerate(self.vocab)}

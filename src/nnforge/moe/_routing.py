@@ -48,7 +48,9 @@ class Routing:
 def sort_assignments(token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor,
                      num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(token, expert, weight) sorted by expert (stable: within an expert, in token order) and the counts."""
-    order = torch.argsort(expert, stable=True)
+    # a unique key (expert, then position) sorts stably with any sort: ONNX export has no stable sort
+    key = expert * len(expert) + torch.arange(len(expert), device=expert.device)
+    order = torch.argsort(key)
     expert = expert[order]
     counts = torch.bincount(expert, minlength=num_experts)
     return token[order], expert, weight[order], counts

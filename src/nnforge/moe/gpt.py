@@ -12,6 +12,7 @@ Equal active parameters per token with the dense model: ``k · moe.hidden = mlp_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from nnforge.models.char_gpt import CharGPT, CharGPTConfig
 from nnforge.moe._layer import MoE, MoEConfig
 from nnforge.moe._report import collect_routing
 
-__all__ = ["MoEGPT", "MoEGPTConfig", "build_moe_gpt"]
+__all__ = ["MoEGPT", "MoEGPTConfig", "build_moe_gpt", "add_balancing_loss"]
 
 
 @config_type("model.moe-gpt")
@@ -52,13 +53,24 @@ class MoEGPT(CharGPT):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         with collect_routing(self) as routing:
             logits, loss = super().forward(idx, targets)
-        if loss is not None and isinstance(routing.loss, torch.Tensor):
+        if loss is not None and self.training and isinstance(routing.loss, torch.Tensor):
             loss = loss + routing.loss
         return logits, loss
 
     def moe_layers(self) -> dict[str, MoE]:
         """The MoE layers by module path."""
         return {n: m for n, m in self.named_modules() if isinstance(m, MoE)}
+
+
+def add_balancing_loss(model: nn.Module, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()`` (a loss from a forward of ``model``) plus the balancing losses of ``model``'s MoE layers in
+    training mode, so that a model that does not add them itself (an upcycled char-GPT) is balanced as configured.
+    A :class:`MoEGPT`, a model without MoE layers, or a model in evaluation mode: ``compute()`` unchanged."""
+    if isinstance(model, MoEGPT) or not model.training or not any(isinstance(m, MoE) for m in model.modules()):
+        return compute()
+    with collect_routing(model) as routing:
+        loss = compute()
+    return loss + routing.loss if isinstance(routing.loss, torch.Tensor) else loss
 
 
 def _init_like_gpt(moe: MoE, n_layer: int) -> None:

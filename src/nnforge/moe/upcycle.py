@@ -24,11 +24,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from nnforge.compress import ModuleChange, ModuleFilter, TransformReport, register_transform
 from nnforge.config import Config, config_type
 from nnforge.errors import ConfigError
 from nnforge.moe._layer import MoE, MoEConfig
 
-__all__ = ["UpcycleConfig", "UpcycleReport", "upcycle_"]
+__all__ = ["UpcycleConfig", "UpcycleReport", "upcycle_", "apply_upcycle"]
 
 
 @config_type("moe.upcycle")
@@ -49,8 +50,9 @@ class UpcycleReport(dict[str, Any]):
     """``{"changed": [module paths], "skipped": [{"module", "reason"}], "params_before", "params_after"}``."""
 
 
-def upcycle_(model: nn.Module, config: UpcycleConfig) -> UpcycleReport:
-    """Replace each dense FFN ``target`` of ``model`` by an MoE initialised from it (in place).
+def upcycle_(model: nn.Module, config: UpcycleConfig, filter: ModuleFilter | None = None) -> UpcycleReport:
+    """Replace each dense FFN ``target`` of ``model`` by an MoE initialised from it (in place); ``filter(name,
+    module) -> bool`` may leave some out (they are listed as skipped).
 
     Raises:
         ConfigError: no module called ``config.target`` was found, or none could be upcycled.
@@ -64,6 +66,9 @@ def upcycle_(model: nn.Module, config: UpcycleConfig) -> UpcycleReport:
         raise ConfigError(f"upcycle_: no module named {config.target!r} in the model (set UpcycleConfig.target to "
                           "the dense FFNs' attribute name)")
     for name, module in found:
+        if filter is not None and not filter(name, module):
+            skipped.append({"module": name, "reason": "left out by the filter"})
+            continue
         fc_in, fc_out = getattr(module, config.fc_in, None), getattr(module, config.fc_out, None)
         if isinstance(module, MoE):
             skipped.append({"module": name, "reason": "already an MoE layer"})
@@ -112,3 +117,21 @@ def _from_dense(fc_in: nn.Linear, fc_out: nn.Linear, config: UpcycleConfig, gen:
             expert.c_proj.bias.copy_(fc_out.bias)  # the combine weights sum to 1: the bias once
     moe.router.gate.weight.zero_()
     return moe.to(fc_in.weight.device)
+
+
+@register_transform(UpcycleConfig, kind="upcycle")
+def apply_upcycle(model: nn.Module, config: UpcycleConfig, filter: ModuleFilter | None = None, *,
+                  skeleton: bool = False, progress: Any = None) -> TransformReport:
+    """:func:`upcycle_` as a registered transform (``apply_(model, UpcycleConfig(...))``), so that a saved upcycled
+    variant is rebuilt from its dense base and this config (``skeleton``: the weights load next)."""
+    sizes = {n: sum(p.numel() * p.element_size() for p in m.parameters())
+             for n, m in model.named_modules() if n.split(".")[-1] == config.target}
+    done = upcycle_(model, config, filter)
+    report = TransformReport("upcycle", config.to_dict())
+    for name in done["changed"]:
+        layer = model.get_submodule(name)
+        after = sum(p.numel() * p.element_size() for p in layer.parameters())
+        report.changed.append(ModuleChange(name, "MoE", sizes[name], after, 0.0,
+                                           f"dense FFN → {config.moe.num_experts} experts ({config.init})"))
+    report.skipped.extend((s["module"], s["reason"]) for s in done["skipped"])
+    return report

@@ -33,13 +33,20 @@ class Distributed:
     owns_group: bool = False
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The model wrapped in DistributedDataParallel when there are several processes."""
+        """The model wrapped in DistributedDataParallel when there are several processes.
+
+        A module that may leave some of its parameters out of a step's graph (a mixture-of-experts layer whose
+        expert received no token on this rank) says so with a true ``ddp_unused_parameters`` attribute; DDP then
+        looks for unused parameters every step (``find_unused_parameters``) instead of waiting for their
+        gradients forever.
+        """
         if self.world_size == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        unused = any(getattr(m, "ddp_unused_parameters", False) for m in model.modules())
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of ``values`` over ranks (the tensor itself on one process)."""

@@ -19,6 +19,7 @@ from nnforge.data import ArrayClassification, CharCorpus
 from nnforge.errors import ConfigError, DataError, StepFailedError
 from nnforge.hardware import EnergyMeter, energy_label
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
+from nnforge.recipes.steps._moe import MoETraining, has_moe
 from nnforge.train import Event, TensorBatches, TrainConfig, accuracy, fit, hessian_refresh, on
 
 TRAIN_CALLBACKS = "train_callbacks"
@@ -37,6 +38,12 @@ class TrainStepConfig(Config):
     eval_batches: int = Field(50, ge=1)
     routing_every: int | None = Field(None, ge=1, description="MoE models: sample the routing every N steps "
                                                                "(default: about 50 samples per run)")
+    routing_batches: int = Field(8, ge=1, le=1000, description="MoE models: batches per document group (and for "
+                                                                "the drift) measured after training")
+    groups: list[str] | None = Field(None, min_length=1, description="character corpora: train only on these "
+                                     "document groups (shakespeare-char: comedy, tragedy, history, poems)")
+    freeze_router: bool = Field(False, description="MoE models: freeze every router (fine-tuning moves no token "
+                                                   "to another expert)")
 
     @model_validator(mode="after")
     def _known_optimizer(self) -> TrainStepConfig:
@@ -61,8 +68,11 @@ class TrainStepConfig(Config):
 
 
 def _lm_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The LM loss; in training, plus the balancing losses of MoE layers the model does not add itself."""
+    from nnforge.moe import add_balancing_loss
+
     x, y = batch
-    return model(x, y)[1]
+    return add_balancing_loss(model, lambda: model(x, y)[1])
 
 
 @STEPS.register("train")
@@ -81,6 +91,8 @@ class Train:
                 raise DataError(f"the {self.name} step trains on split 'train' and evaluates on 'test'; dataset "
                                 f"{dataset.name!r} has no {missing} (it has {sorted(dataset.splits)})")
         elif isinstance(dataset, CharCorpus):
+            if config.groups is not None:
+                dataset.restrict(config.groups)  # names the groups it has when one is unknown
             have = getattr(getattr(plan.model, "config", None), "block_size", None)
             if config.block_size is not None and isinstance(have, int) and config.block_size > have:
                 raise ConfigError(f"block_size {config.block_size} is longer than the model's context "
@@ -88,6 +100,12 @@ class Train:
         else:
             raise ConfigError(f"the {self.name} step trains on a character corpus or an array dataset (e.g. "
                               f"shakespeare-char, digits); {plan.recipe.data.dataset!r} is neither")
+        if config.groups is not None and not isinstance(dataset, CharCorpus):
+            raise ConfigError(f"the {self.name} step's groups option selects documents of a character corpus; "
+                              f"{plan.recipe.data.dataset!r} is not one")
+        if config.freeze_router and not has_moe(plan.model):
+            raise ConfigError(f"the {self.name} step's freeze_router needs a model with MoE layers (e.g. "
+                              "architecture moe-gpt); this one has none")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         from nnforge.optim import build_optimizer
@@ -96,9 +114,10 @@ class Train:
         gen = torch.Generator().manual_seed(ctx.seed)
         if isinstance(dataset, CharCorpus):
             block = config.block_size or getattr(getattr(ctx.model, "config", None), "block_size", 64)
-            train_data: Any = lambda step: dataset.batch(  # noqa: E731  (the batch contract: step → batch)
+            corpus = dataset.restrict(config.groups) if config.groups else dataset
+            train_data: Any = lambda step: corpus.batch(  # noqa: E731  (the batch contract: step → batch)
                 "train", config.batch_size, block, torch.Generator().manual_seed(ctx.seed * 1_000_003 + step))
-            eval_data: Any = [dataset.batch("val", config.batch_size, block, gen) for _ in range(config.eval_batches)]
+            eval_data: Any = [corpus.batch("val", config.batch_size, block, gen) for _ in range(config.eval_batches)]
             loss_fn: Any = _lm_loss
             metric_fn: Any = None
         elif isinstance(dataset, ArrayClassification):
@@ -118,9 +137,9 @@ class Train:
             total = config.train.max_steps
             callbacks.append(on(Event.STEP_END, lambda s: progress(self.name, s.step, total)))
         train_cfg = config.train if config.train.seed == ctx.seed else config.train.replace(seed=ctx.seed)
-        monitor = _routing_monitor(ctx, config)
-        if monitor is not None:
-            callbacks.append(monitor)
+        moe = MoETraining(ctx, config, self.name) if has_moe(ctx.model) else None
+        if moe is not None:
+            callbacks.append(moe.monitor)
         # the training run's energy: RAPL counters where readable, else the labelled CPU-time estimate
         meter = EnergyMeter()
         with meter:
@@ -134,34 +153,18 @@ class Train:
                    "train_final_loss": result.losses[-1] if result.losses else float("nan"),
                    "train_energy_j": energy["joules"]}
         metrics.update({f"val_{k}": v for k, v in final.items() if isinstance(v, (int, float)) and k != "step"})
-        if monitor is not None:
-            ctx.sections["moe"] = {"history": monitor.history, "alarms": [a.to_dict() for a in monitor.alarms],
-                                   "step": self.name}
-            last = monitor.last()
-            metrics.update({"moe_max_imbalance": max((r["imbalance"] for r in last.values()), default=float("nan")),
-                            "moe_dead_experts": sum(len(r["dead"]) for r in last.values()),
-                            "moe_alarms": len(monitor.alarms)})
+        if moe is not None:
+            block = config.block_size or getattr(getattr(ctx.model, "config", None), "block_size", 64)
+            metrics.update(moe.finish(dataset, eval_data if isinstance(dataset, CharCorpus) else [],
+                                      config.batch_size, block))
         return StepResult(metrics=metrics, details={"evals": result.evals, "energy": energy})
 
     def callbacks(self, config: Any) -> list[Any]:
         return []
 
     def save(self, ctx: RunContext, config: Any) -> None:
-        ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": []})
-
-
-def _routing_monitor(ctx: RunContext, config: Any) -> Any:
-    """A routing monitor for a model with MoE layers (None otherwise); its alarms become ``moe.alarm`` events."""
-    from nnforge.moe import MoE
-    from nnforge.moe.diagnostics import RoutingMonitor
-
-    if not any(isinstance(m, MoE) for m in ctx.model.modules()):
-        return None
-    def record(alarm: Any) -> None:
-        ctx.ledger.append("moe.alarm", alarm.to_dict(), run=ctx.run_id)
-
-    every = config.routing_every or max(1, config.train.max_steps // 50)
-    return RoutingMonitor(ctx.model, every=every, on_alarm=record)
+        # transforms that change the architecture before training (upcycling) stay in the spec: it rebuilds
+        ctx.save_model("fp32", ctx.model, {**ctx.model_spec, "transforms": list(ctx.model_spec.get("transforms", []))})
 
 
 class QATStepConfig(TrainStepConfig):
