@@ -3,7 +3,6 @@ experts idle on one rank do not stall DDP, and the auxiliary-loss-free bias move
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,24 +10,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _scripts import load_script
+
 HERE = Path(__file__).parent
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_process_ddp_trains_an_moe_model_like_one_process(tmp_path):
-    ddp_tests = _load(HERE.parent / "train" / "test_train_ddp.py", "ddp_tests")
+    ddp_tests = load_script(HERE.parent / "train" / "test_train_ddp.py", "ddp_tests")
     proc = ddp_tests.torchrun(str(HERE / "ddp_moe_worker.py"), tmp_path / "ddp", timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = _load(HERE / "ddp_moe_worker.py", "ddp_moe_worker").train(tmp_path / "single")
+    single = load_script(HERE / "ddp_moe_worker.py", "ddp_moe_worker").train(tmp_path / "single")
     ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 8
     torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(single["losses"]), rtol=1e-4, atol=1e-5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from _scripts import load_script
 
 HERE = Path(__file__).parent
 SRC = HERE.parents[1] / "src"
@@ -60,11 +61,7 @@ def torchrun(script: str, out: Path, timeout: float) -> subprocess.CompletedProc
 
 
 def load_worker():
-    spec = importlib.util.spec_from_file_location("ddp_worker", HERE / "ddp_worker.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(HERE / "ddp_worker.py", "ddp_worker")
 
 
 @pytest.mark.slow
