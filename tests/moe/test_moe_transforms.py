@@ -82,6 +82,7 @@ def test_upcycle_recipe_trains_the_upcycled_model_and_every_variant_rebuilds(wor
         assert isinstance(model.get_submodule("transformer.h.0.mlp"), MoE)
     sections = json.loads((Path(out["run_dir"]) / "sections.json").read_text())
     assert sections["moe"]["drift"] and sections["upcycle"]["variant"] == "upcycled"
+    assert "Upcycled from the dense model" in (Path(out["run_dir"]) / "report.html").read_text()
     assert main(["run", "moe-upcycle-charlm", "--set", "model.architecture=moe-gpt"]) == 2
     assert "already has MoE layers" in capsys.readouterr().err
 

@@ -25,7 +25,7 @@ def moe_section(sections: dict[str, Any], events: list[Any], png: Callable[[Any]
             "plot": _plot(moe["history"], final, png) if png is not None else None,
             "groups": groups, "groups_plot": _groups_plot(moe, png) if png is not None and groups else None,
             "drift": moe.get("drift") or [], "trained_on": moe.get("trained_on"),
-            "router_frozen": moe.get("router_frozen", False)}
+            "router_frozen": moe.get("router_frozen", False), "upcycle": sections.get("upcycle")}
 
 
 def _groups(moe: dict[str, Any]) -> list[dict[str, Any]]:
