@@ -83,6 +83,12 @@ def test_upcycle_recipe_trains_the_upcycled_model_and_every_variant_rebuilds(wor
     sections = json.loads((Path(out["run_dir"]) / "sections.json").read_text())
     assert sections["moe"]["drift"] and sections["upcycle"]["variant"] == "upcycled"
     assert "Upcycled from the dense model" in (Path(out["run_dir"]) / "report.html").read_text()
+    # the CLI reads the routing of the finished run by genre, and the drift from the upcycled start
+    assert main(["moe", "routing", out["run_dir"], "--before", "upcycled", "--batches", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["variant"] == "fp32" and set(doc["by_group"]["serving"]) == {"comedy", "tragedy", "history", "poems"}
+    assert doc["drift"][0]["layer"] == "transformer.h.0.mlp" and 0 <= doc["drift"][0]["load_shift"] <= 1
+    assert main(["moe", "routing", out["run_dir"], "--variant", "nope"]) == 2
     assert main(["run", "moe-upcycle-charlm", "--set", "model.architecture=moe-gpt"]) == 2
     assert "already has MoE layers" in capsys.readouterr().err
 

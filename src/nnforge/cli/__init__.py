@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import dashboard, docs, evaluate, info, ledger, model, prune, review, run, runs, search, users
+from nnforge.cli import dashboard, docs, evaluate, info, ledger, model, moe, prune, review, run, runs, search, users
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -55,6 +55,7 @@ app.add_typer(review.app, name="review")
 app.add_typer(dashboard.app, name="dashboard")
 app.add_typer(runs.app, name="runs")
 app.add_typer(users.app, name="users")
+app.add_typer(moe.app, name="moe")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,6 +159,7 @@ class RunContext:
         filename = "model.safetensors" if variant == "fp32" else f"model-{variant}.safetensors"
         path = self.run_dir / filename
         save_weights(model, path, spec)
+        self.variant_files.pop(variant, None)  # saved again (a train step after upcycling): now the latest, the final
         self.variants[variant] = model
         self.variant_specs[variant] = spec
         self.variant_files[variant] = filename
