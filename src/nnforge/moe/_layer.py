@@ -109,8 +109,8 @@ class MoE(nn.Module):
         e = self.config.num_experts
         if not keep or len(set(keep)) != len(keep) or not all(0 <= i < e for i in keep):
             raise ValueError(f"keep_experts_: distinct expert indices in [0, {e}) needed; got {keep}")
-        k = getattr(self.router, "options", None) and getattr(self.router.options, "k", 1)
-        if isinstance(k, int) and len(keep) < k:
+        k = int(getattr(getattr(self.router, "options", None), "k", 1))  # expert choice: no k, one is enough
+        if len(keep) < k:
             raise ValueError(f"keep_experts_: the router picks {k} experts per token; keeping {len(keep)} is too few")
         old = self.experts
         new = Experts(len(keep), self.d_model, old.hidden, activation=old.activation, bias=False)
@@ -148,9 +148,9 @@ def _global(counts: torch.Tensor) -> torch.Tensor:
 
 def freeze_routers_(model: nn.Module, frozen: bool = True) -> list[str]:
     """Freeze (or unfreeze) the router of every MoE layer in ``model``: its parameters get no gradient and the
-    auxiliary-loss-free selection bias stops moving, so fine-tuning changes what the experts compute but not which
-    expert a token goes to. The balancing losses are still computed and reported. Returns the layers' module
-    paths.
+    auxiliary-loss-free selection bias stops moving, so fine-tuning cannot retrain the routing itself (the layers
+    below still change what reaches each router, which the drift report measures). The balancing losses are still
+    computed and reported. Returns the layers' module paths.
 
     Raises:
         ValueError: ``model`` has no MoE layer.
