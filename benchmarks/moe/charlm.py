@@ -60,6 +60,7 @@ def moe_options(tiny: bool) -> dict[str, Any]:
 
 
 def build_variant(variant: str, model: dict[str, Any]) -> torch.nn.Module:
+    import nnforge.moe  # noqa: F401  (registers moe-gpt; a resumed run may reach this before anything else imports it)
     from nnforge.models import build
 
     torch.manual_seed(0)
