@@ -90,6 +90,10 @@ class Experts(nn.ModuleList):
         if how == "auto":
             exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
             how = "dense" if exporting else "fused" if self._fusable(x) else "grouped"
+        elif how == "fused" and not self._fusable(x):
+            raise ValueError("the fused dispatch needs plain nn.Linear experts in the input's dtype and device, no "
+                             "autocast and no forward hooks on them (these are quantized, adapted, in another dtype or "
+                             "observed); use dispatch 'grouped'")
         if how == "dense":
             return self._dense(x, routing)
         if how == "fused":
@@ -115,10 +119,6 @@ class Experts(nn.ModuleList):
                 and not _hooked(self))
 
     def _fused(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
-        if not self._fusable(x):
-            raise ValueError("the fused dispatch needs plain nn.Linear experts in the input's dtype and device, no "
-                             "autocast and no forward hooks on them (these are quantized, adapted, in another dtype or "
-                             "observed); use dispatch 'grouped'")
         params = [(e.c_fc.weight, e.c_fc.bias, e.c_proj.weight, e.c_proj.bias) for e in self.members()]
         return fused_experts(x, r.token, r.weight, r.counts.tolist(), self.activation, params)
 

@@ -52,16 +52,12 @@ def _needs_data(config: ExpertPruneConfig) -> bool:
     return not config.kept
 
 
-def _default_forward(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, tuple | list):
-        return model(*batch)
-    return model(batch)
-
-
 def _usage(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any] | None
            ) -> dict[str, torch.Tensor]:
     """Per MoE layer: assignments each expert received over ``batches``."""
-    run = forward or _default_forward
+    from nnforge.compress.quantize.calibrate.stats import run_batch
+
+    run = forward or run_batch  # the calibration forward every pruning and quantization method uses
     was_training = model.training
     model.eval()
     counts: dict[str, torch.Tensor] = {}
