@@ -165,5 +165,9 @@ def test_the_report_sentence_says_when_pruning_saves_memory_but_not_time():
     assert "zeros kept in dense matrices save nothing" in dense
     fast = prune_sentence({**base, "bytes_before": 400, "bytes_after": 100,
                            "latency_b1": {**timing, "speedup": 1.8, "speedup_ci": [1.6, 2.0], "verdict": "faster"}})
-    assert "Measured FASTER at batch 1: 1.80×" in fast and "NOT" not in fast
+    assert "Measured FASTER at batch 1: 1.80×" in fast and "NOT" not in fast and "noise" not in fast
+    # Masks only (same FLOPs, same bytes) yet measured faster: the sentence calls the difference what it is.
+    drift = prune_sentence({**base, "bytes_before": 400, "bytes_after": 400, "flops_ratio": 1.0,
+                            "latency_b1": {**timing, "speedup": 1.04, "speedup_ci": [1.01, 1.07], "verdict": "faster"}})
+    assert "zeros kept in dense matrices save nothing" in drift and "this machine's noise, not pruning's" in drift
     assert "not measured" in prune_sentence({**base, "bytes_before": 1, "bytes_after": 1, "latency_b1": None})

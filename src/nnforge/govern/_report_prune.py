@@ -66,6 +66,11 @@ def prune_sentence(s: dict[str, Any]) -> str:
         lo, hi = t["speedup_ci"]
         parts.append(f"Measured FASTER at batch 1: {t['speedup']:.2f}× the base's speed (95% interval {lo:.2f} to "
                      f"{hi:.2f}; {t['pruned_ms']:.2f} vs {t['base_ms']:.2f} ms).")
+        flops = s.get("flops_ratio")
+        if not saves_memory and isinstance(flops, (int, float)) and flops >= 1.0:
+            # Nothing it executes changed: a significant difference is this machine's drift, not pruning's.
+            parts.append("Yet it executes the same dense matrices (no fewer FLOPs, weights no smaller): zeros kept "
+                         "in dense matrices save nothing, so that difference is this machine's noise, not pruning's.")
     else:
         lo, hi = t["speedup_ci"]
         why = ("sparsity saves memory here, not time" if saves_memory
