@@ -25,6 +25,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "muon": {"lr": 0.02, "adamw_lr": 1e-2},
     "prodigy": {"d0": 1e-3},
     "schedule-free-adamw": {"lr": 1e-2},
+    "sgd": {"lr": 0.05, "momentum": 0.9},  # with momentum, so its state (the momentum buffer) is checked too
     "soap": {"lr": 1e-2, "precondition_frequency": 2},
     "sophia": {"lr": 2e-3},
 }

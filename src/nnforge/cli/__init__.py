@@ -9,7 +9,22 @@ from typing import Annotated
 
 import typer
 
-from nnforge.cli import dashboard, docs, evaluate, info, ledger, model, moe, prune, review, run, runs, search, users
+from nnforge.cli import (
+    dashboard,
+    docs,
+    evaluate,
+    federate,
+    info,
+    ledger,
+    model,
+    moe,
+    prune,
+    review,
+    run,
+    runs,
+    search,
+    users,
+)
 from nnforge.cli._common import STATE, console, setup_logging
 
 __all__ = ["app", "main"]
@@ -49,6 +64,7 @@ app.command("docs")(docs.docs)
 app.command("promote")(review.promote)
 app.command("prune")(prune.prune)
 app.command("search")(search.search)
+app.command("federate")(federate.federate)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(review.app, name="review")

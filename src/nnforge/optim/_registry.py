@@ -22,7 +22,7 @@ from nnforge.optim._base import ComplexParameterError
 from nnforge.optim._groups import param_groups_for
 from nnforge.registry import Registry
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "ParamsT", "StateShape", "build_optimizer", "optimizer_names",
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "ParamsT", "StateShape", "build_optimizer", "optimizer_config", "optimizer_names",
            "register_optimizer", "like_param", "scalar", "rows_square", "cols_square", "ADAM_STATE"]
 
 ParamsT = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
@@ -119,6 +119,16 @@ def _validate(spec: OptimizerSpec, options: dict[str, Any]) -> Config:
         return spec.config(**options)
     except ConfigError as exc:
         raise ConfigError(f"optimizer {spec.name!r}: {exc} Allowed options: {', '.join(allowed)}.") from None
+
+
+def optimizer_config(name: str, **options: Any) -> Config:
+    """The validated config of optimizer ``name`` with ``options`` — what :func:`build_optimizer` would use — for
+    checking options when a configuration is read, long before a model exists.
+
+    Raises:
+        ConfigError: ``name`` is unknown, or an option is unknown or out of range (named, with the allowed ones).
+    """
+    return _validate(OPTIMIZERS.get(name, where="optimizer"), options)
 
 
 def build_optimizer(name: str, model_or_params: nn.Module | ParamsT, **options: Any) -> torch.optim.Optimizer:

@@ -1,0 +1,163 @@
+"""The client side: a round of local training with nnforge's loop, and the Flower ``ClientApp`` around it.
+
+A client receives the global model (and, per strategy, FedProx's μ or SCAFFOLD's control variate), trains it on
+its own part of the data with :func:`nnforge.train.fit`, and replies with its model and what it did (examples,
+steps, mean loss, seconds). Corrections to the gradient (FedProx's proximal term, SCAFFOLD's ``c - c_i``) are
+optimizer step pre-hooks: they act after the loop's backward pass (and clipping), before each step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnforge.federated._config import LocalTraining
+from nnforge.federated._data import ClientData
+
+__all__ = ["ClientJob", "local_train", "make_client_app", "train_reply"]
+
+Hook = Callable[[torch.optim.Optimizer, Any, Any], None]
+
+
+@dataclass
+class ClientJob:
+    """Everything a simulated client needs, shipped once to each of Flower's client workers. What a strategy asks
+    of its clients beyond plain training (FedProx's proximal term, SCAFFOLD's correction) comes in its messages."""
+
+    template: nn.Module
+    data: list[ClientData]
+    local: LocalTraining
+    seed: int = 0
+    block_size: int = 64
+    _models: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+
+    def model(self, partition: int) -> nn.Module:
+        """This worker's copy of the model (made once, loaded with the global weights each round)."""
+        if partition not in self._models:
+            self._models[partition] = copy.deepcopy(self.template)
+        return self._models[partition]
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def proximal_hook(model: nn.Module, mu: float) -> Hook:
+    """FedProx: add ``mu · (w - w_global)``, the gradient of ``(mu/2)·||w - w_global||²``, before each step."""
+    pairs = [(p, p.detach().clone()) for p in _trainable(model).values()]
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for p, anchor in pairs:
+            if p.grad is not None:
+                p.grad.add_(p.detach() - anchor, alpha=mu)
+
+    return hook
+
+
+def correction_hook(model: nn.Module, correction: dict[str, torch.Tensor]) -> Hook:
+    """SCAFFOLD: add ``c - c_i`` to each gradient before each step."""
+    pairs = [(p, correction[n]) for n, p in _trainable(model).items() if n in correction]
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for p, c in pairs:
+            if p.grad is not None:
+                p.grad.add_(c)
+
+    return hook
+
+
+def local_train(model: nn.Module, data: ClientData, local: LocalTraining, *, seed: int, block_size: int = 64,
+                hooks: tuple[Hook, ...] = ()) -> dict[str, float]:
+    """Train ``model`` in place on one client's data for one round; returns steps, mean loss and seconds."""
+    from nnforge.optim import build_optimizer
+    from nnforge.train import TensorBatches, TrainConfig, fit
+
+    if data.kind == "arrays":
+        assert data.x is not None and data.y is not None
+        n = data.examples
+        steps = local.steps or max(1, math.ceil(local.epochs * n / local.batch_size))
+        batches: Any = TensorBatches(data.x, data.y, batch_size=min(local.batch_size, n), seed=seed)
+        loss_fn: Any = None
+    else:
+        assert data.tokens is not None and local.steps is not None
+        tokens, steps = data.tokens, local.steps
+        block = min(local.block_size or block_size, len(tokens) - 2)
+
+        def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            ix = torch.randint(len(tokens) - block - 1, (local.batch_size,), generator=g).tolist()
+            x = torch.stack([tokens[i:i + block] for i in ix]).long()
+            y = torch.stack([tokens[i + 1:i + 1 + block] for i in ix]).long()
+            return x, y
+
+        def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
+            return m(batch[0], batch[1])[1]
+
+    optimizer = build_optimizer(local.optimizer, model, **local.optimizer_options)
+    for hook in hooks:
+        optimizer.register_step_pre_hook(hook)
+    config = TrainConfig(max_steps=steps, clip_norm=local.clip_norm, schedule="constant", device="cpu", seed=seed,
+                         log_every=max(1, steps))
+    result = fit(model, batches, config=config, optimizer=optimizer, loss_fn=loss_fn)
+    losses = [x for x in result.losses if math.isfinite(x)]
+    return {"steps": float(result.steps), "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "seconds": result.seconds}
+
+
+def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
+    """Handle one ``train`` message: the Flower ``ClientApp``'s work, outside Flower's decorator for testing."""
+    from nnforge.federated._flower import require
+    from nnforge.federated.strategies.scaffold import CONTROL_KEY, DELTA_KEY, STATE_KEY
+
+    app = require("flwr.app")
+    partition = int(context.node_config["partition-id"])
+    data = job.data[partition]
+    model = job.model(partition)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    seed = job.seed * 1_000_003 + server_round * 10_007 + partition
+    hooks: list[Hook] = []
+    # what the strategy asks beyond plain local training, read from what it sent: FedProx's mu, SCAFFOLD's c
+    scaffold = CONTROL_KEY in msg.content
+    if float(config.get("proximal-mu", 0.0)) > 0:
+        hooks.append(proximal_hook(model, float(config["proximal-mu"])))
+    start = {n: p.detach().clone() for n, p in _trainable(model).items()}
+    if scaffold:
+        c = msg.content[CONTROL_KEY].to_torch_state_dict() if CONTROL_KEY in msg.content else {}
+        ci = context.state[STATE_KEY].to_torch_state_dict() if STATE_KEY in context.state else {}
+        c = {n: c.get(n, torch.zeros_like(w)) for n, w in start.items()}
+        ci = {n: ci.get(n, torch.zeros_like(w)) for n, w in start.items()}
+        hooks.append(correction_hook(model, {n: c[n] - ci[n] for n in start}))
+    t0 = time.perf_counter()
+    stats = local_train(model, data, job.local, seed=seed, block_size=job.block_size, hooks=tuple(hooks))
+    metrics = {"num-examples": data.examples, "train-loss": stats["loss"], "steps": int(stats["steps"]),
+               "seconds": time.perf_counter() - t0, "partition-id": partition}
+    content = app.RecordDict({"arrays": app.ArrayRecord({k: v.detach().clone() for k, v in model.state_dict().items()}),
+                              "metrics": app.MetricRecord(metrics)})
+    if scaffold:
+        k_lr = stats["steps"] * job.local.lr
+        new = {n: ci[n] - c[n] + (start[n] - p.detach()) / k_lr for n, p in _trainable(model).items()}
+        context.state[STATE_KEY] = app.ArrayRecord(new)
+        content[DELTA_KEY] = app.ArrayRecord({n: new[n] - ci[n] for n in new})
+    return app.Message(content=content, reply_to=msg)
+
+
+def make_client_app(job: ClientJob) -> Any:
+    """A Flower ``ClientApp`` whose ``train`` handler runs :func:`train_reply` for ``job``."""
+    from nnforge.federated._flower import require
+
+    client_app = require("flwr.clientapp").ClientApp()
+
+    @client_app.train()  # type: ignore[misc]
+    def train(msg: Any, context: Any) -> Any:
+        return train_reply(job, msg, context)
+
+    return client_app

@@ -1,0 +1,83 @@
+"""The configuration of a federated job: how many clients, how the data is split among them, how they train
+locally each round and how the server aggregates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from nnforge.config import Config, config_type
+
+__all__ = ["LocalTraining", "FederatedConfig"]
+
+
+@config_type("federated.local")
+class LocalTraining(Config):
+    """What each client does with the global model in one round (nnforge's training loop on its own data)."""
+
+    epochs: float = Field(1.0, gt=0, le=100, description="passes over the client's rows per round (array data)")
+    steps: int | None = Field(None, ge=1, le=100_000, description="optimizer steps per round instead of epochs "
+                                                                 "(a character corpus needs it)")
+    batch_size: int = Field(32, ge=1, le=65_536)
+    block_size: int | None = Field(None, ge=2, description="character LM context; default: the model's")
+    optimizer: str = "sgd"
+    optimizer_options: dict[str, Any] = Field(default_factory=lambda: {"lr": 0.05})
+    clip_norm: float | None = Field(None, gt=0, description="max global grad norm per step; None: no clipping")
+
+    @model_validator(mode="after")
+    def _known_optimizer(self) -> LocalTraining:
+        from nnforge.optim import optimizer_config
+
+        optimizer_config(self.optimizer, **self.optimizer_options)  # names an unknown optimizer or option
+        return self
+
+    @property
+    def lr(self) -> float:
+        from nnforge.optim import optimizer_config
+
+        return float(getattr(optimizer_config(self.optimizer, **self.optimizer_options), "lr", float("nan")))
+
+
+@config_type("federated")
+class FederatedConfig(Config):
+    """A federated job: ``rounds`` rounds over ``clients`` clients, each holding one part of the data.
+
+    ``strategy`` names a registered aggregation strategy (:func:`~nnforge.federated.strategy_names`: Flower's
+    ``fedavg``, ``fedprox``, ``fedadam``, ``fedmedian``, ``krum``, … and nnforge's ``scaffold``) with its
+    ``strategy_options``; ``partition`` a registered partitioner (``iid``, ``dirichlet``, ``shards``, ``source``)
+    with its ``partition_options``.
+    """
+
+    clients: int = Field(10, ge=2, le=10_000)
+    rounds: int = Field(10, ge=1, le=100_000)
+    strategy: str = "fedavg"
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    partition: str = "iid"
+    partition_options: dict[str, Any] = Field(default_factory=dict)
+    fraction_train: float = Field(1.0, gt=0, le=1, description="share of the clients sampled each round")
+    min_clients: int = Field(2, ge=1, description="fewest clients a round needs (and waits for)")
+    local: LocalTraining = Field(default_factory=LocalTraining)
+    seed: int = Field(0, ge=0, lt=2**31)
+    eval_every: int = Field(1, ge=1, description="evaluate the global model on the server every N rounds (and "
+                                                  "after the last)")
+    eval_batches: int = Field(20, ge=1, description="character LM: validation batches per evaluation")
+    client_cpus: float = Field(1.0, gt=0, description="CPUs each simulated client takes (Flower's Ray backend "
+                                                      "runs as many clients at once as CPUs allow)")
+    round_timeout_s: float = Field(600.0, gt=0, description="longest a round waits for its clients' replies")
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> FederatedConfig:
+        from nnforge.federated.partition import check_options
+        from nnforge.federated.strategies import STRATEGIES, check_strategy_options
+
+        check_strategy_options(self.strategy, self.strategy_options)
+        check_options(self.partition, self.partition_options)
+        if self.min_clients > self.clients:
+            raise ValueError(f"min_clients {self.min_clients} is more than the {self.clients} clients")
+        if STRATEGIES.get(self.strategy).client == "scaffold":
+            momentum = self.local.optimizer_options.get("momentum", 0.0)
+            if self.local.optimizer != "sgd" or momentum:
+                raise ValueError(f"strategy 'scaffold' corrects plain SGD steps: set local.optimizer to 'sgd' "
+                                 f"without momentum (got {self.local.optimizer!r}, momentum {momentum})")
+        return self
