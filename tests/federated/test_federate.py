@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from nnforge.data import load
-from nnforge.federated import FederatedConfig, FederatedError, LocalTraining, federate_, strategy_names
+from nnforge.federated import (
+    FederatedConfig,
+    FederatedError,
+    LocalTraining,
+    federate_,
+    federate_many_,
+    strategy_names,
+)
 from nnforge.models import build
 
 pytestmark = pytest.mark.slow
@@ -28,33 +35,19 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 
 def test_every_registered_strategy_aggregates_in_one_simulation(digits):
-    """One Flower simulation (7 clients); the server runs two rounds of every registered strategy in turn."""
-    from nnforge.federated._client import ClientJob
-    from nnforge.federated._data import client_data, units_of
-    from nnforge.federated._run import _Loop, simulate
-    from nnforge.federated.partition import partition_indices
-
+    """One Flower simulation (7 clients) runs two rounds of every registered strategy in turn."""
     local = LocalTraining(epochs=1, batch_size=32, optimizer="sgd", optimizer_options={"lr": 0.05})
-    parts = partition_indices(units_of(digits).labels, 7, "iid", seed=0)
-    job = ClientJob(template=_model(), data=[client_data(digits, p) for p in parts], local=local)
+    names = strategy_names()
+    runs = [(_model(), FederatedConfig(clients=7, rounds=2, strategy=name, local=local,
+                                       strategy_options={"fedprox": {"proximal_mu": 0.1}}.get(name, {})))
+            for name in names]
     start = {k: v.clone() for k, v in _model().state_dict().items()}
-    outcome: dict[str, tuple[torch.nn.Module, list]] = {}
-
-    def server(grid):
-        for name in strategy_names():
-            options = {"scaffold": {}, "fedprox": {"proximal_mu": 0.1}}.get(name, {})
-            config = FederatedConfig(clients=7, rounds=2, strategy=name, strategy_options=options, local=local)
-            model = _model()
-            loop = _Loop(config, model, digits, [], 64)
-            loop.run(grid)
-            outcome[name] = (model, loop.rounds)
-
     pythonpath = os.environ.get("PYTHONPATH")
-    simulate(server, job, clients=7)
+    results = federate_many_(runs, digits)
     assert os.environ.get("PYTHONPATH") == pythonpath  # Flower's Ray backend rewrote it; it is given back
-    assert set(outcome) == set(strategy_names())
+    outcome = {name: (model, result.rounds) for name, (model, _), result in zip(names, runs, results, strict=True)}
     for name, (model, rounds) in outcome.items():
-        assert [r.round for r in rounds] == [1, 2], name
+        assert [r.round for r in rounds] == [1, 2] and {r.job for r in rounds} == {names.index(name)}, name
         assert all(r.sampled == 7 and r.replied == 7 and not r.failures for r in rounds), name
         assert all(r.bytes_down > 7 * 100_000 and r.bytes_up > 7 * 100_000 for r in rounds), name  # 7 x 156 kB
         ev = rounds[-1].evaluation
@@ -69,26 +62,65 @@ def test_every_registered_strategy_aggregates_in_one_simulation(digits):
     assert outcome["fedavg"][1][-1].evaluation["accuracy"] > 0.3  # chance: 0.1
 
 
+def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(digits):
+    """Six federations of 5 clients in one engine start (Ray's workers start once), their rounds interleaved."""
+    local = {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "optimizer_options": {"lr": 0.1}}
+    poison = {"poisoned": [0], "scale": -10.0}
+    skewed = {"partition": "dirichlet", "partition_options": {"alpha": 0.5}}
+    scaffold_model = _model()
+    before = copy.deepcopy(scaffold_model.state_dict())
+    seen = []
+    runs = [
+        (_model(), FederatedConfig(clients=5, rounds=2, local=local, attack=poison)),
+        (_model(), FederatedConfig(clients=5, rounds=2, strategy="fedmedian", local=local, attack=poison)),
+        (_model(), FederatedConfig(clients=5, rounds=2, local=local, attack={"dropped": [1], "drop_rounds": [2]})),
+        (build("digits-cnn", norm="group"),
+         FederatedConfig(clients=5, rounds=6, local=local, privacy={"epsilon": 3.8, "noise_multiplier": 1.0})),
+        (build("digits-cnn", norm="group"),
+         FederatedConfig(clients=5, rounds=2, local=local, privacy={"level": "client", "epsilon": 8.0})),
+        (scaffold_model, FederatedConfig(clients=5, rounds=4, strategy="scaffold", local={**local, "optimizer_options": {
+            "lr": 0.05}}, **skewed)),
+        (_model(), FederatedConfig(clients=5, rounds=2, local=local, secure={"audit_plaintext": True}, **skewed)),
+        (_model(), FederatedConfig(clients=5, rounds=2, local=local, **skewed)),
+    ]
+    results = federate_many_(runs, digits, callbacks=[seen.append], interleave=True)
+    fedavg, median, dropped, dp_record, dp_client, scaffold, secure, plain = results
+    # interleaved: round 1 of every job before any round 2
+    assert [r.round for r in seen[:8]] == [1] * 8 and [r.job for r in seen[:8]] == list(range(8))
+    for result in (fedavg, median):  # the poisoned client stands out in every round, whatever the strategy
+        for r in result.rounds:
+            scores = {c.partition: c.anomaly for c in r.clients}
+            assert max(scores, key=lambda k: scores[k]) == 0 and scores[0] > 3, scores
+            assert min((c.cosine, c.partition) for c in r.clients)[1] == 0  # it points away from the others
+    assert median.final["accuracy"] > fedavg.final["accuracy"]  # the median ignores the x -10 update
+    r1, r2 = dropped.rounds
+    assert r1.replied == 5 and r2.replied == 4 and [c.error for c in r2.failures] == [
+        "client 1 dropped out of round 2 (simulated)"]
+    # a budget of 3.8 at noise 1.0 (rate 16/287, 18 steps a round): rounds spend 2.62, 3.15, 3.58; the fourth
+    # would reach 3.95, so the run stops after three and says so
+    eps = [r.privacy["epsilon"] for r in dp_record.rounds]
+    assert len(eps) == 3 and eps == sorted(eps) and 3.5 < eps[-1] <= 3.8
+    assert dp_record.stopped and f"round {len(eps) + 1} would spend epsilon" in dp_record.stopped
+    assert dp_record.privacy["level"] == "record" and dp_record.privacy["delta"] == 1e-5
+    # client level: calibrated so that the 2 rounds spend the budget (Opacus's search stops just under it)
+    assert dp_client.privacy["level"] == "client" and 7.5 < dp_client.privacy["epsilon"] <= 8.0
+    assert len(dp_client.rounds) == 2 and math.isfinite(dp_client.final["loss"])
+    # SCAFFOLD on label-skewed clients learns, and every round reports each client
+    assert [r.round for r in scaffold.rounds] == [1, 2, 3, 4] and scaffold.final == scaffold.rounds[-1].evaluation
+    assert sum(p["examples"] for p in scaffold.partition) == 1437
+    assert scaffold.final["accuracy"] > 0.6 and scaffold.rounds[-1].evaluation["loss"] < scaffold.rounds[0].evaluation["loss"]
+    assert any(not torch.equal(before[k], v) for k, v in scaffold_model.state_dict().items())  # trained in place
+    assert sorted(c.partition for c in scaffold.rounds[-1].clients) == [0, 1, 2, 3, 4]
+    assert all(c.loss is not None and math.isfinite(c.loss) for c in scaffold.rounds[-1].clients)
+    # secure aggregation: the decrypted sum is the plaintext one up to the quantization, and it tracks FedAvg
+    assert all(r.secure and r.secure["max_abs_diff"] < 1e-3 and r.secure["summed"] == 5 for r in secure.rounds)
+    # (two rounds at lr 0.1 amplify differences of 1e-4 into a few points either way; 30 rounds: the benchmark)
+    assert abs(secure.final["accuracy"] - plain.final["accuracy"]) < 0.1
+    assert 2 < secure.rounds[-1].bytes_up / plain.rounds[-1].bytes_up < 8  # two 13-bit values a slot: about 4x
+
+
 def test_a_federation_whose_clients_all_fail_names_their_error(digits):
     model = torch.nn.Linear(3, 2)  # digits are (1, 8, 8): every client's forward fails
     config = FederatedConfig(clients=3, rounds=2, local={"epochs": 1})
     with pytest.raises(FederatedError, match=r"round 1: 0 of 3 sampled clients replied .*shapes cannot be multiplied"):
         federate_(model, digits, config)
-
-
-def test_scaffold_learns_label_skewed_digits_and_reports_each_round(digits):
-    model = _model()
-    before = copy.deepcopy(model.state_dict())
-    seen = []
-    config = FederatedConfig(clients=5, rounds=4, strategy="scaffold", partition="dirichlet",
-                             partition_options={"alpha": 0.5}, local={"epochs": 1, "batch_size": 16})
-    result = federate_(model, digits, config, callbacks=[seen.append])
-    assert [r.round for r in seen] == [1, 2, 3, 4] and result.rounds == seen
-    assert sum(p["examples"] for p in result.partition) == 1437
-    assert all(r.replied == 5 for r in seen) and result.final == seen[-1].evaluation
-    assert result.final["accuracy"] > 0.6
-    assert seen[-1].evaluation["loss"] < seen[0].evaluation["loss"]
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # trained in place
-    losses = [c.loss for c in seen[-1].clients]
-    assert all(x is not None and math.isfinite(x) for x in losses)
-    assert sorted(c.partition for c in seen[-1].clients) == [0, 1, 2, 3, 4]

@@ -16,7 +16,7 @@ returns a :class:`FederatedResult`; see ``docs/federated.md``. Importing this pa
 
 from __future__ import annotations
 
-from nnforge.federated._config import FederatedConfig, LocalTraining
+from nnforge.federated._config import AttackConfig, FederatedConfig, LocalTraining
 from nnforge.federated._run import (
     ClientRound,
     FederatedError,
@@ -25,10 +25,13 @@ from nnforge.federated._run import (
     check_federation,
     evaluate_global,
     federate_,
+    federate_many_,
 )
 from nnforge.federated.partition import PARTITIONERS, partition_indices, partition_names, register_partitioner
+from nnforge.federated.privacy import PrivacyConfig
 from nnforge.federated.strategies import STRATEGIES, register_strategy, strategy_names
 
-__all__ = ["FederatedConfig", "LocalTraining", "federate_", "FederatedResult", "RoundRecord", "ClientRound",
-           "FederatedError", "evaluate_global", "check_federation", "PARTITIONERS", "partition_indices", "partition_names",
-           "register_partitioner", "STRATEGIES", "register_strategy", "strategy_names"]
+__all__ = ["FederatedConfig", "LocalTraining", "AttackConfig", "PrivacyConfig", "federate_", "federate_many_",
+           "FederatedResult", "RoundRecord", "ClientRound", "FederatedError", "evaluate_global", "check_federation",
+           "PARTITIONERS", "partition_indices", "partition_names", "register_partitioner", "STRATEGIES",
+           "register_strategy", "strategy_names"]

@@ -20,8 +20,14 @@ from torch import nn
 
 from nnforge.federated._config import LocalTraining
 from nnforge.federated._data import ClientData
+from nnforge.federated.privacy import Mechanism
 
-__all__ = ["ClientJob", "local_train", "make_client_app", "train_reply"]
+__all__ = ["ClientJob", "local_train", "make_client_app", "train_reply", "JOB_KEY", "AUDIT_KEY"]
+
+AUDIT_KEY = "audit"
+"""The reply record carrying a plaintext update for measuring secure aggregation (never counted as sent bytes)."""
+JOB_KEY = "nnforge-job"
+"""The train message's config entry naming which of the simulation's jobs a round belongs to."""
 
 Hook = Callable[[torch.optim.Optimizer, Any, Any], None]
 
@@ -36,6 +42,24 @@ class ClientJob:
     local: LocalTraining
     seed: int = 0
     block_size: int = 64
+    dp: list[Mechanism] | None = None  # record-level DP: each partition's DP-SGD mechanism
+    dp_max_grad_norm: float = 1.0
+    attack: Any = None  # an AttackConfig: simulated poisoning or failing clients
+    he: Any = None  # a SecureAggregationConfig: encrypt the update with he_public instead of sending it
+    he_public: bytes | None = None
+    he_clients: int = 1
+    _he_context: Any = field(default=None, repr=False)
+
+    def he_context(self) -> Any:
+        if self._he_context is None:
+            from nnforge.federated.secure import public_context
+
+            assert self.he_public is not None
+            self._he_context = public_context(self.he_public)
+        return self._he_context
+
+    def __getstate__(self) -> dict[str, Any]:  # a TenSEAL context does not pickle: each worker rebuilds it
+        return {**self.__dict__, "_he_context": None}
     _models: dict[int, nn.Module] = field(default_factory=dict, repr=False)
 
     def model(self, partition: int) -> nn.Module:
@@ -71,6 +95,52 @@ def correction_hook(model: nn.Module, correction: dict[str, torch.Tensor]) -> Ho
                 p.grad.add_(c)
 
     return hook
+
+
+def dp_local_train(model: nn.Module, data: ClientData, local: LocalTraining, mechanism: Mechanism,
+                   max_grad_norm: float, *, seed: int, hooks: tuple[Hook, ...] = ()) -> dict[str, float]:
+    """One round of DP-SGD through Opacus: Poisson-sampled batches of expected size ``q · n``, per-sample
+    gradients clipped to ``max_grad_norm``, Gaussian noise ``σ · max_grad_norm``; ``mechanism.steps_per_round``
+    steps with nnforge's loop (the accountant on the server counts exactly these)."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nnforge.optim import build_optimizer
+    from nnforge.train import TrainConfig, fit
+
+    if data.kind != "arrays":
+        raise NotImplementedError("record-level DP is built for array datasets (rows); a corpus's windows are not rows")
+    assert data.x is not None and data.y is not None
+    torch.manual_seed(seed)
+    optimizer = build_optimizer(local.optimizer, model, **local.optimizer_options)
+    batch = max(1, round(mechanism.sample_rate * data.examples))
+    loader = DataLoader(TensorDataset(data.x, data.y), batch_size=batch,
+                        generator=torch.Generator().manual_seed(seed))
+    engine = PrivacyEngine(accountant="rdp")
+    private, dp_optimizer, dp_loader = engine.make_private(module=model, optimizer=optimizer, data_loader=loader,
+                                                           noise_multiplier=mechanism.noise_multiplier,
+                                                           max_grad_norm=max_grad_norm, poisson_sampling=True)
+    for hook in hooks:
+        optimizer.register_step_pre_hook(hook)  # the wrapped optimizer: after clipping and noise
+
+    def batches() -> Any:
+        while True:
+            yield from dp_loader
+
+    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+        if b[0].shape[0] == 0:  # Poisson sampling can draw no row: the step still adds noise (a zero gradient)
+            return sum((p * 0).sum() for p in m.parameters() if p.requires_grad)  # type: ignore[return-value]
+        return nn.functional.cross_entropy(m(b[0]), b[1])
+
+    config = TrainConfig(max_steps=mechanism.steps_per_round, clip_norm=None, schedule="constant", device="cpu",
+                         seed=seed, log_every=max(1, mechanism.steps_per_round))
+    try:
+        result = fit(private, batches(), config=config, optimizer=dp_optimizer, loss_fn=loss_fn)
+    finally:
+        private._close()  # type: ignore[operator]  # remove Opacus's hooks from the model
+    losses = [x for x in result.losses if math.isfinite(x)]
+    return {"steps": float(result.steps), "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "seconds": result.seconds}
 
 
 def local_train(model: nn.Module, data: ClientData, local: LocalTraining, *, seed: int, block_size: int = 64,
@@ -119,7 +189,7 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
     app = require("flwr.app")
     partition = int(context.node_config["partition-id"])
     data = job.data[partition]
-    model = job.model(partition)
+    model = job.model(partition) if job.dp is None else copy.deepcopy(job.template)  # Opacus hooks a fresh copy
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
@@ -136,12 +206,30 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
         c = {n: c.get(n, torch.zeros_like(w)) for n, w in start.items()}
         ci = {n: ci.get(n, torch.zeros_like(w)) for n, w in start.items()}
         hooks.append(correction_hook(model, {n: c[n] - ci[n] for n in start}))
+    attack = job.attack
+    if attack is not None and partition in attack.dropped and (not attack.drop_rounds
+                                                               or server_round in attack.drop_rounds):
+        raise ConnectionError(f"client {partition} dropped out of round {server_round} (simulated)")
     t0 = time.perf_counter()
-    stats = local_train(model, data, job.local, seed=seed, block_size=job.block_size, hooks=tuple(hooks))
+    if job.dp is not None:
+        stats = dp_local_train(model, data, job.local, job.dp[partition], job.dp_max_grad_norm, seed=seed,
+                               hooks=tuple(hooks))
+    else:
+        stats = local_train(model, data, job.local, seed=seed, block_size=job.block_size, hooks=tuple(hooks))
+    if attack is not None and partition in attack.poisoned:  # global + scale x update, every float array
+        global_state = msg.content["arrays"].to_torch_state_dict()
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                if torch.is_floating_point(value):
+                    value.copy_(global_state[name] + attack.scale * (value - global_state[name]))
     metrics = {"num-examples": data.examples, "train-loss": stats["loss"], "steps": int(stats["steps"]),
                "seconds": time.perf_counter() - t0, "partition-id": partition}
-    content = app.RecordDict({"arrays": app.ArrayRecord({k: v.detach().clone() for k, v in model.state_dict().items()}),
-                              "metrics": app.MetricRecord(metrics)})
+    if job.he is not None:
+        content = _encrypted_reply(job, model, msg, data, metrics)
+    else:
+        content = app.RecordDict({"arrays": app.ArrayRecord({k: v.detach().clone()
+                                                             for k, v in model.state_dict().items()}),
+                                  "metrics": app.MetricRecord(metrics)})
     if scaffold:
         k_lr = stats["steps"] * job.local.lr
         new = {n: ci[n] - c[n] + (start[n] - p.detach()) / k_lr for n, p in _trainable(model).items()}
@@ -150,14 +238,34 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
     return app.Message(content=content, reply_to=msg)
 
 
-def make_client_app(job: ClientJob) -> Any:
-    """A Flower ``ClientApp`` whose ``train`` handler runs :func:`train_reply` for ``job``."""
+def _encrypted_reply(job: ClientJob, model: nn.Module, msg: Any, data: ClientData, metrics: dict[str, Any]) -> Any:
+    """The reply of secure aggregation: the weighted update packed and encrypted, never the model."""
+    from nnforge.federated._flower import require
+    from nnforge.federated.secure import encrypt_update
+
+    app = require("flwr.app")
+    start = msg.content["arrays"].to_torch_state_dict()
+    state = model.state_dict()
+    keys = [k for k, v in state.items() if torch.is_floating_point(v)]
+    update = torch.cat([(state[k].detach() - start[k]).flatten() for k in keys]).double().numpy()
+    weight = data.examples / float(msg.content["config"]["he-total"])
+    content = app.RecordDict({"he": app.ConfigRecord({"ct": encrypt_update(job.he_context(), update, weight, job.he,
+                                                                           job.he_clients)}),
+                              "metrics": app.MetricRecord(metrics)})
+    if job.he.audit_plaintext:  # measurement only (see SecureAggregationConfig)
+        content[AUDIT_KEY] = app.ArrayRecord({"update": torch.from_numpy(update * weight)})
+    return content
+
+
+def make_client_app(jobs: list[ClientJob]) -> Any:
+    """A Flower ``ClientApp`` whose ``train`` handler runs :func:`train_reply` for the job its message names."""
     from nnforge.federated._flower import require
 
     client_app = require("flwr.clientapp").ClientApp()
 
     @client_app.train()  # type: ignore[misc]
     def train(msg: Any, context: Any) -> Any:
-        return train_reply(job, msg, context)
+        index = int(msg.content["config"].get(JOB_KEY, 0))
+        return train_reply(jobs[index], msg, context)
 
     return client_app

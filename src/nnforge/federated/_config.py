@@ -8,8 +8,10 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from nnforge.config import Config, config_type
+from nnforge.federated.privacy import PrivacyConfig
+from nnforge.federated.secure import SecureAggregationConfig
 
-__all__ = ["LocalTraining", "FederatedConfig"]
+__all__ = ["LocalTraining", "FederatedConfig", "AttackConfig"]
 
 
 @config_type("federated.local")
@@ -39,6 +41,18 @@ class LocalTraining(Config):
         return float(getattr(optimizer_config(self.optimizer, **self.optimizer_options), "lr", float("nan")))
 
 
+@config_type("federated.attack")
+class AttackConfig(Config):
+    """Simulated misbehaving clients, for measuring a strategy's robustness (never set on a real federation):
+    ``poisoned`` clients send ``global + scale × (their update)`` (``scale: -10`` flips and amplifies; ``-1``
+    only flips the sign); ``dropped`` clients fail in the rounds listed (all rounds when empty) before replying."""
+
+    poisoned: list[int] = Field(default_factory=list, description="partition ids of poisoning clients")
+    scale: float = Field(-10.0, description="multiplies a poisoning client's update")
+    dropped: list[int] = Field(default_factory=list, description="partition ids of clients that fail mid-round")
+    drop_rounds: list[int] = Field(default_factory=list, description="rounds in which they fail (empty: every one)")
+
+
 @config_type("federated")
 class FederatedConfig(Config):
     """A federated job: ``rounds`` rounds over ``clients`` clients, each holding one part of the data.
@@ -65,6 +79,12 @@ class FederatedConfig(Config):
     client_cpus: float = Field(1.0, gt=0, description="CPUs each simulated client takes (Flower's Ray backend "
                                                       "runs as many clients at once as CPUs allow)")
     round_timeout_s: float = Field(600.0, gt=0, description="longest a round waits for its clients' replies")
+    attack: AttackConfig | None = Field(None, description="simulated poisoning or failing clients (robustness "
+                                                          "measurement only)")
+    secure: SecureAggregationConfig | None = Field(None, description="homomorphic-encryption aggregation: the "
+                                                                     "server sums encrypted updates (TenSEAL CKKS)")
+    privacy: PrivacyConfig | None = Field(None, description="differential privacy: record level (DP-SGD on the "
+                                                            "clients, Opacus) or client level (Flower's central DP)")
 
     @model_validator(mode="after")
     def _known_methods(self) -> FederatedConfig:
@@ -80,4 +100,18 @@ class FederatedConfig(Config):
             if self.local.optimizer != "sgd" or momentum:
                 raise ValueError(f"strategy 'scaffold' corrects plain SGD steps: set local.optimizer to 'sgd' "
                                  f"without momentum (got {self.local.optimizer!r}, momentum {momentum})")
+        if self.secure is not None:
+            if self.strategy not in ("fedavg", "fedprox"):
+                raise ValueError(f"secure aggregation sums the clients' weighted updates: it is FedAvg's (or "
+                                 f"FedProx's) aggregate; strategy {self.strategy!r} needs to see each update")
+            if self.privacy is not None and self.privacy.level == "client":
+                raise ValueError("client-level DP clips each client's update on the server, which secure "
+                                 "aggregation hides from it; use privacy level record with secure aggregation")
+        if self.attack is not None:
+            bad = [i for i in (*self.attack.poisoned, *self.attack.dropped) if not 0 <= i < self.clients]
+            if bad:
+                raise ValueError(f"attack: client {bad[0]} is not one of the {self.clients} clients (0..{self.clients - 1})")
+        if self.privacy is not None and self.privacy.level == "record" and self.local.clip_norm is not None:
+            raise ValueError("privacy at record level clips each sample's gradient to privacy.max_grad_norm; "
+                             "leave local.clip_norm unset")
         return self

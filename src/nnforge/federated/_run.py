@@ -25,15 +25,17 @@ import torch
 from torch import nn
 
 from nnforge.errors import NnforgeError
-from nnforge.federated._client import ClientJob, make_client_app
+from nnforge.federated._client import AUDIT_KEY, JOB_KEY, ClientJob, make_client_app
 from nnforge.federated._config import FederatedConfig
 from nnforge.federated._data import client_data, data_kind, units_of
 from nnforge.federated._flower import require
 from nnforge.federated.partition import partition_indices
+from nnforge.federated.privacy import Mechanism, client_mechanism, epsilon_of, record_mechanisms
+from nnforge.federated.secure import KeyHolder, decode_sum, public_context, sum_ciphertexts
 from nnforge.federated.strategies import STRATEGIES, build_strategy
 
 __all__ = ["ClientRound", "RoundRecord", "FederatedResult", "FederatedError", "federate_", "evaluate_global",
-           "check_federation", "simulate"]
+           "check_federation", "simulate", "federate_many_"]
 
 
 class FederatedError(NnforgeError):
@@ -52,12 +54,16 @@ class ClientRound:
     seconds: float = 0.0
     bytes_up: int = 0
     error: str | None = None
+    update_norm: float | None = None  # ||w_client - w_global|| over the parameters
+    anomaly: float | None = None  # robust z-score of its distance to the coordinate-wise median update (> 3: suspect)
+    cosine: float | None = None  # cosine of its update with the mean of the others'
 
 
 @dataclass
 class RoundRecord:
     """What one round did: the clients sampled and what each did, bytes each way, the global evaluation."""
 
+    job: int
     round: int
     sampled: int
     replied: int
@@ -67,6 +73,9 @@ class RoundRecord:
     train_loss: float | None
     evaluation: dict[str, float] | None
     clients: list[ClientRound] = field(default_factory=list)
+    privacy: dict[str, Any] | None = None  # epsilon spent after this round, delta, level, accountant
+    aggregation_seconds: float = 0.0  # the server's aggregation alone (HE: sum, decrypt, decode)
+    secure: dict[str, Any] | None = None  # secure aggregation: ciphertexts, and the audited difference if measured
 
     @property
     def failures(self) -> list[ClientRound]:
@@ -96,11 +105,16 @@ class FederatedResult:
         return {}
 
     @property
+    def privacy(self) -> dict[str, Any] | None:
+        """The privacy spent by the last round (epsilon, delta, level), or None without DP."""
+        return self.rounds[-1].privacy if self.rounds else None
+
+    @property
     def bytes_per_round(self) -> float:
         return float(np.mean([r.bytes_down + r.bytes_up for r in self.rounds])) if self.rounds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "engine": self.engine, "seconds": self.seconds, "stopped": self.stopped,
+        return {"config": self.config, "engine": self.engine, "privacy": self.privacy, "seconds": self.seconds, "stopped": self.stopped,
                 "partition": self.partition, "final": self.final, "bytes_per_round": self.bytes_per_round,
                 "rounds": [r.to_dict() for r in self.rounds]}
 
@@ -134,11 +148,17 @@ def evaluate_global(model: nn.Module, data: Any, *, batches: int = 20, block_siz
         model.train(was_training)
 
 
+def sampled_per_round(config: FederatedConfig) -> int:
+    """How many clients Flower samples each round (its rule: the share, at least ``min_clients``)."""
+    return min(config.clients, max(int(config.clients * config.fraction_train), config.min_clients))
+
+
 # --- the round loop ---------------------------------------------------------------------------------------------
 
 def _bytes(content: Any) -> int:
-    """Payload bytes of a message's records (arrays, metrics, configs)."""
-    records = [*content.array_records.values(), *content.metric_records.values(), *content.config_records.values()]
+    """Payload bytes of a message's records (arrays, metrics, configs; not a measurement's audit record)."""
+    records = [r for key, r in [*content.array_records.items(), *content.metric_records.items(),
+                                *content.config_records.items()] if key != AUDIT_KEY]
     return int(sum(r.count_bytes() for r in records))
 
 
@@ -171,14 +191,45 @@ class _Loop:
     data: Any
     callbacks: Sequence[RoundCallback]
     block_size: int
+    mechanisms: list[Mechanism] = field(default_factory=list)  # record level: per client; client level: one
+    key_holder: KeyHolder | None = None  # secure aggregation: decrypts the sum only
+    total_examples: int = 0
+    index: int = 0  # which of the simulation's jobs the clients run for this loop
     rounds: list[RoundRecord] = field(default_factory=list)
     stopped: str | None = None
+    seconds: float = 0.0
+
+    def epsilon_after(self, rounds: int) -> float:
+        p = self.config.privacy
+        assert p is not None
+        return max(epsilon_of(m, rounds, p.delta, p.accountant) for m in self.mechanisms)
 
     def common(self) -> dict[str, Any]:
         c = self.config
         # a round starts once every client is connected (Flower samples among the nodes connected then)
         return {"fraction_train": c.fraction_train, "fraction_evaluate": 0.0, "min_train_nodes": c.min_clients,
                 "min_available_nodes": c.clients}
+
+    def score_updates(self, replies: list[Any], clients: list[ClientRound], arrays: Any) -> None:
+        """Each replying client's update norm, anomaly score and agreement with the others (the report's
+        per-client contribution table): computed from what was sent, knowing nothing of any attack."""
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        start = arrays.to_torch_state_dict()
+        rows = [(c, r.content["arrays"].to_torch_state_dict()) for c, r in zip(clients, replies, strict=False)
+                if c.error is None and "arrays" in r.content]
+        if len(rows) < 2:
+            return
+        updates = torch.stack([torch.cat([(s[n].double() - start[n].double()).flatten() for n in names])
+                               for _, s in rows])
+        median = updates.median(dim=0).values
+        dist = (updates - median).norm(dim=1)
+        mad = (dist - dist.median()).abs().median()
+        z = (dist - dist.median()) / (1.4826 * mad + 1e-12)
+        total = updates.sum(0)
+        for i, (c, _) in enumerate(rows):
+            others = (total - updates[i]) / (len(rows) - 1)
+            cos = torch.nn.functional.cosine_similarity(updates[i], others, dim=0)
+            c.update_norm, c.anomaly, c.cosine = float(updates[i].norm()), float(z[i]), float(cos)
 
     def wait_for_nodes(self, grid: Any) -> None:
         deadline = time.monotonic() + self.config.round_timeout_s
@@ -187,6 +238,35 @@ class _Loop:
                 raise FederatedError(f"{have} of {self.config.clients} clients connected within round_timeout_s "
                                      f"({self.config.round_timeout_s:g} s)")
             time.sleep(0.2)
+
+    def secure_aggregate(self, replies: list[Any], clients: list[ClientRound], arrays: Any
+                         ) -> tuple[Any, dict[str, Any]]:
+        """Sum the encrypted weighted updates (the aggregator holds only the public context), have the key holder
+        decrypt the sum, and step the global model by it (divided by the replying clients' share of examples)."""
+        app = require("flwr.app")
+        c = self.config
+        assert c.secure is not None and self.key_holder is not None
+        rows = [(x, r) for x, r in zip(clients, replies, strict=False) if x.error is None and "he" in r.content]
+        if not rows:
+            return None, {}
+        aggregator = public_context(self.key_holder.public_context)
+        summed = sum_ciphertexts(aggregator, [list(r.content["he"]["ct"]) for _, r in rows])
+        start = arrays.to_torch_state_dict()
+        keys = [k for k, v in start.items() if torch.is_floating_point(v)]
+        n = sum(start[k].numel() for k in keys)
+        share = sum(x.examples for x, _ in rows) / self.total_examples
+        total = decode_sum(self.key_holder.decrypt(summed), n, len(rows), c.secure, c.clients)
+        update = torch.from_numpy(total / share)
+        new, offset = dict(start), 0
+        for k in keys:
+            size = start[k].numel()
+            new[k] = (start[k].double() + update[offset:offset + size].view_as(start[k])).to(start[k].dtype)
+            offset += size
+        info: dict[str, Any] = {"ciphertexts": len(summed), "summed": len(rows)}
+        audits = [r.content[AUDIT_KEY]["update"].numpy() for _, r in rows if AUDIT_KEY in r.content]
+        if len(audits) == len(rows):
+            info["max_abs_diff"] = float(np.abs(total - np.sum(audits, axis=0)).max())
+        return app.ArrayRecord(new), info
 
     def mean_buffers(self, replies: list[Any]) -> dict[str, torch.Tensor]:
         """The clients' buffers (BatchNorm statistics), averaged by their examples."""
@@ -205,58 +285,105 @@ class _Loop:
         return out
 
     def run(self, grid: Any) -> None:
+        """Every round, one after another."""
+        self.start()
+        for rnd in range(1, self.config.rounds + 1):
+            if not self.step(grid, rnd):
+                break
+
+    def start(self) -> None:
+        """The strategy (wrapped for client-level DP) and the first global model."""
         app = require("flwr.app")
         c = self.config
         strategy = build_strategy(c.strategy, c.strategy_options, self.common())
-        arrays = app.ArrayRecord({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
-        for rnd in range(1, c.rounds + 1):
-            t0 = time.perf_counter()
-            if rnd == 1:  # Flower sizes its sample on the nodes connected when asked: wait for all of them first
-                self.wait_for_nodes(grid)
-            messages = list(strategy.configure_train(rnd, arrays, app.ConfigRecord({}), grid))
-            if not messages:
-                raise FederatedError(f"round {rnd}: the strategy sampled no client (fraction_train "
-                                     f"{c.fraction_train} of {c.clients})")
-            down = sum(_bytes(m.content) for m in messages)
-            replies = list(grid.send_and_receive(messages=messages, timeout=c.round_timeout_s))
-            clients = [_client_round(r) for r in replies]
-            missing = len(messages) - len(replies)
-            clients += [ClientRound(node=-1, error="no reply before round_timeout_s") for _ in range(missing)]
+        if c.privacy is not None and c.privacy.level == "client":
+            dp = require("flwr.serverapp.strategy").DifferentialPrivacyServerSideFixedClipping
+            strategy = dp(strategy, noise_multiplier=self.mechanisms[0].noise_multiplier,
+                          clipping_norm=c.privacy.max_grad_norm, num_sampled_clients=sampled_per_round(c))
+        self._strategy = strategy
+        self._arrays = app.ArrayRecord({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+
+    def step(self, grid: Any, rnd: int) -> bool:
+        """Round ``rnd``; False when the run stopped before it (its privacy budget)."""
+        if self.stopped is not None:
+            return False
+        began = time.perf_counter()
+        try:
+            return self._round(grid, rnd)
+        finally:
+            self.seconds += time.perf_counter() - began
+
+    def _round(self, grid: Any, rnd: int) -> bool:
+        app = require("flwr.app")
+        c = self.config
+        strategy, arrays = self._strategy, self._arrays
+        t0 = time.perf_counter()
+        if c.privacy is not None and (eps := self.epsilon_after(rnd)) > c.privacy.epsilon * (1 + 1e-6):
+            self.stopped = (f"privacy budget: round {rnd} would spend epsilon {eps:.4g} > {c.privacy.epsilon:g} "
+                            f"(delta {c.privacy.delta:g}); stopped after round {rnd - 1}")
+            return False
+        if rnd == 1:  # Flower sizes its sample on the nodes connected when asked: wait for all of them first
+            self.wait_for_nodes(grid)
+        sent = {JOB_KEY: self.index, **({"he-total": self.total_examples} if c.secure is not None else {})}
+        messages = list(strategy.configure_train(rnd, arrays, app.ConfigRecord(sent), grid))
+        if not messages:
+            raise FederatedError(f"round {rnd}: the strategy sampled no client (fraction_train "
+                                 f"{c.fraction_train} of {c.clients})")
+        down = sum(_bytes(m.content) for m in messages)
+        replies = list(grid.send_and_receive(messages=messages, timeout=c.round_timeout_s))
+        clients = [_client_round(r) for r in replies]
+        self.score_updates(replies, clients, arrays)
+        missing = len(messages) - len(replies)
+        clients += [ClientRound(node=-1, error="no reply before round_timeout_s") for _ in range(missing)]
+        t_agg = time.perf_counter()
+        secure: dict[str, Any] | None = None
+        if c.secure is not None:
+            new, secure = self.secure_aggregate(replies, clients, arrays)
+        else:
             buffers = self.mean_buffers(replies) if STRATEGIES.get(c.strategy).average_buffers else {}
             new, _ = strategy.aggregate_train(rnd, replies)
             if new is not None and buffers:
                 merged = new.to_torch_state_dict()
                 merged.update(buffers)
                 new = app.ArrayRecord(merged)
-            ok = [x for x in clients if x.error is None]
-            if new is None or len(ok) < c.min_clients:
-                by_error: dict[str, list[int]] = {}
-                for x in clients:
-                    if x.error:
-                        by_error.setdefault(x.error, []).append(x.node)
-                reasons = "; ".join(f"{len(nodes)} client(s): {err}" for err, nodes in by_error.items()) or "none"
-                raise FederatedError(f"round {rnd}: {len(ok)} of {len(messages)} sampled clients replied "
-                                     f"(min_clients {c.min_clients}); their errors: {reasons}")
-            arrays = new
-            self.model.load_state_dict(arrays.to_torch_state_dict())
-            evaluation = None
-            if rnd % c.eval_every == 0 or rnd == c.rounds:
-                evaluation = evaluate_global(self.model, self.data, batches=c.eval_batches,
-                                             block_size=self.block_size, seed=c.seed)
-            weights = [x.examples for x in ok if x.loss is not None]
-            losses = [x.loss for x in ok if x.loss is not None]
-            train_loss = float(np.average(losses, weights=weights)) if losses and sum(weights) else None
-            record = RoundRecord(round=rnd, sampled=len(messages), replied=len(ok), bytes_down=down,
-                                 bytes_up=sum(x.bytes_up for x in ok), seconds=time.perf_counter() - t0,
-                                 train_loss=train_loss, evaluation=evaluation, clients=clients)
-            self.rounds.append(record)
-            for cb in self.callbacks:
-                cb(record)
+        agg_seconds = time.perf_counter() - t_agg
+        ok = [x for x in clients if x.error is None]
+        if new is None or len(ok) < c.min_clients:
+            by_error: dict[str, list[int]] = {}
+            for x in clients:
+                if x.error:
+                    by_error.setdefault(x.error, []).append(x.node)
+            reasons = "; ".join(f"{len(nodes)} client(s): {err}" for err, nodes in by_error.items()) or "none"
+            raise FederatedError(f"round {rnd}: {len(ok)} of {len(messages)} sampled clients replied "
+                                 f"(min_clients {c.min_clients}); their errors: {reasons}")
+        arrays = new
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        seconds = time.perf_counter() - t0  # the round without the server's evaluation
+        evaluation = None
+        if rnd % c.eval_every == 0 or rnd == c.rounds:
+            evaluation = evaluate_global(self.model, self.data, batches=c.eval_batches,
+                                         block_size=self.block_size, seed=c.seed)
+        weights = [x.examples for x in ok if x.loss is not None]
+        losses = [x.loss for x in ok if x.loss is not None]
+        train_loss = float(np.average(losses, weights=weights)) if losses and sum(weights) else None
+        record = RoundRecord(job=self.index, round=rnd, sampled=len(messages), replied=len(ok), bytes_down=down,
+                             bytes_up=sum(x.bytes_up for x in ok), seconds=seconds, train_loss=train_loss,
+                             evaluation=evaluation, clients=clients, aggregation_seconds=agg_seconds,
+                             secure=secure)
+        if c.privacy is not None:
+            record.privacy = {"epsilon": self.epsilon_after(rnd), "delta": c.privacy.delta,
+                              "level": c.privacy.level, "accountant": c.privacy.accountant,
+                              "noise_multiplier": [m.noise_multiplier for m in self.mechanisms]}
+        self.rounds.append(record)
+        self._arrays = arrays
+        for cb in self.callbacks:
+            cb(record)
+        return True
 
 
 # --- engines ----------------------------------------------------------------------------------------------------
 
-def simulate(server_main: Callable[[Any], None], job: ClientJob, clients: int, client_cpus: float = 1.0) -> None:
+def simulate(server_main: Callable[[Any], None], jobs: list[ClientJob], clients: int, client_cpus: float = 1.0) -> None:
     """Flower's simulation engine: ``server_main(grid)`` in an in-process ServerApp thread, ``clients`` virtual
     SuperNodes running ``job``'s ClientApp on Ray actors (as many at once as CPUs allow ``client_cpus`` each)."""
     serverapp = require("flwr.serverapp")
@@ -277,7 +404,7 @@ def simulate(server_main: Callable[[Any], None], job: ClientJob, clients: int, c
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # run_simulation's deprecation notice (see docs/federated.md)
-            simulation.run_simulation(server_app=server_app, client_app=make_client_app(job), num_supernodes=clients,
+            simulation.run_simulation(server_app=server_app, client_app=make_client_app(jobs), num_supernodes=clients,
                                       backend_config=backend)
     finally:
         if saved is None:
@@ -286,10 +413,22 @@ def simulate(server_main: Callable[[Any], None], job: ClientJob, clients: int, c
             os.environ["PYTHONPATH"] = saved
 
 
-def check_federation(data: Any, config: FederatedConfig) -> list[np.ndarray]:
-    """Everything about ``data`` and ``config`` that can be checked before a federation starts: the data's kind,
-    ``local.steps`` for a corpus, a partition that can be made (returned: each client's unit indices), Flower."""
+def check_federation(data: Any, config: FederatedConfig, model: nn.Module | None = None) -> list[np.ndarray]:
+    """Everything about ``data``, ``config`` (and ``model``) that can be checked before a federation starts: the
+    data's kind, ``local.steps`` for a corpus, a partition that can be made (returned: each client's unit
+    indices), a model DP-SGD can train, Flower (and Opacus for privacy)."""
     from nnforge.errors import ConfigError
+
+    if config.privacy is not None and config.privacy.level == "record":
+        if data_kind(data) != "arrays":
+            raise ConfigError("privacy at record level (DP-SGD) is built for array datasets, whose rows are the "
+                              "records; use level: client for a corpus")
+        norms = [n for n, m in (model.named_modules() if model is not None else [])
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if norms:
+            raise ConfigError(f"privacy at record level needs per-sample gradients, and BatchNorm mixes the samples "
+                              f"of a batch ({', '.join(norms[:3])}): use a model without it (digits-cnn: norm: group)")
+        require("opacus")
 
     if data_kind(data) == "corpus" and config.local.steps is None:
         raise ConfigError("federated training on a character corpus needs local.steps (optimizer steps per client "
@@ -298,7 +437,108 @@ def check_federation(data: Any, config: FederatedConfig) -> list[np.ndarray]:
     parts = partition_indices(units.labels, config.clients, config.partition, seed=config.seed,
                               sources=units.sources, **config.partition_options)
     require("flwr.simulation")
+    if config.secure is not None:
+        require("tenseal")
     return parts
+
+
+def _prepare(model: nn.Module, data: Any, config: FederatedConfig) -> tuple[ClientJob, list[Mechanism],
+                                                                          list[dict[str, Any]]]:
+    """The clients' job (their data, local training, DP mechanisms, simulated attack), the DP mechanisms the
+    server accounts, and the partition's summary."""
+    parts = check_federation(data, config, model)
+    units = units_of(data)
+    per_client = [client_data(data, p) for p in parts]
+    block = int(getattr(getattr(model, "config", None), "block_size", 64) or 64)
+    mechanisms: list[Mechanism] = []
+    job = ClientJob(template=copy.deepcopy(model).cpu(), data=per_client, local=config.local, seed=config.seed,
+                    block_size=block, attack=config.attack)
+    if config.privacy is not None and config.privacy.level == "record":
+        mechanisms = record_mechanisms(config.privacy, [d.examples for d in per_client], config.local.batch_size,
+                                       config.local.epochs if config.local.steps is None else None,
+                                       config.local.steps, config.rounds)
+        job.dp, job.dp_max_grad_norm = mechanisms, config.privacy.max_grad_norm
+    elif config.privacy is not None:
+        mechanisms = [client_mechanism(config.privacy, sampled_per_round(config), config.clients, config.rounds)]
+    partition = [{"client": i, "units": int(len(p)), "examples": d.examples,
+                  "labels": np.bincount(units.labels[p], minlength=int(units.labels.max()) + 1).tolist()}
+                 for i, (p, d) in enumerate(zip(parts, per_client, strict=True))]
+    return job, mechanisms, partition
+
+
+def _key_holder(job: ClientJob, config: FederatedConfig) -> KeyHolder | None:
+    """Secure aggregation: the key holder's context; the clients get only its public part."""
+    if config.secure is None:
+        return None
+    holder = KeyHolder(config.secure)
+    job.he, job.he_public, job.he_clients = config.secure, holder.public_context, config.clients
+    return holder
+
+
+def federate_many_(runs: Sequence[tuple[nn.Module, FederatedConfig]], data: Any, *,
+                   callbacks: Sequence[RoundCallback] = (), progress: bool = False,
+                   interleave: bool = False) -> list[FederatedResult]:
+    """Several federated jobs on ``data`` in one start of Flower's simulation engine (its workers start once:
+    comparing strategies, privacy levels or attacks costs their rounds, not N engine starts). One after the
+    other, or with ``interleave`` round by round (round 1 of every job, then round 2, …), so that a drifting
+    machine slows every job alike when their times are compared.
+
+    Every job must have the same number of clients (they are the same simulated nodes). Each model is trained
+    in place as by :func:`federate_`; a record's ``job`` says which run it belongs to.
+    """
+    from nnforge.errors import ConfigError
+
+    if not runs:
+        raise ConfigError("federate_many_: no runs given")
+    clients = {c.clients for _, c in runs}
+    if len(clients) != 1:
+        raise ConfigError(f"federate_many_: every run needs the same number of clients; got {sorted(clients)}")
+    prepared = [_prepare(m, data, c) for m, c in runs]
+    jobs = [job for job, _, _ in prepared]
+    bar = None
+    hooks = list(callbacks)
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("federated", total=sum(c.rounds for _, c in runs))
+
+        def advance(record: RoundRecord) -> None:
+            assert bar is not None
+            ev = record.evaluation or {}
+            name = runs[record.job][1].strategy
+            bar.update(task, advance=1, description=f"federated {name} round {record.round}"
+                       + (f" acc {ev['accuracy']:.3f}" if "accuracy" in ev else "")
+                       + (f" loss {ev['loss']:.3f}" if "loss" in ev else ""))
+
+        hooks.append(advance)
+    block = jobs[0].block_size
+    loops = [_Loop(c, m, data, hooks, block, mech, key_holder=_key_holder(job, c),
+                   total_examples=sum(d.examples for d in job.data), index=i)
+             for i, ((m, c), (job, mech, _)) in enumerate(zip(runs, prepared, strict=True))]
+
+    def server(grid: Any) -> None:
+        if not interleave:
+            for loop in loops:
+                loop.run(grid)
+            return
+        for loop in loops:
+            loop.start()
+        for rnd in range(1, max(c.rounds for _, c in runs) + 1):
+            for loop in loops:
+                if rnd <= loop.config.rounds:
+                    loop.step(grid, rnd)
+
+    if bar is not None:
+        bar.start()
+    try:
+        simulate(server, jobs, runs[0][1].clients, runs[0][1].client_cpus)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return [FederatedResult(config=c.to_dict(), rounds=loop.rounds, partition=part, engine="simulation",
+                            seconds=loop.seconds, stopped=loop.stopped)
+            for (_, c), loop, (_, _, part) in zip(runs, loops, prepared, strict=True)]
 
 
 def federate_(model: nn.Module, data: Any, config: FederatedConfig, *,
@@ -310,7 +550,7 @@ def federate_(model: nn.Module, data: Any, config: FederatedConfig, *,
             the last one).
         data: an array dataset with ``train`` and ``test`` splits (``digits``) or a character corpus with
             documents (``shakespeare-char``; set ``config.local.steps``).
-        config: clients, rounds, strategy, partition, local training.
+        config: clients, rounds, strategy, partition, local training, privacy.
         callbacks: ``cb(RoundRecord)`` after each round (raising stops the run with that error).
         progress: a progress bar over the rounds.
 
@@ -319,39 +559,4 @@ def federate_(model: nn.Module, data: Any, config: FederatedConfig, *,
         FederatedError: a round got too few replies (every client's error is in the message).
         MissingDependencyError: Flower is not installed (``pip install 'nnforge[federated]'``).
     """
-    parts = check_federation(data, config)
-    units = units_of(data)
-    per_client = [client_data(data, p) for p in parts]
-    block = int(getattr(getattr(model, "config", None), "block_size", 64) or 64)
-    template = copy.deepcopy(model).cpu()
-    job = ClientJob(template=template, data=per_client, local=config.local, seed=config.seed, block_size=block)
-    partition = [{"client": i, "units": int(len(p)), "examples": d.examples,
-                  "labels": np.bincount(units.labels[p], minlength=int(units.labels.max()) + 1).tolist()}
-                 for i, (p, d) in enumerate(zip(parts, per_client, strict=True))]
-    hooks = list(callbacks)
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task(f"federated {config.strategy}", total=config.rounds)
-
-        def advance(record: RoundRecord) -> None:
-            assert bar is not None
-            ev = record.evaluation or {}
-            bar.update(task, advance=1, description=f"federated {config.strategy} round {record.round}"
-                       + (f" acc {ev['accuracy']:.3f}" if "accuracy" in ev else "")
-                       + (f" loss {ev['loss']:.3f}" if "loss" in ev else ""))
-
-        hooks.append(advance)
-    loop = _Loop(config, model, data, hooks, block)
-    t0 = time.perf_counter()
-    if bar is not None:
-        bar.start()
-    try:
-        simulate(loop.run, job, config.clients, config.client_cpus)
-    finally:
-        if bar is not None:
-            bar.stop()
-    return FederatedResult(config=config.to_dict(), rounds=loop.rounds, partition=partition, engine="simulation",
-                           seconds=time.perf_counter() - t0, stopped=loop.stopped)
+    return federate_many_([(model, config)], data, callbacks=callbacks, progress=progress)[0]

@@ -9,7 +9,10 @@ from typing import Any
 
 from nnforge.ledger import Event
 
-__all__ = ["federated_section"]
+__all__ = ["federated_section", "ANOMALY_FLAG"]
+
+ANOMALY_FLAG = 3.0
+"""A client's update whose robust z-score (distance to the coordinate-wise median update) exceeds this is flagged."""
 
 
 def federated_section(sections: dict[str, Any], events: list[Event], png: Callable[[Any], str] | None = None
@@ -22,19 +25,24 @@ def federated_section(sections: dict[str, Any], events: list[Event], png: Callab
     step = step or {}
     per_client: dict[int, dict[str, Any]] = {}
     for part in step.get("partition", []):
-        per_client[int(part["client"])] = {**part, "rounds": 0, "failures": 0, "loss": None, "seconds": 0.0}
+        per_client[int(part["client"])] = {**part, "rounds": 0, "failures": 0, "loss": None, "seconds": 0.0,
+                                           "anomaly": None, "suspect_rounds": 0}
     for r in rounds:
         for c in r.get("clients", []):
             if c.get("partition") is None:
                 continue
             row = per_client.setdefault(int(c["partition"]), {"client": c["partition"], "rounds": 0, "failures": 0,
-                                                               "loss": None, "seconds": 0.0})
+                                                               "loss": None, "seconds": 0.0, "anomaly": None,
+                                                               "suspect_rounds": 0})
             if c.get("error"):
                 row["failures"] += 1
                 continue
             row["rounds"] += 1
             row["seconds"] += float(c.get("seconds") or 0.0)
             row["loss"] = c.get("loss")  # the latest round's
+            if c.get("anomaly") is not None:
+                row["anomaly"] = max(float(c["anomaly"]), row["anomaly"] if row["anomaly"] is not None else -1e9)
+                row["suspect_rounds"] += int(float(c["anomaly"]) > ANOMALY_FLAG)
     config = step.get("config", {})
     config = config.get("data", config)  # a serialised config: {"type", "version", "data"}
     total_bytes = sum(int(r.get("bytes_down", 0)) + int(r.get("bytes_up", 0)) for r in rounds)
@@ -43,7 +51,8 @@ def federated_section(sections: dict[str, Any], events: list[Event], png: Callab
     return {"rounds": rounds, "clients": [per_client[k] for k in sorted(per_client)], "config": config,
             "strategy": config.get("strategy", step.get("strategy")), "partition": config.get("partition"),
             "partition_options": config.get("partition_options") or {}, "total_bytes": total_bytes,
-            "failures": failures, "final": step.get("final") or {}, "engine": step.get("engine", "simulation"),
+            "failures": failures, "final": step.get("final") or {}, "flag": ANOMALY_FLAG,
+            "privacy": rounds[-1].get("privacy") if rounds else None, "engine": step.get("engine", "simulation"),
             "plot": _plot(rounds, png) if png is not None and rounds else None}
 
 

@@ -3,7 +3,7 @@
 Two small architectures, registered in :data:`~nnforge.models.ARCHITECTURES`:
 
 - ``"digits-mlp"``: flatten → [Linear → ReLU → Dropout] × len(hidden) → Linear. Takes (B, 64) or (B, 1, 8, 8).
-- ``"digits-cnn"``: two 3×3 conv blocks → 2×2 max-pool → MLP head. Takes (B, 1, 8, 8) (or (B, 64), reshaped).
+- ``"digits-cnn"``: two 3×3 conv blocks (BatchNorm, or GroupNorm with ``norm="group"``) → 2×2 max-pool → MLP head. Takes (B, 1, 8, 8) (or (B, 64), reshaped).
 
 Pixels are expected in [0, 1] (sklearn's values / 16). Build with ``nnforge.models.build("digits-cnn")``;
 train with ``nnforge.train.fit`` (see ``docs/train.md``).
@@ -11,7 +11,7 @@ train with ``nnforge.train.fit`` (see ``docs/train.md``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt
@@ -43,6 +43,12 @@ class DigitsCNNConfig(Config):
     hidden: int = Field(64, ge=1, description="width of the head's hidden layer")
     dropout: float = Field(0.1, ge=0, lt=1)
     num_classes: int = Field(NUM_CLASSES, ge=2)
+    norm: Literal["batch", "group"] = Field("batch", description="batch: BatchNorm; group: GroupNorm (4 groups), "
+                                            "which DP-SGD needs (per-sample gradients)")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(min(4, channels), channels)
 
 
 def _as_images(x: torch.Tensor) -> torch.Tensor:
@@ -76,8 +82,8 @@ class DigitsCNN(nn.Module):
         self.config = config or DigitsCNNConfig()
         c1, c2 = self.config.channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),   # (B, c1, 8, 8)
-            nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(),  # (B, c2, 8, 8)
+            nn.Conv2d(1, c1, 3, padding=1), _norm(self.config.norm, c1), nn.ReLU(),   # (B, c1, 8, 8)
+            nn.Conv2d(c1, c2, 3, padding=1), _norm(self.config.norm, c2), nn.ReLU(),  # (B, c2, 8, 8)
             nn.MaxPool2d(2),                                                 # (B, c2, 4, 4)
         )
         self.head = nn.Sequential(

@@ -3,7 +3,8 @@ clients each hold one part of the recipe's data (split by the configured partiti
 seed) and train locally with nnforge's loop; a Flower strategy aggregates.
 
 Every round is a ``federated.round`` ledger event (clients sampled and replied, each client's examples, loss,
-seconds and errors, bytes each way, the global evaluation): the record Art. 12 asks for. ``federated.started``
+seconds, error, update norm and anomaly score, bytes each way, the global evaluation, the privacy spent): the
+record Art. 12 asks for. ``federated.started``
 records the partition (units, examples and label counts per client) and the configuration; ``federated.finished``
 the outcome. The trained model is saved as variant ``fp32`` (``variant`` renames it) for the steps after.
 """
@@ -33,9 +34,11 @@ class FederateStepConfig(FederatedConfig):
 def _round_event(record: RoundRecord) -> dict[str, Any]:
     return {"round": record.round, "sampled": record.sampled, "replied": record.replied,
             "bytes_down": record.bytes_down, "bytes_up": record.bytes_up, "seconds": round(record.seconds, 4),
-            "train_loss": record.train_loss, "evaluation": record.evaluation,
+            "train_loss": record.train_loss, "evaluation": record.evaluation, "privacy": record.privacy,
             "clients": [{"partition": c.partition, "node": c.node, "examples": c.examples, "steps": c.steps,
-                         "loss": c.loss, "seconds": round(c.seconds, 4), "error": c.error} for c in record.clients]}
+                         "loss": c.loss, "seconds": round(c.seconds, 4), "error": c.error,
+                         "update_norm": c.update_norm, "anomaly": c.anomaly, "cosine": c.cosine}
+                        for c in record.clients]}
 
 
 @STEPS.register("federate")
@@ -51,7 +54,7 @@ class Federate:
         if not isinstance(dataset, ArrayClassification | CharCorpus):
             raise ConfigError(f"the {self.name} step trains on an array dataset or a character corpus (e.g. digits, "
                               f"shakespeare-char); {plan.recipe.data.dataset!r} is neither")
-        check_federation(dataset, config.federated_config(plan.recipe.seed))
+        check_federation(dataset, config.federated_config(plan.recipe.seed), plan.model)
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         fcfg = config.federated_config(ctx.seed)
@@ -77,4 +80,7 @@ class Federate:
                                    "federated_seconds": result.seconds,
                                    "federated_bytes_per_round": result.bytes_per_round}
         metrics.update({f"val_{k}": v for k, v in final.items()})
+        if result.privacy is not None:
+            metrics["federated_epsilon"] = result.privacy["epsilon"]
+            metrics["federated_delta"] = result.privacy["delta"]
         return StepResult(metrics=metrics, details=done)
