@@ -22,27 +22,31 @@ def _events(kind):
 
 def test_federate_turns_the_digits_recipe_into_a_recorded_federated_run(workdir, capsys):
     code = main(["federate", "digits", "--clients", "3", "--rounds", "2", "--partition", "dirichlet", "-p", "alpha=1",
-                 "--json"])
+                 "--secure-aggregation", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     m = out["metrics"]
     assert m["federated_rounds"] == 2 and m["federated_clients"] == 3 and 0 <= m["val_accuracy"] <= 1
-    assert m["federated_bytes_per_round"] > 3 * 2 * 100_000  # 3 clients, model down and up, about 156 kB each
+    # model down (156 kB) and encrypted update up (5 ciphertexts of 128 KiB) for each of 3 clients
+    assert 3 * (156_000 + 5 * 131_000) < m["federated_bytes_per_round"] < 3 * (160_000 + 5 * 135_000)
     (started,) = _events("federated.started")
     cfg = started.data["config"]["data"]
     # the recipe's train step gave the clients its optimizer (adamw, lr 0.003) and batch size
     assert cfg["local"]["optimizer"] == "adamw" and cfg["local"]["optimizer_options"]["lr"] == 0.003
-    assert cfg["local"]["batch_size"] == 64 and cfg["partition"] == "dirichlet"
+    assert cfg["local"]["batch_size"] == 64 and cfg["partition"] == "dirichlet" and cfg["secure"]["method"] == "he"
     rounds = _events("federated.round")
     assert [e.data["round"] for e in rounds] == [1, 2]
     assert all(len(e.data["clients"]) == 3 and e.data["replied"] == 3 for e in rounds)
     assert all(c["examples"] > 0 and c["error"] is None for c in rounds[-1].data["clients"])
+    assert all(e.data["secure"]["summed"] == 3 and e.data["secure"]["ciphertexts"] == 5 for e in rounds)
     (finished,) = _events("federated.finished")
     assert finished.data["rounds"] == 2 and sum(p["examples"] for p in finished.data["partition"]) == 1437
     import nnforge
 
     run = nnforge.load_run(out["run_dir"])
     assert "fp32" in run.variants and run.model("fp32") is not None
+    html = (workdir / out["run_dir"] / "report.html").read_text(encoding="utf-8")
+    assert "Secure aggregation by homomorphic encryption" in html and "5 ciphertexts each a round" in html
 
 
 def test_the_builtin_federated_recipe_reports_its_rounds(workdir, capsys):
@@ -63,6 +67,9 @@ def test_the_builtin_federated_recipe_reports_its_rounds(workdir, capsys):
     (["charlm", "--clients", "3"], "local.steps"),
     (["digits", "--clients", "3", "--partition", "source"], "name their source"),
     (["digits", "-p", "alpha"], "expected key=value"),
+    (["digits", "--secure-aggregation", "--strategy", "fedmedian"], "secure aggregation"),
+    (["digits", "--epsilon", "3"], "BatchNorm"),  # record-level DP on the BatchNorm digits-cnn
+    (["digits", "--epsilon", "3", "--privacy-level", "clients"], "privacy.level"),
 ])
 def test_bad_options_exit_2_and_write_nothing(workdir, capsys, args, words):
     assert main(["federate", *args]) == 2

@@ -4,8 +4,8 @@ become the clients' local training, the data is split among ``--clients`` client
 
 A recipe with a ``federate`` step runs it, with the options given here applied; otherwise its ``train`` step is
 replaced by a ``federate`` step that keeps the train step's optimizer, its options and its batch size. Every round
-lands in the ledger (``federated.round``) and the report gets a federated-learning section. Bad options exit 2
-before anything is written.
+lands in the ledger (``federated.round``) and the report (appended when the recipe has no report step) gets a
+federated-learning section. Bad options exit 2 before anything is written.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def federated_recipe(name: str, overrides: list[str], given: dict[str, Any]) -> 
     except ValidationError as exc:
         raise ConfigError("; ".join(describe_validation_error(exc, owner="the federate step"))) from None
     doc["steps"][at] = {"federate": config.model_dump(mode="json", exclude_defaults=True)}
+    if "report" not in names:  # the federated section is what a federated run is read by
+        doc["steps"].append("report")
     return parse_recipe(doc, source=yaml.safe_dump(doc, sort_keys=False), path=rec.path)
 
 
@@ -85,6 +87,12 @@ def federate(
     local_steps: Annotated[int | None, typer.Option(help="Optimizer steps per client per round (needed for a "
                                                     "character corpus).")] = None,
     fraction: Annotated[float | None, typer.Option(help="Share of the clients sampled each round (default 1).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Differential privacy: the run's epsilon budget (delta 1e-5; "
+                                                  "noise calibrated to spend it over the rounds).")] = None,
+    privacy_level: Annotated[str, typer.Option(help="record (DP-SGD on the clients, Opacus) or client (Flower's "
+                                               "central DP).")] = "record",
+    secure_aggregation: Annotated[bool, typer.Option("--secure-aggregation", help="Clients send their updates "
+                                                     "encrypted (TenSEAL CKKS); the server sums ciphertexts.")] = False,
     simulate: Annotated[bool, typer.Option("--simulate", help="Run every client on this machine with Flower's "
                                            "simulation engine (the default and, for now, the only engine).")] = True,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: key=value.")] = None,
@@ -104,6 +112,10 @@ def federate(
         given["strategy_options"] = _pairs(option, "--option")
     if partition_option:
         given["partition_options"] = _pairs(partition_option, "--partition-option")
+    if epsilon is not None:
+        given["privacy"] = {"epsilon": epsilon, "level": privacy_level}
+    if secure_aggregation:
+        given["secure"] = {"method": "he"}
     local = {k: v for k, v in {"epochs": local_epochs, "steps": local_steps}.items() if v is not None}
     if local:
         given["local"] = local

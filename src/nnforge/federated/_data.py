@@ -2,9 +2,10 @@
 
 - :class:`~nnforge.data.ArrayClassification` (``digits``): the rows of the ``train`` split, labelled by class;
   evaluation uses the ``test`` split, on the server.
-- :class:`~nnforge.data.CharCorpus` (``shakespeare-char``): its documents (the plays and the poems), labelled by
-  their group (comedy, tragedy, …), each one's source its own name. A client trains on its documents' tokens
-  that lie in the corpus's ``train`` part; evaluation uses the corpus's ``val`` part, on the server.
+- :class:`~nnforge.data.CharCorpus` (``shakespeare-char``): spans of at most ``CHUNK`` tokens of its documents'
+  ``train`` part (a play of 150,000 characters is 19 spans), labelled by their document's group (comedy,
+  tragedy, …), each one's source its document (so ``source`` deals whole plays, ``iid`` deals spans). A client
+  trains on its spans' tokens; evaluation uses the corpus's ``val`` part, on the server.
 """
 
 from __future__ import annotations
@@ -37,20 +38,36 @@ def data_kind(data: Any) -> str:
                     f"shakespeare-char); got {type(data).__name__}")
 
 
-def _corpus_documents(data: CharCorpus) -> list[str]:
-    """The documents with at least one token in the train part, in the corpus's order."""
+CHUNK = 8192
+"""Tokens per unit of a character corpus (a document's last span may be shorter, never under ``MIN_SPAN``)."""
+MIN_SPAN = 256
+
+
+def _corpus_spans(data: CharCorpus) -> list[tuple[str, int, int]]:
+    """``(document, start, end)`` of every unit: the documents' tokens in the train part, cut every ``CHUNK``."""
     n = len(data.train)
-    return [d for d, (start, _) in data.documents.items() if start < n]
+    spans = []
+    for doc, (start, end) in data.documents.items():
+        end = min(end, n)
+        for s in range(start, end, CHUNK):
+            e = min(s + CHUNK, end)
+            if e - s >= MIN_SPAN or s == start:
+                spans.append((doc, s, e))
+            else:  # a short tail joins the span before it
+                d, s0, _ = spans[-1]
+                spans[-1] = (d, s0, e)
+    return [x for x in spans if x[2] > x[1]]
 
 
 def units_of(data: Any) -> Units:
     if data_kind(data) == "arrays":
         return Units(np.asarray(data.splits["train"][1], dtype=np.int64))
-    docs = _corpus_documents(data)
+    spans = _corpus_spans(data)
     group_of = {d: g for g, members in sorted(data.groups.items()) for d in members}
     names = sorted(set(group_of.values()))
-    labels = np.asarray([names.index(group_of[d]) if d in group_of else len(names) for d in docs], dtype=np.int64)
-    return Units(labels, list(docs))
+    labels = np.asarray([names.index(group_of[d]) if d in group_of else len(names) for d, _, _ in spans],
+                        dtype=np.int64)
+    return Units(labels, [d for d, _, _ in spans])
 
 
 @dataclass(frozen=True)
@@ -74,10 +91,7 @@ def client_data(data: Any, indices: np.ndarray) -> ClientData:
         idx = np.asarray(indices, dtype=np.int64)
         return ClientData("arrays", x=torch.from_numpy(np.ascontiguousarray(x[idx])),
                           y=torch.from_numpy(np.ascontiguousarray(y[idx])))
-    docs = _corpus_documents(data)
-    n = len(data.train)
-    parts = []
-    for i in indices:
-        start, end = data.documents[docs[int(i)]]
-        parts.append(data.train[start:min(end, n)])
-    return ClientData("corpus", tokens=torch.cat(parts))
+    spans = _corpus_spans(data)
+    small = torch.int16 if data.vocab_size < 2**15 else torch.int64  # a client's tokens, compactly (to Ray workers)
+    return ClientData("corpus", tokens=torch.cat([data.train[spans[int(i)][1]:spans[int(i)][2]] for i in indices]
+                                                 ).to(small))

@@ -52,7 +52,9 @@ def federated_section(sections: dict[str, Any], events: list[Event], png: Callab
             "strategy": config.get("strategy", step.get("strategy")), "partition": config.get("partition"),
             "partition_options": config.get("partition_options") or {}, "total_bytes": total_bytes,
             "failures": failures, "final": step.get("final") or {}, "flag": ANOMALY_FLAG,
-            "privacy": rounds[-1].get("privacy") if rounds else None, "engine": step.get("engine", "simulation"),
+            "privacy": rounds[-1].get("privacy") if rounds else None,
+            "secure": (config.get("secure") or None),
+            "ciphertexts": max((int((r.get("secure") or {}).get("ciphertexts", 0)) for r in rounds), default=0), "engine": step.get("engine", "simulation"),
             "plot": _plot(rounds, png) if png is not None and rounds else None}
 
 

@@ -35,6 +35,7 @@ def _round_event(record: RoundRecord) -> dict[str, Any]:
     return {"round": record.round, "sampled": record.sampled, "replied": record.replied,
             "bytes_down": record.bytes_down, "bytes_up": record.bytes_up, "seconds": round(record.seconds, 4),
             "train_loss": record.train_loss, "evaluation": record.evaluation, "privacy": record.privacy,
+            "secure": record.secure, "aggregation_seconds": round(record.aggregation_seconds, 4),
             "clients": [{"partition": c.partition, "node": c.node, "examples": c.examples, "steps": c.steps,
                          "loss": c.loss, "seconds": round(c.seconds, 4), "error": c.error,
                          "update_norm": c.update_norm, "anomaly": c.anomaly, "cosine": c.cosine}
