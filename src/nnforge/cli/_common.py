@@ -197,3 +197,22 @@ def metrics_table(title: str, metrics: Mapping[str, object], keys: Sequence[str]
         v = metrics[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     out.print(table)
+
+
+def key_values(items: Sequence[str], flag: str, example: str) -> dict[str, Any]:
+    """``["k=v", …]`` from a repeatable option → ``{k: YAML value of v}``; a malformed item is a ConfigError naming
+    ``flag`` and an ``example`` (``"sparsity=0.5"``)."""
+    import yaml
+
+    from nnforge.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} {item!r}: expected key=value, e.g. {flag} {example}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out

@@ -14,24 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import console, metrics_table
-
-
-def _pairs(items: list[str], flag: str) -> dict[str, Any]:
-    import yaml
-
-    from nnforge.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} {item!r}: expected key=value, e.g. {flag} alpha=0.5")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
+from nnforge.cli._common import console, key_values, metrics_table
 
 
 def federated_recipe(name: str, overrides: list[str], given: dict[str, Any]) -> Any:
@@ -109,9 +92,9 @@ def federate(
                                                 "partition": partition, "fraction_train": fraction}.items()
                              if v is not None}
     if option:
-        given["strategy_options"] = _pairs(option, "--option")
+        given["strategy_options"] = key_values(option, "--option", "proximal_mu=0.01")
     if partition_option:
-        given["partition_options"] = _pairs(partition_option, "--partition-option")
+        given["partition_options"] = key_values(partition_option, "--partition-option", "alpha=0.5")
     if epsilon is not None:
         given["privacy"] = {"epsilon": epsilon, "level": privacy_level}
     if secure_aggregation:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nnforge.cli._common import console, metrics_table, out, print_json, progress_bars, run_ledger
+from nnforge.cli._common import console, key_values, metrics_table, out, print_json, progress_bars, run_ledger
 
 _TRAINING_STEPS = ("train", "finetune", "qat")
 
@@ -23,19 +23,7 @@ def _step_options(method: str | None, option: list[str], modules: list[str], exc
                   variant: str | None, calibration_batches: int | None, latency_repeats: int | None,
                   recovery_steps: int | None = None) -> dict[str, Any]:
     """The ``prune`` step's options the command line gave (nothing for an option left out)."""
-    import yaml
-
-    from nnforge.errors import ConfigError
-
-    data: dict[str, Any] = {}
-    for item in option:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option {item!r}: expected key=value, e.g. --option sparsity=0.5")
-        try:
-            data[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            data[key.strip()] = raw
+    data = key_values(option, "--option", "sparsity=0.5")
     given: dict[str, Any] = {"modules": modules, "exclude": exclude, "base": base, "variant": variant,
                              "calibration_batches": calibration_batches, "latency_repeats": latency_repeats}
     step = {k: v for k, v in given.items() if v not in (None, [])}
