@@ -26,7 +26,6 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
     from jinja2 import Environment, FileSystemLoader
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError(f"the dashboard needs FastAPI, Jinja2 and python-multipart ({exc.name} is "
                                  "missing): pip install 'nnforge[dashboard]'") from exc
@@ -71,13 +70,40 @@ def create_app(ledger_location: str | os.PathLike[str], runs_dir: str | os.PathL
     d = Dashboard(str(ledger_location), RunFolders(Path(runs_dir)), users, SessionStore(), templates)
 
     app = FastAPI(title="nnforge dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.middleware("http")(_limit_body)
     app.middleware("http")(_security_headers)
     for pages in (login_pages, run_pages, ledger_pages, review_pages):
         app.include_router(pages(d))
+    if allowed_hosts is not None:  # added last: runs first
+        app.middleware("http")(_trusted_hosts(tuple(h.lower() for h in allowed_hosts)))
     return app
+
+
+def host_name(header: str) -> str:
+    """A ``Host`` header without its port: ``"[::1]:8765"`` → ``"[::1]"``, ``"localhost:80"`` → ``"localhost"``.
+
+    (Starlette's own TrustedHostMiddleware cut at the first colon in the version Flower pins, so the dashboard
+    served on ``[::1]`` refused its own address.)
+    """
+    h = header.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        return h[: end + 1] if end != -1 else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _trusted_hosts(allowed: tuple[str, ...]) -> Any:
+    """Refuse (400) a request whose ``Host`` is not one of ``allowed`` (``*.example.org`` matches subdomains):
+    a DNS-rebinding page reaching a local dashboard under another name is turned away."""
+
+    async def check(request: Request, call_next: Any) -> Any:
+        host = host_name(request.headers.get("host", ""))
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if any(host == a or bare == a or (a.startswith("*.") and host.endswith(a[1:])) for a in allowed):
+            return await call_next(request)
+        return Response("Invalid host header", status_code=400, media_type="text/plain")
+
+    return check
 
 
 async def _limit_body(request: Request, call_next: Any) -> Response:
