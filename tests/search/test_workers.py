@@ -36,6 +36,19 @@ def blocking(ctx):
 
 
 KILL_ENV = "NNFORGE_TEST_KILL_MARK"
+COMPANY_ENV = "NNFORGE_TEST_COMPANY_DIR"
+
+
+def waits_for_company(ctx):
+    """Each worker signs in; no trial finishes before two workers have (at most 120 s). On a loaded machine the
+    second worker's start (a process importing torch and Optuna) can otherwise take longer than the first one
+    needs for all 40 trials, and "both workers ran trials" would be a race, not a property."""
+    folder = os.environ[COMPANY_ENV]
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 120
+    while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return quadratic(ctx)
 
 
 def dies_once(ctx):
@@ -70,10 +83,12 @@ def _assert_exactly(result, n):
     return done
 
 
-def test_two_workers_on_one_journal_complete_exactly_40_trials(tmp_path):
+def test_two_workers_on_one_journal_complete_exactly_40_trials(tmp_path, monkeypatch):
+    (tmp_path / "company").mkdir()
+    monkeypatch.setenv(COMPANY_ENV, str(tmp_path / "company"))  # the spawned workers inherit it
     config = SearchConfig(space=SPACE, objectives=[Objective(metric="loss")], trials=40, sampler="random", seed=3)
     seen = []
-    result = search(quadratic, config, storage=tmp_path / "s.journal", workers=2, progress=seen.append)
+    result = search(waits_for_company, config, storage=tmp_path / "s.journal", workers=2, progress=seen.append)
     done = _assert_exactly(result, 40)
     assert len(result.trials) == 40 and sorted(t.number for t in done) == list(range(40))
     pids = Counter(int(t.metrics["pid"]) for t in done)
