@@ -140,9 +140,11 @@ def test_a_killed_workers_study_resumes_with_its_trial_retried(storage_target):
     assert {int(t.metrics["pid"]) for t in done if t.number < 2} != {os.getpid()}  # the first two came from the child
 
 
-def test_two_workers_on_postgresql_complete_exactly_the_trials(postgres_url):
+def test_two_workers_on_postgresql_complete_exactly_the_trials(postgres_url, tmp_path, monkeypatch):
+    (tmp_path / "company").mkdir()
+    monkeypatch.setenv(COMPANY_ENV, str(tmp_path / "company"))
     config = SearchConfig(space=SPACE, objectives=[Objective(metric="loss")], trials=10, sampler="random")
-    result = search(quadratic, config, storage=postgres_url, workers=2)
+    result = search(waits_for_company, config, storage=postgres_url, workers=2)
     done = _assert_exactly(result, 10)
     assert sorted(t.number for t in done) == list(range(10))
     assert len({int(t.metrics["pid"]) for t in done}) == 2
