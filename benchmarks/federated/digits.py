@@ -20,7 +20,8 @@ and batch size on all 1,437 rows for 30 epochs (the same number of passes over t
 - **Poisoning**: client 0 sends ``global - 10 x (its update)`` every round. FedAvg, and each robust strategy
   (FedMedian, FedTrimmedAvg beta 0.2, Krum and Bulyan with one assumed attacker, MultiKrum keeping 5); the best of
   them by poisoned accuracy is ``poisoned_robust_acc``, and ``clean_acc`` is that same strategy with no attacker
-  (all ten clients honest).
+  (all ten clients honest). A run whose clients all diverge (FedAvg under this attack can) stops at that round
+  and reports its last evaluation; ``failed`` in ``results`` says when.
 - **Homomorphic encryption** (TenSEAL CKKS, poly modulus 8192, one 60-bit data prime, two 13-bit values a slot):
   FedAvg with secure aggregation, the clients also sending their plaintext update for the audit only (not counted
   in the bytes). ``he_max_abs_diff``: the largest difference between the decrypted aggregate and the plaintext
@@ -135,7 +136,7 @@ def main() -> int:
                             "aggregation_seconds": [r.aggregation_seconds for r in result.rounds],
                             "he_max_abs_diff": max((r.secure.get("max_abs_diff", 0.0) for r in result.rounds
                                                     if r.secure), default=None),
-                            "privacy": result.privacy, "stopped": result.stopped,
+                            "privacy": result.privacy, "stopped": result.stopped, "failed": result.failed,
                             "max_anomaly_poisoned_client": max(
                                 (c.anomaly for r in result.rounds for c in r.clients
                                  if c.partition == 0 and c.anomaly is not None), default=None)}

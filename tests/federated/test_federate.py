@@ -15,7 +15,6 @@ from nnforge.federated import (
     FederatedConfig,
     FederatedError,
     LocalTraining,
-    federate_,
     federate_many_,
     strategy_names,
 )
@@ -119,8 +118,23 @@ def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(di
     assert 2 < secure.rounds[-1].bytes_up / plain.rounds[-1].bytes_up < 8  # two 13-bit values a slot: about 4x
 
 
-def test_a_federation_whose_clients_all_fail_names_their_error(digits):
-    model = torch.nn.Linear(3, 2)  # digits are (1, 8, 8): every client's forward fails
+def test_a_job_whose_clients_all_fail_names_their_error_and_the_others_go_on(digits):
+    bad = torch.nn.Linear(3, 2)  # digits are (1, 8, 8): every client's forward fails
+    good = _model()
     config = FederatedConfig(clients=3, rounds=2, local={"epochs": 1})
-    with pytest.raises(FederatedError, match=r"round 1: 0 of 3 sampled clients replied .*shapes cannot be multiplied"):
-        federate_(model, digits, config)
+    failed, fine = federate_many_([(bad, config), (good, config)], digits, interleave=True)
+    assert failed.failed and failed.stopped == failed.failed and not failed.rounds
+    assert "round 1: 0 of 3 sampled clients replied" in failed.failed and "shapes cannot be multiplied" in failed.failed
+    assert fine.failed is None and len(fine.rounds) == 2 and fine.final["accuracy"] > 0.1
+
+
+def test_federate_raises_what_its_one_job_failed_with(digits, monkeypatch):
+    from nnforge.federated import _run
+
+    def one_failed(runs, data, **kw):
+        return [_run.FederatedResult(config={}, rounds=[], partition=[], engine="simulation", seconds=0.0,
+                                     stopped="round 3: 0 of 3 replied", failed="round 3: 0 of 3 replied")]
+
+    monkeypatch.setattr(_run, "federate_many_", one_failed)
+    with pytest.raises(FederatedError, match="round 3: 0 of 3 replied"):
+        _run.federate_(_model(), digits, FederatedConfig(clients=3, rounds=3))

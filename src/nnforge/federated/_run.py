@@ -95,6 +95,7 @@ class FederatedResult:
     engine: str
     seconds: float
     stopped: str | None = None  # why it ended before its last round, if it did
+    failed: str | None = None  # the FederatedError that ended it (federate_ raises it; federate_many_ records it)
 
     @property
     def final(self) -> dict[str, float]:
@@ -115,7 +116,7 @@ class FederatedResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "engine": self.engine, "privacy": self.privacy, "seconds": self.seconds, "stopped": self.stopped,
-                "partition": self.partition, "final": self.final, "bytes_per_round": self.bytes_per_round,
+                "failed": self.failed, "partition": self.partition, "final": self.final, "bytes_per_round": self.bytes_per_round,
                 "rounds": [r.to_dict() for r in self.rounds]}
 
 
@@ -197,6 +198,7 @@ class _Loop:
     index: int = 0  # which of the simulation's jobs the clients run for this loop
     rounds: list[RoundRecord] = field(default_factory=list)
     stopped: str | None = None
+    failed: str | None = None
     seconds: float = 0.0
 
     def epsilon_after(self, rounds: int) -> float:
@@ -285,7 +287,7 @@ class _Loop:
         return out
 
     def run(self, grid: Any) -> None:
-        """Every round, one after another."""
+        """Every round, one after another (until one fails or the budget stops it)."""
         self.start()
         for rnd in range(1, self.config.rounds + 1):
             if not self.step(grid, rnd):
@@ -304,12 +306,16 @@ class _Loop:
         self._arrays = app.ArrayRecord({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
 
     def step(self, grid: Any, rnd: int) -> bool:
-        """Round ``rnd``; False when the run stopped before it (its privacy budget)."""
+        """Round ``rnd``; False when the run stopped before it (its privacy budget, or a round that failed: too
+        few replies, recorded in ``failed`` so that the other jobs of the engine go on)."""
         if self.stopped is not None:
             return False
         began = time.perf_counter()
         try:
             return self._round(grid, rnd)
+        except FederatedError as exc:
+            self.failed = self.stopped = str(exc)
+            return False
         finally:
             self.seconds += time.perf_counter() - began
 
@@ -481,7 +487,8 @@ def federate_many_(runs: Sequence[tuple[nn.Module, FederatedConfig]], data: Any,
     """Several federated jobs on ``data`` in one start of Flower's simulation engine (its workers start once:
     comparing strategies, privacy levels or attacks costs their rounds, not N engine starts). One after the
     other, or with ``interleave`` round by round (round 1 of every job, then round 2, …), so that a drifting
-    machine slows every job alike when their times are compared.
+    machine slows every job alike when their times are compared. A job whose round fails (too few replies: its
+    clients diverged, say, under a poisoning attack) stops there with ``failed`` set; the others go on.
 
     Every job must have the same number of clients (they are the same simulated nodes). Each model is trained
     in place as by :func:`federate_`; a record's ``job`` says which run it belongs to.
@@ -537,7 +544,7 @@ def federate_many_(runs: Sequence[tuple[nn.Module, FederatedConfig]], data: Any,
         if bar is not None:
             bar.stop()
     return [FederatedResult(config=c.to_dict(), rounds=loop.rounds, partition=part, engine="simulation",
-                            seconds=loop.seconds, stopped=loop.stopped)
+                            seconds=loop.seconds, stopped=loop.stopped, failed=loop.failed)
             for (_, c), loop, (_, _, part) in zip(runs, loops, prepared, strict=True)]
 
 
@@ -559,4 +566,7 @@ def federate_(model: nn.Module, data: Any, config: FederatedConfig, *,
         FederatedError: a round got too few replies (every client's error is in the message).
         MissingDependencyError: Flower is not installed (``pip install 'nnforge[federated]'``).
     """
-    return federate_many_([(model, config)], data, callbacks=callbacks, progress=progress)[0]
+    result = federate_many_([(model, config)], data, callbacks=callbacks, progress=progress)[0]
+    if result.failed is not None:
+        raise FederatedError(result.failed)
+    return result
