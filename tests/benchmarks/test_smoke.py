@@ -24,7 +24,7 @@ TIMEOUTS_S = {"quickstart.py": 90, "evaluate/calibration.py": 90, "evaluate/ood_
               "evaluate/suite_gate.py": 120,
               "prune/minilm.py": 150,  # + both models exported to ONNX and timed in ONNX Runtime: 23 CPU s
               "federated/digits.py": 150,  # Ray workers start (about 15 s), then 9 runs of one round, DP and HE
-              "federated/scale.py": 150,  # two engine starts (about 15 s each), one round each
+              "federated/scale.py": 120,  # one engine start (about 15 s), one round
               "search/plan_minilm.py": 120}  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
 
 
