@@ -1,6 +1,7 @@
 """``nnforge federate RECIPE``: run a recipe as a federated job — its model and its ``train`` step's optimizer
 become the clients' local training, the data is split among ``--clients`` clients, a Flower strategy aggregates
-(on this machine with Flower's simulation engine).
+(on this machine with Flower's simulation engine, or with ``--superlink HOST:PORT`` on a running SuperLink and its
+SuperNodes, each holding one partition).
 
 A recipe with a ``federate`` step runs it, with the options given here applied; otherwise its ``train`` step is
 replaced by a ``federate`` step that keeps the train step's optimizer, its options and its batch size. Every round
@@ -77,7 +78,14 @@ def federate(
     secure_aggregation: Annotated[bool, typer.Option("--secure-aggregation", help="Clients send their updates "
                                                      "encrypted (TenSEAL CKKS); the server sums ciphertexts.")] = False,
     simulate: Annotated[bool, typer.Option("--simulate", help="Run every client on this machine with Flower's "
-                                           "simulation engine (the default and, for now, the only engine).")] = True,
+                                           "simulation engine (the default).")] = False,
+    superlink: Annotated[str | None, typer.Option(help="Run on Flower's deployment engine: the SuperLink's "
+                                                  "address, host:port; its SuperNodes hold the clients' data "
+                                                  "(one partition-id each).")] = None,
+    root_certificates: Annotated[str | None, typer.Option(help="With --superlink: the CA certificate (PEM) that "
+                                                          "signed the SuperLink's TLS certificate.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="With --superlink: no TLS (loopback experiments "
+                                           "only; refused unless given).")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: key=value.")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder where the run lands.")] = "runs",
     ledger: Annotated[str | None, typer.Option(help="Ledger database (default: .nnforge/ledger.db).")] = None,
@@ -87,6 +95,7 @@ def federate(
     """Train a recipe's model by federated learning: clients keep their part of the data, a Flower strategy
     aggregates, every round is recorded in the ledger."""
     from nnforge.cli.run import execute
+    from nnforge.errors import ConfigError
 
     given: dict[str, Any] = {k: v for k, v in {"clients": clients, "rounds": rounds, "strategy": strategy,
                                                 "partition": partition, "fraction_train": fraction}.items()
@@ -99,6 +108,13 @@ def federate(
         given["privacy"] = {"epsilon": epsilon, "level": privacy_level}
     if secure_aggregation:
         given["secure"] = {"method": "he"}
+    if superlink is not None:
+        if simulate:
+            raise ConfigError("--simulate and --superlink name two engines; give one")
+        given["deployment"] = {"superlink": superlink, "root_certificates": root_certificates,
+                               "insecure": insecure}
+    elif root_certificates is not None or insecure:
+        raise ConfigError("--root-certificates and --insecure say how to reach a SuperLink: give --superlink too")
     local = {k: v for k, v in {"epochs": local_epochs, "steps": local_steps}.items() if v is not None}
     if local:
         given["local"] = local

@@ -10,13 +10,14 @@ True
 ...                 partition_options={"alpha": 0.5}).local.optimizer
 'sgd'
 
-``federate_(model, data, config)`` trains ``model`` in place (Flower's simulation engine on this machine) and
-returns a :class:`FederatedResult`; see ``docs/federated.md``. Importing this package does not import Flower.
+``federate_(model, data, config)`` trains ``model`` in place (Flower's simulation engine on this machine, or its
+deployment engine when ``config.deployment`` names a SuperLink: :mod:`nnforge.federated.deployment`) and returns a
+:class:`FederatedResult`; see ``docs/federated.md``. Importing this package does not import Flower.
 """
 
 from __future__ import annotations
 
-from nnforge.federated._config import AttackConfig, FederatedConfig, LocalTraining
+from nnforge.federated._config import AttackConfig, DeploymentConfig, FederatedConfig, LocalTraining
 from nnforge.federated._run import (
     ClientRound,
     FederatedError,
@@ -31,7 +32,7 @@ from nnforge.federated.partition import PARTITIONERS, partition_indices, partiti
 from nnforge.federated.privacy import PrivacyConfig
 from nnforge.federated.strategies import STRATEGIES, register_strategy, strategy_names
 
-__all__ = ["FederatedConfig", "LocalTraining", "AttackConfig", "PrivacyConfig", "federate_", "federate_many_",
+__all__ = ["FederatedConfig", "DeploymentConfig", "LocalTraining", "AttackConfig", "PrivacyConfig", "federate_", "federate_many_",
            "FederatedResult", "RoundRecord", "ClientRound", "FederatedError", "evaluate_global", "check_federation",
            "PARTITIONERS", "partition_indices", "partition_names", "register_partitioner", "STRATEGIES",
            "register_strategy", "strategy_names"]

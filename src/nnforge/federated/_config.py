@@ -11,7 +11,7 @@ from nnforge.config import Config, config_type
 from nnforge.federated.privacy import PrivacyConfig
 from nnforge.federated.secure import SecureAggregationConfig
 
-__all__ = ["LocalTraining", "FederatedConfig", "AttackConfig"]
+__all__ = ["LocalTraining", "FederatedConfig", "AttackConfig", "DeploymentConfig"]
 
 
 @config_type("federated.local")
@@ -53,6 +53,32 @@ class AttackConfig(Config):
     drop_rounds: list[int] = Field(default_factory=list, description="rounds in which they fail (empty: every one)")
 
 
+@config_type("federated.deployment")
+class DeploymentConfig(Config):
+    """Where a deployed federation runs: the SuperLink's address and how this side trusts it (see
+    :mod:`nnforge.federated.deployment`). TLS is the default: give the CA that signed the SuperLink's
+    certificate, or say ``insecure: true`` explicitly (loopback experiments only)."""
+
+    superlink: str = Field(..., pattern=r"^[A-Za-z0-9._\-\[\]:]+:[0-9]{1,5}$",
+                           description="the SuperLink's address, host:port (its Control API)")
+    root_certificates: str | None = Field(None, description="PEM file of the CA that signed the SuperLink's "
+                                                            "certificate")
+    insecure: bool = Field(False, description="no TLS (refused unless set: updates would travel in the clear)")
+    out_dir: str | None = Field(None, description="folder the ServerApp writes the rounds, result and model to; it "
+                                                  "must be readable here (default: a new temporary folder, right "
+                                                  "when the SuperLink runs on this machine)")
+    timeout_s: float = Field(3600.0, gt=0, description="longest the whole run may take before it is stopped")
+
+    @model_validator(mode="after")
+    def _trust(self) -> DeploymentConfig:
+        if self.root_certificates is None and not self.insecure:
+            raise ValueError("deployment: give root_certificates (the CA that signed the SuperLink's certificate) "
+                             "or insecure: true for a plaintext loopback experiment")
+        if self.root_certificates is not None and self.insecure:
+            raise ValueError("deployment: root_certificates and insecure: true contradict each other")
+        return self
+
+
 @config_type("federated")
 class FederatedConfig(Config):
     """A federated job: ``rounds`` rounds over ``clients`` clients, each holding one part of the data.
@@ -85,6 +111,9 @@ class FederatedConfig(Config):
                                                                      "server sums encrypted updates (TenSEAL CKKS)")
     privacy: PrivacyConfig | None = Field(None, description="differential privacy: record level (DP-SGD on the "
                                                             "clients, Opacus) or client level (Flower's central DP)")
+    deployment: DeploymentConfig | None = Field(None, description="run on a SuperLink and its SuperNodes "
+                                                                  "(Flower's deployment engine) instead of "
+                                                                  "simulating every client here")
 
     @model_validator(mode="after")
     def _known_methods(self) -> FederatedConfig:
@@ -107,6 +136,9 @@ class FederatedConfig(Config):
             if self.privacy is not None and self.privacy.level == "client":
                 raise ValueError("client-level DP clips each client's update on the server, which secure "
                                  "aggregation hides from it; use privacy level record with secure aggregation")
+        if self.deployment is not None and self.secure is not None:
+            raise ValueError("secure aggregation (HE) runs on the simulation engine for now: its key holder is the "
+                             "process that starts the job, which a deployed ServerApp is not")
         if self.attack is not None:
             bad = [i for i in (*self.attack.poisoned, *self.attack.dropped) if not 0 <= i < self.clients]
             if bad:

@@ -101,9 +101,10 @@ class _Loop:
 
     def common(self) -> dict[str, Any]:
         c = self.config
-        # a round starts once every client is connected (Flower samples among the nodes connected then)
+        # round 1 starts once every client is connected (wait_for_nodes: Flower samples among the nodes connected
+        # then); later rounds go on with the nodes still there, at least min_clients (a deployed node can die)
         return {"fraction_train": c.fraction_train, "fraction_evaluate": 0.0, "min_train_nodes": c.min_clients,
-                "min_available_nodes": c.clients}
+                "min_available_nodes": c.min_clients}
 
     def score_updates(self, replies: list[Any], clients: list[ClientRound], arrays: Any) -> None:
         """Each replying client's update norm, anomaly score and agreement with the others (the report's
@@ -335,7 +336,7 @@ def check_federation(data: Any, config: FederatedConfig, model: nn.Module | None
     units = units_of(data)
     parts = partition_indices(units.labels, config.clients, config.partition, seed=config.seed,
                               sources=units.sources, **config.partition_options)
-    require("flwr.simulation")
+    require("flwr.simulation" if config.deployment is None else "flwr.serverapp")
     if config.secure is not None:
         require("tenseal")
     return parts
@@ -390,6 +391,8 @@ def federate_many_(runs: Sequence[tuple[nn.Module, FederatedConfig]], data: Any,
 
     if not runs:
         raise ConfigError("federate_many_: no runs given")
+    if any(c.deployment is not None for _, c in runs):
+        raise ConfigError("federate_many_ runs on the simulation engine; submit a deployed job with federate_")
     clients = {c.clients for _, c in runs}
     if len(clients) != 1:
         raise ConfigError(f"federate_many_: every run needs the same number of clients; got {sorted(clients)}")
@@ -442,7 +445,8 @@ def federate_many_(runs: Sequence[tuple[nn.Module, FederatedConfig]], data: Any,
 
 
 def federate_(model: nn.Module, data: Any, config: FederatedConfig, *,
-              callbacks: Sequence[RoundCallback] = (), progress: bool = False) -> FederatedResult:
+              callbacks: Sequence[RoundCallback] = (), progress: bool = False,
+              spec: Any = None) -> FederatedResult:
     """Train ``model`` federated over ``config.clients`` clients holding parts of ``data``, in place.
 
     Args:
@@ -453,13 +457,25 @@ def federate_(model: nn.Module, data: Any, config: FederatedConfig, *,
         config: clients, rounds, strategy, partition, local training, privacy.
         callbacks: ``cb(RoundRecord)`` after each round (raising stops the run with that error).
         progress: a progress bar over the rounds.
+        spec: with ``config.deployment`` (Flower's deployment engine: a SuperLink and its SuperNodes), the
+            :class:`~nnforge.federated.deployment.JobSpec` each process rebuilds ``model`` and ``data`` from.
 
     Raises:
         ConfigError, DataError: bad options or data, before anything starts.
         FederatedError: a round got too few replies (every client's error is in the message).
         MissingDependencyError: Flower is not installed (``pip install 'nnforge[federated]'``).
     """
-    result = federate_many_([(model, config)], data, callbacks=callbacks, progress=progress)[0]
+    if config.deployment is not None:
+        from nnforge.errors import ConfigError
+        from nnforge.federated.deployment import submit
+
+        if spec is None:
+            raise ConfigError("federate_ on a deployment needs spec= (a JobSpec: the architecture and dataset the "
+                              "SuperNodes rebuild)")
+        check_federation(data, config, model)
+        result = submit(model, spec, config, callbacks=callbacks)
+    else:
+        result = federate_many_([(model, config)], data, callbacks=callbacks, progress=progress)[0]
     if result.failed is not None:
         raise FederatedError(result.failed)
     return result

@@ -19,6 +19,7 @@ from nnforge.config import Config
 from nnforge.data import ArrayClassification, CharCorpus
 from nnforge.errors import ConfigError
 from nnforge.federated import FederatedConfig, RoundRecord, check_federation, federate_
+from nnforge.federated.deployment import JobSpec
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 
 
@@ -42,6 +43,18 @@ def _round_event(record: RoundRecord) -> dict[str, Any]:
                         for c in record.clients]}
 
 
+def job_spec(recipe: Any) -> JobSpec:
+    """What each process of a deployed job rebuilds: the recipe's architecture and dataset (a pretrained or
+    folder model has no architecture a SuperNode could rebuild by name)."""
+    model = recipe.model
+    if not model.architecture:
+        raise ConfigError("federate on a deployment (--superlink) rebuilds the model on every SuperNode from a "
+                          "registered architecture; this recipe's model is not one (model.architecture: "
+                          "digits-cnn, char-gpt, …)")
+    return JobSpec(architecture=model.architecture, options=dict(model.options), dataset=recipe.data.dataset,
+                   dataset_options=dict(recipe.data.options))
+
+
 @STEPS.register("federate")
 class Federate:
     name: ClassVar[str] = "federate"
@@ -55,11 +68,17 @@ class Federate:
         if not isinstance(dataset, ArrayClassification | CharCorpus):
             raise ConfigError(f"the {self.name} step trains on an array dataset or a character corpus (e.g. digits, "
                               f"shakespeare-char); {plan.recipe.data.dataset!r} is neither")
-        check_federation(dataset, config.federated_config(plan.recipe.seed), plan.model)
+        fcfg = config.federated_config(plan.recipe.seed)
+        check_federation(dataset, fcfg, plan.model)
+        if fcfg.deployment is not None:
+            job_spec(plan.recipe)
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         fcfg = config.federated_config(ctx.seed)
-        ctx.ledger.append("federated.started", {"config": fcfg.to_dict(), "engine": "simulation",
+        engine = "simulation" if fcfg.deployment is None else "deployment"
+        ctx.ledger.append("federated.started", {"config": fcfg.to_dict(), "engine": engine,
+                                                **({"superlink": fcfg.deployment.superlink}
+                                                   if fcfg.deployment is not None else {}),
                                                 "dataset": getattr(ctx.data.get("dataset"), "name", None)},
                           run=ctx.run_id)
         progress = ctx.progress
@@ -69,9 +88,10 @@ class Federate:
             if progress:
                 progress(self.name, r.round, fcfg.rounds)
 
-        result = federate_(ctx.model, ctx.data["dataset"], fcfg, callbacks=[record])
+        spec = job_spec(ctx.recipe) if fcfg.deployment is not None else None
+        result = federate_(ctx.model, ctx.data["dataset"], fcfg, callbacks=[record], spec=spec)
         final = result.final
-        done = {"rounds": len(result.rounds), "final": final, "seconds": round(result.seconds, 3),
+        done = {"engine": result.engine, "rounds": len(result.rounds), "final": final, "seconds": round(result.seconds, 3),
                 "bytes_per_round": result.bytes_per_round, "stopped": result.stopped, "partition": result.partition}
         ctx.ledger.append("federated.finished", done, run=ctx.run_id)
         ctx.save_model(config.variant, ctx.model, {**ctx.model_spec,
