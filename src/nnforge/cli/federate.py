@@ -42,8 +42,14 @@ def federated_recipe(name: str, overrides: list[str], given: dict[str, Any]) -> 
         local = {"optimizer": train.optimizer, "optimizer_options": dict(train.optimizer_options),
                  "batch_size": train.batch_size, **({"block_size": train.block_size} if train.block_size else {})}
         step = {**given, "local": {**local, **given.get("local", {})}}
+    elif "finetune" in names:  # a LoRA fine-tune becomes federated LoRA: its adapters, optimizer and batch size
+        at = names.index("finetune")
+        ft: Any = rec.steps[at].config  # the finetune step's FinetuneStepConfig
+        local = {"optimizer": "adamw", "optimizer_options": {"lr": ft.train.lr, "weight_decay": ft.train.weight_decay},
+                 "batch_size": ft.train.batch_size}
+        step = {**given, "lora": ft.lora.model_dump(mode="json"), "local": {**local, **given.get("local", {})}}
     else:
-        raise ConfigError(f"recipe {rec.name!r} has no train or federate step to federate (its steps: "
+        raise ConfigError(f"recipe {rec.name!r} has no train, finetune or federate step to federate (its steps: "
                           f"{', '.join(names)})")
     try:
         config = FederateStepConfig.model_validate(step)

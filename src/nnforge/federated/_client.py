@@ -44,6 +44,7 @@ class ClientJob:
     block_size: int = 64
     dp: list[Mechanism] | None = None  # record-level DP: each partition's DP-SGD mechanism
     dp_max_grad_norm: float = 1.0
+    share: str = "all"  # what travels: "all" (the state) or "trainable" (the trainable parameters)
     attack: Any = None  # an AttackConfig: simulated poisoning or failing clients
     he: Any = None  # a SecureAggregationConfig: encrypt the update with he_public instead of sending it
     he_public: bytes | None = None
@@ -67,6 +68,21 @@ class ClientJob:
         if partition not in self._models:
             self._models[partition] = copy.deepcopy(self.template)
         return self._models[partition]
+
+
+def shared_state(model: nn.Module, share: str) -> dict[str, torch.Tensor]:
+    """What travels each round: every entry of the state (``all``: weights and buffers such as BatchNorm's
+    statistics) or the trainable parameters alone (``trainable``: a frozen base with adapters sends the adapters)."""
+    if share == "trainable":
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return dict(model.state_dict())
+
+
+def resolve_share(model: nn.Module, share: str) -> str:
+    """``auto``: the trainable parameters when some parameters are frozen (LoRA on a frozen base), else all."""
+    if share != "auto":
+        return share
+    return "trainable" if any(not p.requires_grad for p in model.parameters()) else "all"
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -155,6 +171,21 @@ def local_train(model: nn.Module, data: ClientData, local: LocalTraining, *, see
         steps = local.steps or max(1, math.ceil(local.epochs * n / local.batch_size))
         batches: Any = TensorBatches(data.x, data.y, batch_size=min(local.batch_size, n), seed=seed)
         loss_fn: Any = None
+    elif data.kind == "text":
+        assert data.texts is not None and data.y is not None
+        texts, labels, n = data.texts, data.y, data.examples
+        steps = local.steps or max(1, math.ceil(local.epochs * n / local.batch_size))
+        per_epoch = max(1, math.ceil(n / local.batch_size))
+        tokenize: Any = model.tokenize
+
+        def batches(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + step // per_epoch))
+            ix = perm[(step % per_epoch) * local.batch_size:][:local.batch_size].tolist()
+            b = tokenize([texts[i] for i in ix])
+            return b["input_ids"], b["attention_mask"], labels[ix]
+
+        def loss_fn(m: nn.Module, batch: Any) -> torch.Tensor:
+            return nn.functional.cross_entropy(m(batch[0], batch[1]), batch[2])
     else:
         assert data.tokens is not None and local.steps is not None
         tokens, steps = data.tokens, local.steps
@@ -190,7 +221,7 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
     partition = int(context.node_config["partition-id"])
     data = job.data[partition]
     model = job.model(partition) if job.dp is None else copy.deepcopy(job.template)  # Opacus hooks a fresh copy
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=job.share == "all")
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     seed = job.seed * 1_000_003 + server_round * 10_007 + partition
@@ -228,7 +259,7 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
         content = _encrypted_reply(job, model, msg, data, metrics)
     else:
         content = app.RecordDict({"arrays": app.ArrayRecord({k: v.detach().clone()
-                                                             for k, v in model.state_dict().items()}),
+                                                             for k, v in shared_state(model, job.share).items()}),
                                   "metrics": app.MetricRecord(metrics)})
     if scaffold:
         k_lr = stats["steps"] * job.local.lr
@@ -246,7 +277,7 @@ def _encrypted_reply(job: ClientJob, model: nn.Module, msg: Any, data: ClientDat
     app = require("flwr.app")
     start = msg.content["arrays"].to_torch_state_dict()
     state = model.state_dict()
-    keys = [k for k, v in state.items() if torch.is_floating_point(v)]
+    keys = [k for k, v in start.items() if torch.is_floating_point(v)]  # what the server sent, in its order
     update = torch.cat([(state[k].detach() - start[k]).flatten() for k in keys]).double().numpy()
     weight = data.examples / float(msg.content["config"]["he-total"])
     content = app.RecordDict({"he": app.ConfigRecord({"ct": encrypt_update(job.he_context(), update, weight, job.he,

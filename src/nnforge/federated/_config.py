@@ -3,7 +3,7 @@ locally each round and how the server aggregates."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -105,6 +105,10 @@ class FederatedConfig(Config):
     client_cpus: float = Field(1.0, gt=0, description="CPUs each simulated client takes (Flower's Ray backend "
                                                       "runs as many clients at once as CPUs allow)")
     round_timeout_s: float = Field(600.0, gt=0, description="longest a round waits for its clients' replies")
+    share: Literal["auto", "all", "trainable"] = Field("auto", description="what travels each round: all "
+                                                      "(weights and buffers), trainable (the trainable parameters: "
+                                                      "LoRA adapters and head on a frozen base), auto (trainable "
+                                                      "when some parameters are frozen)")
     attack: AttackConfig | None = Field(None, description="simulated poisoning or failing clients (robustness "
                                                           "measurement only)")
     secure: SecureAggregationConfig | None = Field(None, description="homomorphic-encryption aggregation: the "

@@ -6,6 +6,8 @@
   ``train`` part (a play of 150,000 characters is 19 spans), labelled by their document's group (comedy,
   tragedy, …), each one's source its document (so ``source`` deals whole plays, ``iid`` deals spans). A client
   trains on its spans' tokens; evaluation uses the corpus's ``val`` part, on the server.
+- :class:`~nnforge.data.TextClassification` (``shakespeare-genre``): the texts of the ``train`` split, labelled by
+  class, each one's source the ``play`` (or ``source``) in its metadata; evaluation uses the ``test`` split.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnforge.data import ArrayClassification, CharCorpus
+from nnforge.data import ArrayClassification, CharCorpus, TextClassification
 from nnforge.errors import DataError
 from nnforge.federated.partition import Units
 
@@ -34,8 +36,14 @@ def data_kind(data: Any) -> str:
             raise DataError(f"federated learning on the corpus {data.name!r} splits its documents among the "
                             "clients; it has none recorded")
         return "corpus"
-    raise DataError(f"federated learning takes an array dataset (e.g. digits) or a character corpus (e.g. "
-                    f"shakespeare-char); got {type(data).__name__}")
+    if isinstance(data, TextClassification):
+        if "train" not in data.splits or "test" not in data.splits:
+            raise DataError(f"federated learning on {data.name!r} needs splits 'train' (split among the clients) "
+                            f"and 'test' (the server's evaluation); it has {sorted(data.splits)}")
+        return "text"
+    raise DataError(f"federated learning takes an array dataset (e.g. digits), a character corpus (e.g. "
+                    f"shakespeare-char) or a text classification dataset (e.g. shakespeare-genre); got "
+                    f"{type(data).__name__}")
 
 
 CHUNK = 8192
@@ -60,8 +68,14 @@ def _corpus_spans(data: CharCorpus) -> list[tuple[str, int, int]]:
 
 
 def units_of(data: Any) -> Units:
-    if data_kind(data) == "arrays":
+    kind = data_kind(data)
+    if kind == "arrays":
         return Units(np.asarray(data.splits["train"][1], dtype=np.int64))
+    if kind == "text":
+        split = data.split("train")
+        sources = [m.get("play") or m.get("source") for m in split.meta] if split.meta else []
+        return Units(np.asarray(split.labels, dtype=np.int64),
+                     [str(x) for x in sources] if sources and all(sources) else None)
     spans = _corpus_spans(data)
     group_of = {d: g for g, members in sorted(data.groups.items()) for d in members}
     names = sorted(set(group_of.values()))
@@ -72,12 +86,14 @@ def units_of(data: Any) -> Units:
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's training data: rows ``(x, y)`` of an array dataset, or a token stream ``tokens``."""
+    """One client's training data: rows ``(x, y)`` of an array dataset, a token stream ``tokens``, or ``texts``
+    with their labels ``y``."""
 
     kind: str
     x: torch.Tensor | None = None
     y: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
+    texts: tuple[str, ...] | None = None
 
     @property
     def examples(self) -> int:
@@ -86,6 +102,11 @@ class ClientData:
 
 
 def client_data(data: Any, indices: np.ndarray) -> ClientData:
+    if data_kind(data) == "text":
+        split = data.split("train")
+        rows = [int(i) for i in indices]
+        return ClientData("text", y=torch.tensor([split.labels[i] for i in rows], dtype=torch.long),
+                          texts=tuple(split.texts[i] for i in rows))
     if data_kind(data) == "arrays":
         x, y = data.splits["train"]
         idx = np.asarray(indices, dtype=np.int64)

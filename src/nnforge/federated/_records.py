@@ -108,8 +108,8 @@ RoundCallback = Callable[[RoundRecord], None]
 @torch.no_grad()
 def evaluate_global(model: nn.Module, data: Any, *, batches: int = 20, block_size: int = 64,
                     seed: int = 0) -> dict[str, float]:
-    """The global model on the held-out data: loss and accuracy on an array dataset's ``test`` split, or loss on
-    ``batches`` fixed batches of a corpus's ``val`` part."""
+    """The global model on the held-out data: loss and accuracy on an array or text dataset's ``test`` split, or
+    loss on ``batches`` fixed batches of a corpus's ``val`` part."""
     was_training = model.training
     model.eval()
     try:
@@ -122,6 +122,18 @@ def evaluate_global(model: nn.Module, data: Any, *, batches: int = 20, block_siz
                 loss += float(nn.functional.cross_entropy(logits, y[i:i + 512], reduction="sum"))
                 correct += int((logits.argmax(-1) == y[i:i + 512]).sum())
             return {"loss": loss / len(y), "accuracy": correct / len(y)}
+        if data_kind(data) == "text":
+            split = data.split("test")
+            order = sorted(range(len(split)), key=lambda i: len(split.texts[i]))
+            labels = torch.tensor(split.labels, dtype=torch.long)
+            loss, correct = 0.0, 0
+            for i in range(0, len(order), 64):
+                idx = order[i:i + 64]
+                b = model.tokenize([split.texts[j] for j in idx])  # type: ignore[operator]
+                logits = model(b["input_ids"], b["attention_mask"])
+                loss += float(nn.functional.cross_entropy(logits, labels[idx], reduction="sum"))
+                correct += int((logits.argmax(-1) == labels[idx]).sum())
+            return {"loss": loss / len(order), "accuracy": correct / len(order)}
         g = torch.Generator().manual_seed(seed)
         losses = [float(model(*data.batch("val", 16, block_size, g))[1]) for _ in range(batches)]
         return {"loss": float(np.mean(losses))}

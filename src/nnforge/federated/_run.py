@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnforge.federated._client import AUDIT_KEY, JOB_KEY, ClientJob, make_client_app
+from nnforge.federated._client import AUDIT_KEY, JOB_KEY, ClientJob, make_client_app, resolve_share, shared_state
 from nnforge.federated._config import FederatedConfig
 from nnforge.federated._data import client_data, data_kind, units_of
 from nnforge.federated._flower import require
@@ -197,7 +197,9 @@ class _Loop:
             strategy = dp(strategy, noise_multiplier=self.mechanisms[0].noise_multiplier,
                           clipping_norm=c.privacy.max_grad_norm, num_sampled_clients=sampled_per_round(c))
         self._strategy = strategy
-        self._arrays = app.ArrayRecord({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
+        self._share = resolve_share(self.model, c.share)
+        self._arrays = app.ArrayRecord({k: v.detach().cpu().clone()
+                                        for k, v in shared_state(self.model, self._share).items()})
 
     def step(self, grid: Any, rnd: int) -> bool:
         """Round ``rnd``; False when the run stopped before it (its privacy budget, or a round that failed: too
@@ -257,7 +259,7 @@ class _Loop:
             raise FederatedError(f"round {rnd}: {len(ok)} of {len(messages)} sampled clients replied "
                                  f"(min_clients {c.min_clients}); their errors: {reasons}")
         arrays = new
-        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=self._share == "all")
         seconds = time.perf_counter() - t0  # the round without the server's evaluation
         evaluation = None
         if rnd % c.eval_every == 0 or rnd == c.rounds:
@@ -352,7 +354,7 @@ def _prepare(model: nn.Module, data: Any, config: FederatedConfig) -> tuple[Clie
     block = int(getattr(getattr(model, "config", None), "block_size", 64) or 64)
     mechanisms: list[Mechanism] = []
     job = ClientJob(template=copy.deepcopy(model).cpu(), data=per_client, local=config.local, seed=config.seed,
-                    block_size=block, attack=config.attack)
+                    block_size=block, attack=config.attack, share=resolve_share(model, config.share))
     if config.privacy is not None and config.privacy.level == "record":
         mechanisms = record_mechanisms(config.privacy, [d.examples for d in per_client], config.local.batch_size,
                                        config.local.epochs if config.local.steps is None else None,

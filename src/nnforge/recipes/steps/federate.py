@@ -7,6 +7,9 @@ seconds, error, update norm and anomaly score, bytes each way, the global evalua
 record Art. 12 asks for. ``federated.started``
 records the partition (units, examples and label counts per client) and the configuration; ``federated.finished``
 the outcome. The trained model is saved as variant ``fp32`` (``variant`` renames it) for the steps after.
+
+On a text classifier, ``lora`` puts PEFT adapters on the frozen base first (federated LoRA): only the adapters and
+the head train and travel (``share: auto``), and they are merged into the weights before the model is saved.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from nnforge.adapt import LoraConfig, apply_lora_, merge_lora_
 from nnforge.config import Config
-from nnforge.data import ArrayClassification, CharCorpus
+from nnforge.data import ArrayClassification, CharCorpus, TextClassification
 from nnforge.errors import ConfigError
 from nnforge.federated import FederatedConfig, RoundRecord, check_federation, federate_
 from nnforge.federated.deployment import JobSpec
@@ -27,9 +31,22 @@ class FederateStepConfig(FederatedConfig):
     """:class:`~nnforge.federated.FederatedConfig` (its ``seed`` is the recipe's) and the saved variant's name."""
 
     variant: str = Field("fp32", min_length=1, description="the federated model's variant name")
+    lora: LoraConfig | None = Field(None, description="federated LoRA: adapters on the frozen base (a text "
+                                                      "classifier); only they and the head travel")
 
     def federated_config(self, seed: int) -> FederatedConfig:
-        return FederatedConfig.model_validate({**self.model_dump(exclude={"variant"}), "seed": seed})
+        return FederatedConfig.model_validate({**self.model_dump(exclude={"variant", "lora"}), "seed": seed})
+
+
+def federated_data(data: dict[str, Any], label_names: list[str] | None = None) -> Any:
+    """What the clients split: an array dataset or corpus as loaded, or a text dataset's train and test splits
+    (as the recipe sized them) put back together."""
+    if "dataset" in data:
+        return data["dataset"]
+    if "train" in data and "test" in data:
+        return TextClassification(name="recipe", label_names=list(label_names or []),
+                                  splits={"train": data["train"], "test": data["test"]})
+    return None
 
 
 def _round_event(record: RoundRecord) -> dict[str, Any]:
@@ -64,11 +81,21 @@ class Federate:
     def preflight(self, plan: Preflight, config: Any) -> None:
         """Array data with train and test splits, or a character corpus with documents and ``local.steps``; enough
         units for the clients; Flower installed."""
-        dataset = plan.splits.get("dataset")
-        if not isinstance(dataset, ArrayClassification | CharCorpus):
-            raise ConfigError(f"the {self.name} step trains on an array dataset or a character corpus (e.g. digits, "
-                              f"shakespeare-char); {plan.recipe.data.dataset!r} is neither")
+        dataset = federated_data(plan.splits, getattr(plan.dataset, "label_names", None))
+        if not isinstance(dataset, ArrayClassification | CharCorpus | TextClassification):
+            raise ConfigError(f"the {self.name} step trains on an array dataset, a character corpus or a text "
+                              f"classification dataset (e.g. digits, shakespeare-char, shakespeare-genre); "
+                              f"{plan.recipe.data.dataset!r} is none of them")
         fcfg = config.federated_config(plan.recipe.seed)
+        if config.lora is not None:
+            from nnforge.recipes.steps.finetune import check_lora_fits
+
+            if not isinstance(dataset, TextClassification):
+                raise ConfigError("federate: lora adapts a text classifier; this recipe's data is not text")
+            if fcfg.deployment is not None:
+                raise ConfigError("federate: lora runs on the simulation engine for now (the SuperNodes rebuild "
+                                  "the model by architecture name)")
+            check_lora_fits(plan.model, config.lora)
         check_federation(dataset, fcfg, plan.model)
         if fcfg.deployment is not None:
             job_spec(plan.recipe)
@@ -79,7 +106,8 @@ class Federate:
         ctx.ledger.append("federated.started", {"config": fcfg.to_dict(), "engine": engine,
                                                 **({"superlink": fcfg.deployment.superlink}
                                                    if fcfg.deployment is not None else {}),
-                                                "dataset": getattr(ctx.data.get("dataset"), "name", None)},
+                                                "dataset": ctx.recipe.data.dataset,
+                                                "lora": config.lora.model_dump(mode="json") if config.lora else None},
                           run=ctx.run_id)
         progress = ctx.progress
 
@@ -89,9 +117,13 @@ class Federate:
                 progress(self.name, r.round, fcfg.rounds)
 
         spec = job_spec(ctx.recipe) if fcfg.deployment is not None else None
-        result = federate_(ctx.model, ctx.data["dataset"], fcfg, callbacks=[record], spec=spec)
+        if config.lora is not None:
+            apply_lora_(ctx.model, config.lora, None)
+        data = federated_data(ctx.data, ctx.model_spec.get("label_names"))
+        result = federate_(ctx.model, data, fcfg, callbacks=[record], spec=spec)
+        merged = merge_lora_(ctx.model) if config.lora is not None else 0
         final = result.final
-        done = {"engine": result.engine, "rounds": len(result.rounds), "final": final, "seconds": round(result.seconds, 3),
+        done = {"engine": result.engine, "lora_merged": merged, "rounds": len(result.rounds), "final": final, "seconds": round(result.seconds, 3),
                 "bytes_per_round": result.bytes_per_round, "stopped": result.stopped, "partition": result.partition}
         ctx.ledger.append("federated.finished", done, run=ctx.run_id)
         ctx.save_model(config.variant, ctx.model, {**ctx.model_spec,
