@@ -62,7 +62,7 @@ def test_every_registered_strategy_aggregates_in_one_simulation(digits):
 
 
 def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(digits):
-    """Six federations of 5 clients in one engine start (Ray's workers start once), their rounds interleaved."""
+    """Nine federations of 5 clients in one engine start (Ray's workers start once), their rounds interleaved."""
     local = {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "optimizer_options": {"lr": 0.1}}
     poison = {"poisoned": [0], "scale": -10.0}
     skewed = {"partition": "dirichlet", "partition_options": {"alpha": 0.5}}
@@ -81,11 +81,13 @@ def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(di
             "lr": 0.05}}, **skewed)),
         (_model(), FederatedConfig(clients=5, rounds=2, local=local, secure={"audit_plaintext": True}, **skewed)),
         (_model(), FederatedConfig(clients=5, rounds=2, local=local, **skewed)),
+        (_model(), FederatedConfig(clients=5, rounds=2, local=local, secure={"method": "secagg+",
+                                                                            "audit_plaintext": True}, **skewed)),
     ]
     results = federate_many_(runs, digits, callbacks=[seen.append], interleave=True)
-    fedavg, median, dropped, dp_record, dp_client, scaffold, secure, plain = results
+    fedavg, median, dropped, dp_record, dp_client, scaffold, secure, plain, secagg = results
     # interleaved: round 1 of every job before any round 2
-    assert [r.round for r in seen[:8]] == [1] * 8 and [r.job for r in seen[:8]] == list(range(8))
+    assert [r.round for r in seen[:9]] == [1] * 9 and [r.job for r in seen[:9]] == list(range(9))
     for result in (fedavg, median):  # the poisoned client stands out in every round, whatever the strategy
         for r in result.rounds:
             scores = {c.partition: c.anomaly for c in r.clients}
@@ -116,6 +118,12 @@ def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(di
     # (two rounds at lr 0.1 amplify differences of 1e-4 into a few points either way; 30 rounds: the benchmark)
     assert abs(secure.final["accuracy"] - plain.final["accuracy"]) < 0.1
     assert 2 < secure.rounds[-1].bytes_up / plain.rounds[-1].bytes_up < 8  # two 13-bit values a slot: about 4x
+    # Flower's SecAgg+: the unmasked average is the plain one up to its 2^22-level quantization (16 / 2^22 = 4e-6
+    # a level, weights summed); four exchanges a round, each counted
+    assert all(r.secure["method"] == "secagg+" and r.secure["max_abs_diff"] < 1e-4 and r.replied == 5
+               for r in secagg.rounds)
+    assert abs(secagg.final["accuracy"] - plain.final["accuracy"]) < 0.1
+    assert 1 < secagg.rounds[-1].bytes_down / plain.rounds[-1].bytes_down < 2
 
 
 def test_a_job_whose_clients_all_fail_names_their_error_and_the_others_go_on(digits):

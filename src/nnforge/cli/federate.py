@@ -83,6 +83,9 @@ def federate(
                                                "central DP).")] = "record",
     secure_aggregation: Annotated[bool, typer.Option("--secure-aggregation", help="Clients send their updates "
                                                      "encrypted (TenSEAL CKKS); the server sums ciphertexts.")] = False,
+    secure_method: Annotated[str, typer.Option(help="With --secure-aggregation: he (TenSEAL CKKS, a key holder "
+                                               "decrypts the sum) or secagg+ (Flower's SecAgg+ masks, no key "
+                                               "holder).")] = "he",
     simulate: Annotated[bool, typer.Option("--simulate", help="Run every client on this machine with Flower's "
                                            "simulation engine (the default).")] = False,
     superlink: Annotated[str | None, typer.Option(help="Run on Flower's deployment engine: the SuperLink's "
@@ -113,7 +116,9 @@ def federate(
     if epsilon is not None:
         given["privacy"] = {"epsilon": epsilon, "level": privacy_level}
     if secure_aggregation:
-        given["secure"] = {"method": "he"}
+        given["secure"] = {"method": secure_method}
+    elif secure_method != "he":
+        raise ConfigError("--secure-method says how to aggregate securely: give --secure-aggregation too")
     if superlink is not None:
         if simulate:
             raise ConfigError("--simulate and --superlink name two engines; give one")

@@ -22,7 +22,7 @@ from nnforge.federated._config import LocalTraining
 from nnforge.federated._data import ClientData
 from nnforge.federated.privacy import Mechanism
 
-__all__ = ["ClientJob", "local_train", "make_client_app", "train_reply", "JOB_KEY", "AUDIT_KEY"]
+__all__ = ["ClientJob", "local_train", "make_client_app", "train_reply", "train_content", "JOB_KEY", "AUDIT_KEY"]
 
 AUDIT_KEY = "audit"
 """The reply record carrying a plaintext update for measuring secure aggregation (never counted as sent bytes)."""
@@ -215,24 +215,32 @@ def local_train(model: nn.Module, data: ClientData, local: LocalTraining, *, see
 def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
     """Handle one ``train`` message: the Flower ``ClientApp``'s work, outside Flower's decorator for testing."""
     from nnforge.federated._flower import require
+
+    return require("flwr.app").Message(content=train_content(job, msg.content, context), reply_to=msg)
+
+
+def train_content(job: ClientJob, received: Any, context: Any) -> Any:
+    """One round of this client's training from what the server sent (global arrays, config, a strategy's
+    extras); the reply's records."""
+    from nnforge.federated._flower import require
     from nnforge.federated.strategies.scaffold import CONTROL_KEY, DELTA_KEY, STATE_KEY
 
     app = require("flwr.app")
     partition = int(context.node_config["partition-id"])
     data = job.data[partition]
     model = job.model(partition) if job.dp is None else copy.deepcopy(job.template)  # Opacus hooks a fresh copy
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=job.share == "all")
-    config = msg.content["config"]
+    model.load_state_dict(received["arrays"].to_torch_state_dict(), strict=job.share == "all")
+    config = received["config"]
     server_round = int(config.get("server-round", 0))
     seed = job.seed * 1_000_003 + server_round * 10_007 + partition
     hooks: list[Hook] = []
     # what the strategy asks beyond plain local training, read from what it sent: FedProx's mu, SCAFFOLD's c
-    scaffold = CONTROL_KEY in msg.content
+    scaffold = CONTROL_KEY in received
     if float(config.get("proximal-mu", 0.0)) > 0:
         hooks.append(proximal_hook(model, float(config["proximal-mu"])))
     start = {n: p.detach().clone() for n, p in _trainable(model).items()}
     if scaffold:
-        c = msg.content[CONTROL_KEY].to_torch_state_dict() if CONTROL_KEY in msg.content else {}
+        c = received[CONTROL_KEY].to_torch_state_dict() if CONTROL_KEY in received else {}
         ci = context.state[STATE_KEY].to_torch_state_dict() if STATE_KEY in context.state else {}
         c = {n: c.get(n, torch.zeros_like(w)) for n, w in start.items()}
         ci = {n: ci.get(n, torch.zeros_like(w)) for n, w in start.items()}
@@ -248,15 +256,15 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
     else:
         stats = local_train(model, data, job.local, seed=seed, block_size=job.block_size, hooks=tuple(hooks))
     if attack is not None and partition in attack.poisoned:  # global + scale x update, every float array
-        global_state = msg.content["arrays"].to_torch_state_dict()
+        global_state = received["arrays"].to_torch_state_dict()
         with torch.no_grad():
             for name, value in model.state_dict().items():
                 if torch.is_floating_point(value):
                     value.copy_(global_state[name] + attack.scale * (value - global_state[name]))
     metrics = {"num-examples": data.examples, "train-loss": stats["loss"], "steps": int(stats["steps"]),
                "seconds": time.perf_counter() - t0, "partition-id": partition}
-    if job.he is not None:
-        content = _encrypted_reply(job, model, msg, data, metrics)
+    if job.he is not None and job.he.method == "he":
+        content = _encrypted_reply(job, model, received, data, metrics)
     else:
         content = app.RecordDict({"arrays": app.ArrayRecord({k: v.detach().clone()
                                                              for k, v in shared_state(model, job.share).items()}),
@@ -266,20 +274,21 @@ def train_reply(job: ClientJob, msg: Any, context: Any) -> Any:
         new = {n: ci[n] - c[n] + (start[n] - p.detach()) / k_lr for n, p in _trainable(model).items()}
         context.state[STATE_KEY] = app.ArrayRecord(new)
         content[DELTA_KEY] = app.ArrayRecord({n: new[n] - ci[n] for n in new})
-    return app.Message(content=content, reply_to=msg)
+    return content
 
 
-def _encrypted_reply(job: ClientJob, model: nn.Module, msg: Any, data: ClientData, metrics: dict[str, Any]) -> Any:
+def _encrypted_reply(job: ClientJob, model: nn.Module, received: Any, data: ClientData, metrics: dict[str, Any]
+                     ) -> Any:
     """The reply of secure aggregation: the weighted update packed and encrypted, never the model."""
     from nnforge.federated._flower import require
     from nnforge.federated.secure import encrypt_update
 
     app = require("flwr.app")
-    start = msg.content["arrays"].to_torch_state_dict()
+    start = received["arrays"].to_torch_state_dict()
     state = model.state_dict()
     keys = [k for k, v in start.items() if torch.is_floating_point(v)]  # what the server sent, in its order
     update = torch.cat([(state[k].detach() - start[k]).flatten() for k in keys]).double().numpy()
-    weight = data.examples / float(msg.content["config"]["he-total"])
+    weight = data.examples / float(received["config"]["he-total"])
     content = app.RecordDict({"he": app.ConfigRecord({"ct": encrypt_update(job.he_context(), update, weight, job.he,
                                                                            job.he_clients)}),
                               "metrics": app.MetricRecord(metrics)})
@@ -291,11 +300,22 @@ def _encrypted_reply(job: ClientJob, model: nn.Module, msg: Any, data: ClientDat
 def make_client_app(jobs: list[ClientJob]) -> Any:
     """A Flower ``ClientApp`` whose ``train`` handler runs :func:`train_reply` for the job its message names."""
     from nnforge.federated._flower import require
+    from nnforge.federated.secagg import SECAGG_CONFIGS, client_secagg_content
 
-    client_app = require("flwr.clientapp").ClientApp()
+    def secagg_only(msg: Any, context: Any, call_next: Any) -> Any:  # Flower's SecAgg+ mod, for SecAgg+ rounds
+        if SECAGG_CONFIGS in msg.content.config_records:
+            return require("flwr.client.mod").secaggplus_mod(msg, context, call_next)
+        return call_next(msg, context)
+
+    client_app = require("flwr.clientapp").ClientApp(mods=[secagg_only])
 
     @client_app.train()  # type: ignore[misc]
     def train(msg: Any, context: Any) -> Any:
+        app = require("flwr.app")
+        if "fitins.config" in msg.content.config_records:  # a SecAgg+ round speaks Flower's legacy FitIns
+            job = jobs[int(msg.content["fitins.config"].get(JOB_KEY, 0))]
+            content = client_secagg_content(job, msg, context, lambda inner: train_content(job, inner, context))
+            return app.Message(content=content, reply_to=msg)
         index = int(msg.content["config"].get(JOB_KEY, 0))
         return train_reply(jobs[index], msg, context)
 

@@ -134,6 +134,12 @@ class FederatedConfig(Config):
                 raise ValueError(f"strategy 'scaffold' corrects plain SGD steps: set local.optimizer to 'sgd' "
                                  f"without momentum (got {self.local.optimizer!r}, momentum {momentum})")
         if self.secure is not None:
+            if self.secure.method == "secagg+" and self.strategy != "fedavg":
+                raise ValueError(f"secure method secagg+ runs Flower's SecAgg+ workflow with FedAvg; strategy "
+                                 f"{self.strategy!r} is not available with it")
+            if self.secure.method == "secagg+" and self.share == "trainable":
+                raise ValueError("secure method secagg+ sends every float tensor of the model; share: trainable "
+                                 "is not available with it")
             if self.strategy not in ("fedavg", "fedprox"):
                 raise ValueError(f"secure aggregation sums the clients' weighted updates: it is FedAvg's (or "
                                  f"FedProx's) aggregate; strategy {self.strategy!r} needs to see each update")

@@ -39,6 +39,7 @@ from nnforge.federated._records import (
 )
 from nnforge.federated.partition import partition_indices
 from nnforge.federated.privacy import Mechanism, client_mechanism, epsilon_of, record_mechanisms
+from nnforge.federated.secagg import SecAggPlusRound
 from nnforge.federated.secure import KeyHolder, decode_sum, public_context, sum_ciphertexts
 from nnforge.federated.strategies import STRATEGIES, build_strategy
 
@@ -198,6 +199,10 @@ class _Loop:
                           clipping_norm=c.privacy.max_grad_norm, num_sampled_clients=sampled_per_round(c))
         self._strategy = strategy
         self._share = resolve_share(self.model, c.share)
+        self._secagg: SecAggPlusRound | None = None
+        if c.secure is not None and c.secure.method == "secagg+":
+            keys = [k for k, v in self.model.state_dict().items() if torch.is_floating_point(v)]
+            self._secagg = SecAggPlusRound(c, keys, {JOB_KEY: self.index}, max_weight=float(self.total_examples))
         self._arrays = app.ArrayRecord({k: v.detach().cpu().clone()
                                         for k, v in shared_state(self.model, self._share).items()})
 
@@ -226,6 +231,8 @@ class _Loop:
             return False
         if rnd == 1:  # Flower sizes its sample on the nodes connected when asked: wait for all of them first
             self.wait_for_nodes(grid)
+        if self._secagg is not None:
+            return self._secagg_round(grid, rnd, t0)
         sent = {JOB_KEY: self.index, **({"he-total": self.total_examples} if c.secure is not None else {})}
         messages = list(strategy.configure_train(rnd, arrays, app.ConfigRecord(sent), grid))
         if not messages:
@@ -258,7 +265,39 @@ class _Loop:
             reasons = "; ".join(f"{len(nodes)} client(s): {err}" for err, nodes in by_error.items()) or "none"
             raise FederatedError(f"round {rnd}: {len(ok)} of {len(messages)} sampled clients replied "
                                  f"(min_clients {c.min_clients}); their errors: {reasons}")
-        arrays = new
+        self._finish(rnd, t0, new, clients, sampled=len(messages), down=down, up=sum(x.bytes_up for x in ok),
+                     agg_seconds=agg_seconds, secure=secure)
+        return True
+
+    def _secagg_round(self, grid: Any, rnd: int, t0: float) -> bool:
+        """A round through Flower's SecAgg+ workflow (its four stages), in place of one exchange."""
+        app = require("flwr.app")
+        assert self._secagg is not None
+        state = self.model.state_dict()
+        t_agg = time.perf_counter()
+        out = self._secagg.round(grid, rnd, state)
+        agg_seconds = time.perf_counter() - t_agg  # the whole protocol: training happens inside its third stage
+        errors = out["errors"]
+        sampled = len(list(grid.get_node_ids()))
+        clients = [ClientRound(node=int(n), error=_error_text(e)) for n, e in errors.items()]
+        clients += [ClientRound(node=-1) for _ in range(max(0, sampled - len(errors)))]
+        if out["new"] is None or sampled - len(errors) < self.config.min_clients:
+            raise FederatedError(f"round {rnd}: SecAgg+ halted with {sampled - len(errors)} of {sampled} clients "
+                                 f"(min_clients {self.config.min_clients}); errors: "
+                                 + ("; ".join(sorted({_error_text(e) for e in errors.values()})) or "none"))
+        new = {**state, **out["new"]}
+        secure = {"method": "secagg+", "summed": sampled - len(errors),
+                  **({"max_abs_diff": out["max_abs_diff"]} if "max_abs_diff" in out else {})}
+        self._finish(rnd, t0, app.ArrayRecord({k: v.detach().clone() for k, v in new.items()}), clients,
+                     sampled=sampled, down=out["bytes_down"], up=out["bytes_up"], agg_seconds=agg_seconds,
+                     secure=secure)
+        return True
+
+    def _finish(self, rnd: int, t0: float, arrays: Any, clients: list[ClientRound], *, sampled: int, down: int,
+                up: int, agg_seconds: float, secure: dict[str, Any] | None) -> None:
+        """Install the round's global model, evaluate it, record the round and tell the callbacks."""
+        c = self.config
+        ok = [x for x in clients if x.error is None]
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=self._share == "all")
         seconds = time.perf_counter() - t0  # the round without the server's evaluation
         evaluation = None
@@ -268,8 +307,8 @@ class _Loop:
         weights = [x.examples for x in ok if x.loss is not None]
         losses = [x.loss for x in ok if x.loss is not None]
         train_loss = float(np.average(losses, weights=weights)) if losses and sum(weights) else None
-        record = RoundRecord(job=self.index, round=rnd, sampled=len(messages), replied=len(ok), bytes_down=down,
-                             bytes_up=sum(x.bytes_up for x in ok), seconds=seconds, train_loss=train_loss,
+        record = RoundRecord(job=self.index, round=rnd, sampled=sampled, replied=len(ok), bytes_down=down,
+                             bytes_up=up, seconds=seconds, train_loss=train_loss,
                              evaluation=evaluation, clients=clients, aggregation_seconds=agg_seconds,
                              secure=secure)
         if c.privacy is not None:
@@ -280,7 +319,6 @@ class _Loop:
         self._arrays = arrays
         for cb in self.callbacks:
             cb(record)
-        return True
 
 
 # --- engines ----------------------------------------------------------------------------------------------------
@@ -371,6 +409,9 @@ def _prepare(model: nn.Module, data: Any, config: FederatedConfig) -> tuple[Clie
 def _key_holder(job: ClientJob, config: FederatedConfig) -> KeyHolder | None:
     """Secure aggregation: the key holder's context; the clients get only its public part."""
     if config.secure is None:
+        return None
+    if config.secure.method == "secagg+":  # masks, no keys: the clients only need to know the audit flag
+        job.he, job.he_clients = config.secure, config.clients
         return None
     holder = KeyHolder(config.secure)
     job.he, job.he_public, job.he_clients = config.secure, holder.public_context, config.clients

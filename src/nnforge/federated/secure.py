@@ -41,7 +41,14 @@ DATA_BITS = 38  # packed sums stay below 2^38 (< 2^59 / 2^20 with margin)
 class SecureAggregationConfig(Config):
     """Homomorphic-encryption aggregation (see :mod:`nnforge.federated.secure`)."""
 
-    method: Literal["he"] = "he"
+    method: Literal["he", "secagg+"] = Field("he", description="he: TenSEAL CKKS sums, a key holder decrypts; "
+                                                               "secagg+: Flower's SecAgg+ masking (no key holder)")
+    secagg_shares: float = Field(1.0, gt=0, description="secagg+: shares of each client's secrets, as a "
+                                                       "share of the sampled clients (or a count above 1)")
+    secagg_threshold: float = Field(0.5, gt=0, description="secagg+: shares needed to rebuild a secret, as a "
+                                                          "share of the shares (or a count above 1)")
+    secagg_clip: float = Field(8.0, gt=0, description="secagg+: each weight is clipped to [-clip, clip]")
+    secagg_quantization: int = Field(2**22, ge=2, le=2**30, description="secagg+: quantization levels")
     poly_modulus_degree: Literal[8192, 16384] = 8192
     bits: int = Field(13, ge=4, le=24, description="quantization bits per value")
     range: float = Field(0.5, gt=0, description="each client's weighted update is clipped to [-range, range]")
