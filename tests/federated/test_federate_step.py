@@ -74,6 +74,9 @@ def test_the_builtin_federated_recipe_passes_every_preflight():
     (["digits", "--secure-aggregation", "--strategy", "fedmedian"], "secure aggregation"),
     (["digits", "--epsilon", "3"], "BatchNorm"),  # record-level DP on the BatchNorm digits-cnn
     (["digits", "--epsilon", "3", "--privacy-level", "clients"], "privacy.level"),
+    (["digits", "--secure-method", "secagg+"], "give --secure-aggregation too"),
+    (["digits", "--secure-aggregation", "--secure-method", "secagg+", "--strategy", "fedmedian"], "secagg+"),
+    (["digits", "--secure-aggregation", "--secure-method", "paillier"], "secure.method"),
 ])
 def test_bad_options_exit_2_and_write_nothing(workdir, capsys, args, words):
     assert main(["federate", *args]) == 2
