@@ -42,7 +42,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench-quick: setup
 	$(BIN)/python benchmarks/quickstart.py --quick
