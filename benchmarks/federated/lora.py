@@ -3,7 +3,7 @@ accuracy.
 
     python benchmarks/federated/lora.py            # full: 2 seeds, 5 clients, 10 rounds, both jobs (~40 min on 2 cores)
     python benchmarks/federated/lora.py --quick    # one seed, 3 rounds
-    python benchmarks/federated/lora.py --smoke    # 10 passages a play, 1 round; writes nothing
+    python benchmarks/federated/lora.py --smoke    # 2 passages a play, 1 round of one step; writes nothing
 
 Setup (the issue's): the quickstart task — 4-line Shakespeare passages labelled comedy, tragedy or history
 (``shakespeare-genre``, 100 passages a play; the 26 training plays dealt whole to 5 clients by the ``source``
@@ -45,9 +45,10 @@ LOCAL = {"lora": {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "optimize
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"clients": 5, "rounds": pick(args, full=10, quick=3, smoke=1),
+    return {"clients": pick(args, full=5, quick=5, smoke=2), "rounds": pick(args, full=10, quick=3, smoke=1),
             "seeds": pick(args, full=[0, 1], quick=[0], smoke=[0]),
-            "passages_per_play": pick(args, full=100, quick=100, smoke=10)}
+            "passages_per_play": pick(args, full=100, quick=100, smoke=2),
+            "local_steps": pick(args, full=None, quick=None, smoke=1)}  # smoke: one step a client, not an epoch
 
 
 def model(seed: int, lora: bool) -> torch.nn.Module:
@@ -81,7 +82,7 @@ def main() -> int:
             trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
             runs.append((name, net, trainable, FederatedConfig(
                 clients=s["clients"], rounds=s["rounds"], strategy="fedavg", partition="source",
-                local=LOCAL[name], seed=seed)))
+                local={**LOCAL[name], **({"steps": s["local_steps"]} if s["local_steps"] else {})}, seed=seed)))
         results = federate_many_([(m, c) for _, m, _, c in runs], data, progress=True, interleave=True)
         per_seed[seed] = {"seconds": time.perf_counter() - t0, "partition": results[0].partition}
         for (name, net, trainable, _), result in zip(runs, results, strict=True):

@@ -25,6 +25,7 @@ TIMEOUTS_S = {"quickstart.py": 90, "evaluate/calibration.py": 90, "evaluate/ood_
               "prune/minilm.py": 150,  # + both models exported to ONNX and timed in ONNX Runtime: 23 CPU s
               "federated/digits.py": 150,  # Ray workers start (about 15 s), then 9 runs of one round, DP and HE
               "federated/scale.py": 120,  # one engine start (about 15 s), one round
+              "federated/lora.py": 180,  # one engine start, MiniLM loaded twice and shipped to the workers
               "search/plan_minilm.py": 120}  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
 
 
