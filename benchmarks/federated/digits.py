@@ -3,7 +3,7 @@ privacy, and a poisoned client against robust aggregation.
 
     python benchmarks/federated/digits.py            # full: 2 seeds x 19 federated runs of 30 rounds (~30 min on 2 cores)
     python benchmarks/federated/digits.py --quick    # one seed, 5 rounds
-    python benchmarks/federated/digits.py --smoke    # 7 clients, 1 round, a few runs; writes nothing
+    python benchmarks/federated/digits.py --smoke    # 4 clients, 1 round, a few runs; writes nothing
 
 Setup (the issue's): scikit-learn's digits, the 1,437 training rows dealt to 10 clients by a Dirichlet(0.5) label
 split (seeded), 30 rounds, one local epoch of SGD (lr 0.05, batch 16) per round, every client every round; the
@@ -66,7 +66,7 @@ POISON = {"poisoned": [0], "scale": -10.0}
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"clients": pick(args, full=10, quick=10, smoke=7), "rounds": pick(args, full=30, quick=5, smoke=1),
+    return {"clients": pick(args, full=10, quick=10, smoke=4), "rounds": pick(args, full=30, quick=5, smoke=1),
             "seeds": pick(args, full=[0, 1], quick=[0], smoke=[0]),
             "strategies": pick(args, full=list(STRATEGIES), quick=list(STRATEGIES), smoke=["fedavg", "scaffold"]),
             "robust": pick(args, full=list(ROBUST), quick=list(ROBUST), smoke=["fedmedian"]),

@@ -3,7 +3,7 @@ Flower's SecAgg+ (masking with secret sharing) — each against plaintext FedAvg
 
     python benchmarks/federated/secure.py            # full: 2 seeds, 10 clients, 30 rounds, three jobs (~10 min)
     python benchmarks/federated/secure.py --quick    # one seed, 5 rounds
-    python benchmarks/federated/secure.py --smoke    # 4 clients, 1 round; writes nothing
+    python benchmarks/federated/secure.py --smoke    # 3 clients, 1 round; writes nothing
 
 Setup: ``benchmarks/federated/digits.py``'s (the digits CNN, 10 clients, Dirichlet 0.5, one local SGD epoch a
 round). The three jobs share one start of Flower's simulation engine, their rounds interleaved.
@@ -41,7 +41,7 @@ SECURE = {"fedavg": None, "he": {"method": "he", "audit_plaintext": True},
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {"clients": pick(args, full=10, quick=10, smoke=4), "rounds": pick(args, full=30, quick=5, smoke=1),
+    return {"clients": pick(args, full=10, quick=10, smoke=3), "rounds": pick(args, full=30, quick=5, smoke=1),
             "seeds": pick(args, full=[0, 1], quick=[0], smoke=[0])}
 
 
