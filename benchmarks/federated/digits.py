@@ -1,7 +1,7 @@
 """Benchmark: federated learning of the digits CNN on Flower — strategies against central training, differential
 privacy, and a poisoned client against robust aggregation.
 
-    python benchmarks/federated/digits.py            # full: 2 seeds x 19 federated runs of 30 rounds (~30 min on 2 cores)
+    python benchmarks/federated/digits.py            # full: 2 seeds x 19 federated runs of 30 rounds (~65 min on 2 cores)
     python benchmarks/federated/digits.py --quick    # one seed, 5 rounds
     python benchmarks/federated/digits.py --smoke    # 4 clients, 1 round, a few runs; writes nothing
 
