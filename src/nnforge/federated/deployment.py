@@ -26,6 +26,7 @@ each SuperNode takes its ``partition-id``'s part of the seeded split. The first 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -50,6 +51,8 @@ from nnforge.federated._records import (
 )
 
 __all__ = ["JobSpec", "submit", "server_main", "client_train", "make_server_app", "make_client_app", "flwr_command", "RUN_CONFIG_KEY"]
+
+log = logging.getLogger(__name__)
 
 RUN_CONFIG_KEY = "nnforge-job"
 """The run-config entry holding the job (JSON: spec, config, out_dir)."""
@@ -110,8 +113,8 @@ def server_main(grid: Any, context: Any) -> None:
             rounds_file.write(json.dumps(r.to_dict(), default=str) + "\n")
             rounds_file.flush()
             ev = r.evaluation or {}
-            print(f"nnforge round {r.round}: {r.replied}/{r.sampled} replied "
-                  + " ".join(f"{k} {v:.4f}" for k, v in ev.items()), flush=True)
+            log.info("nnforge round %d: %d/%d replied %s", r.round, r.replied, r.sampled,
+                     " ".join(f"{k} {v:.4f}" for k, v in ev.items()))
 
         loop = _Loop(config, model, data, [record], job.block_size, mechanisms,
                      total_examples=sum(d.examples for d in job.data))
