@@ -13,6 +13,7 @@ from nnforge.cli import (
     dashboard,
     docs,
     evaluate,
+    export,
     federate,
     info,
     ledger,
@@ -23,6 +24,7 @@ from nnforge.cli import (
     run,
     runs,
     search,
+    serve,
     users,
 )
 from nnforge.cli._common import STATE, console, setup_logging
@@ -60,11 +62,14 @@ app.command("predict")(model.predict)
 app.command("embed")(model.embed)
 app.command("report")(model.report)
 app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
 app.command("docs")(docs.docs)
 app.command("promote")(review.promote)
 app.command("prune")(prune.prune)
 app.command("search")(search.search)
 app.command("federate")(federate.federate)
+app.command("serve")(serve.serve)
+app.command("loadtest")(serve.loadtest)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(review.app, name="review")

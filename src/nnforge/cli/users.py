@@ -17,7 +17,7 @@ import typer
 
 from nnforge.cli._common import console, ledger_location, out, print_json, safe
 
-app = typer.Typer(help="Named users with roles (reviewer, approver, admin) and their tokens.", no_args_is_help=True)
+app = typer.Typer(help="Named users with roles (caller, reviewer, approver, admin) and their tokens.", no_args_is_help=True)
 
 TOKEN_ENV, KEY_ENV = "NNFORGE_TOKEN", "NNFORGE_KEY"
 TokenFileOpt = Annotated[Path | None, typer.Option(
@@ -100,7 +100,7 @@ def _print_token(token: str, name: str) -> None:
 @app.command()
 def add(
     name: Annotated[str, typer.Argument(help="User name (letters, digits, '_', '.', '-').")],
-    role: Annotated[str, typer.Option("--role", help="reviewer, approver or admin.")],
+    role: Annotated[str, typer.Option("--role", help="caller (asks a served model), reviewer, approver or admin.")],
     key: Annotated[bool, typer.Option("--key", help="Also create an Ed25519 key pair: the private key goes to "
                                                     "--key-dir, the public key into the user store.")] = False,
     key_dir: Annotated[Path | None, typer.Option("--key-dir", help="Where --key writes the pair (default "

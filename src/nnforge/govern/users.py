@@ -4,8 +4,9 @@ The user store is one JSON file next to the ledger (``.nnforge/users.json`` besi
 per user a role, a salted scrypt hash of their token (never the token), an optional expiry and an optional
 Ed25519 public key. The token (``NAME:SECRET``, 256 random bits) is shown once, when it is created.
 
-- **Roles** rank ``reviewer`` < ``approver`` < ``admin``; each action needs a least role (:data:`ACTIONS`): a
-  reviewer decides review items, an approver also promotes and revokes, an admin also manages users.
+- **Roles** rank ``caller`` < ``reviewer`` < ``approver`` < ``admin``; each action needs a least role
+  (:data:`ACTIONS`): a caller asks a served model for predictions (``nnforge serve``), a reviewer also decides
+  review items and halts or resumes a server, an approver also promotes and revokes, an admin also manages users.
 - **Authentication** (:meth:`UserStore.authenticate`) recomputes the scrypt hash and compares it in constant
   time; an unknown name costs the same work (no timing leak). Every refusal is :class:`AccessDenied` (exit 2)
   and happens before anything is written.
@@ -48,9 +49,10 @@ __all__ = ["ROLES", "ACTIONS", "USERS_FILE", "SCRYPT_N", "SCRYPT_N_ENV", "Access
            "require", "users_file", "decision_data", "verify_decision", "audit_decisions", "simulate_review",
            "DECISION_KINDS"]
 
-ROLES = ("reviewer", "approver", "admin")
-ACTIONS = {"review": "reviewer", "promote": "approver", "revoke": "approver", "manage users": "admin"}
-"""The least role each action needs (roles rank reviewer < approver < admin)."""
+ROLES = ("caller", "reviewer", "approver", "admin")
+ACTIONS = {"predict": "caller", "review": "reviewer", "halt": "reviewer", "promote": "approver", "revoke": "approver",
+           "manage users": "admin"}
+"""The least role each action needs (roles rank caller < reviewer < approver < admin)."""
 USERS_FILE = "users.json"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 SCRYPT_N_ENV = "NNFORGE_SCRYPT_N"
