@@ -74,6 +74,13 @@ def tag(args: argparse.Namespace) -> str | None:
     return None
 
 
+def after_first(series: Iterable[list[float]]) -> list[float]:
+    """The values of every series (one per seed) without its first (round 1 of a federation starts the workers);
+    all values when the series have only one each."""
+    series = list(series)
+    return [v for s in series for v in s[1:]] or [v for s in series for v in s]
+
+
 def _script() -> Path:
     main = sys.modules.get("__main__")
     return Path(getattr(main, "__file__", None) or sys.argv[0]).resolve()

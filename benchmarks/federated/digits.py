@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import add_mode_args, pick, ratio_with_ci, write_results  # noqa: E402
+from _common import add_mode_args, after_first, pick, ratio_with_ci, write_results  # noqa: E402
 
 LOCAL = {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "optimizer_options": {"lr": 0.05}}
 # DP-SGD's local training: chosen on seed 0 at epsilon 8 among ten settings of batch, lr, momentum and clip (the
@@ -155,9 +155,8 @@ def main() -> int:
     def mean(key: str) -> float:
         return statistics.fmean(per_seed[x]["accuracy"][key] for x in s["seeds"])
 
-    def pooled(run: str, key: str) -> list[float]:  # rounds 2.. of every seed (round 1 starts the workers)
-        return [v for x in s["seeds"] for v in per_seed[x]["runs"][run][key][1:]] or \
-            [v for x in s["seeds"] for v in per_seed[x]["runs"][run][key]]
+    def pooled(run: str, key: str) -> list[float]:
+        return after_first(per_seed[x]["runs"][run][key] for x in s["seeds"])
 
     he_time, he_time_ci = ratio_with_ci(pooled("he-fedavg", "round_seconds"), pooled("fedavg", "round_seconds"))
     he_agg, he_agg_ci = ratio_with_ci(pooled("he-fedavg", "aggregation_seconds"),

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import add_mode_args, pick, ratio_with_ci, write_results  # noqa: E402
+from _common import add_mode_args, after_first, pick, ratio_with_ci, write_results  # noqa: E402
 
 LOCAL = {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "optimizer_options": {"lr": 0.05}}
 SECURE = {"fedavg": None, "he": {"method": "he", "audit_plaintext": True},
@@ -73,9 +73,8 @@ def main() -> int:
             for name, r in zip(SECURE, results, strict=True)}
         print(f"seed {seed}: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in per_seed[seed].items()), flush=True)
 
-    def pooled(name: str) -> list[float]:  # rounds 2.. of every seed (round 1 starts the workers)
-        return [v for x in s["seeds"] for v in per_seed[x][name]["round_seconds"][1:]] or \
-            [v for x in s["seeds"] for v in per_seed[x][name]["round_seconds"]]
+    def pooled(name: str) -> list[float]:
+        return after_first(per_seed[x][name]["round_seconds"] for x in s["seeds"])
 
     def mean(name: str, key: str) -> float:
         return statistics.fmean(per_seed[x][name][key] for x in s["seeds"])

@@ -100,7 +100,8 @@ def server_main(grid: Any, context: Any) -> None:
     """The ServerApp: nnforge's round loop over the SuperNodes ``grid`` reaches, reporting into ``out_dir``."""
     from safetensors.torch import load_file, save_file
 
-    from nnforge.federated._run import _Loop, _prepare
+    from nnforge.federated._run import _Loop
+    from nnforge.federated._setup import _prepare
 
     spec, config, out = _job(context)
     try:
@@ -138,7 +139,7 @@ def client_train(msg: Any, context: Any) -> Any:
     """The ClientApp's ``train``: this SuperNode's part of the data (its ``partition-id``), one round of local
     training with nnforge's loop (DP-SGD when the job asks), the reply."""
     from nnforge.federated._client import train_reply
-    from nnforge.federated._run import _prepare
+    from nnforge.federated._setup import _prepare
 
     raw = str(context.run_config[RUN_CONFIG_KEY])
     if raw not in _CLIENT_JOBS:  # one per process (Flower starts a ClientApp process per message by default)
