@@ -233,6 +233,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
     from nnforge.govern._report_moe import moe_section
     from nnforge.govern._report_prune import prune_sections
     from nnforge.govern._report_search import search_sections
+    from nnforge.govern._report_serve import serve_section
     from nnforge.govern.integrity import run_status
 
     status = run_status(events, config)
@@ -248,7 +249,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
         altered=altered, status=status, confusion=_confusion(events, sections),
         pruning=prune_sections(events, _png), searches=search_sections(events, _png),
         training_energy=training_energy(sections), moe=moe_section(sections, events, _png),
-        federated=federated_section(sections, events, _png),
+        federated=federated_section(sections, events, _png), serving=serve_section(events),
         summary=summary_paragraph(config, metrics, status, altered, suites), probe=probe_sentence(metrics),
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),

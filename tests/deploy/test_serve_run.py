@@ -1,0 +1,58 @@
+"""A real finished run behind the server (the session's small quickstart run): the backends it can run are
+measured and the fastest kept, its OOD guard is re-thresholded on the served variant, its answers are the run's
+own predictions, and the report gets a serving section from the ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytestmark = pytest.mark.slow
+
+
+def test_a_served_run_answers_as_the_run_predicts_and_reports_it(small_run_copy, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from nnforge.cli import main
+    from nnforge.deploy.serve import ServeConfig, create_app
+    from nnforge.govern.users import UserStore
+    from nnforge.ledger import Ledger
+    from nnforge.recipes import load_run
+    from nnforge.recipes.serve_run import sample_inputs, serve_run
+
+    monkeypatch.setenv("NNFORGE_SCRYPT_N", "2")
+    work, run_dir = small_run_copy
+    loc = str(work / ".nnforge" / "ledger.db")
+    store = UserStore.for_ledger(loc)
+    with Ledger.open(loc) as led:
+        admin = store.authenticate(store.add("root", "admin", by=None, ledger=led)[1])
+        caller = store.add("app", "caller", by=admin, ledger=led)[1]
+        reviewer = store.add("ana", "reviewer", by=admin, ledger=led)[1]
+
+    service = serve_run(run_dir.name, ServeConfig(max_batch=8, min_confidence=0.0), variant="int8",
+                        backend="auto")
+    timings = service.facts["backends_ms"]
+    assert {"torch", "native", "onnx"} <= set(timings), timings
+    measured = {k: v for k, v in timings.items() if "skipped" not in v}
+    assert service.backend.name == min(measured, key=lambda k: measured[k]["batch_8"])
+    assert service.guard is not None and service.facts["ood_guard"]["threshold_served"] > 0
+
+    r = load_run(run_dir.name)
+    texts = sample_inputs(r, "test", n=12)[0]
+    want = [row["label"] for row in r.predict(texts, "int8", record=False)]
+    with TestClient(create_app(service, store)) as client:
+        got = client.post("/predict", json={"inputs": texts}, headers={"Authorization": f"Bearer {caller}"}).json()
+        ood = client.post("/predict", json={"inputs": ["def main(argv):\n    return subprocess.call(argv)"]},
+                          headers={"Authorization": f"Bearer {caller}"}).json()["predictions"][0]
+        client.post("/control/halt", json={"reason": "audit"}, headers={"Authorization": f"Bearer {reviewer}"})
+    answered = [p for p in got["predictions"] if p["status"] != "review"]
+    assert answered, got
+    # the int8 variant's own labels, whatever backend serves it (the native and ONNX runtimes round activations
+    # a little differently: at most one in twelve may differ)
+    agree = sum(p["label"] == w for p, w in zip(got["predictions"], want, strict=True) if p["status"] != "review")
+    assert agree >= len(answered) - 1, (got, want)
+    assert ood["status"] == "review" and ood["reasons"] == ["ood"]
+
+    assert main(["report", run_dir.name]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert "<h2>Serving</h2>" in html and "audit" in html and "halted" in html
