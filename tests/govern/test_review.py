@@ -371,6 +371,7 @@ def test_a_decision_is_in_the_ledger_or_not_at_all(tmp_path, monkeypatch):
             raise RuntimeError("database is locked")
 
         monkeypatch.setattr(q.ledger, "append", locked)
+        monkeypatch.setattr(q.ledger, "append_many", locked)  # how enqueue writes (several items at once)
         with pytest.raises(RuntimeError, match="locked"):
             q.decide(item.id, reviewer=ANA, approve=True)
         assert q.get(item.id).status == "open"  # the table change was taken back

@@ -264,3 +264,18 @@ def test_a_malformed_event_in_the_chain_does_not_break_readers(tmp_path):
     assert led.verify().ok
     ev = led.events()[-1]
     assert ev.data == {"malformed_data": ["not", "a", "dict"]}
+
+
+def test_append_many_chains_events_in_one_transaction_all_or_none(tmp_path):
+    from nnforge.ledger import Ledger
+
+    with Ledger.open(tmp_path / "l.db") as led:
+        led.append("first", {})
+        events = led.append_many([("a", {"i": 1}, "r1", None), ("b", {"i": 2}, "r1", "ana")])
+        assert [e.seq for e in events] == [2, 3] and events[1].prev == events[0].hash and events[1].actor == "ana"
+        with pytest.raises(ValueError, match="kind"):
+            led.append_many([("c", {}, None, None), ("", {}, None, None)])  # the second is invalid: neither lands
+        with pytest.raises(TypeError):
+            led.append_many([("c", {}, None, None), ("d", {"x": object()}, None, None)])  # fails mid-transaction
+        assert [e.kind for e in led.events()] == ["first", "a", "b"]
+        assert led.verify().ok

@@ -31,7 +31,7 @@ import os
 import random
 import sqlite3
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -248,25 +248,51 @@ class ReviewQueue:
     def enqueue(self, *, run: str, text: str, label: str, confidence: float, reason: str,
                 variant: str | None = None) -> ReviewItem:
         """Queue one model output for review and record ``review.enqueued`` (input by sha256, not its text)."""
-        if reason not in REASONS:
-            raise ConfigError(f"review item: reason {reason!r} is not one of {list(REASONS)}")
-        if not run:
-            raise ConfigError("review item: a run id is required")
+        return self.enqueue_many([{"run": run, "text": text, "label": label, "confidence": confidence,
+                                   "reason": reason, "variant": variant}])[0]
+
+    def enqueue_many(self, outputs: Sequence[dict[str, Any]],
+                     also: Callable[[list[ReviewItem]], Sequence[tuple[str, dict[str, Any], str | None, str | None]]]
+                     | None = None) -> list[ReviewItem]:
+        """Queue several outputs (each a dict of :meth:`enqueue`'s arguments): the rows in one transaction and
+        their ``review.enqueued`` events in one ledger transaction, with the events ``also(items)`` returns
+        (``(kind, data, run, actor)``; e.g. a server's record of the batch that names the items) — all recorded
+        or none, and no row stays queued without its event."""
+        for o in outputs:
+            if o.get("reason") not in REASONS:
+                raise ConfigError(f"review item: reason {o.get('reason')!r} is not one of {list(REASONS)}")
+            if not o.get("run"):
+                raise ConfigError("review item: a run id is required")
         created = _now().isoformat(timespec="microseconds")
-        sha = text_sha256(text)
-        cur = self._sql(
-            "INSERT INTO review_items (created, run, variant, input_sha256, input_text, label, confidence, reason) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (created, run, variant, sha, text, label, float(confidence), reason))
-        item_id = int(cur.fetchone()[0])
+        rows = [(created, o["run"], o.get("variant"), text_sha256(o["text"]), o["text"], o["label"],
+                 float(o["confidence"]), o["reason"]) for o in outputs]
+        insert = ("INSERT INTO review_items (created, run, variant, input_sha256, input_text, label, confidence, "
+                  "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+        if self._pg:
+            with self._db.transaction():
+                ids = [int(self._sql(insert, r).fetchone()[0]) for r in rows]
+        else:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [int(self._sql(insert, r).fetchone()[0]) for r in rows]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        items = [ReviewItem(id=i, created=r[0], run=r[1], variant=r[2], input_sha256=r[3], input_text=r[4],
+                            label=r[5], confidence=r[6], reason=r[7], status="open", reviewer=None, decided=None,
+                            override_label=None, note="") for i, r in zip(ids, rows, strict=True)]
+        events: list[tuple[str, dict[str, Any], str | None, str | None]] = [
+            ("review.enqueued", {"item": it.id, "variant": it.variant, "input_sha256": it.input_sha256,
+                                 "label": it.label, "confidence": it.confidence, "reason": it.reason}, it.run, None)
+            for it in items]
         try:
-            self.ledger.append("review.enqueued", {"item": item_id, "variant": variant, "input_sha256": sha,
-                                                   "label": label, "confidence": float(confidence), "reason": reason},
-                               run=run)
+            self.ledger.append_many([*events, *(also(items) if also is not None else ())])
         except BaseException as exc:  # no queued item without its event
-            self._undo(exc, "DELETE FROM review_items WHERE id = ?", (item_id,))
+            if ids:
+                self._undo(exc, f"DELETE FROM review_items WHERE id IN ({', '.join('?' * len(ids))})", ids)
             raise
-        return self.get(item_id)
+        return items
 
     def _undo(self, exc: BaseException, sql: str, params: Sequence[Any]) -> None:
         """Take back a table change whose ledger event could not be written (the event is the record)."""

@@ -7,6 +7,7 @@ import getpass
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +88,28 @@ class Ledger:
     def append(self, kind: str, data: dict[str, Any] | None = None, *, run: str | None = None,
                actor: str | None = None) -> Event:
         """Record one event and return it (with its sequence number and hash)."""
-        if not kind or not isinstance(kind, str):
-            raise ValueError("event kind must be a non-empty string")
-        payload = dict(data or {})
-        who = actor or self.actor
+        return self.append_many([(kind, data, run, actor)])[0]
+
+    def append_many(self, events: Sequence[tuple[str, dict[str, Any] | None, str | None, str | None]]) -> list[Event]:
+        """Record several events ``(kind, data, run, actor)`` in order, in one write transaction: all are
+        recorded, chained one after the other, or none is (one disk sync instead of one per event)."""
         when = _now()
-        body_holder: dict[str, str] = {}
+        bodies: list[str] = []
+        builds = []
+        for kind, data, run, actor in events:
+            if not kind or not isinstance(kind, str):
+                raise ValueError("event kind must be a non-empty string")
+            payload, who = dict(data or {}), actor or self.actor
 
-        def build(seq: int, prev: str) -> tuple[str, str]:
-            body = make_body(seq, run, kind, when, who, payload, prev)
-            body_holder["body"] = body
-            return event_hash(body), body
+            def build(seq: int, prev: str, kind: str = kind, run: str | None = run, who: str = who,
+                      payload: dict[str, Any] = payload) -> tuple[str, str]:
+                body = make_body(seq, run, kind, when, who, payload, prev)
+                bodies.append(body)
+                return event_hash(body), body
 
-        seq, hash_ = self.store.append(build)
-        return Event.from_row(seq, hash_, body_holder["body"])
+            builds.append(build)
+        rows = self.store.append_many(builds)
+        return [Event.from_row(seq, hash_, body) for (seq, hash_), body in zip(rows, bodies, strict=True)]
 
     def events(self, run: str | None = None, kind: str | None = None) -> list[Event]:
         """Stored events in order, optionally only those of one run and/or kind."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -40,6 +40,10 @@ class Store(Protocol):
 
     def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
         """Call ``build(next_seq, prev_hash) -> (hash, body)`` inside a write transaction and store it."""
+        ...
+
+    def append_many(self, builds: Sequence[Callable[[int, str], tuple[str, str]]]) -> list[tuple[int, str]]:
+        """:meth:`append` for several rows, chained in order, in one write transaction (all or none)."""
         ...
 
     def rows(self, run: str | None = None) -> Iterator[tuple[int, str, str]]:
@@ -99,20 +103,27 @@ class SQLiteStore:
         return conn
 
     def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
+        return self.append_many([build])[0]
+
+    def append_many(self, builds: Sequence[Callable[[int, str], tuple[str, str]]]) -> list[tuple[int, str]]:
         from nnforge.ledger._events import GENESIS
 
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")  # takes the write lock before reading the head: no forks
+        out = []
         try:
             row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-            hash_, body = build(seq, prev)
-            conn.execute("INSERT INTO events (seq, hash, body) VALUES (?, ?, ?)", (seq, hash_, body))
+            seq, prev = (row[0], row[1]) if row else (0, GENESIS)
+            for build in builds:
+                seq += 1
+                prev, body = build(seq, prev)
+                conn.execute("INSERT INTO events (seq, hash, body) VALUES (?, ?, ?)", (seq, prev, body))
+                out.append((seq, prev))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return seq, hash_
+        return out
 
     def rows(self, run: str | None = None) -> Iterator[tuple[int, str, str]]:
         try:
@@ -201,16 +212,23 @@ class PostgresStore:
         return conn
 
     def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
+        return self.append_many([build])[0]
+
+    def append_many(self, builds: Sequence[Callable[[int, str], tuple[str, str]]]) -> list[tuple[int, str]]:
         from nnforge.ledger._events import GENESIS
 
         conn = self._conn()
+        out = []
         with conn.transaction():
             conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
             row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(row[0]) + 1, row[1]) if row else (1, GENESIS)
-            hash_, body = build(seq, prev)
-            conn.execute("INSERT INTO events (seq, hash, body) VALUES (%s, %s, %s)", (seq, hash_, body))
-        return seq, hash_
+            seq, prev = (int(row[0]), row[1]) if row else (0, GENESIS)
+            for build in builds:
+                seq += 1
+                prev, body = build(seq, prev)
+                conn.execute("INSERT INTO events (seq, hash, body) VALUES (%s, %s, %s)", (seq, prev, body))
+                out.append((seq, prev))
+        return out
 
     def rows(self, run: str | None = None) -> Iterator[tuple[int, str, str]]:
         # a server-side cursor streams a long chain instead of loading it whole; it gets a connection of its
@@ -300,6 +318,9 @@ class JSONLStore:
         return last
 
     def append(self, build: Callable[[int, str], tuple[str, str]]) -> tuple[int, str]:
+        return self.append_many([build])[0]
+
+    def append_many(self, builds: Sequence[Callable[[int, str], tuple[str, str]]]) -> list[tuple[int, str]]:
         raise ConfigError(f"{self.path} is a ledger export, read-only: append to the ledger database instead")
 
     def connect(self) -> Any:

@@ -247,8 +247,8 @@ class Service:
             if self.halted is not None:  # halted while the model ran
                 self._refuse(batch)
                 return
-            decisions = self._decide(inputs, probs, ood)
-            self._record(batch, inputs, decisions)
+            decisions, routed = self._decide(inputs, probs, ood)
+            self._record(batch, inputs, decisions, routed)
             self.counts.update(d.status for d in decisions)
         i = 0
         for r in batch:
@@ -266,10 +266,11 @@ class Service:
         for r in batch:
             r.loop.call_soon_threadsafe(_fail, r.future, Halted(text))
 
-    def _decide(self, inputs: list[Any], probs: torch.Tensor, ood: Any) -> list[Decision]:
+    def _decide(self, inputs: list[Any], probs: torch.Tensor, ood: Any) -> tuple[list[Decision], list[int]]:
+        """Each input's decision, and which of them go to a person (routed or flagged)."""
         cfg = self.config
         conf, idx = probs.max(dim=-1)
-        out = []
+        out, routed = [], []
         for j in range(len(inputs)):
             c, label = float(conf[j]), self.labels[int(idx[j])]
             reasons = []
@@ -282,37 +283,52 @@ class Service:
                 reasons.append("low_confidence")
             review = (is_ood and cfg.ood == "review") or ("low_confidence" in reasons and cfg.unsure == "review")
             status = "review" if review else ("flagged" if reasons else "answered")
-            d = Decision(status, label, c, {n: float(p) for n, p in zip(self.labels, probs[j].tolist(), strict=True)},
-                         reasons, float(ood.scores[j]) if ood is not None else None)
-            if reasons:
-                # a person sees every routed or flagged input: they decide a withheld one, override a flagged one
-                text = inputs[j] if isinstance(inputs[j], str) else repr(list(inputs[j]))
-                item = self._queue_db.enqueue(run=self.run, variant=self.variant, text=text, label=label,
-                                              confidence=c, reason=reasons[0])
-                d.review_item = item.id
-            if status == "review":
-                d.label, d.probabilities = None, None  # withheld until a person decides
-            out.append(d)
-        return out
+            out.append(Decision(status, label, c,
+                                {n: float(p) for n, p in zip(self.labels, probs[j].tolist(), strict=True)},
+                                reasons, float(ood.scores[j]) if ood is not None else None))
+            if reasons:  # a person sees it: they decide a withheld one, may override a flagged one
+                routed.append(j)
+        return out, routed
 
-    def _record(self, batch: list[_Request], inputs: list[Any], decisions: list[Decision]) -> None:
-        rows, i = [], 0
-        for r in batch:
-            for x in r.inputs:
-                d = decisions[i]
-                row: dict[str, Any] = {"request": r.id, "caller": r.caller, "input_sha256": input_sha256(x),
-                                       "status": d.status, "label": d.label, "confidence": round(d.confidence, 6),
-                                       "reasons": d.reasons}
-                if d.ood_score is not None:
-                    row["ood_score"] = round(d.ood_score, 6)
-                if d.review_item is not None:
-                    row["review_item"] = d.review_item
-                if self.config.record_inputs:
-                    row["input"] = x
-                rows.append(row)
-                i += 1
-        self._ledger.append("serve.decisions", {"variant": self.variant, "backend": self.backend.name,
-                                                "decisions": rows}, run=self.run)
+    def _record(self, batch: list[_Request], inputs: list[Any], decisions: list[Decision], routed: list[int]) -> None:
+        """Queue the routed inputs and record the batch: the queue's rows in one transaction, their
+        ``review.enqueued`` events and the batch's ``serve.decisions`` in one ledger transaction."""
+
+        def rows() -> list[dict[str, Any]]:
+            out, i = [], 0
+            for r in batch:
+                for x in r.inputs:
+                    d = decisions[i]
+                    row: dict[str, Any] = {"request": r.id, "caller": r.caller, "input_sha256": input_sha256(x),
+                                           "status": d.status, "label": d.label,
+                                           "confidence": round(d.confidence, 6), "reasons": d.reasons}
+                    if d.ood_score is not None:
+                        row["ood_score"] = round(d.ood_score, 6)
+                    if d.review_item is not None:
+                        row["review_item"] = d.review_item
+                    if self.config.record_inputs:
+                        row["input"] = x
+                    out.append(row)
+                    i += 1
+            return out
+
+        def event(items: list[Any]) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+            for j, item in zip(routed, items, strict=True):
+                decisions[j].review_item = item.id
+            return [("serve.decisions", {"variant": self.variant, "backend": self.backend.name,
+                                         "decisions": rows()}, self.run, None)]
+
+        if not routed:
+            self._ledger.append_many(event([]))
+        else:
+            self._queue_db.enqueue_many(
+                [{"run": self.run, "variant": self.variant, "label": decisions[j].label,
+                  "confidence": decisions[j].confidence, "reason": decisions[j].reasons[0],
+                  "text": inputs[j] if isinstance(inputs[j], str) else repr(list(inputs[j]))} for j in routed],
+                also=event)
+        for j in routed:
+            if decisions[j].status == "review":
+                decisions[j].label, decisions[j].probabilities = None, None  # withheld until a person decides
 
     def queue_depth(self) -> int:
         return self._waiting
