@@ -340,3 +340,27 @@ def test_the_load_test_only_measures_local_servers():
             load_test(url, ["a"])
     with pytest.raises(ConfigError, match="clients"):
         load_test("http://127.0.0.1:1", ["a"], clients=1000)
+
+
+def test_a_cascade_asks_this_server_and_sends_what_it_withholds_up(people, monkeypatch):
+    """The cascade's http tier against the real server: an answered input stands, one the server's guard sent
+    to its review queue (label withheld) goes on to the next tier."""
+    import numpy as np
+
+    from nnforge.deploy.cascade import Cascade, CascadeConfig
+
+    app, _ = make_app(people, guard=StubGuard(), ood="review")
+    monkeypatch.setenv("LARGE_TOKEN", people[2]["caller"])
+    texts = ["fair is foul and foul is fair", f"a {OOD_WORD} input"]
+    with running(app) as url:
+        config = CascadeConfig(tiers=[
+            {"name": "small", "kind": "local", "min_confidence": 0.99, "options": {"labels": LABELS}},
+            {"name": "large", "kind": "http", "min_confidence": 0.0,
+             "options": {"url": url, "token_env": "LARGE_TOKEN", "timeout_s": 30}},
+            {"name": "human", "kind": "human"}])
+        small = {"predict": lambda xs: np.full((len(xs), 3), 1 / 3)}  # never sure: everything goes up
+        with Cascade(config, objects={"small": small, "human": {"oracle": lambda xs: ["history"] * len(xs)}}) as c:
+            result = c.run(texts)
+    assert [a.tier for a in result.answers] == ["large", "human"]
+    assert result.answers[1].path[1].status == "review"
+    assert result.answers[0].label in LABELS
