@@ -26,7 +26,8 @@ TIMEOUTS_S = {"quickstart.py": 90, "evaluate/calibration.py": 90, "evaluate/ood_
               "federated/digits.py": 150,  # Ray workers start (about 15 s), then 9 runs of one round, DP and HE
               "federated/scale.py": 120,  # one engine start (about 15 s), one round
               "federated/lora.py": 180,  # one engine start, MiniLM loaded twice and shipped to the workers
-              "search/plan_minilm.py": 120}  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
+              "search/plan_minilm.py": 120,  # the quickstart's smoke slice (baselines, finetune, quantize), prune, recovery
+              "serve/quickstart.py": 240}  # a quantize-only MiniLM run, its ONNX export, four servers started
 
 
 def _committed_results() -> dict[str, str]:
