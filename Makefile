@@ -16,7 +16,15 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup lock demo test lint bench-quick clean
 
-setup: $(STAMP)
+setup: $(STAMP) node_modules/onnxruntime-web
+
+# onnxruntime-web (npm, pinned by package-lock.json) for `nnforge export --format web`: installed when missing or
+# when the lock file changed, running no package's install script (the runtime is prebuilt files); without npm the
+# rest of nnforge still installs (the web export then says what to do)
+node_modules/onnxruntime-web: package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --ignore-scripts && touch $@; \
+	else echo "npm not found: onnxruntime-web not installed (nnforge export --format web needs it: install Node.js" \
+	  "and npm, then run make setup)" >&2; fi
 
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,4 +56,4 @@ bench-quick: setup
 	$(BIN)/python benchmarks/quickstart.py --quick
 
 clean:
-	rm -rf $(VENV) .nnforge runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .nnforge runs .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -1,10 +1,11 @@
-"""Deployment: ONNX export of (quantized) models. Needs the ``onnx`` extra; imported on use."""
+"""Deployment: ONNX export of (quantized) models, verified exports (ONNX, web page) and native runtimes. Needs the
+``onnx`` extra; imported on use."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export_onnx"]
+__all__ = ["ExportConfig", "ExportResult", "ExportVerificationError", "export_model", "export_onnx"]
 
 
 def __getattr__(name: str) -> Any:
@@ -12,4 +13,8 @@ def __getattr__(name: str) -> Any:
         from nnforge.deploy.onnx import export_onnx
 
         return export_onnx
+    if name in ("ExportConfig", "ExportResult", "ExportVerificationError", "export_model"):
+        from nnforge.deploy import export
+
+        return getattr(export, name)
     raise AttributeError(name)

@@ -24,6 +24,14 @@ How each packed layer is written (nothing is dequantized to fp32 on the way, exc
   per-block rounding at ``accuracy_level=4``): faster, less faithful — on MiniLM, the FFN down-projections
   (whose [CLS] token carries a 5-7x outlier channel) lose the most; a mapping such as
   ``int8_matmul={"*[0-9].output.dense": "nbits", "*": "integer"}`` keeps them on MatMulNBits.
+- with ``int8_matmul="rowwise"``, an int8 ``QuantizedLinear`` with one symmetric scale per row whose activations
+  PyTorch rounds per row (the packed kernel: weight-only int8, dynamic W8A8) → the kernel's own arithmetic in
+  standard ops: ``ReduceMax(Abs(x)) / 127`` per row, ``Round`` (half to even) and ``Clip`` to [-127, 127], a
+  ``MatMul`` by the int8 codes (stored as int8, ``Cast`` to float: every product and sum is an exact integer up to
+  2^24) and a ``Mul`` by activation scale × per-column weight scale. Outputs agree with PyTorch's to float
+  rounding (about 1e-6 of the largest output), where MatMulNBits rounds activations per block of 128 on ONNX
+  Runtime's CPU (``accuracy_level=4``) and not at all in onnxruntime-web's WebAssembly build; no contrib operator
+  is involved, so any ONNX runtime runs it. Other layers fall back to ``nbits``.
 - :class:`~nnforge.compress.QuantizedEmbedding` → ``Gather`` of the packed rows (the same bytes as in
   PyTorch), unpacked with ``BitShift`` and dequantized with standard ops.
 - :class:`~nnforge.compress.QuantizedConv2d` → a plain ``Conv`` with the dequantized fp32 kernel.
@@ -198,6 +206,59 @@ class _ExportDynamicInt8(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+class _RowwiseInt8MatMulFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w_kn: torch.Tensor, w_scale: torch.Tensor,  # type: ignore[override]
+                w_ref: torch.Tensor) -> torch.Tensor:
+        return x @ w_ref.T
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, w_kn: Any, w_scale: Any, w_ref: Any) -> Any:
+        def const(v: float) -> Any:
+            return g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32))
+
+        absx = g.op("Abs", x)
+        if g.opset >= 18:  # ReduceMax takes its axes as an input from opset 18 on
+            amax = g.op("ReduceMax", absx, g.op("Constant", value_t=torch.tensor([-1])), keepdims_i=1)
+        else:
+            amax = g.op("ReduceMax", absx, axes_i=[-1], keepdims_i=1)
+        s = g.op("Div", amax, const(127.0))  # (..., 1) as the kernel: absmax / 127, 1 for an all-zero row
+        s = g.op("Where", g.op("Greater", s, const(0.0)), s, const(1.0))
+        q = g.op("Clip", g.op("Round", g.op("Div", x, s)), const(-127.0), const(127.0))
+        acc = g.op("MatMul", q, g.op("Cast", w_kn, to_i=1))  # exact integer sums in float32
+        return g.op("Mul", acc, g.op("Mul", s, w_scale))
+
+
+class _ExportRowwiseInt8(nn.Module):
+    """Per-row int8 QuantizedLinear(s) for export: the packed kernel's arithmetic (int8 activations per row) in
+    standard ONNX ops."""
+
+    def __init__(self, qs: list[QuantizedLinear]) -> None:
+        super().__init__()
+        codes, scales = [], []
+        for q in qs:
+            sc = q.packed.scales.float()[:, 0]  # (N,) one scale per output channel
+            codes.append(torch.round(q.packed.dequantize() / sc[:, None]).clamp(-127, 127))
+            scales.append(sc)
+        self.register_buffer("w_kn", torch.cat(codes).to(torch.int8).T.contiguous())  # (K, N)
+        self.register_buffer("w_scale", torch.cat(scales).contiguous())
+        self.w_ref = torch.cat([q.packed.dequantize() for q in qs])  # not a buffer: eager forward (tracing) only
+        self.inv_scale = _shared_input_scale(qs)
+        self.bias = _cat_bias(qs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inv_scale is not None:
+            x = x * self.inv_scale
+        y = _RowwiseInt8MatMulFn.apply(x, self.w_kn, self.w_scale, self.w_ref)
+        return y + self.bias if self.bias is not None else y
+
+
+def _is_rowwise_int8(q: QuantizedLinear) -> bool:
+    """Symmetric int8 with one scale per row, activations rounded per row in PyTorch (the kernel, or W8A8 dynamic)."""
+    return (q.fmt == "int8" and q.group_size is None and q.packed.zeros is None and q.act_quant != "static"
+            and (q.kernel or q.act_quant == "dynamic"))
+
+
 def _is_dynamic_w8a8(q: QuantizedLinear) -> bool:
     return q.act_quant == "dynamic" and q.fmt == "int8" and q.group_size is None
 
@@ -339,15 +400,19 @@ def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 
 
 def _route(name: str, q: QuantizedLinear, int8_matmul: str | Mapping[str, str]) -> str:
-    """``integer`` or ``nbits``: how the QuantizedLinear called ``name`` is written."""
+    """``integer``, ``rowwise`` or ``nbits``: how the QuantizedLinear called ``name`` is written."""
     how = int8_matmul if isinstance(int8_matmul, str) else next(
         (v for pattern, v in int8_matmul.items() if fnmatch.fnmatchcase(name, pattern)), "nbits")
-    return "integer" if how == "integer" and _is_dynamic_w8a8(q) else "nbits"
+    if how == "integer" and _is_dynamic_w8a8(q):
+        return "integer"
+    return "rowwise" if how == "rowwise" and _is_rowwise_int8(q) else "nbits"
 
 
 def _linear_export(qs: list[QuantizedLinear], route: str, accuracy_level: int, block_size: int | None) -> nn.Module:
     """The export module of one QuantizedLinear, or of several that read the same input (outputs concatenated)."""
-    return _ExportDynamicInt8(qs) if route == "integer" else _ExportNBits(qs, accuracy_level, block_size)
+    if route == "integer":
+        return _ExportDynamicInt8(qs)
+    return _ExportRowwiseInt8(qs) if route == "rowwise" else _ExportNBits(qs, accuracy_level, block_size)
 
 
 def _merged_projection(mods: list[nn.Module], routes: list[str], accuracy_level: int,
@@ -408,10 +473,13 @@ def _for_export(model: nn.Module, accuracy_level: int, int8_matmul: str | Mappin
     return model
 
 
-def _fp16_scales(path: str) -> None:
-    """Store MatMulNBits scales as fp16 initializers + a ``Cast`` when fp16 holds them exactly (they come
-    from our fp16 scales): ONNX Runtime folds the Cast when it loads the file, so the numbers and the speed
-    are unchanged and the file loses 2 bytes per block (0.66 MB on int4 g32 MiniLM)."""
+def _narrow_initializers(path: str) -> None:
+    """Store what tracing folded to fp32 in the type it holds exactly, with a ``Cast`` back that ONNX Runtime folds
+    when it loads the file (the numbers and the speed are unchanged, the file shrinks):
+
+    - MatMulNBits scales as fp16 (they come from our fp16 scales): 2 bytes per block, 0.66 MB on int4 g32 MiniLM;
+    - the int8 codes of ``rowwise`` layers (the ``MatMul`` after ``Clip``) as int8: 3 bytes per weight, the
+      file as small as the safetensors one."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -419,18 +487,25 @@ def _fp16_scales(path: str) -> None:
     model = onnx.load(path)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    producer = {out: n.op_type for n in graph.node for out in n.output}
     casts = []
+    narrow: Any
     for node in graph.node:
-        name = node.input[2] if node.op_type == "MatMulNBits" and len(node.input) > 2 else ""
+        if node.op_type == "MatMulNBits" and len(node.input) > 2:
+            name, narrow = node.input[2], np.float16
+        elif node.op_type == "MatMul" and producer.get(node.input[0]) == "Clip":
+            name, narrow = node.input[1], np.int8
+        else:
+            continue
         if name not in inits:
             continue
         a = numpy_helper.to_array(inits[name])
-        a16 = a.astype(np.float16)
-        if a.dtype != np.float32 or not np.array_equal(a16.astype(np.float32), a):
+        small = a.astype(narrow)
+        if a.dtype != np.float32 or not np.array_equal(small.astype(np.float32), a):
             continue
         graph.initializer.remove(inits.pop(name))
-        graph.initializer.append(numpy_helper.from_array(a16, f"{name}_fp16"))
-        casts.append(onnx.helper.make_node("Cast", [f"{name}_fp16"], [name], to=onnx.TensorProto.FLOAT))
+        graph.initializer.append(numpy_helper.from_array(small, f"{name}_{small.dtype}"))
+        casts.append(onnx.helper.make_node("Cast", [f"{name}_{small.dtype}"], [name], to=onnx.TensorProto.FLOAT))
     if casts:
         for cast in reversed(casts):
             graph.node.insert(0, cast)
@@ -440,7 +515,8 @@ def _fp16_scales(path: str) -> None:
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: tuple[Any, ...], *,
                 input_names: list[str] | None = None, output_names: list[str] | None = None,
                 dynamic_axes: dict[str, dict[int, str]] | None = None, opset: int = 17,
-                accuracy_level: int = 4, int8_matmul: Literal["nbits", "integer"] | Mapping[str, str] = "nbits",
+                accuracy_level: int = 4,
+                int8_matmul: Literal["nbits", "integer", "rowwise"] | Mapping[str, str] = "nbits",
                 block_size: int | None = None, fuse_attention: bool = True) -> Path:
     """Export ``model`` (fp32 or quantized by nnforge) to an ONNX file that ONNX Runtime runs.
 
@@ -450,7 +526,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         int8_matmul: how dynamic W8A8 layers are written: ``nbits`` (MatMulNBits, 8-bit codes, activations
             rounded per block of 128 inside the kernel) or ``integer`` (``DynamicQuantizeLinear`` +
             ``MatMulInteger``, one activation scale per tensor; what ``quantize_dynamic`` emits, as fast), or
-            a mapping of ``fnmatch`` patterns on module names to those two, first match wins, ``nbits`` when
+            ``rowwise`` (per-row int8 layers as the packed kernel computes them, in standard ops: see the module
+            docstring; what onnxruntime-web runs with PyTorch's numbers), or
+            a mapping of ``fnmatch`` patterns on module names to those, first match wins, ``nbits`` when
             none does — e.g. ``{"*[0-9].output.dense": "nbits", "*": "integer"}`` keeps MiniLM's FFN
             down-projections (an outlier token) on per-block activations and the rest on the faster integer path.
         block_size: MatMulNBits block length for weights with one scale per row (int8 weight-only and W8A8):
@@ -469,9 +547,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     except ImportError as exc:  # pragma: no cover - the extra is missing
         raise ConfigError("ONNX export needs the onnx extra: pip install 'nnforge[onnx]'") from exc
     routes = list(int8_matmul.values()) if isinstance(int8_matmul, Mapping) else [int8_matmul]
-    if any(r not in ("nbits", "integer") for r in routes):
-        raise ConfigError(f"The 'int8_matmul' parameter of export_onnx must be 'nbits', 'integer' or a mapping of "
-                          f"module-name patterns to them. Got {int8_matmul!r} instead.")
+    if any(r not in ("nbits", "integer", "rowwise") for r in routes):
+        raise ConfigError(f"The 'int8_matmul' parameter of export_onnx must be 'nbits', 'integer', 'rowwise' or a "
+                          f"mapping of module-name patterns to them. Got {int8_matmul!r} instead.")
     if block_size is not None and (not isinstance(block_size, int) or block_size < 16
                                    or block_size & (block_size - 1)):
         raise ConfigError(f"The 'block_size' parameter of export_onnx must be a power of two >= 16. "
@@ -488,7 +566,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
             torch.onnx.export(export_model, example_inputs, tmp, dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
-        _fp16_scales(tmp)
+        _narrow_initializers(tmp)
         try:
             onnx.checker.check_model(tmp)
         except Exception as exc:
