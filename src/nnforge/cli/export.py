@@ -68,6 +68,9 @@ def export(
                                                                "an earlier export there is replaced).")] = None,
     verify: Annotated[int, typer.Option("--verify", help="Real inputs from the run's test split to verify the export "
                                                          "on.")] = 64,
+    int8_matmul: Annotated[str | None, typer.Option("--int8-matmul", help="How int8 layers are written: rowwise "
+                                                    "(PyTorch's arithmetic, standard operators; runs in the "
+                                                    "browser), nbits (MatMulNBits) or integer (MatMulInteger).")] = None,
     runs_dir: Annotated[str, typer.Option(help="Folder where run ids are looked up.")] = "runs",
     ledger: Annotated[str | None, typer.Option(help="Ledger that records the export (default: the run's own).")] = None,
     actor: Annotated[str | None, typer.Option(help="Who runs this (default: the OS user).")] = None,
@@ -103,12 +106,13 @@ def export(
     block = getattr(getattr(model, "config", None), "block_size", None)
     inputs, about = _verification_inputs(loaded, family, verify, block)
     used = loaded.used(name)
-    result = export_model(model, folder, inputs, ExportConfig(format=format_),  # type: ignore[arg-type]
+    options = {"int8_matmul": int8_matmul} if int8_matmul is not None else {}
+    result = export_model(model, folder, inputs, ExportConfig(format=format_, **options),  # type: ignore[arg-type]
                           label_names=loaded.label_names or None, family=family, source=used)
     m = result.manifest
     check = {k: m["verification"][k] for k in ("inputs", "compared", "max_abs_logit_diff", "max_abs_logit",
                                                "rel_logit_diff", "argmax_agreement", "tolerance", "passed")}
-    event = {**used, "format": format_, "family": family, "folder": str(folder.resolve()), "files": result.files,
+    event = {**used, "format": format_, "int8_matmul": m.get("int8_matmul", int8_matmul), "family": family, "folder": str(folder.resolve()), "files": result.files,
              "opset": m["opset"], "operators": m["operators"], "versions": m["versions"],
              "inputs": about, "verification": check}
     with Ledger.open(run_ledger(ledger, loaded.path, create=True), actor=actor) as led:
