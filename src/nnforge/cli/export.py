@@ -8,55 +8,16 @@ their sha256, the opset, the runtime versions and the verification numbers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nnforge.cli._common import out, print_json, run_ledger, texts_sha256
+from nnforge.cli._common import out, print_json, run_ledger
 
 if TYPE_CHECKING:
-    from nnforge.recipes.runs import Run
+    pass
 
 FORMATS = ("onnx", "web")
-
-
-def _verification_inputs(run: Run, family: str, n: int, block_size: int | None) -> tuple[Any, dict[str, Any]]:
-    """Up to ``n`` real inputs from the run's data, spread evenly over its test split, and what they were."""
-    import hashlib
-
-    import numpy as np
-    import torch
-    import yaml
-
-    from nnforge.data import CharCorpus, TextClassification
-    from nnforge.errors import DataError
-    from nnforge.recipes.runner import load_data
-    from nnforge.recipes.schema import parse_recipe
-
-    source = run.config.get("recipe_source") or ""
-    recipe = parse_recipe(yaml.safe_load(source) if source else run.config.get("recipe"), source=source)
-    splits, dataset = load_data(recipe)
-    if isinstance(dataset, CharCorpus):
-        if family != "char-lm" or not block_size:
-            raise DataError(f"run {run.run_id}: its data is a character corpus but its model is a {family}")
-        x, _ = dataset.batch("val", n, min(block_size, len(dataset.val) - 2), torch.Generator().manual_seed(0))
-        return x, {"split": "val", "windows": len(x), "tokens": int(x.shape[1]), "seed": 0,
-                   "sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest()}
-    if isinstance(dataset, TextClassification):
-        texts = list(splits["test"].texts)
-        if family != "text-classifier":
-            raise DataError(f"run {run.run_id}: its data is text but its model is a {family}")
-        pick = np.unique(np.linspace(0, len(texts) - 1, min(n, len(texts))).round().astype(int)).tolist()
-        chosen = [texts[i] for i in pick]
-        return chosen, {"split": recipe.data.test_split, "texts": len(chosen), "sha256": texts_sha256(chosen)}
-    split = recipe.data.test_split
-    if split not in dataset.splits:
-        raise DataError(f"run {run.run_id}: its data has no split {split!r} to verify the export on; it has "
-                        f"{sorted(dataset.splits)}")
-    xs = np.asarray(dataset.splits[split][0])
-    pick = np.unique(np.linspace(0, len(xs) - 1, min(n, len(xs))).round().astype(int))
-    x = torch.from_numpy(xs[pick]).float()
-    return x, {"split": split, "rows": len(x), "sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest()}
 
 
 def export(
@@ -80,10 +41,15 @@ def export(
 ) -> None:
     """Export a finished run's model as ONNX or as a web page, verified against PyTorch on the run's test data;
     the files, versions and verification go to export.json and to the ledger (model.exported)."""
-    from nnforge.deploy.export import ExportConfig, check_export_folder, export_model, family_of
+    import yaml
+
+    from nnforge.deploy.export import ExportConfig, check_export_folder
     from nnforge.errors import ConfigError
     from nnforge.ledger import Ledger
     from nnforge.recipes import load_run
+    from nnforge.recipes.export_run import export_variant
+    from nnforge.recipes.runner import load_data
+    from nnforge.recipes.schema import parse_recipe
     from nnforge.runs import NATIVE_SUFFIX
 
     if format_ not in FORMATS:
@@ -102,21 +68,16 @@ def export(
         raise ConfigError(f"--variant {name!r}: run {loaded.run_id} has the variants {sorted(loaded.variants)}{hint}")
     folder = out_dir if out_dir is not None else loaded.path / "export" / f"{name}-{format_}"
     model = loaded.model(name)
-    family = family_of(model)
-    block = getattr(getattr(model, "config", None), "block_size", None)
-    inputs, about = _verification_inputs(loaded, family, verify, block)
-    used = loaded.used(name)
+    source = loaded.config.get("recipe_source") or ""
+    recipe = parse_recipe(yaml.safe_load(source) if source else loaded.config.get("recipe"), source=source)
+    splits, dataset = load_data(recipe)
     options = {"int8_matmul": int8_matmul} if int8_matmul is not None else {}
-    result = export_model(model, folder, inputs, ExportConfig(format=format_, **options),  # type: ignore[arg-type]
-                          label_names=loaded.label_names or None, family=family, source=used)
-    m = result.manifest
-    check = {k: m["verification"][k] for k in ("inputs", "compared", "max_abs_logit_diff", "max_abs_logit",
-                                               "rel_logit_diff", "argmax_agreement", "tolerance", "passed")}
-    event = {**used, "format": format_, "int8_matmul": m.get("int8_matmul", int8_matmul), "family": family, "folder": str(folder.resolve()), "files": result.files,
-             "opset": m["opset"], "operators": m["operators"], "versions": m["versions"],
-             "inputs": about, "verification": check}
+    config = ExportConfig(format=format_, **options)  # type: ignore[arg-type]
     with Ledger.open(run_ledger(ledger, loaded.path, create=True), actor=actor) as led:
-        led.append("model.exported", event, run=loaded.run_id)
+        _, event = export_variant(model, folder, recipe=recipe, splits=splits, dataset=dataset, config=config,
+                                  verify=verify, label_names=loaded.label_names, source=loaded.used(name),
+                                  run_id=loaded.run_id, ledger=led)
+    family, check, about = event["family"], event["verification"], event["inputs"]
     if json_:
         print_json({**event, "manifest": str(folder / "export.json")})
         return
