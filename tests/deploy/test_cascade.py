@@ -3,15 +3,12 @@ remote tiers against local stub servers (an ``nnforge serve``-shaped one and an 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
+from tests._servers import running
 
 from nnforge.config import Config
 from nnforge.deploy.cascade import (
@@ -285,31 +282,6 @@ def test_choose_thresholds_refuses_missing_answers_and_bad_rules():
 
 
 # --- remote tiers against local stubs -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(app):
-    import uvicorn
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline and t.is_alive(), "the stub server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ OOD and low-confidence routing to the review queue, overrides, Prometheus metric
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tests._servers import running
 from tests._tiny import tiny_text_classifier
 
 pytest.importorskip("fastapi")
@@ -44,31 +43,6 @@ def _classifier():
 
     model.tokenizer = Capped()
     return model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running(app):
-    import uvicorn
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline and t.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(timeout=30)
 
 
 @pytest.fixture

@@ -182,28 +182,46 @@ class _DynamicInt8MatMulFn(torch.autograd.Function):
         return g.op("Mul", g.op("Cast", acc, to_i=1), scale)  # to float32
 
 
-class _ExportDynamicInt8(nn.Module):
-    """Dynamic W8A8 QuantizedLinear(s) for export: ``MatMulInteger`` on uint8 activations and int8 weights."""
+class _ExportInt8Rows(nn.Module):
+    """Per-row int8 QuantizedLinear(s) merged for export: the int8 codes ``(N, K)`` (clamped to ``[lo, 127]``) and
+    the per-output-channel scales; a subclass stores the codes as its operator wants (``_store``) and names the
+    autograd function whose ``symbolic`` writes the operators (``_fn``)."""
+
+    _fn: Any
+    lo = -127
 
     def __init__(self, qs: list[QuantizedLinear]) -> None:
         super().__init__()
         codes, scales = [], []
         for q in qs:
             sc = q.packed.scales.float()[:, 0]  # (N,) one scale per output channel
-            codes.append(torch.round(q.packed.dequantize() / sc[:, None]).clamp(-128, 127))
+            codes.append(torch.round(q.packed.dequantize() / sc[:, None]).clamp(self.lo, 127))
             scales.append(sc)
-        # (K, N) as MatMulInteger wants; uint8 (zero point 128): x86 without VNNI saturates uint8 x int8 in int16
-        self.register_buffer("w_kn", (torch.cat(codes) + 128).to(torch.uint8).T.contiguous())
+        self.register_buffer("w_kn", self._store(torch.cat(codes)))
         self.register_buffer("w_scale", torch.cat(scales).contiguous())
         self.w_ref = torch.cat([q.packed.dequantize() for q in qs])  # not a buffer: eager forward (tracing) only
         self.inv_scale = _shared_input_scale(qs)
         self.bias = _cat_bias(qs)
 
+    def _store(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.to(torch.int8).T.contiguous()  # (K, N)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inv_scale is not None:
             x = x * self.inv_scale
-        y = _DynamicInt8MatMulFn.apply(x, self.w_kn, self.w_scale, self.w_ref)
+        y = self._fn.apply(x, self.w_kn, self.w_scale, self.w_ref)
         return y + self.bias if self.bias is not None else y
+
+
+class _ExportDynamicInt8(_ExportInt8Rows):
+    """Dynamic W8A8 QuantizedLinear(s) for export: ``MatMulInteger`` on uint8 activations and int8 weights."""
+
+    _fn = _DynamicInt8MatMulFn
+    lo = -128
+
+    def _store(self, codes: torch.Tensor) -> torch.Tensor:
+        # (K, N) as MatMulInteger wants; uint8 (zero point 128): x86 without VNNI saturates uint8 x int8 in int16
+        return (codes + 128).to(torch.uint8).T.contiguous()
 
 
 class _RowwiseInt8MatMulFn(torch.autograd.Function):
@@ -229,28 +247,11 @@ class _RowwiseInt8MatMulFn(torch.autograd.Function):
         return g.op("Mul", acc, g.op("Mul", s, w_scale))
 
 
-class _ExportRowwiseInt8(nn.Module):
+class _ExportRowwiseInt8(_ExportInt8Rows):
     """Per-row int8 QuantizedLinear(s) for export: the packed kernel's arithmetic (int8 activations per row) in
     standard ONNX ops."""
 
-    def __init__(self, qs: list[QuantizedLinear]) -> None:
-        super().__init__()
-        codes, scales = [], []
-        for q in qs:
-            sc = q.packed.scales.float()[:, 0]  # (N,) one scale per output channel
-            codes.append(torch.round(q.packed.dequantize() / sc[:, None]).clamp(-127, 127))
-            scales.append(sc)
-        self.register_buffer("w_kn", torch.cat(codes).to(torch.int8).T.contiguous())  # (K, N)
-        self.register_buffer("w_scale", torch.cat(scales).contiguous())
-        self.w_ref = torch.cat([q.packed.dequantize() for q in qs])  # not a buffer: eager forward (tracing) only
-        self.inv_scale = _shared_input_scale(qs)
-        self.bias = _cat_bias(qs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inv_scale is not None:
-            x = x * self.inv_scale
-        y = _RowwiseInt8MatMulFn.apply(x, self.w_kn, self.w_scale, self.w_ref)
-        return y + self.bias if self.bias is not None else y
+    _fn = _RowwiseInt8MatMulFn
 
 
 def _is_rowwise_int8(q: QuantizedLinear) -> bool:
