@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -118,7 +119,11 @@ def serve_run(run: str | os.PathLike[str], config: ServeConfig, *, variant: str 
         from nnforge.explain import OODGuard
 
         guard_needs = tuple(OODGuard.load(r.path / "ood-guard").detector.inputs)
-    choice = choose_backend(cands, sample, max_batch=config.max_batch, needs=guard_needs)
+    try:
+        choice = choose_backend(cands, sample, max_batch=config.max_batch, needs=guard_needs)
+    finally:
+        if work_dir is None:  # ONNX Runtime holds the model in memory once its session is open
+            shutil.rmtree(work, ignore_errors=True)
     for k, why in skipped.items():
         choice.timings[k] = {"skipped": why}
     log.info("backend %s (ms per call: %s)", choice.backend.name, choice.timings)
