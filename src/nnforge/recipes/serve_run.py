@@ -62,25 +62,33 @@ def _candidates(run: Any, variant: str, which: str, sample: list[Any], shape: tu
     return out, skipped
 
 
-def _guard(run: Any, backend: Any, sample: list[Any], config: ServeConfig) -> tuple[Any, dict[str, Any]]:
-    """The run's saved OOD guard, its threshold re-chosen on the served backend's features of in-distribution
-    data (the validation split) at the recall it was saved with: the served variant's features differ a little
-    from the ones it was calibrated on."""
+def _load_guard(run: Any, config: ServeConfig) -> Any:
+    """The run's saved OOD guard, or None (the run saved none, or ``ood: off``)."""
     folder = run.path / "ood-guard"
     if config.ood == "off" or not (folder / "guard.json").is_file():
-        return None, {"ood_guard": None if config.ood == "off" else "the run saved none"}
-    from nnforge.explain import OODGuard, threshold_at_recall
+        return None
+    from nnforge.explain import OODGuard
 
-    guard = OODGuard.load(folder)
+    return OODGuard.load(folder)
+
+
+def _recalibrate(guard: Any, backend: Any, sample: list[Any], config: ServeConfig) -> dict[str, Any]:
+    """Re-choose the guard's threshold on the served backend's features of in-distribution data (the validation
+    split) at the recall it was saved with: the served variant's features differ a little from the ones it was
+    calibrated on. Returns what the server reports about its guard."""
+    if guard is None:
+        return {"ood_guard": None if config.ood == "off" else "the run saved none"}
+    from nnforge.explain import threshold_at_recall
+
     feats = backend(sample).features
     missing = [k for k in guard.detector.inputs if k not in feats]
     if missing:
         raise ConfigError(f"the OOD guard reads {missing}, which backend {backend.name!r} does not return")
     saved = guard.threshold
     guard.threshold = float(threshold_at_recall(guard.detector.score(**feats), guard.recall, allow_inf=True))
-    return guard, {"ood_guard": {"detector": guard.metadata.get("detector"), "recall": guard.recall,
-                                 "threshold_saved": saved, "threshold_served": guard.threshold,
-                                 "calibrated_on": f"{len(sample)} inputs of the run's data"}}
+    return {"ood_guard": {"detector": guard.metadata.get("detector"), "recall": guard.recall,
+                          "threshold_saved": saved, "threshold_served": guard.threshold,
+                          "calibrated_on": f"{len(sample)} inputs of the run's data"}}
 
 
 def serve_run(run: str | os.PathLike[str], config: ServeConfig, *, variant: str | None = None,
@@ -114,20 +122,17 @@ def serve_run(run: str | os.PathLike[str], config: ServeConfig, *, variant: str 
     shape = None if isinstance(sample[0], str) else (len(sample[0]),)
     work = str(work_dir) if work_dir is not None else tempfile.mkdtemp(prefix="nnforge-serve-")
     cands, skipped = _candidates(r, name, backend, sample, shape, work)
-    guard_needs: tuple[str, ...] = ()
-    if (r.path / "ood-guard" / "guard.json").is_file() and config.ood != "off":
-        from nnforge.explain import OODGuard
-
-        guard_needs = tuple(OODGuard.load(r.path / "ood-guard").detector.inputs)
+    guard = _load_guard(r, config)
     try:
-        choice = choose_backend(cands, sample, max_batch=config.max_batch, needs=guard_needs)
+        choice = choose_backend(cands, sample, max_batch=config.max_batch,
+                                needs=tuple(guard.detector.inputs) if guard is not None else ())
     finally:
         if work_dir is None:  # ONNX Runtime holds the model in memory once its session is open
             shutil.rmtree(work, ignore_errors=True)
     for k, why in skipped.items():
         choice.timings[k] = {"skipped": why}
     log.info("backend %s (ms per call: %s)", choice.backend.name, choice.timings)
-    guard, guard_facts = _guard(r, choice.backend, sample, config)
+    guard_facts = _recalibrate(guard, choice.backend, sample, config)
     if not labels:
         labels = [str(i) for i in range(int(choice.backend(sample[:1]).logits.shape[-1]))]
     loc = ledger or r.ledger

@@ -42,7 +42,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
-def run_server(app: object, config: ServeConfig, *, on_ready: object = None) -> None:
+def run_server(app: object, config: ServeConfig) -> None:
     """Run ``app`` with uvicorn on ``config.host:config.port`` (one worker: the model lives in this process)."""
     import uvicorn
 

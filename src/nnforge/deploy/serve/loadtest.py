@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -136,9 +135,3 @@ def load_test(url: str, inputs: Sequence[Any], *, token: str | None = None, clie
     return asyncio.run(_run(url, token, list(inputs), clients, float(seconds), timeout, keep_replies,
                             body or (lambda x: {"inputs": [x]})))
 
-
-def summarize(results: Sequence[LoadResult]) -> dict[str, Any]:
-    """Medians over repeated runs at one concurrency."""
-    return {"rps": statistics.median(r.rps for r in results), "p50_ms": statistics.median(r.p50_ms for r in results),
-            "p99_ms": statistics.median(r.p99_ms for r in results),
-            "errors": sum(sum(r.errors.values()) for r in results)}

@@ -241,7 +241,7 @@ class Service:
         probs = torch.softmax(out.logits.float(), dim=-1)
         ood = None
         if self.guard is not None:
-            ood = self.guard.check(**{k: v for k, v in out.features.items()})
+            ood = self.guard.check(**out.features)
         model_s = time.perf_counter() - t0
         with self._state:
             if self.halted is not None:  # halted while the model ran
