@@ -13,6 +13,7 @@ from nnforge.cli import (
     dashboard,
     docs,
     evaluate,
+    explain,
     export,
     federate,
     info,
@@ -63,6 +64,7 @@ app.command("embed")(model.embed)
 app.command("report")(model.report)
 app.command("evaluate")(evaluate.evaluate)
 app.command("export")(export.export)
+app.command("explain")(explain.explain)
 app.command("docs")(docs.docs)
 app.command("promote")(review.promote)
 app.command("prune")(prune.prune)

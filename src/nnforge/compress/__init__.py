@@ -41,6 +41,7 @@ from nnforge.compress.quantize import (
     TernaryConfig,
     W8A8Config,
     WeightOnlyConfig,
+    float_activations,
     measure_verdicts,
 )
 from nnforge.compress.quantize.calibrate import CALIBRATORS, CalibrationJob, CalibratorSpec, register_calibrator
@@ -67,7 +68,7 @@ __all__ = [
     "QuantizedLinear",
     "QuantizedEmbedding",
     "QuantizedConv2d",
-    "measure_verdicts",
+    "measure_verdicts", "float_activations",
     # registries: a method, weight format or calibrator registers itself from its own module
     "register_transform",
     "ModuleFilter",

@@ -12,7 +12,7 @@ inputs given, against PyTorch (largest absolute logit difference, relative to th
 agreement), with the tolerance it was checked against. An export outside the tolerance raises
 :class:`ExportVerificationError` and leaves nothing behind. ``format="web"`` adds the page (:mod:`nnforge.deploy.web`).
 
-Families (:func:`family_of`):
+Families (:func:`~nnforge.models.family_of`):
 
 - ``text-classifier`` (:class:`~nnforge.models.text.TextClassifier`): ``input_ids``, ``attention_mask`` (int64,
   batch × tokens) → ``logits`` (batch × classes); ``inputs`` are texts, tokenized by the model's own tokenizer;
@@ -46,6 +46,7 @@ from torch import nn
 
 from nnforge.config import Config, config_type
 from nnforge.errors import ConfigError, MissingDependencyError, NnforgeError
+from nnforge.models.family import FAMILIES, family_of
 from nnforge.models.text import eval_mode
 
 __all__ = ["ExportConfig", "ExportResult", "ExportVerificationError", "FAMILIES", "MANIFEST", "check_export_folder",
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "export.json"
 MODEL_FILE = "model.onnx"
-FAMILIES = ("text-classifier", "char-lm", "image-classifier", "tensor-classifier")
 _BATCH = 32  # verification batch
 
 
@@ -109,21 +109,6 @@ class ExportResult:
 
 
 # --- families ---------------------------------------------------------------------------------------------
-
-def family_of(model: nn.Module) -> str:
-    """The export family of ``model``: one of :data:`FAMILIES`."""
-    from nnforge.models.char_gpt import CharGPT
-    from nnforge.models.digits import DigitsCNN, DigitsMLP
-    from nnforge.models.text import TextClassifier
-
-    if isinstance(model, TextClassifier):
-        return "text-classifier"
-    if isinstance(model, CharGPT):
-        return "char-lm"
-    if isinstance(model, DigitsCNN | DigitsMLP):
-        return "image-classifier"
-    return "tensor-classifier"
-
 
 class _TextLogits(nn.Module):
     def __init__(self, model: nn.Module) -> None:

@@ -22,8 +22,9 @@ from nnforge.models._registry import (
     task_of,
     unregister,
 )
+from nnforge.models.family import FAMILIES, family_of
 
-__all__ = ["ARCHITECTURES", "DATA_KINDS", "ENTRY_POINT_GROUP", "PRETRAINED", "TASKS", "TASK_DATA_KINDS", "build",
+__all__ = ["ARCHITECTURES", "FAMILIES", "family_of", "DATA_KINDS", "ENTRY_POINT_GROUP", "PRETRAINED", "TASKS", "TASK_DATA_KINDS", "build",
            "check_options", "register", "task_of", "unregister"]
 
 TASKS.update({"digits-mlp": "image-classification", "digits-cnn": "image-classification", "char-gpt": "char-lm"})

@@ -20,6 +20,7 @@ from nnforge.compress.quantize.weight_only import (
     QuantizedLinear,
     TernaryConfig,
     WeightOnlyConfig,
+    float_activations,
     measure_verdicts,
 )
 from nnforge.registry import import_submodules
@@ -27,7 +28,7 @@ from nnforge.registry import import_submodules
 __all__ = [
     "WeightOnlyConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Int3WeightOnlyConfig",
     "Int2WeightOnlyConfig", "TernaryConfig", "BinaryConfig", "W8A8Config", "QuantizedLinear",
-    "QuantizedEmbedding", "QuantizedConv2d", "measure_verdicts",
+    "QuantizedEmbedding", "QuantizedConv2d", "measure_verdicts", "float_activations",
 ]
 
 import_submodules(__name__, __path__)  # registers every method, format and calibrator of this folder

@@ -71,12 +71,26 @@ class EvaluateStepConfig(Config):
         description="out-of-distribution texts to score (poems: the Shakespeare poems, for play-trained models)")
     ood_samples: int = Field(300, ge=10, le=100_000, description="texts drawn (seeded) from each OOD set")
     ood_guard: str = Field("knn", description="the detector saved as the run's OOD guard (ood-guard.*)")
+    benign_shifts: list[str] = Field(
+        default_factory=lambda: ["lowercase", "uppercase", "no-punctuation", "line-breaks", "spelling"],
+        description="benign rewrites of test passages (nnforge.explain.benign): each detector's false-positive "
+                    "rate on them is reported beside its nominal rate")
+    benign_samples: int = Field(200, ge=1, le=100_000, description="test passages rewritten per benign shift")
     memory: bool = Field(True, description="peak serving memory of each saved variant, measured in a fresh process "
                                            "per variant (nnforge.recipes.memory_probe); off: no '<name>_peak_memory_mb'")
     native: bool = Field(True, description="also evaluate each compressed variant the native runtime can run "
                                            "(nnforge.deploy.native: int8 BERT-family encoders) as '<name>-native'")
 
     _slices = field_validator("slices")(classmethod(lambda cls, v: v if v is None else check_slice_specs(v)))
+
+    @field_validator("benign_shifts")
+    @classmethod
+    def _known_shifts(cls, v: list[str]) -> list[str]:
+        from nnforge.explain.benign import BENIGN_SHIFTS
+
+        for name in v:
+            BENIGN_SHIFTS.get(name, where="evaluate.benign_shifts")
+        return v
 
 
 def _slice_specs(config: Any, text: bool) -> list[Any]:
@@ -278,6 +292,7 @@ class Evaluate:
         featurize = TextFeatures(model)
         feats = {"train": featurize(train.texts), "val": featurize(val.texts), "test": featurize(test.texts)}
         feats.update({name: featurize(texts) for name, texts in sets.items()})
+        benign = _benign_features(featurize, test.texts, config, ctx.seed)
         rows = []
         for name in config.ood_detectors:
             det = build_detector(name).fit(labels=torch.as_tensor(train.labels), **feats["train"])
@@ -290,6 +305,10 @@ class Evaluate:
                 ood_scores = det.score(**feats[set_name])
                 row[set_name] = {"auroc": auroc(test_scores, ood_scores), "fpr95": fpr_at_tpr(test_scores, ood_scores),
                                  "flagged": float((ood_scores > guard.threshold).float().mean())}
+            if benign:
+                shifted = {k: float((det.score(**v) > guard.threshold).float().mean()) for k, v in benign.items()}
+                row["benign_shift"] = {"nominal_fpr": round(1 - guard.recall, 6), "by_shift": shifted,
+                                       "fpr": max(shifted.values()), "worst": max(shifted, key=shifted.__getitem__)}
             rows.append(row)
             if name == config.ood_guard:
                 folder = guard.save(ctx.run_dir / "ood-guard")
@@ -298,6 +317,18 @@ class Evaluate:
                 log.info("OOD guard (%s) saved to %s", name, folder)
         ctx.sections["ood"] = {"recall": 0.95, "sets": list(sets), "detectors": rows, "reference": config.reference,
                                "samples": {k: len(v) for k, v in sets.items()}}
+
+
+def _benign_features(featurize: Any, texts: list[str], config: Any, seed: int) -> dict[str, dict[str, Any]]:
+    """Features of ``benign_samples`` test passages (seeded) under each benign shift that changes them."""
+    from nnforge.explain.benign import shift_texts
+
+    if not config.benign_shifts or not texts:
+        return {}
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(texts), size=min(config.benign_samples, len(texts)), replace=False).tolist())
+    chosen = [texts[i] for i in pick]
+    return {name: featurize(shift_texts(chosen, name)) for name in config.benign_shifts}
 
 
 def finetune_gain(tuned: Outputs, baseline_preds: list[int], name: str = "fp32", confidence: float = 0.95,

@@ -12,10 +12,15 @@ from nnforge.compress.quantize.weight_only.config import (
     TernaryConfig,
     WeightOnlyConfig,
 )
-from nnforge.compress.quantize.weight_only.layer import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+from nnforge.compress.quantize.weight_only.layer import (
+    QuantizedConv2d,
+    QuantizedEmbedding,
+    QuantizedLinear,
+    float_activations,
+)
 
 __all__ = [
     "WeightOnlyConfig", "Int8WeightOnlyConfig", "Int4WeightOnlyConfig", "Int3WeightOnlyConfig",
     "Int2WeightOnlyConfig", "TernaryConfig", "BinaryConfig", "QuantizedLinear", "QuantizedEmbedding",
-    "QuantizedConv2d", "apply_weight_only", "measure_verdicts", "quantize_matrix",
+    "QuantizedConv2d", "float_activations", "apply_weight_only", "measure_verdicts", "quantize_matrix",
 ]

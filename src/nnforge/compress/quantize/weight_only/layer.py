@@ -8,6 +8,8 @@ bytes. A layer may carry a per-input-channel ``input_scale`` (AWQ, SmoothQuant):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,7 +19,7 @@ from torch import nn
 from nnforge.compress.quantize.kernels import LAYOUT_VERSION, PackedWeight, padded_k, qgemv, unpack
 from nnforge.compress.quantize.kernels._format import format_of_layout, format_spec
 
-__all__ = ["QuantizedLinear", "QuantizedEmbedding", "QuantizedConv2d", "ActQuant"]
+__all__ = ["QuantizedLinear", "QuantizedEmbedding", "QuantizedConv2d", "ActQuant", "float_activations"]
 
 ActQuant = str  # "none" | "dynamic" (int8 per token) | "static" (int8 per tensor, calibrated scale)
 
@@ -300,3 +302,23 @@ class QuantizedConv2d(nn.Module):
 
 QUANTIZED_MODULES = (QuantizedLinear, QuantizedEmbedding, QuantizedConv2d)
 """Every packed layer type: a transform meeting one reports it as already quantized."""
+
+
+@contextmanager
+def float_activations(model: nn.Module) -> Iterator[int]:
+    """Run every :class:`QuantizedLinear` of ``model`` with float activations and its same quantized weights
+    (no int8 rounding of inputs, no packed kernel) inside the block; yields how many layers changed.
+
+    Rounding activations makes a model piecewise constant in its input, so gradient-based explanations of
+    it (integrated gradients) cannot add up to its output's change; this differentiable twin can, and its
+    outputs stay within the activation rounding of the deployed model's.
+    """
+    changed = [(m, m.kernel, m.act_quant) for m in model.modules()
+               if isinstance(m, QuantizedLinear) and (m.kernel or m.act_quant != "none")]
+    for m, _, _ in changed:
+        m.kernel, m.act_quant = False, "none"
+    try:
+        yield len(changed)
+    finally:
+        for m, kernel, act in changed:
+            m.kernel, m.act_quant = kernel, act
