@@ -71,11 +71,14 @@ def _typicality(guard_dir: Path | None, model: Any, texts: list[str]) -> list[di
                                                                strict=True)]
 
 
-def _neighbours(model: Any, texts: list[str], train: Any, label_names: list[str], k: int) -> list[list[dict[str, Any]]]:
-    """The ``k`` training passages nearest to each text in the model's own sentence embedding (cosine)."""
+def _neighbours(model: Any, texts: list[str], train: Any, label_names: list[str], k: int,
+                bank: torch.Tensor | None = None) -> list[list[dict[str, Any]]]:
+    """The ``k`` training passages nearest to each text in ``model``'s sentence embedding (cosine); ``bank``: the
+    training passages' embeddings by that model when already computed (the evaluate step's)."""
     if train is None or not hasattr(train, "texts") or k <= 0:
         return [[] for _ in texts]
-    bank = model.embed(list(train.texts))
+    if bank is None or len(bank) != len(train.texts):
+        bank = model.embed(list(train.texts))
     query = model.embed(texts)
     sims = query @ bank.T
     out = []
@@ -103,9 +106,11 @@ def _attention(model: Any, text: str) -> list[float] | None:
 
 def explain_examples(model: Any, examples: list[Example], config: Any, *, label_names: list[str] | None = None,
                      vocab: str | None = None, guard_dir: Path | None = None, train: Any = None,
-                     neighbours: int = 3, provenance: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     neighbours: int = 3, provenance: dict[str, Any] | None = None,
+                     embedder: Any = None, bank: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Attribute each example with ``config`` and assemble its one-page explanation: ``[{"example", "attribution"
-    (an Attribution), "typicality", "neighbours", "page" (HTML)}]``."""
+    (an Attribution), "typicality", "neighbours", "page" (HTML)}]``. Nearest training passages are found in
+    ``embedder``'s embedding (default: the model's own; ``bank``: its training embeddings, when computed)."""
     from nnforge.explain.attribution import attribute, explanation_page
     from nnforge.models import family_of
 
@@ -119,7 +124,8 @@ def explain_examples(model: Any, examples: list[Example], config: Any, *, label_
     attributions = attribute(model, values, config, label_names=label_names, vocab=vocab)
     texts = values if family == "text-classifier" else None
     typical = _typicality(guard_dir, model, texts) if texts else [None] * len(examples)
-    near = _neighbours(model, texts, train, label_names or [], neighbours) if texts else [[] for _ in examples]
+    near = (_neighbours(embedder or model, texts, train, label_names or [], neighbours, bank) if texts
+            else [[] for _ in examples])
     out = []
     for e, a, t, n in zip(examples, attributions, typical, near, strict=True):
         att = _attention(model, e.value) if texts else None

@@ -73,7 +73,8 @@ def _text_subject(model: Any, inputs: Any, label_names: list[str] | None) -> Sub
     def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model(ids, mask)  # type: ignore[no-any-return]
 
-    layers = {f"encoder.encoder.layer.{k}": layer for k, layer in enumerate(model.encoder.encoder.layer)}
+    blocks = getattr(getattr(model.encoder, "encoder", None), "layer", None) or []
+    layers = {f"encoder.encoder.layer.{k}": layer for k, layer in enumerate(blocks)}
     return Subject("text-classifier", forward, ids, baselines, (mask,), word, units,
                    (mask.bool() & ~is_special), None, list(inputs), model, label_names, layers)
 

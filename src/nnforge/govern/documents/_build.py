@@ -15,6 +15,7 @@ from nnforge.govern.documents._sections import (
     _artifacts,
     _data,
     _environment,
+    _explanations,
     _general,
     _intended,
     _logs,
@@ -65,6 +66,7 @@ def _model_card(facts: _Facts, run_id: str, location: str) -> list[Section]:
     s.append(eth)
     cav = Section("Caveats and recommendations")
     _ood(facts, cav)
+    _explanations(facts, cav.sub("Explanations"))
     _decisions.guard(facts, cav)
     cav.todo("recommended and discouraged uses, and further testing the provider recommends")
     s.append(cav)
@@ -145,6 +147,10 @@ def _annex_iv(facts: _Facts, run_id: str, location: str) -> list[Section]:
         d.para("Model source as declared in the recipe: ",
                _text_fact(facts, json.dumps(recipe["model"], sort_keys=True), rev), ".")
     d.todo("the rationale and assumptions behind the design choices, trade-offs, and what the system is optimised for")
+    why = two.sub("(b), (d) General logic and training data: what the model relies on (explanations)")
+    if not _explanations(facts, why):
+        why.todo("explanations of individual outputs and the training examples behind them (nnforge explain RUN "
+                 "--index N and nnforge explain data RUN --example N record them in the ledger)")
     dg = two.sub("Data and data governance")
     _data(facts, dg)
     dg.todo("data provenance, collection and labelling procedures, cleaning, and the examination for possible biases (Art. 10)")

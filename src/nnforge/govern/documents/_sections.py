@@ -275,3 +275,26 @@ def _logs(facts: _Facts, sec: Section, location: str) -> None:
     sec.todo("how deployers collect, store and retain the logs produced in operation (Art. 12, Art. 26(6))")
 
 
+def _explanations(facts: _Facts, sec: Section) -> bool:
+    """The explanations computed for this run's model (``model.explained`` events), each cited: what was
+    explained, with which method and settings, the answer and what it relied on most."""
+    events = facts.all("model.explained")
+    if not events:
+        return False
+    rows: list[list[list[Span | str] | Span | str]] = []
+    for e in events[:20]:
+        d = e.data
+        top = ", ".join(str(u.get("unit")) for u in (d.get("top_positive") or [])[:3])
+        err = d.get("completeness_error")
+        what = d.get("kind", "feature-attribution")
+        rows.append([_text_fact(facts, what, e), _text_fact(facts, d.get("method"), e),
+                     _text_fact(facts, (d.get("input") or {}).get("source", d.get("example", "?")), e),
+                     _text_fact(facts, d.get("target_label", "?"), e),
+                     _text_fact(facts, top or "-", e),
+                     facts.cite(e, err, "{:.2%}") if isinstance(err, int | float) else "-"])
+    more = f" (the first 20 of {len(events)})" if len(events) > 20 else ""
+    sec.para(f"Explanations computed for this model{more}: what it relied on for individual answers "
+             "(nnforge explain; settings in each ledger event):")
+    sec.table(["kind", "method", "input", "answer", "relied on most", "completeness error"], rows)
+    return True
+

@@ -291,6 +291,7 @@ class Evaluate:
         sets = _ood_texts(config.ood_sets, config.ood_samples, ctx.seed)
         featurize = TextFeatures(model)
         feats = {"train": featurize(train.texts), "val": featurize(val.texts), "test": featurize(test.texts)}
+        ctx.shared["train_embeddings"] = (config.reference, feats["train"]["features"])  # for explain's neighbours
         feats.update({name: featurize(texts) for name, texts in sets.items()})
         benign = _benign_features(featurize, test.texts, config, ctx.seed)
         rows = []

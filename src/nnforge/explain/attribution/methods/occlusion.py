@@ -27,7 +27,8 @@ def occlusion(subject: Any, config: Any, target: int) -> tuple[torch.Tensor, dic
         ids = subject.inputs
 
         def without(mask_f: torch.Tensor) -> torch.Tensor:
-            return fwd(ids.expand(mask_f.shape[0], -1), mask_f)
+            # back to an integer mask: Hugging Face encoders read a float mask as additive, which masks nothing
+            return fwd(ids.expand(mask_f.shape[0], -1), mask_f.round().to(mask.dtype))
 
         attr = FeatureAblation(without).attribute(mask.float(), baselines=0.0, target=target)
         return attr[0].float() * subject.real[0].float(), {"removal": "attention mask"}

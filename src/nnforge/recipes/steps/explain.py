@@ -1,0 +1,98 @@
+"""Step ``explain``: why the run's model answers as it does, on a few of its own test examples — feature
+attributions with their completeness, how typical each input is by the run's OOD guard, the nearest training
+examples — as one-page HTML files under ``explain/``, a report section, and ``model.explained`` ledger events
+that the generated documents cite."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from nnforge.config import Config, config_type
+from nnforge.errors import ConfigError
+from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
+from nnforge.recipes.steps.export import SAVES_MODEL
+
+
+@config_type("step.explain")
+class ExplainStepConfig(Config):
+    variant: str | None = Field(None, description="the variant to explain (default: the latest one saved)")
+    examples: int = Field(3, ge=1, le=1000, description="test examples explained, spread evenly over the split")
+    method: str = Field("integrated_gradients", description="a registered attribution method")
+    neighbours: int = Field(3, ge=0, le=50, description="nearest training passages shown per example (text)")
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from nnforge.explain.attribution import ATTRIBUTION_METHODS
+
+        ATTRIBUTION_METHODS.get(v, where="explain.method")
+        return v
+
+
+@STEPS.register("explain")
+class Explain:
+    name: ClassVar[str] = "explain"
+    Config: ClassVar[type[Config]] = ExplainStepConfig
+    description: ClassVar[str] = "explain test predictions: attributions, typicality, nearest training examples"
+
+    def preflight(self, plan: Preflight, config: Any) -> None:
+        names = [s.name for s in plan.recipe.steps]
+        if not any(n in SAVES_MODEL for n in names[: names.index("explain")]):
+            raise ConfigError(f"no step before it saves a model to explain (steps: {names}); put explain after one "
+                              f"of {sorted(SAVES_MODEL)}")
+
+    def run(self, ctx: RunContext, config: Any) -> StepResult:
+        from nnforge.explain.attribution import AttributionConfig, attribution_html
+        from nnforge.ledger import atomic_write_text
+        from nnforge.recipes.explain_run import explain_examples, input_sha256, pick_examples, record_explanations
+
+        name = config.variant or next(reversed(ctx.variant_files), None)
+        if name is None or name not in ctx.variants:
+            raise ConfigError(f"explain: no saved variant {name!r}; the steps before it saved {sorted(ctx.variant_files)}")
+        model = ctx.variants[name]
+        dataset = ctx.data.get("dataset") if isinstance(ctx.data, dict) else None
+        splits = ctx.data if isinstance(ctx.data, dict) else {}
+        test = ctx.recipe.data.test_split
+        size = (len(splits["test"].texts) if "test" in splits and hasattr(splits["test"], "texts")
+                else len(dataset.val) - int(model.config.block_size) if hasattr(dataset, "vocab")
+                else len(dataset.splits[test][0]))
+        indices = np.unique(np.linspace(0, size - 1, min(config.examples, size)).round().astype(int)).tolist()
+        examples = pick_examples(model, splits, dataset, indices=indices, split=test)
+        labels = list(ctx.model_spec.get("label_names") or []) or None
+        embedder, bank = None, None
+        if "train_embeddings" in ctx.shared:  # the evaluate step embedded the training passages already
+            reference, bank = ctx.shared["train_embeddings"]
+            embedder = ctx.variants.get(reference)
+            bank = bank if embedder is not None else None
+        results = explain_examples(model, examples, AttributionConfig(method=config.method), label_names=labels,
+                                   vocab=getattr(dataset, "vocab", None), guard_dir=ctx.run_dir / "ood-guard",
+                                   train=splits.get("train"), neighbours=config.neighbours,
+                                   provenance={"run": ctx.run_id, "variant": name, "method": config.method},
+                                   embedder=embedder, bank=bank)
+        folder = ctx.run_dir / "explain"
+        folder.mkdir(parents=True, exist_ok=True)
+        pages, rows = [], []
+        for r in results:
+            a, e = r["attribution"], r["example"]
+            page = folder / f"{config.method}-{input_sha256(e.value)[:12]}.html"
+            atomic_write_text(page, r["page"])
+            ctx.record_file(f"explain:{page.name}", page)
+            pages.append(page)
+            true = (labels[e.label] if labels and e.label is not None and e.label < len(labels)
+                    else None if e.label is None else str(e.label))
+            rows.append({"source": e.source, "answer": a.target_label, "true": true,
+                         "probability": a.probabilities[a.target], "completeness_error": a.completeness_error,
+                         "typicality": r["typicality"], "page": str(page.relative_to(ctx.run_dir)),
+                         "html": attribution_html(a), "neighbours": r["neighbours"]})
+        events = record_explanations(ctx.ledger, results, used={"run": ctx.run_id, "variant": name}, run_id=ctx.run_id,
+                                     pages=pages)
+        errors = [x for x in (row["completeness_error"] for row in rows) if x is not None]
+        ctx.sections["explain"] = {"variant": name, "method": config.method, "examples": rows,
+                                   "events": len(events)}
+        metrics = {"explain_examples": len(rows)}
+        if errors:
+            metrics["explain_completeness_error_max"] = max(errors)
+        return StepResult(metrics=metrics, artifacts={"explain": str(folder)})

@@ -1,0 +1,76 @@
+"""``nnforge explain`` on a finished run, and the ``explain`` step: pages written, ledger events recorded, the
+report and the generated documents citing them, bad requests refused with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nnforge.cli import main
+
+pytest.importorskip("captum")
+
+
+def _events(ledger_path, kind):
+    from nnforge.ledger import Ledger
+
+    with Ledger.open(ledger_path) as led:
+        return [e for e in led.events() if e.kind == kind]
+
+
+def test_explain_a_test_passage_writes_a_page_and_a_ledger_event(small_run_copy, capsys):
+    work, run = small_run_copy
+    capsys.readouterr()
+    assert main(["explain", str(run), "--index", "1", "--method", "gradient_x_input", "--json"]) == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert doc["input"]["source"] == "test[1]" and doc["method"] == "gradient_x_input"
+    page = run.parent.parent / doc["page"]["path"] if not doc["page"]["path"].startswith("/") else doc["page"]["path"]
+    html = open(page, encoding="utf-8").read()
+    assert "What the model saw" in html and "How typical the input is" in html  # the run's OOD guard was read
+    [event] = _events(work / ".nnforge" / "ledger.db", "model.explained")
+    assert event.data["input"]["sha256"] == doc["input"]["sha256"] and event.run == run.name
+    assert event.data["top_positive"] and event.data["typicality"]["detector"] == "knn"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--text", "a passage", "--index", "1"], "not both"),
+    (["--index", "100000"], "the test split has examples"),
+    (["--method", "saliency", "--index", "0"], "unknown attribution method"),
+    ([], "give a text"),
+])
+def test_bad_explain_requests_exit_2_and_record_nothing(small_run_copy, capsys, argv, message):
+    work, run = small_run_copy
+    assert main(["explain", str(run), *argv]) == 2
+    assert message in capsys.readouterr().err.replace("\n", " ")
+    assert not _events(work / ".nnforge" / "ledger.db", "model.explained")
+    assert not (run / "explain").exists() or not any((run / "explain").iterdir())
+
+
+DIGITS = """
+name: digits-explained
+seed: 0
+model: {architecture: digits-cnn, options: {channels: [4, 8], hidden: 16}}
+data: {dataset: digits}
+steps:
+  - train: {optimizer: adamw, optimizer_options: {lr: 0.003}, batch_size: 64, train: {max_steps: 30}}
+  - explain: {examples: 2}
+  - report
+metadata: {intended_purpose: test, owner: tests}
+"""
+
+
+def test_the_explain_step_reports_and_the_documents_cite_it(workdir, capsys):
+    (workdir / "r.yaml").write_text(DIGITS)
+    assert main(["run", "r.yaml"]) == 0
+    [run] = list((workdir / "runs").iterdir())
+    sections = json.loads((run / "sections.json").read_text())
+    rows = sections["explain"]["examples"]
+    assert len(rows) == 2 and all(r["completeness_error"] <= 0.01 for r in rows)
+    assert all((run / r["page"]).is_file() for r in rows)
+    report = (run / "report.html").read_text()
+    assert "<h2>Explanations</h2>" in report and "<svg" in report  # digits: heatmaps
+    assert len(_events(workdir / ".nnforge" / "ledger.db", "model.explained")) == 2
+    assert main(["docs", str(run)]) == 0
+    annex = next((run / "docs").glob("annex*iv*.md")).read_text()
+    assert "what the model relies on" in annex and "integrated_gradients" in annex
