@@ -44,7 +44,19 @@ def test_a_served_run_answers_as_the_run_predicts_and_reports_it(small_run_copy,
         got = client.post("/predict", json={"inputs": texts}, headers={"Authorization": f"Bearer {caller}"}).json()
         ood = client.post("/predict", json={"inputs": ["def main(argv):\n    return subprocess.call(argv)"]},
                           headers={"Authorization": f"Bearer {caller}"}).json()["predictions"][0]
+        why = client.post("/explain", json={"inputs": texts[:2], "method": "integrated_gradients"},
+                          headers={"Authorization": f"Bearer {caller}"})
+        assert client.post("/explain", json={"inputs": texts[:1]}).status_code == 401  # explanations need a token
         client.post("/control/halt", json={"reason": "audit"}, headers={"Authorization": f"Bearer {reviewer}"})
+        assert client.post("/explain", json={"inputs": texts[:1]},
+                           headers={"Authorization": f"Bearer {caller}"}).status_code == 503  # halted: nothing
+    assert why.status_code == 200, why.text
+    explained = why.json()["explanations"]
+    assert [e["target_label"] for e in explained] == want[:2]  # the served variant's own answers, explained
+    assert all(e["extras"]["completeness_error"] <= 0.01 and e["top_positive"] for e in explained)
+    with Ledger.open(loc) as led:
+        recorded = [e for e in led.events() if e.kind == "model.explained" and e.data.get("source") == "serve"]
+    assert len(recorded) == 2 and recorded[0].data["user"]["name"] == "app"
     answered = [p for p in got["predictions"] if p["status"] != "review"]
     assert answered, got
     # the int8 variant's own labels, whatever backend serves it (the native and ONNX runtimes round activations

@@ -91,6 +91,33 @@ def _recalibrate(guard: Any, backend: Any, sample: list[Any], config: ServeConfi
                           "calibrated_on": f"{len(sample)} inputs of the run's data"}}
 
 
+def _explainer(path: Any, labels: list[str]) -> Any:
+    """``(inputs, method) -> explanations`` with its own copy of the run's PyTorch model (loaded on the first
+    request: attribution switches a model's mode and its quantized layers' activations, which the copy serving
+    predictions must never see), integrated gradients capped at 256 steps."""
+    import threading
+
+    from nnforge.recipes.runs import load_variant
+
+    lock = threading.Lock()
+    held: list[Any] = []
+
+    def explain(inputs: list[Any], method: str) -> list[dict[str, Any]]:
+        import torch
+
+        from nnforge.explain.attribution import AttributionConfig, attribute
+
+        values = inputs if isinstance(inputs[0], str) else torch.tensor(inputs, dtype=torch.float32)
+        with lock:
+            if not held:
+                held.append(load_variant(path)[0])
+            found = attribute(held[0], values, AttributionConfig(method=method, n_steps=32, max_steps=256),
+                              label_names=labels)
+        return [a.to_dict(top=8) for a in found]
+
+    return explain
+
+
 def serve_run(run: str | os.PathLike[str], config: ServeConfig, *, variant: str | None = None,
               backend: str = "auto", runs_dir: str | os.PathLike[str] = "runs", ledger: str | None = None,
               allow_modified: bool = False, actor: str | None = None, metrics: bool = True,
@@ -141,6 +168,7 @@ def serve_run(run: str | os.PathLike[str], config: ServeConfig, *, variant: str 
     facts = {"backends_ms": choice.timings, "sample_split": split, "weights": r.used(name), **guard_facts}
     svc = Service(choice.backend, labels, config, ledger=str(loc), run=r.run_id, variant=name, guard=guard,
                   facts=facts)
+    svc.explainer = _explainer(r.variant_file(name), labels)
     if metrics:
         from nnforge.deploy.serve.metrics import Metrics
 

@@ -130,6 +130,13 @@ class PredictResponse(BaseModel):
     backend: str
 
 
+class ExplainResponse(BaseModel):
+    run: str
+    variant: str | None
+    explanations: list[dict[str, Any]] = Field(description="per input: the answer, its probabilities, the "
+                                                            "strongest units for and against, the method's settings")
+
+
 class ControlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=2000)
@@ -154,6 +161,17 @@ def _request_model(service: Service) -> type[BaseModel]:
                          Field(min_length=width, max_length=width)]
     return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"),
                         inputs=(Annotated[list[item], Field(min_length=1, max_length=cfg.max_inputs)], ...))
+
+
+EXPLAIN_MAX_INPUTS = 8  # an explanation costs up to hundreds of forward passes
+
+
+def _explain_model(service: Service) -> type[BaseModel]:
+    inputs: Any = _request_model(service).model_fields["inputs"].annotation
+    method: Any = Literal["gradient_x_input", "integrated_gradients", "occlusion"]
+    return create_model("ExplainRequest", __config__=ConfigDict(extra="forbid"),
+                        inputs=(inputs, Field(min_length=1, max_length=EXPLAIN_MAX_INPUTS)),
+                        method=(method, "gradient_x_input"))
 
 
 def create_app(service: Service, users: Any) -> Any:
@@ -220,6 +238,16 @@ def create_app(service: Service, users: Any) -> Any:
             metrics.requests.labels(outcome="ok").inc()
         return {"request": request, "predictions": [d.to_dict() for d in decisions], "run": service.run, "variant": service.variant,
                 "backend": service.backend.name}
+
+    ExplainReq = _explain_model(service)
+
+    @app.post("/explain", response_model=ExplainResponse, responses={
+        401: {"description": "no or a wrong token"}, 403: {"description": "role too low"},
+        429: {"description": "another explanation is running"}, 503: {"description": "halted"}})
+    def explain(body: ExplainReq, user: Annotated[Any, Depends(who("predict"))]) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Why the model answers each input as it does (recorded as model.explained with the caller)."""
+        out = service.explain(list(body.inputs), body.method, user)  # type: ignore[attr-defined]
+        return {"run": service.run, "variant": service.variant, "explanations": out}
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,9 @@ class Service:
         self.guard, self.metrics = (guard if config.ood != "off" else None), metrics
         self.facts = dict(facts or {})
         self.operator: str | None = None  # who started the server (recorded on start and stop)
+        # (inputs, method) -> one JSON-ready explanation per input, computed with the run's PyTorch model
+        self.explainer: Callable[[list[Any], str], list[dict[str, Any]]] | None = None
+        self._explaining = threading.Lock()
         self._cond = threading.Condition()
         self._queue: collections.deque[_Request] = collections.deque()
         self._waiting = 0  # inputs queued
@@ -160,6 +163,34 @@ class Service:
         if self.metrics is not None:
             self.metrics.halted.set(0)
         return {"resumed_by": user.name, "at": e.time, "was_halted": was is not None}
+
+    def explain(self, inputs: list[Any], method: str, user: Any) -> list[dict[str, Any]]:
+        """Explain the model's answers to ``inputs`` (already validated) with ``method``; one explanation runs at
+        a time (it costs many forward passes: another request gets :class:`Busy`). Each is recorded as a
+        ``model.explained`` event with the caller, the input's sha256, the answer and its strongest units."""
+        from nnforge.errors import ConfigError
+        from nnforge.ledger import Ledger
+
+        if self.halted:
+            raise Halted(f"halted by {self.halted['by']}: {self.halted['reason']}")
+        if self.explainer is None:
+            raise ConfigError("this server has no PyTorch model to explain with")
+        if not self._explaining.acquire(blocking=False):
+            raise Busy("an explanation is being computed; try again in a moment")
+        try:
+            out = self.explainer(inputs, method)
+        finally:
+            self._explaining.release()
+        events = [("model.explained", {"kind": "feature-attribution", "source": "serve", "run": self.run,
+                                       "variant": self.variant, "user": user.record(), "method": method,
+                                       "input": {"source": "request", "sha256": input_sha256(x)},
+                                       "target_label": e.get("target_label"),
+                                       "completeness_error": (e.get("extras") or {}).get("completeness_error"),
+                                       "top_positive": e.get("top_positive"), "top_negative": e.get("top_negative")},
+                   self.run, user.name) for x, e in zip(inputs, out, strict=True)]
+        with Ledger.open(self.ledger_location, actor=user.name) as led:
+            led.append_many(events)
+        return out
 
     # --- requests ---------------------------------------------------------------------------------------
 

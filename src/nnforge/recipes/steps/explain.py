@@ -5,6 +5,7 @@ that the generated documents cite."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,7 +54,7 @@ class Explain:
         if name is None or name not in ctx.variants:
             raise ConfigError(f"explain: no saved variant {name!r}; the steps before it saved {sorted(ctx.variant_files)}")
         model = ctx.variants[name]
-        dataset = ctx.data.get("dataset") if isinstance(ctx.data, dict) else None
+        dataset: Any = ctx.data.get("dataset") if isinstance(ctx.data, dict) else None
         splits = ctx.data if isinstance(ctx.data, dict) else {}
         test = ctx.recipe.data.test_split
         size = (len(splits["test"].texts) if "test" in splits and hasattr(splits["test"], "texts")
@@ -74,7 +75,8 @@ class Explain:
                                    embedder=embedder, bank=bank)
         folder = ctx.run_dir / "explain"
         folder.mkdir(parents=True, exist_ok=True)
-        pages, rows = [], []
+        pages: list[Path | None] = []
+        rows = []
         for r in results:
             a, e = r["attribution"], r["example"]
             page = folder / f"{config.method}-{input_sha256(e.value)[:12]}.html"
