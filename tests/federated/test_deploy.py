@@ -1,12 +1,18 @@
 """Flower's deployment engine: a SuperLink and three SuperNodes as separate processes on loopback, with TLS and
 SuperNode authentication, started by the test. ``nnforge federate --superlink`` completes three rounds while one
-SuperNode is SIGKILLed mid-round; a SuperNode whose key was never registered is refused; bad options exit 2."""
+SuperNode is SIGKILLed mid-round; a SuperNode whose key was never registered is refused; bad options exit 2.
+
+The federation's SuperNodes heartbeat every 10 s (the shortest interval Flower's SuperLink accepts), so the SuperLink
+notices the killed one 16-20 s after the kill instead of Flower's default 40-60 s, while a live node would have to
+go 20 s without a heartbeat to be taken for dead; the intruder is Flower's ``flower-supernode`` as installed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -38,12 +44,13 @@ def test_deployed_federation_completes_three_rounds_though_a_supernode_is_killed
     from nnforge.federated.deployment import flower_env
     from nnforge.federated.loopback import LoopbackFederation, make_certificates
 
-    with LoopbackFederation(nodes=3, folder=workdir / "federation") as fed:
+    with LoopbackFederation(nodes=3, folder=workdir / "federation", heartbeat_interval_s=10) as fed:
         # authentication: a SuperNode whose public key the SuperLink never registered is turned away
         (intruder_key, _), = make_certificates(workdir / "intruder", 1)["nodes"]
         log = workdir / "intruder.log"
         with log.open("w") as sink:  # the SuperNode exits; the SuperExec it spawned retries until its group dies
-            intruder = subprocess.Popen(fed.supernode_command(intruder_key, 0), env=flower_env(workdir / "intruder"),
+            intruder = subprocess.Popen(fed.supernode_command(intruder_key, 0, default_heartbeat=True),
+                                        env=flower_env(workdir / "intruder"),
                                         stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 code = intruder.wait(timeout=120)
@@ -51,6 +58,10 @@ def test_deployed_federation_completes_three_rounds_though_a_supernode_is_killed
                 os.killpg(intruder.pid, signal.SIGKILL)
         assert code != 0 and "Failed to activate SuperNode" in log.read_text()
         assert fed.online() == 3
+        # the federation's SuperNodes announced the interval they were started with (Flower's default: 30 s)
+        with contextlib.closing(sqlite3.connect(fed.folder / "state.db")) as db:
+            assert dict(db.execute("SELECT name, heartbeat_interval FROM node WHERE status = 'online'")) == {
+                "node0": 10.0, "node1": 10.0, "node2": 10.0}
 
         done = threading.Event()
         killer = threading.Thread(target=_kill_in_round_2, args=(fed, 2, done), daemon=True)

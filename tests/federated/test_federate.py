@@ -61,8 +61,12 @@ def test_every_registered_strategy_aggregates_in_one_simulation(digits):
     assert outcome["fedavg"][1][-1].evaluation["accuracy"] > 0.3  # chance: 0.1
 
 
-def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(digits):
-    """Nine federations of 5 clients in one engine start (Ray's workers start once), their rounds interleaved."""
+@pytest.fixture(scope="module")
+def ten_jobs(digits):
+    """Ten federations of 5 clients in one engine start (Ray's workers start once), their rounds interleaved: nine
+    that learn (SCAFFOLD, poisoning, dropouts, privacy, encryption) and, last, one whose clients all fail.
+    Returns ``(results, every round record in the order the callbacks saw them, SCAFFOLD's model and its first
+    weights)``."""
     local = {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "optimizer_options": {"lr": 0.1}}
     poison = {"poisoned": [0], "scale": -10.0}
     skewed = {"partition": "dirichlet", "partition_options": {"alpha": 0.5}}
@@ -83,9 +87,15 @@ def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(di
         (_model(), FederatedConfig(clients=5, rounds=2, local=local, **skewed)),
         (_model(), FederatedConfig(clients=5, rounds=2, local=local, secure={"method": "secagg+",
                                                                             "audit_plaintext": True}, **skewed)),
+        (torch.nn.Linear(3, 2), FederatedConfig(clients=5, rounds=2, local=local)),  # digits are (1, 8, 8): fails
     ]
     results = federate_many_(runs, digits, callbacks=[seen.append], interleave=True)
-    fedavg, median, dropped, dp_record, dp_client, scaffold, secure, plain, secagg = results
+    return results, seen, scaffold_model, before
+
+
+def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(ten_jobs):
+    results, seen, scaffold_model, before = ten_jobs
+    fedavg, median, dropped, dp_record, dp_client, scaffold, secure, plain, secagg, _ = results
     # interleaved: round 1 of every job before any round 2
     assert [r.round for r in seen[:9]] == [1] * 9 and [r.job for r in seen[:9]] == list(range(9))
     for result in (fedavg, median):  # the poisoned client stands out in every round, whatever the strategy
@@ -126,14 +136,15 @@ def test_scaffold_poisoning_dropouts_privacy_and_encryption_in_one_simulation(di
     assert 1 < secagg.rounds[-1].bytes_down / plain.rounds[-1].bytes_down < 2
 
 
-def test_a_job_whose_clients_all_fail_names_their_error_and_the_others_go_on(digits):
-    bad = torch.nn.Linear(3, 2)  # digits are (1, 8, 8): every client's forward fails
-    good = _model()
-    config = FederatedConfig(clients=3, rounds=2, local={"epochs": 1})
-    failed, fine = federate_many_([(bad, config), (good, config)], digits, interleave=True)
+def test_a_job_whose_clients_all_fail_names_their_error_and_the_others_go_on(ten_jobs):
+    results, seen, _, _ = ten_jobs
+    *others, failed = results
     assert failed.failed and failed.stopped == failed.failed and not failed.rounds
-    assert "round 1: 0 of 3 sampled clients replied" in failed.failed and "shapes cannot be multiplied" in failed.failed
-    assert fine.failed is None and len(fine.rounds) == 2 and fine.final["accuracy"] > 0.1
+    assert "round 1: 0 of 5 sampled clients replied" in failed.failed and "shapes cannot be multiplied" in failed.failed
+    assert not any(r.job == 9 for r in seen)  # no round of it was reported
+    # the jobs interleaved with it went on: every round of every other job ran (the DP one stops itself at 3)
+    assert [len(r.rounds) for r in others] == [2, 2, 2, 3, 2, 4, 2, 2, 2]
+    assert all(r.failed is None for r in others) and others[7].final["accuracy"] > 0.1
 
 
 def test_federate_raises_what_its_one_job_failed_with(digits, monkeypatch):

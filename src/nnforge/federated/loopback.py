@@ -9,6 +9,13 @@ SuperLink before the node starts). What the tests start, and the quickest way to
 Each process gets its own FLWR_HOME and log file in ``folder`` (kept when given, else a temporary one removed on
 exit). Processes are stopped on exit (SIGTERM, then SIGKILL), started in their own process group so that the
 ClientApp and ServerApp processes they spawn go with them.
+
+A SuperNode that dies without a goodbye is noticed when its heartbeats stop: Flower 1.42's SuperNodes announce a
+30 s interval and the SuperLink declares a node offline after two missed ones, so a killed node holds up its round
+for 40-60 s. ``heartbeat_interval_s`` (Flower's bounds: 10 to 1800) makes the SuperNodes announce and keep a
+shorter one; Flower has no option for it, so the SuperNodes then start through a small launcher that sets Flower's
+``HEARTBEAT_DEFAULT_INTERVAL`` in their process before Flower's own ``flower-supernode`` entry point runs (and
+refuses to start if this Flower has no such constant to set).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -31,6 +39,27 @@ from nnforge.federated._records import FederatedError
 from nnforge.federated.deployment import flower_env, flwr, flwr_command, write_connection
 
 __all__ = ["LoopbackFederation", "make_certificates"]
+
+# ``python -c`` this, the interval, then flower-supernode's arguments: Flower's SuperNode with another heartbeat
+# interval (the one it announces to the SuperLink when it activates and with every heartbeat, and the one its
+# sender paces itself by). Flower 1.42 reads both from HEARTBEAT_DEFAULT_INTERVAL, imported into these modules.
+_SUPERNODE_LAUNCHER = """\
+import sys
+
+import flwr.supercore.heartbeat as sender
+import flwr.supernode.fleet_http_connection as connection
+
+interval = float(sys.argv.pop(1))
+for module in (sender, connection):
+    if not hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
+        sys.exit(f"nnforge loopback: {module.__name__} has no HEARTBEAT_DEFAULT_INTERVAL in this Flower version; "
+                 "start LoopbackFederation without heartbeat_interval_s")
+    module.HEARTBEAT_DEFAULT_INTERVAL = interval
+from flwr.supernode.cli import flower_supernode
+
+sys.argv[0] = "flower-supernode"
+sys.exit(flower_supernode())
+"""
 
 
 def _free_port() -> int:
@@ -96,11 +125,23 @@ def make_certificates(folder: Path, nodes: int) -> dict[str, Any]:
 
 class LoopbackFederation:
     """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1 (see the module's docstring). SuperNode ``i`` holds
-    partition ``i``; ``deployment`` is the :class:`~nnforge.federated.DeploymentConfig` that reaches them."""
+    partition ``i``; ``deployment`` is the :class:`~nnforge.federated.DeploymentConfig` that reaches them.
+    ``heartbeat_interval_s``: the SuperNodes' heartbeat interval (None: Flower's, 30 s; see the module's
+    docstring)."""
 
-    def __init__(self, nodes: int = 3, folder: str | Path | None = None, startup_timeout_s: float = 180.0) -> None:
+    def __init__(self, nodes: int = 3, folder: str | Path | None = None, startup_timeout_s: float = 180.0,
+                 heartbeat_interval_s: float | None = None) -> None:
         if nodes < 1:
             raise ValueError("LoopbackFederation needs at least one SuperNode")
+        if heartbeat_interval_s is not None:
+            from nnforge.federated._flower import require
+
+            constant = require("flwr.common.constant")
+            low, high = constant.HEARTBEAT_MIN_INTERVAL, constant.HEARTBEAT_MAX_INTERVAL
+            if not low <= heartbeat_interval_s <= high:
+                raise ValueError(f"heartbeat_interval_s {heartbeat_interval_s:g} is outside Flower's bounds "
+                                 f"[{low:g}, {high:g}] (the SuperLink refuses a SuperNode announcing it)")
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.nodes = nodes
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory(prefix="nnforge-loopback-")
         self.folder = Path(folder) if folder is not None else Path(self._tmp.name)  # type: ignore[union-attr]
@@ -160,9 +201,15 @@ class LoopbackFederation:
         private, _ = self._certs["nodes"][i]
         return self._spawn(f"supernode{i}", self.supernode_command(private, i))
 
-    def supernode_command(self, private_key: str | Path, partition: int) -> list[str]:
-        """The command line of a SuperNode holding ``partition`` that authenticates with ``private_key``."""
-        return [flwr_command("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
+    def supernode_command(self, private_key: str | Path, partition: int, *, default_heartbeat: bool = False
+                          ) -> list[str]:
+        """The command line of a SuperNode holding ``partition`` that authenticates with ``private_key``: with this
+        federation's ``heartbeat_interval_s``, or with ``default_heartbeat`` Flower's ``flower-supernode`` as
+        installed (its own interval)."""
+        program = [flwr_command("flower-supernode")]
+        if self.heartbeat_interval_s is not None and not default_heartbeat:
+            program = [sys.executable, "-c", _SUPERNODE_LAUNCHER, repr(float(self.heartbeat_interval_s))]
+        return [*program, "--superlink", f"127.0.0.1:{self.port}",
                 "--root-certificates", str(self._certs["ca"]), "--auth-supernode-private-key", str(private_key),
                 "--node-config", f"partition-id={partition} num-partitions={self.nodes}", "--host", "127.0.0.1",
                 "--port", str(_free_port()), "--isolation", "subprocess"]
