@@ -12,11 +12,13 @@ from nnforge.cli import main
 pytest.importorskip("captum")
 
 
-def _events(ledger_path, kind):
+def _events(ledger_path, event_kind, **match):
+    """The ledger's events of ``event_kind`` whose data has the ``match`` values (the small run's own explain step
+    recorded three explanations already)."""
     from nnforge.ledger import Ledger
 
     with Ledger.open(ledger_path) as led:
-        return [e for e in led.events() if e.kind == kind]
+        return [e for e in led.events() if e.kind == event_kind and all(e.data.get(k) == v for k, v in match.items())]
 
 
 def test_explain_a_test_passage_writes_a_page_and_a_ledger_event(small_run_copy, capsys):
@@ -28,9 +30,20 @@ def test_explain_a_test_passage_writes_a_page_and_a_ledger_event(small_run_copy,
     page = run.parent.parent / doc["page"]["path"] if not doc["page"]["path"].startswith("/") else doc["page"]["path"]
     html = open(page, encoding="utf-8").read()
     assert "What the model saw" in html and "How typical the input is" in html  # the run's OOD guard was read
-    [event] = _events(work / ".nnforge" / "ledger.db", "model.explained")
+    [event] = _events(work / ".nnforge" / "ledger.db", "model.explained", method="gradient_x_input")
     assert event.data["input"]["sha256"] == doc["input"]["sha256"] and event.run == run.name
     assert event.data["top_positive"] and event.data["typicality"]["detector"] == "knn"
+
+
+def test_explain_data_lists_the_training_passages_behind_an_answer(small_run_copy, capsys):
+    work, run = small_run_copy
+    capsys.readouterr()
+    assert main(["explain", "data", str(run), "--example", "2", "--top", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "most helpful" in printed and "most harmful" in printed and "train[" in printed
+    [event] = _events(work / ".nnforge" / "ledger.db", "model.explained", kind="training-data-attribution")
+    assert event.data["method"] == "trak" and len(event.data["top_positive"]) == 2
+    assert main(["explain", "data", str(run)]) == 2  # no --example
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -41,10 +54,10 @@ def test_explain_a_test_passage_writes_a_page_and_a_ledger_event(small_run_copy,
 ])
 def test_bad_explain_requests_exit_2_and_record_nothing(small_run_copy, capsys, argv, message):
     work, run = small_run_copy
+    before = len(_events(work / ".nnforge" / "ledger.db", "model.explained"))
     assert main(["explain", str(run), *argv]) == 2
     assert message in capsys.readouterr().err.replace("\n", " ")
-    assert not _events(work / ".nnforge" / "ledger.db", "model.explained")
-    assert not (run / "explain").exists() or not any((run / "explain").iterdir())
+    assert len(_events(work / ".nnforge" / "ledger.db", "model.explained")) == before
 
 
 DIGITS = """
@@ -70,7 +83,13 @@ def test_the_explain_step_reports_and_the_documents_cite_it(workdir, capsys):
     assert all((run / r["page"]).is_file() for r in rows)
     report = (run / "report.html").read_text()
     assert "<h2>Explanations</h2>" in report and "<svg" in report  # digits: heatmaps
-    assert len(_events(workdir / ".nnforge" / "ledger.db", "model.explained")) == 2
+    assert len(_events(workdir / ".nnforge" / "ledger.db", "model.explained")) == 2  # one per example
+    capsys.readouterr()
+    assert main(["explain", "data", str(run), "--example", "4", "--top", "3", "--json"]) == 0
+    [doc] = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "training-data-attribution" and len(doc["helpful"]) == 3 == len(doc["harmful"])
+    assert doc["helpful"][0]["score"] >= doc["helpful"][-1]["score"] > doc["harmful"][0]["score"]
+    assert main(["explain", "data", str(run), "--example", "4", "--method", "tracin"]) == 2  # no checkpoints kept
     assert main(["docs", str(run)]) == 0
     annex = next((run / "docs").glob("annex*iv*.md")).read_text()
-    assert "what the model relies on" in annex and "integrated_gradients" in annex
+    assert "what the model relies on" in annex and "integrated_gradients" in annex and "training-data-attribution" in annex

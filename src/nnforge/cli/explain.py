@@ -111,6 +111,44 @@ def _explain_features(run: str, text: list[str] | None, index: list[int] | None,
 
 def _explain_data(run: str, example: list[int] | None, method: str, top: int, variant: str | None, json_: bool,
                   ledger: str | None, actor: str | None, runs_dir: str, allow_modified: bool) -> None:
-    from nnforge.errors import ConfigError
+    from nnforge.errors import DataError
+    from nnforge.ledger import Ledger
+    from nnforge.recipes.explain_run import data_attribution, input_sha256, pick_examples
 
-    raise ConfigError("explain data: not wired yet")
+    if not example:
+        raise DataError("explain data: give the test example to explain (--example N)")
+    loaded, recipe, splits, dataset = _load(run, runs_dir, ledger, allow_modified, actor)
+    model = loaded.model(variant)
+    examples = pick_examples(model, splits, dataset, indices=example, split=recipe.data.test_split)
+    names = loaded.label_names or None
+    results = data_attribution(model, splits, dataset, examples, method=method, top=top,
+                               split=recipe.data.train_split)
+    used = _used(loaded, variant)
+
+    def label(k: int) -> str:
+        return names[k] if names and k < len(names) else str(k)
+
+    events = []
+    for r in results:
+        e = r["example"]
+        events.append({**used, "kind": "training-data-attribution", "method": method, "settings": r["settings"],
+                       "scope": r["scope"], "input": {"source": e.source, "sha256": input_sha256(e.value)},
+                       "target_label": label(r["answer"]),
+                       "top_positive": [{"unit": f"train[{h['index']}]", "score": round(h["score"], 6)}
+                                        for h in r["helpful"]],
+                       "top_negative": [{"unit": f"train[{h['index']}]", "score": round(h["score"], 6)}
+                                        for h in r["harmful"]]})
+    with Ledger.open(run_ledger(ledger, loaded.path, create=True), actor=actor) as led:
+        led.append_many([("model.explained", ev, loaded.run_id, None) for ev in events])
+    if json_:
+        print_json([{**ev, "helpful": r["helpful"], "harmful": r["harmful"]} for ev, r in zip(events, results,
+                                                                                         strict=True)])
+        return
+    for r in results:
+        out.print(f"{r['example'].source}: answered {label(r['answer'])}; {method} over {r['scope']}", markup=False)
+        for what in ("helpful", "harmful"):
+            out.print(f"  most {what}:", markup=False)
+            for h in r[what]:
+                text = " ".join(str(h["text"]).split())[:100] if isinstance(h["text"], str) and "\n" not in h["text"] \
+                    else str(h["text"])
+                out.print(f"    train[{h['index']}] ({label(h['label'])}, {h['score']:+.3g}): {text}", markup=False)

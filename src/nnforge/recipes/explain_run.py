@@ -14,7 +14,7 @@ import torch
 
 from nnforge.errors import DataError
 
-__all__ = ["Example", "pick_examples", "explain_examples", "record_explanations", "input_sha256"]
+__all__ = ["Example", "pick_examples", "explain_examples", "record_explanations", "input_sha256", "data_attribution"]
 
 
 class Example:
@@ -162,3 +162,75 @@ def record_explanations(ledger: Any, results: list[dict[str, Any]], *, used: dic
         events.append(event)
     ledger.append_many([("model.explained", ev, run_id, None) for ev in events])
     return events
+
+
+def _as_linear(head: Any) -> torch.nn.Linear:
+    """A float ``nn.Linear`` equal to ``head`` (a Linear, or a quantized one run with float activations):
+    ``b = head(0)``, ``Wᵀ = head(I) − b``."""
+    from nnforge.compress import float_activations
+
+    width = int(head.in_features)
+    with torch.no_grad(), float_activations(head):
+        b = head(torch.zeros(1, width)).float()[0]
+        w = (head(torch.eye(width)).float() - b).T.contiguous()
+    lin = torch.nn.Linear(width, int(w.shape[0]))
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    return lin
+
+
+def data_attribution(model: Any, splits: dict[str, Any], dataset: Any, examples: list[Example], *, method: str,
+                     top: int, split: str, checkpoints: list[Any] | None = None) -> list[dict[str, Any]]:
+    """The training examples that most helped and most harmed the model's answer to each example
+    (:func:`nnforge.explain.data.attribute_data`, the answer's class as the target).
+
+    A text classifier is attributed through its head on the training passages' sentence embeddings (the last
+    layer, as TRAK's last-layer variant: a 22M-parameter encoder's per-example gradients are out of reach on a
+    CPU); tensor classifiers through all their float parameters. Returns per example ``{"example", "answer",
+    "helpful": [{"index", "score", "label", "text"}], "harmful": [...], "scope"}``.
+    """
+    from nnforge.errors import ConfigError
+    from nnforge.explain.data import DataAttributionConfig, attribute_data, preview_example
+    from nnforge.models import family_of
+
+    family = family_of(model)
+    if family == "char-lm":
+        raise ConfigError("explain data needs a classifier; a char-LM's training data is one text, not examples")
+    if method == "tracin" and not checkpoints:
+        raise ConfigError("TracIn reads the training loop's checkpoints and this run kept none: use --method trak "
+                          "(one trained model), or train with checkpoint_dir and call attribute_data "
+                          "(docs/explain.md)")
+    model.eval()
+    if family == "text-classifier":
+        train = splits["train"]
+        x_train, y_train = model.embed(list(train.texts)), torch.as_tensor(train.labels)
+        x_query = model.embed([e.value for e in examples])
+        subject: Any = _as_linear(model.head)
+        texts: list[Any] = list(train.texts)
+        labels_of = [int(v) for v in train.labels]
+        scope = "the head, on the training passages' sentence embeddings (TRAK's last-layer variant)"
+    else:
+        if split not in dataset.splits:
+            raise DataError(f"the run's data has no training split {split!r}; it has {sorted(dataset.splits)}")
+        xs, ys = dataset.splits[split][:2]
+        x_train = torch.as_tensor(np.asarray(xs), dtype=torch.float32)
+        y_train = torch.as_tensor(np.asarray(ys))
+        x_query = torch.stack([torch.as_tensor(e.value).float() for e in examples])
+        subject, texts, labels_of = model, list(x_train), [int(v) for v in y_train]
+        scope = "every float parameter"
+    with torch.no_grad():
+        answers = subject(x_query).argmax(-1)
+    config = DataAttributionConfig(method=method)
+    scores = attribute_data(checkpoints or subject, (x_train, y_train), (x_query, answers), config)
+    out = []
+    for q, e in enumerate(examples):
+        found = scores.top(q, k=top)
+
+        def rows(pairs: Any) -> list[dict[str, Any]]:
+            return [{"index": int(i), "score": float(s), "label": labels_of[int(i)],
+                     "text": preview_example(texts[int(i)])} for i, s in pairs]
+
+        out.append({"example": e, "answer": int(answers[q]), "helpful": rows(found.helpful),
+                    "harmful": rows(found.harmful), "scope": scope, "settings": config.model_dump(mode="json")})
+    return out
