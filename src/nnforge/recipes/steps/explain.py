@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from nnforge.config import Config, config_type
 from nnforge.errors import ConfigError
 from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
-from nnforge.recipes.steps.export import SAVES_MODEL
+from nnforge.recipes.steps.export import require_saved_model
 
 
 @config_type("step.explain")
@@ -40,10 +40,7 @@ class Explain:
     description: ClassVar[str] = "explain test predictions: attributions, typicality, nearest training examples"
 
     def preflight(self, plan: Preflight, config: Any) -> None:
-        names = [s.name for s in plan.recipe.steps]
-        if not any(n in SAVES_MODEL for n in names[: names.index("explain")]):
-            raise ConfigError(f"no step before it saves a model to explain (steps: {names}); put explain after one "
-                              f"of {sorted(SAVES_MODEL)}")
+        require_saved_model(plan, "explain")
 
     def run(self, ctx: RunContext, config: Any) -> StepResult:
         from nnforge.explain.attribution import AttributionConfig, attribution_html

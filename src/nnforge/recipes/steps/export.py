@@ -14,6 +14,14 @@ from nnforge.recipes.steps._base import STEPS, Preflight, RunContext, StepResult
 SAVES_MODEL = ("train", "finetune", "quantize", "prune", "upcycle", "federate")
 
 
+def require_saved_model(plan: Preflight, step: str) -> None:
+    """A ConfigError unless a step before ``step`` saves a model (export and explain read one)."""
+    names = [s.name for s in plan.recipe.steps]
+    if not any(n in SAVES_MODEL for n in names[: names.index(step)]):
+        raise ConfigError(f"no step before it saves a model to {step} (steps: {names}); put {step} after one of "
+                          f"{sorted(SAVES_MODEL)}")
+
+
 @config_type("step.export")
 class ExportStepConfig(Config):
     variant: str | None = Field(None, description="the variant to export (default: the latest one saved)")
@@ -31,13 +39,9 @@ class Export:
 
     def preflight(self, plan: Preflight, config: Any) -> None:
         """A step before it must save a model; the web format takes classifiers only."""
-        names = [s.name for s in plan.recipe.steps]
-        first = names.index("export")
-        if not any(n in SAVES_MODEL for n in names[:first]):
-            raise ConfigError(f"no step before it saves a model to export (steps: {names}); put export after one of "
-                              f"{sorted(SAVES_MODEL)}")
+        require_saved_model(plan, "export")
         if config.format == "web":
-            from nnforge.deploy.export import family_of
+            from nnforge.models import family_of
 
             if family_of(plan.model) == "char-lm":
                 raise ConfigError("format web writes a page that classifies; a char-lm generates (export it as onnx)")
