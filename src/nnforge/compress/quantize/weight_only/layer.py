@@ -146,6 +146,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features) if input_scale else None)
         self.register_buffer("act_scale", torch.ones(()) if act_quant == "static" else None)
         self.verdict: dict[int, dict[str, Any]] = {}
+        self.float_weight: torch.Tensor | None = None  # the dequantized weight, inside float_activations only
 
     @classmethod
     def from_packed(cls, w: PackedWeight, bias: torch.Tensor | None = None, *, input_scale: torch.Tensor | None = None,
@@ -186,7 +187,8 @@ class QuantizedLinear(nn.Module):
         if self.kernel and self.act_quant != "static":  # one arithmetic for every batch size and grad mode
             y = qgemv(x, self.packed).to(dtype)  # int8 activations per row inside the op
         else:
-            y = F.linear(self._quantize_input(x), self.packed.dequantize().to(dtype))
+            w = self.float_weight if self.float_weight is not None else self.packed.dequantize()
+            y = F.linear(self._quantize_input(x), w.to(dtype))
         return y + self.bias.to(dtype) if self.bias is not None else y
 
     @property
@@ -317,8 +319,9 @@ def float_activations(model: nn.Module) -> Iterator[int]:
                if isinstance(m, QuantizedLinear) and (m.kernel or m.act_quant != "none")]
     for m, _, _ in changed:
         m.kernel, m.act_quant = False, "none"
+        m.float_weight = m.packed.dequantize()  # once, not at every forward (explanations run hundreds)
     try:
         yield len(changed)
     finally:
         for m, kernel, act in changed:
-            m.kernel, m.act_quant = kernel, act
+            m.kernel, m.act_quant, m.float_weight = kernel, act, None
