@@ -93,3 +93,32 @@ def test_the_explain_step_reports_and_the_documents_cite_it(workdir, capsys):
     assert main(["docs", str(run)]) == 0
     annex = next((run / "docs").glob("annex*iv*.md")).read_text()
     assert "what the model relies on" in annex and "integrated_gradients" in annex and "training-data-attribution" in annex
+
+
+CHARLM = """
+name: charlm-inside
+seed: 0
+model: {architecture: char-gpt, options: {n_layer: 2, n_head: 2, n_embd: 32, block_size: 32}}
+data: {dataset: shakespeare-char}
+steps:
+  - train: {optimizer: adamw, optimizer_options: {lr: 0.01}, batch_size: 12, eval_batches: 2,
+            train: {max_steps: 30, eval_every: 30}}
+  - explain: {examples: 1, sae_steps: 40}
+  - report
+metadata: {intended_purpose: test, owner: tests}
+"""
+
+
+def test_a_char_lm_run_reports_its_sparse_autoencoder_and_lenses(workdir, shakespeare_texts):
+    (workdir / "r.yaml").write_text(CHARLM.replace("{dataset: shakespeare-char}",
+                                                   f"{{dataset: shakespeare-char, options: {{path: '{shakespeare_texts}'}}}}"))
+    assert main(["run", "r.yaml"]) == 0
+    [run] = list((workdir / "runs").iterdir())
+    inside = json.loads((run / "sections.json").read_text())["inside"]
+    assert inside["sae"]["site"] == "residual.1" and inside["sae"]["l0"] <= 32
+    assert inside["sae"]["val_loss_with_sae"] > 0 and inside["sae"]["features"]
+    assert [layer["layer"] for layer in inside["lens"]["layers"]] == [0, 1, 2]
+    report = (run / "report.html").read_text()
+    assert "<h2>Inside the model</h2>" in report and "tuned lens" in report
+    kinds = {e.data["kind"] for e in _events(workdir / ".nnforge" / "ledger.db", "model.explained")}
+    assert kinds == {"feature-attribution", "sparse-autoencoder", "lens"}

@@ -23,6 +23,9 @@ class ExplainStepConfig(Config):
     examples: int = Field(3, ge=1, le=1000, description="test examples explained, spread evenly over the split")
     method: str = Field("integrated_gradients", description="a registered attribution method")
     neighbours: int = Field(3, ge=0, le=50, description="nearest training passages shown per example (text)")
+    inside: bool = Field(True, description="char-LMs: a sparse autoencoder on the middle residual stream and the "
+                                           "logit and tuned lens, in the report (the 'Inside the model' section)")
+    sae_steps: int = Field(300, ge=1, le=100_000, description="the sparse autoencoder's training steps")
 
     @field_validator("method")
     @classmethod
@@ -88,6 +91,8 @@ class Explain:
                          "html": attribution_html(a), "neighbours": r["neighbours"]})
         events = record_explanations(ctx.ledger, results, used={"run": ctx.run_id, "variant": name}, run_id=ctx.run_id,
                                      pages=pages)
+        if config.inside and hasattr(dataset, "vocab") and hasattr(model, "transformer"):
+            _inside(ctx, model, dataset, config, name)
         errors = [x for x in (row["completeness_error"] for row in rows) if x is not None]
         ctx.sections["explain"] = {"variant": name, "method": config.method, "examples": rows,
                                    "events": len(events)}
@@ -95,3 +100,42 @@ class Explain:
         if errors:
             metrics["explain_completeness_error_max"] = max(errors)
         return StepResult(metrics=metrics, artifacts={"explain": str(folder)})
+
+
+def _inside(ctx: RunContext, model: Any, corpus: Any, config: Any, variant: str) -> None:
+    """A TopK sparse autoencoder (8x the width, k = 32) on the residual stream after the middle block, and the
+    logit and tuned lens, on seeded batches of the corpus; the ``inside`` report section and two ledger events."""
+    import torch
+
+    from nnforge.explain.lens import TunedLensConfig, lens_report, train_tuned_lens
+    from nnforge.explain.sae import SAEConfig, evaluate_sae, train_sae
+
+    block = int(model.config.block_size)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    train = [corpus.batch("train", 12, block, gen) for _ in range(40)]
+    val = [corpus.batch("val", 12, block, gen) for _ in range(8)]
+    site = f"residual.{max(1, int(model.config.n_layer) // 2)}"
+    sae_config = SAEConfig(architecture="topk", expansion=8, k=32, steps=config.sae_steps, seed=ctx.seed)
+    was = model.training
+    model.eval()
+    try:
+        sae, _ = train_sae(model, sae_config, batches=train, site=site)
+        ev = evaluate_sae(sae, model, val, site=site, decode=corpus.decode, top_features=6, examples=3)
+        lens = lens_report(model, val, train_tuned_lens(model, train, TunedLensConfig(steps=60, seed=ctx.seed)))
+    finally:
+        model.train(was)
+    sae_doc, lens_doc = ev.to_dict(), lens.to_dict()
+    ctx.sections["inside"] = {"variant": variant, "sae": sae_doc, "sae_config": sae_config.model_dump(mode="json"),
+                              "lens": lens_doc}
+    common = {"run": ctx.run_id, "variant": variant}
+    ctx.ledger.append_many([
+        ("model.explained", {**common, "kind": "sparse-autoencoder", "method": "topk-sae", "site": site,
+                             "settings": sae_config.model_dump(mode="json"),
+                             "input": {"source": f"{len(val)} seeded validation batches"},
+                             "figures": {k: sae_doc[k] for k in ("val_loss", "val_loss_with_sae", "loss_increase",
+                                                                 "alive_fraction", "fvu", "l0")}},
+         ctx.run_id, None),
+        ("model.explained", {**common, "kind": "lens", "method": "logit-lens+tuned-lens",
+                             "input": {"source": f"{len(val)} seeded validation batches"},
+                             "figures": lens_doc.get("layers")}, ctx.run_id, None)])
+
