@@ -118,7 +118,7 @@ def test_ledger_records_steps_files_and_verifies(small_run, capsys):
     events = json.loads(capsys.readouterr().out)
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "run.started" and kinds[-1] == "run.finished"
-    assert kinds.count("step.started") == kinds.count("step.finished") == 6
+    assert kinds.count("step.started") == kinds.count("step.finished") == 7  # baselines … gate, explain, report
     started = [e for e in events if e["kind"] == "step.started"]
     assert started[1]["data"]["config"]["lora"]["r"] == 8  # the full config is recorded
     written = {e["data"]["name"]: e["data"]["sha256"] for e in events if e["kind"] == "artifact.written"}

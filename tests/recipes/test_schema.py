@@ -16,7 +16,8 @@ GOOD = {
 
 def test_builtin_quickstart_validates():
     rec = load_recipe("quickstart")
-    assert [s.name for s in rec.steps] == ["baselines", "finetune", "quantize", "evaluate", "gate", "report"]
+    assert [s.name for s in rec.steps] == ["baselines", "finetune", "quantize", "evaluate", "gate", "explain",
+                                            "report"]
     assert rec.metadata.intended_purpose and len(rec.sha256) == 64
 
 

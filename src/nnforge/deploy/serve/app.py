@@ -239,15 +239,22 @@ def create_app(service: Service, users: Any) -> Any:
         return {"request": request, "predictions": [d.to_dict() for d in decisions], "run": service.run, "variant": service.variant,
                 "backend": service.backend.name}
 
-    ExplainReq = _explain_model(service)
+    if service.explainer is not None:  # only a server with a PyTorch model to explain with offers /explain
+        ExplainReq = _explain_model(service)
 
-    @app.post("/explain", response_model=ExplainResponse, responses={
-        401: {"description": "no or a wrong token"}, 403: {"description": "role too low"},
-        429: {"description": "another explanation is running"}, 503: {"description": "halted"}})
-    def explain(body: ExplainReq, user: Annotated[Any, Depends(who("predict"))]) -> dict[str, Any]:  # type: ignore[valid-type]
-        """Why the model answers each input as it does (recorded as model.explained with the caller)."""
-        out = service.explain(list(body.inputs), body.method, user)  # type: ignore[attr-defined]
-        return {"run": service.run, "variant": service.variant, "explanations": out}
+        @app.post("/explain", response_model=ExplainResponse, responses={
+            401: {"description": "no or a wrong token"}, 403: {"description": "role too low"},
+            422: {"description": "inputs the model cannot explain"},
+            429: {"description": "another explanation is running"}, 503: {"description": "halted"}})
+        def explain(body: ExplainReq, user: Annotated[Any, Depends(who("predict"))]) -> dict[str, Any]:  # type: ignore[valid-type]
+            """Why the model answers each input as it does (recorded as model.explained with the caller)."""
+            from nnforge.errors import DataError, ModelError
+
+            try:
+                out = service.explain(list(body.inputs), body.method, user)  # type: ignore[attr-defined]
+            except (DataError, ModelError) as exc:
+                raise HTTPException(422, str(exc)) from None
+            return {"run": service.run, "variant": service.variant, "explanations": out}
 
     @app.get("/health")
     def health() -> dict[str, Any]:
