@@ -110,3 +110,16 @@ def write_results(area: str, name: str, *, args: argparse.Namespace, results: An
     if path is None:
         print(f"smoke run of {area}/{name}: results match the schema; nothing written")
     return path
+
+
+def load_script(area: str, name: str) -> Any:
+    """``benchmarks/<area>/<name>.py`` as a module (another benchmark's training recipe and batches, reused)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / area / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{area}_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+

@@ -33,7 +33,6 @@ Everything runs on one thread (see ``main``), the model's training included.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import add_mode_args, pick, write_results  # noqa: E402
+from _common import add_mode_args, load_script, pick, write_results  # noqa: E402
 
 MODEL_LR = 8e-3  # benchmarks/prune/charlm.py's DENSE_LR: the fp32 reference model of the compression benchmarks
 MAX_LOSS_INCREASE = 0.10  # the issue's figures to reach
@@ -52,12 +51,7 @@ ALIVE_TOKENS = 10_000
 
 def _quantize_charlm() -> Any:
     """benchmarks/quantize/charlm.py as a module: its training function and batches are the reference's."""
-    path = Path(__file__).resolve().parents[1] / "quantize" / "charlm.py"
-    spec = importlib.util.spec_from_file_location("quantize_charlm", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quantize", "charlm")
 
 
 @torch.no_grad()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import add_mode_args, mode, pick, ratio_with_ci, spread, write_results  # noqa: E402
+from _common import add_mode_args, load_script, mode, pick, ratio_with_ci, spread, write_results  # noqa: E402
 
 DENSE_LR = 8e-3
 RECOVERY_LR = 1e-3
@@ -44,12 +43,7 @@ RECOVERY_LR = 1e-3
 
 def _quantize_charlm() -> Any:
     """benchmarks/quantize/charlm.py as a module: its training function and batches are the reference's."""
-    path = Path(__file__).resolve().parents[1] / "quantize" / "charlm.py"
-    spec = importlib.util.spec_from_file_location("quantize_charlm", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quantize", "charlm")
 
 
 def block_linears(model: torch.nn.Module) -> list[str]:

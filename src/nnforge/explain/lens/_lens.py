@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nnforge.config import Config, config_type, load_config
-from nnforge.errors import DataError, IntegrityError, ModelError, check_output_path, follow_umask
+from nnforge.errors import DataError, IntegrityError, ModelError, check_output_path
 from nnforge.explain.sae import capture, residual_sites
 from nnforge.models.text import eval_mode
 
@@ -108,23 +107,15 @@ class TunedLens(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the translators and the lens's shape and config to one safetensors file, atomically."""
-        from safetensors.torch import save_file
 
         target = Path(path)
         check_output_path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         meta = {"n_layer": self.n_layer, "width": self.width, "config": self.config.to_dict()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp,
-                      metadata={_METADATA_KEY: json.dumps(meta, sort_keys=True)})
-            follow_umask(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        from nnforge.explain.sae import save_safetensors
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        return save_safetensors(target, tensors, {_METADATA_KEY: json.dumps(meta, sort_keys=True)})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TunedLens:

@@ -23,7 +23,7 @@ from nnforge.explain.sae._evaluate import (
     evaluate_sae,
     reconstruction_error,
 )
-from nnforge.explain.sae._module import SAE
+from nnforge.explain.sae._module import SAE, save_safetensors
 from nnforge.explain.sae._registry import SAE_ARCHITECTURES, Codes, SAEArchitecture, fraction_unexplained
 from nnforge.explain.sae._sites import (
     Batch,
@@ -38,7 +38,7 @@ from nnforge.explain.sae._sites import (
 from nnforge.explain.sae._train import SAEReport, train_sae
 from nnforge.registry import import_submodules
 
-__all__ = ["SAE", "SAEConfig", "SAEReport", "SAEEvaluation", "FeatureSummary", "FeatureExample", "SAE_ARCHITECTURES",
+__all__ = ["SAE", "save_safetensors", "SAEConfig", "SAEReport", "SAEEvaluation", "FeatureSummary", "FeatureExample", "SAE_ARCHITECTURES",
            "SAEArchitecture", "Codes", "train_sae", "evaluate_sae", "reconstruction_error", "fraction_unexplained",
            "collect_activations", "capture", "replace_activations", "resolve_site", "residual_site",
            "residual_sites", "run_batch", "Batch"]

@@ -105,22 +105,12 @@ class SAE(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the weights and the config (in the file's metadata) to one safetensors file, atomically."""
-        from safetensors.torch import save_file
 
         target = Path(path)
         check_output_path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(self.config.to_dict(), sort_keys=True)})
-            follow_umask(tmp)  # safetensors writes 0600
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return save_safetensors(target, tensors, {_METADATA_KEY: json.dumps(self.config.to_dict(), sort_keys=True)})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> SAE:
@@ -157,3 +147,21 @@ class SAE(nn.Module):
             raise IntegrityError(f"{source}: tensors {got} do not match the config's shapes {expected}")
         sae.load_state_dict(tensors)
         return sae.to(map_location)
+
+
+def save_safetensors(target: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` with ``metadata`` to ``target`` atomically (a temporary file renamed into place) with the
+    umask's permissions (safetensors writes 0600); the SAE's and the tuned lens's files."""
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        follow_umask(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
