@@ -88,3 +88,23 @@ def test_text_features_checks_layer_indices(minilm):
         with pytest.raises(ConfigError, match="not layer indices"):
             TextFeatures(minilm, layers=layers)
     assert TextFeatures(minilm, layers=(0, 6))(["Good morrow."])["layer6"].shape == (1, 384)
+
+
+def test_text_features_tokens_are_the_words_without_punctuation(minilm):
+    from nnforge.explain import TextFeatures
+
+    featurize = TextFeatures(minilm)
+    plain, marked = featurize(["my lord the king", "My lord, the king! -- (\"aye\")"])["tokens"]
+    words = minilm.tokenizer("my lord the king", add_special_tokens=False)["input_ids"]
+    assert plain[plain >= 0].tolist() == words
+    assert marked[marked >= 0].tolist()[:4] == words  # the commas, dashes, quotes and brackets are not words
+    assert featurize(["?!"])["tokens"].eq(-1).all()  # nothing but punctuation: an empty word sequence
+
+
+def test_benign_rewrites_skip_what_the_tokenizer_reads_as_the_original(minilm):
+    from nnforge.recipes.steps.evaluate import _benign_rewrites
+
+    texts = ["O'er the hill, my lord.", "to be or not to be"]
+    out, labels = _benign_rewrites(minilm, texts, [0, 1], ["lowercase", "uppercase", "no-punctuation", "spelling"])
+    # uncased MiniLM: lower/upper case read as the original; the second passage has no punctuation to drop
+    assert out == ["O'er the hill my lord", "Over the hill, my lord."] and labels == [0, 0]

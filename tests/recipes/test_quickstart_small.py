@@ -63,6 +63,10 @@ def test_report_gains_slices_flips_calibration_ood_and_the_gate(small_run):
     assert set(far) == {"msp", "energy", "mahalanobis", "knn", "token-ngram"} and max(far.values()) > 0.9
     guard = OODGuard.load(run_dir / "ood-guard")
     assert guard.detector.name == "knn" and guard.recall == 0.95
+    fitted = sections["ood"]["fitted_on"]  # the training passages and their rewrites that read differently
+    assert fitted["benign_rewrites"] > 0 and "no-punctuation" in fitted["shifts"]
+    assert guard.metadata["fitted_on"] == {"train": fitted["train"], "benign_rewrites": fitted["benign_rewrites"]}
+    assert guard.detector.state()["bank"].shape[0] == fitted["train"] + fitted["benign_rewrites"]
     assert sections["suites"]["small-gate"]["passed"]
     html = (run_dir / "report.html").read_text()
     assert "Reliability diagram, fp32" in html

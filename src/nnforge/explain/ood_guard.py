@@ -16,6 +16,7 @@ import json
 import math
 import os
 import tempfile
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,9 @@ class TextFeatures:
     """Featurizer for a :class:`~nnforge.models.text.TextClassifier`: texts → features, logits, tokens.
 
     Returns ``{"features": (N, H), "logits": (N, C), "tokens": (N, T)}``: the L2-normalised mean-pooled last
-    hidden states (the vector the head reads), the head's logits, and the tokenizer's ids without special
-    tokens, padded with -1 (what ``token-ngram`` reads). For each ``k`` in ``layers`` also ``"layer{k}"``
+    hidden states (the vector the head reads), the head's logits, and the tokenizer's ids of the words, padded
+    with -1 (what ``token-ngram`` reads): without special tokens and without pieces that are punctuation only,
+    so that a passage re-punctuated (a benign shift) reads as the same word sequence. For each ``k`` in ``layers`` also ``"layer{k}"``
     (N, H): the mean-pooled hidden states entering encoder layer ``k`` (0 = the embedding output).
 
     Args:
@@ -203,6 +205,7 @@ class TextFeatures:
         self.model = model
         self.layers = tuple(layers)
         self.batch_size = batch_size
+        self._not_words: torch.Tensor | None = None
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"TextFeatures: batch_size must be an integer >= 1; got {batch_size!r}")
         n = getattr(getattr(getattr(model, "encoder", None), "config", None), "num_hidden_layers", None)
@@ -221,7 +224,10 @@ class TextFeatures:
         if not texts:
             raise DataError("TextFeatures: no texts given")
         m = self.model
-        special = torch.tensor(sorted(set(m.tokenizer.all_special_ids)), dtype=torch.long)
+        if self._not_words is None:  # special tokens and punctuation: not part of the word sequence
+            self._not_words = torch.tensor(sorted(set(m.tokenizer.all_special_ids) | set(punctuation_ids(m.tokenizer))),
+                                           dtype=torch.long)
+        special = self._not_words
         parts: dict[str, list[torch.Tensor]] = {"features": [], "logits": [], "tokens": []}
         parts.update({f"layer{k}": [] for k in self.layers})
         was_training = m.training
@@ -248,6 +254,17 @@ class TextFeatures:
         width = max(t.shape[1] for t in parts["tokens"])
         parts["tokens"] = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in parts["tokens"]]
         return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def punctuation_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Ids of the vocabulary's pieces made of punctuation and symbols only (``,`` ``.`` ``--`` ``##!``)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return tuple(i for i, p in enumerate(pieces) if _is_punctuation(p))
+
+
+def _is_punctuation(piece: Any) -> bool:
+    text = piece[2:] if isinstance(piece, str) and piece.startswith("##") else piece
+    return isinstance(text, str) and bool(text) and all(unicodedata.category(c)[0] in "PS" for c in text)
 
 
 def _left_pack(ids: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,8 @@ class EvaluateStepConfig(Config):
         description="benign rewrites of test passages (nnforge.explain.benign): each detector's false-positive "
                     "rate on them is reported beside its nominal rate")
     benign_samples: int = Field(200, ge=1, le=100_000, description="test passages rewritten per benign shift")
+    benign_fit: bool = Field(True, description="fit the OOD detectors on the training passages and their rewrites "
+                                               "under benign_shifts, so that harmless rewrites read as in-distribution")
     memory: bool = Field(True, description="peak serving memory of each saved variant, measured in a fresh process "
                                            "per variant (nnforge.recipes.memory_probe); off: no '<name>_peak_memory_mb'")
     native: bool = Field(True, description="also evaluate each compressed variant the native runtime can run "
@@ -294,11 +296,18 @@ class Evaluate:
         ctx.shared["train_embeddings"] = (config.reference, feats["train"]["features"])  # for explain's neighbours
         feats.update({name: featurize(texts) for name, texts in sets.items()})
         benign = _benign_features(featurize, test.texts, config, ctx.seed)
+        fit, fit_labels = feats["train"], torch.as_tensor(train.labels)
+        rewrites, rewrite_labels = (_benign_rewrites(model, train.texts, train.labels, config.benign_shifts)
+                                    if config.benign_fit else ([], []))
+        if rewrites:
+            fit = _concat_features(fit, featurize(rewrites))
+            fit_labels = torch.cat([fit_labels, torch.as_tensor(rewrite_labels)])
         rows = []
         for name in config.ood_detectors:
-            det = build_detector(name).fit(labels=torch.as_tensor(train.labels), **feats["train"])
+            det = build_detector(name).fit(labels=fit_labels, **fit)
             guard = OODGuard(det, threshold_at_recall(det.score(**feats["val"]), 0.95, allow_inf=True), recall=0.95,
-                             metadata={"model": config.reference, "detector": name, "calibration": "val split"})
+                             metadata={"model": config.reference, "detector": name, "calibration": "val split",
+                                       "fitted_on": {"train": len(train.texts), "benign_rewrites": len(rewrites)}})
             test_scores = det.score(**feats["test"])
             row: dict[str, Any] = {"name": name, "threshold": guard.threshold,
                                    "id_accept": float((test_scores <= guard.threshold).float().mean())}
@@ -317,7 +326,43 @@ class Evaluate:
                     ctx.record_file(f"ood-guard:{f.name}", f)
                 log.info("OOD guard (%s) saved to %s", name, folder)
         ctx.sections["ood"] = {"recall": 0.95, "sets": list(sets), "detectors": rows, "reference": config.reference,
-                               "samples": {k: len(v) for k, v in sets.items()}}
+                               "samples": {k: len(v) for k, v in sets.items()},
+                               "fitted_on": {"train": len(train.texts), "benign_rewrites": len(rewrites),
+                                             "shifts": list(config.benign_shifts) if rewrites else []}}
+
+
+def _benign_rewrites(model: Any, texts: list[str], labels: list[int],
+                     shifts: list[str]) -> tuple[list[str], list[int]]:
+    """Each training passage rewritten by each benign shift, with its label, where the rewrite changes what the
+    model reads (an uncased tokenizer reads a lower-cased passage as the original: not repeated)."""
+    from nnforge.explain.benign import shift_texts
+
+    def ids(batch: list[str]) -> list[tuple[int, ...]]:
+        enc = model.tokenizer(batch, truncation=True, max_length=getattr(model, "max_length", None))
+        return [tuple(x) for x in enc["input_ids"]]
+
+    seen = set(ids(texts))
+    out, out_labels = [], []
+    for shift in shifts:
+        shifted = shift_texts(texts, shift)
+        for text, label, key in zip(shifted, labels, ids(shifted), strict=True):
+            if key not in seen:
+                seen.add(key)
+                out.append(text)
+                out_labels.append(int(label))
+    return out, out_labels
+
+
+def _concat_features(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Two TextFeatures outputs as one (token rows padded with -1 to the wider of the two)."""
+    out = {}
+    for k, x in a.items():
+        y = b[k]
+        if k == "tokens" and x.shape[1] != y.shape[1]:
+            width = max(x.shape[1], y.shape[1])
+            x, y = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in (x, y))
+        out[k] = torch.cat([x, y])
+    return out
 
 
 def _benign_features(featurize: Any, texts: list[str], config: Any, seed: int) -> dict[str, dict[str, Any]]:
