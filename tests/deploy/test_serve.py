@@ -111,6 +111,16 @@ def test_concurrent_requests_are_batched_and_every_answer_is_in_the_ledger(peopl
     assert all("input" not in row for row in rows), "raw inputs were stored without being allowed"
 
 
+def test_raw_inputs_are_recorded_only_when_configured(people):
+    from fastapi.testclient import TestClient
+
+    app, _ = make_app(people, record_inputs=True)
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"inputs": ["to be or not"]}, headers=_auth(people[2]["caller"])).status_code == 200
+    (row,) = [row for e in _decisions(people[0]) for row in e.data["decisions"]]
+    assert row["input"] == "to be or not"
+
+
 def test_tokens_and_roles_are_checked(people):
     import httpx
 

@@ -15,6 +15,7 @@ def test_a_served_run_answers_as_the_run_predicts_and_reports_it(small_run_copy,
 
     from nnforge.cli import main
     from nnforge.deploy.serve import ServeConfig, create_app
+    from nnforge.errors import ConfigError
     from nnforge.govern.users import UserStore
     from nnforge.ledger import Ledger
     from nnforge.recipes import load_run
@@ -29,6 +30,8 @@ def test_a_served_run_answers_as_the_run_predicts_and_reports_it(small_run_copy,
         caller = store.add("app", "caller", by=admin, ledger=led)[1]
         reviewer = store.add("ana", "reviewer", by=admin, ledger=led)[1]
 
+    with pytest.raises(ConfigError, match=r"metadata: \{record_inputs: true\}"):  # the recipe does not allow it
+        serve_run(run_dir.name, ServeConfig(record_inputs=True), variant="int8", backend="torch")
     service = serve_run(run_dir.name, ServeConfig(max_batch=8, min_confidence=0.0), variant="int8",
                         backend="auto")
     timings = service.facts["backends_ms"]

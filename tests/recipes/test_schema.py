@@ -19,6 +19,9 @@ def test_builtin_quickstart_validates():
     assert [s.name for s in rec.steps] == ["baselines", "finetune", "quantize", "evaluate", "gate", "explain",
                                             "report"]
     assert rec.metadata.intended_purpose and len(rec.sha256) == 64
+    assert rec.to_dict()["metadata"]["record_inputs"] is False  # served inputs: only their sha256, unless allowed
+    allowed = load_recipe("quickstart", ["metadata.record_inputs=true"])
+    assert allowed.to_dict()["metadata"]["record_inputs"] is True  # what `nnforge serve --record-inputs` checks
 
 
 def test_all_problems_are_reported_together_with_paths():

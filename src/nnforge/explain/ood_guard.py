@@ -257,8 +257,16 @@ class TextFeatures:
 
 
 def punctuation_ids(tokenizer: Any) -> tuple[int, ...]:
-    """Ids of the vocabulary's pieces made of punctuation and symbols only (``,`` ``.`` ``--`` ``##!``)."""
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    """Ids of the vocabulary's pieces made of punctuation and symbols only (``,`` ``.`` ``--`` ``##!``); none
+    for a tokenizer that cannot list its vocabulary (no ``__len__`` or ``convert_ids_to_tokens``)."""
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        return ()
+    if convert is None:
+        return ()
+    pieces = convert(list(range(size)))
     return tuple(i for i, p in enumerate(pieces) if _is_punctuation(p))
 
 
