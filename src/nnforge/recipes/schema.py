@@ -121,8 +121,8 @@ class Metadata(_Strict):
     risk_notes: list[_Item] = Field(default_factory=list, max_length=50)
     oversight_measures: list[_Item] = Field(default_factory=list, max_length=50)
     post_market_monitoring: _Text = ""
-    record_inputs: bool = Field(False, description="the provider allows the served model's raw inputs in the ledger "
-                                                   "(nnforge serve --record-inputs); otherwise only their sha256")
+    record_inputs: bool = Field(default=False, description="the provider allows the served model's raw inputs in "
+                                "the ledger (nnforge serve --record-inputs); otherwise only their sha256")
 
 
 @dataclass(frozen=True)
