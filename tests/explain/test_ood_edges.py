@@ -108,3 +108,21 @@ def test_benign_rewrites_skip_what_the_tokenizer_reads_as_the_original(minilm):
     out, labels = _benign_rewrites(minilm, texts, [0, 1], ["lowercase", "uppercase", "no-punctuation", "spelling"])
     # uncased MiniLM: lower/upper case read as the original; the second passage has no punctuation to drop
     assert out == ["O'er the hill my lord", "Over the hill, my lord."] and labels == [0, 0]
+
+
+def test_texts_are_featurized_in_groups_of_similar_length_and_returned_in_order(minilm):
+    from nnforge.explain import TextFeatures
+    from nnforge.explain.ood_guard import length_groups
+
+    assert length_groups([5, 50, 6, 48, 5], 10) == [[0, 4, 2], [3, 1]]  # 2 pad tokens: within the slack
+    assert length_groups([10, 100, 200], 10, slack=0) == [[0], [1], [2]]
+    assert length_groups([7] * 5, 2) == [[0, 1], [2, 3], [4]]
+    texts = ["Good morrow.", " ".join(["Now is the winter of our discontent"] * 12), "Aye.",
+             " ".join(["Friends, Romans, countrymen, lend me your ears"] * 9)]
+    grouped = TextFeatures(minilm)(texts)
+    single = [TextFeatures(minilm, batch_size=1)([t]) for t in texts]
+    for k, v in grouped.items():
+        for i, one in enumerate(single):
+            got = v[i][v[i] >= 0] if k == "tokens" else v[i]
+            want = one[k][0][one[k][0] >= 0] if k == "tokens" else one[k][0]
+            assert torch.allclose(got.float(), want.float(), atol=1e-5), (k, i)
