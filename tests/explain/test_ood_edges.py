@@ -126,3 +126,14 @@ def test_texts_are_featurized_in_groups_of_similar_length_and_returned_in_order(
             got = v[i][v[i] >= 0] if k == "tokens" else v[i]
             want = one[k][0][one[k][0] >= 0] if k == "tokens" else one[k][0]
             assert torch.allclose(got.float(), want.float(), atol=1e-5), (k, i)
+
+
+def test_text_features_put_every_module_back_in_its_own_mode():
+    from _tiny import tiny_text_classifier
+    from nnforge.explain import TextFeatures
+
+    model = tiny_text_classifier(3).train()
+    model.encoder.eval()  # as a freshly loaded classifier: the encoder in eval mode, the rest training
+    before = [mod.training for mod in model.modules()]
+    TextFeatures(model)(["to be or not", "to be"])
+    assert [mod.training for mod in model.modules()] == before

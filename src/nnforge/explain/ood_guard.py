@@ -230,18 +230,18 @@ class TextFeatures:
         special = self._not_words
         parts: dict[str, list[torch.Tensor]] = {"features": [], "logits": [], "tokens": []}
         parts.update({f"layer{k}": [] for k in self.layers})
-        was_training = m.training
+        modes = [(mod, mod.training) for mod in m.modules()]  # each module's own mode, put back afterwards
         m.eval()
         order: list[int] = []
         try:
             full = m.tokenize(texts)  # once: a group's rows are these, cut to its longest text (padding on the right)
-            lengths = full["attention_mask"].sum(1)
+            lengths = full["attention_mask"].sum(1).tolist()
             right = getattr(m.tokenizer, "padding_side", "right") == "right"
-            for group in length_groups(lengths.tolist(), self.batch_size):
+            for group in length_groups(lengths, self.batch_size):
                 order += group
                 if right:
-                    rows = torch.tensor(group, device=lengths.device)
-                    width = int(lengths[rows].max())
+                    rows = torch.tensor(group, device=full["input_ids"].device)
+                    width = max(lengths[i] for i in group)
                     b = {k: full[k][rows, :width] for k in ("input_ids", "attention_mask")}
                 else:
                     b = m.tokenize([texts[i] for i in group])
@@ -260,7 +260,8 @@ class TextFeatures:
                     h = out.hidden_states[k]  # (B, T, H)
                     parts[f"layer{k}"].append(((h * mask).sum(1) / mask.sum(1)).float())
         finally:
-            m.train(was_training)
+            for mod, mode in modes:
+                mod.training = mode
         width = max(t.shape[1] for t in parts["tokens"])
         parts["tokens"] = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in parts["tokens"]]
         back = torch.empty(len(order), dtype=torch.long)
