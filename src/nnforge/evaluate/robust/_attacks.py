@@ -90,13 +90,10 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode (no dropout, frozen batch-norm statistics) for the attack; the caller's mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():  # attacks need gradients even when called under torch.no_grad()
-            yield
-    finally:
-        model.train(was_training)
+    from nnforge.models.text import eval_mode
+
+    with eval_mode(model), torch.enable_grad():  # attacks need gradients even when called under torch.no_grad()
+        yield
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:

@@ -81,13 +81,10 @@ class Attribution:
 
 @contextmanager
 def _explaining(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        model.train(was)
+    from nnforge.models.text import eval_mode
+
+    with eval_mode(model), torch.enable_grad():  # every module's own mode back afterwards
+        yield
 
 
 def _captum() -> None:

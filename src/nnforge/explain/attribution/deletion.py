@@ -77,9 +77,9 @@ def deletion_curve(model: nn.Module, inputs: Any, attributions: Sequence[Any], *
         raise DataError(f"deletion_curve: order must be 'attribution' or 'random'; got {order!r}")
     if steps < 1 or repeats < 1:
         raise DataError("deletion_curve: steps and repeats must be at least 1")
-    was = model.training
-    model.eval()
-    try:
+    from nnforge.models.text import eval_mode
+
+    with eval_mode(model):  # every module's own mode back afterwards
         subject = subject_of(model, inputs, vocab=vocab, image_shape=image_shape)
         if len(subject) != len(attributions):
             raise DataError(f"deletion_curve: {len(subject)} inputs but {len(attributions)} attributions")
@@ -103,5 +103,4 @@ def deletion_curve(model: nn.Module, inputs: Any, attributions: Sequence[Any], *
             curves.append(probs.round(6).tolist())
             aucs.append(float(np.trapezoid(probs, fractions)))
         return DeletionCurve(order, fractions, curves, aucs)
-    finally:
-        model.train(was)
+

@@ -80,13 +80,10 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> dict[st
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    from nnforge.models.text import eval_mode
+
+    with eval_mode(model):
         yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _logits(out: Any) -> torch.Tensor:
