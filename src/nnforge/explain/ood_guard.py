@@ -221,6 +221,8 @@ class TextFeatures:
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        from nnforge.models.text import eval_mode
+
         if not texts:
             raise DataError("TextFeatures: no texts given")
         m = self.model
@@ -230,10 +232,8 @@ class TextFeatures:
         special = self._not_words
         parts: dict[str, list[torch.Tensor]] = {"features": [], "logits": [], "tokens": []}
         parts.update({f"layer{k}": [] for k in self.layers})
-        modes = [(mod, mod.training) for mod in m.modules()]  # each module's own mode, put back afterwards
-        m.eval()
         order: list[int] = []
-        try:
+        with eval_mode(m):  # each module's own mode put back afterwards
             full = m.tokenize(texts)  # once: a group's rows are these, cut to its longest text (padding on the right)
             lengths = full["attention_mask"].sum(1).tolist()
             right = getattr(m.tokenizer, "padding_side", "right") == "right"
@@ -259,9 +259,6 @@ class TextFeatures:
                 for k in self.layers:
                     h = out.hidden_states[k]  # (B, T, H)
                     parts[f"layer{k}"].append(((h * mask).sum(1) / mask.sum(1)).float())
-        finally:
-            for mod, mode in modes:
-                mod.training = mode
         width = max(t.shape[1] for t in parts["tokens"])
         parts["tokens"] = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in parts["tokens"]]
         back = torch.empty(len(order), dtype=torch.long)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnforge.errors import ConfigError, DataError
+from nnforge.models.text import eval_mode
 
 __all__ = ["Inputs", "ExampleFn", "select_parameters", "per_example_grads", "iter_per_example_grads",
            "cross_entropy_loss", "classification_margin", "model_outputs", "num_rows", "take_rows"]
@@ -76,14 +76,6 @@ def select_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> dict[st
         raise ConfigError(f"parameters {list(patterns)!r} match no trainable parameter of {type(model).__name__}; "
                           f"its trainable parameters are: {shown or 'none'}")
     return chosen
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    from nnforge.models.text import eval_mode
-
-    with eval_mode(model):
-        yield
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -151,7 +143,7 @@ def iter_per_example_grads(model: nn.Module, inputs: Inputs, targets: torch.Tens
     per_example = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))
     inputs = forward_inputs(model, inputs)
     n = num_rows(inputs)
-    with _eval_mode(model):
+    with eval_mode(model):
         for lo in range(0, n, batch_size):
             rows = slice(lo, min(n, lo + batch_size))
             x = take_rows(inputs, rows)
@@ -174,7 +166,7 @@ def model_outputs(model: nn.Module, inputs: Inputs, targets: torch.Tensor, fn: E
     inputs = forward_inputs(model, inputs)
     device, n, out = _device(model), num_rows(inputs), []
     weights = dict(model.named_parameters()) | dict(model.named_buffers())
-    with _eval_mode(model):
+    with eval_mode(model):
         for lo in range(0, n, batch_size):
             rows = slice(lo, min(n, lo + batch_size))
             x = take_rows(inputs, rows)

@@ -5,7 +5,7 @@
     tuned = train_tuned_lens(model, train_batches, TunedLensConfig(steps=300))
     report = lens_report(model, val_batches, tuned)          # per layer: loss, KL to final, top-1 agreement
     preds = lens_predictions(model, "To be, or not to b", encode=corpus.encode, decode=corpus.decode, tuned=tuned)
-    print(preds.table())                                       # each layer's top guesses for the next character
+    table = preds.table()                                      # each layer's top guesses for the next character
 """
 
 from __future__ import annotations
