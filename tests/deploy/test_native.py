@@ -11,12 +11,14 @@ from torch import nn
 
 from nnforge.compress import Int8WeightOnlyConfig, W8A8Config, quantize_
 from nnforge.compress.quantize.kernels import backend
-from nnforge.deploy.native import NativeEncoder, with_native_encoder
+from nnforge.deploy.native import NativeEncoder, amx, with_native_encoder
 from nnforge.deploy.native.encoder import linear_forward
 from nnforge.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(backend() == "torch", reason="no C++ compiler: the native runtime is not built")
 ISAS = ["scalar"] + (["avx512"] if backend() == "avx512vnni" else [])
+AMX = "avx512" in ISAS and amx(isa="avx512")  # AMX-INT8 tiles built, and granted by Linux
+VNNI = ("native-avx512vnni+amx",) if AMX else ("native-avx512vnni",)  # the name the AVX-512 build reports
 
 
 def _reference(layer, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +50,25 @@ def test_linear_kernel_computes_the_documented_arithmetic(isa, M, N, K):
     got = linear_forward(layer, x, isa=isa, num_threads=2)
     want = _reference(layer, x)
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+
+
+@pytest.mark.skipif(not AMX, reason="no AMX-INT8 tiles here (CPU, compiler, or Linux did not grant the tile state)")
+@pytest.mark.parametrize(("M", "N", "K"), [(1, 48, 64), (17, 16, 128), (33, 80, 384), (40, 64, 192), (99, 112, 1536)])
+def test_amx_tiles_give_the_vnni_paths_bits(M, N, K):
+    # token tails of 1, 17 and 33 rows (tiles read 16), an output tail of 16 (tiles pair 32), one to 24 blocks
+    torch.manual_seed(M + N)
+    x = torch.randn(M, K) * torch.linspace(0.1, 4.0, K)
+    model = nn.Sequential(nn.Linear(K, N))
+    quantize_(model, W8A8Config(activations="dynamic", smoothing="smoothquant"), calibration=[x], forward=lambda m, b: m(b))
+    try:
+        assert amx(False, isa="avx512") is False
+        vnni = linear_forward(model[0], x, isa="avx512", num_threads=2)
+        assert amx(True, isa="avx512") is True
+        tiles = linear_forward(model[0], x, isa="avx512", num_threads=2)
+    finally:
+        amx(True, isa="avx512")
+    assert torch.equal(tiles, vnni)
+    torch.testing.assert_close(tiles, _reference(model[0], x), rtol=2e-5, atol=2e-5 * float(vnni.abs().max()))
 
 
 class TinyBert(nn.Module):
@@ -135,8 +156,25 @@ def test_portable_build_computes_what_the_avx512_one_does():
     model = _quantized()
     b = _batch(9, 11)  # 99 tokens: the row-parallel paths too
     fast, slow = NativeEncoder(model.m, isa="avx512"), NativeEncoder(model.m, isa="scalar")
-    assert (fast.backend, slow.backend) == ("native-avx512vnni", "native-scalar")
+    assert fast.backend in VNNI and slow.backend == "native-scalar"
     torch.testing.assert_close(fast(**b), slow(**b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not AMX, reason="no AMX-INT8 tiles here (CPU, compiler, or Linux did not grant the tile state)")
+def test_encoder_on_amx_tiles_gives_the_vnni_paths_bits():
+    model = _quantized()
+    b = _batch(9, 11)
+    try:
+        amx(False, isa="avx512")
+        vnni = NativeEncoder(model.m, isa="avx512", num_threads=2)
+        assert vnni.backend == "native-avx512vnni"
+        want = vnni(**b)
+        amx(True, isa="avx512")
+        got = NativeEncoder(model.m, isa="avx512", num_threads=2)
+        assert got.backend == "native-avx512vnni+amx"
+        assert torch.equal(got(**b), want)
+    finally:
+        amx(True, isa="avx512")
 
 
 def test_backend_names_the_code_path_that_runs():
@@ -146,8 +184,8 @@ def test_backend_names_the_code_path_that_runs():
 
     model = _quantized()
     auto = NativeEncoder(model.m).backend
-    assert auto in ("native-avx512vnni", "native-scalar")
-    assert auto == ("native-avx512vnni" if "avx512" in ISAS else "native-scalar")
+    assert auto in (*VNNI, "native-scalar")
+    assert auto in (VNNI if "avx512" in ISAS else ("native-scalar",))
     if backend("avx2") == ISA_NAMES[1]:  # this CPU and compiler can build with AVX2 flags
         lib, name = _library("avx2")
         assert lib is not None and lib.nnf_isa() == 0 and name == "scalar"

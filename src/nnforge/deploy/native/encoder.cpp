@@ -14,13 +14,26 @@
 //
 // ISA: AVX-512 VNNI (vpdpbusd, 4 tokens x 48 outputs per register tile; attention four queries x 32 keys
 // at a time, vectorised exp) or portable C++; there is no AVX2 path (an AVX2 build reports "scalar").
+// Where the compiler targets AMX-INT8 (Sapphire Rapids and later) and the kernel grants the process the tile
+// state, the linear layers run on AMX tiles instead (tdpbsud: 16 tokens x 16 outputs x one block of 64 inputs
+// per instruction, on a signed copy of the weights): the same int32 block sums, scaled and added in the same
+// order, so the same bits out.
 
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "isa.h"
+
+#if NNF_ISA == 2 && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)
+#define NNF_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define NNF_AMX 0
+#endif
 
 extern "C" {
 struct NnfLinear {
@@ -28,6 +41,7 @@ struct NnfLinear {
   const float* wscale;    // (N,)
   const float* bias;      // (N,) or null
   const float* inv_smooth;  // (K,) or null: 1 / SmoothQuant scale, multiplies the input first
+  const int8_t* ws8;      // null, or the same tiles as signed codes w (what AMX's tdpbssd reads)
   int N, K;               // N % 16 == 0, K % 64 == 0
 };
 
@@ -57,12 +71,12 @@ constexpr int KB = 64;  // activation block
 
 // ------------------------------------------------------------------------------------------- activations
 struct QAct {
-  std::vector<int8_t> q;   // (M, K)
-  std::vector<float> s;    // (M, K / KB)
+  std::vector<int8_t> q;   // (M, K), and rows up to a multiple of 16 (an AMX tile reads 16; never stored)
+  std::vector<float> s;    // (M, K / KB), rows padded as q's
   std::vector<int32_t> sum;
   void resize(int M, int K) {
-    q.resize((size_t)M * K);
-    s.resize((size_t)M * (K / KB));
+    q.resize((size_t)((M + 15) / 16 * 16) * K);
+    s.resize((size_t)((M + 15) / 16 * 16) * (K / KB));
     sum.resize((size_t)M * (K / KB));
   }
 };
@@ -211,6 +225,120 @@ void tiles_m(const Gemm& g, int n0) {
 }
 #endif
 
+#if NNF_AMX
+// ------------------------------------------------------------------------------------------- AMX tiles
+// Linux hands a process the 8 KiB tile state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM, kernel 5.16+);
+// a refusal (an older kernel, a hypervisor that hides it, an alternate signal stack too small for it) or
+// NNFORGE_AMX=0 keeps the VNNI path. nnf_amx() reads or switches the choice at run time.
+std::atomic<int> amx_state{-1};  // -1 not asked yet, 0 off, 1 on
+
+bool amx_permitted() {
+  static const bool ok = [] {
+    const char* env = std::getenv("NNFORGE_AMX");
+    if (env && env[0] == '0') return false;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  }();
+  return ok;
+}
+
+bool amx_on() {
+  int s = amx_state.load(std::memory_order_relaxed);
+  if (s < 0) {
+    s = amx_permitted() ? 1 : 0;
+    amx_state.store(s, std::memory_order_relaxed);
+  }
+  return s == 1;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// every tile 16 rows x 64 bytes: C (16 tokens x 16 int32), A (16 tokens x 64 int8 inputs), B (16 groups of 4
+// inputs x 16 outputs: exactly 16 consecutive rows of the weights' VNNI layout, one block of 64 inputs)
+void amx_configure() {
+  TileConfig c{};
+  c.palette_id = 1;
+  for (int i = 0; i < 8; i++) {
+    c.rows[i] = 16;
+    c.colsb[i] = 64;
+  }
+  _tile_loadconfig(&c);
+}
+
+// y[m0 .. m0 + 16, n0 .. n0 + 16): one output tile, its 16 fp32 accumulators in registers. Each block of 64
+// inputs is one tile product (tdpbssd: int8 tokens x the signed copy of the weights, no -128 correction), stored
+// to memory and scaled into the accumulators in block order. Blocks go in pairs, software-pipelined: while one
+// pair (tiles 0/1 or 2/3) is scaled in, the tile unit already multiplies the next pair, so neither the products'
+// latency nor the scaling waits for the other. Tokens in tiles 4/5, weights in 6/7.
+// (Tile numbers are literals: the intrinsics take them as immediates.)
+#define NNF_AMX_BLOCK(T, TX, TW, B)                                          \
+  do {                                                                       \
+    _tile_zero(T);                                                           \
+    _tile_loadd(TX, xq + (size_t)(B) * KB, K);                               \
+    _tile_loadd(TW, wt + (size_t)(B) * 1024, 64);                            \
+    _tile_dpbssd(T, TX, TW);                                                 \
+  } while (0)
+// the pair of blocks B, B + 1 (if it exists) into tiles T0/T1 ...
+#define NNF_AMX_PAIR(T0, T1, B)                                              \
+  do {                                                                       \
+    NNF_AMX_BLOCK(T0, 4, 6, B);                                              \
+    if ((B) + 1 < nb) NNF_AMX_BLOCK(T1, 5, 7, (B) + 1);                      \
+  } while (0)
+// ... and out to memory (tiles 0/1 to cb[0, 512), 2/3 to cb[512, 1024))
+#define NNF_AMX_STORE(T0, T1, B)                                             \
+  do {                                                                       \
+    _tile_stored(T0, cb + 256 * (T0), 64);                                   \
+    if ((B) + 1 < nb) _tile_stored(T1, cb + 256 * (T1), 64);                 \
+  } while (0)
+
+void amx_tile(const Gemm& g, int m0, int n0, int32_t* cb) {
+  const int K = g.L->K, nb = K / KB, k4s = K / 4, N = g.L->N;
+  const int rows = g.M - m0 < 16 ? g.M - m0 : 16;
+  const int8_t* xq = g.a->q.data() + (size_t)m0 * K;
+  const int8_t* wt = g.L->ws8 + (size_t)(n0 / 16) * k4s * 64;
+  const float* sx = g.a->s.data() + (size_t)m0 * nb;  // (16, nb): rows past M are padding, never stored
+  __m512 acc[16];
+  for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+  auto scale_in = [&](const int32_t* c, int b) {  // the stored pair at c: blocks b and (if it exists) b + 1
+    for (int j = 0; j < 2 && b + j < nb; j++)
+      for (int r = 0; r < 16; r++)
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 256 * j + 16 * r)),
+                                 _mm512_set1_ps(sx[(size_t)r * nb + b + j]), acc[r]);
+  };
+  NNF_AMX_PAIR(0, 1, 0);
+  NNF_AMX_STORE(0, 1, 0);
+  for (int b = 0; b < nb; b += 4) {
+    if (b + 2 < nb) NNF_AMX_PAIR(2, 3, b + 2);
+    scale_in(cb, b);
+    if (b + 2 < nb) NNF_AMX_STORE(2, 3, b + 2);
+    if (b + 4 < nb) NNF_AMX_PAIR(0, 1, b + 4);
+    if (b + 2 < nb) scale_in(cb + 512, b + 2);
+    if (b + 4 < nb) NNF_AMX_STORE(0, 1, b + 4);
+  }
+  const __m512 ws = _mm512_loadu_ps(g.L->wscale + n0);
+  const __m512 bias = g.L->bias ? _mm512_loadu_ps(g.L->bias + n0) : _mm512_setzero_ps();
+  for (int r = 0; r < rows; r++) _mm512_storeu_ps(g.y + (size_t)(m0 + r) * N + n0, _mm512_fmadd_ps(acc[r], ws, bias));
+}
+#undef NNF_AMX_PAIR
+#undef NNF_AMX_STORE
+#undef NNF_AMX_BLOCK
+
+// chunk c: output tiles of 16 [c * tiles_per_chunk, ...), every token (a tile's weights stay in L1 across tokens)
+void gemm_chunk_amx(const void* ctx, int c) {
+  const Gemm& g = *static_cast<const Gemm*>(ctx);
+  const int t0 = c * g.tiles_per_chunk;
+  const int t1 = t0 + g.tiles_per_chunk < g.n_tiles ? t0 + g.tiles_per_chunk : g.n_tiles;
+  alignas(64) int32_t cb[4 * 256];
+  amx_configure();
+  for (int m0 = 0; m0 < g.M; m0 += 16)
+    for (int t = t0; t < t1; t++) amx_tile(g, m0, 16 * t, cb);
+  _tile_release();
+}
+#endif
+
 // portable: the same arithmetic, one output at a time
 void cols_scalar(const Gemm& g, int n0, int n1) {
   const int K = g.L->K, nb = K / KB, k4s = K / 4, N = g.L->N;
@@ -249,6 +377,17 @@ void gemm_chunk(const void* ctx, int c) {
 void linear(const NnfLinear& L, const float* x, int M, float* y, QAct& qa, int nthreads) {
   qa.resize(M, L.K);
   for_rows(M, nthreads, [&](int m0, int m1) { quantize_blocks(x, m0, m1, L.K, L.inv_smooth, qa); });
+#if NNF_AMX
+  if (L.ws8 && amx_on()) {
+    Gemm g{&qa, &L, M, y, 1, L.N / 16};
+    int chunks = g.n_tiles < 4 * nthreads ? g.n_tiles : 4 * nthreads;
+    g.tiles_per_chunk = (g.n_tiles + chunks - 1) / chunks;
+    chunks = (g.n_tiles + g.tiles_per_chunk - 1) / g.tiles_per_chunk;
+    if (nthreads > 1 && chunks > 1) parallel_chunks(gemm_chunk_amx, &g, chunks, nthreads);
+    else for (int c = 0; c < chunks; c++) gemm_chunk_amx(&g, c);
+    return;
+  }
+#endif
   Gemm g{&qa, &L, M, y, 1, (L.N + 47) / 48};
   int chunks = g.n_tiles < 4 * nthreads ? g.n_tiles : 4 * nthreads;
   g.tiles_per_chunk = (g.n_tiles + chunks - 1) / chunks;
@@ -480,6 +619,19 @@ extern "C" {
 // The code path this build really runs: the encoder has AVX-512 VNNI and portable paths only, so a build with
 // AVX2 flags (NNF_ISA 1) runs the portable C++ (auto-vectorised by the compiler) and says so: 0, "scalar".
 int nnf_isa(void) { return NNF_ISA == 2 ? 2 : 0; }
+
+// Whether the linear layers run on AMX tiles: request -1 asks, 0 switches them off, 1 on (where this build has
+// AMX and the kernel granted the tile state); returns the state after the request (0 or 1).
+int nnf_amx(int request) {
+#if NNF_AMX
+  if (request == 0) amx_state.store(0);
+  else if (request == 1) amx_state.store(amx_permitted() ? 1 : 0);
+  return amx_on() ? 1 : 0;
+#else
+  (void)request;
+  return 0;
+#endif
+}
 
 // One linear layer (for tests): y (M, N) = quantised x (M, K) through L.
 int nnf_linear(const NnfLinear* L, const float* x, int M, float* y, int nthreads) {

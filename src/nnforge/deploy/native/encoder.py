@@ -22,14 +22,15 @@ from nnforge.compress.quantize.kernels import compile_library
 from nnforge.compress.quantize.weight_only.layer import QuantizedEmbedding, QuantizedLinear
 from nnforge.errors import ConfigError, NnforgeError
 
-__all__ = ["NativeEncoder", "NativeEncoderModule", "with_native_encoder", "linear_forward"]
+__all__ = ["NativeEncoder", "NativeEncoderModule", "with_native_encoder", "linear_forward", "amx"]
 
 SOURCE = Path(__file__).with_name("encoder.cpp")
 _vp, _int, _float = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
 class _Linear(ctypes.Structure):
-    _fields_ = [("w", _vp), ("wscale", _vp), ("bias", _vp), ("inv_smooth", _vp), ("N", _int), ("K", _int)]
+    _fields_ = [("w", _vp), ("wscale", _vp), ("bias", _vp), ("inv_smooth", _vp), ("ws8", _vp), ("N", _int),
+                ("K", _int)]
 
 
 class _Layer(ctypes.Structure):
@@ -50,7 +51,21 @@ def _library(isa: str | None) -> tuple[ctypes.CDLL | None, str]:
         lib.nnf_encoder_forward.argtypes = [_vp, _vp, _vp, _vp, _int, _int, _vp, _int]
         lib.nnf_linear.restype = _int
         lib.nnf_linear.argtypes = [_vp, _vp, _int, _vp, _int]
+        lib.nnf_amx.restype = _int
+        lib.nnf_amx.argtypes = [_int]
     return lib, name
+
+
+def amx(enable: bool | None = None, *, isa: str | None = None) -> bool:
+    """Whether the compiled encoder's linear layers run on AMX tiles (Intel Sapphire Rapids and later, where
+    the compiler targets AMX-INT8 and Linux grants the tile state); ``enable`` switches them off or back on for
+    this process (the VNNI path gives the same bits, slower). ``NNFORGE_AMX=0`` in the environment keeps them off.
+    ``False`` where the native runtime does not run.
+    """
+    lib, _ = _library(isa)
+    if lib is None:
+        return False
+    return bool(lib.nnf_amx(-1 if enable is None else int(enable)))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -65,8 +80,9 @@ def _keep_f32(keep: list[torch.Tensor], t: torch.Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-def _pack_linear(keep: list[torch.Tensor], modules: list[nn.Module], where: str) -> _Linear:
-    """One compiled-layer struct for ``layers`` that read the same input (stacked along N); tensors kept in ``keep``."""
+def _pack_linear(keep: list[torch.Tensor], modules: list[nn.Module], where: str, signed: bool = False) -> _Linear:
+    """One compiled-layer struct for ``layers`` that read the same input (stacked along N); tensors kept in ``keep``.
+    ``signed``: also a signed copy of the codes, for the AMX path (where it runs: :func:`amx`)."""
     layers: list[QuantizedLinear] = []
     for i, layer in enumerate(modules):
         if not isinstance(layer, QuantizedLinear) or layer.fmt != "int8" or layer.group_size is not None \
@@ -88,12 +104,17 @@ def _pack_linear(keep: list[torch.Tensor], modules: list[nn.Module], where: str)
     codes = torch.cat([layer.packed.data[:, :K] for layer in layers])  # (N, K) u8 = w + 128
     tiles = codes.reshape(N // 16, 16, K // 4, 4).permute(0, 2, 1, 3).contiguous()
     keep.append(tiles)
+    ws8 = None
+    if signed:  # the codes as AMX's signed x signed tile product reads them
+        ws8 = (tiles.to(torch.int16) - 128).to(torch.int8)
+        keep.append(ws8)
     wscale = torch.cat([layer.packed.scales[:, 0].float() for layer in layers])
     has_bias = [layer.bias is not None for layer in layers]
     bias = torch.cat([layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
                       for layer in layers]) if any(has_bias) else None
     return _Linear(tiles.data_ptr(), _keep_f32(keep, wscale), _keep_f32(keep, bias),
-                   _keep_f32(keep, None if first is None else 1.0 / first.float()), N, K)
+                   _keep_f32(keep, None if first is None else 1.0 / first.float()),
+                   None if ws8 is None else ws8.data_ptr(), N, K)
 
 
 # Hugging Face model types whose positions start after the padding index (RoBERTa's scheme), not at 0
@@ -137,7 +158,7 @@ def linear_forward(layer: QuantizedLinear, x: torch.Tensor, *, isa: str | None =
     if lib is None:
         raise NnforgeError("the native runtime is not available here (no C++ compiler, or isa='torch').")
     keep: list[torch.Tensor] = []
-    lin = _pack_linear(keep, [layer], "layer")
+    lin = _pack_linear(keep, [layer], "layer", signed=bool(lib.nnf_amx(-1)))
     x = x.detach().to(torch.float32).contiguous()
     y = torch.empty(x.shape[0], lin.N, dtype=torch.float32)
     rc = lib.nnf_linear(ctypes.byref(lin), x.data_ptr(), x.shape[0], y.data_ptr(), num_threads or torch.get_num_threads())
@@ -169,11 +190,15 @@ class NativeEncoder:
         self.model = model
         self.num_threads = num_threads
         self._keep: list[torch.Tensor] = []
-        self._struct = self._build(model)  # validates the model even when no compiler is there
         self._lib, isa_name = _library(isa)
-        # the path the compiled code really runs: "native-avx512vnni" or "native-scalar" (portable C++, also what
-        # an AVX2 build runs: the encoder has no AVX2 code), or "torch"
-        self.backend = f"native-{isa_name}" if self._lib is not None else "torch"
+        # validates the model even when no compiler is there; the AMX path reads a signed copy of the weights
+        self._struct = self._build(model, signed=self._lib is not None and bool(self._lib.nnf_amx(-1)))
+        # the path the compiled code really runs: "native-avx512vnni" (with "+amx" where the linear layers run on
+        # AMX tiles) or "native-scalar" (portable C++, also what an AVX2 build runs: the encoder has no AVX2
+        # code), or "torch"
+        self.backend = "torch"
+        if self._lib is not None:
+            self.backend = f"native-{isa_name}" + ("+amx" if self._lib.nnf_amx(-1) else "")
 
     # ---------------------------------------------------------------------------------------------- build
     def _table(self, emb: nn.Module, where: str, width: int) -> torch.Tensor:
@@ -187,7 +212,7 @@ class NativeEncoder:
             raise ConfigError(f"NativeEncoder: {where} is {tuple(table.shape)}; the hidden size is {width}.")
         return table
 
-    def _build(self, model: nn.Module) -> _Encoder:
+    def _build(self, model: nn.Module, signed: bool) -> _Encoder:
         emb, enc = getattr(model, "embeddings", None), getattr(model, "encoder", None)
         cfg = getattr(model, "config", None)
         if emb is None or enc is None or not hasattr(enc, "layer") or cfg is None:
@@ -218,10 +243,10 @@ class NativeEncoder:
             if getattr(att.self, "num_attention_heads", heads) != heads:
                 raise ConfigError(f"NativeEncoder: {where} has pruned attention heads.")
             layer = _Layer(
-                _pack_linear(self._keep, [att.self.query, att.self.key, att.self.value], f"{where}.attention.self.(query, key, value)"),
-                _pack_linear(self._keep, [att.output.dense], f"{where}.attention.output.dense"),
-                _pack_linear(self._keep, [blk.intermediate.dense], f"{where}.intermediate.dense"),
-                _pack_linear(self._keep, [blk.output.dense], f"{where}.output.dense"),
+                _pack_linear(self._keep, [att.self.query, att.self.key, att.self.value], f"{where}.attention.self.(query, key, value)", signed),
+                _pack_linear(self._keep, [att.output.dense], f"{where}.attention.output.dense", signed),
+                _pack_linear(self._keep, [blk.intermediate.dense], f"{where}.intermediate.dense", signed),
+                _pack_linear(self._keep, [blk.output.dense], f"{where}.output.dense", signed),
                 _keep_f32(self._keep, att.output.LayerNorm.weight), _keep_f32(self._keep, att.output.LayerNorm.bias),
                 _keep_f32(self._keep, blk.output.LayerNorm.weight), _keep_f32(self._keep, blk.output.LayerNorm.bias))
             # the compiled code trusts these shapes (a pruned FFN may differ per layer, so sizes are checked)
