@@ -1,10 +1,12 @@
 """The server's engine, without HTTP: dynamic batching, the guard and confidence decisions, halt, the ledger.
 
 One worker thread owns the model: it takes the first waiting request, gathers more until ``max_batch`` inputs
-or ``max_wait_ms`` have passed, runs the backend once, decides each input (answered, flagged, sent to review),
-records the batch's decisions in the ledger as one ``serve.decisions`` event and only then hands the answers
-back. An answer no ledger event holds is never sent, and an answer decided after a halt is never sent: halting
-and deciding take the same lock, and the ledger shows the order.
+or ``max_wait_ms`` have passed and runs the backend once. A second thread owns the record: it decides each input
+of a computed batch (answered, flagged, sent to review), records the batch's decisions in the ledger as one
+``serve.decisions`` event and only then hands the answers back — while the model already runs the next batch
+(a ledger commit is a synced write of a few milliseconds: the model no longer waits for it). An answer no ledger
+event holds is never sent, and an answer decided after a halt is never sent: halting and deciding take the same
+lock, and the ledger shows the order. Batches are recorded in the order they were computed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -74,6 +77,17 @@ class _Request:
     queued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass
+class _Computed:
+    """A batch the model has run, on its way to the record thread."""
+
+    batch: list[_Request]
+    inputs: list[Any]
+    probs: torch.Tensor
+    ood: Any
+    model_s: float
+
+
 class Service:
     """The model, its guard and its record, behind a dynamic batcher.
 
@@ -105,6 +119,10 @@ class Service:
         self.halted: dict[str, Any] | None = None
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._recorder: threading.Thread | None = None
+        # computed batches waiting for their record: at most two, so a slow disk slows the model instead of
+        # piling up answers
+        self._computed: queue.Queue[_Computed | None] = queue.Queue(maxsize=2)
         self._ledger: Any = None
         self._queue_db: Any = None
         self.recent_ood: collections.deque[bool] = collections.deque(maxlen=config.recent)
@@ -119,7 +137,10 @@ class Service:
             led.append("serve.started", {"variant": self.variant, "backend": self.backend.name,
                                          "config": self.config.model_dump(), **self.facts}, run=self.run)
         self._stop = False
+        self._computed = queue.Queue(maxsize=2)
+        self._recorder = threading.Thread(target=self._record_loop, name="nnforge-serve-record", daemon=True)
         self._thread = threading.Thread(target=self._work, name="nnforge-serve-model", daemon=True)
+        self._recorder.start()
         self._thread.start()
 
     def stop(self) -> None:
@@ -128,6 +149,8 @@ class Service:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._recorder is not None:  # the model thread's last act is telling it to finish
+            self._recorder.join(timeout=30)
         from nnforge.ledger import Ledger
 
         with Ledger.open(self.ledger_location, actor=self.operator) as led:
@@ -246,39 +269,57 @@ class Service:
         return batch
 
     def _work(self) -> None:
+        """The model thread: batches in, computed batches out to the record thread."""
+        try:
+            while (batch := self._take()) is not None:
+                try:
+                    computed = self._compute(batch)
+                except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error, the worker goes on
+                    log.exception("batch failed")
+                    for r in batch:
+                        r.loop.call_soon_threadsafe(_fail, r.future, exc)
+                    continue
+                if computed is not None:
+                    self._computed.put(computed)
+        finally:
+            self._computed.put(None)
+
+    def _record_loop(self) -> None:
+        """The record thread: owns the ledger and review-queue connections; decides, records, then answers."""
         from nnforge.govern.review import ReviewQueue
         from nnforge.ledger import Ledger
 
         self._ledger = Ledger.open(self.ledger_location, actor="nnforge-serve")
         self._queue_db = ReviewQueue(self._ledger)
         try:
-            while (batch := self._take()) is not None:
+            while (item := self._computed.get()) is not None:
                 try:
-                    self._run(batch)
-                except Exception as exc:  # noqa: BLE001 - every waiting caller gets the error, the worker goes on
-                    log.exception("batch failed")
-                    for r in batch:
+                    self._finish(item)
+                except Exception as exc:  # noqa: BLE001 - as in _work
+                    log.exception("recording a batch failed")
+                    for r in item.batch:
                         r.loop.call_soon_threadsafe(_fail, r.future, exc)
         finally:
             self._queue_db.close()
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _compute(self, batch: list[_Request]) -> _Computed | None:
         t0 = time.perf_counter()
         inputs = [x for r in batch for x in r.inputs]
         if self.halted is not None:
             self._refuse(batch)
-            return
+            return None
         out = self.backend(inputs)
         probs = torch.softmax(out.logits.float(), dim=-1)
-        ood = None
-        if self.guard is not None:
-            ood = self.guard.check(**out.features)
-        model_s = time.perf_counter() - t0
+        ood = self.guard.check(**out.features) if self.guard is not None else None
+        return _Computed(batch, inputs, probs, ood, time.perf_counter() - t0)
+
+    def _finish(self, c: _Computed) -> None:
+        batch, inputs = c.batch, c.inputs
         with self._state:
             if self.halted is not None:  # halted while the model ran
                 self._refuse(batch)
                 return
-            decisions, routed = self._decide(inputs, probs, ood)
+            decisions, routed = self._decide(inputs, c.probs, c.ood)
             self._record(batch, inputs, decisions, routed)
             self.counts.update(d.status for d in decisions)
         i = 0
@@ -287,7 +328,7 @@ class Service:
             i += len(r.inputs)
             r.loop.call_soon_threadsafe(_settle, r.future, mine)
         if self.metrics is not None:
-            self.metrics.observe_batch(len(inputs), model_s, [d.status for d in decisions],
+            self.metrics.observe_batch(len(inputs), c.model_s, [d.status for d in decisions],
                                        [time.perf_counter() - r.queued for r in batch])
             self.metrics.ood_share.set(sum(self.recent_ood) / max(1, len(self.recent_ood)))
 
