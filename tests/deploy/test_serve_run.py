@@ -71,3 +71,42 @@ def test_a_served_run_answers_as_the_run_predicts_and_reports_it(small_run_copy,
     assert main(["report", run_dir.name]) == 0
     html = (run_dir / "report.html").read_text()
     assert "<h2>Serving</h2>" in html and "audit" in html and "halted" in html
+
+
+def test_a_cascade_of_the_runs_variants_is_evaluated_from_the_cli(small_run_copy):
+    """``nnforge cascade``: the run's int8 variant, then its fp32 one, then a (simulated) person; thresholds chosen
+    on the validation split, shares, caps and accuracies on test, the event in the ledger; bad configs exit 2."""
+    import json
+
+    from nnforge.cli import main
+    from nnforge.ledger import Ledger
+
+    work, run_dir = small_run_copy
+    cfg = work / "cascade.yaml"
+    cfg.write_text(f"""tiers:
+  - {{name: small, kind: run, options: {{run: {run_dir.name}, variant: int8}}}}
+  - {{name: large, kind: run, max_share: 0.5, options: {{run: {run_dir.name}, variant: fp32, ood: false}}}}
+  - {{name: person, kind: human, max_share: 0.1}}
+""")
+    assert main(["cascade", str(cfg), "--limit", "30", "--out", "cascade.json"]) == 0
+    doc = json.loads((work / "cascade.json").read_text())
+    assert doc["data"] == {"run": run_dir.name, "split": "test", "inputs": 30}
+    tiers = {t["name"]: t for t in doc["result"]["tiers"]}
+    assert abs(sum(t["share"] for t in tiers.values()) - 1) < 1e-9
+    assert tiers["large"]["reached_share"] <= 0.5 + 1e-9 and tiers["person"]["reached_share"] <= 0.1 + 1e-9
+    assert tiers["person"]["accuracy"] in (None, 1.0)  # the simulated person is always right
+    assert set(doc["alone"]) == {"small", "large"} and all(0 <= a <= 1 for a in doc["alone"].values())
+    assert doc["choice"]["split"] == "val" and set(doc["choice"]["thresholds"]) == {"small", "large"}
+    assert doc["tiers"]["small"]["variant"] == "int8" and doc["tiers"]["small"]["ood_guard"]["threshold_served"] > 0
+    assert doc["tiers"]["large"]["ood_guard"] == "off"
+    with Ledger.open(str(work / ".nnforge" / "ledger.db")) as led:
+        events = [e for e in led.events() if e.kind == "cascade.evaluated"]
+    assert len(events) == 1 and events[0].data["accuracy"] == doc["result"]["accuracy"]
+
+    bad = work / "bad.yaml"
+    bad.write_text(f"tiers:\n  - {{name: p, kind: human}}\n  - {{name: s, kind: run, options: {{run: {run_dir.name}}}}}\n")
+    assert main(["cascade", str(bad)]) == 2  # a person below a model
+    bad.write_text("tiers:\n  - {name: s, kind: rn, options: {run: x}}\n  - {name: p, kind: human}\n")
+    assert main(["cascade", str(bad)]) == 2  # an unknown tier kind
+    assert main(["cascade", str(work / "missing.yaml")]) == 2
+    assert not (work / "missing.json").exists()

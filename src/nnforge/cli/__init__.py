@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from nnforge.cli import (
+    cascade,
     dashboard,
     docs,
     evaluate,
@@ -72,6 +73,7 @@ app.command("search")(search.search)
 app.command("federate")(federate.federate)
 app.command("serve")(serve.serve)
 app.command("loadtest")(serve.loadtest)
+app.command("cascade")(cascade.cascade)
 app.add_typer(info.data_app, name="data")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(review.app, name="review")

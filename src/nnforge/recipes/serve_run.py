@@ -13,7 +13,7 @@ from typing import Any
 from nnforge.deploy.serve import ServeConfig, Service, TorchBackend, choose_backend, input_kind, onnx_backend
 from nnforge.errors import ConfigError
 
-__all__ = ["serve_run", "BACKENDS", "sample_inputs"]
+__all__ = ["serve_run", "BACKENDS", "sample_inputs", "guard_for"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,17 @@ def _recalibrate(guard: Any, backend: Any, sample: list[Any], config: ServeConfi
     return {"ood_guard": {"detector": guard.metadata.get("detector"), "recall": guard.recall,
                           "threshold_saved": saved, "threshold_served": guard.threshold,
                           "calibrated_on": f"{len(sample)} inputs of the run's data"}}
+
+
+def guard_for(run: Any, backend: Any, sample: list[Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The OOD guard ``run``'s evaluate step saved, its threshold re-chosen on ``backend``'s features of the run's
+    validation inputs (``sample``, default: up to 256 of them) as :func:`serve_run` does, and what to report about
+    it: ``(guard, facts)``, or ``(None, facts)`` when the run saved none."""
+    if sample is None:
+        sample = sample_inputs(run)[0]
+    config = ServeConfig()
+    guard = _load_guard(run, config)
+    return guard, _recalibrate(guard, backend, sample, config)
 
 
 def _explainer(path: Any, labels: list[str]) -> Any:
