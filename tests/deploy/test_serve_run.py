@@ -102,6 +102,9 @@ def test_a_cascade_of_the_runs_variants_is_evaluated_from_the_cli(small_run_copy
     with Ledger.open(str(work / ".nnforge" / "ledger.db")) as led:
         events = [e for e in led.events() if e.kind == "cascade.evaluated"]
     assert len(events) == 1 and events[0].data["accuracy"] == doc["result"]["accuracy"]
+    assert main(["report", run_dir.name]) == 0
+    html = (run_dir / "report.html").read_text()
+    assert "<h2>Cascades</h2>" in html and "small ≥" in html and "person" in html
 
     bad = work / "bad.yaml"
     bad.write_text(f"tiers:\n  - {{name: p, kind: human}}\n  - {{name: s, kind: run, options: {{run: {run_dir.name}}}}}\n")

@@ -229,6 +229,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
     table = [(label, [_fmt(_scaled(metrics.get(f"{v}_{key}"), scale.get(key, 1.0)), pat) for v in variants])
              for label, key, pat in rows if any(f"{v}_{key}" in metrics for v in variants)]
     steps = [e for e in events if e.kind in ("step.started", "step.finished", "step.failed")]
+    from nnforge.govern._report_cascade import cascade_section
     from nnforge.govern._report_federated import federated_section
     from nnforge.govern._report_moe import moe_section
     from nnforge.govern._report_prune import prune_sections
@@ -250,6 +251,7 @@ def _render(run_dir: str | Path, ledger: Ledger) -> RenderedReport:
         pruning=prune_sections(events, _png), searches=search_sections(events, _png),
         training_energy=training_energy(sections), moe=moe_section(sections, events, _png),
         federated=federated_section(sections, events, _png), serving=serve_section(events),
+        cascades=cascade_section(events),
         summary=summary_paragraph(config, metrics, status, altered, suites), probe=probe_sentence(metrics),
         generated=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         json=lambda o: json.dumps(o, indent=1, sort_keys=True, default=str),
