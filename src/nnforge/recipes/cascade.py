@@ -98,9 +98,9 @@ class RunTier:
                 raise ModelError(f"run tier: the model gave logits of shape {tuple(result.logits.shape)} for "
                                  f"{len(chunk)} inputs; expected ({len(chunk)}, {len(self.labels)})")
             flags = self.guard.check(**result.features).is_ood.tolist() if self.guard is not None else [False] * len(chunk)
-            for p, flag in zip(probs.tolist(), flags, strict=True):
-                j = max(range(len(p)), key=p.__getitem__)
-                out.append(TierAnswer(self.labels[j], float(p[j]), "flagged" if flag else ANSWERED,
+            conf, top = probs.max(dim=-1)
+            for p, c, j, flag in zip(probs.tolist(), conf.tolist(), top.tolist(), flags, strict=True):
+                out.append(TierAnswer(self.labels[j], c, "flagged" if flag else ANSWERED,
                                       dict(zip(self.labels, p, strict=True))))
         return out
 
